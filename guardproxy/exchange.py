@@ -1,0 +1,109 @@
+"""One request/response pair as it travels the guard chain, and what the guards decided."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+_UNPARSED: Any = object()
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The decision for one row of a prediction."""
+
+    group: str
+    score: float
+    threshold: float
+    decision: int
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer a guard gives instead of the upstream's (a block, a fail_closed error)."""
+
+    status: int
+    error: str
+    headers: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A guarded request and its response; guards read and annotate it."""
+
+    request_id: str
+    region: str
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    started: float
+    status: int = 0
+    response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    response_body: bytes = b""
+    groups: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+    reply: Reply | None = None
+    sampled: bool = False
+    upstream_seconds: float = 0.0
+    _request_json: Any = _UNPARSED
+    _response_json: Any = _UNPARSED
+    response_changed: bool = False
+
+    def request_json(self) -> Any:
+        """The request body parsed once (raises ValueError on malformed JSON)."""
+        if self._request_json is _UNPARSED:
+            self._request_json = loads(self.body)
+        return self._request_json
+
+    def response_json(self) -> Any:
+        """The response body parsed once (raises ValueError on malformed JSON)."""
+        if self._response_json is _UNPARSED:
+            self._response_json = loads(self.response_body)
+        return self._response_json
+
+    def replace_response_json(self, document: Any) -> None:
+        """Mark the parsed response as changed; the proxy re-serialises it once."""
+        self._response_json = document
+        self.response_changed = True
+
+    def final_response_body(self) -> bytes:
+        """The bytes to send: the upstream's untouched, or the changed document."""
+        if self.response_changed:
+            return dumps(self._response_json)
+        return self.response_body
+
+
+try:
+    import orjson
+
+    def loads(data: bytes) -> Any:
+        """Parse JSON bytes."""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"malformed JSON: {exc}") from None
+
+    def dumps(document: Any) -> bytes:
+        """Serialise to compact JSON bytes."""
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+except ImportError:  # pragma: no cover - orjson is optional
+    import json
+
+    def loads(data: bytes) -> Any:
+        """Parse JSON bytes."""
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"malformed JSON: {exc}") from None
+
+    def dumps(document: Any) -> bytes:
+        """Serialise to compact JSON bytes."""
+        return json.dumps(document, separators=(",", ":")).encode()

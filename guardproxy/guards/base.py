@@ -1,0 +1,67 @@
+"""The Guard protocol and the ordered chain that runs guards over an Exchange."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..exchange import Exchange, Reply
+from ..policy.models import OnError
+
+log = logging.getLogger("guardproxy.guards")
+
+
+class GuardError(Exception):
+    """A guard could not read or change what it needed (malformed or unexpected payload)."""
+
+
+class Guard(Protocol):
+    """A small object with a request hook and a response hook; blocking sets ex.reply."""
+
+    name: str
+    on_error: OnError
+
+    async def on_request(self, ex: Exchange) -> None:
+        """Inspect or annotate the request before it goes upstream."""
+
+    async def on_response(self, ex: Exchange) -> None:
+        """Inspect or change the upstream's answer before it goes to the client."""
+
+
+class GuardChain:
+    """Runs guards in the policy's order; a failure follows the guard's on_error."""
+
+    __slots__ = ("guards", "errors")
+
+    def __init__(self, guards: Sequence[Guard]) -> None:
+        self.guards = tuple(guards)
+        self.errors: dict[str, int] = {}
+
+    async def on_request(self, ex: Exchange) -> None:
+        """Run each guard's request hook until one answers for the upstream."""
+        for guard in self.guards:
+            try:
+                await guard.on_request(ex)
+            except Exception as exc:  # noqa: BLE001 - a guard never takes the proxy down
+                self._failed(guard, ex, exc)
+            if ex.reply is not None:
+                return
+
+    async def on_response(self, ex: Exchange) -> None:
+        """Run each guard's response hook until one replaces the answer."""
+        for guard in self.guards:
+            try:
+                await guard.on_response(ex)
+            except Exception as exc:  # noqa: BLE001 - a guard never takes the proxy down
+                self._failed(guard, ex, exc)
+            if ex.reply is not None:
+                return
+
+    def _failed(self, guard: Guard, ex: Exchange, exc: Exception) -> None:
+        self.errors[guard.name] = self.errors.get(guard.name, 0) + 1
+        ex.errors.append(f"{guard.name}: {exc}")
+        if not isinstance(exc, GuardError | ValueError | KeyError | IndexError | TypeError):
+            log.exception("guard %s failed on %s", guard.name, ex.request_id)
+        if guard.on_error == "fail_closed":
+            ex.reply = Reply(502, f"guard {guard.name} could not check the answer: {exc}")

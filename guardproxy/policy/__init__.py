@@ -1,0 +1,1 @@
+"""Region policies: schema, loader, compiled table, reload."""
