@@ -57,4 +57,5 @@ class ThresholdTable:
 def request_uniform(request_id: str, salt: bytes = b"") -> float:
     """A uniform number in [0, 1) derived from the request id: same id, same number."""
     digest = hashlib.blake2b(request_id.encode(), digest_size=8, key=salt).digest()
-    return struct.unpack(">Q", digest)[0] / 2.0**64
+    value: int = struct.unpack(">Q", digest)[0]
+    return value / 2.0**64

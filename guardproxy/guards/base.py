@@ -32,7 +32,7 @@ class Guard(Protocol):
 class GuardChain:
     """Runs guards in the policy's order; a failure follows the guard's on_error."""
 
-    __slots__ = ("guards", "errors")
+    __slots__ = ("errors", "guards")
 
     def __init__(self, guards: Sequence[Guard]) -> None:
         self.guards = tuple(guards)
@@ -43,7 +43,7 @@ class GuardChain:
         for guard in self.guards:
             try:
                 await guard.on_request(ex)
-            except Exception as exc:  # noqa: BLE001 - a guard never takes the proxy down
+            except Exception as exc:
                 self._failed(guard, ex, exc)
             if ex.reply is not None:
                 return
@@ -53,7 +53,7 @@ class GuardChain:
         for guard in self.guards:
             try:
                 await guard.on_response(ex)
-            except Exception as exc:  # noqa: BLE001 - a guard never takes the proxy down
+            except Exception as exc:
                 self._failed(guard, ex, exc)
             if ex.reply is not None:
                 return

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -13,8 +20,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 def parse_duration(value: object) -> object:
     """Turn "250ms", "60s", "5m", "1h" or a number of seconds into float seconds."""
-    if isinstance(value, bool):
-        return value  # let pydantic reject it with its own message
+    if isinstance(value, bool):  # pydantic would take True as 1.0 seconds
+        raise ValueError(f"not a duration: {value!r} (expected e.g. 250ms, 60s, 5m, 1h)")
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
@@ -59,6 +66,14 @@ class ModelSpec(Strict):
     routes: tuple[str, ...] = ("/v2/models/*/infer",)
     score: ScoreSpec = ScoreSpec()
 
+    @field_validator("routes")
+    @classmethod
+    def _absolute_routes(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
+        for route in routes:
+            if not route.startswith("/"):
+                raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
+        return routes
+
 
 class GroupAttribute(Strict):
     """Where a request's group comes from: exactly one of header, input, jsonpath."""
@@ -81,6 +96,16 @@ class GroupSpec(Strict):
     attribute: GroupAttribute | None = None
     values: tuple[str, ...] = ()
     telemetry: Literal["label", "hashed", "none"] = "label"
+
+    @field_validator("values")
+    @classmethod
+    def _distinct_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for value in values:
+            if not value or value in seen:
+                raise ValueError(f"group value {value!r} is empty or repeated (expected distinct)")
+            seen.add(value)
+        return values
 
 
 class AdaptSpec(Strict):
@@ -178,6 +203,12 @@ class PsiSpec(Strict):
 
     warn: float = Field(default=0.1, ge=0)
     alarm: float = Field(default=0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PsiSpec:
+        if self.warn > self.alarm:
+            raise ValueError(f"psi warn {self.warn} is above alarm {self.alarm}")
+        return self
 
 
 class PValueSpec(Strict):

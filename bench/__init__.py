@@ -1,0 +1,1 @@
+"""The benchmark harness: guardproxy side by side with direct, bare-aiohttp and nginx paths."""

@@ -1,0 +1,69 @@
+"""The benchmark's model server: the demo Adult model over KServe v2, plus GET /ping."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from guardproxy.demo.model import LogisticModel, load_model
+from guardproxy.demo.server import v2_rows
+from guardproxy.exchange import dumps, loads
+
+GUARDED_PATH = "/v2/models/adult/infer"
+UNGUARDED_PATH = "/unguarded/v2/models/adult/infer"
+MODEL = web.AppKey("model", LogisticModel)
+
+
+async def ping(_: web.Request) -> web.Response:
+    """A generic liveness answer."""
+    return web.Response(text="pong")
+
+
+async def infer(request: web.Request) -> web.Response:
+    """Score every row of a v2 request; answer the score and the 0/1 label."""
+    scores = [request.app[MODEL].score(row) for row in v2_rows(loads(await request.read()))]
+    body = {
+        "model_name": "adult",
+        "outputs": [
+            {"name": "score", "shape": [len(scores)], "datatype": "FP32", "data": scores},
+            {"name": "label", "shape": [len(scores)], "datatype": "INT64",
+             "data": [int(s >= 0.5) for s in scores]},
+        ],
+    }  # fmt: skip
+    return web.Response(body=dumps(body), content_type="application/json")
+
+
+def build_app() -> web.Application:
+    """The upstream app; the same handler answers the guarded and the unguarded path."""
+    app = web.Application()
+    app[MODEL] = load_model()
+    app.router.add_get("/ping", ping)
+    app.router.add_post(GUARDED_PATH, infer)
+    app.router.add_post(UNGUARDED_PATH, infer)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m bench.upstream --port P`: serve on 127.0.0.1 with uvloop."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args(argv)
+    web.run_app(build_app(), host="127.0.0.1", port=args.port, access_log=None,
+                print=None, loop=new_loop())  # fmt: skip
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A fresh uvloop event loop (asyncio's when uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The admin port: /healthz, /readyz, /status, and token-protected /admin/ operations."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .app import RUNTIME
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the admin endpoints."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_post("/admin/reload", require_token(reload))
+
+
+def require_token(handler: Handler) -> Handler:
+    """Wrap a mutating endpoint: a bearer token must match GUARDPROXY_ADMIN_TOKEN."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        expected = request.app[RUNTIME].settings.admin_token
+        if not bearer_matches(request, expected):
+            return web.json_response({"error": "a valid bearer token is required"}, status=401)
+        return await handler(request)
+
+    return guarded
+
+
+def bearer_matches(request: web.Request, expected: str | None) -> bool:
+    """Constant-time check of `Authorization: Bearer <token>`; no token configured denies all."""
+    if not expected:
+        return False
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when policies are loaded, the upstream accepts connections, and not draining."""
+    runtime = request.app[RUNTIME]
+    problems = []
+    if runtime.draining:
+        problems.append("draining")
+    if not await runtime.upstream.reachable():
+        problems.append(f"upstream {runtime.settings.upstream} not reachable")
+    if problems:
+        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Everything an operator wants to see, as JSON."""
+    return web.json_response(request.app[RUNTIME].status())
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Reload the policy directory now; a broken policy keeps the last good table serving."""
+    store = request.app[RUNTIME].store
+    result = await asyncio.to_thread(store.read)
+    outcome = store.apply(result, force=True)
+    body = {"status": outcome.status, "problems": list(outcome.problems)}
+    return web.json_response(body, status=422 if outcome.status == "failed" else 200)

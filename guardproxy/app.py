@@ -1,0 +1,175 @@
+"""The aiohttp applications (data port, admin port) and the lifecycle of what they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .policy.watch import PolicyStore, PolicyWatcher
+from .proxy import Proxy
+from .settings import Settings
+from .snapshots import Snapshot, ThresholdTable
+from .upstream import Upstream
+
+log = logging.getLogger("guardproxy")
+
+
+class Runtime:
+    """Everything both ports share, composed once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.draining = False
+        self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
+        self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
+        self.store = PolicyStore(
+            settings.policies, default_region=settings.region, build_chain=self.build_chain
+        )
+        self.watcher = PolicyWatcher(self.store, settings.poll_interval)
+        self.proxy = Proxy(self.upstream, self.store.snapshot, settings.region_header)
+
+    def build_chain(self, policy: object) -> object:
+        """The guard chain for one region's policy (none until guards are configured)."""
+        return None
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """Start pools and background tasks; stop them after the last request is done."""
+        await self.upstream.start()
+        if self.settings.policies is not None:
+            await self.watcher.start()
+        yield
+        await self.watcher.stop()
+        await self.upstream.close()
+
+    def status(self) -> dict[str, object]:
+        """The JSON the admin port's /status returns."""
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "upstream": self.settings.upstream,
+            "draining": self.draining,
+            "requests": self.proxy.counts.as_dict(),
+            "policies": self.store.status(),
+            "thresholds": {"version": self.thresholds.current.version},
+        }
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def build_data_app(runtime: Runtime) -> web.Application:
+    """The data port: everything is proxied except the reserved /guardproxy/ prefix."""
+    app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
+    app[RUNTIME] = runtime
+    app.cleanup_ctx.append(runtime.lifecycle)
+    app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
+    app.router.add_route("*", "/{tail:.*}", runtime.proxy.handle)
+    return app
+
+
+async def _reserved(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": f"no such endpoint: {request.method} {request.path}"}, status=404
+    )
+
+
+def build_admin_app(runtime: Runtime) -> web.Application:
+    """The admin port: health, readiness, status, and token-protected operations."""
+    from . import admin
+
+    app = web.Application()
+    app[RUNTIME] = runtime
+    admin.add_routes(app)
+    return app
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, shutdown_timeout: float = 20.0
+) -> tuple[web.AppRunner, int]:
+    """Serve an app on host:port (0 picks a free port); returns the runner and the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, int(bound)
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Runtime, int, int], Awaitable[None] | None] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run both ports until SIGTERM/SIGINT (or `stop`), then drain and exit."""
+    stop = stop or asyncio.Event()
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    runtime = Runtime(settings)
+    data, data_port = await start_site(
+        build_data_app(runtime), *settings.listen, shutdown_timeout=settings.drain_timeout
+    )
+    admin, admin_port = await start_site(build_admin_app(runtime), *settings.admin)
+    log.info(
+        "serving on %s:%d (admin %s:%d) -> %s",
+        settings.listen[0],
+        data_port,
+        settings.admin[0],
+        admin_port,
+        settings.upstream,
+    )
+    if on_ready is not None:
+        result = on_ready(runtime, data_port, admin_port)
+        if result is not None:
+            await result
+    await stop.wait()
+    log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
+    runtime.draining = True
+    await data.cleanup()  # stops accepting, waits for in-flight requests, runs cleanup_ctx
+    await admin.cleanup()
+    log.info("stopped")
+
+
+@asynccontextmanager
+async def running_proxy(settings: Settings) -> AsyncIterator[RunningProxy]:
+    """Run `serve()` in the current loop until the block ends (demo, tests)."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningProxy] = asyncio.get_running_loop().create_future()
+
+    def on_ready(runtime: Runtime, data_port: int, admin_port: int) -> None:
+        host = "127.0.0.1"
+        ready.set_result(
+            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}")
+        )
+
+    task = asyncio.create_task(serve(settings, stop, on_ready, handle_signals=False))
+    waiters: set[asyncio.Future[Any]] = {task, ready}
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # startup failed: raise its error
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await task
+
+
+@dataclass(frozen=True, slots=True)
+class RunningProxy:
+    """A proxy serving in the test's loop."""
+
+    runtime: Runtime
+    url: str
+    admin_url: str

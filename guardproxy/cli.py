@@ -1,0 +1,154 @@
+"""The composition root: `guardproxy serve | validate | calibrate | baseline | review | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .settings import Settings, parse_address, secret_from_env
+from .upstream import Timeouts
+
+
+def env(name: str, default: str = "") -> str:
+    """A GUARDPROXY_* environment variable, the default for its flag."""
+    return os.environ.get(f"GUARDPROXY_{name}", default)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy serve`: run the sidecar."""
+    p = sub.add_parser("serve", help="run the sidecar in front of a model server")
+    p.add_argument(
+        "--upstream", default=env("UPSTREAM"), help="model server URL"
+    )
+    p.add_argument(
+        "--policies", default=env("POLICIES"), help="policy directory"
+    )
+    p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), help="data port address")
+    p.add_argument("--admin", default=env("ADMIN", "127.0.0.1:9901"), help="admin port address")
+    p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
+    p.add_argument("--region-header", default=env("REGION_HEADER", "X-Region"))
+    p.add_argument("--state", default=env("STATE", "memory"), help="memory | redis://HOST:PORT/DB")
+    p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy/samples"))
+    p.add_argument("--connect-timeout", type=float, default=float(env("CONNECT_TIMEOUT", "5")))
+    p.add_argument("--read-timeout", type=float, default=float(env("READ_TIMEOUT", "60")))
+    p.add_argument("--total-timeout", type=float, default=float(env("TOTAL_TIMEOUT", "300")))
+    p.add_argument("--drain-timeout", type=float, default=float(env("DRAIN_TIMEOUT", "20")))
+    p.add_argument("--max-body", type=int, default=int(env("MAX_BODY", str(16 << 20))))
+    p.add_argument("--poll-interval", type=float, default=float(env("POLL_INTERVAL", "2")))
+    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    p.set_defaults(run=run_serve)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags (already defaulted from the environment) into Settings."""
+    if not args.upstream:
+        raise SystemExit("guardproxy serve: --upstream (or GUARDPROXY_UPSTREAM) is required")
+    return Settings(
+        upstream=args.upstream,
+        listen=parse_address(args.listen, "0.0.0.0"),
+        admin=parse_address(args.admin, "127.0.0.1"),
+        policies=Path(args.policies) if args.policies else None,
+        region=args.region,
+        region_header=args.region_header,
+        state=args.state,
+        samples_dir=Path(args.samples),
+        timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
+        drain_timeout=args.drain_timeout,
+        max_body=args.max_body,
+        poll_interval=args.poll_interval,
+        admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),
+        feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM, then drain and exit 0."""
+    from .app import serve
+
+    settings = settings_from(args)
+    run_async(serve(settings))
+    return 0
+
+
+def run_async(coro: object) -> None:
+    """Run a coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is optional
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(coro)  # type: ignore[arg-type]
+
+
+def add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy validate DIR`."""
+    p = sub.add_parser("validate", help="check a policy directory; exit 1 listing every problem")
+    p.add_argument("directory")
+    p.set_defaults(run=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when every policy is valid, else print `file:line:column: problem` lines."""
+    from .policy.loader import format_problems, validate_directory
+
+    problems = validate_directory(Path(args.directory))
+    if problems:
+        print(format_problems(problems))
+        return 1
+    print(f"{args.directory}: all policies valid")
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy demo`."""
+    p = sub.add_parser("demo", help="the whole story on the embedded default, no setup")
+    p.add_argument("--requests", type=int, default=400)
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the bundled model, the proxy in front of it, replay traffic, report."""
+    from .demo.story import run
+
+    code: int = run(requests=args.requests)
+    return code
+
+
+COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (  # type: ignore[type-arg]
+    add_serve,
+    add_validate,
+    add_demo,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="guardproxy",
+        description="Fairness, label and drift policies inline in front of a model server.",
+        epilog="Every serve flag also reads GUARDPROXY_<FLAG> from the environment.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `guardproxy` command."""
+    args = parser().parse_args(argv)
+    level = getattr(args, "log_level", None) or os.environ.get("GUARDPROXY_LOG_LEVEL", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

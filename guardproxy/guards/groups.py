@@ -1,0 +1,64 @@
+"""GroupGuard: which declared group each row of a request belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Literal
+
+from ..exchange import Exchange
+from ..payloads import JsonPath, Payload
+from ..policy.models import GroupSpec, OnError
+
+OTHER = "other"
+ANY = "*"
+
+
+def telemetry_group(group: str, mode: Literal["label", "hashed", "none"]) -> str:
+    """What telemetry may carry for a group: the label, a short stable hash, or nothing."""
+    if mode == "label":
+        return group
+    if mode == "hashed" and group:
+        return hashlib.blake2b(group.encode(), digest_size=4).hexdigest()
+    return ""
+
+
+class GroupGuard:
+    """Resolves ex.groups from a header, a named input feature or a JSON path."""
+
+    name = "groups"
+    on_error: OnError = "fail_open"
+
+    def __init__(self, spec: GroupSpec, payload: Payload) -> None:
+        if spec.attribute is None:
+            raise ValueError("GroupGuard needs groups.attribute")
+        self._declared = {value: value for value in spec.values}
+        self._resolve = self._resolver(spec, payload)
+
+    def _resolver(self, spec: GroupSpec, payload: Payload) -> Callable[[Exchange], list[object]]:
+        attribute = spec.attribute
+        assert attribute is not None
+        if attribute.header is not None:
+            header = attribute.header
+            return lambda ex: [ex.headers.get(header)]
+        if attribute.input is not None:
+            name = attribute.input
+            return lambda ex: payload.feature(ex.request_json(), name)
+        path = JsonPath(attribute.jsonpath or "$")
+        return lambda ex: path.find(ex.request_json()) or [None]
+
+    def group_of(self, value: object) -> str:
+        """The declared group a raw value names, else "other"."""
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        return self._declared.get(value if isinstance(value, str) else str(value), OTHER)
+
+    async def on_request(self, ex: Exchange) -> None:
+        """Set ex.groups, one per row (or one for the whole request)."""
+        groups = [self.group_of(value) for value in self._resolve(ex)]
+        ex.groups = groups
+
+    async def on_response(self, ex: Exchange) -> None:
+        """Nothing to do on the answer."""

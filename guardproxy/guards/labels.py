@@ -1,0 +1,71 @@
+"""LabelGuard: denied output labels (or words, for text) are suppressed, blocked or flagged."""
+
+from __future__ import annotations
+
+import re
+
+from ..exchange import Exchange, Reply
+from ..payloads import Payload, is_json_answer
+from ..policy.models import LabelsSpec
+
+
+class LabelGuard:
+    """Applies the policy's deny list to the answer's labels or texts."""
+
+    name = "labels"
+
+    def __init__(self, spec: LabelsSpec, payload: Payload) -> None:
+        if not spec.deny:
+            raise ValueError("LabelGuard needs labels.deny")
+        self.on_error = spec.on_error
+        self._payload = payload
+        self._action = spec.action
+        self._block = spec.block
+        self._deny = frozenset(label.casefold() for label in spec.deny)
+        words = sorted(spec.deny, key=len, reverse=True)
+        self._words = re.compile(
+            r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE
+        )
+
+    async def on_request(self, ex: Exchange) -> None:
+        """Nothing to do before the upstream answers."""
+
+    async def on_response(self, ex: Exchange) -> None:
+        """Find denied labels; act on them only when there are some."""
+        if not is_json_answer(ex):
+            return
+        doc = ex.response_json()
+        rows = self._payload.labels(doc)
+        denied = self._denied_texts(rows) if self._payload.texts else self._denied_labels(rows)
+        if not denied:
+            return
+        if self._action == "suppress":
+            self._payload.set_labels(doc, self._suppressed(rows))
+            ex.replace_response_json(doc)
+            ex.flags.extend(f"suppressed:{label}" for label in sorted(set(denied)))
+            ex.annotations["X-Guard-Labels"] = f"suppressed={len(denied)}"
+        elif self._action == "block":
+            ex.flags.extend(f"blocked:{label}" for label in sorted(set(denied)))
+            details = {"action": "block", "denied": len(denied)}
+            ex.reply = Reply(self._block.status, self._block.message, details=details)
+        else:
+            ex.flags.extend(f"label:{label}" for label in sorted(set(denied)))
+            ex.annotations["X-Guard-Flag"] = f"labels={len(denied)}"
+
+    def _denied_labels(self, rows: list[list[str]]) -> list[str]:
+        deny = self._deny
+        return [label.casefold() for row in rows for label in row if label.casefold() in deny]
+
+    def _denied_texts(self, rows: list[list[str]]) -> list[str]:
+        return [m.casefold() for row in rows for text in row for m in self._words.findall(text)]
+
+    def _suppressed(self, rows: list[list[str]]) -> list[list[str]]:
+        if self._payload.texts:
+            mask = self._mask
+            return [[self._words.sub(mask, text) for text in row] for row in rows]
+        deny = self._deny
+        return [[label for label in row if label.casefold() not in deny] for row in rows]
+
+    @staticmethod
+    def _mask(match: re.Match[str]) -> str:
+        return "*" * len(match.group(0))

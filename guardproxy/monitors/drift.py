@@ -1,0 +1,371 @@
+"""Drift monitors: a reference distribution per signal, windows compared against it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from guardproxy.monitors import stats
+from guardproxy.policy.models import DriftSpec, DriftTests
+
+Kind = Literal["numeric", "categorical"]
+Clock = Callable[[], float]
+OTHER = "__other__"
+MAX_SAMPLE = 5000
+MAX_CATEGORIES = 100
+EXACT_KS_BUDGET = 5_000_000  # n_ref * n_window above which the KS p-value is asymptotic
+
+
+def to_float(value: object) -> float | None:
+    """A finite float from a numeric value, else None (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def to_category(value: object) -> str | None:
+    """A category label from a value, None when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def bounded_sample(sorted_values: NDArray[np.float64], size: int = MAX_SAMPLE) -> list[float]:
+    """An evenly strided subsample of sorted values: same quantiles, bounded size."""
+    if sorted_values.size <= size:
+        return [float(v) for v in sorted_values]
+    idx = np.linspace(0, sorted_values.size - 1, size).round().astype(np.int64)
+    return [float(v) for v in sorted_values[idx]]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference distribution of one signal: histogram plus, for numbers, a raw sample."""
+
+    signal: str
+    kind: Kind
+    counts: tuple[float, ...]
+    edges: tuple[float, ...] = ()  # numeric interior edges; the end bins are open
+    categories: tuple[str, ...] = ()  # categorical; counts has one more entry: "other"
+    sample: tuple[float, ...] = ()
+
+    @classmethod
+    def from_values(
+        cls, signal: str, kind: Kind, values: Sequence[object], bins: int = 10
+    ) -> Reference:
+        """Build a reference from observed values (invalid ones are skipped)."""
+        if kind == "numeric":
+            return cls._numeric(signal, values, bins)
+        return cls._categorical(signal, values)
+
+    @classmethod
+    def _numeric(cls, signal: str, values: Sequence[object], bins: int) -> Reference:
+        arr = np.sort(np.array([v for v in map(to_float, values) if v is not None]))
+        if arr.size == 0:
+            raise ValueError(f"no numeric reference values for signal {signal!r}")
+        # Edges on observed values ("higher") keep tied values apart from their neighbours.
+        quantiles = np.linspace(0, 1, bins + 1)[1:-1]
+        edges = np.unique(np.quantile(arr, quantiles, method="higher"))
+        counts = np.bincount(np.searchsorted(edges, arr, side="right"), minlength=edges.size + 1)
+        return cls(
+            signal,
+            "numeric",
+            tuple(map(float, counts)),
+            tuple(map(float, edges)),
+            sample=tuple(bounded_sample(arr)),
+        )
+
+    @classmethod
+    def _categorical(cls, signal: str, values: Sequence[object]) -> Reference:
+        seen: dict[str, int] = {}
+        for label in filter(None, map(to_category, values)):
+            seen[label] = seen.get(label, 0) + 1
+        if not seen:
+            raise ValueError(f"no categorical reference values for signal {signal!r}")
+        ranked = sorted(seen, key=lambda c: (-seen[c], c))
+        kept = tuple(sorted(ranked[:MAX_CATEGORIES]))
+        other = sum(seen[c] for c in ranked[MAX_CATEGORIES:])
+        counts = (*(float(seen[c]) for c in kept), float(other))
+        return cls(signal, "categorical", counts, categories=kept)
+
+    @classmethod
+    def from_baseline(cls, doc: Mapping[str, Any], signal: str, group: str = "*") -> Reference:
+        """The reference for (signal, group) from a baseline document."""
+        try:
+            entry = doc["groups"][group][signal]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"baseline has no signal {signal!r} for group {group!r}") from exc
+        return cls(
+            signal,
+            entry["kind"],
+            tuple(map(float, entry["counts"])),
+            tuple(map(float, entry.get("edges", ()))),
+            tuple(map(str, entry.get("categories", ()))),
+            tuple(map(float, entry.get("sample", ()))),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, as stored in a baseline document."""
+        if self.kind == "numeric":
+            return {
+                "kind": self.kind,
+                "edges": list(self.edges),
+                "counts": list(self.counts),
+                "sample": list(self.sample),
+            }
+        return {"kind": self.kind, "categories": list(self.categories), "counts": list(self.counts)}
+
+    def histogram(self, values: Sequence[Any]) -> NDArray[np.float64]:
+        """Counts of already-validated values in the reference's bins."""
+        if self.kind == "numeric":
+            idx = np.searchsorted(np.asarray(self.edges), np.asarray(values, dtype=float), "right")
+            return np.bincount(idx, minlength=len(self.counts)).astype(np.float64)
+        index = {c: i for i, c in enumerate(self.categories)}
+        other = len(self.categories)
+        idx = np.fromiter((index.get(v, other) for v in values), np.int64, len(values))
+        return np.bincount(idx, minlength=other + 1).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """The tests computed on one completed window of one signal."""
+
+    signal: str
+    group: str
+    n: int
+    invalid: int
+    values: Mapping[str, float]
+    alarms: Mapping[str, bool]
+    warn: bool = False
+    at: float = 0.0
+    region: str = ""
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether any test alarmed."""
+        return any(self.alarms.values())
+
+    def monitor_values(self) -> dict[str, float]:
+        """Values named as breaker rules name them (ks and chi2 are p-values)."""
+        names = {"psi": "psi", "js": "js", "ks_p": "ks", "chi2_p": "chi2"}
+        prefix = f"drift.{self.signal}."
+        return {prefix + names[k]: v for k, v in self.values.items() if k in names}
+
+
+@dataclass
+class DriftMonitor:
+    """Compares count- or time-based windows of one signal against its reference.
+
+    >>> ref = Reference.from_values("score", "numeric", [i / 100 for i in range(100)], bins=4)
+    >>> monitor = DriftMonitor(ref, window=50)
+    >>> monitor.update_many([0.9 + i / 1000 for i in range(50)])[0].alarms["psi"]
+    True
+    >>> monitor.drift_detected
+    True
+    """
+
+    reference: Reference
+    tests: DriftTests = field(default_factory=DriftTests)
+    window: int = 1000
+    window_seconds: float | None = None
+    family_size: int = 1
+    correction: Literal["bonferroni", "none"] = "bonferroni"
+    group: str = "*"
+    region: str = ""
+    clock: Clock = time.monotonic
+    invalid: int = 0
+    _buffer: list[Any] = field(default_factory=list, repr=False)
+    _window_invalid: int = field(default=0, repr=False)
+    _started: float | None = field(default=None, repr=False)
+    _last: WindowResult | None = field(default=None, repr=False)
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether the last completed window alarmed."""
+        return self._last is not None and self._last.drift_detected
+
+    @property
+    def last(self) -> WindowResult | None:
+        """The last completed window, if any."""
+        return self._last
+
+    def update_many(self, values: Sequence[object] | NDArray[Any]) -> list[WindowResult]:
+        """Add observations; return the windows they completed (invalid values are counted)."""
+        results = self.tick()
+        if self._started is None:
+            self._started = self.clock()
+        convert = to_float if self.reference.kind == "numeric" else to_category
+        for value in values:
+            item = convert(value)
+            if item is None:
+                self.invalid += 1
+                self._window_invalid += 1
+                continue
+            self._buffer.append(item)
+            if self.window_seconds is None and len(self._buffer) >= self.window:
+                results.append(self._close())
+        return results
+
+    def tick(self) -> list[WindowResult]:
+        """Close a time-based window that is due (nothing for count-based windows)."""
+        if self.window_seconds is None or self._started is None:
+            return []
+        if self.clock() - self._started < self.window_seconds:
+            return []
+        self._started = self.clock()
+        return [self._close()] if self._buffer else []
+
+    def _close(self) -> WindowResult:
+        window, self._buffer = self._buffer, []
+        invalid, self._window_invalid = self._window_invalid, 0
+        values = self._compute(window)
+        self._last = WindowResult(
+            self.reference.signal,
+            self.group,
+            len(window),
+            invalid,
+            values,
+            self._alarms(values),
+            self._warn(values),
+            self.clock(),
+            self.region,
+        )
+        return self._last
+
+    def _compute(self, window: list[Any]) -> dict[str, float]:
+        ref = np.asarray(self.reference.counts)
+        cur = self.reference.histogram(window)
+        out: dict[str, float] = {}
+        if self.tests.psi is not None:
+            out["psi"] = stats.psi(ref, cur)
+        if self.tests.js is not None:
+            out["js"] = stats.js_distance(ref, cur)
+        if self.reference.kind == "numeric" and self.tests.ks is not None:
+            out["ks"], out["ks_p"] = self._ks(window, ref, cur)
+        if self.reference.kind == "categorical" and self.tests.chi2 is not None:
+            out["chi2"], out["chi2_p"], _ = stats.chi2_test(ref, cur)
+        return out
+
+    def _ks(self, window: list[float], ref: NDArray[Any], cur: NDArray[Any]) -> tuple[float, float]:
+        sample = self.reference.sample
+        if not sample:
+            return stats.ks_from_histograms(ref, cur)
+        exact = len(sample) * len(window) <= EXACT_KS_BUDGET
+        return stats.ks_2samp(sample, window, method="auto" if exact else "asymp")
+
+    def _alpha(self, p_value: float) -> float:
+        return p_value / self.family_size if self.correction == "bonferroni" else p_value
+
+    def _alarms(self, values: Mapping[str, float]) -> dict[str, bool]:
+        tests, alarms = self.tests, {}
+        if tests.psi is not None and "psi" in values:
+            alarms["psi"] = values["psi"] >= tests.psi.alarm
+        if tests.js is not None and "js" in values:
+            alarms["js"] = values["js"] >= tests.js.alarm
+        if tests.ks is not None and "ks_p" in values:
+            alarms["ks"] = values["ks_p"] < self._alpha(tests.ks.p_value)
+        if tests.chi2 is not None and "chi2_p" in values:
+            alarms["chi2"] = values["chi2_p"] < self._alpha(tests.chi2.p_value)
+        return alarms
+
+    def _warn(self, values: Mapping[str, float]) -> bool:
+        return self.tests.psi is not None and values.get("psi", 0.0) >= self.tests.psi.warn
+
+
+def signal_kinds(spec: DriftSpec) -> dict[str, Kind]:
+    """The monitored signals of a drift spec: "score" and each input, with their kind."""
+    kinds: dict[str, Kind] = {}
+    for signal in spec.signals:
+        if isinstance(signal, str):
+            kinds[signal] = "numeric"
+        else:
+            kinds[signal.input] = signal.kind
+    return kinds
+
+
+class DriftBank:
+    """All drift monitors of one region: per (group or "*", signal), references from warm-up."""
+
+    def __init__(
+        self,
+        spec: DriftSpec,
+        region: str = "default",
+        group_key: str | None = None,
+        baseline: Mapping[str, Any] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.spec, self.region, self.group_key = spec, region, group_key
+        self.baseline, self.clock = baseline, clock
+        self.kinds = signal_kinds(spec)
+        self.monitors: dict[tuple[str, str], DriftMonitor] = {}
+        self.warmup: dict[tuple[str, str], list[object]] = {}
+
+    def observe(self, rows: Sequence[Mapping[str, object]]) -> list[WindowResult]:
+        """Feed rows ({signal: value, ...}); return the windows they completed."""
+        batches: dict[tuple[str, str], list[object]] = {}
+        for row in rows:
+            for group in self._groups(row):
+                for signal in self.kinds:
+                    batches.setdefault((group, signal), []).append(row.get(signal))
+        results: list[WindowResult] = []
+        for key, values in batches.items():
+            results.extend(self._feed(key, values))
+        for key, monitor in self.monitors.items():
+            if key not in batches:
+                results.extend(monitor.tick())
+        return results
+
+    def _groups(self, row: Mapping[str, object]) -> tuple[str, ...]:
+        if self.group_key is None or row.get(self.group_key) is None:
+            return ("*",)
+        return ("*", str(row[self.group_key]))
+
+    def _feed(self, key: tuple[str, str], values: list[object]) -> list[WindowResult]:
+        monitor = self.monitors.get(key) or self._from_baseline(key)
+        if monitor is not None:
+            return monitor.update_many(values)
+        buffer = self.warmup.setdefault(key, [])
+        kind = self.kinds[key[1]]
+        convert = to_float if kind == "numeric" else to_category
+        taken = 0
+        for value in values:
+            taken += 1
+            if convert(value) is not None:
+                buffer.append(value)
+                if len(buffer) >= self.spec.reference.warmup:
+                    break
+        if len(buffer) < self.spec.reference.warmup:
+            return []
+        del self.warmup[key]
+        reference = Reference.from_values(key[1], kind, buffer, self.spec.bins)
+        return self._install(key, reference).update_many(values[taken:])
+
+    def _from_baseline(self, key: tuple[str, str]) -> DriftMonitor | None:
+        if self.baseline is None:
+            return None
+        group, signal = key
+        if signal not in self.baseline.get("groups", {}).get(group, {}):
+            return None
+        return self._install(key, Reference.from_baseline(self.baseline, signal, group))
+
+    def _install(self, key: tuple[str, str], reference: Reference) -> DriftMonitor:
+        monitor = DriftMonitor(
+            reference,
+            self.spec.tests,
+            self.spec.window,
+            self.spec.window_seconds,
+            family_size=len(self.kinds),
+            correction=self.spec.correction,
+            group=key[0],
+            region=self.region,
+            clock=self.clock,
+        )
+        self.monitors[key] = monitor
+        return monitor

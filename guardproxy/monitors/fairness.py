@@ -1,0 +1,142 @@
+"""Per-group decision counters and the fairness report built from them (Fairlearn's names)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from guardproxy.monitors.stats import wilson_interval
+
+FOUR_FIFTHS = 0.8
+
+
+@dataclass(slots=True)
+class GroupCounts:
+    """Integer counters of one (region, group): mergeable across replicas by addition.
+
+    `decisions` and `selected` count every decision; tp, fp, tn, fn count the decisions
+    whose label arrived, judged at the threshold in force when the decision was made.
+    """
+
+    decisions: int = 0
+    selected: int = 0
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+
+    def record(self, predicted: bool, label: bool | None = None) -> None:
+        """Count one decision, and its confusion cell when the label is known."""
+        self.decisions += 1
+        self.selected += int(predicted)
+        if label is not None:
+            name = ("tp" if label else "fp") if predicted else ("fn" if label else "tn")
+            setattr(self, name, getattr(self, name) + 1)
+
+    @classmethod
+    def from_arrays(cls, predicted: ArrayLike, labels: ArrayLike | None = None) -> GroupCounts:
+        """Counts of a batch of 0/1 decisions with optional 0/1 labels."""
+        pred = np.asarray(predicted).astype(bool)
+        counts = cls(decisions=int(pred.size), selected=int(pred.sum()))
+        if labels is not None:
+            lab = np.asarray(labels).astype(bool)
+            counts.tp, counts.fp = int((pred & lab).sum()), int((pred & ~lab).sum())
+            counts.fn, counts.tn = int((~pred & lab).sum()), int((~pred & ~lab).sum())
+        return counts
+
+    def merge(self, other: GroupCounts) -> GroupCounts:
+        """The sum of two counters."""
+        return GroupCounts(**{k: v + other.to_dict()[k] for k, v in self.to_dict().items()})
+
+    def to_dict(self) -> dict[str, int]:
+        """A flat mapping of counters, ready for HINCRBY into a Redis hash."""
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str | bytes, int | str | bytes]) -> GroupCounts:
+        """Read back `to_dict` (keys and values may be bytes); other keys are ignored."""
+        decoded = {k.decode() if isinstance(k, bytes) else k: v for k, v in mapping.items()}
+        return cls(**{f.name: int(decoded.get(f.name, 0)) for f in fields(cls)})
+
+
+def _metric(successes: int, trials: int) -> dict[str, Any]:
+    """A proportion with its count and Wilson 95% interval; value None when count is 0."""
+    lo, hi = wilson_interval(successes, trials)
+    value = successes / trials if trials > 0 else None
+    return {"value": value, "count": trials, "ci95": [lo, hi]}
+
+
+def group_metrics(counts: GroupCounts) -> dict[str, Any]:
+    """selection_rate, true/false positive rate and positive predictive value of one group."""
+    return {
+        "selection_rate": _metric(counts.selected, counts.decisions),
+        "true_positive_rate": _metric(counts.tp, counts.tp + counts.fn),
+        "false_positive_rate": _metric(counts.fp, counts.fp + counts.tn),
+        "positive_predictive_value": _metric(counts.tp, counts.tp + counts.fp),
+        "decisions": counts.decisions,
+        "labeled": counts.tp + counts.fp + counts.tn + counts.fn,
+    }
+
+
+def _values(per_group: Mapping[str, dict[str, Any]], metric: str) -> list[float]:
+    """The defined values of a metric across groups."""
+    values = [m[metric]["value"] for m in per_group.values()]
+    return [float(v) for v in values if v is not None]
+
+
+def _difference(values: list[float]) -> float | None:
+    """max - min over groups; None with fewer than two groups to compare."""
+    return max(values) - min(values) if len(values) >= 2 else None
+
+
+def _ratio(values: list[float]) -> float | None:
+    """min / max over groups; None with fewer than two groups or when max is 0."""
+    if len(values) < 2 or max(values) <= 0:
+        return None
+    return min(values) / max(values)
+
+
+def _versus_reference(per_group: Mapping[str, dict[str, Any]], reference: str) -> dict[str, Any]:
+    """Each group's selection rate ratio and TPR difference against the reference group."""
+    if reference not in per_group:
+        raise ValueError(f"reference group {reference!r} is not among {sorted(per_group)}")
+    ref = per_group[reference]
+    out: dict[str, Any] = {}
+    for group, metrics in per_group.items():
+        sel, ref_sel = metrics["selection_rate"]["value"], ref["selection_rate"]["value"]
+        tpr, ref_tpr = metrics["true_positive_rate"]["value"], ref["true_positive_rate"]["value"]
+        out[group] = {
+            "selection_rate_ratio": sel / ref_sel if sel is not None and ref_sel else None,
+            "true_positive_rate_difference": (
+                tpr - ref_tpr if tpr is not None and ref_tpr is not None else None
+            ),
+        }
+    return out
+
+
+def fairness_report(
+    counts_by_group: Mapping[str, GroupCounts], reference_group: str | None = None
+) -> dict[str, Any]:
+    """Per-group rates with Wilson intervals and Fairlearn's between-group disparities."""
+    per_group = {group: group_metrics(c) for group, c in counts_by_group.items()}
+    tpr_gap = _difference(_values(per_group, "true_positive_rate"))
+    fpr_gap = _difference(_values(per_group, "false_positive_rate"))
+    ratio = _ratio(_values(per_group, "selection_rate"))
+    report: dict[str, Any] = {
+        "groups": per_group,
+        "demographic_parity_difference": _difference(_values(per_group, "selection_rate")),
+        "demographic_parity_ratio": ratio,
+        "four_fifths_violation": None if ratio is None else ratio < FOUR_FIFTHS,
+        "equal_opportunity_difference": tpr_gap,
+        "equalized_odds_difference": (
+            None if tpr_gap is None or fpr_gap is None else max(tpr_gap, fpr_gap)
+        ),
+    }
+    if reference_group is not None:
+        report["reference_group"] = reference_group
+        report["versus_reference"] = _versus_reference(per_group, reference_group)
+    return report

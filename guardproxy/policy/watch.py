@@ -1,0 +1,177 @@
+"""The current policy table, reloaded whole when the policy directory changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ..snapshots import Snapshot
+from .loader import PolicyError, PolicyFiles, load_files, read_policy_files
+from .table import ChainFactory, PolicyTable, builtin_files, compile_table
+
+log = logging.getLogger("guardproxy.policy")
+
+SwapCallback = Callable[[PolicyTable], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: swapped in a new table, found nothing new, or kept the old one."""
+
+    status: Literal["ok", "unchanged", "failed"]
+    problems: tuple[str, ...] = ()
+
+
+class PolicyStore:
+    """Holds the serving PolicyTable in a Snapshot and swaps in new ones that compile."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        default_region: str = "default",
+        build_chain: ChainFactory | None = None,
+        on_swap: Iterable[SwapCallback] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = None if directory is None else os.fspath(directory)
+        self.default_region = default_region
+        self.build_chain = build_chain
+        self.on_swap: list[SwapCallback] = list(on_swap)
+        self._clock = clock
+        files = self.read()
+        self.snapshot: Snapshot[PolicyTable] = Snapshot(self._compile(files))
+        self.content_hash = self._seen_hash = files.content_hash
+        self.loaded_at = self.attempted_at = clock()
+        self.last_error: list[str] | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    @property
+    def table(self) -> PolicyTable:
+        """The table being served."""
+        return self.snapshot.current
+
+    def read(self) -> PolicyFiles:
+        """Read the policy files (disk I/O: off the event loop when called from async code)."""
+        if self.directory is None:
+            return builtin_files()
+        return read_policy_files(self.directory)
+
+    def reload(self, force: bool = False) -> ReloadResult:
+        """Read the directory and swap in a new table if its content changed and compiles."""
+        return self.apply(self.read(), force)
+
+    def apply(self, files: PolicyFiles, force: bool = False) -> ReloadResult:
+        """Compile already-read files and swap the table, or keep the last good one."""
+        if files.content_hash == self._seen_hash and not force:
+            return ReloadResult("unchanged", tuple(self.last_error or ()))
+        self._seen_hash = files.content_hash
+        self.attempted_at = self._clock()
+        try:
+            table = self._compile(files)
+        except PolicyError as exc:
+            return self._failed([str(p) for p in exc.problems])
+        except Exception as exc:  # a chain factory that rejects a policy must not kill reload
+            return self._failed([f"cannot build the guard chain: {exc!r}"])
+        self._swap(table, files.content_hash)
+        return ReloadResult("ok")
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able account of what is served and how reloads went."""
+        table = self.table
+        regions = {
+            name: {"version": entry.version, "sources": list(entry.sources)}
+            for name, entry in sorted(table.regions.items())
+        }
+        return {
+            "directory": self.directory,
+            "default_region": table.default_region,
+            "content_hash": self.content_hash,
+            "regions": regions,
+            "loaded_at": _iso(self.loaded_at),
+            "attempted_at": _iso(self.attempted_at),
+            "last_error": self.last_error,
+            "reloads_ok": self.reloads_ok,
+            "reloads_failed": self.reloads_failed,
+        }
+
+    def _compile(self, files: PolicyFiles) -> PolicyTable:
+        return compile_table(load_files(files), self.default_region, self.build_chain)
+
+    def _swap(self, table: PolicyTable, content_hash: str) -> None:
+        self.snapshot.publish(table)
+        self.content_hash = content_hash
+        self.loaded_at = self.attempted_at
+        self.last_error = None
+        self.reloads_ok += 1
+        versions = " ".join(f"{n}={e.version}" for n, e in sorted(table.regions.items()))
+        log.info("policies reloaded: %s", versions)
+        for callback in self.on_swap:
+            try:
+                callback(table)
+            except Exception:
+                log.exception("policy swap callback %r failed", callback)
+
+    def _failed(self, problems: list[str]) -> ReloadResult:
+        self.last_error = problems
+        self.reloads_failed += 1
+        log.warning(
+            "policy reload failed, still serving the last good policies: %s", " | ".join(problems)
+        )
+        return ReloadResult("failed", tuple(problems))
+
+
+class PolicyWatcher:
+    """Polls the policy directory's content hash and reloads the store when it changes."""
+
+    def __init__(self, store: PolicyStore, interval: float = 2.0) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval}")
+        self.store = store
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the polling task is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start polling; nothing to watch for the embedded default."""
+        if self._task is None and self.store.directory is not None:
+            self._task = asyncio.create_task(self._run(), name="guardproxy-policy-watcher")
+
+    async def stop(self) -> None:
+        """Stop polling and wait for the task to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check(self) -> ReloadResult:
+        """Read the directory in a thread, then reload if its content changed."""
+        files = await asyncio.to_thread(self.store.read)
+        return self.store.apply(files)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("policy watcher check failed; retrying in %.1fs", self.interval)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

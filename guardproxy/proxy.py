@@ -1,0 +1,247 @@
+"""The hot path: forward every request; run guarded routes through the policy's guard chain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .exchange import Exchange, Reply, dumps
+from .guards.base import GuardChain
+from .policy.table import CompiledPolicy, PolicyTable
+from .snapshots import Snapshot
+from .upstream import (
+    Upstream,
+    UpstreamError,
+    forward_request_headers,
+    forward_response_headers,
+    map_error,
+)
+
+log = logging.getLogger("guardproxy.proxy")
+
+NO_BODY_STATUS = frozenset({204, 304})
+JSON_TYPES = ("application/json", "application/x-ndjson")
+Observer = Callable[[Exchange, CompiledPolicy], None]
+
+
+@dataclass(slots=True)
+class ProxyCounts:
+    """Plain counters the admin port reports; ints, so no locks in a single event loop."""
+
+    requests: int = 0
+    guarded: int = 0
+    in_flight: int = 0
+    unknown_region: int = 0
+    upstream_errors: dict[int, int] = field(default_factory=dict)
+    aborted: int = 0
+    blocked: int = 0
+    unguarded_streams: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able view for /status."""
+        return {
+            "requests": self.requests,
+            "guarded": self.guarded,
+            "in_flight": self.in_flight,
+            "unknown_region": self.unknown_region,
+            "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
+            "aborted": self.aborted,
+            "blocked": self.blocked,
+            "unguarded_streams": self.unguarded_streams,
+        }
+
+
+def new_request_id() -> str:
+    """A random 128-bit id, hex encoded."""
+    return os.urandom(16).hex()
+
+
+def error_response(status: int, message: str, request_id: str, **extra: Any) -> web.Response:
+    """Every error the proxy itself gives: a JSON body naming the request."""
+    body = {"error": message, "request_id": request_id, **extra}
+    return web.Response(
+        status=status,
+        body=dumps(body),
+        content_type="application/json",
+        headers={"X-Request-Id": request_id},
+    )
+
+
+class Proxy:
+    """The data port's single handler."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        policies: Snapshot[PolicyTable],
+        region_header: str = "X-Region",
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.upstream = upstream
+        self.policies = policies
+        self.region_header = region_header
+        self.observers = tuple(observers)
+        self.counts = ProxyCounts()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Forward one request, guarded when its path is one of the policy's routes."""
+        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        policy, known = self.policies.current.resolve(request.headers.get(self.region_header))
+        counts = self.counts
+        counts.requests += 1
+        counts.unknown_region += not known
+        counts.in_flight += 1
+        try:
+            if policy.chain is not None and policy.routes.matches(request.path):
+                counts.guarded += 1
+                return await self._guarded(request, request_id, policy)
+            return await self._stream(request, request_id)
+        except UpstreamError as exc:
+            counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
+            return error_response(exc.status, exc.message, request_id)
+        finally:
+            counts.in_flight -= 1
+
+    async def _stream(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        """Pass-through: bodies streamed both ways, byte for byte."""
+        upstream_response = await self._send(request, request_id, _request_payload(request))
+        async with upstream_response:
+            return await self._relay(request, request_id, upstream_response)
+
+    async def _send(
+        self, request: web.Request, request_id: str, data: Any
+    ) -> aiohttp.ClientResponse:
+        headers = forward_request_headers(request, request_id)
+        try:
+            return await self.upstream.session.request(
+                request.method,
+                self.upstream.url_for(request.raw_path),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise map_error(exc) from exc
+
+    async def _relay(
+        self, request: web.Request, request_id: str, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=_response_headers(upstream.headers, request_id),
+        )
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        if request.method == "HEAD" or upstream.status in NO_BODY_STATUS:
+            await response.write_eof()
+            return response
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone; closing without the final chunk tells the client the truth.
+            self.counts.aborted += 1
+            log.warning("upstream failed mid-response for %s: %r", request_id, exc)
+            _abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+    async def _guarded(
+        self, request: web.Request, request_id: str, policy: CompiledPolicy
+    ) -> web.StreamResponse:
+        chain = cast(GuardChain, policy.chain)
+        ex = Exchange(
+            request_id=request_id,
+            region=policy.region,
+            method=request.method,
+            path=request.path,
+            headers=request.headers,
+            body=await request.read(),
+            started=time.perf_counter(),
+        )
+        await chain.on_request(ex)
+        if ex.reply is not None:
+            return self._finish_reply(ex, policy)
+        began = time.perf_counter()
+        upstream_response = await self._send(request, request_id, ex.body)
+        async with upstream_response:
+            if not _is_json(upstream_response) or request.method == "HEAD":
+                self.counts.unguarded_streams += 1
+                return await self._relay(request, request_id, upstream_response)
+            try:
+                ex.response_body = await upstream_response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise map_error(exc) from exc
+            ex.upstream_seconds = time.perf_counter() - began
+            ex.status = upstream_response.status
+            ex.response_headers = forward_response_headers(upstream_response.headers)
+        if 200 <= ex.status < 300:
+            await chain.on_response(ex)
+        if ex.reply is not None:
+            return self._finish_reply(ex, policy)
+        return self._finish(ex, policy)
+
+    def _finish(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+        headers = ex.response_headers
+        body = ex.final_response_body()
+        if ex.response_changed:
+            headers.popall("Content-Encoding", None)
+        headers.popall("Content-Length", None)
+        _annotate(headers, ex, policy)
+        self._observe(ex, policy)
+        return web.Response(status=ex.status, body=body, headers=headers)
+
+    def _finish_reply(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+        reply: Reply = ex.reply  # type: ignore[assignment]
+        self.counts.blocked += 1
+        ex.status = reply.status
+        response = error_response(reply.status, reply.error, ex.request_id, **reply.details)
+        response.headers.update(reply.headers)
+        _annotate(response.headers, ex, policy)
+        self._observe(ex, policy)
+        return response
+
+    def _observe(self, ex: Exchange, policy: CompiledPolicy) -> None:
+        for observer in self.observers:
+            observer(ex, policy)
+
+
+def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, policy: CompiledPolicy) -> None:
+    headers["X-Request-Id"] = ex.request_id
+    headers["X-Guard-Region"] = policy.region
+    headers["X-Guard-Policy"] = policy.version
+    headers.update(ex.annotations)
+
+
+def _response_headers(upstream: Any, request_id: str) -> CIMultiDict[str]:
+    headers = forward_response_headers(upstream)
+    headers.popall("Content-Length", None)  # set through content_length to keep framing exact
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+def _request_payload(request: web.Request) -> Any:
+    if request.body_exists:
+        return request.content
+    return None
+
+
+def _is_json(response: aiohttp.ClientResponse) -> bool:
+    return response.content_type in JSON_TYPES and response.status not in NO_BODY_STATUS
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,50 @@
+"""Runtime settings: flags and their GUARDPROXY_* environment variables, parsed once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .upstream import Timeouts
+
+
+def parse_address(value: str, default_host: str) -> tuple[str, int]:
+    """ "host:port", ":port" or "port" into (host, port)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"not an address: {value!r} (expected HOST:PORT)")
+    return (host.strip("[]") or default_host, int(port))
+
+
+def secret_from_env(name: str) -> str | None:
+    """A token from NAME, or from the file named by NAME_FILE (as Kubernetes mounts Secrets)."""
+    value = os.environ.get(name)
+    if value:
+        return value.strip()
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `guardproxy serve` is configured with."""
+
+    upstream: str
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    admin: tuple[str, int] = ("127.0.0.1", 9901)
+    policies: Path | None = None
+    region: str = "default"
+    region_header: str = "X-Region"
+    state: str = "memory"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    drain_timeout: float = 20.0
+    max_body: int = 16 * 1024 * 1024
+    pool_size: int = 100
+    poll_interval: float = 2.0
+    samples_dir: Path = Path("/tmp/guardproxy/samples")
+    admin_token: str | None = None
+    feedback_token: str | None = None
+    queue_size: int = 10_000

@@ -1,0 +1,150 @@
+"""Real servers for tests: an upstream with awkward endpoints, and a way to serve any app."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from .app import RunningProxy, running_proxy, start_site
+from .settings import Settings
+
+__all__ = [
+    "PATTERN",
+    "RunningProxy",
+    "proxy_settings",
+    "running_proxy",
+    "serving",
+    "upstream_app",
+]
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB of every byte value
+
+
+@asynccontextmanager
+async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve an app on a free port of host; yields its base URL."""
+    runner, port = await start_site(app, host, 0, shutdown_timeout=5.0)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def upstream_app() -> web.Application:
+    """An upstream that echoes, streams, stalls, resets and answers any status."""
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/echo{tail:.*}", echo)
+    app.router.add_get("/bytes/{n}", download)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/sse", sse)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/slow/{seconds}", slow)
+    app.router.add_get("/reset", reset)
+    app.router.add_get("/gzip", gzip_body)
+    return app
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Everything the upstream received, as JSON."""
+    body = await request.read()
+    doc: dict[str, Any] = {
+        "method": request.method,
+        "path_qs": request.raw_path,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body_length": len(body),
+        "chunked": request.headers.get("Transfer-Encoding", "") == "chunked",
+    }
+    return web.json_response(doc, headers={"X-Upstream": "echo", "Set-Cookie": "a=1"})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """n bytes of a known pattern, streamed in 64 KiB chunks (no Content-Length)."""
+    remaining = int(request.match_info["n"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    while remaining > 0:
+        chunk = PATTERN[: min(len(PATTERN), remaining)]
+        await response.write(chunk)
+        remaining -= len(chunk)
+    await response.write_eof()
+    return response
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Consume a body as a stream; answer its size and digest."""
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    """Server-sent events, one every `interval` seconds, OpenAI style."""
+    count = int(request.query.get("n", "5"))
+    interval = float(request.query.get("interval", "0.2"))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i in range(count):
+        await response.write(f'data: {{"token": {i}}}\n\n'.encode())
+        await asyncio.sleep(interval)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    """Answer the status in the path; 204/304 carry no body."""
+    code = int(request.match_info["code"])
+    if code in (204, 304):
+        return web.Response(status=code, headers={"ETag": '"v1"'})
+    return web.json_response({"status": code}, status=code)
+
+
+async def slow(request: web.Request) -> web.Response:
+    """Answer after the given number of seconds."""
+    await asyncio.sleep(float(request.match_info["seconds"]))
+    return web.json_response({"slept": float(request.match_info["seconds"])})
+
+
+async def reset(request: web.Request) -> web.StreamResponse:
+    """Promise 1 MiB, send 64 KiB, then drop the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = 1 << 20
+    await response.prepare(request)
+    await response.write(PATTERN)
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+async def gzip_body(request: web.Request) -> web.Response:
+    """A gzip-encoded body, to check it passes through still encoded."""
+    import gzip
+
+    data = gzip.compress(b"hello " * 100)
+    return web.Response(
+        body=data, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    )
+
+
+def proxy_settings(upstream: str, **overrides: Any) -> Settings:
+    """Settings for a proxy on free loopback ports in front of `upstream`."""
+    values: dict[str, Any] = {
+        "upstream": upstream,
+        "listen": ("127.0.0.1", 0),
+        "admin": ("127.0.0.1", 0),
+        "drain_timeout": 5.0,
+        "admin_token": "admin-secret",
+        "feedback_token": "feedback-secret",
+    }
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,169 @@
+"""Tests for references, drift monitors and the per-region drift bank."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats as st
+
+from guardproxy.monitors import stats
+from guardproxy.monitors.drift import DriftBank, DriftMonitor, Reference, WindowResult
+from guardproxy.policy.models import DriftSpec, DriftTests
+
+DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def adult_rows() -> list[dict[str, object]]:
+    with DATA.open() as f:
+        return [
+            {"age": float(r["age"]), "hours-per-week": float(r["hours-per-week"]), "sex": r["sex"]}
+            for r in csv.DictReader(f)
+        ]
+
+
+def test_numeric_reference_bins_from_quantiles() -> None:
+    ref = Reference.from_values("x", "numeric", list(range(100)), bins=4)
+    assert ref.edges == (25.0, 50.0, 75.0)
+    assert ref.counts == (25.0, 25.0, 25.0, 25.0)
+    assert list(ref.histogram([-1e9, 30.0, 1e9])) == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_numeric_reference_unique_edges_and_bounded_sample() -> None:
+    values = [1.0] * 9000 + [2.0] * 1000 + ["bad", None, float("nan"), True]
+    ref = Reference.from_values("x", "numeric", values, bins=10)
+    assert ref.edges == (1.0, 2.0)
+    assert ref.counts == (0.0, 9000.0, 1000.0)
+    assert sum(ref.counts) == 10_000
+    assert len(ref.sample) == 5000
+    assert ref.sample.count(2.0) == pytest.approx(500, abs=2)
+
+
+def test_categorical_reference_has_other_bucket() -> None:
+    ref = Reference.from_values("sex", "categorical", ["m", "f", "f", None], bins=10)
+    assert ref.categories == ("f", "m")
+    assert ref.counts == (2.0, 1.0, 0.0)
+    assert list(ref.histogram(["f", "x", "y"])) == [1.0, 0.0, 2.0]
+
+
+def test_reference_needs_values() -> None:
+    with pytest.raises(ValueError, match="no numeric reference values for signal 'age'"):
+        Reference.from_values("age", "numeric", ["n/a"], bins=4)
+
+
+def test_monitor_count_window_matches_scipy_and_counts_invalid() -> None:
+    rng = np.random.default_rng(7)
+    ref = Reference.from_values("score", "numeric", list(rng.normal(size=400)), bins=10)
+    monitor = DriftMonitor(ref, DriftTests(js={"alarm": 0.1}), window=300, family_size=3)
+    window = list(rng.normal(0.4, size=300))
+    results = monitor.update_many([*window[:100], None, "x", *window[100:], 1.0])
+    assert len(results) == 1
+    result = results[0]
+    assert (result.n, result.invalid) == (300, 2)
+    _, p = st.ks_2samp(ref.sample, window)
+    assert abs(result.values["ks_p"] - p) < 1e-6
+    expected_psi = stats.psi(ref.counts, ref.histogram(window))
+    assert result.values["psi"] == pytest.approx(expected_psi)
+    assert result.alarms["ks"] == (p < 0.01 / 3)
+    assert set(result.alarms) == {"psi", "ks", "js"}
+    assert monitor.last is result
+    assert monitor.invalid == 2
+
+
+def test_monitor_no_drift_on_same_distribution() -> None:
+    rng = np.random.default_rng(11)
+    ref = Reference.from_values("score", "numeric", list(rng.uniform(size=2000)), bins=10)
+    monitor = DriftMonitor(ref, window=1000)
+    result = monitor.update_many(rng.uniform(size=1000))[0]
+    assert not result.drift_detected
+    assert not monitor.drift_detected
+    assert result.values["psi"] < 0.05
+
+
+def test_monitor_time_window_uses_clock() -> None:
+    clock = FakeClock()
+    ref = Reference.from_values("score", "numeric", [i / 10 for i in range(10)] * 10, bins=5)
+    monitor = DriftMonitor(ref, window=10, window_seconds=60, clock=clock)
+    assert monitor.update_many([0.1] * 50) == []  # the count does not close a time window
+    clock.now = 59.0
+    assert monitor.tick() == []
+    clock.now = 60.0
+    results = monitor.update_many([0.5])
+    assert [r.n for r in results] == [50]
+    assert results[0].at == 60.0
+    clock.now = 120.0
+    assert [r.n for r in monitor.tick()] == [1]
+
+
+def test_categorical_monitor_uses_chi2_like_scipy() -> None:
+    ref = Reference.from_values("sex", "categorical", ["f"] * 50 + ["m"] * 50, bins=10)
+    monitor = DriftMonitor(ref, window=40)
+    result = monitor.update_many(["f"] * 30 + ["m"] * 10)[0]
+    expected = st.chi2_contingency(np.array([[50, 50], [30, 10]]))
+    assert abs(result.values["chi2_p"] - expected.pvalue) < 1e-9
+    assert "ks" not in result.values
+    assert result.monitor_values()["drift.sex.chi2"] == result.values["chi2_p"]
+
+
+def test_bank_warms_up_then_detects_real_drift_on_adult() -> None:
+    spec = DriftSpec.model_validate(
+        {
+            "reference": {"warmup": 2000},
+            "window": 1000,
+            "signals": ["score", {"input": "age"}, {"input": "sex", "kind": "categorical"}],
+        }
+    )
+    bank = DriftBank(spec, region="sg", group_key="sex")
+    rows = adult_rows()
+    for row in rows:
+        row["score"] = row["hours-per-week"] / 100
+    assert bank.observe(rows[:2000]) == []  # "*" warmed up; per-sex monitors still warming
+    same = bank.observe(rows[2000:3000])
+    star = {r.signal: r for r in same if r.group == "*"}
+    assert set(star) == {"score", "age", "sex"}
+    assert all(r.n == 1000 for r in star.values())
+    older = [{**r, "age": float(r["age"]) + 15} for r in rows[3000:4000]]  # type: ignore[arg-type]
+    drifted = {r.signal: r for r in bank.observe(older) if r.group == "*"}
+    assert drifted["age"].alarms["ks"] and drifted["age"].alarms["psi"]
+    assert not drifted["score"].drift_detected
+    assert drifted["age"].region == "sg"
+    assert {"drift.age.psi", "drift.age.ks"} <= set(drifted["age"].monitor_values())
+
+
+def test_bank_skips_invalid_values_without_raising() -> None:
+    spec = DriftSpec.model_validate({"reference": {"warmup": 10}, "window": 10})
+    bank = DriftBank(spec)
+    rows: list[dict[str, object]] = [{"score": "oops"}, {}, {"score": None}]
+    rows += [{"score": i / 20} for i in range(20)]
+    results: list[WindowResult] = bank.observe(rows)
+    assert [r.n for r in results] == [10]
+    assert bank.monitors[("*", "score")].invalid == 0  # invalid rows fell in the warm-up
+
+
+def test_bank_uses_baseline_document() -> None:
+    ref = Reference.from_values("score", "numeric", [i / 100 for i in range(100)], bins=4)
+    doc = {"version": 1, "groups": {"*": {"score": ref.to_dict()}}}
+    bank = DriftBank(DriftSpec.model_validate({"window": 10}), baseline=doc)
+    results = bank.observe([{"score": 0.99}] * 10)
+    assert len(results) == 1 and results[0].alarms["psi"]
+    assert bank.monitors[("*", "score")].reference == ref
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from guardproxy.monitors import drift
+
+    assert doctest.testmod(drift).failed == 0

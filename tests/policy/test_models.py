@@ -1,0 +1,126 @@
+"""The policy schema: durations, ranges and cross-field checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from guardproxy.policy.models import AdaptSpec, BreakerSpec, DriftSpec, Policy, PsiSpec
+
+GROUPS = {"attribute": {"input": "sex"}, "values": ["Female", "Male"]}
+
+
+def policy(**sections: Any) -> Policy:
+    return Policy.model_validate({"region": "sg", **sections})
+
+
+def rejects(fragment: str, **sections: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        policy(**sections)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("60s", 60.0), ("5m", 300.0), ("1h", 3600.0), (90, 90.0), ("1.5", 1.5)],
+)
+def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
+    assert AdaptSpec.model_validate({"every": text}).every == seconds
+
+
+@pytest.mark.parametrize("bad", ["5 days", "-1s", "0s", 0, True, "soon"])
+def test_bad_durations_are_rejected(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        BreakerSpec.model_validate({"cooldown": bad})
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    loaded = policy()
+    assert loaded.decision.threshold == 0.5
+    with pytest.raises(ValidationError):
+        loaded.region = "th"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("sections", "fragment"),
+    [
+        ({"sampling": {"rate": 1.5}}, "less than or equal to 1"),
+        ({"sampling": {"rate": -0.1}}, "greater than or equal to 0"),
+        ({"labels": {"block": {"status": 302}}}, "greater than or equal to 400"),
+        ({"drift": {"bins": 1}}, "greater than or equal to 2"),
+        ({"fairness": {"disparate_impact": {"min_ratio": 2}}}, "less than or equal to 1"),
+        ({"decision": {"threshold": 1.2}}, "outside score range"),
+        ({"model": {"score": {"range": [1, 0]}}}, "low < high"),
+        ({"region": "s g"}, "should match pattern"),
+        ({"sampling": {"rate": 0.1, "rat": 1}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_out_of_range_values_are_rejected(sections: dict[str, Any], fragment: str) -> None:
+    rejects(fragment, **sections)
+
+
+def test_per_group_must_name_a_declared_group() -> None:
+    rejects("undeclared group 'Other'", groups=GROUPS, decision={"per_group": {"Other": 0.4}})
+    assert policy(groups=GROUPS, decision={"per_group": {"Female": 0.4}}).decision.per_group
+
+
+def test_per_group_threshold_must_lie_in_score_range() -> None:
+    rejects("outside score range", groups=GROUPS, decision={"per_group": {"Male": 1.5}})
+
+
+def test_fallback_needs_an_upstream() -> None:
+    rejects("needs open.upstream", breaker={"open": {"action": "fallback"}})
+    spec = {"open": {"action": "fallback", "upstream": "http://127.0.0.1:8082"}}
+    assert policy(breaker=spec).breaker.open.upstream == "http://127.0.0.1:8082"
+
+
+def test_unknown_breaker_monitor_is_rejected() -> None:
+    rejects("unknown monitor 'latency.p99'", breaker={"trip": [{"when": "latency.p99", "above": 1}]})
+
+
+def test_trip_rule_needs_exactly_one_bound() -> None:
+    rule = {"when": "upstream.error_rate", "above": 0.5, "below": 0.1}
+    rejects("exactly one of above, below", breaker={"trip": [rule]})
+
+
+def test_drift_rule_needs_a_drift_section() -> None:
+    rule = {"when": "drift.score.psi", "above": 0.25}
+    rejects("needs a drift section", breaker={"trip": [rule]})
+    assert policy(drift={}, breaker={"trip": [rule]}).breaker.trip[0].above == 0.25
+
+
+def test_drift_rule_must_name_a_watched_signal() -> None:
+    rule = {"when": "drift.age.psi", "above": 0.25}
+    rejects("names no drift signal", drift={}, breaker={"trip": [rule]})
+    assert policy(drift={"signals": ["score", {"input": "age"}]}, breaker={"trip": [rule]})
+
+
+def test_fairness_rule_needs_a_fairness_section() -> None:
+    rule = {"when": "fairness.disparate_impact", "below": 0.8}
+    rejects("needs a fairness section", breaker={"trip": [rule]})
+
+
+def test_cost_objective_needs_costs() -> None:
+    rejects("needs cost", decision={"adapt": {"objective": "cost"}})
+
+
+def test_routes_must_be_absolute() -> None:
+    rejects("must start with /", model={"routes": ["v2/models/*/infer"]})
+
+
+def test_group_values_must_be_distinct() -> None:
+    rejects("empty or repeated", groups={"values": ["Female", "Female"]})
+
+
+def test_psi_warn_not_above_alarm() -> None:
+    with pytest.raises(ValidationError, match="above alarm"):
+        PsiSpec(warn=0.3, alarm=0.2)
+
+
+def test_signals_accept_score_and_inputs() -> None:
+    drift = DriftSpec.model_validate({"signals": ["score", {"input": "race", "kind": "categorical"}]})
+    assert drift.signals[1] != "score"
+    with pytest.raises(ValidationError):
+        DriftSpec.model_validate({"signals": ["latency"]})

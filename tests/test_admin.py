@@ -1,0 +1,46 @@
+"""The admin port: health, readiness, status, token checks."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+
+
+async def test_healthz_and_status(proxy: RunningProxy, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{proxy.admin_url}/healthz") as response:
+        assert response.status == 200
+    async with client.get(f"{proxy.url}/echo") as response:
+        assert response.status == 200
+    async with client.get(f"{proxy.admin_url}/status") as response:
+        status = await response.json()
+    assert status["version"]
+    assert status["uptime_seconds"] >= 0
+    assert status["upstream"] == proxy.runtime.settings.upstream
+    assert status["requests"]["requests"] == 1
+    assert status["requests"]["in_flight"] == 0
+
+
+async def test_readyz_follows_the_upstream(
+    client: aiohttp.ClientSession, proxy: RunningProxy
+) -> None:
+    async with client.get(f"{proxy.admin_url}/readyz") as response:
+        assert response.status == 200
+    async with running_proxy(proxy_settings("http://127.0.0.1:9")) as down:
+        async with client.get(f"{down.admin_url}/readyz") as response:
+            body = await response.json()
+    assert response.status == 503
+    assert "not reachable" in body["problems"][0]
+
+
+async def test_admin_calls_need_the_token(
+    proxy: RunningProxy, client: aiohttp.ClientSession
+) -> None:
+    async with client.post(f"{proxy.admin_url}/admin/reload") as response:
+        assert response.status == 401
+    bad = {"Authorization": "Bearer wrong"}
+    async with client.post(f"{proxy.admin_url}/admin/reload", headers=bad) as response:
+        assert response.status == 401
+    good = {"Authorization": "Bearer admin-secret"}
+    async with client.post(f"{proxy.admin_url}/admin/reload", headers=good) as response:
+        assert response.status == 200

@@ -1,0 +1,264 @@
+"""Tests for the circuit breaker, driven by a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from guardproxy.breaker import Admission, CircuitBreaker, Transition
+from guardproxy.policy.models import BreakerSpec
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    clock: FakeClock, events: list[Transition] | None = None, **spec: object
+) -> CircuitBreaker:
+    base: dict[str, object] = {
+        "trip": [
+            {"when": "drift.score.psi", "above": 0.25, "windows": 3},
+            {"when": "fairness.disparate_impact", "below": 0.8, "windows": 2},
+            {"when": "upstream.error_rate", "above": 0.5, "windows": 1},
+        ],
+        "cooldown": "30s",
+        "half_open": {"probes": 5, "close_after_windows": 2},
+        "window": "10s",
+    }
+    base.update(spec)
+    listeners = [events.append] if events is not None else []
+    return CircuitBreaker(
+        BreakerSpec.model_validate(base),
+        clock=clock,
+        listeners=listeners,
+        region="sg",
+        wall_clock=lambda: 1_700_000_000.0,
+    )
+
+
+def trip(breaker: CircuitBreaker) -> None:
+    breaker.observe_window({"upstream.error_rate": 0.9})
+    assert breaker.state_name == "open"
+
+
+def test_trips_after_n_consecutive_windows_and_not_before() -> None:
+    breaker = make(FakeClock())
+    for _ in range(2):
+        breaker.observe_window({"drift.score.psi": 0.3})
+    assert breaker.state_name == "closed"
+    assert breaker.admit() is Admission.PASS
+    breaker.observe_window({"drift.score.psi": 0.3})
+    assert breaker.state_name == "open"
+    assert breaker.admit() is Admission.OPEN
+
+
+def test_healthy_window_resets_the_streak_and_absent_monitor_keeps_it() -> None:
+    breaker = make(FakeClock())
+    breaker.observe_window({"drift.score.psi": 0.3})
+    breaker.observe_window({"drift.score.psi": 0.3})
+    breaker.observe_window({"drift.score.psi": 0.1})
+    breaker.observe_window({"drift.score.psi": 0.3})
+    breaker.observe_window({"fairness.disparate_impact": 0.9})  # psi absent: streak kept
+    breaker.observe_window({"drift.score.psi": 0.3})
+    assert breaker.state_name == "closed"
+    assert breaker.status()["streaks"]["drift.score.psi>0.25x3"] == 2
+    breaker.observe_window({"drift.score.psi": 0.3})
+    assert breaker.state_name == "open"
+
+
+def test_below_rule_trips() -> None:
+    breaker = make(FakeClock())
+    breaker.observe_window({"fairness.disparate_impact": 0.7})
+    breaker.observe_window({"fairness.disparate_impact": 0.75})
+    assert breaker.state_name == "open"
+    assert "fairness.disparate_impact<0.8x2" in breaker.status()["reason"]
+
+
+def test_cooldown_moves_to_half_open_on_admit_or_tick() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    trip(breaker)
+    clock.now += 29.9
+    assert breaker.admit() is Admission.OPEN
+    assert breaker.retry_after() == 1
+    clock.now += 0.1
+    assert breaker.admit() is Admission.PROBE
+    assert breaker.state_name == "half_open"
+    other = make(clock)
+    trip(other)
+    assert other.retry_after() == 30
+    clock.now += 30
+    other.tick()
+    assert other.state_name == "half_open"
+
+
+async def test_probe_cap_holds_under_many_concurrent_callers() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    trip(breaker)
+    clock.now += 31
+
+    async def caller() -> Admission:
+        await asyncio.sleep(0)
+        return breaker.admit()
+
+    results = await asyncio.gather(*(caller() for _ in range(500)))
+    assert results.count(Admission.PROBE) == 5
+    assert results.count(Admission.OPEN) == 495
+    assert breaker.status()["probes_admitted"] == 5
+
+
+def half_open(clock: FakeClock, events: list[Transition] | None = None) -> CircuitBreaker:
+    breaker = make(clock, events)
+    trip(breaker)
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    return breaker
+
+
+def test_closes_after_healthy_windows_with_probes_done() -> None:
+    breaker = half_open(FakeClock())
+    breaker.observe_window({"drift.score.psi": 0.1})  # no probe finished yet: does not count
+    breaker.probe_done(ok=True)
+    breaker.observe_window({"drift.score.psi": 0.1})
+    assert breaker.state_name == "half_open"
+    breaker.observe_window({"upstream.error_rate": 0.0})
+    assert breaker.state_name == "closed"
+    assert breaker.admit() is Admission.PASS
+    assert all(v == 0 for v in breaker.status()["streaks"].values())
+
+
+def test_reopens_on_failed_probe_and_on_unhealthy_window() -> None:
+    clock = FakeClock()
+    breaker = half_open(clock)
+    breaker.probe_done(ok=False)
+    assert breaker.state_name == "open"
+    assert breaker.reason == "probe failed"
+    assert breaker.admit() is Admission.OPEN
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    assert breaker.status()["probes_admitted"] == 1  # a new half-open period, a new budget
+    breaker.observe_window({"drift.score.psi": 0.4})  # one crossing is enough in half-open
+    assert breaker.state_name == "open"
+
+
+def test_operator_states() -> None:
+    breaker = make(FakeClock())
+    breaker.force("forced_open", "maintenance")
+    breaker.observe_window({"drift.score.psi": 0.0})
+    assert breaker.admit() is Admission.OPEN
+    assert breaker.retry_after() == 30
+    breaker.force("disabled", "incident 42")
+    for _ in range(5):
+        breaker.observe_window({"upstream.error_rate": 1.0})
+    assert breaker.admit() is Admission.PASS
+    assert breaker.state_name == "disabled"
+    breaker.force("closed", "back to automatic")
+    breaker.observe_window({"upstream.error_rate": 1.0})
+    assert breaker.state_name == "open"
+    with pytest.raises(ValueError, match="cannot force state 'open'"):
+        breaker.force("open", "no")  # type: ignore[arg-type]
+
+
+def test_listeners_get_every_transition_with_reason_and_values() -> None:
+    clock = FakeClock()
+    events: list[Transition] = []
+    breaker = half_open(clock, events)
+    breaker.force("disabled", "on call")
+    assert [(e.old, e.new) for e in events] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "disabled"),
+    ]
+    assert events[0].reason.startswith("tripped: upstream.error_rate>0.5x1")
+    assert events[0].values["upstream.error_rate"] == 0.9
+    assert events[1].reason == "cooldown elapsed"
+    assert events[2].reason == "operator: on call"
+    assert all(e.region == "sg" and e.at == 1_700_000_000.0 for e in events)
+
+
+def test_broken_listener_does_not_stop_the_breaker() -> None:
+    def broken(event: Transition) -> None:
+        raise RuntimeError("boom")
+
+    breaker = CircuitBreaker(BreakerSpec(), clock=FakeClock(), listeners=[broken])
+    breaker.force("forced_open", "x")
+    assert breaker.state_name == "forced_open"
+    assert breaker.listener_errors == 1
+
+
+def test_upstream_error_rate_window() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    for status in (200, 500, None, 200, 503, 200):
+        breaker.record_upstream(status, 0.01)
+    clock.now += 9.9
+    assert breaker.tick() is None
+    clock.now += 0.1
+    values = breaker.tick()
+    assert values == {
+        "upstream.error_rate": 0.5,
+        "upstream.slow_call_rate": pytest.approx(1 / 6),
+        "upstream.consecutive_5xx": 2.0,
+    }
+    assert breaker.state_name == "closed"  # 0.5 is not above 0.5
+    breaker.record_upstream(502, 0.01)
+    breaker.record_upstream(200, 2.0)
+    clock.now += 10
+    assert breaker.tick() == {
+        "upstream.error_rate": 0.5,
+        "upstream.slow_call_rate": 0.5,
+        "upstream.consecutive_5xx": 1.0,
+    }
+    clock.now += 10
+    assert breaker.tick() == {"upstream.consecutive_5xx": 0.0}
+
+
+def test_consecutive_5xx_trips_across_windows() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=[{"when": "upstream.consecutive_5xx", "above": 4}])
+    for _ in range(3):
+        breaker.record_upstream(500, 0.01)
+    clock.now += 10
+    breaker.tick()
+    assert breaker.state_name == "closed"
+    for _ in range(2):
+        breaker.record_upstream(None, 5.0)
+    clock.now += 10
+    assert breaker.tick() == {
+        "upstream.consecutive_5xx": 5.0,
+        "upstream.error_rate": 1.0,
+        "upstream.slow_call_rate": 1.0,
+    }
+    assert breaker.state_name == "open"
+
+
+def test_status_is_json_ready() -> None:
+    breaker = make(FakeClock())
+    breaker.observe_window({"drift.score.psi": 0.3})
+    status = breaker.status()
+    assert status["state"] == "closed"
+    assert status["since"] == "2023-11-14T22:13:20+00:00"
+    assert status["last_window"] == {"drift.score.psi": 0.3}
+    assert status["streaks"]["drift.score.psi>0.25x3"] == 1
+    assert status["open_action"] == "reject"
+    assert breaker.retry_after() == 10
+
+
+def test_admit_is_a_few_microseconds() -> None:
+    breaker = make(FakeClock())
+    n = 100_000
+    start = time.perf_counter()
+    for _ in range(n):
+        breaker.admit()
+    per_call = (time.perf_counter() - start) / n
+    assert per_call < 5e-6
