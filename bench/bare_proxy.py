@@ -1,4 +1,4 @@
-"""The honest baseline for a Python proxy: aiohttp + uvloop, pooled session, read, forward, return."""
+"""The honest baseline for a Python proxy: aiohttp + uvloop, pooled session, read, forward."""
 
 from __future__ import annotations
 

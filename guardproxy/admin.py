@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +17,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", require_token(reload))
 
 
@@ -64,10 +64,16 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[RUNTIME].status())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Every metric in the Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    body = request.app[RUNTIME].telemetry.metrics_text()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def reload(request: web.Request) -> web.Response:
     """Reload the policy directory now; a broken policy keeps the last good table serving."""
-    store = request.app[RUNTIME].store
-    result = await asyncio.to_thread(store.read)
-    outcome = store.apply(result, force=True)
+    outcome = await request.app[RUNTIME].watcher.check(force=True)
     body = {"status": outcome.status, "problems": list(outcome.problems)}
     return web.json_response(body, status=422 if outcome.status == "failed" else 200)

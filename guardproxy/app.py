@@ -14,10 +14,15 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .feedback import FeedbackEndpoint
+from .monitors.engine import FairnessEngine
+from .monitors.worker import MonitorWorker
 from .policy.watch import PolicyStore, PolicyWatcher
 from .proxy import Proxy
 from .settings import Settings
 from .snapshots import Snapshot, ThresholdTable
+from .state import open_state
+from .telemetry import Telemetry, TelemetryConfig
 from .upstream import Upstream
 
 log = logging.getLogger("guardproxy")
@@ -30,6 +35,7 @@ class Runtime:
         self.settings = settings
         self.started = time.time()
         self.draining = False
+        self._background: set[asyncio.Task[object]] = set()
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.store = PolicyStore(
@@ -37,6 +43,25 @@ class Runtime:
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.proxy = Proxy(self.upstream, self.store.snapshot, settings.region_header)
+        self.worker = MonitorWorker(settings.queue_size)
+        self.state = open_state(settings.state)
+        self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
+        self.worker.consumers.append(self.engine)
+        self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
+        self.proxy.observers = (*self.proxy.observers, self.worker.offer)
+        self.telemetry = self.build_telemetry()
+        self.proxy.tracer = self.telemetry.tracer
+        self.proxy.observers = (*self.proxy.observers, self.telemetry.observe)
+
+    def build_telemetry(self) -> Telemetry:
+        """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
+        settings = self.settings
+        config = TelemetryConfig.from_env(
+            otlp_endpoint=settings.otlp_endpoint,
+            service_name=settings.service_name,
+            region=settings.region,
+        )
+        return Telemetry(config, settings.upstream, self.store.snapshot, self.thresholds)
 
     def build_chain(self, policy: object) -> object:
         """The guard chain for one region's policy (none until guards are configured)."""
@@ -47,9 +72,21 @@ class Runtime:
         await self.upstream.start()
         if self.settings.policies is not None:
             await self.watcher.start()
+        await self.engine.start()
+        self.worker.start()
         yield
         await self.watcher.stop()
+        await self.worker.stop(drain=True)
+        await self.engine.stop()
+        await self.state.close()
         await self.upstream.close()
+        await self.telemetry.shutdown()
+
+    def reload_soon(self) -> None:
+        """SIGHUP: re-read the policy directory now, off the signal handler."""
+        task = asyncio.get_running_loop().create_task(self.watcher.check(force=True))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def status(self) -> dict[str, object]:
         """The JSON the admin port's /status returns."""
@@ -61,6 +98,10 @@ class Runtime:
             "requests": self.proxy.counts.as_dict(),
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
+            "fairness": self.engine.status(),
+            "monitor": self.worker.status(),
+            "feedback": dict(self.feedback.counts),
+            "telemetry": self.telemetry.status(),
         }
 
 
@@ -72,8 +113,9 @@ def build_data_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(runtime.lifecycle)
+    app.router.add_post("/guardproxy/v1/feedback", runtime.feedback.handle)
     app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
-    app.router.add_route("*", "/{tail:.*}", runtime.proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", runtime.telemetry.traced(runtime.proxy.handle))
     return app
 
 
@@ -118,6 +160,8 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings)
+    if handle_signals:
+        loop.add_signal_handler(signal.SIGHUP, runtime.reload_soon)
     data, data_port = await start_site(
         build_data_app(runtime), *settings.listen, shutdown_timeout=settings.drain_timeout
     )

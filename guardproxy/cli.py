@@ -22,12 +22,8 @@ def env(name: str, default: str = "") -> str:
 def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`guardproxy serve`: run the sidecar."""
     p = sub.add_parser("serve", help="run the sidecar in front of a model server")
-    p.add_argument(
-        "--upstream", default=env("UPSTREAM"), help="model server URL"
-    )
-    p.add_argument(
-        "--policies", default=env("POLICIES"), help="policy directory"
-    )
+    p.add_argument("--upstream", default=env("UPSTREAM"), help="model server URL")
+    p.add_argument("--policies", default=env("POLICIES"), help="policy directory")
     p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), help="data port address")
     p.add_argument("--admin", default=env("ADMIN", "127.0.0.1:9901"), help="admin port address")
     p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
@@ -41,6 +37,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--max-body", type=int, default=int(env("MAX_BODY", str(16 << 20))))
     p.add_argument("--poll-interval", type=float, default=float(env("POLL_INTERVAL", "2")))
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--otlp-endpoint",
+        default=env("OTLP_ENDPOINT"),
+        help="OTLP/HTTP base URL (else OTEL_EXPORTER_OTLP_ENDPOINT; unset: no export)",
+    )
+    p.add_argument("--service-name", default=env("SERVICE_NAME"), help="else OTEL_SERVICE_NAME")
     p.set_defaults(run=run_serve)
 
 
@@ -63,6 +65,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
+        otlp_endpoint=args.otlp_endpoint or None,
+        service_name=args.service_name or None,
     )
 
 
@@ -121,9 +125,110 @@ def run_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy calibrate`: fit per-group thresholds from a labeled CSV."""
+    p = sub.add_parser("calibrate", help="fit per-group thresholds offline from a labeled CSV")
+    p.add_argument("--data", required=True, help="CSV file with a header row")
+    p.add_argument("--score", required=True, help="score column")
+    p.add_argument("--label", required=True, help="label column (0/1, true/false, yes/no)")
+    p.add_argument("--group", required=True, help="group column")
+    p.add_argument("--weight", help="sample weight column")
+    p.add_argument(
+        "--constraint",
+        default="equal_opportunity",
+        choices=["none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"],
+    )
+    p.add_argument(
+        "--objective", default="accuracy", choices=["accuracy", "balanced_accuracy", "cost"]
+    )
+    p.add_argument("--cost", type=parse_cost, help="TN,FP,FN,TP expected costs (utility < 0)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="allowed gap in the constraint")
+    p.add_argument("--policy-snippet", action="store_true", help="print YAML for a policy")
+    p.set_defaults(run=run_calibrate)
+
+
+def parse_cost(text: str) -> tuple[float, float, float, float]:
+    """ "TN,FP,FN,TP" into four floats."""
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError("--cost needs four numbers: TN,FP,FN,TP")
+    return (parts[0], parts[1], parts[2], parts[3])
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Print the fitted thresholds as JSON, or as a policy snippet."""
+    from .monitors.calibrate_csv import calibrate_command
+
+    return print_or_fail(
+        lambda: calibrate_command(
+            args.data, args.score, args.label, args.group, args.weight, args.constraint,
+            args.objective, args.cost, args.tolerance, args.policy_snippet,
+        )
+    )  # fmt: skip
+
+
+def add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy baseline`: reference histograms for drift monitors."""
+    p = sub.add_parser("baseline", help="build drift reference histograms from a CSV")
+    p.add_argument("--data", required=True, help="CSV file with a header row")
+    p.add_argument("--columns", required=True, help="comma-separated signal columns")
+    p.add_argument("--categorical", default="", help="which of them are categorical")
+    p.add_argument("--group", help="group column: references per group as well")
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--out", default="baseline.json")
+    p.set_defaults(run=run_baseline)
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    """Write the baseline JSON; print a summary."""
+    from .monitors.baseline import baseline_command
+
+    columns = [c for c in args.columns.split(",") if c]
+    categorical = [c for c in args.categorical.split(",") if c]
+    return print_or_fail(
+        lambda: baseline_command(args.data, columns, categorical, args.group, args.bins, args.out)
+    )
+
+
+def add_review(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy review SINK_DIR`."""
+    p = sub.add_parser("review", help="list flagged samples from a JSONL sink directory")
+    p.add_argument("sink_dir")
+    p.add_argument("--region")
+    p.add_argument("--group")
+    p.add_argument("--label", help="only samples flagged for this label")
+    p.add_argument("--all", action="store_true", help="every sample, not only flagged ones")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=run_review)
+
+
+def run_review(args: argparse.Namespace) -> int:
+    """Print one line per matching sample."""
+    from .review import review_command
+
+    return print_or_fail(
+        lambda: review_command(
+            args.sink_dir, args.region, args.group, args.label, not args.all, args.limit
+        )
+    )
+
+
+def print_or_fail(make: Callable[[], str]) -> int:
+    """Print a command's output; a bad input is one clear line on stderr and exit 2."""
+    try:
+        print(make())
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"guardproxy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (  # type: ignore[type-arg]
     add_serve,
     add_validate,
+    add_calibrate,
+    add_baseline,
+    add_review,
     add_demo,
 )
 

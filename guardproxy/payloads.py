@@ -73,12 +73,10 @@ def _token_step(match: re.Match[str]) -> tuple[str, Any, Any]:
 
 
 def _path_label(steps: tuple[tuple[str, Any, Any], ...]) -> str:
-    for kind, arg, value in reversed(steps):
-        if kind == "key":
-            return str(arg)
-        if kind == "filter":
-            return str(value)
-    return "path"
+    """The name a mask uses: the last filter's value (an input's name), else the last key."""
+    filters = [str(value) for kind, _, value in steps if kind == "filter"]
+    keys = [str(arg) for kind, arg, _ in steps if kind == "key"]
+    return (filters or keys or ["path"])[-1]
 
 
 def _step(kind: str, arg: Any, value: Any, node: Any) -> list[Slot]:
@@ -268,16 +266,19 @@ def compile_payload(model: ModelSpec, labels: LabelsSpec, decision: DecisionSpec
 
 def _tensor(t: Any, where: str) -> tuple[int, int, list[Any]]:
     """(rows, width, flat row-major data) of a v2 tensor, data flat or nested."""
-    shape = _list(_get(t, "shape", where), where)
-    if not shape or not all(isinstance(d, int) for d in shape):
-        raise GuardError(f"{where}: bad shape {shape!r}")
-    width = math.prod(shape[1:])
-    data = _list(_get(t, "data", where), where)
-    while data and isinstance(data[0], list):
+    try:
+        shape, data = t["shape"], t["data"]
+        rows = shape[0]
+        width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else math.prod(shape[1:])
+    except (KeyError, TypeError, IndexError):
+        raise GuardError(f"{where}: expected a tensor with shape and data") from None
+    if type(data) is not list:
+        raise GuardError(f"{where}: data must be a list, got {type(data).__name__}")
+    while data and type(data[0]) is list:
         data = [v for part in data for v in part]
-    if len(data) != shape[0] * width:
+    if type(rows) is not int or type(width) is not int or len(data) != rows * width:
         raise GuardError(f"{where}: {len(data)} values for shape {shape}")
-    return shape[0], width, data
+    return rows, width, data
 
 
 class KServeV2(Payload):
@@ -433,7 +434,10 @@ class TFServing(Payload):
         container, key = self._answer(doc)
         value = container[key]
         if isinstance(value, dict):
-            return _singleton(_list(_pick(value, output, 0, "answer"), "answer column"))
+            if output is None and len(value) != 1:
+                raise GuardError("answer: several output columns, set model.score.output")
+            column = next(iter(value.values())) if output is None else _get(value, output, "answer")
+            return _singleton(_list(column, "answer column"))
         return _list(value, "answer")
 
     def _scores(self, response_doc: Doc) -> list[float]:
@@ -465,7 +469,7 @@ class TFServing(Payload):
             return self._rewrite_column(rows, decisions)
         if len(_list(rows, "answer")) != len(decisions):
             raise GuardError("predictions do not match the decisions")
-        container[key] = decisions
+        rows[:] = decisions
         return None
 
     def _rewrite_column(self, rows: Any, decisions: list[int]) -> None:

@@ -17,6 +17,7 @@ from .exchange import Exchange, Reply, dumps
 from .guards.base import GuardChain
 from .policy.table import CompiledPolicy, PolicyTable
 from .snapshots import Snapshot
+from .telemetry.hooks import NO_TRACER, UpstreamTracer
 from .upstream import (
     Upstream,
     UpstreamError,
@@ -90,6 +91,7 @@ class Proxy:
         self.region_header = region_header
         self.observers = tuple(observers)
         self.counts = ProxyCounts()
+        self.tracer: UpstreamTracer = NO_TRACER
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
@@ -120,8 +122,9 @@ class Proxy:
         self, request: web.Request, request_id: str, data: Any
     ) -> aiohttp.ClientResponse:
         headers = forward_request_headers(request, request_id)
+        call = self.tracer.upstream_call(request, headers)
         try:
-            return await self.upstream.session.request(
+            response = await self.upstream.session.request(
                 request.method,
                 self.upstream.url_for(request.raw_path),
                 headers=headers,
@@ -129,7 +132,11 @@ class Proxy:
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise map_error(exc) from exc
+            error = map_error(exc)
+            call.end(error.status, type(exc).__name__)
+            raise error from exc
+        call.end(response.status)
+        return response
 
     async def _relay(
         self, request: web.Request, request_id: str, upstream: aiohttp.ClientResponse

@@ -48,3 +48,5 @@ class Settings:
     admin_token: str | None = None
     feedback_token: str | None = None
     queue_size: int = 10_000
+    otlp_endpoint: str | None = None
+    service_name: str | None = None

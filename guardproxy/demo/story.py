@@ -68,8 +68,7 @@ def report(tally: Tally, proxy: RunningProxy) -> str:
         lines.append(
             f"  {group:<8} n={total:<5} positive={positive:<5} rate={positive / total:.3f}"
         )
-    counts = proxy.runtime.proxy.counts.as_dict()
-    lines.append(f"proxy counters: {counts}")
+    lines.append(f"proxy counters: {proxy.runtime.proxy.counts.as_dict()}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ from ..policy.models import DecisionSpec
 from ..snapshots import Snapshot, ThresholdTable
 from .base import GuardError
 
+_FORMAT = "{:.4g}".format
+
 
 class DecisionGuard:
     """Decides score >= threshold per row and reports it in headers, the body, or the label."""
@@ -44,6 +46,22 @@ class DecisionGuard:
             return groups * rows
         raise GuardError(f"{len(groups)} groups for {rows} scores")
 
+    def decide(self, ex: Exchange, scores: list[float]) -> tuple[list[str], list[float], list[int]]:
+        """(groups, thresholds, decisions) per row; row i > 0 draws with "<id>:<i>"."""
+        groups = self._groups(ex, len(scores))
+        rid, region, threshold = ex.request_id, ex.region, self.threshold
+        if len(scores) == 1:  # the common case, kept cheap
+            t = threshold(region, groups[0], rid)
+            return groups, [t], [1 if scores[0] >= t else 0]
+        thresholds = [
+            threshold(region, g, f"{rid}:{i}" if i else rid) for i, g in enumerate(groups)
+        ]
+        return (
+            groups,
+            thresholds,
+            [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)],
+        )
+
     async def on_request(self, ex: Exchange) -> None:
         """Nothing to do before the upstream answers."""
 
@@ -53,12 +71,7 @@ class DecisionGuard:
             return
         doc = ex.response_json()
         scores = self._payload.scores(doc)
-        groups = self._groups(ex, len(scores))
-        rid, region = ex.request_id, ex.region
-        thresholds = [
-            self.threshold(region, g, rid if i == 0 else f"{rid}:{i}") for i, g in enumerate(groups)
-        ]
-        decisions = [int(s >= t) for s, t in zip(scores, thresholds, strict=True)]
+        groups, thresholds, decisions = self.decide(ex, scores)
         self._report(ex, doc, decisions, thresholds)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))
 
@@ -69,6 +82,7 @@ class DecisionGuard:
         elif self._annotate == "rewrite":
             self._payload.rewrite(doc, decisions)
             ex.replace_response_json(doc)
-        ex.annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
-        ex.annotations["X-Guard-Threshold"] = ",".join(f"{t:.4g}" for t in th)
-        ex.annotations["X-Guard-Threshold-Version"] = self._snapshot.current.version
+        annotations = ex.annotations
+        annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
+        annotations["X-Guard-Threshold"] = ",".join(map(_FORMAT, th))
+        annotations["X-Guard-Threshold-Version"] = self._snapshot.current.version

@@ -8,14 +8,11 @@ common rate over the sum of the groups' upper concave hulls (Hardt, Price & Sreb
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
-import yaml
 from numpy.typing import ArrayLike
 
 from guardproxy.monitors.histograms import (
@@ -28,7 +25,9 @@ from guardproxy.monitors.histograms import (
     upper_hull,
 )
 
-Constraint = Literal["none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"]
+Constraint = Literal[
+    "none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"
+]
 Objective = Literal["accuracy", "balanced_accuracy", "cost"]
 Mix = tuple[int, int, float]  # (low index, high index, p_high) on a curve
 EXACT = 1e-12
@@ -65,7 +64,7 @@ class FitResult:
         for name in ("selection_rate", "tpr", "fpr"):
             values = [getattr(r, name) for r in self.groups.values()]
             defined = [v for v in values if v is not None]
-            out[name] = max(defined) - min(defined) if defined else None
+            out[name] = float(max(defined) - min(defined)) if defined else None
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +79,9 @@ class FitResult:
         }
 
 
-def _gain_weights(objective: str, cost: tuple[float, ...] | None, pos: float, neg: float) -> tuple[float, float]:
+def _gain_weights(
+    objective: str, cost: tuple[float, ...] | None, pos: float, neg: float
+) -> tuple[float, float]:
     """(a, b) such that maximizing a * TP - b * FP optimizes the objective."""
     if objective == "accuracy":
         return 1.0, 1.0
@@ -93,7 +94,12 @@ def _gain_weights(objective: str, cost: tuple[float, ...] | None, pos: float, ne
     return fn - tp, fp - tn
 
 
-def _objective_value(objective: str, cost: tuple[float, ...] | None, sel: tuple[float, float], totals: tuple[float, float]) -> float:
+def _objective_value(
+    objective: str,
+    cost: tuple[float, ...] | None,
+    sel: tuple[float, float],
+    totals: tuple[float, float],
+) -> float:
     """The objective at overall selected (TP, FP) weights and label totals (P, N)."""
     (tp, fp), (pos, neg) = sel, totals
     if objective == "accuracy":
@@ -114,7 +120,7 @@ def _own_best(curve: Curve, a: float, b: float) -> Mix:
 def _fit_none(curves: Mapping[str, Curve], pooled: Curve, a: float, b: float) -> dict[str, Mix]:
     """One threshold for everybody."""
     threshold = float(pooled.thresholds[_own_best(pooled, a, b)[0]])
-    return {g: (c.index_at(threshold),) * 2 + (0.0,) for g, c in curves.items()}  # type: ignore[misc]
+    return {g: (c.index_at(threshold), c.index_at(threshold), 0.0) for g, c in curves.items()}
 
 
 def _axis(curve: Curve, constraint: str) -> FloatArray | None:
@@ -127,10 +133,17 @@ def _axis(curve: Curve, constraint: str) -> FloatArray | None:
 
 def _targets(best: float, rates: FloatArray, tolerance: float) -> FloatArray:
     """A group's rate given a common base rate: its own optimum within [rate, rate + tol]."""
-    return np.clip(best, rates, np.minimum(rates + tolerance, 1.0))
+    targets: FloatArray = np.clip(best, rates, np.minimum(rates + tolerance, 1.0))
+    return targets
 
 
-def _fit_parity(curves: Mapping[str, Curve], constraint: str, ab: tuple[float, float], tolerance: float, grid: int | None) -> dict[str, Mix]:
+def _fit_parity(
+    curves: Mapping[str, Curve],
+    constraint: str,
+    ab: tuple[float, float],
+    tolerance: float,
+    grid: int | None,
+) -> dict[str, Mix]:
     """Equal selection rates or TPRs: sweep the common rate over the hulls' breakpoints."""
     mixes: dict[str, Mix] = {}
     hulls: dict[str, tuple[FloatArray, FloatArray, Any]] = {}
@@ -149,14 +162,18 @@ def _fit_parity(curves: Mapping[str, Curve], constraint: str, ab: tuple[float, f
         xs = np.concatenate([h[0] for h in hulls.values()])
         rates = np.unique(np.clip(np.concatenate([xs, xs - tolerance]), 0.0, 1.0))
     bests = {g: float(h[0][np.argmax(h[1])]) for g, h in hulls.items()}
-    total = sum(np.interp(_targets(bests[g], rates, tolerance), h[0], h[1]) for g, h in hulls.items())
+    total = sum(
+        np.interp(_targets(bests[g], rates, tolerance), h[0], h[1]) for g, h in hulls.items()
+    )
     rate = rates[int(np.argmax(total))]
     for g, (xs_g, _, idx) in hulls.items():
         mixes[g] = hull_mix(xs_g, idx, float(_targets(bests[g], np.array([rate]), tolerance)[0]))
     return mixes
 
 
-def _fit_equalized_odds(curves: Mapping[str, Curve], ab: tuple[float, float], tolerance: float, grid: int | None) -> dict[str, Mix]:
+def _fit_equalized_odds(
+    curves: Mapping[str, Curve], ab: tuple[float, float], tolerance: float, grid: int | None
+) -> dict[str, Mix]:
     """A common (FPR, TPR) point inside every group's ROC hull, best for the objective."""
     mixes: dict[str, Mix] = {}
     rocs: dict[str, tuple[FloatArray, FloatArray, Any]] = {}
@@ -206,7 +223,15 @@ def _rule(curve: Curve, mix: Mix) -> GroupRule:
     )
 
 
-def _fit(curves: Mapping[str, Curve], pooled: Curve, constraint: str, objective: str, cost: tuple[float, ...] | None, tolerance: float, grid: int | None) -> FitResult:
+def _fit(
+    curves: Mapping[str, Curve],
+    pooled: Curve,
+    constraint: str,
+    objective: str,
+    cost: tuple[float, ...] | None,
+    tolerance: float,
+    grid: int | None,
+) -> FitResult:
     """Fit rules on per-group curves."""
     _check_options(constraint, objective, cost, tolerance)
     pos, neg = pooled.pos_total, pooled.neg_total
@@ -222,6 +247,9 @@ def _fit(curves: Mapping[str, Curve], pooled: Curve, constraint: str, objective:
     else:
         mixes = _fit_parity(curves, constraint, ab, tolerance, grid)
     rules = {g: _rule(curves[g], mixes[g]) for g in sorted(curves)}
+    if constraint == "none":  # report the common threshold, not each group's equivalent
+        common = float(pooled.thresholds[_own_best(pooled, *ab)[0]])
+        rules = {g: replace(r, threshold=common) for g, r in rules.items()}
     sel = _selected_totals(curves, mixes)
     value = _objective_value(objective, cost, sel, (pos, neg))
     return FitResult(constraint, objective, tolerance, rules, float(value))
@@ -236,12 +264,18 @@ def _selected_totals(curves: Mapping[str, Curve], mixes: Mapping[str, Mix]) -> t
     return tp, fp
 
 
-def _check_options(constraint: str, objective: str, cost: tuple[float, ...] | None, tolerance: float) -> None:
+def _check_options(
+    constraint: str, objective: str, cost: tuple[float, ...] | None, tolerance: float
+) -> None:
     """Reject unknown constraints and objectives, a missing cost, a tolerance off [0, 1]."""
     if constraint not in get_args(Constraint):
-        raise ValueError(f"unknown constraint {constraint!r} (one of {', '.join(get_args(Constraint))})")
+        raise ValueError(
+            f"unknown constraint {constraint!r} (one of {', '.join(get_args(Constraint))})"
+        )
     if objective not in get_args(Objective):
-        raise ValueError(f"unknown objective {objective!r} (one of {', '.join(get_args(Objective))})")
+        raise ValueError(
+            f"unknown objective {objective!r} (one of {', '.join(get_args(Objective))})"
+        )
     if objective == "cost" and (cost is None or len(cost) != 4):
         raise ValueError("objective 'cost' needs cost = (TN, FP, FN, TP)")
     if not 0.0 <= tolerance <= 1.0:
@@ -262,18 +296,25 @@ def fit_thresholds(
     """Fit per-group rules on raw scores; candidates are the unique scores of each group."""
     s, y, w, g = _as_arrays(scores, labels, groups, weights)
     names, inverse = np.unique(g, return_inverse=True)
-    curves = {str(n): curve_from_scores(s[inverse == i], y[inverse == i], w[inverse == i]) for i, n in enumerate(names)}
+    curves = {
+        str(n): curve_from_scores(s[inverse == i], y[inverse == i], w[inverse == i])
+        for i, n in enumerate(names)
+    }
     return _fit(curves, curve_from_scores(s, y, w), constraint, objective, cost, tolerance, grid)
 
 
-def _as_arrays(scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, weights: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray, Any]:
+def _as_arrays(
+    scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, weights: ArrayLike | None
+) -> tuple[FloatArray, FloatArray, FloatArray, Any]:
     """Validated float scores, 0/1 labels, non-negative weights and string groups."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, np.float64)
     g = np.asarray(groups).astype(str)
     w = np.ones_like(s) if weights is None else np.asarray(weights, np.float64)
     if s.ndim != 1 or not s.size or not s.shape == y.shape == g.shape == w.shape:
-        raise ValueError("scores, labels, groups (and weights) must be non-empty 1-D arrays of one length")
+        raise ValueError(
+            "scores, labels, groups (and weights) must be non-empty 1-D arrays of one length"
+        )
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite numbers")
     if not np.isin(y, (0.0, 1.0)).all():
@@ -323,86 +364,10 @@ def apply_guard_rails(
             out[group] = (now, None, 0.0)
             continue
         low = float(np.clip(rule.threshold, now - max_step, now + max_step))
-        high = None if rule.threshold_high is None else float(np.clip(rule.threshold_high, now - max_step, now + max_step))
+        high = (
+            None
+            if rule.threshold_high is None
+            else float(np.clip(rule.threshold_high, now - max_step, now + max_step))
+        )
         out[group] = (low, None, 0.0) if high is None or high == low else (low, high, rule.p_high)
     return out
-
-
-def policy_snippet(result: FitResult) -> str:
-    """YAML for a policy's `decision.per_group`, with the fit described in comments."""
-    lines = [f"# fitted: constraint={result.constraint} objective={result.objective} "
-             f"tolerance={result.tolerance} value={result.objective_value:.4f}"]
-    per_group: dict[str, float] = {}
-    for group, rule in result.groups.items():
-        rates = f"selection_rate={_fmt(rule.selection_rate)} tpr={_fmt(rule.tpr)} fpr={_fmt(rule.fpr)}"
-        if rule.threshold_high is None:
-            per_group[group] = round(rule.threshold, 6)
-            lines.append(f"# {group}: {rates}")
-        else:
-            # a static threshold cannot randomize: keep the one used more often
-            per_group[group] = round(rule.threshold_high if rule.p_high >= 0.5 else rule.threshold, 6)
-            lines.append(f"# {group}: mix {rule.threshold:.6g} / {rule.threshold_high:.6g} "
-                         f"with p_high={rule.p_high:.4f} (adapt applies the mix); {rates}")
-    return "\n".join(lines) + "\n" + yaml.safe_dump({"per_group": per_group}, sort_keys=True)
-
-
-def _fmt(value: float | None) -> str:
-    """A rate for a comment."""
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-LABEL_WORDS = {"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
-
-
-def read_csv(data: str, score: str, label: str, group: str, weight: str | None) -> tuple[FloatArray, FloatArray, list[str], FloatArray | None]:
-    """Scores, 0/1 labels, groups and weights from a CSV with a header row."""
-    with open(data, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c for c in (score, label, group, weight) if c is not None]
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{data}: no column {', '.join(map(repr, missing))} (columns: {reader.fieldnames})")
-        rows = [(reader.line_num, r) for r in reader]
-    if not rows:
-        raise ValueError(f"{data}: no data rows")
-    s = np.array([_number(data, n, score, r[score]) for n, r in rows])
-    y = np.array([_label(data, n, label, r[label]) for n, r in rows])
-    w = None if weight is None else np.array([_number(data, n, weight, r[weight]) for n, r in rows])
-    return s, y, [r[group] for _, r in rows], w
-
-
-def _number(data: str, line: int, column: str, text: str | None) -> float:
-    """A finite number from a cell, or a ValueError naming file, line and column."""
-    try:
-        value = float(text or "")
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value):
-        raise ValueError(f"{data}:{line}: column {column!r} holds {text!r}, not a number")
-    return value
-
-
-def _label(data: str, line: int, column: str, text: str | None) -> float:
-    """A 0/1 label from 0/1/true/false/yes/no, or a ValueError naming file, line and column."""
-    value = LABEL_WORDS.get((text or "").strip().lower())
-    if value is None:
-        raise ValueError(f"{data}:{line}: column {column!r} holds {text!r}, not a 0/1 label")
-    return value
-
-
-def calibrate_command(
-    data: str,
-    score: str,
-    label: str,
-    group: str,
-    weight: str | None = None,
-    constraint: str = "equal_opportunity",
-    objective: str = "accuracy",
-    cost: tuple[float, float, float, float] | None = None,
-    tolerance: float = 0.0,
-    snippet: bool = False,
-) -> str:
-    """Fit thresholds from a labeled CSV; JSON text, or the policy snippet."""
-    s, y, g, w = read_csv(data, score, label, group, weight)
-    result = fit_thresholds(s, y, g, constraint, objective, cost, w, tolerance)
-    return policy_snippet(result) if snippet else json.dumps(result.to_dict(), indent=2)

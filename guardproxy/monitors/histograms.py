@@ -51,8 +51,8 @@ def curve_from_scores(scores: FloatArray, labels: FloatArray, weights: FloatArra
     top = np.nextafter(unique[-1], np.inf) if len(unique) else 0.0
     return Curve(
         thresholds=np.append(unique, top),
-        pos=_tail_sums(pos),
-        neg=_tail_sums(neg),
+        pos=_tail_sums(pos.astype(np.float64)),
+        neg=_tail_sums(neg.astype(np.float64)),
         count=len(scores),
     )
 
@@ -81,7 +81,9 @@ class ScoreHistogram:
         neg: IntArray | None = None,
     ) -> None:
         if bins < 1 or not low < high:
-            raise ValueError(f"a histogram needs bins >= 1 and low < high, got {bins}, {low}, {high}")
+            raise ValueError(
+                f"a histogram needs bins >= 1 and low < high, got {bins}, {low}, {high}"
+            )
         self.bins, self.low, self.high = bins, float(low), float(high)
         self.pos = np.zeros(bins, np.int64) if pos is None else np.asarray(pos, np.int64)
         self.neg = np.zeros(bins, np.int64) if neg is None else np.asarray(neg, np.int64)
@@ -107,7 +109,9 @@ class ScoreHistogram:
         """A new histogram holding both counts; the layouts must match."""
         if (self.bins, self.low, self.high) != (other.bins, other.low, other.high):
             raise ValueError("cannot merge histograms with different bins or range")
-        return ScoreHistogram(self.bins, self.low, self.high, self.pos + other.pos, self.neg + other.neg)
+        return ScoreHistogram(
+            self.bins, self.low, self.high, self.pos + other.pos, self.neg + other.neg
+        )
 
     @property
     def edges(self) -> FloatArray:
@@ -166,3 +170,60 @@ class ScoreHistogram:
 def _ratio(numerator: float, denominator: float) -> float | None:
     """numerator / denominator, None when there is nothing to divide."""
     return numerator / denominator if denominator > 0 else None
+
+
+def upper_hull(x: FloatArray, y: FloatArray) -> NDArray[np.intp]:
+    """Indices of the upper concave hull of the points, by increasing x (ties: highest y)."""
+    order = np.lexsort((y, x))
+    order = order[np.append(x[order][1:] != x[order][:-1], True)]
+    xs, ys = x[order].tolist(), y[order].tolist()
+    hull: list[int] = []
+    for k in range(len(xs)):
+        while len(hull) >= 2:
+            i, j = hull[-2], hull[-1]
+            if (xs[j] - xs[i]) * (ys[k] - ys[i]) - (ys[j] - ys[i]) * (xs[k] - xs[i]) < 0:
+                break
+            hull.pop()
+        hull.append(k)
+    chosen: NDArray[np.intp] = order[np.array(hull, dtype=np.intp)]
+    return chosen
+
+
+def hull_mix(xs: FloatArray, idx: NDArray[np.intp], rate: float) -> tuple[int, int, float]:
+    """Mix of two adjacent hull vertices reaching `rate` on the hull's x axis.
+
+    A larger x selects more, so the vertex above the rate holds the lower threshold.
+    """
+    k = int(np.searchsorted(xs, rate, side="left"))
+    if k >= len(xs):
+        return (int(idx[-1]), int(idx[-1]), 0.0)
+    if k == 0 or xs[k] == rate:
+        return (int(idx[k]), int(idx[k]), 0.0)
+    p_high = float((xs[k] - rate) / (xs[k] - xs[k - 1]))
+    return (int(idx[k]), int(idx[k - 1]), p_high)
+
+
+CHORD_POINTS = 4096
+
+
+def chord_mix(
+    x: FloatArray, y: FloatArray, hull: NDArray[np.intp], target: tuple[float, float]
+) -> tuple[int, int, float]:
+    """Two candidates whose mix lands closest to a point inside the hull (max-norm).
+
+    One end is a hull vertex, the other any candidate (subsampled when there are many);
+    exact up to the spacing of the candidates.
+    """
+    n = len(x)
+    others = np.unique(
+        np.concatenate([hull, np.linspace(0, n - 1, min(n, CHORD_POINTS)).astype(np.intp)])
+    )
+    ax, ay = x[hull][:, None], y[hull][:, None]
+    dx, dy = x[others][None, :] - ax, y[others][None, :] - ay
+    norm = dx * dx + dy * dy
+    along = ((target[0] - ax) * dx + (target[1] - ay) * dy) / np.where(norm > 0, norm, 1.0)
+    s = np.clip(along, 0.0, 1.0)
+    error = np.maximum(np.abs(ax + s * dx - target[0]), np.abs(ay + s * dy - target[1]))
+    i, j = np.unravel_index(int(np.argmin(error)), error.shape)
+    a, b, weight = int(hull[i]), int(others[j]), float(s[i, j])
+    return (a, b, weight) if a <= b else (b, a, 1.0 - weight)

@@ -146,7 +146,7 @@ def load_files(raw: PolicyFiles, env: Mapping[str, str] | None = None) -> Loaded
             problems.append(Problem(where.file, where.line, where.column, chain))
         if not isinstance(chain, list):
             continue
-        policy = _validate(region, chain, docs, labels, problems)
+        policy = _validate(chain, docs, problems)
         if policy is not None:
             policies[region] = policy
             sources[region] = tuple(labels[r] for r in reversed(chain))
@@ -222,8 +222,11 @@ class _Builder:
             return data
         except yaml.MarkedYAMLError as exc:
             return self._yaml_error(exc)
+        except yaml.reader.ReaderError as exc:
+            reason = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+            return self._add_at(*_position(text, exc.position), f"YAML: {reason}")
         except yaml.YAMLError as exc:
-            return self._add_at(*_position(text, getattr(exc, "position", 0)), f"YAML: {exc}")
+            return self._add_at(1, 1, f"YAML: {str(exc).splitlines()[0]}")
         except _Abort:
             return None
         except RecursionError:
@@ -266,7 +269,7 @@ class _Builder:
 
     def _key(self, node: yaml.Node, seen: dict[str, Any]) -> str | None:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-            shown = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+            shown = f" {_short(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
             self._add(node, f"key{shown} is {_kind(node)} (expected a string; quote it)")
         elif node.value in seen:
             self._add(node, f"duplicate key {node.value!r} (expected each key once)")
@@ -289,7 +292,7 @@ class _Builder:
         try:
             return yaml.SafeLoader("").construct_object(node)
         except Exception as exc:  # constructors raise anything on odd scalars
-            self._add(node, f"cannot read value {node.value!r}: {exc}")
+            self._add(node, f"cannot read value {_short(node.value)}: {_short(exc)}")
         return None
 
     def _substitute(self, text: str, node: yaml.Node) -> str:
@@ -369,22 +372,15 @@ def _chain(
     return chain
 
 
-def _validate(
-    region: str,
-    chain: list[str],
-    docs: Mapping[str, _Doc],
-    labels: Mapping[str, str],
-    problems: list[Problem],
-) -> Policy | None:
-    data: dict[str, Any] = {}
-    marks: dict[KeyPath, Problem] = {}
+def _validate(chain: list[str], docs: Mapping[str, _Doc], problems: list[Problem]) -> Policy | None:
+    merged = _Doc({}, {})
     for name in reversed(chain):
-        data, marks = _merge(data, marks, docs[name].data, docs[name].marks)
+        merged = _merge(merged, docs[name])
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(merged.data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            problems.append(_locate(error, data, marks))
+            problems.append(_locate(error, merged.data, merged.marks))
         return None
 
 
@@ -398,32 +394,18 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _merge(
-    base: dict[str, Any],
-    base_marks: dict[KeyPath, Problem],
-    over: dict[str, Any],
-    over_marks: dict[KeyPath, Problem],
-) -> tuple[dict[str, Any], dict[KeyPath, Problem]]:
-    data = deep_merge(base, over)
-    marks = {}
-    for path in _paths(data, ()):
-        mark = over_marks.get(path) or base_marks.get(path)
-        if mark is not None:
-            marks[path] = mark
-    return data, marks
+def _merge(base: _Doc, over: _Doc) -> _Doc:
+    """Merged data; each key keeps the position of the file its value came from."""
+    data = deep_merge(base.data, over.data)
+    marks = {p: over.marks.get(p) or base.marks[p] for p in _paths(data, ())}
+    return _Doc(data, marks)
 
 
 def _paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
     yield path
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        yield from _paths(child, (*path, key))
+    if isinstance(value, dict | list):
+        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from _paths(child, (*path, key))
 
 
 def _locate(error: Any, data: dict[str, Any], marks: dict[KeyPath, Problem]) -> Problem:
@@ -481,9 +463,13 @@ def _describe(error: Any, loc: KeyPath) -> str:
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         return f"{where}: {message}" if where else message
-    shown = repr(error.get("input"))
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    shown = _short(error.get("input"))
     return f"{where or 'policy'}: invalid value {shown} ({message[:1].lower()}{message[1:]})"
+
+
+def _short(value: object) -> str:
+    shown = repr(value) if not isinstance(value, Exception) else str(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _dotted(path: KeyPath) -> str:

@@ -71,17 +71,34 @@ class PolicyStore:
 
     def apply(self, files: PolicyFiles, force: bool = False) -> ReloadResult:
         """Compile already-read files and swap the table, or keep the last good one."""
-        if files.content_hash == self._seen_hash and not force:
-            return ReloadResult("unchanged", tuple(self.last_error or ()))
+        if not force and not self.changed(files):
+            return self.unchanged()
+        return self.commit(files, self.build(files))
+
+    def changed(self, files: PolicyFiles) -> bool:
+        """Whether these files differ from the last ones tried."""
+        return files.content_hash != self._seen_hash
+
+    def unchanged(self) -> ReloadResult:
+        """The result for content already tried; carries its problems if it failed."""
+        return ReloadResult("unchanged", tuple(self.last_error or ()))
+
+    def build(self, files: PolicyFiles) -> PolicyTable | list[str]:
+        """A new table, or the problems; touches no state, so it may run in a thread."""
+        try:
+            return self._compile(files)
+        except PolicyError as exc:
+            return [str(p) for p in exc.problems]
+        except Exception as exc:  # a chain factory that rejects a policy must not kill reload
+            return [f"cannot build the guard chain: {exc!r}"]
+
+    def commit(self, files: PolicyFiles, built: PolicyTable | list[str]) -> ReloadResult:
+        """Swap in a built table, or record why the last good one stays."""
         self._seen_hash = files.content_hash
         self.attempted_at = self._clock()
-        try:
-            table = self._compile(files)
-        except PolicyError as exc:
-            return self._failed([str(p) for p in exc.problems])
-        except Exception as exc:  # a chain factory that rejects a policy must not kill reload
-            return self._failed([f"cannot build the guard chain: {exc!r}"])
-        self._swap(table, files.content_hash)
+        if isinstance(built, list):
+            return self._failed(built)
+        self._swap(built, files.content_hash)
         return ReloadResult("ok")
 
     def status(self) -> dict[str, Any]:
@@ -157,10 +174,14 @@ class PolicyWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def check(self) -> ReloadResult:
-        """Read the directory in a thread, then reload if its content changed."""
-        files = await asyncio.to_thread(self.store.read)
-        return self.store.apply(files)
+    async def check(self, force: bool = False) -> ReloadResult:
+        """Read and compile in a thread when the content changed (or forced); swap on the loop."""
+        store = self.store
+        files = await asyncio.to_thread(store.read)
+        if not force and not store.changed(files):
+            return store.unchanged()
+        built = await asyncio.to_thread(store.build, files)
+        return store.commit(files, built)
 
     async def _run(self) -> None:
         while True:

@@ -1,0 +1,45 @@
+"""State backends: `memory` (one process) or `redis://HOST:PORT/DB` (shared by replicas)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .base import (
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_TTL,
+    GroupState,
+    Joined,
+    Outcome,
+    PredictionRecord,
+    StateBackend,
+    StateError,
+)
+from .memory import MemoryState
+
+__all__ = [
+    "GroupState",
+    "Joined",
+    "MemoryState",
+    "Outcome",
+    "PredictionRecord",
+    "StateBackend",
+    "StateError",
+    "open_state",
+]
+
+
+def open_state(
+    spec: str, ttl: float = DEFAULT_TTL, max_records: int = DEFAULT_MAX_RECORDS
+) -> StateBackend:
+    """The backend a --state value names; a redis URL may carry `?prefix=...` for its keys."""
+    if spec == "memory":
+        return MemoryState(ttl, max_records)
+    parts = urlsplit(spec)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)")
+    from .redis import DEFAULT_PREFIX, RedisState
+
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return RedisState(urlunsplit(parts._replace(query=rest)), prefix=prefix, ttl=ttl)

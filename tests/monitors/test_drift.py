@@ -11,7 +11,7 @@ import scipy.stats as st
 
 from guardproxy.monitors import stats
 from guardproxy.monitors.drift import DriftBank, DriftMonitor, Reference, WindowResult
-from guardproxy.policy.models import DriftSpec, DriftTests
+from guardproxy.policy.models import DriftSpec, DriftTests, JsSpec
 
 DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"
 
@@ -26,7 +26,7 @@ class FakeClock:
         return self.now
 
 
-def adult_rows() -> list[dict[str, object]]:
+def adult_rows() -> list[dict[str, float | str]]:
     with DATA.open() as f:
         return [
             {"age": float(r["age"]), "hours-per-week": float(r["hours-per-week"]), "sex": r["sex"]}
@@ -66,7 +66,7 @@ def test_reference_needs_values() -> None:
 def test_monitor_count_window_matches_scipy_and_counts_invalid() -> None:
     rng = np.random.default_rng(7)
     ref = Reference.from_values("score", "numeric", list(rng.normal(size=400)), bins=10)
-    monitor = DriftMonitor(ref, DriftTests(js={"alarm": 0.1}), window=300, family_size=3)
+    monitor = DriftMonitor(ref, DriftTests(js=JsSpec(alarm=0.1)), window=300, family_size=3)
     window = list(rng.normal(0.4, size=300))
     results = monitor.update_many([*window[:100], None, "x", *window[100:], 1.0])
     assert len(results) == 1
@@ -128,13 +128,13 @@ def test_bank_warms_up_then_detects_real_drift_on_adult() -> None:
     bank = DriftBank(spec, region="sg", group_key="sex")
     rows = adult_rows()
     for row in rows:
-        row["score"] = row["hours-per-week"] / 100
+        row["score"] = float(row["hours-per-week"]) / 100
     assert bank.observe(rows[:2000]) == []  # "*" warmed up; per-sex monitors still warming
     same = bank.observe(rows[2000:3000])
     star = {r.signal: r for r in same if r.group == "*"}
     assert set(star) == {"score", "age", "sex"}
     assert all(r.n == 1000 for r in star.values())
-    older = [{**r, "age": float(r["age"]) + 15} for r in rows[3000:4000]]  # type: ignore[arg-type]
+    older = [{**r, "age": float(r["age"]) + 15} for r in rows[3000:4000]]
     drifted = {r.signal: r for r in bank.observe(older) if r.group == "*"}
     assert drifted["age"].alarms["ks"] and drifted["age"].alarms["psi"]
     assert not drifted["score"].drift_detected

@@ -40,7 +40,7 @@ def test_defaults_are_valid_and_frozen() -> None:
     loaded = policy()
     assert loaded.decision.threshold == 0.5
     with pytest.raises(ValidationError):
-        loaded.region = "th"  # type: ignore[misc]
+        loaded.region = "th"
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,9 @@ def test_fallback_needs_an_upstream() -> None:
 
 
 def test_unknown_breaker_monitor_is_rejected() -> None:
-    rejects("unknown monitor 'latency.p99'", breaker={"trip": [{"when": "latency.p99", "above": 1}]})
+    rejects(
+        "unknown monitor 'latency.p99'", breaker={"trip": [{"when": "latency.p99", "above": 1}]}
+    )
 
 
 def test_trip_rule_needs_exactly_one_bound() -> None:
@@ -120,7 +122,9 @@ def test_psi_warn_not_above_alarm() -> None:
 
 
 def test_signals_accept_score_and_inputs() -> None:
-    drift = DriftSpec.model_validate({"signals": ["score", {"input": "race", "kind": "categorical"}]})
+    drift = DriftSpec.model_validate(
+        {"signals": ["score", {"input": "race", "kind": "categorical"}]}
+    )
     assert drift.signals[1] != "score"
     with pytest.raises(ValidationError):
         DriftSpec.model_validate({"signals": ["latency"]})

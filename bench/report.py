@@ -1,0 +1,127 @@
+"""Medians per target, ratios against direct and bare pass-through, the table and the JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One target measured in one round."""
+
+    target: str
+    round: int
+    rps: float
+    errors: int
+    cpu_us_per_request: float
+    serial_p50_ms: float
+    serial_p99_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A target's medians over the rounds, and how it compares."""
+
+    target: str
+    rps: float
+    vs_direct: float | None
+    vs_bare: float | None
+    serial_p50_ms: float
+    serial_p99_ms: float
+    added_p50_ms: float | None
+    added_p99_ms: float | None
+    cpu_us_per_request: float
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class Median:
+    """Median of each measure over a target's rounds."""
+
+    rps: float
+    p50: float
+    p99: float
+    cpu: float
+    errors: int
+
+
+def median_of(samples: list[Sample]) -> Median:
+    """The per-measure medians (errors are summed: any error matters)."""
+    return Median(
+        statistics.median(s.rps for s in samples),
+        statistics.median(s.serial_p50_ms for s in samples),
+        statistics.median(s.serial_p99_ms for s in samples),
+        statistics.median(s.cpu_us_per_request for s in samples),
+        sum(s.errors for s in samples),
+    )
+
+
+def ratio(value: float, base: Median | None) -> float | None:
+    """value / base throughput, or None without a base."""
+    return value / base.rps if base is not None and base.rps > 0 else None
+
+
+def summarize(
+    samples: list[Sample], direct: str = "direct", bare: str = "bare-aiohttp"
+) -> list[Row]:
+    """One row per target in first-seen order, ratios where their baseline was measured."""
+    names = list(dict.fromkeys(s.target for s in samples))
+    medians = {n: median_of([s for s in samples if s.target == n]) for n in names}
+    base, ref = medians.get(direct), medians.get(bare)
+    return [row(n, medians[n], base, ref) for n in names]
+
+
+def row(name: str, m: Median, direct: Median | None, bare: Median | None) -> Row:
+    """A table row from one target's medians."""
+    return Row(
+        name, m.rps, ratio(m.rps, direct), ratio(m.rps, bare), m.p50, m.p99,
+        m.p50 - direct.p50 if direct else None, m.p99 - direct.p99 if direct else None,
+        m.cpu, m.errors,
+    )  # fmt: skip
+
+
+COLUMNS = (
+    ("target", 20), ("req/s", 9), ("vs direct", 9), ("vs bare", 8), ("p50 ms", 7),
+    ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10), ("errors", 6),
+)  # fmt: skip
+
+
+def number(value: object) -> str:
+    """Floats to three significant-looking digits; None as a dash."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def line(values: tuple[object, ...]) -> str:
+    """One table line: the first column left-aligned, the rest right-aligned."""
+    cells = [number(v) for v in values]
+    widths = [w for _, w in COLUMNS]
+    first = cells[0].ljust(widths[0])
+    return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+
+def format_table(rows: list[Row]) -> str:
+    """A fixed-width text table, one line per target."""
+    header = line(tuple(name for name, _ in COLUMNS))
+    body = [
+        line((r.target, r.rps, r.vs_direct, r.vs_bare, r.serial_p50_ms, r.serial_p99_ms,
+              r.added_p50_ms, r.added_p99_ms, r.cpu_us_per_request, r.errors))
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join([header, "-" * len(header), *body])
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: list[Row], samples: list[Sample]) -> None:
+    """Write the run's settings, the summary rows and every sample."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": meta, "rows": [asdict(r) for r in rows], "samples": [asdict(s) for s in samples]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,158 @@
+"""POST /guardproxy/v1/feedback: delayed ground-truth labels, joined to predictions by id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from .exchange import loads
+from .monitors.engine import FairnessEngine
+from .state.base import Joined, Outcome, StateError
+
+MAX_ITEMS = 10_000
+MAX_ID_LENGTH = 512
+STATUS = {Outcome.JOINED: "joined", Outcome.UNKNOWN: "unknown_id", Outcome.DUPLICATE: "duplicate"}
+TOTALS = ("joined", "unknown_id", "duplicate", "invalid")
+
+
+class BadBody(ValueError):
+    """The body is not one object, an array, or NDJSON lines; or holds too many items."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One validated label."""
+
+    request_id: str
+    label: int
+    observed_at: float
+
+
+def parse_body(body: bytes, limit: int = MAX_ITEMS) -> list[Any]:
+    """The raw items of a body: one JSON object, a JSON array, or NDJSON lines."""
+    text = body.strip()
+    if not text:
+        raise BadBody("empty body (expected a JSON object, a JSON array, or NDJSON lines)")
+    try:
+        doc = loads(text)
+    except ValueError:
+        return _ndjson(text, limit)
+    items = doc if isinstance(doc, list) else [doc]
+    if not isinstance(doc, list | dict):
+        raise BadBody("expected a JSON object, a JSON array, or NDJSON lines")
+    if len(items) > limit:
+        raise BadBody(f"{len(items)} items in one request; the limit is {limit}", 413)
+    return items
+
+
+def _ndjson(text: bytes, limit: int) -> list[Any]:
+    lines = [line for line in text.split(b"\n") if line.strip()]
+    if len(lines) > limit:
+        raise BadBody(f"{len(lines)} items in one request; the limit is {limit}", 413)
+    items: list[Any] = []
+    for line in lines:
+        try:
+            items.append(loads(line))
+        except ValueError as exc:
+            items.append(_Malformed(str(exc)))
+    if len(lines) < 2 or all(isinstance(i, _Malformed) for i in items):
+        raise BadBody("malformed JSON (expected a JSON object, a JSON array, or NDJSON lines)")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class _Malformed:
+    reason: str
+
+
+def validate(raw: Any, now: float) -> Item | str:
+    """An Item, or the reason the raw item is invalid."""
+    if isinstance(raw, _Malformed):
+        return raw.reason
+    if not isinstance(raw, dict):
+        return "expected an object with request_id and label"
+    request_id = raw.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
+        return f"request_id must be a non-empty string of at most {MAX_ID_LENGTH} characters"
+    label = raw.get("label")
+    if label not in (0, 1) or isinstance(label, float):
+        return f"label must be 0, 1, true or false, not {label!r}"
+    observed = observed_time(raw.get("observed_at"), now)
+    if observed is None:
+        return f"observed_at must be ISO-8601 or epoch seconds, not {raw['observed_at']!r}"
+    return Item(request_id, int(label), observed)
+
+
+def observed_time(value: Any, now: float) -> float | None:
+    """Epoch seconds of an observed_at (ISO-8601 text or a number); absent means now."""
+    if value is None:
+        return now
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+class FeedbackEndpoint:
+    """The handler behind the data port's feedback route."""
+
+    def __init__(
+        self,
+        engine: FairnessEngine,
+        token: str | None,
+        limit: int = MAX_ITEMS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine, self.token, self.limit, self.clock = engine, token, limit, clock
+        self.counts = dict.fromkeys(("requests", "rejected", *TOTALS), 0)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Join a batch of labels; per-item results in order, plus totals."""
+        from .admin import bearer_matches  # the admin module imports the app, which imports us
+
+        self.counts["requests"] += 1
+        if not bearer_matches(request, self.token):
+            return self._error("a valid bearer token is required", 401)
+        try:
+            raw = parse_body(await request.read(), self.limit)
+        except BadBody as exc:
+            return self._error(str(exc), exc.status)
+        checked = [validate(item, self.clock()) for item in raw]
+        items = [c for c in checked if isinstance(c, Item)]
+        try:
+            joined = await self.engine.join([(i.request_id, i.label, i.observed_at) for i in items])
+        except StateError as exc:
+            return self._error(f"labels could not be stored: {exc}", 503)
+        return web.json_response(self._results(raw, checked, iter(joined)))
+
+    def _results(self, raw: list[Any], checked: list[Item | str], joined: Any) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        for original, outcome in zip(raw, checked, strict=True):
+            if isinstance(outcome, Item):
+                result: Joined = next(joined)
+                results.append({"request_id": outcome.request_id, "status": STATUS[result.outcome]})
+            else:
+                rid = original.get("request_id") if isinstance(original, dict) else None
+                results.append({"request_id": rid, "status": "invalid", "reason": outcome})
+        totals = dict.fromkeys(TOTALS, 0)
+        for entry in results:
+            totals[entry["status"]] += 1
+            self.counts[entry["status"]] += 1
+        return {"results": results, "totals": totals}
+
+    def _error(self, message: str, status: int) -> web.Response:
+        self.counts["rejected"] += 1
+        return web.json_response({"error": message}, status=status)

@@ -1,0 +1,95 @@
+"""SamplingGuard: deterministic, group-stratified sampling of exchanges for review."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..exchange import Exchange
+from ..policy.models import OnError, SamplingSpec
+from ..sinks import Sample, SampleQueue
+from ..snapshots import request_uniform
+from .redact import Redactor
+
+_SALT = b"guardproxy.sampling"
+
+
+class SamplingGuard:
+    """Samples by request id at `rate`, tops up each group to min_per_group per window."""
+
+    name = "sampling"
+    on_error: OnError = "fail_open"
+
+    def __init__(
+        self,
+        spec: SamplingSpec,
+        queue: SampleQueue,
+        version: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = spec.rate
+        self._minimum = spec.min_per_group
+        self._window = spec.window
+        self._queue = queue
+        self._version = version
+        self._clock = clock
+        self.redactor = Redactor(spec.redact, spec.detectors)
+        self._counts: dict[str, int] = {}
+        self._window_start = clock()
+
+    async def on_request(self, ex: Exchange) -> None:
+        """Nothing to do before the answer is final."""
+
+    async def on_response(self, ex: Exchange) -> None:
+        """Decide on the final answer; offer the sample without waiting."""
+        groups = set(ex.groups) or {"*"}
+        if self._minimum:
+            self._roll_window()
+        if not self.wanted(ex, groups):
+            return
+        ex.sampled = True
+        for group in groups:
+            self._counts[group] = self._counts.get(group, 0) + 1
+        self._queue.offer(self._sample(ex))
+
+    def wanted(self, ex: Exchange, groups: set[str]) -> bool:
+        """Flagged, failed and errored exchanges always; else by id or a group's minimum."""
+        if ex.flags or ex.errors or ex.reply is not None or ex.status >= 500:
+            return True
+        if self._rate and request_uniform(ex.request_id, _SALT) < self._rate:
+            return True
+        return bool(self._minimum) and self._below_minimum(groups)
+
+    def _roll_window(self) -> None:
+        now = self._clock()
+        if now - self._window_start >= self._window:
+            self._counts.clear()
+            self._window_start = now
+
+    def _below_minimum(self, groups: set[str]) -> bool:
+        counts, minimum = self._counts, self._minimum
+        return any(counts.get(group, 0) < minimum for group in groups)
+
+    def _sample(self, ex: Exchange) -> Sample:
+        reply = ex.reply
+        status = reply.status if reply is not None else ex.status
+        response: object = ex.response_body
+        if reply is not None:
+            response = {"error": reply.error, "details": reply.details}
+        elif ex.response_changed:
+            response = ex.response_json()  # serialised by the writer, off the hot path
+        return Sample(
+            request_id=ex.request_id,
+            time=time.time(),
+            region=ex.region,
+            policy=self._version,
+            groups=list(ex.groups),
+            decisions=[v.decision for v in ex.verdicts],
+            thresholds=[v.threshold for v in ex.verdicts],
+            flags=list(ex.flags),
+            errors=list(ex.errors),
+            status=status,
+            request=ex.body,
+            response=response,
+            redactor=self.redactor,
+        )

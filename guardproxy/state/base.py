@@ -1,0 +1,148 @@
+"""The state backend contract: prediction records, label joins, per-group counters, thresholds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from ..monitors.fairness import GroupCounts
+from ..snapshots import ThresholdRule, ThresholdTable
+
+DEFAULT_TTL = 24 * 3600.0
+DEFAULT_MAX_RECORDS = 200_000
+
+
+class StateError(Exception):
+    """The state backend could not complete a call (unreachable, timed out, bad data)."""
+
+
+class Outcome(StrEnum):
+    """What joining a label to a prediction did."""
+
+    JOINED = "joined"
+    UNKNOWN = "unknown"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One decided row, kept until its label arrives or its time to live ends."""
+
+    request_id: str
+    time: float
+    region: str
+    group: str
+    score: float
+    decision: int
+    threshold: float
+    policy_version: str
+    threshold_version: str
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields, as stored in a Redis hash."""
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> PredictionRecord:
+        """Read back `to_fields` (unknown keys ignored)."""
+        return cls(
+            request_id=fields["request_id"],
+            time=float(fields["time"]),
+            region=fields["region"],
+            group=fields["group"],
+            score=float(fields["score"]),
+            decision=int(fields["decision"]),
+            threshold=float(fields["threshold"]),
+            policy_version=fields["policy_version"],
+            threshold_version=fields["threshold_version"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The result of one label join; `record` is set when the outcome is JOINED."""
+
+    outcome: Outcome
+    record: PredictionRecord | None = None
+
+
+@dataclass(slots=True)
+class GroupState:
+    """A (region, group)'s counters and label-split histogram bins ("p:17", "n:17")."""
+
+    counts: GroupCounts = field(default_factory=GroupCounts)
+    bins: dict[str, int] = field(default_factory=dict)
+
+
+class StateBackend(Protocol):
+    """Where records, counters and learned thresholds live: one process or the whole fleet."""
+
+    name: str
+
+    async def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        """Keep records for the label join (time to live and size bound apply)."""
+
+    async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
+        """Attach a label to a record atomically: a second label for an id never counts."""
+
+    async def join_labels(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
+        """join_label for many (request_id, label, observed_at), in order."""
+
+    async def add_counts(self, region: str, group: str, deltas: Mapping[str, int]) -> None:
+        """Add to a (region, group)'s GroupCounts fields."""
+
+    async def add_histogram(
+        self, region: str, group: str, label: int, bins: Mapping[int, int]
+    ) -> None:
+        """Add counts to the positive (label 1) or negative histogram's bins."""
+
+    async def counts(self, region: str) -> dict[str, GroupState]:
+        """Every group's counters and histogram bins of a region."""
+
+    async def regions(self) -> list[str]:
+        """Regions that have counters."""
+
+    async def save_thresholds(self, table: ThresholdTable) -> None:
+        """Persist the learned threshold table."""
+
+    async def load_thresholds(self) -> ThresholdTable | None:
+        """The persisted table, if any."""
+
+    async def ping(self) -> bool:
+        """Whether the backend answers."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def bin_field(label: int, index: int) -> str:
+    """The histogram field of a bin: "p:<i>" for positive labels, "n:<i>" for negative."""
+    return f"{'p' if label else 'n'}:{index}"
+
+
+def table_to_json(table: ThresholdTable) -> str:
+    """A threshold table as JSON text."""
+    rules = [
+        [region, group, rule.low, rule.high, rule.p_high]
+        for (region, group), rule in sorted(table.rules.items())
+    ]
+    return json.dumps({"version": table.version, "rules": rules}, separators=(",", ":"))
+
+
+def table_from_json(text: str | bytes) -> ThresholdTable:
+    """Read back `table_to_json` (StateError when it is not one)."""
+    try:
+        doc: dict[str, Any] = json.loads(text)
+        rules = {
+            (str(region), str(group)): ThresholdRule(
+                float(low), None if high is None else float(high), float(p)
+            )
+            for region, group, low, high, p in doc["rules"]
+        }
+        return ThresholdTable(str(doc["version"]), MappingProxyType(rules))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"stored thresholds are unreadable: {exc}") from exc

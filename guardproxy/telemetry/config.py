@@ -1,0 +1,129 @@
+"""Telemetry configuration from the standard OTEL_* environment, plus the pod's identity."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry.sdk.resources import Resource
+
+log = logging.getLogger("guardproxy.telemetry")
+
+SERVICE_NAME = "guardproxy"
+HTTP_PROTOBUF = "http/protobuf"
+SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics"}
+
+
+class TelemetryError(ValueError):
+    """The OTEL_* environment asks for something this build cannot do."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """What to export where; built once from the environment and flags."""
+
+    disabled: bool = False
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    sampler_off: bool = False
+    service_name: str | None = None
+    region: str = "default"
+    timeout: float = 10.0
+    max_queue: int = 2048
+    export_interval: float = 60.0
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        otlp_endpoint: str | None = None,
+        service_name: str | None = None,
+        region: str = "default",
+    ) -> TelemetryConfig:
+        """Read OTEL_*; an explicit endpoint or service name (flags) wins over the environment."""
+        env = os.environ if env is None else env
+        check_protocol(env)
+        return cls(
+            disabled=_truthy(env.get("OTEL_SDK_DISABLED")),
+            traces_endpoint=signal_endpoint(env, "traces", otlp_endpoint),
+            metrics_endpoint=signal_endpoint(env, "metrics", otlp_endpoint),
+            sampler_off=env.get("OTEL_TRACES_SAMPLER", "").strip().lower() == "always_off",
+            service_name=service_name,
+            region=region,
+            timeout=_seconds(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10.0),
+            max_queue=int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048")),
+            export_interval=_seconds(env, "OTEL_METRIC_EXPORT_INTERVAL", 60.0),
+        )
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are made at all (an exporter exists and the sampler is not off)."""
+        return not self.disabled and not self.sampler_off and self.traces_endpoint is not None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw) / 1000.0  # the OTEL_* durations are milliseconds
+    except ValueError:
+        raise TelemetryError(f"{name}={raw!r}: expected milliseconds") from None
+
+
+def check_protocol(env: Mapping[str, str]) -> None:
+    """Only http/protobuf is installed: grpc and http/json fall back with a warning."""
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        value = env.get(name, HTTP_PROTOBUF).strip().lower() or HTTP_PROTOBUF
+        if value == HTTP_PROTOBUF:
+            continue
+        if value not in ("grpc", "http/json"):
+            raise TelemetryError(f"{name}={value!r}: expected http/protobuf, grpc or http/json")
+        log.warning("%s=%s is not installed; exporting with http/protobuf instead", name, value)
+
+
+def signal_endpoint(env: Mapping[str, str], signal: str, explicit: str | None) -> str | None:
+    """The OTLP/HTTP URL for one signal, or None when nothing asks for export."""
+    if env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none":
+        return None
+    if explicit:
+        return _join(explicit, SIGNAL_PATHS[signal])
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if specific:
+        return specific  # used as is, per the specification
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return _join(base, SIGNAL_PATHS[signal]) if base else None
+
+
+def _join(base: str, path: str) -> str:
+    return f"{base.rstrip('/')}/{path}"
+
+
+def identity(region: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The pod's identity as resource attributes (Downward API names first, then HOSTNAME)."""
+    env = os.environ if env is None else env
+    attributes = {"guardproxy.region": region}
+    pod = env.get("POD_NAME") or env.get("HOSTNAME")
+    if pod:
+        attributes["k8s.pod.name"] = pod
+    if env.get("POD_NAMESPACE"):
+        attributes["k8s.namespace.name"] = env["POD_NAMESPACE"]
+    return attributes
+
+
+def build_resource(config: TelemetryConfig) -> Resource:
+    """Defaults (service name, identity), overridden by OTEL_RESOURCE_ATTRIBUTES / SERVICE_NAME."""
+    detected = dict(Resource.create().attributes)
+    if str(detected.get("service.name", "")).startswith("unknown_service"):
+        del detected["service.name"]
+    attributes = {"service.name": SERVICE_NAME, **identity(config.region), **detected}
+    if config.service_name:
+        attributes["service.name"] = config.service_name
+    return Resource(attributes)

@@ -1,0 +1,188 @@
+"""Telemetry: per-instance OpenTelemetry providers, the hooks the proxy calls, and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ..breaker import Transition
+from ..policy.table import PolicyTable
+from ..snapshots import Snapshot, ThresholdTable
+from .config import TelemetryConfig, build_resource
+from .decisions import DecisionObserver, GroupLabels, GroupMode
+from .export import BoundedSpanProcessor, CountingMetricExporter, CountingSpanExporter
+from .hooks import NO_TRACER, UpstreamTracer
+from .instruments import TOTALS, AttributeCache, FairnessSource, Instruments
+from .tracing import CURRENT, Handler, RequestTracer
+
+log = logging.getLogger("guardproxy.telemetry")
+SCOPE = "guardproxy"
+
+
+class Telemetry:
+    """Traces and metrics of one proxy; providers are its own, never the global ones."""
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        upstream: str,
+        policies: Snapshot[PolicyTable] | None = None,
+        thresholds: Snapshot[ThresholdTable] | None = None,
+    ) -> None:
+        self.config = config
+        self.policies = policies
+        self.thresholds = thresholds
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.labels = GroupLabels()
+        self.closed = False
+        self.spans: BoundedSpanProcessor | None = None
+        self.points: CountingMetricExporter | None = None
+        resource = build_resource(config)
+        self.meter_provider = self._meters(resource) if not config.disabled else None
+        provider = self.meter_provider or NoOpMeterProvider()
+        self.instruments = Instruments(provider.get_meter(SCOPE))
+        self.instruments.label = self._region_label
+        self.tracer_provider = self._tracers(resource) if config.tracing else None
+        tracer = self.tracer_provider.get_tracer(SCOPE) if self.tracer_provider else None
+        self.requests = RequestTracer(tracer, self.instruments, upstream)
+        self.observe = DecisionObserver(self.instruments, self.labels, self._thresholds_version)
+        self._feedback = AttributeCache("region", "group", "cell")
+        self._transitions = AttributeCache("region", "to")
+        self._reloads = AttributeCache("result")
+
+    def _meters(self, resource: Any) -> MeterProvider:
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if self.config.metrics_endpoint:
+            inner = OTLPMetricExporter(self.config.metrics_endpoint, timeout=self.config.timeout)
+            self.points = CountingMetricExporter(inner)
+            interval = self.config.export_interval * 1000
+            readers.append(PeriodicExportingMetricReader(self.points, interval, interval))
+        return MeterProvider(metric_readers=readers, resource=resource)
+
+    def _tracers(self, resource: Any) -> TracerProvider:
+        inner = OTLPSpanExporter(self.config.traces_endpoint, timeout=self.config.timeout)
+        self.spans = BoundedSpanProcessor(CountingSpanExporter(inner), self.config.max_queue, 1.0)
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        provider.add_span_processor(self.spans)
+        return provider
+
+    @property
+    def tracer(self) -> UpstreamTracer:
+        """What the proxy calls around each upstream call."""
+        return self.requests if not self.config.disabled else NO_TRACER
+
+    def traced(self, handler: Handler) -> Handler:
+        """The data port's handler wrapped in a SERVER span and HTTP metrics."""
+        return handler if self.config.disabled else self.requests.traced(handler)
+
+    def _thresholds_version(self) -> str:
+        return self.thresholds.current.version if self.thresholds else "static"
+
+    def _mode(self, region: str) -> GroupMode:
+        if self.policies is None:
+            return "label"
+        return self.policies.current.resolve(region)[0].policy.groups.telemetry
+
+    def _region_label(self, region: str, group: str) -> str:
+        return self.labels(group, self._mode(region))
+
+    def count_feedback(self, region: str, group: str, cell: str) -> None:
+        """One joined label: cell is tp, fp, tn or fn."""
+        if cell not in ("tp", "fp", "tn", "fn"):
+            raise ValueError(f"feedback cell must be tp, fp, tn or fn, not {cell!r}")
+        label = self._region_label(region, group)
+        self.instruments.feedback.add(1, self._feedback.get(region, label, cell))
+
+    def breaker_transition(self, transition: Transition) -> None:
+        """Breaker listener: count the transition, keep the state gauge, mark the current span."""
+        self.instruments.breaker[transition.region] = transition.new
+        self.instruments.transitions.add(
+            1, self._transitions.get(transition.region, transition.new)
+        )
+        state = CURRENT.get()
+        if state is not None and state.span is not None and state.span.is_recording():
+            event = {
+                "guardproxy.breaker.from": transition.old,
+                "guardproxy.breaker.to": transition.new,
+            }
+            state.span.add_event("guardproxy.breaker.transition", event)
+
+    def breaker_state(self, region: str, state: str) -> None:
+        """The breaker's current state (for regions that have not transitioned yet)."""
+        self.instruments.breaker[region] = state
+
+    def policy_reload(self, result: str) -> None:
+        """One policy reload: result is applied, unchanged or failed."""
+        self.instruments.reloads.add(1, self._reloads.get(result))
+
+    def record_drift(self, region: str, signal: str, test: str, value: float) -> None:
+        """The latest drift statistic of a window (psi, ks, js...) for a signal."""
+        self.instruments.drift[(region, signal, test)] = float(value)
+
+    def watch_fairness(self, source: FairnessSource) -> None:
+        """Where the fairness gauges read their latest values."""
+        self.instruments.fairness = source
+
+    def watch_total(self, name: str, read: Callable[[], int]) -> None:
+        """A running total someone else keeps: samples.written, samples.dropped, queue.dropped."""
+        if name not in TOTALS:
+            raise ValueError(f"unknown total {name!r}; expected one of {', '.join(TOTALS)}")
+        self.instruments.totals[name] = read
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text exposition of every instrument."""
+        if self.meter_provider is None or self.closed:
+            return b"# guardproxy telemetry is disabled or shut down\n"
+        return generate_latest(self.registry)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export queued spans and a metric collection now (blocking; tests, shutdown)."""
+        ok = True
+        if self.tracer_provider is not None:
+            ok = self.tracer_provider.force_flush(int(timeout * 1000))
+        if self.meter_provider is not None and self.points is not None:
+            ok = self.meter_provider.force_flush(timeout * 1000) and ok
+        return ok
+
+    def status(self) -> dict[str, Any]:
+        """Export state and counts for /status."""
+        spans, points = self.spans, self.points
+        return {
+            "enabled": not self.config.disabled,
+            "tracing": self.tracer_provider is not None,
+            "traces_endpoint": self.config.traces_endpoint,
+            "metrics_endpoint": self.config.metrics_endpoint,
+            "spans": {
+                "exported": spans.exporter.exported if spans else 0,
+                "export_failed": spans.exporter.failed if spans else 0,
+                "dropped": spans.dropped if spans else 0,
+            },
+            "metric_points": {
+                "exported": points.exported if points else 0,
+                "export_failed": points.failed if points else 0,
+            },
+        }
+
+    async def shutdown(self, seconds: float = 5.0) -> None:
+        """Flush and stop the exporters on a thread, bounded by timeout."""
+        if self.closed:
+            return
+        self.closed = True
+        await asyncio.to_thread(self._shutdown, seconds)
+
+    def _shutdown(self, timeout: float) -> None:
+        if self.spans is not None:
+            self.spans.shutdown(timeout)
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown(timeout_millis=timeout * 1000)

@@ -1,0 +1,69 @@
+"""GroupGuard: groups from a header, an input feature or a path; telemetry forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.groups import telemetry_group
+from tests.guards.exchanges import exchange, policy, v2_request
+
+GROUPS = {"values": ["female", "male"]}
+
+
+async def groups_of(attribute: dict[str, str], ex_kwargs: dict[str, object]) -> list[str]:
+    chain = build_chain(policy(groups={**GROUPS, "attribute": attribute}), GuardContext(), "v1")
+    ex = exchange(**ex_kwargs)  # type: ignore[arg-type]
+    await chain.on_request(ex)
+    assert chain.errors == {}
+    return ex.groups
+
+
+async def test_group_from_header_with_other() -> None:
+    got = await groups_of({"header": "X-Group"}, {"request": {}, "headers": {"x-group": "female"}})
+    assert got == ["female"]
+    assert await groups_of({"header": "X-Group"}, {"request": {}, "headers": {"X-Group": "x"}}) == [
+        "other"
+    ]
+    assert await groups_of({"header": "X-Group"}, {"request": {}}) == ["other"]
+
+
+async def test_group_per_row_from_input() -> None:
+    request = v2_request("female", "male", "nonbinary")
+    assert await groups_of({"input": "sex"}, {"request": request}) == ["female", "male", "other"]
+
+
+async def test_group_from_jsonpath() -> None:
+    request = {"parameters": {"group": "male"}, "inputs": []}
+    assert await groups_of({"jsonpath": "$.parameters.group"}, {"request": request}) == ["male"]
+
+
+async def test_unreadable_request_counts_and_leaves_groups_empty() -> None:
+    chain = build_chain(
+        policy(groups={**GROUPS, "attribute": {"input": "sex"}}), GuardContext(), "v1"
+    )
+    ex = exchange({"inputs": [{"name": "age", "shape": [1], "data": [3]}]})
+    await chain.on_request(ex)
+    assert chain.errors == {"groups": 1}
+    assert ex.groups == [] and ex.reply is None
+    assert "no input or column named 'sex'" in ex.errors[0]
+
+
+def test_telemetry_group_modes() -> None:
+    assert telemetry_group("female", "label") == "female"
+    hashed = telemetry_group("female", "hashed")
+    assert hashed == telemetry_group("female", "hashed") and len(hashed) == 8
+    assert hashed != telemetry_group("male", "hashed")
+    assert telemetry_group("female", "none") == ""
+
+
+@pytest.mark.parametrize("value", [True, 1])
+async def test_non_string_values_compare_as_text(value: object) -> None:
+    chain = build_chain(
+        policy(groups={"values": ["true", "1"], "attribute": {"jsonpath": "$.g"}}),
+        GuardContext(),
+        "v1",
+    )
+    ex = exchange({"g": value})
+    await chain.on_request(ex)
+    assert ex.groups == [str(value).lower()]

@@ -1,0 +1,93 @@
+"""LabelGuard: suppress, block and flag on tagger labels and on chat text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guardproxy.exchange import Exchange, loads
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.chain import GuardContext, build_chain
+from tests.guards.exchanges import exchange, policy
+
+
+def tagger(*rows: list[str]) -> dict[str, Any]:
+    width = max(len(r) for r in rows)
+    data = [label for row in rows for label in row + [""] * (width - len(row))]
+    return {
+        "outputs": [
+            {"name": "tags", "shape": [len(rows), width], "datatype": "BYTES", "data": data}
+        ]
+    }
+
+
+def chain_for(labels: dict[str, Any], protocol: str = "kserve_v2") -> GuardChain:
+    sections = {"model": {"protocol": protocol}, "labels": {"deny": ["Gorilla", "ape"], **labels}}
+    if protocol == "kserve_v2":
+        sections["decision"] = {}
+        sections["model"]["score"] = {"output": "p"}
+    return build_chain(policy(**sections), GuardContext(), "v1")
+
+
+async def answer(chain: GuardChain, response: Any) -> Exchange:
+    ex = exchange({"inputs": []}, response)
+    await chain.on_response(ex)
+    return ex
+
+
+def with_score(doc: dict[str, Any], n: int) -> dict[str, Any]:
+    doc["outputs"].append({"name": "p", "shape": [n], "datatype": "FP32", "data": [0.5] * n})
+    return doc
+
+
+async def test_suppress_removes_denied_labels() -> None:
+    chain = chain_for({"action": "suppress"})
+    ex = await answer(chain, with_score(tagger(["cat", "gorilla"], ["APE", "tree", "dog"]), 2))
+    tags = loads(ex.final_response_body())["outputs"][0]
+    assert tags["data"] == ["cat", "", "tree", "dog"] and tags["shape"] == [2, 2]
+    assert ex.annotations["X-Guard-Labels"] == "suppressed=2"
+    assert ex.flags == ["suppressed:ape", "suppressed:gorilla"]
+    assert ex.reply is None and chain.errors == {}
+
+
+async def test_clean_answer_is_untouched() -> None:
+    ex = await answer(chain_for({"action": "suppress"}), with_score(tagger(["cat"]), 1))
+    assert not ex.response_changed and ex.flags == []
+
+
+async def test_block_replies_with_policy_status_and_count_only() -> None:
+    chain = chain_for({"action": "block", "block": {"status": 451, "message": "withheld"}})
+    ex = await answer(chain, with_score(tagger(["gorilla"]), 1))
+    assert ex.reply is not None and ex.reply.status == 451 and ex.reply.error == "withheld"
+    assert ex.reply.details == {"action": "block", "denied": 1}
+    assert "gorilla" not in str(ex.reply.details)
+
+
+async def test_flag_keeps_answer_and_marks_it() -> None:
+    ex = await answer(chain_for({"action": "flag"}), with_score(tagger(["gorilla", "cat"]), 1))
+    assert not ex.response_changed
+    assert ex.flags == ["label:gorilla"] and ex.annotations["X-Guard-Flag"] == "labels=1"
+
+
+def chat(*texts: str) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+            for i, t in enumerate(texts)
+        ],
+    }
+
+
+async def test_openai_text_masks_whole_words() -> None:
+    chain = chain_for({"action": "suppress"}, "openai")
+    assert [g.name for g in chain.guards] == ["labels"]  # no score, no decision guard
+    ex = await answer(chain, chat("An Ape and a gorilla, not a grape.", "Fine."))
+    texts = [c["message"]["content"] for c in loads(ex.final_response_body())["choices"]]
+    assert texts == ["An *** and a *******, not a grape.", "Fine."]
+    assert ex.annotations["X-Guard-Labels"] == "suppressed=2"
+
+
+async def test_label_failure_fail_closed() -> None:
+    chain = chain_for({"on_error": "fail_closed"}, "openai")
+    ex = await answer(chain, {"choices": [{"text": "legacy"}]})
+    assert ex.reply is not None and ex.reply.status == 502 and "missing 'message'" in ex.reply.error

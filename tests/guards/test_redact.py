@@ -1,0 +1,87 @@
+"""Redactor: detectors, configured fields and paths, on documents and text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from guardproxy.guards.redact import Redactor, luhn_valid, thai_id_valid
+
+ALL = ("email", "phone", "card", "national_id")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("write to ana.lim+x@example.com.sg", "email"),
+        ("call +65 6123 4567", "phone"),
+        ("call (555) 123-4567", "phone"),
+        ("call 555-123-4567", "phone"),
+        ("card 4111 1111 1111 1111", "card"),
+        ("card 5500-0000-0000-0004", "card"),
+        ("ssn 123-45-6789", "national_id"),
+        ("nric S1234567D", "national_id"),
+        ("nik 3174051203900001", "national_id"),
+        ("thai 1101700230708", "national_id"),
+    ],
+)
+def test_detectors_mask_by_kind(text: str, kind: str) -> None:
+    masked = Redactor((), ALL).text(text)
+    assert masked.endswith(f"[REDACTED:{kind}]")
+    assert not any(ch.isdigit() for ch in masked.split()[-1])
+
+
+@pytest.mark.parametrize(
+    "text", ["card 4111 1111 1111 1112", "thai 1101700230705", "age 42 on 2024-01-05", "id 12345"]
+)
+def test_lookalikes_are_kept(text: str) -> None:
+    assert Redactor((), ALL).text(text) == text
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert thai_id_valid("1101700230708") and not thai_id_valid("1101700230705")
+
+
+def test_only_chosen_detectors_run() -> None:
+    assert Redactor((), ("email",)).text("a@b.co 555-123-4567") == "[REDACTED:email] 555-123-4567"
+    with pytest.raises(ValueError, match="unknown detectors: iban"):
+        Redactor((), ("iban",))
+
+
+def test_fields_and_paths_on_documents() -> None:
+    redactor = Redactor(("ssn", "$.inputs[?name=='income'].data", "$.meta.note"), ())
+    doc: dict[str, Any] = {
+        "inputs": [
+            {"name": "ssn", "shape": [1], "datatype": "BYTES", "data": ["999-88-7777"]},
+            {"name": "income", "shape": [2], "datatype": "FP32", "data": [52000, 61000]},
+            {"name": "age", "shape": [1], "datatype": "INT64", "data": [41]},
+        ],
+        "meta": {"note": "vip", "user": {"ssn": "x"}},
+    }
+    out = redactor.document(doc)
+    assert out["inputs"][0]["data"] == ["[REDACTED:ssn]"]
+    assert out["inputs"][1]["data"] == ["[REDACTED:income]", "[REDACTED:income]"]
+    assert out["inputs"][2]["data"] == [41]
+    assert out["meta"] == {"note": "[REDACTED:note]", "user": {"ssn": "[REDACTED:ssn]"}}
+    assert doc["inputs"][0]["data"] == ["999-88-7777"]  # the original is left as it was
+
+
+def test_filter_path_keeps_tensor_metadata() -> None:
+    out = Redactor(("$.inputs[?name=='ssn']",), ()).document(
+        {"inputs": [{"name": "ssn", "shape": [1], "datatype": "BYTES", "data": ["1"]}]}
+    )
+    assert out["inputs"][0] == {
+        "name": "ssn",
+        "shape": [1],
+        "datatype": "BYTES",
+        "data": ["[REDACTED:ssn]"],
+    }
+
+
+def test_bodies_json_or_text() -> None:
+    redactor = Redactor((), ALL)
+    assert redactor.body(b'{"n": 4111111111111111, "ok": 7}') == {"n": "[REDACTED:card]", "ok": 7}
+    assert redactor.body(b"mail me at a@b.io") == "mail me at [REDACTED:email]"
+    assert redactor.body(b"") is None

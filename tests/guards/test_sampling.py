@@ -1,0 +1,110 @@
+"""SamplingGuard: deterministic by id, stratified per group and window, always the odd ones."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from guardproxy.exchange import Exchange, Reply
+from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.sampling import SamplingGuard
+from guardproxy.policy.models import SamplingSpec
+from guardproxy.sinks import SampleQueue
+from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(clock: FakeClock | None = None, **spec: Any) -> tuple[SamplingGuard, SampleQueue]:
+    queue = SampleQueue(100_000)
+    return SamplingGuard(SamplingSpec(**spec), queue, "v1", clock or FakeClock()), queue
+
+
+async def sampled(g: SamplingGuard, ex: Exchange) -> bool:
+    await g.on_response(ex)
+    return ex.sampled
+
+
+async def test_rate_sampling_is_deterministic_and_near_rate() -> None:
+    g, _ = guard(rate=0.1)
+    ids = [f"r{i}" for i in range(4000)]
+    first = [await sampled(g, exchange({}, {}, request_id=i)) for i in ids]
+    again = [await sampled(g, exchange({}, {}, request_id=i)) for i in ids]
+    assert first == again
+    assert 300 < sum(first) < 500
+
+
+async def test_odd_exchanges_always_sampled() -> None:
+    g, queue = guard(rate=0.0)
+    flagged = exchange({}, {})
+    flagged.flags.append("label:gorilla")
+    errored = exchange({}, {})
+    errored.errors.append("decision: bad")
+    failed = exchange({}, {}, status=503)
+    blocked = exchange({}, {})
+    blocked.reply = Reply(422, "withheld")
+    plain = exchange({}, {})
+    results = [await sampled(g, ex) for ex in (flagged, errored, failed, blocked, plain)]
+    assert results == [True, True, True, True, False]
+    assert queue.offered == 4
+
+
+async def test_stratified_minimum_for_a_rare_group() -> None:
+    clock = FakeClock()
+    g, _ = guard(clock, rate=0.01, min_per_group=3, window=10.0)
+    per_window: Counter[tuple[int, str]] = Counter()
+    seen: Counter[tuple[int, str]] = Counter()
+    for i in range(4000):  # 0.05 s apart: 200 per window, the rare group at 2 %
+        clock.now = i * 0.05
+        group = "rare" if i % 50 == 0 else "common"
+        ex = exchange({}, {}, request_id=f"s{i}")
+        ex.groups = [group]
+        window = int(clock.now // 10.0)
+        seen[window, group] += 1
+        per_window[window, group] += await sampled(g, ex)
+    for window in range(20):
+        assert per_window[window, "rare"] >= 3 and seen[window, "rare"] == 4
+        assert 3 <= per_window[window, "common"] <= 12
+
+
+async def test_sample_carries_final_answer_and_context() -> None:
+    queue = SampleQueue(10)
+    ctx = GuardContext(samples=queue)
+    sections = {
+        "groups": {"values": ["female", "male"], "attribute": {"input": "sex"}},
+        "model": {"score": {"output": "score"}},
+        "decision": {"annotate": "body"},
+        "sampling": {"rate": 1.0},
+    }
+    chain = build_chain(policy(**sections), ctx, "policy-abc")
+    ex = exchange(v2_request("male"), v2_answer(0.8), request_id="x-1")
+    await chain.on_request(ex)
+    await chain.on_response(ex)
+    sample = queue.queue.get_nowait()
+    assert (sample.request_id, sample.region, sample.policy) == ("x-1", "sg", "policy-abc")
+    assert sample.groups == ["male"] and sample.decisions == [1] and sample.thresholds == [0.5]
+    assert sample.request == ex.body
+    assert isinstance(sample.response, dict)
+    assert sample.response["outputs"][-2]["name"] == "guardproxy"  # the changed answer
+
+
+async def test_blocked_answer_is_still_sampled_by_the_chain() -> None:
+    queue = SampleQueue(10)
+    sections = {
+        "model": {"protocol": "openai"},
+        "labels": {"deny": ["gorilla"], "action": "block"},
+        "sampling": {"rate": 0.0},
+    }
+    chain = build_chain(policy(**sections), GuardContext(samples=queue), "v1")
+    answer = {"choices": [{"message": {"role": "assistant", "content": "a gorilla"}}]}
+    ex = exchange({"messages": []}, answer)
+    await chain.on_response(ex)
+    assert ex.reply is not None and ex.sampled
+    sample = queue.queue.get_nowait()
+    assert sample.status == 422 and sample.flags == ["blocked:gorilla"]

@@ -1,0 +1,136 @@
+"""DecisionGuard: thresholds in force, annotate modes, determinism, failure modes."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from guardproxy.exchange import Exchange, loads
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.snapshots import Snapshot, ThresholdRule, ThresholdTable
+from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
+
+GROUPS = {"values": ["female", "male"], "attribute": {"input": "sex"}}
+
+
+def chain_for(decision: dict[str, Any], ctx: GuardContext | None = None) -> GuardChain:
+    sections = {
+        "groups": GROUPS,
+        "model": {"score": {"output": "score"}},
+        "decision": {"threshold": 0.5, "per_group": {"female": 0.4}, **decision},
+    }
+    return build_chain(policy(**sections), ctx or GuardContext(), "v1")
+
+
+async def run(chain: GuardChain, ex: Exchange) -> Exchange:
+    await chain.on_request(ex)
+    await chain.on_response(ex)
+    return ex
+
+
+async def test_headers_mode_leaves_body_bytes_untouched() -> None:
+    ex = exchange(v2_request("female", "male", "other"), v2_answer(0.45, 0.45, 0.6))
+    original = ex.response_body
+    await run(chain_for({}), ex)
+    assert ex.annotations["X-Guard-Decision"] == "1,0,1"
+    assert ex.annotations["X-Guard-Threshold"] == "0.4,0.5,0.5"
+    assert ex.annotations["X-Guard-Threshold-Version"] == "static"
+    assert not ex.response_changed and ex.final_response_body() is original
+    assert [(v.group, v.decision) for v in ex.verdicts] == [
+        ("female", 1),
+        ("male", 0),
+        ("other", 1),
+    ]
+
+
+async def test_body_mode_appends_guardproxy_outputs() -> None:
+    ex = await run(chain_for({"annotate": "body"}), exchange(v2_request("male"), v2_answer(0.7)))
+    body = loads(ex.final_response_body())
+    assert body["outputs"][2] == {
+        "name": "guardproxy",
+        "shape": [1],
+        "datatype": "INT64",
+        "data": [1],
+    }
+    assert body["outputs"][3]["data"] == [0.5]
+
+
+async def test_rewrite_mode_replaces_predict() -> None:
+    ex = exchange(v2_request("female", "male"), v2_answer(0.42, 0.42))
+    await run(chain_for({"annotate": "rewrite"}), ex)
+    assert loads(ex.final_response_body())["outputs"][1]["data"] == [1, 0]
+
+
+async def test_learned_rule_wins_over_policy() -> None:
+    table = ThresholdTable("v7", MappingProxyType({("sg", "male"): ThresholdRule(0.3)}))
+    ctx = GuardContext(thresholds=Snapshot(table))
+    ex = await run(chain_for({}, ctx), exchange(v2_request("male"), v2_answer(0.35)))
+    assert ex.annotations["X-Guard-Decision"] == "1"
+    assert ex.annotations["X-Guard-Threshold-Version"] == "v7"
+
+
+async def test_randomized_rule_is_deterministic_by_request_id() -> None:
+    rule = ThresholdRule(low=0.4, high=0.6, p_high=0.5)
+    ctx = GuardContext(thresholds=Snapshot(ThresholdTable("r", {("sg", "male"): rule})))
+    chain = chain_for({}, ctx)
+    seen: dict[str, set[str]] = {}
+    for _ in range(3):
+        for i in range(40):
+            ex = exchange(v2_request("male"), v2_answer(0.5), request_id=f"id-{i}")
+            await run(chain, ex)
+            seen.setdefault(f"id-{i}", set()).add(ex.annotations["X-Guard-Decision"])
+    assert all(len(decisions) == 1 for decisions in seen.values())
+    assert {d for ds in seen.values() for d in ds} == {"0", "1"}  # both thresholds in use
+
+
+async def test_non_2xx_and_non_json_answers_are_left_alone() -> None:
+    chain = chain_for({"on_error": "fail_closed"})
+    ex = await run(chain, exchange(v2_request("male"), raw_response=b"oops", status=503))
+    text = exchange(v2_request("male"), raw_response=b"plain")
+    text.response_headers["Content-Type"] = "text/plain"
+    await run(chain, text)
+    assert ex.verdicts == [] and text.verdicts == [] and chain.errors == {}
+
+
+BROKEN = [
+    (b"{not json", "malformed JSON"),
+    (b'{"outputs": [{"name": "proba", "shape": [1], "data": [0.3]}]}', "no output 'score'"),
+    (b'{"outputs": [{"name": "score", "shape": [1], "data": ["x"]}]}', "not a number"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BROKEN)
+async def test_fail_open_passes_answer_untouched(raw: bytes, message: str) -> None:
+    chain = chain_for({"annotate": "body"})
+    ex = await run(chain, exchange(v2_request("male"), raw_response=raw))
+    assert ex.reply is None and ex.final_response_body() == raw
+    assert chain.errors == {"decision": 1} and message in ex.errors[0]
+    assert "X-Guard-Decision" not in ex.annotations
+
+
+@pytest.mark.parametrize(("raw", "message"), BROKEN)
+async def test_fail_closed_replies_502(raw: bytes, message: str) -> None:
+    ex = await run(
+        chain_for({"on_error": "fail_closed"}), exchange(v2_request("m"), raw_response=raw)
+    )
+    assert ex.reply is not None and ex.reply.status == 502
+    assert "guard decision could not check the answer" in ex.reply.error
+    assert message in ex.reply.error
+
+
+async def test_failed_rewrite_leaves_no_partial_change() -> None:
+    answer = v2_answer(0.7)
+    answer["outputs"].pop()  # no predict output to rewrite
+    chain = chain_for({"annotate": "rewrite"})
+    ex = await run(chain, exchange(v2_request("male"), answer))
+    assert chain.errors == {"decision": 1} and not ex.response_changed
+    assert ex.verdicts == [] and ex.annotations == {}
+
+
+async def test_group_count_mismatch_is_an_error() -> None:
+    chain = chain_for({})
+    ex = await run(chain, exchange(v2_request("male", "female"), v2_answer(0.1, 0.2, 0.3)))
+    assert "2 groups for 3 scores" in ex.errors[0]

@@ -1,0 +1,290 @@
+"""Loading a policy directory: YAML positions, env substitution, extends, all problems."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guardproxy.policy.loader import (
+    PolicyError,
+    PolicyFiles,
+    Problem,
+    deep_merge,
+    format_problems,
+    load_directory,
+    load_files,
+    validate_directory,
+)
+
+from .kubelet import atomic_write
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
+
+DEFAULT = """\
+region: default
+groups:
+  attribute: {input: sex}
+  values: [Female, Male]
+decision:
+  threshold: 0.5
+  per_group:
+    Female: 0.45
+sampling:
+  rate: 0.05
+  redact: [email, phone]
+"""
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (directory / name).write_text(textwrap.dedent(text))
+    return directory
+
+
+def problems_of(directory: Path) -> list[str]:
+    return [str(p).removeprefix(f"{directory}/") for p in validate_directory(directory)]
+
+
+def test_every_example_policy_is_valid() -> None:
+    loaded = load_directory(EXAMPLES)
+    assert set(loaded.policies) == {"default", "sg", "id", "th"}
+    assert loaded.sources["sg"] == (str(EXAMPLES / "default.yaml"), str(EXAMPLES / "sg.yaml"))
+
+
+def test_example_regions_differ_where_documented() -> None:
+    policies = load_directory(EXAMPLES).policies
+    assert policies["sg"].decision.per_group == {"Female": 0.45}
+    assert policies["id"].sampling.rate > policies["default"].sampling.rate
+    assert "monarchy" in policies["th"].labels.deny
+    assert policies["th"].drift is not None and policies["th"].drift.window == 500
+    assert policies["sg"].drift == policies["default"].drift
+
+
+BROKEN = [
+    ("bad yaml", "region: sg\nsampling: {rate: 0.1\nextends: default\n", "sg.yaml:3:8", "YAML"),
+    ("tab", "region: sg\n\tx: 1\n", "sg.yaml:2:1", "cannot start any token"),
+    ("wrong type", "region: sg\nsampling:\n  rate: lots\n", "sg.yaml:3:3", "valid number"),
+    ("unknown key", "region: sg\ndecision:\n  treshold: 0.4\n", "sg.yaml:3:3", "unknown key"),
+    ("out of range", "region: sg\n\nsampling: {rate: 1.5}\n", "sg.yaml:3:12", "less than or"),
+    ("bad duration", "region: sg\nbreaker:\n  cooldown: 5 days\n", "sg.yaml:3:3", "not a duration"),
+    (
+        "undeclared group",
+        "region: sg\nextends: default\ndecision:\n  per_group:\n    Other: 0.3\n",
+        "sg.yaml:5:5",
+        "undeclared group 'Other'",
+    ),
+    (
+        "fallback",
+        "region: sg\nbreaker:\n  open:\n    action: fallback\n",
+        "sg.yaml:4:5",
+        "needs open.upstream",
+    ),
+    (
+        "drift rule",
+        "region: sg\nbreaker:\n  trip:\n  - {when: drift.score.psi, above: 1}\n",
+        "sg.yaml:4:6",
+        "needs a drift section",
+    ),
+    ("self cycle", "region: sg\nextends: sg\n", "sg.yaml:2:1", "extends cycle sg -> sg"),
+    ("missing parent", "region: sg\nextends: nope\n", "sg.yaml:2:1", "unknown region 'nope'"),
+    ("env", "region: sg\nsampling:\n  rate: ${GP_UNSET_X}\n", "sg.yaml:3:9", "GP_UNSET_X"),
+    ("region", "# sg\nregion: th\n", "sg.yaml:2:1", "expected region: sg"),
+    ("no region", "extends: default\n", "sg.yaml:1:1", "missing region"),
+    ("duplicate", "region: sg\nregion: sg\n", "sg.yaml:2:1", "duplicate key 'region'"),
+    ("bool key", "region: sg\nyes: 1\n", "sg.yaml:2:1", "key 'yes' is a bool"),
+    ("list", "- region\n", "sg.yaml:1:1", "top level is a list"),
+    ("empty", "", "sg.yaml:1:1", "empty file"),
+    ("two docs", "region: sg\n---\nregion: sg\n", "sg.yaml:2:1", "another document"),
+    ("alias loop", "region: sg\nx: &a [*a]\n", "sg.yaml:2:4", "recursive alias"),
+    ("python tag", "region: sg\nx: !!python/name:os.system ''\n", "sg.yaml:2:4", "cannot read"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"), [case[1:] for case in BROKEN], ids=[c[0] for c in BROKEN]
+)
+def test_broken_policy_is_reported_at_its_line(
+    tmp_path: Path, text: str, where: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GP_UNSET_X", raising=False)
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": text})
+    found = problems_of(tmp_path)
+    assert any(p.startswith(where + ":") and fragment in p for p in found), found
+
+
+def test_cycle_is_reported_in_every_member(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": "region: sg\nextends: id\n"})
+    write(
+        tmp_path, {"id.yaml": "region: id\nextends: sg\n", "th.yaml": "region: th\nextends: sg\n"}
+    )
+    found = problems_of(tmp_path)
+    assert found == [
+        "id.yaml:2:1: extends cycle id -> sg -> id (expected a chain that ends)",
+        "sg.yaml:2:1: extends cycle sg -> id -> sg (expected a chain that ends)",
+    ]
+
+
+def test_all_problems_are_reported_at_once_across_files(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT})
+    write(tmp_path, {"sg.yaml": "region: sg\nsampling: {rat: 1}\n", "th.yaml": "region: th\n["})
+    write(tmp_path, {"id.yaml": "region: id\ndecision: {threshold: x, annotate: nope}\n"})
+    with pytest.raises(PolicyError) as caught:
+        load_directory(tmp_path)
+    files = [Path(p.file).name for p in caught.value.problems]
+    assert files == ["id.yaml", "id.yaml", "sg.yaml", "th.yaml"]
+    assert str(caught.value).count("\n") == 3
+
+
+def test_inherited_value_is_reported_in_the_parent_file(tmp_path: Path) -> None:
+    override = "region: sg\nextends: default\ngroups:\n  values: [F, M]\n"
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": override})
+    assert problems_of(tmp_path) == [
+        "default.yaml:8:5: decision.per_group names undeclared group 'Female'"
+    ]
+
+
+def test_missing_default_and_directory_are_problems(tmp_path: Path) -> None:
+    write(tmp_path, {"sg.yaml": "region: sg\n"})
+    assert problems_of(tmp_path) == ["default.yaml: no default policy (expected default.yaml)"]
+    assert "cannot read directory" in problems_of(tmp_path / "absent")[0]
+
+
+def test_same_region_twice_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": "region: sg\n", "SG.yml": "region: SG\n"})
+    assert problems_of(tmp_path) == ["sg.yaml: region 'sg' is defined twice"]
+
+
+def test_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GP_RATE", "0.2")
+    monkeypatch.setenv("GP_EMPTY", "")
+    monkeypatch.delenv("GP_SINK", raising=False)
+    text = """\
+        region: sg
+        description: "cost $${NOT_A_VAR} in ${GP_EMPTY:-sgd}"
+        sampling:
+          rate: ${GP_RATE}
+          sink: {jsonl: "${GP_SINK:-/tmp/samples}/sg"}
+    """
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": text})
+    policy = load_directory(tmp_path).policies["sg"]
+    assert policy.sampling.rate == 0.2
+    assert policy.sampling.sink.jsonl == "/tmp/samples/sg"
+    assert policy.description == "cost ${NOT_A_VAR} in sgd"
+
+
+def test_env_can_be_passed_explicitly() -> None:
+    files = {"default.yaml": b"region: default\ndescription: ${WHO}\n"}
+    loaded = load_files(PolicyFiles("d", files), env={"WHO": "ops"})
+    assert loaded.policies["default"].description == "ops"
+
+
+def test_deep_merge_semantics() -> None:
+    base: dict[str, Any] = {"a": {"b": 1, "c": [1, 2], "d": {"e": 1}}, "f": "x"}
+    over = {"a": {"c": [3], "d": {"g": 2}}, "f": None}
+    assert deep_merge(base, over) == {"a": {"b": 1, "c": [3], "d": {"e": 1, "g": 2}}, "f": None}
+    assert base["a"]["d"] == {"e": 1}  # inputs are left alone
+
+
+def test_extends_merges_through_the_chain(tmp_path: Path) -> None:
+    mid = "region: asia\nextends: default\nsampling: {redact: [nric]}\ndecision: {threshold: 0.6}\n"
+    leaf = "region: sg\nextends: asia\ndecision:\n  per_group: {Male: 0.55}\n"
+    write(tmp_path, {"default.yaml": DEFAULT, "asia.yaml": mid, "sg.yml": leaf})
+    loaded = load_directory(tmp_path)
+    sg = loaded.policies["sg"]
+    assert sg.decision.per_group == {"Female": 0.45, "Male": 0.55}
+    assert sg.decision.threshold == 0.6
+    assert sg.sampling.redact == ("nric",)
+    assert sg.sampling.rate == 0.05
+    assert [Path(s).name for s in loaded.sources["sg"]] == ["default.yaml", "asia.yaml", "sg.yml"]
+
+
+def test_only_extends_inherits(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": "region: sg\n"})
+    assert load_directory(tmp_path).policies["sg"].sampling.rate == 0.0
+
+
+def test_kubelet_layout_is_read_through_top_level_links(tmp_path: Path) -> None:
+    atomic_write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": "region: sg\nextends: default\n"})
+    (tmp_path / ".hidden.yaml").write_text("not: [valid")
+    (tmp_path / "notes.txt").write_text("ignored")
+    loaded = load_directory(tmp_path)
+    assert set(loaded.policies) == {"default", "sg"}
+    assert loaded.sources["sg"][-1] == str(tmp_path / "sg.yaml")
+
+
+def test_a_broken_link_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT})
+    (tmp_path / "sg.yaml").symlink_to(tmp_path / "elsewhere" / "sg.yaml")
+    assert problems_of(tmp_path) == ["sg.yaml: cannot read: No such file or directory"]
+
+
+def test_problem_format_and_error_text() -> None:
+    problems = [Problem("b.yaml", 3, 5, "x (y)"), Problem("a.yaml", 0, 0, "z")]
+    assert format_problems(problems) == "b.yaml:3:5: x (y)\na.yaml: z"
+    assert str(PolicyError(problems)) == "a.yaml: z\nb.yaml:3:5: x (y)"
+
+
+def test_undecodable_bytes_are_a_problem() -> None:
+    files = {"default.yaml": b"region: default\n\xff\xfe\n"}
+    with pytest.raises(PolicyError, match=r"d/default.yaml:2:1: not UTF-8"):
+        load_files(PolicyFiles("d", files))
+
+
+def load_with(sg: bytes) -> None:
+    try:
+        load_files(PolicyFiles("d", {"default.yaml": DEFAULT.encode(), "sg.yaml": sg}), env={})
+    except PolicyError as exc:
+        assert exc.problems and all(isinstance(p, Problem) for p in exc.problems)
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("GUARDPROXY_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_no_text_crashes_the_loader(text: str) -> None:
+    load_with(text.encode())
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_no_bytes_crash_the_loader(data: bytes) -> None:
+    load_with(data)
+
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+KEYS = st.sampled_from(
+    ["rate", "threshold", "per_group", "values", "trip", "when", "signals", "input", "open", "x"]
+)
+TREES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3)
+)
+SECTIONS = st.sampled_from(
+    ["model", "groups", "decision", "labels", "sampling", "drift", "fairness", "breaker", "x"]
+)
+
+
+@FUZZ
+@given(st.dictionaries(SECTIONS, TREES, max_size=4), st.sampled_from(["sg", "th", None]))
+def test_no_structure_crashes_the_loader(sections: dict[str, Any], region: str | None) -> None:
+    doc = {"region": region, "extends": "default", **sections}
+    load_with(yaml.safe_dump(doc).encode())
+
+
+def test_billion_laughs_is_refused() -> None:
+    lines = ["region: sg", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    files = {"default.yaml": b"region: default\n", "sg.yaml": "\n".join(lines).encode()}
+    with pytest.raises(PolicyError, match=r"d/sg.yaml:\d+:\d+: document too large"):
+        load_files(PolicyFiles("d", files))

@@ -1,0 +1,45 @@
+"""Both state backends behind one fixture: every state test runs against memory and real Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardproxy.state import MemoryState, StateBackend
+from guardproxy.state.redis import RedisState
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def drop_prefix(prefix: str) -> None:
+    """Delete every key under a prefix."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"gp-test-{os.urandom(4).hex()}:"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def state(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[StateBackend]:
+    """A fresh backend of each kind."""
+    if request.param == "memory":
+        yield MemoryState()
+        return
+    backend = RedisState(REDIS_URL, prefix=redis_prefix)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await drop_prefix(redis_prefix)

@@ -1,0 +1,77 @@
+"""The same contract for the memory and the Redis backend."""
+
+from __future__ import annotations
+
+import asyncio
+from types import MappingProxyType
+
+from guardproxy.snapshots import ThresholdRule, ThresholdTable
+from guardproxy.state import Outcome, PredictionRecord, StateBackend
+
+
+def record(request_id: str, group: str = "a", score: float = 0.7, decision: int = 1) -> PredictionRecord:
+    return PredictionRecord(request_id, 1.5, "eu", group, score, decision, 0.5, "p1", "static")
+
+
+async def test_join_returns_the_record(state: StateBackend) -> None:
+    await state.record_predictions([record("r1"), record("r2", "b", 0.25, 0)])
+    joined = await state.join_label("r2", 1, 10.0)
+    assert joined.outcome is Outcome.JOINED
+    assert joined.record == record("r2", "b", 0.25, 0)
+
+
+async def test_unknown_and_duplicate(state: StateBackend) -> None:
+    await state.record_predictions([record("r1")])
+    assert (await state.join_label("nope", 1, 0.0)).outcome is Outcome.UNKNOWN
+    assert (await state.join_label("r1", 0, 0.0)).outcome is Outcome.JOINED
+    again = await state.join_label("r1", 1, 0.0)
+    assert again.outcome is Outcome.DUPLICATE and again.record is None
+
+
+async def test_concurrent_labels_for_one_id_join_once(state: StateBackend) -> None:
+    await state.record_predictions([record("r1")])
+    results = await asyncio.gather(*(state.join_label("r1", 1, 0.0) for _ in range(20)))
+    assert sum(r.outcome is Outcome.JOINED for r in results) == 1
+    assert sum(r.outcome is Outcome.DUPLICATE for r in results) == 19
+
+
+async def test_join_labels_keeps_order(state: StateBackend) -> None:
+    await state.record_predictions([record("x"), record("y")])
+    results = await state.join_labels([("y", 1, 0.0), ("z", 1, 0.0), ("y", 0, 0.0), ("x", 0, 0.0)])
+    assert [r.outcome for r in results] == [
+        Outcome.JOINED,
+        Outcome.UNKNOWN,
+        Outcome.DUPLICATE,
+        Outcome.JOINED,
+    ]
+
+
+async def test_counters_and_histograms_add_up(state: StateBackend) -> None:
+    await state.add_counts("eu", "a", {"decisions": 3, "selected": 2})
+    await state.add_counts("eu", "a", {"decisions": 1, "tp": 1})
+    await state.add_counts("eu", "b:x", {"decisions": 5})
+    await state.add_counts("us", "a", {"decisions": 7})
+    await state.add_histogram("eu", "a", 1, {70: 2, 3: 1})
+    await state.add_histogram("eu", "a", 0, {70: 4})
+    groups = await state.counts("eu")
+    assert sorted(groups) == ["a", "b:x"]
+    assert groups["a"].counts.to_dict() == {
+        "decisions": 4, "selected": 2, "tp": 1, "fp": 0, "tn": 0, "fn": 0
+    }
+    assert groups["a"].bins == {"p:70": 2, "p:3": 1, "n:70": 4}
+    assert groups["b:x"].counts.decisions == 5
+    assert await state.regions() == ["eu", "us"]
+
+
+async def test_thresholds_round_trip(state: StateBackend) -> None:
+    assert await state.load_thresholds() is None
+    rules = {("eu", "a"): ThresholdRule(0.4), ("eu", "b"): ThresholdRule(0.3, 0.35, 0.25)}
+    table = ThresholdTable("t3-abcd", MappingProxyType(rules))
+    await state.save_thresholds(table)
+    loaded = await state.load_thresholds()
+    assert loaded is not None
+    assert loaded.version == "t3-abcd" and dict(loaded.rules) == rules
+
+
+async def test_ping(state: StateBackend) -> None:
+    assert await state.ping() is True

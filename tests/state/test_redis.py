@@ -1,0 +1,48 @@
+"""What only the Redis backend does: expiring keys, a key prefix, fast failure."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardproxy.state import PredictionRecord, StateError, open_state
+from guardproxy.state.redis import RedisState
+
+from .conftest import REDIS_URL, drop_prefix
+
+
+def record(request_id: str) -> PredictionRecord:
+    return PredictionRecord(request_id, 0.0, "eu", "a", 0.5, 1, 0.5, "p", "static")
+
+
+async def test_records_expire_and_use_the_prefix(redis_prefix: str) -> None:
+    state = RedisState(REDIS_URL, prefix=redis_prefix, ttl=60)
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        await state.record_predictions([record("r1")])
+        ttl = await client.ttl(f"{redis_prefix}pred:r1")
+        assert 0 < ttl <= 60
+    finally:
+        await client.aclose()
+        await state.close()
+        await drop_prefix(redis_prefix)
+
+
+async def test_open_state_reads_the_prefix_from_the_url(redis_prefix: str) -> None:
+    state = open_state(f"{REDIS_URL}?prefix={redis_prefix}")
+    assert isinstance(state, RedisState) and state.prefix == redis_prefix
+    await state.close()
+    with pytest.raises(ValueError, match="unknown state backend"):
+        open_state("mongodb://x")
+
+
+async def test_unreachable_redis_fails_fast_with_state_error() -> None:
+    state = RedisState("redis://127.0.0.1:1/0", timeout=0.2)
+    began = time.perf_counter()
+    with pytest.raises(StateError, match="redis"):
+        await state.record_predictions([record("r1")])
+    assert time.perf_counter() - began < 1.0
+    assert await state.ping() is False
+    await state.close()

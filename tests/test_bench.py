@@ -1,0 +1,93 @@
+"""The benchmark harness end to end in --quick mode, plus its pure parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.layout import make_layout
+from bench.load import lua_string, parse_result
+from bench.processes import process_cpu_seconds, process_tree
+from bench.report import Sample, format_table, summarize
+from bench.run import main, request_bodies
+from bench.targets import parse_targets
+
+
+def sample(target: str, n: int, rps: float, p50: float = 1.0) -> Sample:
+    """A sample with made-up numbers."""
+    return Sample(target, n, rps, 0, 50.0, p50, p50 * 3)
+
+
+def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
+    output = tmp_path / "latest.json"
+    argv = ["--quick", "--load", "python", "--targets", "a,b", "--duration", "0.8",
+            "--connections", "8", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(output.read_text())
+    rows = {r["target"]: r for r in doc["rows"]}
+    assert set(rows) == {"direct", "bare-aiohttp"}
+    assert all(r["rps"] > 0 and r["cpu_us_per_request"] > 0 for r in rows.values())
+    assert rows["direct"]["vs_direct"] == pytest.approx(1.0)
+    assert rows["bare-aiohttp"]["vs_direct"] == pytest.approx(
+        rows["bare-aiohttp"]["rps"] / rows["direct"]["rps"]
+    )
+    assert rows["bare-aiohttp"]["added_p50_ms"] is not None
+    assert doc["meta"]["load_generator"] == "python"
+
+
+def test_medians_and_ratios() -> None:
+    samples = [sample("direct", n, r) for n, r in enumerate((900.0, 1000.0, 5000.0))]
+    samples += [sample("bare-aiohttp", n, r, p50=1.5) for n, r in enumerate((400.0, 500.0, 450.0))]
+    direct, bare = summarize(samples)
+    assert direct.rps == 1000.0
+    assert bare.vs_direct == pytest.approx(0.45)
+    assert bare.vs_bare == pytest.approx(1.0)
+    assert bare.added_p50_ms == pytest.approx(0.5)
+
+
+def test_ratios_are_absent_without_their_baseline() -> None:
+    (only,) = summarize([sample("nginx", 0, 800.0)])
+    assert only.vs_direct is None and only.vs_bare is None and only.added_p99_ms is None
+    assert "nginx" in format_table([only]) and " - " in format_table([only])
+
+
+def test_targets_are_parsed_and_nginx_is_dropped_when_missing() -> None:
+    assert [t.name for t in parse_targets("a,c,e", nginx=False)] == ["direct", "guardproxy-guarded"]
+    with pytest.raises(SystemExit, match="unknown"):
+        parse_targets("a,z", nginx=True)
+
+
+def test_layouts_split_the_two_cpus() -> None:
+    shared, split = make_layout("shared", {0, 1}), make_layout("split", {0, 1})
+    assert shared.load == {0} and shared.server == {1} and shared.upstream == {1}
+    assert split.upstream == {0}
+    assert not make_layout("split", {0}).server
+    with pytest.raises(SystemExit):
+        make_layout("diagonal", {0, 1})
+
+
+def test_wrk_output_and_lua_quoting() -> None:
+    result = parse_result('Running 1s test\n{"requests": 10, "seconds": 2.0, "errors": 0, '
+                          '"p50_ms": 0.2, "p99_ms": 0.9}\n')  # fmt: skip
+    assert result.rps == 5.0 and result.p99_ms == 0.9
+    assert lua_string('{"a": [[1]]}') == '[=[{"a": [[1]]}]=]'
+    with pytest.raises(RuntimeError, match="no result"):
+        parse_result("wrk: connection refused")
+
+
+def test_request_bodies_are_single_row_v2_requests() -> None:
+    bodies = request_bodies(3)
+    assert len(bodies) == 3 and len(set(bodies)) > 1
+    doc = json.loads(bodies[0])
+    assert {i["name"] for i in doc["inputs"]} >= {"sex", "age"}
+    assert all(i["shape"] == [1] for i in doc["inputs"])
+
+
+def test_cpu_time_of_this_process_tree() -> None:
+    import os
+
+    assert os.getpid() in process_tree(os.getpid())
+    assert process_cpu_seconds(os.getpid()) > 0
+    assert process_cpu_seconds(2**22 + 1) == 0.0

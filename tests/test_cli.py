@@ -1,0 +1,78 @@
+"""The command line: validate, calibrate, baseline, review exit codes and output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guardproxy.cli import main, parse_cost, parser, settings_from
+
+POLICIES = Path(__file__).parent.parent / "policies"
+
+
+def test_validate_examples_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(POLICIES)]) == 0
+    assert "all policies valid" in capsys.readouterr().out
+
+
+def test_validate_broken_directory_lists_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "default.yaml").write_text("region: default\nsampling:\n  rate: 2\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "default.yaml:3:" in out
+    assert "rate" in out
+
+
+def test_serve_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.setenv("GUARDPROXY_LISTEN", "127.0.0.1:18080")
+    monkeypatch.setenv("GUARDPROXY_REGION", "sg")
+    monkeypatch.setenv("GUARDPROXY_ADMIN_TOKEN", "t0k")
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert settings.upstream == "http://127.0.0.1:8081"
+    assert settings.listen == ("127.0.0.1", 18080)
+    assert settings.region == "sg"
+    assert settings.admin_token == "t0k"
+    flagged = settings_from(parser().parse_args(["serve", "--region", "th"]))
+    assert flagged.region == "th"
+
+
+def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-secret\n")
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv("GUARDPROXY_FEEDBACK_TOKEN", raising=False)
+    monkeypatch.setenv("GUARDPROXY_FEEDBACK_TOKEN_FILE", str(secret))
+    assert settings_from(parser().parse_args(["serve"])).feedback_token == "from-a-secret"
+
+
+def test_serve_without_upstream_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GUARDPROXY_UPSTREAM", raising=False)
+    with pytest.raises(SystemExit, match="--upstream"):
+        settings_from(parser().parse_args(["serve"]))
+
+
+def test_calibrate_prints_json_per_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = ["score,label,group"]
+    for i in range(200):
+        group = "a" if i % 2 else "b"
+        score = (i % 50) / 50 + (0.1 if group == "a" else 0.0)
+        rows.append(f"{min(score, 1.0):.3f},{int(score > 0.55)},{group}")
+    data = tmp_path / "scores.csv"
+    data.write_text("\n".join(rows) + "\n")
+    args = ["calibrate", "--data", str(data), "--score", "score", "--label", "label"]
+    assert main([*args, "--group", "group"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["groups"]) == {"a", "b"}
+    assert main([*args, "--group", "missing"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_parse_cost() -> None:
+    assert parse_cost("0,1,5,-2") == (0.0, 1.0, 5.0, -2.0)
