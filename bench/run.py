@@ -37,7 +37,7 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="concurrent connections")
     p.add_argument("--targets", default=",".join(TARGETS), help="e.g. a,b,e (see README)")
     p.add_argument("--load", default="auto", help="auto | wrk | python")
-    p.add_argument("--layout", default="shared", choices=LAYOUTS, help="CPU pinning layout")
+    p.add_argument("--layout", default="split", choices=LAYOUTS, help="CPU pinning layout")
     p.add_argument("--rows", type=int, default=8, help="distinct Adult rows the requests rotate")
     p.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     p.add_argument("--quick", action="store_true", help="1 round of ~1 s runs (CI smoke)")
@@ -137,19 +137,29 @@ def metadata(
 def execute(opts: Any) -> tuple[dict[str, Any], list[Sample]]:
     """Start the services, probe, run the rounds, stop; the metadata and every sample."""
     layout = make_layout(opts.layout)
-    pinned(layout.load)  # this process only waits, but keep it off the server's CPU
     targets = parse_targets(opts.targets, find_nginx() is not None)
     bodies = request_bodies(opts.rows)
+    own = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
         services = services_for(targets, layout, Path(tmp))
         load = choose(opts.load, bodies, Path(tmp), layout.load)
         try:
+            pinned(layout.load)  # this process only waits, but keep it off the server's CPU
             start(services)
             notes = probe(targets, services, bodies[0])
             samples = rounds(targets, services, load, opts)
         finally:
             stop(services)
+            os.sched_setaffinity(0, own)
     return metadata(opts, layout, load, notes), samples
+
+
+def unguarded_note(notes: dict[str, Any]) -> str | None:
+    """A warning when the guarded target answered without a guard decision header."""
+    probe = notes.get("guardproxy-guarded")
+    if probe is None or probe["guard_decision"] is not None:
+        return None
+    return "# note: guardproxy-guarded answered without X-Guard-Decision (no guard chain ran)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {meta['command']}\n# load: {meta['load_generator']}, {opts.connections} connections,"
           f" {opts.duration:g} s x {opts.rounds} rounds; layout {meta['layout']}")  # fmt: skip
     print(format_table(rows))
+    note = unguarded_note(meta["probes"])
+    if note:
+        print(note)
     write_json(opts.output, meta, rows, samples)
     print(f"# written to {opts.output}")
     return 1 if any(r.errors for r in rows) else 0

@@ -17,9 +17,14 @@ from . import __version__
 from .feedback import FeedbackEndpoint
 from .monitors.engine import FairnessEngine
 from .monitors.worker import MonitorWorker
+from .guards.base import GuardChain
+from .guards.chain import GuardContext, build_chain
+from .policy.models import Policy
+from .policy.table import policy_version
 from .policy.watch import PolicyStore, PolicyWatcher
 from .proxy import Proxy
 from .settings import Settings
+from .sinks import JsonlSink, RedisStreamSink, SampleQueue, SampleWriter, Sink
 from .snapshots import Snapshot, ThresholdTable
 from .state import open_state
 from .telemetry import Telemetry, TelemetryConfig
@@ -38,11 +43,14 @@ class Runtime:
         self._background: set[asyncio.Task[object]] = set()
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
+        self.samples = SampleQueue(settings.queue_size)
+        self.guard_context = GuardContext(self.thresholds, self.samples)
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.proxy = Proxy(self.upstream, self.store.snapshot, settings.region_header)
+        self.sample_writer = SampleWriter(self.samples, self._sample_sink())
         self.worker = MonitorWorker(settings.queue_size)
         self.state = open_state(settings.state)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
@@ -63,20 +71,29 @@ class Runtime:
         )
         return Telemetry(config, settings.upstream, self.store.snapshot, self.thresholds)
 
-    def build_chain(self, policy: object) -> object:
-        """The guard chain for one region's policy (none until guards are configured)."""
-        return None
+    def build_chain(self, policy: Policy) -> GuardChain:
+        """The guard chain for one region's policy (runs in a thread on reload: pure)."""
+        return build_chain(policy, self.guard_context, policy_version(policy))
+
+    def _sample_sink(self) -> Sink:
+        """The process-wide sample sink, as the default region's policy names it."""
+        spec = self.store.table.default.policy.sampling.sink
+        if spec.redis_stream and self.settings.state.startswith("redis://"):
+            return RedisStreamSink(self.settings.state, spec.redis_stream)
+        directory = spec.jsonl or self.settings.samples_dir
+        return JsonlSink(directory, spec.max_bytes, spec.max_age)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Start pools and background tasks; stop them after the last request is done."""
         await self.upstream.start()
-        if self.settings.policies is not None:
-            await self.watcher.start()
+        await self.watcher.start()
+        self.sample_writer.start()
         await self.engine.start()
         self.worker.start()
         yield
         await self.watcher.stop()
         await self.worker.stop(drain=True)
+        await self.sample_writer.stop(flush=True)
         await self.engine.stop()
         await self.state.close()
         await self.upstream.close()
@@ -98,6 +115,12 @@ class Runtime:
             "requests": self.proxy.counts.as_dict(),
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
+            "samples": {
+                "offered": self.samples.offered,
+                "dropped": self.samples.dropped,
+                "written": self.sample_writer.written,
+                "errors": self.sample_writer.errors,
+            },
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
             "feedback": dict(self.feedback.counts),

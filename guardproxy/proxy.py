@@ -179,6 +179,7 @@ class Proxy:
         )
         await chain.on_request(ex)
         if ex.reply is not None:
+            await chain.observe(ex)
             return self._finish_reply(ex, policy)
         began = time.perf_counter()
         upstream_response = await self._send(request, request_id, ex.body)
@@ -195,6 +196,8 @@ class Proxy:
             ex.response_headers = forward_response_headers(upstream_response.headers)
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
+        else:
+            await chain.observe(ex)
         if ex.reply is not None:
             return self._finish_reply(ex, policy)
         return self._finish(ex, policy)

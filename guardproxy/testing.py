@@ -148,3 +148,96 @@ def proxy_settings(upstream: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP receiver: decodes protobuf trace and metric exports and keeps them."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.trace_requests: list[Any] = []
+        self.metric_requests: list[Any] = []
+
+    def app(self) -> web.Application:
+        """The receiver's aiohttp app (POST /v1/traces, POST /v1/metrics)."""
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._traces)
+        app.router.add_post("/v1/metrics", self._metrics)
+        return app
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as traces
+
+        message = traces.ExportTraceServiceRequest.FromString(await _otlp_body(request))
+        self.trace_requests.append(message)
+        return _otlp_reply(traces.ExportTraceServiceResponse())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics
+
+        message = metrics.ExportMetricsServiceRequest.FromString(await _otlp_body(request))
+        self.metric_requests.append(message)
+        return _otlp_reply(metrics.ExportMetricsServiceResponse())
+
+    def spans(self) -> list[Any]:
+        """Every span received, in arrival order."""
+        return [
+            span
+            for message in self.trace_requests
+            for resource in message.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+    def resources(self) -> list[dict[str, Any]]:
+        """The resource attributes of every span export."""
+        return [
+            attributes_of(resource.resource.attributes)
+            for message in self.trace_requests
+            for resource in message.resource_spans
+        ]
+
+    def metrics(self, name: str) -> list[Any]:
+        """The latest export's metrics with this name (cumulative, so the latest holds all)."""
+        for message in reversed(self.metric_requests):
+            found = [
+                metric
+                for resource in message.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == name
+            ]
+            if found:
+                return found
+        return []
+
+
+def attributes_of(key_values: Any) -> dict[str, Any]:
+    """OTLP KeyValue list into a plain dict."""
+    out: dict[str, Any] = {}
+    for item in key_values:
+        kind = item.value.WhichOneof("value")
+        out[item.key] = getattr(item.value, kind) if kind else None
+    return out
+
+
+async def _otlp_body(request: web.Request) -> bytes:
+    import gzip
+
+    body = await request.read()
+    if request.headers.get("Content-Encoding") == "gzip":
+        return gzip.decompress(body)
+    return body
+
+
+def _otlp_reply(message: Any) -> web.Response:
+    return web.Response(body=message.SerializeToString(), content_type="application/x-protobuf")
+
+
+@asynccontextmanager
+async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
+    """An OTLP/HTTP receiver on a free loopback port; its base URL is receiver.url."""
+    receiver = OtlpReceiver()
+    async with serving(receiver.app()) as url:
+        receiver.url = url
+        yield receiver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,11 @@ def sample(target: str, n: int, rps: float, p50: float = 1.0) -> Sample:
 
 def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
     output = tmp_path / "latest.json"
+    affinity = os.sched_getaffinity(0)
     argv = ["--quick", "--load", "python", "--targets", "a,b", "--duration", "0.8",
             "--connections", "8", "--output", str(output)]  # fmt: skip
     assert main(argv) == 0
+    assert os.sched_getaffinity(0) == affinity
     doc = json.loads(output.read_text())
     rows = {r["target"]: r for r in doc["rows"]}
     assert set(rows) == {"direct", "bare-aiohttp"}
@@ -86,8 +89,6 @@ def test_request_bodies_are_single_row_v2_requests() -> None:
 
 
 def test_cpu_time_of_this_process_tree() -> None:
-    import os
-
     assert os.getpid() in process_tree(os.getpid())
     assert process_cpu_seconds(os.getpid()) > 0
     assert process_cpu_seconds(2**22 + 1) == 0.0

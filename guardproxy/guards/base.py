@@ -30,33 +30,47 @@ class Guard(Protocol):
 
 
 class GuardChain:
-    """Runs guards in the policy's order; a failure follows the guard's on_error."""
+    """Runs guards in the policy's order; a failure follows the guard's on_error.
 
-    __slots__ = ("errors", "guards")
+    The `observer` (sampling) sees every final answer, even one a guard blocked.
+    """
 
-    def __init__(self, guards: Sequence[Guard]) -> None:
+    __slots__ = ("errors", "guards", "observer")
+
+    def __init__(self, guards: Sequence[Guard], observer: Guard | None = None) -> None:
         self.guards = tuple(guards)
+        self.observer = observer
         self.errors: dict[str, int] = {}
 
     async def on_request(self, ex: Exchange) -> None:
-        """Run each guard's request hook until one answers for the upstream."""
+        """Run each guard's request hook until one answers instead of the upstream."""
         for guard in self.guards:
             try:
                 await guard.on_request(ex)
-            except Exception as exc:
+            except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
             if ex.reply is not None:
                 return
 
     async def on_response(self, ex: Exchange) -> None:
-        """Run each guard's response hook until one replaces the answer."""
+        """Run each guard's response hook until one replaces the answer, then the observer."""
         for guard in self.guards:
+            if ex.reply is not None:
+                break
             try:
                 await guard.on_response(ex)
-            except Exception as exc:
+            except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
-            if ex.reply is not None:
-                return
+        await self.observe(ex)
+
+    async def observe(self, ex: Exchange) -> None:
+        """Show the final answer to the observer, including answers a guard replaced."""
+        if self.observer is None:
+            return
+        try:
+            await self.observer.on_response(ex)
+        except Exception as exc:  # a guard never takes the proxy down
+            self._failed(self.observer, ex, exc)
 
     def _failed(self, guard: Guard, ex: Exchange, exc: Exception) -> None:
         self.errors[guard.name] = self.errors.get(guard.name, 0) + 1

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..exchange import Exchange
 from ..payloads import compile_payload
 from ..policy.models import Policy
 from ..sinks import SampleQueue
@@ -27,30 +26,6 @@ class GuardContext:
     clock: Callable[[], float] = time.monotonic
 
 
-class SampledChain(GuardChain):
-    """A chain whose last guard observes every final answer, even a blocked one."""
-
-    __slots__ = ("observer",)
-
-    def __init__(self, guards: Sequence[Guard], observer: Guard) -> None:
-        super().__init__([*guards, observer])
-        self.observer = observer
-
-    async def on_response(self, ex: Exchange) -> None:
-        """Run the guards until one replies, then always the observer."""
-        for guard in self.guards[:-1]:
-            if ex.reply is not None:
-                break
-            await self._run(guard, ex)
-        await self._run(self.observer, ex)
-
-    async def _run(self, guard: Guard, ex: Exchange) -> None:
-        try:
-            await guard.on_response(ex)
-        except Exception as exc:  # a guard never takes the proxy down
-            self._failed(guard, ex, exc)
-
-
 def build_chain(policy: Policy, ctx: GuardContext, version: str) -> GuardChain:
     """The policy's guards in order, skipping those with nothing to do (ValueError if invalid)."""
     payload = compile_payload(policy.model, policy.labels, policy.decision)
@@ -64,4 +39,4 @@ def build_chain(policy: Policy, ctx: GuardContext, version: str) -> GuardChain:
         guards.append(LabelGuard(policy.labels, payload))
     if ctx.samples is None:
         return GuardChain(guards)
-    return SampledChain(guards, SamplingGuard(policy.sampling, ctx.samples, version, ctx.clock))
+    return GuardChain(guards, SamplingGuard(policy.sampling, ctx.samples, version, ctx.clock))

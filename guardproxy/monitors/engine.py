@@ -20,10 +20,10 @@ from ..snapshots import Snapshot, ThresholdRule, ThresholdTable
 from ..state.base import (
     GroupState,
     Joined,
-    Outcome,
     PredictionRecord,
     StateBackend,
     StateError,
+    hash_fields,
     table_to_json,
 )
 from .calibrate import apply_guard_rails, fit_from_histograms
@@ -56,7 +56,12 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view."""
-        return {"status": self.status, "reason": self.reason, "version": self.version, "at": self.at}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "version": self.version,
+            "at": self.at,
+        }
 
 
 def row_id(request_id: str, row: int) -> str:
@@ -227,7 +232,7 @@ class FairnessEngine:
         return out
 
     async def calibrate(self, region: str, reason: str = "scheduled") -> Calibration:
-        """Fit the region's thresholds from its labeled histograms and publish them if they moved."""
+        """Fit the region's thresholds from its labeled histograms; publish them if they moved."""
         entry, _ = self.policies.current.resolve(region)
         adapt = entry.policy.decision.adapt
         if adapt is None:
@@ -249,7 +254,7 @@ class FairnessEngine:
             waiting = ", ".join(f"{g} {labels[g]}/{adapt.min_labels_per_group}" for g in names)
             return self._done(region, "waiting", f"labels: {waiting}")
         layout = _layout(policy)
-        hists = {g: ScoreHistogram.from_dict(groups[g].bins, *layout) for g in ready}
+        hists = {g: ScoreHistogram.from_dict(hash_fields(groups[g].bins), *layout) for g in ready}
         fit = fit_from_histograms(
             hists, adapt.constraint, adapt.objective, adapt.cost, adapt.tolerance
         )
@@ -258,9 +263,7 @@ class FairnessEngine:
             current, fit, labels, adapt.min_labels_per_group, adapt.max_step, adapt.pinned
         )
         learned = {g for g in names if table.rule(region, g) is not None} | set(ready)
-        rules = {
-            g: ThresholdRule(*railed[g]) for g in sorted(learned - set(adapt.pinned))
-        }
+        rules = {g: ThresholdRule(*railed[g]) for g in sorted(learned - set(adapt.pinned))}
         return await self._publish(region, rules, f"{reason}: fit {adapt.constraint}")
 
     async def _publish(self, region: str, rules: dict[str, ThresholdRule], why: str) -> Calibration:
@@ -357,7 +360,7 @@ def _current(policy: Policy, table: ThresholdTable, region: str, group: str) -> 
 
 
 def _next_version(previous: str, rules: Mapping[tuple[str, str], ThresholdRule]) -> str:
-    """"t<n>-<hash>": n counts publications, the hash names the rules (same rules, same hash)."""
+    """ "t<n>-<hash>": n counts publications, the hash names the rules (same rules, same hash)."""
     head = previous.partition("-")[0]
     n = int(head[1:]) + 1 if head[:1] == "t" and head[1:].isdigit() else 1
     text = table_to_json(ThresholdTable("", MappingProxyType(dict(rules))))
@@ -366,6 +369,7 @@ def _next_version(previous: str, rules: Mapping[tuple[str, str], ThresholdRule])
 
 def _history_entry(table: ThresholdTable, region: str, reason: str, at: float) -> dict[str, Any]:
     rules = {
-        f"{r}/{g}": [rule.low, rule.high, rule.p_high] for (r, g), rule in sorted(table.rules.items())
+        f"{r}/{g}": [rule.low, rule.high, rule.p_high]
+        for (r, g), rule in sorted(table.rules.items())
     }
     return {"version": table.version, "at": at, "region": region, "reason": reason, "rules": rules}

@@ -67,12 +67,18 @@ class MonitorWorker:
         pending, self._pending = self._pending, []
         if drain:
             await self.process(pending)
-            await self.flush()
+            while not self.queue.empty():
+                await self.process(self._take())
 
     async def flush(self) -> None:
-        """Process everything queued now (tests, shutdown)."""
-        while not self.queue.empty():
-            await self.process(self._take())
+        """Return once everything offered so far has been processed (tests, shutdown)."""
+        while self.processed < self.offered - self.dropped:
+            if self._task is None:
+                if self.queue.empty():
+                    return
+                await self.process(self._take())
+            else:
+                await asyncio.sleep(self.interval / 5)
 
     async def _run(self) -> None:
         while True:
@@ -142,6 +148,15 @@ async def _stepped(steps: Generator[Any, None, Any]) -> float:
             return max(longest, time.perf_counter() - began)
         longest, error = max(longest, time.perf_counter() - began), None
         try:
-            await (waited if waited is not None else asyncio.sleep(0))
+            await _wait(waited)
         except BaseException as exc:  # handed back to the awaitable, as a task would
             error = exc
+
+
+async def _wait(waited: Any) -> None:
+    """Wait for what a step yielded: a future (taken over as a task takes it) or a bare yield."""
+    if waited is None:
+        await asyncio.sleep(0)
+        return
+    waited._asyncio_future_blocking = False
+    await waited

@@ -36,7 +36,9 @@ def open_state(
         return MemoryState(ttl, max_records)
     parts = urlsplit(spec)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)")
+        raise ValueError(
+            f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)"
+        )
     from .redis import DEFAULT_PREFIX, RedisState
 
     query = parse_qsl(parts.query)

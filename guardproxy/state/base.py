@@ -124,6 +124,11 @@ def bin_field(label: int, index: int) -> str:
     return f"{'p' if label else 'n'}:{index}"
 
 
+def hash_fields(values: Mapping[str, int]) -> dict[str | bytes, int | str | bytes]:
+    """Counters typed as a Redis hash reply, which GroupCounts and ScoreHistogram read."""
+    return {key: value for key, value in values.items()}
+
+
 def table_to_json(table: ThresholdTable) -> str:
     """A threshold table as JSON text."""
     rules = [

@@ -20,6 +20,7 @@ from .base import (
     PredictionRecord,
     StateError,
     bin_field,
+    hash_fields,
     table_from_json,
     table_to_json,
 )
@@ -79,7 +80,7 @@ class RedisState:
         pipe = self._redis.pipeline(transaction=False)
         for record in records:
             key = self._key("pred", record.request_id)
-            pipe.hset(key, mapping=record.to_fields())
+            pipe.hset(key, mapping=dict[Any, Any](record.to_fields()))
             pipe.expire(key, self.ttl)
         await self._call(pipe.execute())
 
@@ -129,8 +130,8 @@ class RedisState:
 
     async def regions(self) -> list[str]:
         """Regions that have counters anywhere in the fleet."""
-        members: set[str] = await self._call(self._redis.smembers(self._key("regions")))
-        return sorted(members)
+        members = await self._call(self._redis.smembers(self._key("regions")))
+        return sorted(m if isinstance(m, str) else m.decode() for m in members)
 
     async def save_thresholds(self, table: ThresholdTable) -> None:
         """Store the learned table (no expiry)."""
@@ -138,7 +139,7 @@ class RedisState:
 
     async def load_thresholds(self) -> ThresholdTable | None:
         """The stored table, if any."""
-        text: str | None = await self._call(self._redis.get(self._key("thresholds")))
+        text = await self._call(self._redis.get(self._key("thresholds")))
         return None if text is None else table_from_json(text)
 
     async def ping(self) -> bool:
@@ -170,7 +171,7 @@ def _group_states(counts: Mapping[str, str], hist: Mapping[str, str]) -> dict[st
     for field, value in counts.items():
         group, _, name = field.rpartition(SEP)
         raw.setdefault(group, {})[name] = int(value)
-    states = {g: GroupState(GroupCounts.from_dict(dict(v))) for g, v in raw.items()}
+    states = {g: GroupState(GroupCounts.from_dict(hash_fields(v))) for g, v in raw.items()}
     for field, value in hist.items():
         group, _, name = field.rpartition(SEP)
         states.setdefault(group, GroupState()).bins[name] = int(value)

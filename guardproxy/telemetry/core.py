@@ -48,6 +48,7 @@ class Telemetry:
         self.closed = False
         self.spans: BoundedSpanProcessor | None = None
         self.points: CountingMetricExporter | None = None
+        self.periodic: PeriodicExportingMetricReader | None = None
         resource = build_resource(config)
         self.meter_provider = self._meters(resource) if not config.disabled else None
         provider = self.meter_provider or NoOpMeterProvider()
@@ -67,7 +68,8 @@ class Telemetry:
             inner = OTLPMetricExporter(self.config.metrics_endpoint, timeout=self.config.timeout)
             self.points = CountingMetricExporter(inner)
             interval = self.config.export_interval * 1000
-            readers.append(PeriodicExportingMetricReader(self.points, interval, interval))
+            self.periodic = PeriodicExportingMetricReader(self.points, interval, interval)
+            readers.append(self.periodic)
         return MeterProvider(metric_readers=readers, resource=resource)
 
     def _tracers(self, resource: Any) -> TracerProvider:
@@ -151,8 +153,9 @@ class Telemetry:
         ok = True
         if self.tracer_provider is not None:
             ok = self.tracer_provider.force_flush(int(timeout * 1000))
-        if self.meter_provider is not None and self.points is not None:
-            ok = self.meter_provider.force_flush(timeout * 1000) and ok
+        if self.periodic is not None:
+            # Not the provider's flush: that would also queue a copy into the Prometheus reader.
+            ok = self.periodic.force_flush(timeout * 1000) and ok
         return ok
 
     def status(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.policy.models import SamplingSpec
 from guardproxy.sinks import SampleQueue
+from guardproxy.snapshots import request_uniform
 from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
 
 
@@ -38,6 +39,14 @@ async def test_rate_sampling_is_deterministic_and_near_rate() -> None:
     again = [await sampled(g, exchange({}, {}, request_id=i)) for i in ids]
     assert first == again
     assert 300 < sum(first) < 500
+
+
+async def test_rate_decision_equals_request_uniform_with_salt() -> None:
+    g, _ = guard(rate=0.3)
+    for i in range(300):
+        ex = exchange({}, {}, request_id=f"u{i}")
+        expected = request_uniform(f"u{i}", b"guardproxy.sampling") < 0.3
+        assert await sampled(g, ex) == expected
 
 
 async def test_odd_exchanges_always_sampled() -> None:

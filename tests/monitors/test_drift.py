@@ -10,7 +10,8 @@ import pytest
 import scipy.stats as st
 
 from guardproxy.monitors import stats
-from guardproxy.monitors.drift import DriftBank, DriftMonitor, Reference, WindowResult
+from guardproxy.monitors.bank import DriftBank
+from guardproxy.monitors.drift import DriftMonitor, Reference, WindowResult
 from guardproxy.policy.models import DriftSpec, DriftTests, JsSpec
 
 DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"

@@ -9,7 +9,9 @@ from guardproxy.snapshots import ThresholdRule, ThresholdTable
 from guardproxy.state import Outcome, PredictionRecord, StateBackend
 
 
-def record(request_id: str, group: str = "a", score: float = 0.7, decision: int = 1) -> PredictionRecord:
+def record(
+    request_id: str, group: str = "a", score: float = 0.7, decision: int = 1
+) -> PredictionRecord:
     return PredictionRecord(request_id, 1.5, "eu", group, score, decision, 0.5, "p1", "static")
 
 
@@ -56,7 +58,12 @@ async def test_counters_and_histograms_add_up(state: StateBackend) -> None:
     groups = await state.counts("eu")
     assert sorted(groups) == ["a", "b:x"]
     assert groups["a"].counts.to_dict() == {
-        "decisions": 4, "selected": 2, "tp": 1, "fp": 0, "tn": 0, "fn": 0
+        "decisions": 4,
+        "selected": 2,
+        "tp": 1,
+        "fp": 0,
+        "tn": 0,
+        "fn": 0,
     }
     assert groups["a"].bins == {"p:70": 2, "p:3": 1, "n:70": 4}
     assert groups["b:x"].counts.decisions == 5

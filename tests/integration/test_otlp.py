@@ -1,0 +1,223 @@
+"""Traces and metrics through a real proxy into a real OTLP/HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from itertools import islice
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from guardproxy.app import Runtime
+from guardproxy.demo.model import adult_rows
+from guardproxy.demo.server import build_model_app, v2_request
+from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.policy.models import Policy
+from guardproxy.policy.table import policy_version
+from guardproxy.testing import (
+    OtlpReceiver,
+    attributes_of,
+    otlp_receiver,
+    proxy_settings,
+    running_proxy,
+    serving,
+)
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+INFER = "/v2/models/adult/infer"
+SERVER, CLIENT = 2, 3  # opentelemetry.proto Span.SpanKind values
+
+
+@pytest.fixture(autouse=True)
+def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No OTEL_* from the machine leaks into these tests."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    yield
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver on a free port."""
+    async with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtimes build each policy's real guard chain."""
+
+    def chain(runtime: Runtime, policy: Policy) -> object:
+        return build_chain(policy, GuardContext(runtime.thresholds), policy_version(policy))
+
+    monkeypatch.setattr(Runtime, "build_chain", chain)
+
+
+def by_kind(spans: list[Any], kind: int) -> list[Any]:
+    return [span for span in spans if span.kind == kind]
+
+
+async def test_an_incoming_trace_is_continued_and_sent_upstream(
+    receiver: OtlpReceiver, upstream_url: str, client: aiohttp.ClientSession
+) -> None:
+    settings = proxy_settings(upstream_url, otlp_endpoint=receiver.url)
+    async with running_proxy(settings) as proxy:
+        headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+        async with client.get(f"{proxy.url}/echo/a?x=1", headers=headers) as response:
+            echoed = dict((await response.json())["headers"])
+        async with client.get(f"{proxy.url}/status/503") as response:
+            assert response.status == 503
+        assert await asyncio.to_thread(proxy.runtime.telemetry.flush)
+    servers, clients = by_kind(receiver.spans(), SERVER), by_kind(receiver.spans(), CLIENT)
+    assert len(servers) == len(clients) == 2
+    server, call = servers[0], clients[0]
+    assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == PARENT_ID
+    assert server.name == "GET" and call.name == "GET"
+    assert call.trace_id == server.trace_id and call.parent_span_id == server.span_id
+    _, trace_id, parent, flags = echoed["traceparent"].split("-")
+    assert (trace_id, parent, flags) == (TRACE_ID, call.span_id.hex(), "01")
+    attributes = attributes_of(server.attributes)
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["url.path"] == "/echo/a" and attributes["url.scheme"] == "http"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["server.address"] == "127.0.0.1" and attributes["server.port"] > 0
+    assert attributes_of(call.attributes)["server.port"] == int(upstream_url.rsplit(":", 1)[1])
+    failed = attributes_of(servers[1].attributes)
+    assert failed["error.type"] == "503" and servers[1].status.code == 2  # STATUS_CODE_ERROR
+    resource = receiver.resources()[0]
+    assert resource["service.name"] == "guardproxy"
+    assert resource["guardproxy.region"] == "default"
+
+
+async def test_guard_attributes_and_metric_values_match_the_traffic(
+    receiver: OtlpReceiver, guarded: None, client: aiohttp.ClientSession
+) -> None:
+    rows = list(islice(adult_rows(), 12))
+    async with serving(build_model_app()) as model_url:
+        settings = proxy_settings(model_url, otlp_endpoint=receiver.url)
+        async with running_proxy(settings) as proxy:
+            expected = await send_batches(client, proxy.url, rows, size=3)
+            assert await asyncio.to_thread(proxy.runtime.telemetry.flush)
+            async with client.get(f"{proxy.admin_url}/metrics") as response:
+                text = await response.text()
+    server = by_kind(receiver.spans(), SERVER)[0]
+    assert server.name == f"POST {'/v2/models/*/infer'}"
+    attributes = attributes_of(server.attributes)
+    assert attributes["http.route"] == "/v2/models/*/infer"
+    assert attributes["guardproxy.group"] == rows[0]["sex"].strip()
+    assert attributes["guardproxy.rows"] == 3 and attributes["guardproxy.threshold"] == 0.5
+    assert attributes["guardproxy.decision"] == int(attributes["guardproxy.score"] >= 0.5)
+    assert len(attributes["guardproxy.policy.version"]) == 12
+    assert otlp_decisions(receiver) == expected
+    assert prometheus_decisions(text) == expected
+    durations = receiver.metrics("http.server.request.duration")[0].histogram.data_points
+    assert sum(point.count for point in durations) == 4
+
+
+async def send_batches(
+    client: aiohttp.ClientSession, url: str, rows: list[dict[str, str]], size: int
+) -> Counter[tuple[str, str]]:
+    """Send rows in batches; count (group, outcome) from the proxy's decision headers."""
+    expected: Counter[tuple[str, str]] = Counter()
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
+        async with client.post(url + INFER, json=v2_request(batch)) as response:
+            assert response.status == 200, await response.text()
+            decisions = response.headers["X-Guard-Decision"].split(",")
+        for row, decision in zip(batch, decisions, strict=True):
+            outcome = "positive" if decision == "1" else "negative"
+            expected[(row["sex"].strip(), outcome)] += 1
+    return expected
+
+
+def otlp_decisions(receiver: OtlpReceiver) -> Counter[tuple[str, str]]:
+    (metric,) = receiver.metrics("guardproxy.decisions")
+    counts: Counter[tuple[str, str]] = Counter()
+    for point in metric.sum.data_points:
+        attributes = attributes_of(point.attributes)
+        assert attributes["region"] == "default"
+        counts[(attributes["group"], attributes["outcome"])] += point.as_int
+    return counts
+
+
+def prometheus_decisions(text: str) -> Counter[tuple[str, str]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "guardproxy_decisions_total":
+                counts[(sample.labels["group"], sample.labels["outcome"])] += int(sample.value)
+    return counts
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_silent_collector_neither_slows_requests_nor_goes_uncounted(
+    black_hole: str,
+    upstream_url: str,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+    plain = running_proxy(proxy_settings(upstream_url))
+    silent = running_proxy(proxy_settings(upstream_url, otlp_endpoint=black_hole))
+    async with plain as without, silent as with_hole:
+        await timed(client, without.url, 20), await timed(client, with_hole.url, 20)  # warm up
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(300):  # interleaved, so both see the same machine noise
+            times["without"] += await timed(client, without.url, 1)
+            times["with"] += await timed(client, with_hole.url, 1)
+        telemetry = with_hole.runtime.telemetry
+        for _ in range(50):
+            counts = telemetry.status()
+            if counts["spans"]["export_failed"] and counts["metric_points"]["export_failed"]:
+                break
+            await asyncio.sleep(0.1)
+    assert p99(times["with"]) <= 2 * p99(times["without"]) + 0.005, (
+        p99(times["with"]),
+        p99(times["without"]),
+    )
+    assert counts["spans"]["dropped"] > 0
+    assert counts["spans"]["export_failed"] > 0 and counts["spans"]["exported"] == 0
+    assert counts["metric_points"]["export_failed"] > 0
+
+
+async def timed(client: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+    """Latencies of n serial GETs through a proxy."""
+    loop = asyncio.get_running_loop()
+    out = []
+    for _ in range(n):
+        began = loop.time()
+        async with client.get(f"{url}/echo/x") as response:
+            await response.read()
+            assert response.status == 200
+        out.append(loop.time() - began)
+    return out
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))]

@@ -1,0 +1,130 @@
+"""POST /guardproxy/v1/feedback on a real proxy: forms, outcomes, bounds, errors, token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from guardproxy.exchange import Exchange, Verdict
+from guardproxy.feedback import observed_time, validate
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+
+AUTH = {"Authorization": "Bearer feedback-secret"}
+
+
+@pytest.fixture
+async def fed(upstream_url: str) -> AsyncIterator[RunningProxy]:
+    """A proxy that has recorded predictions p0..p9 (p0 has a second row, p0:1)."""
+    async with running_proxy(proxy_settings(upstream_url)) as running:
+        runtime = running.runtime
+        entry = runtime.store.snapshot.current.default
+        for i in range(10):
+            headers = CIMultiDictProxy(CIMultiDict[str]())
+            ex = Exchange(f"p{i}", entry.region, "POST", "/v2/models/m/infer", headers, b"", 0.0)
+            ex.verdicts.append(Verdict("Female", 0.7, 0.5, 1))
+            if i == 0:
+                ex.verdicts.append(Verdict("Male", 0.2, 0.5, 0))
+            runtime.worker.offer(ex, entry)
+        await runtime.worker.flush()
+        yield running
+
+
+async def post(
+    proxy: RunningProxy, body: bytes | str, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session:
+        url = f"{proxy.url}/guardproxy/v1/feedback"
+        async with session.post(url, data=body, headers=AUTH if headers is None else headers) as r:
+            return r.status, await r.json()
+
+
+async def test_one_object(fed: RunningProxy) -> None:
+    status, doc = await post(fed, json.dumps({"request_id": "p1", "label": 1}))
+    assert status == 200
+    assert doc["results"] == [{"request_id": "p1", "status": "joined"}]
+    assert doc["totals"] == {"joined": 1, "unknown_id": 0, "duplicate": 0, "invalid": 0}
+
+
+async def test_array_with_every_outcome_in_order(fed: RunningProxy) -> None:
+    items = [
+        {"request_id": "p2", "label": True},
+        {"request_id": "nope", "label": 0},
+        {"request_id": "p2", "label": 0},
+        {"request_id": "p3", "label": 2},
+        {"request_id": "p0:1", "label": False, "observed_at": "2024-05-01T10:00:00Z"},
+        "junk",
+    ]
+    status, doc = await post(fed, json.dumps(items))
+    assert status == 200
+    statuses = [r["status"] for r in doc["results"]]
+    assert statuses == ["joined", "unknown_id", "duplicate", "invalid", "joined", "invalid"]
+    assert "label must be 0, 1, true or false" in doc["results"][3]["reason"]
+    assert fed.runtime.engine.labels_joined == 2
+
+
+async def test_ndjson_lines_with_a_malformed_line(fed: RunningProxy) -> None:
+    body = '{"request_id": "p4", "label": 1}\n{oops\n{"request_id": "p5", "label": 0}\n'
+    status, doc = await post(fed, body)
+    assert status == 200
+    assert [r["status"] for r in doc["results"]] == ["joined", "invalid", "joined"]
+    assert "malformed JSON" in doc["results"][1]["reason"]
+
+
+async def test_labels_reach_the_fairness_report(fed: RunningProxy) -> None:
+    await post(fed, json.dumps([{"request_id": f"p{i}", "label": i % 2} for i in range(10)]))
+    await fed.runtime.engine.refresh()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{fed.admin_url}/status") as r:
+            status = await r.json()
+    female = status["fairness"]["regions"]["default"]["fairness"]["groups"]["Female"]
+    assert (female["decisions"], female["labeled"]) == (10, 10)
+    assert female["positive_predictive_value"]["value"] == 0.5
+    assert status["monitor"]["processed"] == 10
+
+
+async def test_batch_bound(fed: RunningProxy) -> None:
+    items = [{"request_id": f"x{i}", "label": 1} for i in range(10_001)]
+    status, doc = await post(fed, json.dumps(items))
+    assert status == 413 and "limit is 10000" in doc["error"]
+    ndjson = "\n".join(json.dumps(item) for item in items)
+    assert (await post(fed, ndjson))[0] == 413
+
+
+@pytest.mark.parametrize("body", ["", "not json", "42", '"text"', '{"request_id": '])
+async def test_malformed_body_is_400(fed: RunningProxy, body: str) -> None:
+    status, doc = await post(fed, body)
+    assert status == 400
+    assert "expected a JSON object" in doc["error"]
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "feedback-secret"}]
+)
+async def test_token_required(fed: RunningProxy, headers: dict[str, str]) -> None:
+    status, doc = await post(fed, json.dumps({"request_id": "p1", "label": 1}), headers)
+    assert status == 401 and "token" in doc["error"]
+    assert fed.runtime.engine.labels_joined == 0
+
+
+async def test_other_reserved_paths_stay_404(fed: RunningProxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{fed.url}/guardproxy/v1/other") as r:
+            assert r.status == 404
+        async with session.get(f"{fed.url}/guardproxy/v1/feedback") as r:
+            assert r.status in (404, 405)
+
+
+def test_validate_and_observed_time() -> None:
+    assert (
+        validate({"request_id": "a", "label": 1.0}, 0.0)
+        == "label must be 0, 1, true or false, not 1.0"
+    )
+    assert isinstance(validate({"request_id": "", "label": 1}, 0.0), str)
+    assert observed_time("2024-01-01T00:00:00+00:00", 0.0) == 1704067200.0
+    assert observed_time(None, 5.0) == 5.0 and observed_time(-1, 0.0) is None
+    assert observed_time("yesterday", 0.0) is None and observed_time(True, 0.0) is None
