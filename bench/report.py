@@ -35,6 +35,7 @@ class Row:
     added_p50_ms: float | None
     added_p99_ms: float | None
     cpu_us_per_request: float
+    capacity_vs_direct: float | None
     errors: int
 
 
@@ -80,13 +81,21 @@ def row(name: str, m: Median, direct: Median | None, bare: Median | None) -> Row
     return Row(
         name, m.rps, ratio(m.rps, direct), ratio(m.rps, bare), m.p50, m.p99,
         m.p50 - direct.p50 if direct else None, m.p99 - direct.p99 if direct else None,
-        m.cpu, m.errors,
+        m.cpu, capacity(m, direct), m.errors,
     )  # fmt: skip
+
+
+def capacity(m: Median, direct: Median | None) -> float | None:
+    """Requests per CPU-second of the target over direct's: the ratio a busy machine can't skew."""
+    if direct is None or m.cpu <= 0:
+        return None
+    return direct.cpu / m.cpu
 
 
 COLUMNS = (
     ("target", 20), ("req/s", 9), ("vs direct", 9), ("vs bare", 8), ("p50 ms", 7),
-    ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10), ("errors", 6),
+    ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10),
+    ("cap/direct", 10), ("errors", 6),
 )  # fmt: skip
 
 
@@ -114,7 +123,8 @@ def format_table(rows: list[Row]) -> str:
     header = line(tuple(name for name, _ in COLUMNS))
     body = [
         line((r.target, r.rps, r.vs_direct, r.vs_bare, r.serial_p50_ms, r.serial_p99_ms,
-              r.added_p50_ms, r.added_p99_ms, r.cpu_us_per_request, r.errors))
+              r.added_p50_ms, r.added_p99_ms, r.cpu_us_per_request, r.capacity_vs_direct,
+              r.errors))
         for r in rows
     ]  # fmt: skip
     return "\n".join([header, "-" * len(header), *body])

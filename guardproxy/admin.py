@@ -19,6 +19,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", require_token(reload))
+    app.router.add_post("/admin/breaker/{region}", require_token(breaker))
 
 
 def require_token(handler: Handler) -> Handler:
@@ -77,3 +78,23 @@ async def reload(request: web.Request) -> web.Response:
     outcome = await request.app[RUNTIME].watcher.check(force=True)
     body = {"status": outcome.status, "problems": list(outcome.problems)}
     return web.json_response(body, status=422 if outcome.status == "failed" else 200)
+
+
+async def breaker(request: web.Request) -> web.Response:
+    """Force a region's breaker: {"state": "forced_open"|"closed"|"disabled", "reason": "..."}."""
+    region = request.match_info["region"]
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+        return web.json_response({"error": "expected {state, reason}"}, status=400)
+    try:
+        result = request.app[RUNTIME].breakers.force(
+            region, str(body.get("state")), body.get("reason", "")
+        )
+    except KeyError:
+        return web.json_response({"error": f"no region {region!r}"}, status=404)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(result)

@@ -14,8 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .breakers import BreakerBoard
 from .feedback import FeedbackEndpoint
 from .monitors.engine import FairnessEngine
+from .monitors.watchdog import Watchdog
 from .monitors.worker import MonitorWorker
 from .guards.base import GuardChain
 from .guards.chain import GuardContext, build_chain
@@ -60,6 +62,13 @@ class Runtime:
         self.telemetry = self.build_telemetry()
         self.proxy.tracer = self.telemetry.tracer
         self.proxy.observers = (*self.proxy.observers, self.telemetry.observe)
+        self.breakers = BreakerBoard(
+            self.store.snapshot, settings.timeouts, settings.pool_size, telemetry=self.telemetry
+        )
+        self.proxy.breakers = self.breakers
+        self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
+        self.worker.consumers.append(self.watchdog)
+        self.breakers.tickers.append(self.watchdog.tick)
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
@@ -90,9 +99,11 @@ class Runtime:
         self.sample_writer.start()
         await self.engine.start()
         self.worker.start()
+        await self.breakers.start()
         yield
         await self.watcher.stop()
         await self.worker.stop(drain=True)
+        await self.breakers.stop()
         await self.sample_writer.stop(flush=True)
         await self.engine.stop()
         await self.state.close()
@@ -123,6 +134,8 @@ class Runtime:
             },
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
+            "breakers": self.breakers.status(),
+            "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
         }

@@ -113,7 +113,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`guardproxy demo`."""
     p = sub.add_parser("demo", help="the whole story on the embedded default, no setup")
-    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--requests", type=int, default=3000, help="Adult rows to replay")
     p.set_defaults(run=run_demo)
 
 

@@ -13,6 +13,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .breaker import CLOSED, Admission, CircuitBreaker
+from .breakers import BreakerBoard, mark, settle
 from .exchange import Exchange, Reply, dumps
 from .guards.base import GuardChain
 from .policy.table import CompiledPolicy, PolicyTable
@@ -92,6 +94,7 @@ class Proxy:
         self.observers = tuple(observers)
         self.counts = ProxyCounts()
         self.tracer: UpstreamTracer = NO_TRACER
+        self.breakers = BreakerBoard(policies)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
@@ -119,14 +122,22 @@ class Proxy:
             return await self._relay(request, request_id, upstream_response)
 
     async def _send(
-        self, request: web.Request, request_id: str, data: Any
+        self,
+        request: web.Request,
+        request_id: str,
+        data: Any,
+        upstream: Upstream | None = None,
+        breaker: CircuitBreaker | None = None,
+        probe: bool = False,
     ) -> aiohttp.ClientResponse:
         headers = forward_request_headers(request, request_id)
         call = self.tracer.upstream_call(request, headers)
+        upstream = upstream or self.upstream
+        began = time.perf_counter()
         try:
-            response = await self.upstream.session.request(
+            response = await upstream.session.request(
                 request.method,
-                self.upstream.url_for(request.raw_path),
+                upstream.url_for(request.raw_path),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -134,8 +145,12 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = map_error(exc)
             call.end(error.status, type(exc).__name__)
+            if breaker is not None:
+                settle(breaker, None, time.perf_counter() - began, probe)
             raise error from exc
         call.end(response.status)
+        if breaker is not None:
+            settle(breaker, response.status, time.perf_counter() - began, probe)
         return response
 
     async def _relay(
@@ -168,6 +183,14 @@ class Proxy:
         self, request: web.Request, request_id: str, policy: CompiledPolicy
     ) -> web.StreamResponse:
         chain = cast(GuardChain, policy.chain)
+        breaker = self.breakers.get(policy)
+        admission = breaker.admit()
+        fallback = None
+        if admission is Admission.OPEN and breaker.open_action != "flag":
+            fallback = self.breakers.fallback(breaker)
+            if fallback is None:
+                self.breakers.rejected += 1
+                return _breaker_open(request_id, policy, breaker)
         ex = Exchange(
             request_id=request_id,
             region=policy.region,
@@ -177,12 +200,17 @@ class Proxy:
             body=await request.read(),
             started=time.perf_counter(),
         )
+        if breaker.state is not CLOSED:
+            mark(ex, breaker, admission, fallback is not None)
         await chain.on_request(ex)
         if ex.reply is not None:
             await chain.observe(ex)
             return self._finish_reply(ex, policy)
         began = time.perf_counter()
-        upstream_response = await self._send(request, request_id, ex.body)
+        upstream_response = await self._send(
+            request, request_id, ex.body, fallback, None if fallback else breaker,
+            admission is Admission.PROBE,
+        )  # fmt: skip
         async with upstream_response:
             if not _is_json(upstream_response) or request.method == "HEAD":
                 self.counts.unguarded_streams += 1
@@ -225,6 +253,18 @@ class Proxy:
     def _observe(self, ex: Exchange, policy: CompiledPolicy) -> None:
         for observer in self.observers:
             observer(ex, policy)
+
+
+def _breaker_open(request_id: str, policy: CompiledPolicy, breaker: CircuitBreaker) -> web.Response:
+    """503 while the breaker is open (reject, or a fallback that is not ready)."""
+    response = error_response(
+        503, "circuit breaker open", request_id, region=policy.region, reason=breaker.reason
+    )
+    response.headers["Retry-After"] = str(breaker.retry_after())
+    response.headers["X-Guard-Breaker"] = breaker.state_name
+    response.headers["X-Guard-Region"] = policy.region
+    response.headers["X-Guard-Policy"] = policy.version
+    return response
 
 
 def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, policy: CompiledPolicy) -> None:

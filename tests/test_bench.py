@@ -37,6 +37,7 @@ def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
         rows["bare-aiohttp"]["rps"] / rows["direct"]["rps"]
     )
     assert rows["bare-aiohttp"]["added_p50_ms"] is not None
+    assert rows["bare-aiohttp"]["capacity_vs_direct"] > 0
     assert doc["meta"]["load_generator"] == "python"
 
 
@@ -48,11 +49,13 @@ def test_medians_and_ratios() -> None:
     assert bare.vs_direct == pytest.approx(0.45)
     assert bare.vs_bare == pytest.approx(1.0)
     assert bare.added_p50_ms == pytest.approx(0.5)
+    assert bare.capacity_vs_direct == pytest.approx(1.0)
 
 
 def test_ratios_are_absent_without_their_baseline() -> None:
     (only,) = summarize([sample("nginx", 0, 800.0)])
     assert only.vs_direct is None and only.vs_bare is None and only.added_p99_ms is None
+    assert only.capacity_vs_direct is None
     assert "nginx" in format_table([only]) and " - " in format_table([only])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -197,6 +198,7 @@ def test_per_request_cost_is_a_few_microseconds() -> None:
     )
     traced = per_request_seconds(tracing)
     assert tracing.status()["spans"]["dropped"] > 0  # the exporter is behind: spans are dropped
+    asyncio.run(tracing.shutdown(1.0))
     print(
         f"\nper request: bare {bare * 1e6:.1f} us, disabled +{(disabled - bare) * 1e6:.1f} us, "
         f"metrics +{(metrics_only - bare) * 1e6:.1f} us, sampler off +{(off - bare) * 1e6:.1f} us, "

@@ -1,0 +1,44 @@
+"""OpenAI chat completions, whose guarded labels are the choices' texts."""
+
+from __future__ import annotations
+
+from .base import Payload
+from .fields import as_list, field, label_row
+from .jsonpath import Doc, Slot
+
+
+class OpenAIChat(Payload):
+    """OpenAI chat completions: the choices' message content is the text to guard."""
+
+    protocol = "openai"
+    texts = True
+
+    def rows(self, request_doc: Doc) -> int:
+        """The number of choices asked for (n)."""
+        n = request_doc.get("n", 1) if isinstance(request_doc, dict) else 1
+        return n if isinstance(n, int) and n > 0 else 1
+
+    def feature(self, request_doc: Doc, name: str) -> list[object]:
+        """A top-level request field or a metadata entry, the same for every choice."""
+        meta = request_doc.get("metadata") if isinstance(request_doc, dict) else None
+        if isinstance(meta, dict) and name in meta:
+            return [meta[name]] * self.rows(request_doc)
+        return [field(request_doc, name, "request")] * self.rows(request_doc)
+
+    def labels(self, response_doc: Doc) -> list[list[str]]:
+        """Each choice's message content (no content, e.g. a tool call: no text)."""
+        return [
+            [] if c[k] is None else label_row(c[k], "content")
+            for c, k in self._label_slots(response_doc)
+        ]
+
+    def _label_slots(self, response_doc: Doc) -> list[Slot]:
+        if self.labels_path is not None:
+            return self.labels_path.slots(response_doc)
+        choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
+        slots: list[Slot] = []
+        for choice in choices:
+            message = field(choice, "message", "choice")
+            field(message, "content", "message")
+            slots.append((message, "content"))
+        return slots

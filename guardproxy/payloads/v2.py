@@ -1,0 +1,136 @@
+"""Open Inference Protocol (KServe v2) tensors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..guards.base import GuardError
+from .base import Payload
+from .fields import as_list, field, floats, label_row
+from .jsonpath import Doc
+
+
+def _tensor(t: Any, where: str) -> tuple[int, int, list[Any]]:
+    """(rows, width, flat row-major data) of a v2 tensor, data flat or nested."""
+    try:
+        shape, data = t["shape"], t["data"]
+        rows = shape[0]
+        width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else math.prod(shape[1:])
+    except (KeyError, TypeError, IndexError):
+        raise GuardError(f"{where}: expected a tensor with shape and data") from None
+    if type(data) is not list:
+        raise GuardError(f"{where}: data must be a list, got {type(data).__name__}")
+    while data and type(data[0]) is list:
+        data = [v for part in data for v in part]
+    if type(rows) is not int or type(width) is not int or len(data) != rows * width:
+        raise GuardError(f"{where}: {len(data)} values for shape {shape}")
+    return rows, width, data
+
+
+class KServeV2(Payload):
+    """Open Inference Protocol (KServe v2, Triton, MLServer)."""
+
+    protocol = "kserve_v2"
+
+    def rows(self, request_doc: Doc) -> int:
+        """shape[0] of the first input."""
+        first = as_list(field(request_doc, "inputs", "request"), "request inputs")
+        if not first:
+            raise GuardError("request has no inputs")
+        return _tensor(first[0], "request input")[0]
+
+    def feature(self, request_doc: Doc, name: str) -> list[object]:
+        """An input named `name` ([N] or [N,1]), or a column of a 2-D input with named columns."""
+        inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
+        for t in inputs:
+            if isinstance(t, dict) and t.get("name") == name:
+                return _tensor(t, f"input {name!r}")[2]
+        for t in inputs:
+            columns = _columns(t, request_doc)
+            if name in columns:
+                _, width, data = _tensor(t, f"input {t.get('name')!r}")
+                if width != len(columns):
+                    raise GuardError(
+                        f"input {t.get('name')!r}: {width} columns, {len(columns)} names"
+                    )
+                return data[columns.index(name) :: width]
+        raise GuardError(f"request has no input or column named {name!r}")
+
+    def _output(self, response_doc: Doc, name: str | None, what: str) -> Any:
+        outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
+        for t in outputs:
+            if isinstance(t, dict) and (name is None or t.get("name") == name):
+                return t
+        raise GuardError(f"answer has no output {name!r} for the {what}")
+
+    def _scores(self, response_doc: Doc) -> list[float]:
+        t = self._output(response_doc, self.output, "score")
+        _, width, data = _tensor(t, f"output {t.get('name')!r}")
+        if self.index >= width:
+            raise GuardError(f"output {t.get('name')!r} has no column {self.index}")
+        return floats(data[self.index :: width], f"output {t.get('name')!r}")
+
+    def _label_tensor(self, response_doc: Doc) -> Any:
+        if self.labels_output is not None:
+            return self._output(response_doc, self.labels_output, "labels")
+        for t in as_list(field(response_doc, "outputs", "answer"), "answer outputs"):
+            if isinstance(t, dict) and t.get("datatype") == "BYTES":
+                return t
+        raise GuardError("answer has no BYTES output for the labels; set labels.output")
+
+    def labels(self, response_doc: Doc) -> list[list[str]]:
+        """Per row: the labels of a BYTES output of shape [N] or [N, K]."""
+        if self.labels_path is not None:
+            return super().labels(response_doc)
+        n, width, data = _tensor(self._label_tensor(response_doc), "labels output")
+        return [label_row(data[i * width : (i + 1) * width], "labels output") for i in range(n)]
+
+    def set_labels(self, response_doc: Doc, labels: list[list[str]]) -> None:
+        """Rewrite the labels tensor, padding short rows with empty strings."""
+        if self.labels_path is not None:
+            return super().set_labels(response_doc, labels)
+        t = self._label_tensor(response_doc)
+        n, width, _ = _tensor(t, "labels output")
+        if n != len(labels):
+            raise GuardError(f"{len(labels)} label rows for {n} in the answer")
+        width = max(1, *(len(row) for row in labels))
+        t["shape"] = [n, width] if len(t["shape"]) > 1 or width > 1 else [n]
+        t["data"] = [v for row in labels for v in row + [""] * (width - len(row))]
+        return None
+
+    def annotate(self, response_doc: Doc, decisions: list[int], thresholds: list[float]) -> None:
+        """Append INT64 output "guardproxy" and FP32 output "guardproxy_threshold"."""
+        outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
+        n = len(decisions)
+        outputs.append({"name": "guardproxy", "shape": [n], "datatype": "INT64", "data": decisions})
+        outputs.append(
+            {"name": "guardproxy_threshold", "shape": [n], "datatype": "FP32", "data": thresholds}
+        )
+
+    def rewrite(self, response_doc: Doc, decisions: list[int]) -> None:
+        """Replace the label output (label_output, else "label" or "predict") with decisions."""
+        names = (self.label_output,) if self.label_output else ("label", "predict")
+        outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
+        found = [t for t in outputs if isinstance(t, dict) and t.get("name") in names]
+        if not found:
+            raise GuardError(f"answer has no label output named {' or '.join(names)}")
+        t = found[0]
+        if _tensor(t, "label output")[0] != len(decisions):
+            raise GuardError("label output rows do not match the decisions")
+        text = t.get("datatype") == "BYTES"
+        t["shape"] = [len(decisions)]
+        t["data"] = [str(d) for d in decisions] if text else decisions
+
+
+def _columns(t: Any, request_doc: Doc) -> list[Any]:
+    """Column names of a 2-D tabular input: its parameters, or the request's."""
+    for holder in (t, request_doc):
+        if not isinstance(holder, dict):
+            continue
+        params = holder.get("parameters")
+        names = params.get("columns") if isinstance(params, dict) else None
+        names = names if names is not None else holder.get("columns")
+        if isinstance(names, list):
+            return names
+    return []

@@ -1,0 +1,161 @@
+"""BreakerBoard: breakers per region, rebuilt on swap, operator force, ticker, fallback pools."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from guardproxy.breaker import Admission, Transition
+from guardproxy.breakers import BreakerBoard, describe, mark, settle
+from guardproxy.exchange import Exchange
+from guardproxy.policy.models import Policy
+from guardproxy.policy.table import PolicyTable, compile_policy
+from guardproxy.snapshots import Snapshot
+from guardproxy.testing import serving, upstream_app
+
+RULE = {"when": "upstream.error_rate", "above": 0.5, "windows": 1}
+
+
+def table(**regions: dict[str, Any]) -> PolicyTable:
+    """A table with a default region plus the given ones (name -> breaker section)."""
+    entries = {"default": {}, **regions}
+    compiled = {
+        name: compile_policy(Policy.model_validate({"region": name, "breaker": breaker}))
+        for name, breaker in entries.items()
+    }
+    return PolicyTable(compiled, "default")
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """Telemetry that remembers what the board told it."""
+
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+        self.states: list[tuple[str, str]] = []
+
+    def breaker_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+
+    def breaker_state(self, region: str, state: str) -> None:
+        self.states.append((region, state))
+
+
+def test_one_breaker_per_region_and_state_kept_when_spec_unchanged() -> None:
+    snapshot = Snapshot(table(sg={"trip": [RULE]}, us={"trip": [RULE]}))
+    board = BreakerBoard(snapshot)
+    sg, us = board.breaker("sg"), board.breaker("us")
+    assert sg is not None and us is not None and sg is not us
+    sg.force("forced_open", "maintenance")
+    snapshot.publish(table(sg={"trip": [RULE]}, us={"trip": [RULE], "cooldown": 5}))
+    entry = snapshot.current.regions["sg"]
+    assert board.get(entry) is sg and sg.state_name == "forced_open"
+    assert board.breaker("us") is not us and board.breaker("us").spec.cooldown == 5  # type: ignore[union-attr]
+
+
+def test_upstream_errors_trip_on_tick_and_every_transition_is_logged_counted_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, recorder = Clock(), Recorder()
+    spec = {"trip": [RULE], "window": 2}
+    board = BreakerBoard(Snapshot(table(sg=spec)), telemetry=recorder, clock=clock)
+    breaker = board.breaker("sg")
+    assert breaker is not None and ("sg", "closed") in recorder.states
+    for status in (500, 502, None, 200):
+        settle(breaker, status, 0.01, probe=False)
+    clock.now += 2.5
+    with caplog.at_level(logging.WARNING, "guardproxy.breaker"):
+        board.tick()
+    assert breaker.state_name == "open"
+    assert board.transitions == {"sg:open": 1}
+    assert recorder.transitions[0].new == "open"
+    line = caplog.records[-1].getMessage()
+    assert "sg: closed -> open" in line and "upstream.error_rate=0.75" in line
+    status = board.status()["regions"]["sg"]
+    assert status["state"] == "open" and status["last_window"]["upstream.error_rate"] == 0.75
+
+
+def test_force_rejects_unknown_region_and_bad_state() -> None:
+    board = BreakerBoard(Snapshot(table(sg={})))
+    with pytest.raises(KeyError):
+        board.force("nowhere", "closed", "")
+    with pytest.raises(ValueError, match="forced_open, closed or disabled"):
+        board.force("sg", "half_open", "")
+    assert board.force("sg", "disabled", "load test")["reason"] == "operator: load test"
+
+
+def test_a_failing_ticker_is_counted_and_the_others_still_run() -> None:
+    board = BreakerBoard(Snapshot(table()))
+    ran: list[int] = []
+    board.tickers += [lambda: 1 / 0, lambda: ran.append(1)]  # type: ignore[list-item]
+    board.tick()
+    assert ran == [1] and board.ticker_errors == 1
+
+
+def test_probe_outcome_goes_to_the_half_open_state() -> None:
+    clock = Clock()
+    spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}}
+    board = BreakerBoard(Snapshot(table(sg=spec)), clock=clock)
+    breaker = board.breaker("sg")
+    assert breaker is not None
+    settle(breaker, None, 0.1, probe=False)
+    clock.now += 1
+    board.tick()
+    assert breaker.admit() is Admission.OPEN
+    clock.now += 5
+    assert breaker.admit() is Admission.PROBE and breaker.admit() is Admission.OPEN
+    settle(breaker, 200, 0.1, probe=True)
+    assert breaker.probes_ok == 1 and breaker.state_name == "half_open"
+    board.tick()  # a healthy upstream window with a good probe counts toward closing
+    assert breaker.healthy_windows == 1
+    settle(breaker, 500, 0.1, probe=True)
+    assert breaker.state_name == "open" and breaker.reason == "probe failed"
+
+
+def test_mark_annotates_and_flags_for_sampling() -> None:
+    board = BreakerBoard(Snapshot(table(sg={})))
+    breaker = board.breaker("sg")
+    assert breaker is not None
+    breaker.force("forced_open", "t")
+    ex = Exchange("r", "sg", "POST", "/", CIMultiDictProxy(CIMultiDict[str]()), b"", 0.0)
+    mark(ex, breaker, Admission.OPEN, fallback=True)
+    assert ex.annotations == {"X-Guard-Breaker": "forced_open", "X-Guard-Upstream": "fallback"}
+    assert ex.flags == ["breaker:open", "breaker:fallback"]
+
+
+def test_describe_names_reason_and_numbers() -> None:
+    event = Transition("eu", "closed", "open", "tripped: x", {"drift.age.psi": 0.41234}, 0.0)
+    assert describe(event) == (
+        "breaker eu: closed -> open (tripped: x); last window: drift.age.psi=0.4123"
+    )
+
+
+async def test_fallback_pools_follow_the_lifecycle_and_policy_swaps() -> None:
+    async with serving(upstream_app()) as url:
+        fallback = {"open": {"action": "fallback", "upstream": url}}
+        snapshot = Snapshot(table(sg=fallback))
+        board = BreakerBoard(snapshot)
+        breaker = board.breaker("sg")
+        assert breaker is not None and board.fallback(breaker) is None  # not started
+        await board.start()
+        pool = board.fallback(breaker)
+        assert pool is not None
+        async with pool.session.get(pool.url_for("/status/200")) as response:
+            assert response.status == 200
+        snapshot.publish(table(sg={}))
+        board.tick()
+        assert board.fallbacks == {} and board.status()["fallbacks"] == {}
+        await board.stop()
+        assert pool._session is None
