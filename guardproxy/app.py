@@ -16,11 +16,11 @@ from aiohttp import web
 from . import __version__
 from .breakers import BreakerBoard
 from .feedback import FeedbackEndpoint
+from .guards.base import GuardChain
+from .guards.chain import GuardContext, build_chain
 from .monitors.engine import FairnessEngine
 from .monitors.watchdog import Watchdog
 from .monitors.worker import MonitorWorker
-from .guards.base import GuardChain
-from .guards.chain import GuardContext, build_chain
 from .policy.models import Policy
 from .policy.table import policy_version
 from .policy.watch import PolicyStore, PolicyWatcher
@@ -62,6 +62,7 @@ class Runtime:
         self.telemetry = self.build_telemetry()
         self.proxy.tracer = self.telemetry.tracer
         self.proxy.observers = (*self.proxy.observers, self.telemetry.observe)
+        self.watch_telemetry()
         self.breakers = BreakerBoard(
             self.store.snapshot, settings.timeouts, settings.pool_size, telemetry=self.telemetry
         )
@@ -79,6 +80,20 @@ class Runtime:
             region=settings.region,
         )
         return Telemetry(config, settings.upstream, self.store.snapshot, self.thresholds)
+
+    def watch_telemetry(self) -> None:
+        """Point the gauges and observable counters at the totals the parts already keep."""
+        telemetry, store = self.telemetry, self.store
+        telemetry.watch_fairness(self.engine.gauges)
+        telemetry.watch_total("samples.written", lambda: self.sample_writer.written)
+        telemetry.watch_total(
+            "samples.dropped", lambda: self.samples.dropped + self.sample_writer.dropped
+        )
+        telemetry.watch_total("queue.dropped", lambda: self.worker.dropped)
+        telemetry.watch_reloads(
+            lambda: {"applied": store.reloads_ok, "failed": store.reloads_failed}
+        )
+        self.engine.label_listeners.append(telemetry.count_joined)
 
     def build_chain(self, policy: Policy) -> GuardChain:
         """The guard chain for one region's policy (runs in a thread on reload: pure)."""

@@ -192,7 +192,7 @@ def test_policies_configmap_is_generated_from_every_policy_file() -> None:
     assert generator["options"]["disableNameSuffixHash"] is True
     listed = generator["files"]
     assert sorted(Path(f).name for f in listed) == POLICY_FILES
-    assert all((BASE / f).resolve().parent == ROOT / "policies" for f in listed)
+    assert all((BASE / f).parent.resolve() == ROOT / "policies" for f in listed)
 
 
 def test_tokens_are_files_from_a_secret(spec: Doc) -> None:

@@ -1,4 +1,4 @@
-"""`guardproxy demo`: the bundled Adult model behind the proxy, real traffic, labels, a fairer model."""
+"""`guardproxy demo`: the bundled Adult model behind the proxy, labels, fairer thresholds."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ async def send_labels(
 ) -> dict[str, int]:
     """The label pipeline, later: one NDJSON post of {request_id, label} lines."""
     lines = "\n".join(
-        json.dumps({"request_id": i, "label": int(r["income"])}) for i, r in zip(ids, rows)
+        json.dumps({"request_id": i, "label": int(r["income"])})
+        for i, r in zip(ids, rows, strict=True)
     )
     headers = {"Authorization": f"Bearer {FEEDBACK_TOKEN}", "Content-Type": "application/x-ndjson"}
     async with session.post(f"{url}/guardproxy/v1/feedback", data=lines, headers=headers) as r:
@@ -168,8 +169,18 @@ def report(result: StoryResult, samples: Path) -> str:
         *describe(result.after),
         f"threshold table in force: {fairness.get('thresholds', {}).get('version', '-')}",
         f"review samples written (redacted JSONL, stratified by group): {written}",
+        *breaker_lines(result.status),
     ]
     return "\n".join(lines)
+
+
+def breaker_lines(status: dict[str, Any]) -> list[str]:
+    """Each region's circuit breaker: state and why."""
+    regions = status.get("breakers", {}).get("regions", {})
+    return [
+        f"circuit breaker {name}: {b['state']}" + (f" ({b['reason']})" if b.get("reason") else "")
+        for name, b in regions.items()
+    ]
 
 
 async def story(requests: int) -> int:

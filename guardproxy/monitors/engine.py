@@ -97,6 +97,7 @@ class FairnessEngine:
         self.recorded = self.labels_joined = self.state_errors = 0
         self.last_error: str | None = None
         self.calibrations: dict[str, Calibration] = {}
+        self.label_listeners: list[Callable[[Sequence[tuple[PredictionRecord, int]]], None]] = []
         self._cache: dict[str, dict[str, GroupState]] = {}
         self._due: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -176,6 +177,8 @@ class FairnessEngine:
             split[index] = split.get(index, 0) + 1
         await self._guarded(self._write_labels(cells, bins))
         self.labels_joined += len(pairs)
+        for listener in self.label_listeners:
+            listener(pairs)
 
     async def _write_labels(
         self,

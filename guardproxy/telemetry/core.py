@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ..breaker import Transition
 from ..policy.table import PolicyTable
 from ..snapshots import Snapshot, ThresholdTable
+from ..state.base import PredictionRecord
 from .config import TelemetryConfig, build_resource
 from .decisions import DecisionObserver, GroupLabels, GroupMode
 from .export import BoundedSpanProcessor, CountingMetricExporter, CountingSpanExporter
+from .exposition import HistogramCollector, HistogramMetrics
 from .hooks import NO_TRACER, UpstreamTracer
-from .instruments import TOTALS, AttributeCache, FairnessSource, Instruments
+from .instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
 from .tracing import CURRENT, Handler, RequestTracer
 
 log = logging.getLogger("guardproxy.telemetry")
 SCOPE = "guardproxy"
+BUILTIN_SAMPLERS = "opentelemetry.sdk.trace.sampling"
 
 
 class Telemetry:
@@ -49,24 +53,29 @@ class Telemetry:
         self.spans: BoundedSpanProcessor | None = None
         self.points: CountingMetricExporter | None = None
         self.periodic: PeriodicExportingMetricReader | None = None
+        self.instruments = Instruments()
+        self.instruments.label = self._region_label
+        scope = InstrumentationScope(SCOPE)
+        self.histograms = HistogramMetrics(self.instruments.histograms, scope)
         resource = build_resource(config)
         self.meter_provider = self._meters(resource) if not config.disabled else None
-        provider = self.meter_provider or NoOpMeterProvider()
-        self.instruments = Instruments(provider.get_meter(SCOPE))
-        self.instruments.label = self._region_label
+        if self.meter_provider is not None:
+            self.instruments.observe(self.meter_provider.get_meter(SCOPE))
+            self.registry.register(HistogramCollector(self.instruments.histograms, scope))
         self.tracer_provider = self._tracers(resource) if config.tracing else None
         tracer = self.tracer_provider.get_tracer(SCOPE) if self.tracer_provider else None
-        self.requests = RequestTracer(tracer, self.instruments, upstream)
+        self.requests = RequestTracer(
+            tracer, self.instruments, upstream, self._sampler_reads_attributes()
+        )
         self.observe = DecisionObserver(self.instruments, self.labels, self._thresholds_version)
-        self._feedback = AttributeCache("region", "group", "cell")
-        self._transitions = AttributeCache("region", "to")
-        self._reloads = AttributeCache("result")
 
-    def _meters(self, resource: Any) -> MeterProvider:
+    def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
         if self.config.metrics_endpoint:
             inner = OTLPMetricExporter(self.config.metrics_endpoint, timeout=self.config.timeout)
-            self.points = CountingMetricExporter(inner)
+            self.points = CountingMetricExporter(
+                inner, lambda data: self.histograms.merged(data, resource)
+            )
             interval = self.config.export_interval * 1000
             self.periodic = PeriodicExportingMetricReader(self.points, interval, interval)
             readers.append(self.periodic)
@@ -78,6 +87,12 @@ class Telemetry:
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         provider.add_span_processor(self.spans)
         return provider
+
+    def _sampler_reads_attributes(self) -> bool:
+        """Whether the sampler may look at span attributes (any but the SDK's own)."""
+        if self.tracer_provider is None:
+            return False
+        return type(self.tracer_provider.sampler).__module__ != BUILTIN_SAMPLERS
 
     @property
     def tracer(self) -> UpstreamTracer:
@@ -103,15 +118,17 @@ class Telemetry:
         """One joined label: cell is tp, fp, tn or fn."""
         if cell not in ("tp", "fp", "tn", "fn"):
             raise ValueError(f"feedback cell must be tp, fp, tn or fn, not {cell!r}")
-        label = self._region_label(region, group)
-        self.instruments.feedback.add(1, self._feedback.get(region, label, cell))
+        self.instruments.feedback.add_key((region, self._region_label(region, group), cell))
+
+    def count_joined(self, joined: Iterable[tuple[PredictionRecord, int]]) -> None:
+        """Joined labels as the fairness engine hands them over: (record, label) pairs."""
+        for record, label in joined:
+            self.count_feedback(record.region, record.group, _cell(record.decision, label))
 
     def breaker_transition(self, transition: Transition) -> None:
         """Breaker listener: count the transition, keep the state gauge, mark the current span."""
         self.instruments.breaker[transition.region] = transition.new
-        self.instruments.transitions.add(
-            1, self._transitions.get(transition.region, transition.new)
-        )
+        self.instruments.transitions.add_key((transition.region, transition.new))
         state = CURRENT.get()
         if state is not None and state.span is not None and state.span.is_recording():
             event = {
@@ -126,14 +143,20 @@ class Telemetry:
 
     def policy_reload(self, result: str) -> None:
         """One policy reload: result is applied, unchanged or failed."""
-        self.instruments.reloads.add(1, self._reloads.get(result))
+        if result not in RELOAD_RESULTS:
+            raise ValueError(f"reload result must be applied, unchanged or failed, not {result!r}")
+        self.instruments.reloads.add_key((result,))
+
+    def watch_reloads(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Where the reload counter reads totals someone else keeps: {result: count}."""
+        self.instruments.reload_source = read
 
     def record_drift(self, region: str, signal: str, test: str, value: float) -> None:
         """The latest drift statistic of a window (psi, ks, js...) for a signal."""
         self.instruments.drift[(region, signal, test)] = float(value)
 
     def watch_fairness(self, source: FairnessSource) -> None:
-        """Where the fairness gauges read their latest values."""
+        """Where the fairness gauges read their latest values (FairnessEngine.gauges' shape)."""
         self.instruments.fairness = source
 
     def watch_total(self, name: str, read: Callable[[], int]) -> None:
@@ -189,3 +212,10 @@ class Telemetry:
             self.spans.shutdown(timeout)
         if self.meter_provider is not None:
             self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+
+
+def _cell(decision: int, label: int) -> str:
+    """The confusion cell of a decision against its label."""
+    if decision:
+        return "tp" if label else "fp"
+    return "fn" if label else "tn"

@@ -10,7 +10,7 @@ from opentelemetry.trace import Span
 from ..exchange import Exchange
 from ..guards.groups import telemetry_group
 from ..policy.table import CompiledPolicy, RouteMatcher
-from .instruments import AttributeCache, Instruments
+from .instruments import Instruments
 from .tracing import CURRENT
 
 GroupMode = Literal["label", "hashed", "none"]
@@ -48,7 +48,6 @@ class DecisionObserver:
         self.instruments = instruments
         self.labels = labels
         self.thresholds_version = thresholds_version
-        self.attrs = AttributeCache("region", "group", "outcome")
         self._routes: dict[str, tuple[tuple[RouteMatcher, str], ...]] = {}
 
     def __call__(self, ex: Exchange, policy: CompiledPolicy) -> None:
@@ -65,15 +64,15 @@ class DecisionObserver:
             self._annotate(span, ex, policy, mode, state.route)
 
     def _count(self, ex: Exchange, region: str, mode: GroupMode) -> None:
-        add = self.instruments.decisions.add
+        add = self.instruments.decisions.add_key
         if ex.reply is not None or not ex.verdicts:
             outcome = "blocked" if ex.reply is not None else "unscored"
             group = self.labels(ex.groups[0], mode) if ex.groups else ALL_GROUPS
-            add(max(1, len(ex.verdicts)), self.attrs.get(region, group, outcome))
+            add((region, group, outcome), max(1, len(ex.verdicts)))
             return
         for verdict in ex.verdicts:
             outcome = "positive" if verdict.decision else "negative"
-            add(1, self.attrs.get(region, self.labels(verdict.group, mode), outcome))
+            add((region, self.labels(verdict.group, mode), outcome))
 
     def route(self, policy: CompiledPolicy, path: str) -> str:
         """The guarded route pattern the path matched (never the raw path)."""

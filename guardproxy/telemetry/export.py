@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+log = logging.getLogger("guardproxy.telemetry")
 
 
 class CountingSpanExporter(SpanExporter):
@@ -75,21 +78,30 @@ class BoundedSpanProcessor(SpanProcessor):
         return self.batch.force_flush(timeout_millis)
 
 
-class CountingMetricExporter(MetricExporter):
-    """Wraps a metric exporter: data points exported and failed."""
+Amend = Callable[[MetricsData], MetricsData]
 
-    def __init__(self, inner: MetricExporter) -> None:
+
+class CountingMetricExporter(MetricExporter):
+    """Wraps a metric exporter: adds what `amend` contributes, counts points exported and failed."""
+
+    def __init__(self, inner: MetricExporter, amend: Amend | None = None) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
         self.inner = inner
+        self.amend = amend
         self.exported = self.failed = 0
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         """Export one collection on the reader's thread."""
+        try:
+            if self.amend is not None:
+                metrics_data = self.amend(metrics_data)
+        except Exception:
+            log.exception("could not add the histograms to a metric export")
         points = count_points(metrics_data)
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis)

@@ -1,73 +1,86 @@
-"""The metric instruments, their bounded attribute sets, and the values gauges observe."""
+"""The metrics: plain aggregates the hot path writes, observed by the SDK only when collected."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-# Fairness values per region as the engine publishes them:
-# {region: {"groups": {group: {"selection_rate": x, ...}}, "demographic_parity_ratio": y, ...}}
+from .aggregate import ABSENT, Counters, Histograms
+
+# Fairness values per region as FairnessEngine.gauges() publishes them:
+# {region: {"groups": {group: {"selection_rate": x, ...}}, "disparities": {"demographic_...": y}}}
+# (region values directly beside "groups", without "disparities", are read as well).
 FairnessSource = Callable[[], Mapping[str, Mapping[str, Any]]]
+Callback = Callable[[CallbackOptions], Iterable[Observation]]
 GROUP_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
-REGION_VALUES = ("demographic_parity_ratio", "equal_opportunity_difference")
+REGION_VALUES = (
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+)
 BREAKER_STATES = {"disabled": -1, "closed": 0, "half_open": 1, "open": 2, "forced_open": 3}
 TOTALS = ("samples.written", "samples.dropped", "queue.dropped")
+RELOAD_RESULTS = ("applied", "unchanged", "failed")
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-MAX_ATTRIBUTE_SETS = 4096
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+)  # fmt: skip
+SERVER_KEYS = ("http.request.method", "http.response.status_code", "http.route")
+CLIENT_KEYS = ("http.request.method", "http.response.status_code")
+NO_ROUTE = ABSENT
 
-Attributes = dict[str, str | int]
 
+@dataclass(frozen=True, slots=True)
+class HistogramSpec:
+    """A histogram as exported: the OTel name, unit and description of an aggregate."""
 
-class AttributeCache:
-    """One frozen dict per attribute tuple, so the hot path never builds dicts."""
-
-    __slots__ = ("_cache", "_keys")
-
-    def __init__(self, *keys: str) -> None:
-        self._keys = keys
-        self._cache: dict[tuple[str | int, ...], Attributes] = {}
-
-    def get(self, *values: str | int) -> Attributes:
-        """The attribute dict for these values (bounded: beyond the cap, values become 'other')."""
-        attributes = self._cache.get(values)
-        if attributes is None:
-            if len(self._cache) >= MAX_ATTRIBUTE_SETS:
-                values = tuple("other" for _ in values)
-            attributes = self._cache.setdefault(values, dict(zip(self._keys, values, strict=True)))
-        return attributes
+    name: str
+    unit: str
+    description: str
+    values: Histograms
 
 
 class Instruments:
-    """Every guardproxy instrument on one meter."""
+    """Every guardproxy metric: hot-path aggregates plus what the gauges read."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self) -> None:
         self.fairness: FairnessSource = dict
         self.label: Callable[[str, str], str] = lambda region, group: group
         self.drift: dict[tuple[str, str, str], float] = {}
         self.breaker: dict[str, str] = {}
         self.totals: dict[str, Callable[[], int]] = {}
-        self.server = meter.create_histogram(
-            "http.server.request.duration", "s", "Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
+        self.reload_source: Callable[[], Mapping[str, int]] = dict
+        self.server = Histograms(SERVER_KEYS, HTTP_BUCKETS)
+        self.client = Histograms(CLIENT_KEYS, HTTP_BUCKETS)
+        self.overhead = Histograms(SERVER_KEYS, OVERHEAD_BUCKETS)
+        self.decisions = Counters(("region", "group", "outcome"))
+        self.feedback = Counters(("region", "group", "cell"))
+        self.transitions = Counters(("region", "to"))
+        self.reloads = Counters(("result",))
+        self.histograms = (
+            HistogramSpec("http.server.request.duration", "s",
+                          "Duration of HTTP server requests.", self.server),
+            HistogramSpec("http.client.request.duration", "s",
+                          "Duration of upstream requests.", self.client),
+            HistogramSpec("guardproxy.overhead", "s",
+                          "Time a request spent in the proxy, outside the upstream.",
+                          self.overhead),
         )  # fmt: skip
-        self.client = meter.create_histogram(
-            "http.client.request.duration", "s", "Duration of upstream requests.",
-            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
-        )  # fmt: skip
-        self.overhead = meter.create_histogram(
-            "guardproxy.overhead", "s", "Time a request spent in the proxy, outside the upstream.",
-            explicit_bucket_boundaries_advisory=OVERHEAD_BUCKETS,
-        )  # fmt: skip
-        self.decisions = meter.create_counter("guardproxy.decisions", "1", "Decisions per row.")
-        self.feedback = meter.create_counter("guardproxy.feedback", "1", "Joined labels by cell.")
-        self.transitions = meter.create_counter("guardproxy.breaker.transitions", "1")
-        self.reloads = meter.create_counter("guardproxy.policy.reloads", "1")
-        self._observe(meter)
 
-    def _observe(self, meter: Meter) -> None:
+    def observe(self, meter: Meter) -> None:
+        """Register the observable instruments that read these values at collection time."""
+        counters = (
+            ("guardproxy.decisions", self.decisions, "Decisions per row."),
+            ("guardproxy.feedback", self.feedback, "Joined labels by cell."),
+            ("guardproxy.breaker.transitions", self.transitions, ""),
+        )
+        for name, counts, description in counters:
+            meter.create_observable_counter(name, [_counts(counts)], "1", description)
+        meter.create_observable_counter("guardproxy.policy.reloads", [self._reloads], "1")
         for name in GROUP_RATES:
             meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._rate(name)], "1")
         for name in REGION_VALUES:
@@ -77,7 +90,14 @@ class Instruments:
         for name in TOTALS:
             meter.create_observable_counter(f"guardproxy.{name}", [self._total(name)], "1")
 
-    def _rate(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _reloads(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = {str(attributes["result"]): n for attributes, n in self.reloads.items()}
+        for result, n in self.reload_source().items():
+            totals[result] = totals.get(result, 0) + n
+        for result, n in totals.items():
+            yield Observation(n, {"result": result})
+
+    def _rate(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             for region, values in self.fairness().items():
                 for group, rates in (values.get("groups") or {}).items():
@@ -88,10 +108,10 @@ class Instruments:
 
         return observe
 
-    def _region(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _region(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             for region, values in self.fairness().items():
-                value = values.get(name)
+                value = (values.get("disparities") or values).get(name)
                 if value is not None:
                     yield Observation(float(value), {"region": region})
 
@@ -105,10 +125,18 @@ class Instruments:
         for region, state in list(self.breaker.items()):
             yield Observation(BREAKER_STATES.get(state, 0), {"region": region})
 
-    def _total(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _total(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             read = self.totals.get(name)
             if read is not None:
                 yield Observation(read())
 
         return observe
+
+
+def _counts(counters: Counters) -> Callback:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        for attributes, n in counters.items():
+            yield Observation(n, attributes)
+
+    return observe

@@ -13,7 +13,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .hooks import UpstreamCall
-from .instruments import AttributeCache, Instruments
+from .instruments import NO_ROUTE, Instruments
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS = frozenset(
@@ -65,12 +65,9 @@ class UpstreamSpan:
         seconds = perf_counter() - self.started
         if self.state is not None:
             self.state.upstream_seconds += seconds
-        outcome = error_type or status
-        self.owner.instruments.client.record(
-            seconds, self.owner.client_attrs.get(self.method, outcome)
-        )
+        self.owner.instruments.client.record_key((self.method, error_type or status), seconds)
         span = self.span
-        if span is not None:
+        if span is not None:  # only recording spans are kept
             if error_type is None:
                 span.set_attribute("http.response.status_code", status)
             _mark_error(span, status, error_type)
@@ -80,20 +77,24 @@ class UpstreamSpan:
 class RequestTracer:
     """Implements the proxy's UpstreamTracer and wraps the data port's handler."""
 
-    def __init__(self, tracer: Tracer | None, instruments: Instruments, upstream: str) -> None:
+    def __init__(
+        self,
+        tracer: Tracer | None,
+        instruments: Instruments,
+        upstream: str,
+        sampler_reads_attributes: bool = True,
+    ) -> None:
         self.tracer = tracer
         self.instruments = instruments
+        # The SDK's own samplers never look at attributes: then they are built only for
+        # spans that record, so an unsampled request builds no attribute dict.
+        self.sampler_reads_attributes = sampler_reads_attributes
         parts = urlsplit(upstream)
         self.upstream_base = f"{parts.scheme}://{parts.netloc}"
         self.client_static: dict[str, str | int] = {
             "server.address": parts.hostname or "",
             "server.port": parts.port or (443 if parts.scheme == "https" else 80),
         }
-        self.server_attrs = AttributeCache("http.request.method", "http.response.status_code")
-        self.route_attrs = AttributeCache(
-            "http.request.method", "http.response.status_code", "http.route"
-        )
-        self.client_attrs = AttributeCache("http.request.method", "http.response.status_code")
 
     def traced(self, handler: Handler) -> Handler:
         """The handler inside a SERVER span, timed into http.server.request.duration."""
@@ -123,6 +124,17 @@ class RequestTracer:
         assert self.tracer is not None
         headers = request.headers
         parent = PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        if self.sampler_reads_attributes:
+            attributes = self._server_attributes(request)
+            return self.tracer.start_span(
+                request.method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
+        span = self.tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(self._server_attributes(request))
+        return span
+
+    def _server_attributes(self, request: web.Request) -> dict[str, str | int]:
         host, _, port = request.host.rpartition(":")
         attributes: dict[str, str | int] = {
             "http.request.method": method_of(request.method),
@@ -132,23 +144,16 @@ class RequestTracer:
         }
         if port.isdigit():
             attributes["server.port"] = int(port)
-        return self.tracer.start_span(
-            request.method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
+        return attributes
 
     def _finish(
         self, method: str, state: RequestState, seconds: float, status: int, error: str | None
     ) -> None:
-        method = method_of(method)
-        outcome = error or status
-        if state.route:
-            attributes = self.route_attrs.get(method, outcome, state.route)
-        else:
-            attributes = self.server_attrs.get(method, outcome)
-        self.instruments.server.record(seconds, attributes)
-        self.instruments.overhead.record(max(0.0, seconds - state.upstream_seconds), attributes)
+        key = (method_of(method), error or status, state.route or NO_ROUTE)
+        self.instruments.server.record_key(key, seconds)
+        self.instruments.overhead.record_key(key, max(0.0, seconds - state.upstream_seconds))
         span = state.span
-        if span is not None:
+        if span is not None and span.is_recording():
             span.set_attribute("http.response.status_code", status)
             _mark_error(span, status, error)
             span.end()
@@ -157,22 +162,31 @@ class RequestTracer:
         """Start a CLIENT span under the request's SERVER span; send its traceparent upstream."""
         state = CURRENT.get()
         method = method_of(request.method)
-        span = None
-        if state is not None and state.span is not None and self.tracer is not None:
-            span = self.tracer.start_span(
-                request.method,
-                context=set_span_in_context(state.span),
-                kind=SpanKind.CLIENT,
-                attributes={
-                    **self.client_static,
-                    "http.request.method": method,
-                    "url.full": self.upstream_base + request.path,
-                },
-            )
-            value = traceparent(span)
-            if value is not None:
-                headers["traceparent"] = value
+        server = state.span if state is not None else None
+        if server is None or self.tracer is None:
+            return UpstreamSpan(self, state, None, method)
+        if not server.is_recording():
+            # Unsampled: no CLIENT span (its parent's decision stands), the decision goes on.
+            _propagate(headers, server)
+            return UpstreamSpan(self, state, None, method)
+        span = self.tracer.start_span(
+            request.method,
+            context=set_span_in_context(server),
+            kind=SpanKind.CLIENT,
+            attributes={
+                **self.client_static,
+                "http.request.method": method,
+                "url.full": self.upstream_base + request.path,
+            },
+        )
+        _propagate(headers, span)
         return UpstreamSpan(self, state, span, method)
+
+
+def _propagate(headers: CIMultiDict[str], span: Span) -> None:
+    value = traceparent(span)
+    if value is not None:
+        headers["traceparent"] = value
 
 
 def _mark_error(span: Span, status: int, error: str | None) -> None:

@@ -53,7 +53,7 @@ async def send(
     session: aiohttp.ClientSession, proxy: RunningProxy, rows: Sequence[dict[str, Any]]
 ) -> list[tuple[int, Mapping[str, str], Any]]:
     """Rows as requests of 10 rows; (status, headers, body) of each, once the monitors caught up."""
-    out = []
+    out: list[tuple[int, Mapping[str, str], Any]] = []
     for i in range(0, len(rows), 10):
         body = v2_request(list(rows[i : i + 10]), (*FEATURES, COUNTRY))
         async with session.post(proxy.url + INFER, json=body) as response:
@@ -103,7 +103,7 @@ async def test_flag_action_serves_and_marks_the_answer(tmp_path: Path) -> None:
             await warm(session, proxy)
             await send(session, proxy, older(ROWS[1200:1600]))
             [(status, headers, body)] = await send(session, proxy, older(ROWS[1600:1610]))
-            drift = proxy.runtime.status()["drift"]
+            drift = proxy.runtime.watchdog.status()
     assert status == 200 and headers["X-Guard-Breaker"] == "open"
     assert len(body["outputs"][0]["data"]) == 10
     assert drift["regions"]["default"]["last"]["drift.age.psi"] > 0.25

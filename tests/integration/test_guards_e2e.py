@@ -113,7 +113,7 @@ async def test_flag_keeps_the_answer_and_samples_it(
 async def test_body_annotation_adds_a_field(
     guarded: RunningProxy, client: aiohttp.ClientSession
 ) -> None:
-    response, body = await post(client, guarded, TAGGER, "body")
+    _, body = await post(client, guarded, TAGGER, "body")
     assert json.loads(body)["guardproxy"]["decisions"] == [1]
 
 

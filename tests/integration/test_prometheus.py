@@ -1,4 +1,4 @@
-"""A real Prometheus server scrapes the admin port and answers queries for our counters."""
+"""/metrics against the traffic, the labels and /status; a real Prometheus server scrapes it."""
 
 from __future__ import annotations
 
@@ -6,25 +6,31 @@ import asyncio
 import shutil
 import socket
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
 
-from .test_otlp import clean_otel_env, guarded, send_batches
+from .test_otlp import clean_otel_env, send_batches, send_rows
 
-__all__ = ["clean_otel_env", "guarded"]  # fixtures shared with the OTLP tests
+__all__ = ["clean_otel_env"]  # a fixture shared with the OTLP tests
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-pytestmark = pytest.mark.skipif(
+needs_prometheus = pytest.mark.skipif(
     not Path(PROMETHEUS).exists(), reason="the prometheus server binary is not installed"
 )
+AUTH = {"Authorization": "Bearer feedback-secret"}  # guardproxy.testing.proxy_settings' token
+CELLS = {(1, 1): "tp", (1, 0): "fp", (0, 0): "tn", (0, 1): "fn"}  # (decision, label)
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def free_port() -> int:
@@ -35,7 +41,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def proxy(guarded: None) -> AsyncIterator[RunningProxy]:
+async def proxy() -> AsyncIterator[RunningProxy]:
     """A guarded proxy in front of the demo model server."""
     async with serving(build_model_app()) as model_url:
         async with running_proxy(proxy_settings(model_url)) as running:
@@ -83,6 +89,7 @@ async def query(client: aiohttp.ClientSession, url: str, expr: str) -> dict[tupl
     }
 
 
+@needs_prometheus
 async def test_prometheus_scrapes_the_decision_counters(
     proxy: RunningProxy, prometheus: str
 ) -> None:
@@ -97,3 +104,80 @@ async def test_prometheus_scrapes_the_decision_counters(
                 break
             await asyncio.sleep(0.2)
         assert found == expected
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a /metrics text by name and labels (the otel_scope_* labels dropped)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_"))
+            out[(s.name, labels)] = s.value
+    return out
+
+
+def by_labels(found: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
+    """The samples of one name, keyed by the values of the given labels."""
+    out = {}
+    for (sample, labels), value in found.items():
+        if sample == name:
+            named = dict(labels)
+            out[tuple(named[k] for k in keys)] = value
+    return out
+
+
+async def post_labels(
+    client: aiohttp.ClientSession, url: str, decided: list[tuple[str, str, int]]
+) -> Counter[tuple[str, str, str]]:
+    """Label every decided row (alternating 1, 0, 0); the expected (region, group, cell) counts."""
+    labels = [int(i % 3 == 0) for i in range(len(decided))]
+    body = [{"request_id": rid, "label": y} for (rid, _, _), y in zip(decided, labels, strict=True)]
+    async with client.post(f"{url}/guardproxy/v1/feedback", json=body, headers=AUTH) as response:
+        assert (await response.json())["totals"]["joined"] == len(decided)
+    return Counter(
+        ("default", group, CELLS[(decision, y)])
+        for (_, group, decision), y in zip(decided, labels, strict=True)
+    )
+
+
+async def test_metrics_match_the_traffic_the_labels_and_the_status(proxy: RunningProxy) -> None:
+    rows = list(islice(adult_rows(), 24))
+    runtime = proxy.runtime
+    async with aiohttp.ClientSession() as client:
+        decided = await send_rows(client, proxy.url, rows, size=4)
+        await runtime.worker.flush()  # the predictions are recorded before labels can join them
+        cells = await post_labels(client, proxy.url, decided)
+        await runtime.engine.refresh()
+        runtime.store.reload(force=True)
+        async with client.get(f"{proxy.admin_url}/metrics") as response:
+            found = samples(await response.text())
+    status: Any = runtime.status()
+    decisions = Counter(("default", g, "positive" if d else "negative") for _, g, d in decided)
+    assert by_labels(found, "guardproxy_decisions_total", "region", "group", "outcome") == decisions
+    assert by_labels(found, "guardproxy_feedback_total", "region", "group", "cell") == cells
+    durations = [v for (name, _), v in found.items() if name.endswith("duration_seconds_count")]
+    assert durations == [6, 6]  # server and client: one per request
+    assert_fairness_matches(found, status["fairness"]["regions"]["default"]["fairness"])
+    assert by_labels(found, "guardproxy_policy_reloads_total", "result") == {
+        ("applied",): 1, ("failed",): 0
+    }  # fmt: skip
+    samples_status = status["samples"]
+    assert found[("guardproxy_samples_written_total", frozenset())] == samples_status["written"]
+    assert found[("guardproxy_samples_dropped_total", frozenset())] == samples_status["dropped"]
+    assert found[("guardproxy_queue_dropped_total", frozenset())] == status["monitor"]["dropped"]
+
+
+def assert_fairness_matches(found: Samples, report: dict[str, Any]) -> None:
+    """Each fairness gauge equals the value /status reports, and none is missing."""
+    rates = by_labels(found, "guardproxy_fairness_selection_rate", "region", "group")
+    tprs = by_labels(found, "guardproxy_fairness_true_positive_rate", "region", "group")
+    assert len(report["groups"]) == 2 and len(rates) == 2
+    for group, metrics in report["groups"].items():
+        assert rates[("default", group)] == pytest.approx(metrics["selection_rate"]["value"])
+        if metrics["true_positive_rate"]["value"] is not None:
+            assert tprs[("default", group)] == pytest.approx(metrics["true_positive_rate"]["value"])
+    ratio = by_labels(found, "guardproxy_fairness_demographic_parity_ratio", "region")
+    if report["demographic_parity_ratio"] is not None:
+        assert ratio[("default",)] == pytest.approx(report["demographic_parity_ratio"])
+    gap = by_labels(found, "guardproxy_fairness_demographic_parity_difference", "region")
+    assert gap[("default",)] == pytest.approx(report["demographic_parity_difference"])
