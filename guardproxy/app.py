@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -217,6 +218,10 @@ async def serve(
         build_data_app(runtime), *settings.listen, shutdown_timeout=settings.drain_timeout
     )
     admin, admin_port = await start_site(build_admin_app(runtime), *settings.admin)
+    # Everything built so far lives as long as the process: keep it out of every GC pass,
+    # where it would otherwise add ~12 ms to each full collection.
+    gc.collect()
+    gc.freeze()
     log.info(
         "serving on %s:%d (admin %s:%d) -> %s",
         settings.listen[0],

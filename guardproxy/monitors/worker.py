@@ -29,7 +29,7 @@ class MonitorWorker:
     """The only place exchanges leave the hot path: offer() never blocks, drops are counted."""
 
     def __init__(
-        self, queue_size: int = 10_000, batch_size: int = 512, interval: float = 0.05
+        self, queue_size: int = 10_000, batch_size: int = 128, interval: float = 0.05
     ) -> None:
         self.queue: asyncio.Queue[Item] = asyncio.Queue(queue_size)
         self.consumers: list[Consumer] = []
@@ -105,6 +105,7 @@ class MonitorWorker:
             try:
                 pause = await held_time(consumer.consume, batch)
                 self.max_pause = max(self.max_pause, pause)
+                await asyncio.sleep(0)  # let waiting requests run between consumers
             except Exception:
                 name = type(consumer).__name__
                 self.consumer_errors[name] = self.consumer_errors.get(name, 0) + 1
