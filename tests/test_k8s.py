@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from guardproxy.breaker import Transition
 from guardproxy.telemetry import Telemetry, TelemetryConfig
-from guardproxy.telemetry.instruments import TOTALS
+from guardproxy.telemetry.instruments import GROUP_RATES, REGION_VALUES, TOTALS
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -354,22 +355,21 @@ def dashboard() -> Doc:
 def exported_text() -> str:
     """The /metrics text of a Telemetry whose every instrument was fed once."""
     telemetry = Telemetry(TelemetryConfig(), "http://127.0.0.1:8081")
-    rates = {"selection_rate": 0.4, "true_positive_rate": 0.7, "false_positive_rate": 0.1}
-    region = {"groups": {"Female": rates}, "demographic_parity_ratio": 0.9}
-    telemetry.watch_fairness(lambda: {"sg": region | {"equal_opportunity_difference": 0.05}})
+    rates = dict.fromkeys(GROUP_RATES, 0.5)
+    region = {"groups": {"Female": rates}, "disparities": dict.fromkeys(REGION_VALUES, 0.9)}
+    telemetry.watch_fairness(lambda: {"sg": region})
     telemetry.record_drift("sg", "score", "psi", 0.12)
     telemetry.breaker_state("sg", "closed")
+    telemetry.breaker_transition(Transition("sg", "closed", "open", "tripped", {}, 0.0))
     telemetry.policy_reload("applied")
     telemetry.count_feedback("sg", "Female", "tp")
     for total in TOTALS:
         telemetry.watch_total(total, lambda: 1)
-    http: dict[str, str | int] = {"http.request.method": "POST", "http.response.status_code": 200}
-    instruments = telemetry.instruments
-    instruments.server.record(0.01, http)
-    instruments.client.record(0.01, http)
-    instruments.overhead.record(0.0001, http)
-    instruments.decisions.add(1, {"region": "sg", "group": "Female", "outcome": "positive"})
-    instruments.transitions.add(1, {"region": "sg", "to": "open"})
+    instruments = telemetry.instruments  # no route: the request matched no guarded pattern
+    instruments.server.record_key(("POST", 200, ""), 0.01)
+    instruments.client.record_key(("POST", 200), 0.01)
+    instruments.overhead.record_key(("POST", 200, ""), 0.0001)
+    instruments.decisions.add_key(("sg", "Female", "positive"))
     text = telemetry.metrics_text().decode()
     asyncio.run(telemetry.shutdown())
     return text
