@@ -24,6 +24,11 @@ _PHONE = re.compile(
     r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b"
     r"|\b\d{3}[.-]\d{3}[.-]\d{4}\b"
 )
+# Every detector needs an "@" (email) or at least four digits (the shortest phone number):
+# text with neither is returned as it is, without running each pattern over it.
+_FOUR_DIGITS = re.compile(r"\d\D*\d\D*\d\D*\d")
+# Values no detector reads; tensors are long lists of them, not worth a call each.
+_INERT = frozenset({float, bool, type(None)})
 
 
 def luhn_valid(digits: str) -> bool:
@@ -87,6 +92,8 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """The text with every detected value masked."""
+        if "@" not in text and _FOUR_DIGITS.search(text) is None:
+            return text
         for rule in self._rules:
             text = rule(text)
         return text
@@ -114,7 +121,7 @@ class Redactor:
         if isinstance(node, dict):
             return self._walk_object(node)
         if isinstance(node, list):
-            return [self._walk(item) for item in node]
+            return [item if type(item) in _INERT else self._walk(item) for item in node]
         if isinstance(node, str):
             return self.text(node)
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**8:

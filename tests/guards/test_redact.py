@@ -85,3 +85,21 @@ def test_bodies_json_or_text() -> None:
     assert redactor.body(b'{"n": 4111111111111111, "ok": 7}') == {"n": "[REDACTED:card]", "ok": 7}
     assert redactor.body(b"mail me at a@b.io") == "mail me at [REDACTED:email]"
     assert redactor.body(b"") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("reach me: a@b.co", "email"),  # one "@" is enough to run the detectors
+        ("tel 555-123-4567 ok", "phone"),  # digits spread across separators
+        ("card 4111 1111 1111 1111", "card"),
+    ],
+)
+def test_prefilter_lets_every_candidate_reach_the_detectors(text: str, kind: str) -> None:
+    assert f"[REDACTED:{kind}]" in Redactor((), ("email", "phone", "card")).text(text)
+
+
+def test_numbers_in_tensors_pass_through_unchanged() -> None:
+    data = [0.5, 1.25, True, None, 3.0] * 200
+    doc = {"outputs": [{"name": "score", "datatype": "FP32", "data": data}]}
+    assert Redactor((), ("email", "phone", "card", "national_id")).document(doc) == doc
