@@ -4,37 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ..policy.models import AdaptSpec, Policy
 from ..policy.table import PolicyTable
 from ..snapshots import Snapshot, ThresholdRule, ThresholdTable
-from ..state.base import (
-    GroupState,
-    Joined,
-    PredictionRecord,
-    StateBackend,
-    StateError,
-    hash_fields,
-    table_to_json,
-)
+from ..state.base import GroupState, Joined, PredictionRecord, StateBackend, StateError, hash_fields
 from .calibrate import apply_guard_rails, fit_from_histograms
-from .fairness import GroupCounts, fairness_report
+from .fairness import fairness_report
 from .histograms import ScoreHistogram
+from .records import (
+    DecisionDeltas,
+    LabelBins,
+    LabelCells,
+    Layout,
+    decision_records,
+    histogram_layout,
+    label_deltas,
+    labeled,
+)
+from .tables import Calibration, current_threshold, history_entry, next_version, with_region
 from .worker import Item
 
 log = logging.getLogger("guardproxy.monitors")
 
 T = TypeVar("T")
-VERSION_HEADER = "X-Guard-Threshold-Version"
 RATES = ("selection_rate", "true_positive_rate", "false_positive_rate", "positive_predictive_value")
 DISPARITIES = (
     "demographic_parity_difference",
@@ -42,41 +41,6 @@ DISPARITIES = (
     "equal_opportunity_difference",
     "equalized_odds_difference",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """What one calibration of a region did: published, unchanged, waiting, skipped, failed."""
-
-    region: str
-    status: str
-    reason: str
-    version: str
-    at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able view."""
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "version": self.version,
-            "at": self.at,
-        }
-
-
-def row_id(request_id: str, row: int) -> str:
-    """The id a batch row is recorded under: the request id for row 0, else "<id>:<row>"."""
-    return request_id if row == 0 else f"{request_id}:{row}"
-
-
-def bin_of(score: float, bins: int, low: float, high: float) -> int:
-    """ScoreHistogram's bin of one score, without numpy."""
-    return min(max(math.floor((score - low) / (high - low) * bins), 0), bins - 1)
-
-
-def _layout(policy: Policy) -> tuple[int, float, float]:
-    bins = policy.fairness.bins if policy.fairness is not None else 100
-    return (bins, *policy.model.score.range)
 
 
 class FairnessEngine:
@@ -119,32 +83,13 @@ class FairnessEngine:
 
     def consume(self, batch: list[Item]) -> Awaitable[None] | None:
         """Turn a batch's verdicts into records and decision counts; returns the writes."""
-        now = self.clock()
-        records: list[PredictionRecord] = []
-        deltas: dict[tuple[str, str], list[int]] = {}
-        for ex, policy in batch:
-            version = ex.annotations.get(VERSION_HEADER) or self.thresholds.current.version
-            for i, v in enumerate(ex.verdicts):
-                rid = row_id(ex.request_id, i)
-                records.append(
-                    PredictionRecord(
-                        rid, now, policy.region, v.group, v.score, v.decision,
-                        v.threshold, policy.version, version,
-                    )
-                )  # fmt: skip
-                counts = deltas.setdefault((policy.region, v.group), [0, 0])
-                counts[0] += 1
-                counts[1] += v.decision
+        records, deltas = decision_records(batch, self.clock(), self.thresholds.current.version)
         return self._write(records, deltas) if records else None
 
-    async def _write(
-        self, records: list[PredictionRecord], deltas: dict[tuple[str, str], list[int]]
-    ) -> None:
+    async def _write(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
         await self._guarded(self._write_all(records, deltas))
 
-    async def _write_all(
-        self, records: list[PredictionRecord], deltas: dict[tuple[str, str], list[int]]
-    ) -> None:
+    async def _write_all(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
         await self.state.record_predictions(records)
         for (region, group), (n, selected) in deltas.items():
             await self.state.add_counts(region, group, {"decisions": n, "selected": selected})
@@ -167,24 +112,13 @@ class FairnessEngine:
 
     async def on_labels(self, pairs: Sequence[tuple[PredictionRecord, int]]) -> None:
         """Count labeled decisions, aggregated per (region, group) before they are written."""
-        cells: dict[tuple[str, str], GroupCounts] = {}
-        bins: dict[tuple[str, str, int], dict[int, int]] = {}
-        for record, label in pairs:
-            counts = cells.setdefault((record.region, record.group), GroupCounts())
-            counts.record(bool(record.decision), bool(label))
-            index = bin_of(record.score, *self._layout(record.region))
-            split = bins.setdefault((record.region, record.group, label), {})
-            split[index] = split.get(index, 0) + 1
+        cells, bins = label_deltas(pairs, self._layout)
         await self._guarded(self._write_labels(cells, bins))
         self.labels_joined += len(pairs)
         for listener in self.label_listeners:
             listener(pairs)
 
-    async def _write_labels(
-        self,
-        cells: Mapping[tuple[str, str], GroupCounts],
-        bins: Mapping[tuple[str, str, int], dict[int, int]],
-    ) -> None:
+    async def _write_labels(self, cells: LabelCells, bins: LabelBins) -> None:
         for (region, group), counts in cells.items():
             deltas = counts.to_dict()
             del deltas["decisions"], deltas["selected"]  # counted when the decision was made
@@ -192,8 +126,8 @@ class FairnessEngine:
         for (region, group, label), split in bins.items():
             await self.state.add_histogram(region, group, label, split)
 
-    def _layout(self, region: str) -> tuple[int, float, float]:
-        return _layout(self.policies.current.resolve(region)[0].policy)
+    def _layout(self, region: str) -> Layout:
+        return histogram_layout(self.policies.current.resolve(region)[0].policy)
 
     async def refresh(self) -> None:
         """Re-read every region's counters (the fleet's, with Redis) for reports."""
@@ -214,7 +148,7 @@ class FairnessEngine:
         entry = self.policies.current.resolve(region)[0]
         table = self.thresholds.current
         names = {*entry.policy.groups.values, *groups}
-        return {g: _current(entry.policy, table, region, g) for g in sorted(names)}
+        return {g: current_threshold(entry.policy, table, region, g) for g in sorted(names)}
 
     def gauges(self) -> dict[str, dict[str, Any]]:
         """Per region: rates and counts per group, and the disparities, for telemetry gauges."""
@@ -251,17 +185,17 @@ class FairnessEngine:
     ) -> Calibration:
         region, table = policy.region, self.thresholds.current
         names = sorted(policy.groups.values or groups)
-        labels = {g: _labeled(groups[g].counts) if g in groups else 0 for g in names}
+        labels = {g: labeled(groups[g].counts) if g in groups else 0 for g in names}
         ready = [g for g in names if labels[g] >= adapt.min_labels_per_group]
         if not ready:
             waiting = ", ".join(f"{g} {labels[g]}/{adapt.min_labels_per_group}" for g in names)
             return self._done(region, "waiting", f"labels: {waiting}")
-        layout = _layout(policy)
+        layout = histogram_layout(policy)
         hists = {g: ScoreHistogram.from_dict(hash_fields(groups[g].bins), *layout) for g in ready}
         fit = fit_from_histograms(
             hists, adapt.constraint, adapt.objective, adapt.cost, adapt.tolerance
         )
-        current = {g: _current(policy, table, region, g) for g in names}
+        current = {g: current_threshold(policy, table, region, g) for g in names}
         railed = apply_guard_rails(
             current, fit, labels, adapt.min_labels_per_group, adapt.max_step, adapt.pinned
         )
@@ -271,13 +205,12 @@ class FairnessEngine:
 
     async def _publish(self, region: str, rules: dict[str, ThresholdRule], why: str) -> Calibration:
         table = self.thresholds.current
-        kept = {k: v for k, v in table.rules.items() if k[0] != region}
-        merged = {**kept, **{(region, g): rule for g, rule in rules.items()}}
+        merged = with_region(table, region, rules)
         if merged == dict(table.rules):
             return self._done(region, "unchanged", why)
-        new = ThresholdTable(_next_version(table.version, merged), MappingProxyType(merged))
+        new = ThresholdTable(next_version(table.version, merged), MappingProxyType(merged))
         self.thresholds.publish(new)
-        self.history.append(_history_entry(new, region, why, self.clock()))
+        self.history.append(history_entry(new, region, why, self.clock()))
         await self._guarded(self.state.save_thresholds(new))
         return self._done(region, "published", why)
 
@@ -291,7 +224,7 @@ class FairnessEngine:
         table = await self._guarded(self.state.load_thresholds())
         if table is not None:
             self.thresholds.publish(table)
-            self.history.append(_history_entry(table, "*", "restored", self.clock()))
+            self.history.append(history_entry(table, "*", "restored", self.clock()))
         await self.refresh()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="guardproxy-fairness")
@@ -348,31 +281,3 @@ class FairnessEngine:
             "fairness": self.report(region),
             "calibration": None if calibration is None else calibration.to_dict(),
         }
-
-
-def _labeled(counts: GroupCounts) -> int:
-    return counts.tp + counts.fp + counts.tn + counts.fn
-
-
-def _current(policy: Policy, table: ThresholdTable, region: str, group: str) -> float:
-    """The threshold in force: the learned rule's low threshold, else the policy's."""
-    rule = table.rule(region, group)
-    if rule is not None:
-        return rule.low
-    return policy.decision.per_group.get(group, policy.decision.threshold)
-
-
-def _next_version(previous: str, rules: Mapping[tuple[str, str], ThresholdRule]) -> str:
-    """ "t<n>-<hash>": n counts publications, the hash names the rules (same rules, same hash)."""
-    head = previous.partition("-")[0]
-    n = int(head[1:]) + 1 if head[:1] == "t" and head[1:].isdigit() else 1
-    text = table_to_json(ThresholdTable("", MappingProxyType(dict(rules))))
-    return f"t{n}-{hashlib.blake2b(text.encode(), digest_size=4).hexdigest()}"
-
-
-def _history_entry(table: ThresholdTable, region: str, reason: str, at: float) -> dict[str, Any]:
-    rules = {
-        f"{r}/{g}": [rule.low, rule.high, rule.p_high]
-        for (r, g), rule in sorted(table.rules.items())
-    }
-    return {"version": table.version, "at": at, "region": region, "reason": reason, "rules": rules}

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.monitors.engine import row_id
+from guardproxy.monitors.records import row_id
 from guardproxy.telemetry.instruments import OVERHEAD_BUCKETS
 from guardproxy.testing import (
     OtlpReceiver,

@@ -8,8 +8,9 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from guardproxy.exchange import Exchange, Verdict
-from guardproxy.monitors.engine import FairnessEngine, bin_of, row_id
+from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.monitors.records import bin_of, row_id
 from guardproxy.policy.models import (
     AdaptSpec,
     DecisionSpec,
