@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -14,6 +13,7 @@ from .exchange import Exchange
 from .policy.models import BreakerSpec
 from .policy.table import CompiledPolicy, PolicyTable
 from .snapshots import Snapshot
+from .tasks import cancel_and_wait
 from .upstream import Timeouts, Upstream
 
 log = logging.getLogger("guardproxy.breaker")
@@ -189,10 +189,7 @@ class BreakerBoard:
         """Stop the ticker and close every fallback pool."""
         self._running = False
         task, self._ticker = self._ticker, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._ready.clear()

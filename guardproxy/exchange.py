@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 _UNPARSED: Any = object()
@@ -80,30 +81,14 @@ class Exchange:
         return self.response_body
 
 
-try:
-    import orjson
+def loads(data: bytes) -> Any:
+    """Parse JSON bytes (ValueError on malformed JSON)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc}") from None
 
-    def loads(data: bytes) -> Any:
-        """Parse JSON bytes."""
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"malformed JSON: {exc}") from None
 
-    def dumps(document: Any) -> bytes:
-        """Serialise to compact JSON bytes."""
-        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-
-except ImportError:  # pragma: no cover - orjson is optional
-    import json
-
-    def loads(data: bytes) -> Any:
-        """Parse JSON bytes."""
-        try:
-            return json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"malformed JSON: {exc}") from None
-
-    def dumps(document: Any) -> bytes:
-        """Serialise to compact JSON bytes."""
-        return json.dumps(document, separators=(",", ":")).encode()
+def dumps(document: Any) -> bytes:
+    """Serialise to compact JSON bytes."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

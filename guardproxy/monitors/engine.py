@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -15,6 +14,7 @@ from ..policy.models import AdaptSpec, Policy
 from ..policy.table import PolicyTable
 from ..snapshots import Snapshot, ThresholdRule, ThresholdTable
 from ..state.base import GroupState, Joined, PredictionRecord, StateBackend, StateError, hash_fields
+from ..tasks import cancel_and_wait
 from .calibrate import apply_guard_rails, fit_from_histograms
 from .fairness import fairness_report
 from .histograms import ScoreHistogram
@@ -232,10 +232,7 @@ class FairnessEngine:
     async def stop(self) -> None:
         """Stop the calibration loop."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

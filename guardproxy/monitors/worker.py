@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -12,6 +11,7 @@ from typing import Any, Protocol
 
 from ..exchange import Exchange
 from ..policy.table import CompiledPolicy
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
 
@@ -58,10 +58,7 @@ class MonitorWorker:
     async def stop(self, drain: bool = True) -> None:
         """Stop the task; with drain, hand what is still queued to the consumers first."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._current is not None:
             await self._current  # a batch in progress always completes
         pending, self._pending = self._pending, []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..snapshots import Snapshot
+from ..tasks import cancel_and_wait
 from .loader import PolicyError, PolicyFiles, load_files, read_policy_files
 from .table import ChainFactory, PolicyTable, builtin_files, compile_table
 
@@ -169,10 +169,7 @@ class PolicyWatcher:
     async def stop(self) -> None:
         """Stop polling and wait for the task to end."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def check(self, force: bool = False) -> ReloadResult:
         """Read and compile in a thread when the content changed (or forced); swap on the loop."""
