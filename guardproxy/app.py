@@ -52,25 +52,27 @@ class Runtime:
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
-        self.proxy = Proxy(self.upstream, self.store.snapshot, settings.region_header)
         self.sample_writer = SampleWriter(self.samples, self._sample_sink())
-        self.worker = MonitorWorker(settings.queue_size)
         self.state = open_state(settings.state)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
-        self.worker.consumers.append(self.engine)
         self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
-        self.proxy.observers = (*self.proxy.observers, self.worker.offer)
         self.telemetry = self.build_telemetry()
-        self.proxy.tracer = self.telemetry.tracer
-        self.proxy.observers = (*self.proxy.observers, self.telemetry.observe)
         self.watch_telemetry()
         self.breakers = BreakerBoard(
             self.store.snapshot, settings.timeouts, settings.pool_size, telemetry=self.telemetry
         )
-        self.proxy.breakers = self.breakers
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
-        self.worker.consumers.append(self.watchdog)
         self.breakers.tickers.append(self.watchdog.tick)
+        self.worker = MonitorWorker(settings.queue_size)
+        self.worker.consumers += [self.engine, self.watchdog]
+        self.proxy = Proxy(
+            self.upstream,
+            self.store.snapshot,
+            settings.region_header,
+            observers=(self.worker.offer, self.telemetry.observe),
+            breakers=self.breakers,
+            tracer=self.telemetry.tracer,
+        )
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""

@@ -87,14 +87,16 @@ class Proxy:
         policies: Snapshot[PolicyTable],
         region_header: str = "X-Region",
         observers: Sequence[Observer] = (),
+        breakers: BreakerBoard | None = None,
+        tracer: UpstreamTracer = NO_TRACER,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
         self.region_header = region_header
         self.observers = tuple(observers)
+        self.breakers = breakers or BreakerBoard(policies)
+        self.tracer = tracer
         self.counts = ProxyCounts()
-        self.tracer: UpstreamTracer = NO_TRACER
-        self.breakers = BreakerBoard(policies)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
