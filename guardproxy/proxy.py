@@ -193,13 +193,17 @@ class Proxy:
             if fallback is None:
                 self.breakers.rejected += 1
                 return _breaker_open(request_id, policy, breaker)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            return error_response(413, exc.text or "request body too large", request_id)
         ex = Exchange(
             request_id=request_id,
             region=policy.region,
             method=request.method,
             path=request.path,
             headers=request.headers,
-            body=await request.read(),
+            body=body,
             started=time.perf_counter(),
         )
         if breaker.state is not CLOSED:
@@ -209,21 +213,24 @@ class Proxy:
             await chain.observe(ex)
             return self._finish_reply(ex, policy)
         began = time.perf_counter()
-        upstream_response = await self._send(
-            request, request_id, ex.body, fallback, None if fallback else breaker,
-            admission is Admission.PROBE,
-        )  # fmt: skip
-        async with upstream_response:
-            if not _is_json(upstream_response) or request.method == "HEAD":
-                self.counts.unguarded_streams += 1
-                return await self._relay(request, request_id, upstream_response)
-            try:
-                ex.response_body = await upstream_response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise map_error(exc) from exc
-            ex.upstream_seconds = time.perf_counter() - began
-            ex.status = upstream_response.status
-            ex.response_headers = forward_response_headers(upstream_response.headers)
+        try:
+            upstream_response = await self._send(
+                request, request_id, ex.body, fallback, None if fallback else breaker,
+                admission is Admission.PROBE,
+            )  # fmt: skip
+            async with upstream_response:
+                if not _is_json(upstream_response) or request.method == "HEAD":
+                    self.counts.unguarded_streams += 1
+                    return await self._relay(request, request_id, upstream_response)
+                ex.response_body = await _read(upstream_response)
+                ex.upstream_seconds = time.perf_counter() - began
+                ex.status = upstream_response.status
+                ex.response_headers = forward_response_headers(upstream_response.headers)
+        except UpstreamError as exc:
+            ex.status = exc.status
+            ex.errors.append(exc.message)
+            await chain.observe(ex)  # an errored exchange is always sampled
+            raise
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
@@ -291,6 +298,13 @@ def _request_payload(request: web.Request) -> Any:
 
 def _is_json(response: aiohttp.ClientResponse) -> bool:
     return response.content_type in JSON_TYPES and response.status not in NO_BODY_STATUS
+
+
+async def _read(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise map_error(exc) from exc
 
 
 def _abort(request: web.Request) -> None:

@@ -14,6 +14,7 @@ from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serv
 
 TAGGER = "/v1/models/tagger:predict"
 BROKEN = "/v1/models/broken:predict"
+DROPPED = "/v1/models/dropped:predict"
 POLICIES = {
     "default.yaml": """
 region: default
@@ -41,17 +42,27 @@ async def broken(request: web.Request) -> web.Response:
     return web.Response(body=b'{"predictions": [', content_type="application/json")
 
 
+async def dropped(request: web.Request) -> web.Response:
+    """Closes the connection without answering."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
 @pytest.fixture
 async def guarded(tmp_path: Path) -> AsyncIterator[RunningProxy]:
     app = web.Application()
     app.router.add_post(TAGGER, tagger)
     app.router.add_post(BROKEN, broken)
+    app.router.add_post(DROPPED, dropped)
     policies = tmp_path / "policies"
     policies.mkdir()
     for name, text in POLICIES.items():
         (policies / name).write_text(text)
     async with serving(app) as url:
-        settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "samples")
+        settings = proxy_settings(
+            url, policies=policies, samples_dir=tmp_path / "samples", max_body=64 * 1024
+        )
         async with running_proxy(settings) as proxy:
             yield proxy
 
@@ -134,3 +145,26 @@ async def test_malformed_answer_fail_closed_is_a_clear_502(
     doc = json.loads(body)
     assert doc["request_id"] == "strict-a"
     assert "malformed JSON" in doc["error"]
+
+
+async def test_upstream_failure_on_a_guarded_route_is_json_and_sampled(
+    guarded: RunningProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    response, body = await post(client, guarded, DROPPED, "default")
+    assert response.status == 502
+    assert json.loads(body)["request_id"] == "default-a"
+    await guarded.runtime.sample_writer.stop(flush=True)
+    written = "".join(p.read_text() for p in (tmp_path / "samples").glob("*.jsonl"))
+    record = json.loads(written.splitlines()[0])
+    assert (record["request_id"], record["status"]) == ("default-a", 502)
+
+
+async def test_oversized_body_on_a_guarded_route_is_a_json_413(
+    guarded: RunningProxy, client: aiohttp.ClientSession
+) -> None:
+    huge = {"instances": [{"x": "y" * 100_000}]}
+    headers = {"X-Request-Id": "big"}
+    async with client.post(guarded.url + TAGGER, json=huge, headers=headers) as response:
+        doc = await response.json()
+    assert response.status == 413
+    assert doc["request_id"] == "big"
