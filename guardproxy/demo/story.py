@@ -16,6 +16,7 @@ import aiohttp
 
 from ..app import RunningProxy, running_proxy
 from ..settings import Settings
+from ..snapshots import ThresholdRule
 from ..testing import serving
 from .model import adult_rows
 from .server import build_model_app, v2_request
@@ -96,12 +97,19 @@ async def recalibrate(proxy: RunningProxy, region: str = "default", steps: int =
         result = await engine.calibrate(region, reason="demo")
         rules = proxy.runtime.thresholds.current.rules
         shown = ", ".join(
-            f"{g}={r.low:.3f}" for (reg, g), r in sorted(rules.items()) if reg == region
+            f"{g}={describe_rule(r)}" for (reg, g), r in sorted(rules.items()) if reg == region
         )
         lines.append(f"  {result.status:<9} {result.version:<18} {shown or result.reason}")
         if result.status != "published":
             break
     return lines
+
+
+def describe_rule(rule: ThresholdRule) -> str:
+    """A threshold, or a mix of two ("low|high@p_high", as equal rates may need)."""
+    if rule.high is None or rule.p_high <= 0.0:
+        return f"{rule.low:.3f}"
+    return f"{rule.low:.3f}|{rule.high:.3f}@{rule.p_high:.2f}"
 
 
 def describe(phase: Phase) -> list[str]:
