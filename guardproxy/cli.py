@@ -29,7 +29,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
     p.add_argument("--region-header", default=env("REGION_HEADER", "X-Region"))
     p.add_argument("--state", default=env("STATE", "memory"), help="memory | redis://HOST:PORT/DB")
-    p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy/samples"))
+    p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy-samples"))
     p.add_argument("--connect-timeout", type=float, default=float(env("CONNECT_TIMEOUT", "5")))
     p.add_argument("--read-timeout", type=float, default=float(env("READ_TIMEOUT", "60")))
     p.add_argument("--total-timeout", type=float, default=float(env("TOTAL_TIMEOUT", "300")))

@@ -44,7 +44,7 @@ class Settings:
     max_body: int = 16 * 1024 * 1024
     pool_size: int = 100
     poll_interval: float = 2.0
-    samples_dir: Path = Path("/tmp/guardproxy/samples")
+    samples_dir: Path = Path("/tmp/guardproxy-samples")
     admin_token: str | None = None
     feedback_token: str | None = None
     queue_size: int = 10_000
