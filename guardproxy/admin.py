@@ -81,7 +81,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def breaker(request: web.Request) -> web.Response:
-    """Force a region's breaker: {"state": "forced_open"|"closed"|"disabled", "reason": "..."}."""
+    """Force a region's breakers, or one route's with ?route=PATH: {"state": ..., "reason": ...}."""
     region = request.match_info["region"]
     try:
         body = await request.json()
@@ -91,10 +91,10 @@ async def breaker(request: web.Request) -> web.Response:
         return web.json_response({"error": "expected {state, reason}"}, status=400)
     try:
         result = request.app[RUNTIME].breakers.force(
-            region, str(body.get("state")), body.get("reason", "")
+            region, str(body.get("state")), body.get("reason", ""), request.query.get("route")
         )
-    except KeyError:
-        return web.json_response({"error": f"no region {region!r}"}, status=404)
+    except KeyError as exc:
+        return web.json_response({"error": str(exc.args[0])}, status=404)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return web.json_response(result)

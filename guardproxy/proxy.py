@@ -185,7 +185,7 @@ class Proxy:
         self, request: web.Request, request_id: str, policy: CompiledPolicy
     ) -> web.StreamResponse:
         chain = cast(GuardChain, policy.chain)
-        breaker = self.breakers.get(policy)
+        breaker = self.breakers.get(policy, request.path)
         admission = breaker.admit()
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":

@@ -1,4 +1,4 @@
-"""Watchdog: turns drift windows and fairness windows into breaker windows, per region."""
+"""Watchdog: turns drift and fairness windows into breaker windows for every breaker of a region."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Watchdog:
             self.publish(region, results)
 
     def publish(self, region: str, results: Sequence[WindowResult]) -> None:
-        """Hand completed drift windows to the region's breaker and to telemetry."""
+        """Hand completed drift windows to the region's breakers and to telemetry."""
         for result in results:
             if result.group == "*":
                 self._record(region, result)
@@ -239,8 +239,7 @@ class Watchdog:
 
     def _feed(self, region: str, values: dict[str, float]) -> None:
         self.windows[region] = {**self.windows.get(region, {}), **values}
-        breaker = self.board.breaker(region)
-        if breaker is not None:
+        for breaker in self.board.breakers_of(region):  # a region-level signal: every route
             breaker.observe_window(values)
 
     def tick(self) -> None:
