@@ -76,6 +76,12 @@ async def post(
         return response, await response.read()
 
 
+async def samples_written(proxy: RunningProxy, tmp_path: Path) -> str:
+    """Flush the sample writer and return what the JSONL sink holds."""
+    await proxy.runtime.sample_writer.stop(flush=True)
+    return "".join(p.read_text() for p in (tmp_path / "samples").glob("*.jsonl"))
+
+
 async def test_suppress_removes_the_denied_label(
     guarded: RunningProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -114,8 +120,7 @@ async def test_flag_keeps_the_answer_and_samples_it(
     assert response.status == 200
     assert json.loads(body)["predictions"][0]["labels"] == ["cat", "gorilla"]
     assert "X-Guard-Flag" in response.headers
-    await guarded.runtime.sample_writer.stop(flush=True)
-    written = "".join(p.read_text() for p in (tmp_path / "samples").glob("*.jsonl"))
+    written = await samples_written(guarded, tmp_path)
     record = json.loads(written.splitlines()[0])
     assert record["request_id"] == "id-a"
     assert "ops@example.com" not in written and "6123 4567" not in written
@@ -153,8 +158,7 @@ async def test_upstream_failure_on_a_guarded_route_is_json_and_sampled(
     response, body = await post(client, guarded, DROPPED, "default")
     assert response.status == 502
     assert json.loads(body)["request_id"] == "default-a"
-    await guarded.runtime.sample_writer.stop(flush=True)
-    written = "".join(p.read_text() for p in (tmp_path / "samples").glob("*.jsonl"))
+    written = await samples_written(guarded, tmp_path)
     record = json.loads(written.splitlines()[0])
     assert (record["request_id"], record["status"]) == ("default-a", 502)
 
