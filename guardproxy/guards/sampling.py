@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
 from ..exchange import Exchange
 from ..policy.models import OnError, SamplingSpec
 from ..sinks import Sample, SampleQueue
+from ..snapshots import request_uniform
 from .redact import Redactor
 
-# request_uniform(request_id, _SALT) < rate, computed from a keyed hash prepared once.
-_SALT = b"guardproxy.sampling"
-_KEYED = hashlib.blake2b(digest_size=8, key=_SALT)
+_SALT = b"guardproxy.sampling"  # keeps sampling independent of randomized thresholds
 
 
 class SamplingGuard:
@@ -29,7 +27,7 @@ class SamplingGuard:
         version: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._cut = int(spec.rate * 2.0**64)
+        self._rate = spec.rate
         self._minimum = spec.min_per_group
         self._window = spec.window
         self._queue = queue
@@ -58,15 +56,9 @@ class SamplingGuard:
         """Flagged, failed and errored exchanges always; else by id or a group's minimum."""
         if ex.flags or ex.errors or ex.reply is not None or ex.status >= 500:
             return True
-        if self._cut and self._uniform64(ex.request_id) < self._cut:
+        if self._rate and request_uniform(ex.request_id, _SALT) < self._rate:
             return True
         return bool(self._minimum) and self._below_minimum(groups)
-
-    @staticmethod
-    def _uniform64(request_id: str) -> int:
-        keyed = _KEYED.copy()
-        keyed.update(request_id.encode())
-        return int.from_bytes(keyed.digest(), "big")
 
     def _roll_window(self) -> None:
         now = self._clock()
