@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .app import RUNTIME
+from guardproxy.app import RUNTIME
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,24 +14,24 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .breakers import BreakerBoard
-from .feedback import FeedbackEndpoint
-from .guards.base import GuardChain
-from .guards.chain import GuardContext, build_chain
-from .monitors.engine import FairnessEngine
-from .monitors.watchdog import Watchdog
-from .monitors.worker import MonitorWorker
-from .policy.models import Policy
-from .policy.table import policy_version
-from .policy.watch import PolicyStore, PolicyWatcher
-from .proxy import Proxy
-from .settings import Settings
-from .sinks import JsonlSink, RedisStreamSink, SampleQueue, SampleWriter, Sink
-from .snapshots import Snapshot, ThresholdTable
-from .state import open_state
-from .telemetry import Telemetry, TelemetryConfig
-from .upstream import Upstream
+from guardproxy import __version__
+from guardproxy.breaker.board import BreakerBoard
+from guardproxy.feedback import FeedbackEndpoint
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.hotpath.proxy import Proxy
+from guardproxy.hotpath.upstream import Upstream
+from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.monitors.watchdog import Watchdog
+from guardproxy.monitors.worker import MonitorWorker
+from guardproxy.policy.models import Policy
+from guardproxy.policy.table import policy_version
+from guardproxy.policy.thresholds import Snapshot, ThresholdTable
+from guardproxy.policy.watch import PolicyStore, PolicyWatcher
+from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, SampleQueue, SampleWriter, Sink
+from guardproxy.settings import Settings
+from guardproxy.state import open_state
+from guardproxy.telemetry import Telemetry, TelemetryConfig
 
 log = logging.getLogger("guardproxy")
 
@@ -181,7 +181,7 @@ async def _reserved(request: web.Request) -> web.Response:
 
 def build_admin_app(runtime: Runtime) -> web.Application:
     """The admin port: health, readiness, status, and token-protected operations."""
-    from . import admin
+    from guardproxy import admin
 
     app = web.Application()
     app[RUNTIME] = runtime

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .settings import Settings, parse_address, secret_from_env
-from .upstream import Timeouts
+from guardproxy.hotpath.upstream import Timeouts
+from guardproxy.settings import Settings, parse_address, secret_from_env
 
 
 def env(name: str, default: str = "") -> str:
@@ -72,7 +72,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
-    from .app import serve
+    from guardproxy.app import serve
 
     settings = settings_from(args)
     run_async(serve(settings))
@@ -100,7 +100,7 @@ def add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def run_validate(args: argparse.Namespace) -> int:
     """Exit 0 when every policy is valid, else print `file:line:column: problem` lines."""
-    from .policy.loader import format_problems, validate_directory
+    from guardproxy.policy.loader import format_problems, validate_directory
 
     problems = validate_directory(Path(args.directory))
     if problems:
@@ -119,7 +119,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_demo(args: argparse.Namespace) -> int:
     """Start the bundled model, the proxy in front of it, replay traffic, report."""
-    from .demo.story import run
+    from guardproxy.demo.story import run
 
     code: int = run(requests=args.requests)
     return code
@@ -157,7 +157,7 @@ def parse_cost(text: str) -> tuple[float, float, float, float]:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Print the fitted thresholds as JSON, or as a policy snippet."""
-    from .monitors.calibrate_csv import calibrate_command
+    from guardproxy.monitors.calibrate_csv import calibrate_command
 
     return print_or_fail(
         lambda: calibrate_command(
@@ -181,7 +181,7 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def run_baseline(args: argparse.Namespace) -> int:
     """Write the baseline JSON; print a summary."""
-    from .monitors.baseline import baseline_command
+    from guardproxy.monitors.baseline import baseline_command
 
     columns = [c for c in args.columns.split(",") if c]
     categorical = [c for c in args.categorical.split(",") if c]
@@ -204,7 +204,7 @@ def add_review(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run_review(args: argparse.Namespace) -> int:
     """Print one line per matching sample."""
-    from .review import review_command
+    from guardproxy.review import review_command
 
     return print_or_fail(
         lambda: review_command(

@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .exchange import loads
-from .monitors.engine import FairnessEngine
-from .state.base import Joined, Outcome, StateError
+from guardproxy.guards.exchange import loads
+from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.state.base import Joined, Outcome, StateError
 
 MAX_ITEMS = 10_000
 MAX_ID_LENGTH = 512
@@ -121,7 +121,9 @@ class FeedbackEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         """Join a batch of labels; per-item results in order, plus totals."""
-        from .admin import bearer_matches  # the admin module imports the app, which imports us
+        from guardproxy.admin import (
+            bearer_matches,  # the admin module imports the app, which imports us
+        )
 
         self.counts["requests"] += 1
         if not bearer_matches(request, self.token):

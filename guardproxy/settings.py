@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .upstream import Timeouts
+from guardproxy.hotpath.upstream import Timeouts
 
 
 def parse_address(value: str, default_host: str) -> tuple[str, int]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import RunningProxy, running_proxy, start_site
-from .settings import Settings
+from guardproxy.app import RunningProxy, running_proxy, start_site
+from guardproxy.settings import Settings
 
 __all__ = [
     "PATTERN",

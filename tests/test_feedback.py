@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.exchange import Exchange, Verdict
 from guardproxy.feedback import observed_time, validate
+from guardproxy.guards.exchange import Exchange, Verdict
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
 
 AUTH = {"Authorization": "Bearer feedback-secret"}

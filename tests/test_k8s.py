@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from guardproxy.breaker import Transition
+from guardproxy.breaker.state import Transition
 from guardproxy.telemetry import Telemetry, TelemetryConfig
 from guardproxy.telemetry.instruments import GROUP_RATES, REGION_VALUES, TOTALS
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..exchange import dumps, loads
-from .model import FEATURES, LogisticModel, load_model
+from guardproxy.demo.model import FEATURES, LogisticModel, load_model
+from guardproxy.guards.exchange import dumps, loads
 
 MODEL = web.AppKey("model", LogisticModel)
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 
-from ..app import RunningProxy, running_proxy
-from ..settings import Settings
-from ..snapshots import ThresholdRule
-from ..testing import serving
-from .model import adult_rows
-from .server import build_model_app, v2_request
+from guardproxy.app import RunningProxy, running_proxy
+from guardproxy.demo.model import adult_rows
+from guardproxy.demo.server import build_model_app, v2_request
+from guardproxy.policy.thresholds import ThresholdRule
+from guardproxy.settings import Settings
+from guardproxy.testing import serving
 
 INFER = "/v2/models/adult/infer"
 FEEDBACK_TOKEN = "demo-feedback-token"
@@ -210,7 +210,7 @@ async def story(requests: int) -> int:
 
 def run(requests: int = 3000) -> int:
     """Run the demo story on a fresh event loop."""
-    from ..cli import run_async
+    from guardproxy.cli import run_async
 
     result: list[int] = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ADULT_COLUMNS, FEATURES, INDICATORS, NUMERIC, LogisticModel
+from guardproxy.demo.model import ADULT_COLUMNS, FEATURES, INDICATORS, NUMERIC, LogisticModel
 
 SUBSET_COLUMNS = ("age", "education-num", "marital-status", "race", "sex", "capital-gain",
                   "capital-loss", "hours-per-week", "native-country", "income")  # fmt: skip

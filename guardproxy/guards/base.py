@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..exchange import Exchange, Reply
-from ..policy.models import OnError
+from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.policy.models import OnError
 
 log = logging.getLogger("guardproxy.guards")
 

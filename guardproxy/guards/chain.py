@@ -6,15 +6,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..payloads import compile_payload
-from ..policy.models import Policy
-from ..sinks import SampleQueue
-from ..snapshots import Snapshot, ThresholdTable
-from .base import Guard, GuardChain
-from .groups import ANY, OTHER, GroupGuard
-from .labels import LabelGuard
-from .sampling import SamplingGuard
-from .thresholds import DecisionGuard
+from guardproxy.guards.base import Guard, GuardChain
+from guardproxy.guards.groups import ANY, OTHER, GroupGuard
+from guardproxy.guards.labels import LabelGuard
+from guardproxy.guards.sampling import SamplingGuard
+from guardproxy.guards.thresholds import DecisionGuard
+from guardproxy.payloads import compile_payload
+from guardproxy.policy.models import Policy
+from guardproxy.policy.thresholds import Snapshot, ThresholdTable
+from guardproxy.sampling.sinks import SampleQueue
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from ..exchange import Exchange
-from ..payloads import JsonPath, Payload
-from ..policy.models import GroupSpec, OnError
+from guardproxy.guards.exchange import Exchange
+from guardproxy.payloads import JsonPath, Payload
+from guardproxy.policy.models import GroupSpec, OnError
 
 OTHER = "other"
 ANY = "*"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from ..exchange import Exchange, Reply
-from ..payloads import Payload, is_json_answer
-from ..policy.models import LabelsSpec
+from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.payloads import Payload, is_json_answer
+from guardproxy.policy.models import LabelsSpec
 
 
 class LabelGuard:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..exchange import Exchange
-from ..policy.models import OnError, SamplingSpec
-from ..sinks import Sample, SampleQueue
-from ..snapshots import request_uniform
-from .redact import Redactor
+from guardproxy.guards.exchange import Exchange
+from guardproxy.policy.models import OnError, SamplingSpec
+from guardproxy.policy.thresholds import request_uniform
+from guardproxy.sampling.redact import Redactor
+from guardproxy.sampling.sinks import Sample, SampleQueue
 
 _SALT = b"guardproxy.sampling"  # keeps sampling independent of randomized thresholds
 

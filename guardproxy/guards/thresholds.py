@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..exchange import Exchange, Verdict
-from ..payloads import Payload, is_json_answer
-from ..policy.models import DecisionSpec
-from ..snapshots import Snapshot, ThresholdTable
-from .base import GuardError
+from guardproxy.guards.base import GuardError
+from guardproxy.guards.exchange import Exchange, Verdict
+from guardproxy.payloads import Payload, is_json_answer
+from guardproxy.policy.models import DecisionSpec
+from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 
 _FORMAT = "{:.4g}".format
 

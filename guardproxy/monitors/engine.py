@@ -10,15 +10,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from ..policy.models import AdaptSpec, Policy
-from ..policy.table import PolicyTable
-from ..snapshots import Snapshot, ThresholdRule, ThresholdTable
-from ..state.base import GroupState, Joined, PredictionRecord, StateBackend, StateError, hash_fields
-from ..tasks import cancel_and_wait
-from .calibrate import apply_guard_rails, fit_from_histograms
-from .fairness import fairness_report
-from .histograms import ScoreHistogram
-from .records import (
+from guardproxy.monitors.calibrate import apply_guard_rails, fit_from_histograms
+from guardproxy.monitors.fairness import fairness_report
+from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.monitors.records import (
     DecisionDeltas,
     LabelBins,
     LabelCells,
@@ -28,8 +23,26 @@ from .records import (
     label_deltas,
     labeled,
 )
-from .tables import Calibration, current_threshold, history_entry, next_version, with_region
-from .worker import Item
+from guardproxy.monitors.tables import (
+    Calibration,
+    current_threshold,
+    history_entry,
+    next_version,
+    with_region,
+)
+from guardproxy.monitors.worker import Item
+from guardproxy.policy.models import AdaptSpec, Policy
+from guardproxy.policy.table import PolicyTable
+from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
+from guardproxy.state.base import (
+    GroupState,
+    Joined,
+    PredictionRecord,
+    StateBackend,
+    StateError,
+    hash_fields,
+)
+from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
 

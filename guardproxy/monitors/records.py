@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ..policy.models import Policy
-from ..state.base import PredictionRecord
-from .fairness import GroupCounts
-from .worker import Item
+from guardproxy.monitors.fairness import GroupCounts
+from guardproxy.monitors.worker import Item
+from guardproxy.policy.models import Policy
+from guardproxy.state.base import PredictionRecord
 
 VERSION_HEADER = "X-Guard-Threshold-Version"
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..policy.models import Policy
-from ..snapshots import ThresholdRule, ThresholdTable
-from ..state.base import table_to_json
+from guardproxy.policy.models import Policy
+from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
+from guardproxy.state.base import table_to_json
 
 Rules = dict[tuple[str, str], ThresholdRule]
 

@@ -8,16 +8,16 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..breakers import FALLBACK_FLAG, BreakerBoard
-from ..exchange import Exchange
-from ..payloads import Payload, compile_payload
-from ..policy.models import Policy
-from ..policy.table import CompiledPolicy
-from .bank import DriftBank
-from .baseline import load_baseline
-from .drift import Clock, WindowResult
-from .fairness import GroupCounts, fairness_report
-from .worker import Item
+from guardproxy.breaker.board import FALLBACK_FLAG, BreakerBoard
+from guardproxy.guards.exchange import Exchange
+from guardproxy.monitors.bank import DriftBank
+from guardproxy.monitors.baseline import load_baseline
+from guardproxy.monitors.drift import Clock, WindowResult
+from guardproxy.monitors.fairness import GroupCounts, fairness_report
+from guardproxy.monitors.worker import Item
+from guardproxy.payloads import Payload, compile_payload
+from guardproxy.policy.models import Policy
+from guardproxy.policy.table import CompiledPolicy
 
 log = logging.getLogger("guardproxy.monitors")
 

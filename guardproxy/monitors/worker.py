@@ -9,9 +9,9 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
-from ..exchange import Exchange
-from ..policy.table import CompiledPolicy
-from ..tasks import cancel_and_wait
+from guardproxy.guards.exchange import Exchange
+from guardproxy.policy.table import CompiledPolicy
+from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..policy.models import DecisionSpec, LabelsSpec, ModelSpec
-from .base import JsonPathPayload, Payload, is_json_answer
-from .chat import OpenAIChat
-from .jsonpath import Doc, JsonPath, Slot
-from .tables import MLflow, SeldonV1, TFServing
-from .v2 import KServeV2
+from guardproxy.payloads.base import JsonPathPayload, Payload, is_json_answer
+from guardproxy.payloads.chat import OpenAIChat
+from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
+from guardproxy.payloads.tables import MLflow, SeldonV1, TFServing
+from guardproxy.payloads.v2 import KServeV2
+from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
 
 __all__ = [
     "PRESETS",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..exchange import Exchange
-from ..guards.base import GuardError
-from ..policy.models import DecisionSpec, LabelsSpec, ModelSpec
-from .fields import floats, label_row, label_value
-from .jsonpath import Doc, JsonPath, Slot
+from guardproxy.guards.base import GuardError
+from guardproxy.guards.exchange import Exchange
+from guardproxy.payloads.fields import floats, label_row, label_value
+from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
+from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
 
 
 def is_json_answer(ex: Exchange) -> bool:

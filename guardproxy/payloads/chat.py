@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Payload
-from .fields import as_list, field, label_row
-from .jsonpath import Doc, Slot
+from guardproxy.payloads.base import Payload
+from guardproxy.payloads.fields import as_list, field, label_row
+from guardproxy.payloads.jsonpath import Doc, Slot
 
 
 class OpenAIChat(Payload):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..guards.base import GuardError
-from .jsonpath import Doc
+from guardproxy.guards.base import GuardError
+from guardproxy.payloads.jsonpath import Doc
 
 
 def floats(values: list[Any], where: str) -> list[float]:

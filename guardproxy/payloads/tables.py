@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..guards.base import GuardError
-from .base import Payload
-from .fields import as_list, feature_rows, field, floats, pick, singleton
-from .jsonpath import Doc, Slot
+from guardproxy.guards.base import GuardError
+from guardproxy.payloads.base import Payload
+from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
+from guardproxy.payloads.jsonpath import Doc, Slot
 
 
 class TFServing(Payload):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..guards.base import GuardError
-from .base import Payload
-from .fields import as_list, field, floats, label_row
-from .jsonpath import Doc
+from guardproxy.guards.base import GuardError
+from guardproxy.payloads.base import Payload
+from guardproxy.payloads.fields import as_list, field, floats, label_row
+from guardproxy.payloads.jsonpath import Doc
 
 
 def _tensor(t: Any, where: str) -> tuple[int, int, list[Any]]:

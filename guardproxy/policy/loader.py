@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .locate import locate
-from .marks import MarkedDoc, read_marked
-from .models import Policy
-from .problems import KeyPath, PolicyError, Problem, format_problems
+from guardproxy.policy.locate import locate
+from guardproxy.policy.marks import MarkedDoc, read_marked
+from guardproxy.policy.models import Policy
+from guardproxy.policy.problems import KeyPath, PolicyError, Problem, format_problems
 
 __all__ = [
     "LoadedPolicies",

@@ -8,8 +8,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from .models import Policy
-from .problems import KeyPath, Problem, short
+from guardproxy.policy.models import Policy
+from guardproxy.policy.problems import KeyPath, Problem, short
 
 
 def locate(error: Any, data: dict[str, Any], marks: dict[KeyPath, Problem]) -> Problem:

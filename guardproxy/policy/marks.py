@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .problems import KeyPath, Problem, short
+from guardproxy.policy.problems import KeyPath, Problem, short
 
 # A string scalar's text -> (text after substitution, one message per failed substitution).
 Substitute = Callable[[str], tuple[str, list[str]]]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
 
-from .loader import LoadedPolicies, PolicyError, PolicyFiles, Problem, load_files
-from .models import Policy
+from guardproxy.policy.loader import LoadedPolicies, PolicyError, PolicyFiles, Problem, load_files
+from guardproxy.policy.models import Policy
 
 ChainFactory = Callable[[Policy], object]
 BUILTIN_NAME = "default.yaml"

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ..snapshots import Snapshot
-from ..tasks import cancel_and_wait
-from .loader import PolicyError, PolicyFiles, load_files, read_policy_files
-from .table import ChainFactory, PolicyTable, builtin_files, compile_table
+from guardproxy.policy.loader import PolicyError, PolicyFiles, load_files, read_policy_files
+from guardproxy.policy.table import ChainFactory, PolicyTable, builtin_files, compile_table
+from guardproxy.policy.thresholds import Snapshot
+from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.policy")
 

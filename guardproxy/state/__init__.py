@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .base import (
+from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_TTL,
     GroupState,
@@ -14,7 +14,7 @@ from .base import (
     StateBackend,
     StateError,
 )
-from .memory import MemoryState
+from guardproxy.state.memory import MemoryState
 
 __all__ = [
     "GroupState",
@@ -39,7 +39,7 @@ def open_state(
         raise ValueError(
             f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)"
         )
-    from .redis import DEFAULT_PREFIX, RedisState
+    from guardproxy.state.redis import DEFAULT_PREFIX, RedisState
 
     query = parse_qsl(parts.query)
     prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)

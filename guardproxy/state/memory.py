@@ -9,9 +9,9 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
-from ..monitors.fairness import GroupCounts
-from ..snapshots import ThresholdTable
-from .base import (
+from guardproxy.monitors.fairness import GroupCounts
+from guardproxy.policy.thresholds import ThresholdTable
+from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_TTL,
     GroupState,

@@ -10,9 +10,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..monitors.fairness import GroupCounts
-from ..snapshots import ThresholdTable
-from .base import (
+from guardproxy.monitors.fairness import GroupCounts
+from guardproxy.policy.thresholds import ThresholdTable
+from guardproxy.state.base import (
     DEFAULT_TTL,
     GroupState,
     Joined,

@@ -1,9 +1,9 @@
 """OpenTelemetry for guardproxy: traces and metrics over OTLP/HTTP, Prometheus text on /metrics."""
 
-from .config import TelemetryConfig, TelemetryError
-from .core import Telemetry
-from .hooks import NO_TRACER, UpstreamCall, UpstreamTracer
-from .instruments import FairnessSource
+from guardproxy.hotpath.hooks import NO_TRACER, UpstreamCall, UpstreamTracer
+from guardproxy.telemetry.config import TelemetryConfig, TelemetryError
+from guardproxy.telemetry.core import Telemetry
+from guardproxy.telemetry.instruments import FairnessSource
 
 __all__ = [
     "NO_TRACER",

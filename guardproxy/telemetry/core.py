@@ -17,17 +17,21 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ..breaker import Transition
-from ..policy.table import PolicyTable
-from ..snapshots import Snapshot, ThresholdTable
-from ..state.base import PredictionRecord
-from .config import TelemetryConfig, build_resource
-from .decisions import DecisionObserver, GroupLabels, GroupMode
-from .export import BoundedSpanProcessor, CountingMetricExporter, CountingSpanExporter
-from .exposition import HistogramCollector, HistogramMetrics
-from .hooks import NO_TRACER, UpstreamTracer
-from .instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
-from .tracing import CURRENT, Handler, RequestTracer
+from guardproxy.breaker.state import Transition
+from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
+from guardproxy.policy.table import PolicyTable
+from guardproxy.policy.thresholds import Snapshot, ThresholdTable
+from guardproxy.state.base import PredictionRecord
+from guardproxy.telemetry.config import TelemetryConfig, build_resource
+from guardproxy.telemetry.decisions import DecisionObserver, GroupLabels, GroupMode
+from guardproxy.telemetry.export import (
+    BoundedSpanProcessor,
+    CountingMetricExporter,
+    CountingSpanExporter,
+)
+from guardproxy.telemetry.exposition import HistogramCollector, HistogramMetrics
+from guardproxy.telemetry.instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
+from guardproxy.telemetry.tracing import CURRENT, Handler, RequestTracer
 
 log = logging.getLogger("guardproxy.telemetry")
 SCOPE = "guardproxy"

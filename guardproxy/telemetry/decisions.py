@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from opentelemetry.trace import Span
 
-from ..exchange import Exchange
-from ..guards.groups import telemetry_group
-from ..policy.table import CompiledPolicy, RouteMatcher
-from .instruments import Instruments
-from .tracing import CURRENT
+from guardproxy.guards.exchange import Exchange
+from guardproxy.guards.groups import telemetry_group
+from guardproxy.policy.table import CompiledPolicy, RouteMatcher
+from guardproxy.telemetry.instruments import Instruments
+from guardproxy.telemetry.tracing import CURRENT
 
 GroupMode = Literal["label", "hashed", "none"]
 ALL_GROUPS = "all"  # what metrics carry when the policy says groups may not be named

@@ -24,8 +24,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .aggregate import Attributes, Point
-from .instruments import HistogramSpec
+from guardproxy.telemetry.aggregate import Attributes, Point
+from guardproxy.telemetry.instruments import HistogramSpec
 
 UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")

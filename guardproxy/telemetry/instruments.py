@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from .aggregate import ABSENT, Counters, Histograms
+from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
 
 # Fairness values per region as FairnessEngine.gauges() publishes them:
 # {region: {"groups": {group: {"selection_rate": x, ...}}, "disparities": {"demographic_...": y}}}

@@ -12,8 +12,8 @@ from multidict import CIMultiDict
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .hooks import UpstreamCall
-from .instruments import NO_ROUTE, Instruments
+from guardproxy.hotpath.hooks import UpstreamCall
+from guardproxy.telemetry.instruments import NO_ROUTE, Instruments
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS = frozenset(

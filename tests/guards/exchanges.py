@@ -7,7 +7,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.exchange import Exchange, dumps
+from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.policy.models import Policy
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardproxy.exchange import Exchange, loads
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.exchange import Exchange, loads
 from tests.guards.exchanges import exchange, policy
 
 

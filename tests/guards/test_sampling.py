@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from guardproxy.exchange import Exchange, Reply
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.policy.models import SamplingSpec
-from guardproxy.sinks import SampleQueue
-from guardproxy.snapshots import request_uniform
+from guardproxy.policy.thresholds import request_uniform
+from guardproxy.sampling.sinks import SampleQueue
 from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
 
 

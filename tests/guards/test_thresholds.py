@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from guardproxy.exchange import Exchange, loads
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
-from guardproxy.snapshots import Snapshot, ThresholdRule, ThresholdTable
+from guardproxy.guards.exchange import Exchange, loads
+from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
 
 GROUPS = {"values": ["female", "male"], "attribute": {"input": "sex"}}

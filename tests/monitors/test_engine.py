@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.exchange import Exchange, Verdict
+from guardproxy.guards.exchange import Exchange, Verdict
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.histograms import ScoreHistogram
 from guardproxy.monitors.records import bin_of, row_id
@@ -20,7 +20,7 @@ from guardproxy.policy.models import (
     Policy,
 )
 from guardproxy.policy.table import CompiledPolicy, PolicyTable, compile_policy
-from guardproxy.snapshots import Snapshot, ThresholdTable
+from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.state import MemoryState, Outcome
 from guardproxy.state.base import hash_fields
 from guardproxy.state.redis import RedisState

@@ -16,16 +16,16 @@ import yaml
 from multidict import CIMultiDict, CIMultiDictProxy
 from pytest import approx
 
-from guardproxy.breakers import BreakerBoard
+from guardproxy.breaker.board import BreakerBoard
 from guardproxy.demo.model import FEATURES, adult_rows, load_model
 from guardproxy.demo.server import v2_request
-from guardproxy.exchange import Exchange, Verdict, dumps
+from guardproxy.guards.exchange import Exchange, Verdict, dumps
 from guardproxy.monitors.drift import WindowResult
 from guardproxy.monitors.fairness import GroupCounts, fairness_report
 from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, counts_of, rounds
 from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledPolicy, PolicyTable, builtin_table, compile_policy
-from guardproxy.snapshots import Snapshot
+from guardproxy.policy.thresholds import Snapshot
 
 ROWS = list(adult_rows())
 MODEL = load_model()

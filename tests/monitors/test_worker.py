@@ -9,7 +9,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.exchange import Exchange
+from guardproxy.guards.exchange import Exchange
 from guardproxy.monitors.worker import Item, MonitorWorker, held_time
 from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledPolicy, compile_policy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from types import MappingProxyType
 
-from guardproxy.snapshots import ThresholdRule, ThresholdTable
+from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
 from guardproxy.state import Outcome, PredictionRecord, StateBackend
 
 

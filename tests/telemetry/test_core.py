@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from guardproxy.breaker import Transition
+from guardproxy.breaker.state import Transition
 from guardproxy.state.base import PredictionRecord
 from guardproxy.telemetry import NO_TRACER, Telemetry, TelemetryConfig
 

@@ -10,8 +10,8 @@ import time
 import aiohttp
 import pytest
 
+from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.testing import PATTERN, RunningProxy, proxy_settings, running_proxy, serving
-from guardproxy.upstream import Timeouts
 
 
 def header_values(echo: dict[str, object], name: str) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from guardproxy.guards.redact import Redactor, luhn_valid, thai_id_valid
+from guardproxy.sampling.redact import Redactor, luhn_valid, thai_id_valid
 
 ALL = ("email", "phone", "card", "national_id")
 

@@ -13,20 +13,20 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .breaker import CLOSED, Admission, CircuitBreaker
-from .breakers import BreakerBoard, mark, settle
-from .exchange import Exchange, Reply, dumps
-from .guards.base import GuardChain
-from .policy.table import CompiledPolicy, PolicyTable
-from .snapshots import Snapshot
-from .telemetry.hooks import NO_TRACER, UpstreamTracer
-from .upstream import (
+from guardproxy.breaker.board import BreakerBoard, mark, settle
+from guardproxy.breaker.state import CLOSED, Admission, CircuitBreaker
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.exchange import Exchange, Reply, dumps
+from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
+from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
     forward_request_headers,
     forward_response_headers,
     map_error,
 )
+from guardproxy.policy.table import CompiledPolicy, PolicyTable
+from guardproxy.policy.thresholds import Snapshot
 
 log = logging.getLogger("guardproxy.proxy")
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 
-from guardproxy.exchange import dumps
-from guardproxy.guards.redact import Redactor
-from guardproxy.sinks import JsonlSink, RedisStreamSink, Sample, SampleQueue, SampleWriter
+from guardproxy.guards.exchange import dumps
+from guardproxy.sampling.redact import Redactor
+from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, Sample, SampleQueue, SampleWriter
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRETS = [

@@ -9,13 +9,20 @@ from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any, Protocol
 
-from .breaker import Admission, CircuitBreaker, Clock, Listener, OperatorState, Transition
-from .exchange import Exchange
-from .policy.models import BreakerSpec
-from .policy.table import CompiledPolicy, PolicyTable
-from .snapshots import Snapshot
-from .tasks import cancel_and_wait
-from .upstream import Timeouts, Upstream
+from guardproxy.breaker.state import (
+    Admission,
+    CircuitBreaker,
+    Clock,
+    Listener,
+    OperatorState,
+    Transition,
+)
+from guardproxy.guards.exchange import Exchange
+from guardproxy.hotpath.upstream import Timeouts, Upstream
+from guardproxy.policy.models import BreakerSpec
+from guardproxy.policy.table import CompiledPolicy, PolicyTable
+from guardproxy.policy.thresholds import Snapshot
+from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.breaker")
 

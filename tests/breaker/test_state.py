@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from guardproxy.breaker import Admission, CircuitBreaker, Transition
+from guardproxy.breaker.state import Admission, CircuitBreaker, Transition
 from guardproxy.policy.models import BreakerSpec
 
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from .exchange import dumps
-from .guards.redact import Redactor
+from guardproxy.guards.exchange import dumps
+from guardproxy.sampling.redact import Redactor
 
 log = logging.getLogger("guardproxy.sinks")
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.breaker import Admission, Transition
-from guardproxy.breakers import SHARED, BreakerBoard, describe, mark, settle
-from guardproxy.exchange import Exchange
+from guardproxy.breaker.board import SHARED, BreakerBoard, describe, mark, settle
+from guardproxy.breaker.state import Admission, Transition
+from guardproxy.guards.exchange import Exchange
 from guardproxy.policy.models import Policy
 from guardproxy.policy.table import PolicyTable, compile_policy
-from guardproxy.snapshots import Snapshot
+from guardproxy.policy.thresholds import Snapshot
 from guardproxy.testing import serving, upstream_app
 
 RULE = {"when": "upstream.error_rate", "above": 0.5, "windows": 1}
