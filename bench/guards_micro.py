@@ -8,11 +8,11 @@ import time
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.exchange import Exchange, dumps
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.policy.models import Policy
-from guardproxy.sinks import SampleQueue
+from guardproxy.sampling.sinks import SampleQueue
 
 REQUEST = dumps(
     {

@@ -15,7 +15,7 @@ from typing import Any
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import v2_request
-from guardproxy.exchange import dumps
+from guardproxy.guards.exchange import dumps
 
 from .layout import LAYOUTS, Layout, make_layout
 from .load import LoadGenerator, choose

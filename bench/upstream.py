@@ -10,7 +10,7 @@ from aiohttp import web
 
 from guardproxy.demo.model import LogisticModel, load_model
 from guardproxy.demo.server import v2_rows
-from guardproxy.exchange import dumps, loads
+from guardproxy.guards.exchange import dumps, loads
 
 GUARDED_PATH = "/v2/models/adult/infer"
 UNGUARDED_PATH = "/unguarded/v2/models/adult/infer"

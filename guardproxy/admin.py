@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from guardproxy.app import RUNTIME
+if TYPE_CHECKING:
+    from guardproxy.app import Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
 
-def add_routes(app: web.Application) -> None:
-    """Register the admin endpoints."""
+def build_admin_app(runtime: Runtime) -> web.Application:
+    """The admin port: health, readiness, status, and token-protected operations."""
+    app = web.Application()
+    app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", require_token(reload))
     app.router.add_post("/admin/breaker/{region}", require_token(breaker))
+    return app
 
 
 def require_token(handler: Handler) -> Handler:
@@ -67,8 +74,6 @@ async def status(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Every metric in the Prometheus text format."""
-    from prometheus_client import CONTENT_TYPE_LATEST
-
     body = request.app[RUNTIME].telemetry.metrics_text()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

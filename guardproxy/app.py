@@ -15,10 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from guardproxy import __version__
+from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.feedback import FeedbackEndpoint
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
 from guardproxy.hotpath.upstream import Upstream
 from guardproxy.monitors.engine import FairnessEngine
@@ -58,9 +60,10 @@ class Runtime:
         self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()
-        self.breakers = BreakerBoard(
-            self.store.snapshot, settings.timeouts, settings.pool_size, telemetry=self.telemetry
-        )
+        self.breakers = BreakerBoard(self.store.snapshot, telemetry=self.telemetry)
+        self.fallbacks = Fallbacks(settings.timeouts, settings.pool_size)
+        self.fallbacks.follow(self.store.table)
+        self.breakers.table_listeners.append(self.fallbacks.follow)
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
         self.worker = MonitorWorker(settings.queue_size)
@@ -71,6 +74,7 @@ class Runtime:
             settings.region_header,
             observers=(self.worker.offer, self.telemetry.observe),
             breakers=self.breakers,
+            fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
         )
 
@@ -117,11 +121,13 @@ class Runtime:
         self.sample_writer.start()
         await self.engine.start()
         self.worker.start()
+        await self.fallbacks.start()
         await self.breakers.start()
         yield
         await self.watcher.stop()
         await self.worker.stop(drain=True)
         await self.breakers.stop()
+        await self.fallbacks.stop()
         await self.sample_writer.stop(flush=True)
         await self.engine.stop()
         await self.state.close()
@@ -152,20 +158,16 @@ class Runtime:
             },
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
-            "breakers": self.breakers.status(),
+            "breakers": {**self.breakers.status(), "fallbacks": self.fallbacks.status()},
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
         }
 
 
-RUNTIME = web.AppKey("runtime", Runtime)
-
-
 def build_data_app(runtime: Runtime) -> web.Application:
     """The data port: everything is proxied except the reserved /guardproxy/ prefix."""
     app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
-    app[RUNTIME] = runtime
     app.cleanup_ctx.append(runtime.lifecycle)
     app.router.add_post("/guardproxy/v1/feedback", runtime.feedback.handle)
     app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
@@ -177,16 +179,6 @@ async def _reserved(request: web.Request) -> web.Response:
     return web.json_response(
         {"error": f"no such endpoint: {request.method} {request.path}"}, status=404
     )
-
-
-def build_admin_app(runtime: Runtime) -> web.Application:
-    """The admin port: health, readiness, status, and token-protected operations."""
-    from guardproxy import admin
-
-    app = web.Application()
-    app[RUNTIME] = runtime
-    admin.add_routes(app)
-    return app
 
 
 async def start_site(

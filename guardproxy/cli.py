@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.settings import Settings, parse_address, secret_from_env
 
@@ -77,18 +77,6 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     run_async(serve(settings))
     return 0
-
-
-def run_async(coro: object) -> None:
-    """Run a coroutine on uvloop when it is installed."""
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is optional
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(coro)  # type: ignore[arg-type]
 
 
 def add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

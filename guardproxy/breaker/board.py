@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Protocol
 
 from guardproxy.breaker.state import (
-    Admission,
     CircuitBreaker,
     Clock,
     Listener,
     OperatorState,
     Transition,
 )
-from guardproxy.guards.exchange import Exchange
-from guardproxy.hotpath.upstream import Timeouts, Upstream
 from guardproxy.policy.models import BreakerSpec
 from guardproxy.policy.table import CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
@@ -27,8 +24,6 @@ from guardproxy.tasks import cancel_and_wait
 log = logging.getLogger("guardproxy.breaker")
 
 Ticker = Callable[[], None]
-OPEN_FLAG = "breaker:open"
-FALLBACK_FLAG = "breaker:fallback"
 ROUTE_CAP = 64
 SHARED = "*"  # the region-wide breaker, shared by paths beyond the cap
 SEVERITY = {"closed": 0, "disabled": 1, "half_open": 2, "open": 3, "forced_open": 4}
@@ -52,23 +47,6 @@ def describe(transition: Transition, route: str = SHARED) -> str:
         f"breaker {name}: {transition.old} -> {transition.new} "
         f"({transition.reason}); last window: {numbers}"
     )
-
-
-def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: bool) -> None:
-    """Count one primary upstream call; a probe's outcome also goes to the half-open state."""
-    breaker.record_upstream(status, seconds)
-    if probe:
-        breaker.probe_done(status is not None and status < 500)
-
-
-def mark(ex: Exchange, breaker: CircuitBreaker, admission: Admission, fallback: bool) -> None:
-    """Annotate an exchange served while the breaker is not closed (flags force sampling)."""
-    ex.annotations["X-Guard-Breaker"] = breaker.state_name
-    if admission is Admission.OPEN:
-        ex.flags.append(OPEN_FLAG)
-    if fallback:
-        ex.annotations["X-Guard-Upstream"] = "fallback"
-        ex.flags.append(FALLBACK_FLAG)
 
 
 class RegionBreakers:
@@ -146,15 +124,13 @@ class BreakerBoard:
     def __init__(
         self,
         policies: Snapshot[PolicyTable],
-        timeouts: Timeouts | None = None,
-        pool_size: int = 100,
         listeners: Iterable[Listener] = (),
         telemetry: BreakerTelemetry | None = None,
         clock: Clock = time.monotonic,
         interval: float = 1.0,
         route_cap: int = ROUTE_CAP,
     ) -> None:
-        self.policies, self.timeouts, self.pool_size = policies, timeouts or Timeouts(), pool_size
+        self.policies = policies
         self.telemetry, self.clock, self.interval = telemetry, clock, interval
         self.route_cap = route_cap
         self.listeners: list[Listener] = [self._count, *listeners]
@@ -165,11 +141,8 @@ class BreakerBoard:
         self.tickers: list[Ticker] = []
         self.ticker_errors = 0
         self.regions: dict[str, RegionBreakers] = {}
-        self.fallbacks: dict[str, Upstream] = {}
-        self._ready: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.table_listeners: list[Callable[[PolicyTable], None]] = []
         self._ticker: asyncio.Task[None] | None = None
-        self._running = False
         self._table: PolicyTable | None = None
         self._spare = CircuitBreaker(BreakerSpec(), clock, region="-")
         self.refresh()
@@ -195,13 +168,6 @@ class BreakerBoard:
         breakers = self.regions.get(region)
         return breakers.all() if breakers is not None else []
 
-    def fallback(self, breaker: CircuitBreaker) -> Upstream | None:
-        """The started fallback pool of a fallback breaker, None when not ready (or no fallback)."""
-        url = breaker.spec.open.upstream
-        if breaker.open_action != "fallback" or url not in self._ready:
-            return None
-        return self.fallbacks[url]
-
     def refresh(self) -> None:
         """Match the breakers to the current policy table; same spec keeps the breakers' state."""
         table = self.policies.current
@@ -215,7 +181,8 @@ class BreakerBoard:
                 make = partial(self._new, name, entry.policy.breaker)
                 self.regions[name] = RegionBreakers(entry, make, self.route_cap)
         self._table = table
-        self._sync_pools()
+        for listener in self.table_listeners:
+            listener(table)
 
     def _new(self, region: str, spec: BreakerSpec, route: str) -> CircuitBreaker:
         listeners: list[Listener] = [partial(self._log, route), *self.listeners]
@@ -223,33 +190,6 @@ class BreakerBoard:
         if self.telemetry is not None and route == SHARED:
             self.telemetry.breaker_state(region, breaker.state_name)
         return breaker
-
-    def _sync_pools(self) -> None:
-        wanted = {
-            r.spec.open.upstream
-            for r in self.regions.values()
-            if r.spec.open.action == "fallback" and r.spec.open.upstream
-        }
-        for url in sorted(wanted - self.fallbacks.keys()):
-            self.fallbacks[url] = Upstream(url, self.timeouts, self.pool_size)
-            if self._running:
-                self._spawn(self._start_pool(url))
-        for url in sorted(self.fallbacks.keys() - wanted):
-            self._ready.discard(url)
-            pool = self.fallbacks.pop(url)
-            if self._running:  # a pool never started has nothing to close
-                self._spawn(pool.close())
-
-    async def _start_pool(self, url: str) -> None:
-        pool = self.fallbacks.get(url)
-        if pool is not None:
-            await pool.start()
-            self._ready.add(url)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def force(
         self, region: str, state: str, reason: str, route: str | None = None
@@ -283,23 +223,14 @@ class BreakerBoard:
                 log.exception("breaker ticker %r failed", ticker)
 
     async def start(self) -> None:
-        """Open the fallback pools and start the ticker."""
-        self._running = True
-        for url in sorted(self.fallbacks):
-            await self._start_pool(url)
+        """Start the ticker."""
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._run(), name="guardproxy-breakers")
 
     async def stop(self) -> None:
-        """Stop the ticker and close every fallback pool."""
-        self._running = False
+        """Stop the ticker."""
         task, self._ticker = self._ticker, None
         await cancel_and_wait(task)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._ready.clear()
-        for pool in self.fallbacks.values():
-            await pool.close()
 
     async def _run(self) -> None:
         while True:
@@ -326,6 +257,5 @@ class BreakerBoard:
             "regions": {name: r.status() for name, r in sorted(self.regions.items())},
             "transitions": dict(sorted(self.transitions.items())),
             "rejected": self.rejected,
-            "fallbacks": {url: url in self._ready for url in sorted(self.fallbacks)},
             "ticker_errors": self.ticker_errors,
         }

@@ -17,6 +17,7 @@ import aiohttp
 from guardproxy.app import RunningProxy, running_proxy
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
+from guardproxy.eventloop import run_async
 from guardproxy.policy.thresholds import ThresholdRule
 from guardproxy.settings import Settings
 from guardproxy.testing import serving
@@ -210,8 +211,6 @@ async def story(requests: int) -> int:
 
 def run(requests: int = 3000) -> int:
     """Run the demo story on a fresh event loop."""
-    from guardproxy.cli import run_async
-
     result: list[int] = []
 
     async def main() -> None:

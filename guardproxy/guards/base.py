@@ -7,13 +7,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import OnError
 
 log = logging.getLogger("guardproxy.guards")
-
-
-class GuardError(Exception):
-    """A guard could not read or change what it needed (malformed or unexpected payload)."""
 
 
 class Guard(Protocol):
@@ -75,7 +72,7 @@ class GuardChain:
     def _failed(self, guard: Guard, ex: Exchange, exc: Exception) -> None:
         self.errors[guard.name] = self.errors.get(guard.name, 0) + 1
         ex.errors.append(f"{guard.name}: {exc}")
-        if not isinstance(exc, GuardError | ValueError | KeyError | IndexError | TypeError):
+        if not isinstance(exc, PayloadError | ValueError | KeyError | IndexError | TypeError):
             log.exception("guard %s failed on %s", guard.name, ex.request_id)
         if guard.on_error == "fail_closed":
             ex.reply = Reply(502, f"guard {guard.name} could not check the answer: {exc}")

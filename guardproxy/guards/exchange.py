@@ -81,6 +81,14 @@ class Exchange:
         return self.response_body
 
 
+def is_json_answer(ex: Exchange) -> bool:
+    """True for a 2xx answer that is (or may be) JSON: the only answers guards change."""
+    if not 200 <= ex.status < 300 or not ex.response_body:
+        return False
+    content_type = ex.response_headers.get("Content-Type", "application/json")
+    return "json" in content_type
+
+
 def loads(data: bytes) -> Any:
     """Parse JSON bytes (ValueError on malformed JSON)."""
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from guardproxy.guards.exchange import Exchange, Reply
-from guardproxy.payloads import Payload, is_json_answer
+from guardproxy.guards.exchange import Exchange, Reply, is_json_answer
+from guardproxy.payloads import Payload
 from guardproxy.policy.models import LabelsSpec
 
 

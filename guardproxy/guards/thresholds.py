@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from guardproxy.guards.base import GuardError
-from guardproxy.guards.exchange import Exchange, Verdict
-from guardproxy.payloads import Payload, is_json_answer
+from guardproxy.guards.exchange import Exchange, Verdict, is_json_answer
+from guardproxy.payloads import Payload
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import DecisionSpec
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 
@@ -44,7 +44,7 @@ class DecisionGuard:
             return groups
         if len(groups) == 1:
             return groups * rows
-        raise GuardError(f"{len(groups)} groups for {rows} scores")
+        raise PayloadError(f"{len(groups)} groups for {rows} scores")
 
     def decide(self, ex: Exchange, scores: list[float]) -> tuple[list[str], list[float], list[int]]:
         """(groups, thresholds, decisions) per row; row i > 0 draws with "<id>:<i>"."""

@@ -13,10 +13,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from guardproxy.breaker.board import BreakerBoard, mark, settle
+from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import CLOSED, Admission, CircuitBreaker
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply, dumps
+from guardproxy.hotpath.admission import Fallbacks, mark, settle
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.upstream import (
     Upstream,
@@ -88,6 +89,7 @@ class Proxy:
         region_header: str = "X-Region",
         observers: Sequence[Observer] = (),
         breakers: BreakerBoard | None = None,
+        fallbacks: Fallbacks | None = None,
         tracer: UpstreamTracer = NO_TRACER,
     ) -> None:
         self.upstream = upstream
@@ -95,6 +97,7 @@ class Proxy:
         self.region_header = region_header
         self.observers = tuple(observers)
         self.breakers = breakers or BreakerBoard(policies)
+        self.fallbacks = fallbacks or Fallbacks(upstream.timeouts)
         self.tracer = tracer
         self.counts = ProxyCounts()
 
@@ -189,7 +192,7 @@ class Proxy:
         admission = breaker.admit()
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":
-            fallback = self.breakers.fallback(breaker)
+            fallback = self.fallbacks.get(breaker)
             if fallback is None:
                 self.breakers.rejected += 1
                 return _breaker_open(request_id, policy, breaker)

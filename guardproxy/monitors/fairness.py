@@ -3,64 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from guardproxy.monitors.stats import wilson_interval
+from guardproxy.state.counts import GroupCounts
 
 FOUR_FIFTHS = 0.8
 
 
-@dataclass(slots=True)
-class GroupCounts:
-    """Integer counters of one (region, group): mergeable across replicas by addition.
-
-    `decisions` and `selected` count every decision; tp, fp, tn, fn count the decisions
-    whose label arrived, judged at the threshold in force when the decision was made.
-    """
-
-    decisions: int = 0
-    selected: int = 0
-    tp: int = 0
-    fp: int = 0
-    tn: int = 0
-    fn: int = 0
-
-    def record(self, predicted: bool, label: bool | None = None) -> None:
-        """Count one decision, and its confusion cell when the label is known."""
-        self.decisions += 1
-        self.selected += int(predicted)
-        if label is not None:
-            name = ("tp" if label else "fp") if predicted else ("fn" if label else "tn")
-            setattr(self, name, getattr(self, name) + 1)
-
-    @classmethod
-    def from_arrays(cls, predicted: ArrayLike, labels: ArrayLike | None = None) -> GroupCounts:
-        """Counts of a batch of 0/1 decisions with optional 0/1 labels."""
-        pred = np.asarray(predicted).astype(bool)
-        counts = cls(decisions=int(pred.size), selected=int(pred.sum()))
-        if labels is not None:
-            lab = np.asarray(labels).astype(bool)
-            counts.tp, counts.fp = int((pred & lab).sum()), int((pred & ~lab).sum())
-            counts.fn, counts.tn = int((~pred & lab).sum()), int((~pred & ~lab).sum())
-        return counts
-
-    def merge(self, other: GroupCounts) -> GroupCounts:
-        """The sum of two counters."""
-        return GroupCounts(**{k: v + other.to_dict()[k] for k, v in self.to_dict().items()})
-
-    def to_dict(self) -> dict[str, int]:
-        """A flat mapping of counters, ready for HINCRBY into a Redis hash."""
-        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, mapping: Mapping[str | bytes, int | str | bytes]) -> GroupCounts:
-        """Read back `to_dict` (keys and values may be bytes); other keys are ignored."""
-        decoded = {k.decode() if isinstance(k, bytes) else k: v for k, v in mapping.items()}
-        return cls(**{f.name: int(decoded.get(f.name, 0)) for f in fields(cls)})
+def counts_of_arrays(predicted: ArrayLike, labels: ArrayLike | None = None) -> GroupCounts:
+    """Counts of a batch of 0/1 decisions with optional 0/1 labels."""
+    pred = np.asarray(predicted).astype(bool)
+    counts = GroupCounts(decisions=int(pred.size), selected=int(pred.sum()))
+    if labels is not None:
+        lab = np.asarray(labels).astype(bool)
+        counts.tp, counts.fp = int((pred & lab).sum()), int((pred & ~lab).sum())
+        counts.fn, counts.tn = int((~pred & lab).sum()), int((~pred & ~lab).sum())
+    return counts
 
 
 def _metric(successes: int, trials: int) -> dict[str, Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from guardproxy.monitors.fairness import GroupCounts
 from guardproxy.monitors.worker import Item
 from guardproxy.policy.models import Policy
 from guardproxy.state.base import PredictionRecord
+from guardproxy.state.counts import GroupCounts
 
 VERSION_HEADER = "X-Guard-Threshold-Version"
 

@@ -8,16 +8,18 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
-from guardproxy.breaker.board import FALLBACK_FLAG, BreakerBoard
+from guardproxy.breaker.board import BreakerBoard
 from guardproxy.guards.exchange import Exchange
+from guardproxy.hotpath.admission import FALLBACK_FLAG
 from guardproxy.monitors.bank import DriftBank
 from guardproxy.monitors.baseline import load_baseline
 from guardproxy.monitors.drift import Clock, WindowResult
-from guardproxy.monitors.fairness import GroupCounts, fairness_report
+from guardproxy.monitors.fairness import fairness_report
 from guardproxy.monitors.worker import Item
 from guardproxy.payloads import Payload, compile_payload
 from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledPolicy
+from guardproxy.state.counts import GroupCounts
 
 log = logging.getLogger("guardproxy.monitors")
 

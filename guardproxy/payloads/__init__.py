@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardproxy.payloads.base import JsonPathPayload, Payload, is_json_answer
+from guardproxy.payloads.base import JsonPathPayload, Payload
 from guardproxy.payloads.chat import OpenAIChat
 from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
 from guardproxy.payloads.tables import MLflow, SeldonV1, TFServing
@@ -22,7 +22,6 @@ __all__ = [
     "Slot",
     "TFServing",
     "compile_payload",
-    "is_json_answer",
 ]
 
 PRESETS: dict[str, type[Payload]] = {

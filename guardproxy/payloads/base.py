@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from guardproxy.guards.base import GuardError
-from guardproxy.guards.exchange import Exchange
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import floats, label_row, label_value
 from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
 from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
-
-
-def is_json_answer(ex: Exchange) -> bool:
-    """True for a 2xx answer that is (or may be) JSON: the only answers guards change."""
-    if not 200 <= ex.status < 300 or not ex.response_body:
-        return False
-    content_type = ex.response_headers.get("Content-Type", "application/json")
-    return "json" in content_type
 
 
 class Payload:
@@ -37,7 +28,7 @@ class Payload:
 
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """A named input feature, one value per row."""
-        raise GuardError(f"{self.protocol} requests have no named features")
+        raise PayloadError(f"{self.protocol} requests have no named features")
 
     def scores(self, response_doc: Doc) -> list[float]:
         """The model's score for each row."""
@@ -46,7 +37,7 @@ class Payload:
         return self._scores(response_doc)
 
     def _scores(self, response_doc: Doc) -> list[float]:
-        raise GuardError(f"{self.protocol} answers carry no score; set model.score.path")
+        raise PayloadError(f"{self.protocol} answers carry no score; set model.score.path")
 
     def labels(self, response_doc: Doc) -> list[list[str]]:
         """The output labels (or texts) of each row."""
@@ -59,28 +50,28 @@ class Payload:
         """Write back each row's labels (after suppression), in the original's form."""
         slots = self._label_slots(response_doc)
         if len(slots) != len(labels):
-            raise GuardError(f"{len(labels)} label rows for {len(slots)} in the answer")
+            raise PayloadError(f"{len(labels)} label rows for {len(slots)} in the answer")
         for (container, key), row in zip(slots, labels, strict=True):
             container[key] = label_value(container[key], row)
 
     def _label_slots(self, response_doc: Doc) -> list[Slot]:
         if self.labels_path is None:
-            raise GuardError(f"{self.protocol} answers: set labels.path or labels.output")
+            raise PayloadError(f"{self.protocol} answers: set labels.path or labels.output")
         return self.labels_path.slots(response_doc)
 
     def annotate(self, response_doc: Doc, decisions: list[int], thresholds: list[float]) -> None:
         """Add the decisions and thresholds to the answer."""
         if not isinstance(response_doc, dict):
-            raise GuardError("cannot annotate an answer that is not a JSON object")
+            raise PayloadError("cannot annotate an answer that is not a JSON object")
         response_doc["guardproxy"] = {"decisions": decisions, "thresholds": thresholds}
 
     def rewrite(self, response_doc: Doc, decisions: list[int]) -> None:
         """Replace the model's own label with the decisions."""
         if self.label_output is None or not self.label_output.startswith("$"):
-            raise GuardError(f"{self.protocol} answers: decision.label_output must be a path")
+            raise PayloadError(f"{self.protocol} answers: decision.label_output must be a path")
         slots = JsonPath(self.label_output).slots(response_doc)
         if len(slots) != len(decisions):
-            raise GuardError(f"{self.label_output} matches {len(slots)} of {len(decisions)} rows")
+            raise PayloadError(f"{self.label_output} matches {len(slots)} of {len(decisions)} rows")
         for (container, key), decision in zip(slots, decisions, strict=True):
             container[key] = decision
 
@@ -101,5 +92,5 @@ class JsonPathPayload(Payload):
             path = self._features[name] = JsonPath(name if name.startswith("$") else f"$.{name}")
         values = path.find(request_doc)
         if not values:
-            raise GuardError(f"request has nothing at {path.text}")
+            raise PayloadError(f"request has nothing at {path.text}")
         return values

@@ -1,39 +1,39 @@
-"""Checked reads of JSON values: each raises GuardError naming where the shape is wrong."""
+"""Checked reads of JSON values: each raises PayloadError naming where the shape is wrong."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from guardproxy.guards.base import GuardError
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.jsonpath import Doc
 
 
 def floats(values: list[Any], where: str) -> list[float]:
-    """The scores as floats (GuardError on a non-number or non-finite value)."""
+    """The scores as floats (PayloadError on a non-number or non-finite value)."""
     out: list[float] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise GuardError(f"score in {where} is not a number: {value!r}")
+            raise PayloadError(f"score in {where} is not a number: {value!r}")
         if not math.isfinite(value):
-            raise GuardError(f"score in {where} is not finite: {value!r}")
+            raise PayloadError(f"score in {where} is not finite: {value!r}")
         out.append(float(value))
     return out
 
 
 def field(doc: Doc, key: str, where: str) -> Any:
-    """doc[key] of a JSON object (GuardError when not an object or the key is missing)."""
+    """doc[key] of a JSON object (PayloadError when not an object or the key is missing)."""
     if not isinstance(doc, dict):
-        raise GuardError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+        raise PayloadError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     if key not in doc:
-        raise GuardError(f"{where}: missing {key!r}")
+        raise PayloadError(f"{where}: missing {key!r}")
     return doc[key]
 
 
 def as_list(value: Any, where: str) -> list[Any]:
     """The value, which must be a JSON list."""
     if not isinstance(value, list):
-        raise GuardError(f"{where}: expected a list, got {type(value).__name__}")
+        raise PayloadError(f"{where}: expected a list, got {type(value).__name__}")
     return value
 
 
@@ -41,7 +41,7 @@ def label_row(value: Any, where: str) -> list[str]:
     """One row of labels: a string or a list of strings, as a list."""
     row = value if isinstance(value, list) else [value]
     if not all(isinstance(label, str) for label in row):
-        raise GuardError(f"{where}: labels must be strings")
+        raise PayloadError(f"{where}: labels must be strings")
     return row
 
 
@@ -59,13 +59,13 @@ def pick(row: Any, output: str | None, index: int, where: str) -> Any:
     if isinstance(row, dict):
         if output is None:
             if len(row) != 1:
-                raise GuardError(f"{where}: several outputs, set model.score.output")
+                raise PayloadError(f"{where}: several outputs, set model.score.output")
             row = next(iter(row.values()))
         else:
             row = field(row, output, where)
     if isinstance(row, list):
         if index >= len(row):
-            raise GuardError(f"{where}: no column {index} in a row of {len(row)}")
+            raise PayloadError(f"{where}: no column {index} in a row of {len(row)}")
         row = row[index]
     return row
 
@@ -75,7 +75,7 @@ def feature_rows(rows: list[Any], names: list[Any] | None, name: str, where: str
     if rows and isinstance(rows[0], dict):
         return [field(row, name, where) for row in rows]
     if names is None or name not in names:
-        raise GuardError(f"{where}: no feature named {name!r}")
+        raise PayloadError(f"{where}: no feature named {name!r}")
     column = names.index(name)
     return [as_list(row, where)[column] for row in rows]
 

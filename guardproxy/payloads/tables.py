@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from guardproxy.guards.base import GuardError
 from guardproxy.payloads.base import Payload
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
 from guardproxy.payloads.jsonpath import Doc, Slot
 
@@ -50,14 +50,14 @@ class TFServing(Payload):
         for key in self._answer_keys:
             if isinstance(doc, dict) and key in doc:
                 return doc, key
-        raise GuardError(f"answer has none of {', '.join(self._answer_keys)}")
+        raise PayloadError(f"answer has none of {', '.join(self._answer_keys)}")
 
     def _rows(self, doc: Doc, output: str | None) -> list[Any]:
         container, key = self._answer(doc)
         value = container[key]
         if isinstance(value, dict):
             if output is None and len(value) != 1:
-                raise GuardError("answer: several output columns, set model.score.output")
+                raise PayloadError("answer: several output columns, set model.score.output")
             column = (
                 next(iter(value.values())) if output is None else field(value, output, "answer")
             )
@@ -92,7 +92,7 @@ class TFServing(Payload):
         ):
             return self._rewrite_column(rows, decisions)
         if len(as_list(rows, "answer")) != len(decisions):
-            raise GuardError("predictions do not match the decisions")
+            raise PayloadError("predictions do not match the decisions")
         rows[:] = decisions
         return None
 
@@ -163,7 +163,7 @@ class SeldonV1(TFServing):
         key = "ndarray"
         names = data.get("names")
         if len(rows) != len(decisions):
-            raise GuardError("answer rows do not match the decisions")
+            raise PayloadError("answer rows do not match the decisions")
         if self.label_output and isinstance(names, list) and self.label_output in names:
             column = names.index(self.label_output)
             rows = [as_list(row, "answer row")[:] for row in rows]
@@ -185,5 +185,5 @@ def _seldon_rows(data: Any) -> list[Any]:
     values = as_list(field(tensor, "values", "data.tensor"), "data.tensor values")
     width = math.prod(shape[1:])
     if not shape or len(values) != shape[0] * width:
-        raise GuardError(f"data.tensor: {len(values)} values for shape {shape}")
+        raise PayloadError(f"data.tensor: {len(values)} values for shape {shape}")
     return [values[i * width : (i + 1) * width] for i in range(shape[0])]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from guardproxy.guards.base import GuardError
 from guardproxy.payloads.base import Payload
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
 
@@ -18,13 +18,13 @@ def _tensor(t: Any, where: str) -> tuple[int, int, list[Any]]:
         rows = shape[0]
         width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else math.prod(shape[1:])
     except (KeyError, TypeError, IndexError):
-        raise GuardError(f"{where}: expected a tensor with shape and data") from None
+        raise PayloadError(f"{where}: expected a tensor with shape and data") from None
     if type(data) is not list:
-        raise GuardError(f"{where}: data must be a list, got {type(data).__name__}")
+        raise PayloadError(f"{where}: data must be a list, got {type(data).__name__}")
     while data and type(data[0]) is list:
         data = [v for part in data for v in part]
     if type(rows) is not int or type(width) is not int or len(data) != rows * width:
-        raise GuardError(f"{where}: {len(data)} values for shape {shape}")
+        raise PayloadError(f"{where}: {len(data)} values for shape {shape}")
     return rows, width, data
 
 
@@ -37,7 +37,7 @@ class KServeV2(Payload):
         """shape[0] of the first input."""
         first = as_list(field(request_doc, "inputs", "request"), "request inputs")
         if not first:
-            raise GuardError("request has no inputs")
+            raise PayloadError("request has no inputs")
         return _tensor(first[0], "request input")[0]
 
     def feature(self, request_doc: Doc, name: str) -> list[object]:
@@ -51,24 +51,24 @@ class KServeV2(Payload):
             if name in columns:
                 _, width, data = _tensor(t, f"input {t.get('name')!r}")
                 if width != len(columns):
-                    raise GuardError(
+                    raise PayloadError(
                         f"input {t.get('name')!r}: {width} columns, {len(columns)} names"
                     )
                 return data[columns.index(name) :: width]
-        raise GuardError(f"request has no input or column named {name!r}")
+        raise PayloadError(f"request has no input or column named {name!r}")
 
     def _output(self, response_doc: Doc, name: str | None, what: str) -> Any:
         outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
         for t in outputs:
             if isinstance(t, dict) and (name is None or t.get("name") == name):
                 return t
-        raise GuardError(f"answer has no output {name!r} for the {what}")
+        raise PayloadError(f"answer has no output {name!r} for the {what}")
 
     def _scores(self, response_doc: Doc) -> list[float]:
         t = self._output(response_doc, self.output, "score")
         _, width, data = _tensor(t, f"output {t.get('name')!r}")
         if self.index >= width:
-            raise GuardError(f"output {t.get('name')!r} has no column {self.index}")
+            raise PayloadError(f"output {t.get('name')!r} has no column {self.index}")
         return floats(data[self.index :: width], f"output {t.get('name')!r}")
 
     def _label_tensor(self, response_doc: Doc) -> Any:
@@ -77,7 +77,7 @@ class KServeV2(Payload):
         for t in as_list(field(response_doc, "outputs", "answer"), "answer outputs"):
             if isinstance(t, dict) and t.get("datatype") == "BYTES":
                 return t
-        raise GuardError("answer has no BYTES output for the labels; set labels.output")
+        raise PayloadError("answer has no BYTES output for the labels; set labels.output")
 
     def labels(self, response_doc: Doc) -> list[list[str]]:
         """Per row: the labels of a BYTES output of shape [N] or [N, K]."""
@@ -93,7 +93,7 @@ class KServeV2(Payload):
         t = self._label_tensor(response_doc)
         n, width, _ = _tensor(t, "labels output")
         if n != len(labels):
-            raise GuardError(f"{len(labels)} label rows for {n} in the answer")
+            raise PayloadError(f"{len(labels)} label rows for {n} in the answer")
         width = max(1, *(len(row) for row in labels))
         t["shape"] = [n, width] if len(t["shape"]) > 1 or width > 1 else [n]
         t["data"] = [v for row in labels for v in row + [""] * (width - len(row))]
@@ -114,10 +114,10 @@ class KServeV2(Payload):
         outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
         found = [t for t in outputs if isinstance(t, dict) and t.get("name") in names]
         if not found:
-            raise GuardError(f"answer has no label output named {' or '.join(names)}")
+            raise PayloadError(f"answer has no label output named {' or '.join(names)}")
         t = found[0]
         if _tensor(t, "label output")[0] != len(decisions):
-            raise GuardError("label output rows do not match the decisions")
+            raise PayloadError("label output rows do not match the decisions")
         text = t.get("datatype") == "BYTES"
         t["shape"] = [len(decisions)]
         t["data"] = [str(d) for d in decisions] if text else decisions

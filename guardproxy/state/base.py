@@ -9,8 +9,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from guardproxy.monitors.fairness import GroupCounts
 from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
+from guardproxy.state.counts import GroupCounts
 
 DEFAULT_TTL = 24 * 3600.0
 DEFAULT_MAX_RECORDS = 200_000

@@ -9,7 +9,6 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
-from guardproxy.monitors.fairness import GroupCounts
 from guardproxy.policy.thresholds import ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
@@ -20,6 +19,7 @@ from guardproxy.state.base import (
     PredictionRecord,
     bin_field,
 )
+from guardproxy.state.counts import GroupCounts
 
 NO_LABEL = -1
 _VALUES = attrgetter(*(f.name for f in fields(PredictionRecord)))

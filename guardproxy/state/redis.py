@@ -10,7 +10,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from guardproxy.monitors.fairness import GroupCounts
 from guardproxy.policy.thresholds import ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
@@ -24,6 +23,7 @@ from guardproxy.state.base import (
     table_from_json,
     table_to_json,
 )
+from guardproxy.state.counts import GroupCounts
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "guardproxy:"

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.breaker.board import SHARED, BreakerBoard, describe, mark, settle
+from guardproxy.breaker.board import SHARED, BreakerBoard, describe
 from guardproxy.breaker.state import Admission, Transition
-from guardproxy.guards.exchange import Exchange
-from guardproxy.policy.models import Policy
-from guardproxy.policy.table import PolicyTable, compile_policy
+from guardproxy.hotpath.admission import settle
 from guardproxy.policy.thresholds import Snapshot
-from guardproxy.testing import serving, upstream_app
+from tests.breaker.tables import CREDIT, FRAUD, table
 
 RULE = {"when": "upstream.error_rate", "above": 0.5, "windows": 1}
-FRAUD, CREDIT = "/v2/models/fraud/infer", "/v2/models/credit/infer"
-
-
-def table(routes: tuple[str, ...] = ("/v2/models/*/infer",), **regions: Any) -> PolicyTable:
-    """A table with a default region plus the given ones (name -> breaker section)."""
-    entries = {"default": {}, **regions}
-    compiled = {
-        name: compile_policy(
-            Policy.model_validate(
-                {"region": name, "breaker": breaker, "model": {"routes": list(routes)}}
-            )
-        )
-        for name, breaker in entries.items()
-    }
-    return PolicyTable(compiled, "default")
 
 
 class Clock:
@@ -130,41 +111,11 @@ def test_probe_outcome_goes_to_the_half_open_state() -> None:
     assert breaker.state_name == "open" and breaker.reason == "probe failed"
 
 
-def test_mark_annotates_and_flags_for_sampling() -> None:
-    board = BreakerBoard(Snapshot(table(sg={})))
-    breaker = board.breaker("sg")
-    assert breaker is not None
-    breaker.force("forced_open", "t")
-    ex = Exchange("r", "sg", "POST", "/", CIMultiDictProxy(CIMultiDict[str]()), b"", 0.0)
-    mark(ex, breaker, Admission.OPEN, fallback=True)
-    assert ex.annotations == {"X-Guard-Breaker": "forced_open", "X-Guard-Upstream": "fallback"}
-    assert ex.flags == ["breaker:open", "breaker:fallback"]
-
-
 def test_describe_names_reason_and_numbers() -> None:
     event = Transition("eu", "closed", "open", "tripped: x", {"drift.age.psi": 0.41234}, 0.0)
     assert describe(event) == (
         "breaker eu: closed -> open (tripped: x); last window: drift.age.psi=0.4123"
     )
-
-
-async def test_fallback_pools_follow_the_lifecycle_and_policy_swaps() -> None:
-    async with serving(upstream_app()) as url:
-        fallback = {"open": {"action": "fallback", "upstream": url}}
-        snapshot = Snapshot(table(sg=fallback))
-        board = BreakerBoard(snapshot)
-        breaker = board.breaker("sg")
-        assert breaker is not None and board.fallback(breaker) is None  # not started
-        await board.start()
-        pool = board.fallback(breaker)
-        assert pool is not None
-        async with pool.session.get(pool.url_for("/status/200")) as response:
-            assert response.status == 200
-        snapshot.publish(table(sg={}))
-        board.tick()
-        assert board.fallbacks == {} and board.status()["fallbacks"] == {}
-        await board.stop()
-        assert pool._session is None
 
 
 def trip(board: BreakerBoard, clock: Clock, path: str, region: str = "sg") -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from guardproxy.monitors.fairness import GroupCounts, fairness_report
+from guardproxy.monitors.fairness import counts_of_arrays, fairness_report
 from guardproxy.monitors.histograms import ScoreHistogram
 from guardproxy.monitors.stats import wilson_interval
+from guardproxy.state.counts import GroupCounts
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -51,12 +52,12 @@ def test_record_counts_each_confusion_cell() -> None:
 
 def test_from_arrays_matches_record_and_merge_adds() -> None:
     pred, labels = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
-    batch = GroupCounts.from_arrays(pred, labels)
+    batch = counts_of_arrays(pred, labels)
     one = GroupCounts()
     for p, y in zip(pred, labels, strict=True):
         one.record(bool(p), bool(y))
     assert batch == one
-    merged = batch.merge(GroupCounts.from_arrays([1, 0]))
+    merged = batch.merge(counts_of_arrays([1, 0]))
     assert merged.decisions == 7 and merged.selected == 4 and merged.tp == 2
 
 
@@ -66,8 +67,8 @@ def test_counts_round_trip_through_a_redis_hash() -> None:
     client.delete(key)
     try:
         for replica in (
-            GroupCounts.from_arrays([1, 0, 1], [1, 0, 0]),
-            GroupCounts.from_arrays([0], [1]),
+            counts_of_arrays([1, 0, 1], [1, 0, 0]),
+            counts_of_arrays([0], [1]),
         ):
             for field, value in replica.to_dict().items():
                 client.hincrby(key, field, value)

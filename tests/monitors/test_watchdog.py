@@ -21,11 +21,12 @@ from guardproxy.demo.model import FEATURES, adult_rows, load_model
 from guardproxy.demo.server import v2_request
 from guardproxy.guards.exchange import Exchange, Verdict, dumps
 from guardproxy.monitors.drift import WindowResult
-from guardproxy.monitors.fairness import GroupCounts, fairness_report
+from guardproxy.monitors.fairness import fairness_report
 from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, counts_of, rounds
 from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledPolicy, PolicyTable, builtin_table, compile_policy
 from guardproxy.policy.thresholds import Snapshot
+from guardproxy.state.counts import GroupCounts
 
 ROWS = list(adult_rows())
 MODEL = load_model()

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from guardproxy.guards.base import GuardError
 from guardproxy.payloads import JsonPath, Payload, compile_payload
+from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec, ScoreSpec
 
 
@@ -54,7 +54,7 @@ def test_v2_rows_features_and_columns() -> None:
     assert payload.feature(V2_REQUEST, "age") == [39, 50, 38]
     assert payload.feature(V2_REQUEST, "sex") == ["Male", "Female", "Male"]
     assert payload.feature(V2_REQUEST, "capital") == [2174, 0, 0]
-    with pytest.raises(GuardError, match="no input or column named 'race'"):
+    with pytest.raises(PayloadError, match="no input or column named 'race'"):
         payload.feature(V2_REQUEST, "race")
 
 
@@ -78,7 +78,7 @@ def test_v2_scores_by_output_and_column() -> None:
     ],
 )
 def test_v2_bad_answers_raise_guard_errors(answer: Any, message: str) -> None:
-    with pytest.raises(GuardError, match=message):
+    with pytest.raises(PayloadError, match=message):
         preset("kserve_v2", output="score").scores(answer)
 
 
@@ -116,7 +116,7 @@ def test_v2_rewrite_replaces_predict() -> None:
     answer = {"outputs": [dict(o) for o in V2_PROBA["outputs"]]}
     preset("kserve_v2").rewrite(answer, [1, 1, 0])
     assert answer["outputs"][0]["data"] == [1, 1, 0]
-    with pytest.raises(GuardError, match="no label output named label or predict"):
+    with pytest.raises(PayloadError, match="no label output named label or predict"):
         preset("kserve_v2").rewrite({"outputs": [V2_PROBA["outputs"][1]]}, [1, 1, 0])
 
 
@@ -132,7 +132,7 @@ def test_tfserving_rows_columns_and_predictions() -> None:
     assert payload.scores(answer) == pytest.approx([0.2, 0.9])
     assert preset("tfserving").scores({"predictions": [[0.3], [0.8]]}) == pytest.approx([0.3, 0.8])
     assert preset("tfserving", output="p").scores({"outputs": {"p": [0.4]}}) == [0.4]
-    with pytest.raises(GuardError, match=r"no feature named .age."):
+    with pytest.raises(PayloadError, match=r"no feature named .age."):
         preset("tfserving").feature({"instances": [[1, 2]]}, "age")
 
 
@@ -190,7 +190,7 @@ def test_openai_texts_and_no_score() -> None:
         "a",
         "a",
     ]
-    with pytest.raises(GuardError, match="carry no score"):
+    with pytest.raises(PayloadError, match="carry no score"):
         payload.scores(answer)
 
 

@@ -1,0 +1,97 @@
+"""Admission on the hot path: the breaker's verdict applied to an exchange, fallback pools."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from guardproxy.breaker.state import Admission, CircuitBreaker
+from guardproxy.guards.exchange import Exchange
+from guardproxy.hotpath.upstream import Timeouts, Upstream
+from guardproxy.policy.table import PolicyTable
+
+OPEN_FLAG = "breaker:open"
+FALLBACK_FLAG = "breaker:fallback"
+
+
+def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: bool) -> None:
+    """Count one primary upstream call; a probe's outcome also goes to the half-open state."""
+    breaker.record_upstream(status, seconds)
+    if probe:
+        breaker.probe_done(status is not None and status < 500)
+
+
+def mark(ex: Exchange, breaker: CircuitBreaker, admission: Admission, fallback: bool) -> None:
+    """Annotate an exchange served while the breaker is not closed (flags force sampling)."""
+    ex.annotations["X-Guard-Breaker"] = breaker.state_name
+    if admission is Admission.OPEN:
+        ex.flags.append(OPEN_FLAG)
+    if fallback:
+        ex.annotations["X-Guard-Upstream"] = "fallback"
+        ex.flags.append(FALLBACK_FLAG)
+
+
+class Fallbacks:
+    """The fallback upstream pools the policies' open actions name, opened and closed with them."""
+
+    def __init__(self, timeouts: Timeouts, pool_size: int = 100) -> None:
+        self.timeouts, self.pool_size = timeouts, pool_size
+        self.pools: dict[str, Upstream] = {}
+        self._ready: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+
+    def get(self, breaker: CircuitBreaker) -> Upstream | None:
+        """The started pool of a fallback breaker, None when not ready (or no fallback)."""
+        url = breaker.spec.open.upstream
+        if breaker.open_action != "fallback" or url not in self._ready:
+            return None
+        return self.pools[url]
+
+    def follow(self, table: PolicyTable) -> None:
+        """Open pools for new fallback URLs, close those no policy names any more."""
+        wanted = {
+            entry.policy.breaker.open.upstream
+            for entry in table.regions.values()
+            if entry.policy.breaker.open.action == "fallback" and entry.policy.breaker.open.upstream
+        }
+        for url in sorted(wanted - self.pools.keys()):
+            self.pools[url] = Upstream(url, self.timeouts, self.pool_size)
+            if self._running:
+                self._spawn(self._start_pool(url))
+        for url in sorted(self.pools.keys() - wanted):
+            self._ready.discard(url)
+            pool = self.pools.pop(url)
+            if self._running:  # a pool never started has nothing to close
+                self._spawn(pool.close())
+
+    async def _start_pool(self, url: str) -> None:
+        pool = self.pools.get(url)
+        if pool is not None:
+            await pool.start()
+            self._ready.add(url)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Open every pool."""
+        self._running = True
+        for url in sorted(self.pools):
+            await self._start_pool(url)
+
+    async def stop(self) -> None:
+        """Close every pool."""
+        self._running = False
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._ready.clear()
+        for pool in self.pools.values():
+            await pool.close()
+
+    def status(self) -> dict[str, bool]:
+        """Each fallback URL and whether its pool is ready."""
+        return {url: url in self._ready for url in sorted(self.pools)}

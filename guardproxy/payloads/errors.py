@@ -1,0 +1,7 @@
+"""The one error every payload accessor and guard raises for a payload it cannot read."""
+
+from __future__ import annotations
+
+
+class PayloadError(Exception):
+    """A request or answer is not shaped as the protocol and the policy say."""
