@@ -47,6 +47,7 @@ class Settings:
     samples_dir: Path = Path("/tmp/guardproxy-samples")
     admin_token: str | None = None
     feedback_token: str | None = None
-    queue_size: int = 10_000
+    queue_size: int = 10_000  # samples waiting to be written
+    monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None

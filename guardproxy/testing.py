@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ from guardproxy.settings import Settings
 __all__ = [
     "PATTERN",
     "RunningProxy",
+    "eventually",
     "proxy_settings",
     "running_proxy",
     "serving",
@@ -23,6 +25,22 @@ __all__ = [
 ]
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of every byte value
+
+
+async def eventually(
+    check: Callable[[], object], within: float = 10.0, every: float = 0.01
+) -> None:
+    """Poll until `check()` is true (awaiting a coroutine result); fail after `within` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within} s: {check}")
+        await asyncio.sleep(every)
 
 
 @asynccontextmanager

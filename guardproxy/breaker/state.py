@@ -36,6 +36,7 @@ class Transition:
     """One state change, as listeners receive it."""
 
     region: str
+    model: str
     old: str
     new: str
     reason: str
@@ -85,6 +86,7 @@ class Closed(State):
 
     def enter(self, breaker: CircuitBreaker) -> None:
         breaker.reset_streaks()
+        breaker.tripped_by = set()
 
     def admit(self, breaker: CircuitBreaker) -> Admission:
         return Admission.PASS
@@ -116,6 +118,8 @@ class HalfOpen(State):
 
     def enter(self, breaker: CircuitBreaker) -> None:
         breaker.probes_admitted = breaker.probes_ok = breaker.healthy_windows = 0
+        # A drift trip must be disproved by the probes' own window before the breaker closes.
+        breaker.pending = {w for w in breaker.tripped_by if w.startswith("drift.")}
 
     def admit(self, breaker: CircuitBreaker) -> Admission:
         if breaker.probes_admitted < breaker.probe_cap:
@@ -127,9 +131,12 @@ class HalfOpen(State):
         if crossed:
             breaker.transition(OPEN, "unhealthy window in half-open: " + ", ".join(crossed))
             return
+        breaker.pending -= breaker.window_values.keys()
         if breaker.probes_ok == 0:
             return
         breaker.healthy_windows += 1
+        if breaker.pending:
+            return
         if breaker.healthy_windows >= breaker.spec.half_open.close_after_windows:
             breaker.transition(CLOSED, f"{breaker.healthy_windows} healthy windows with probes")
 
@@ -206,7 +213,7 @@ class UpstreamWindow:
 
 
 class CircuitBreaker:
-    """One region's breaker, fed with monitor windows and upstream outcomes."""
+    """One model's breaker, fed with monitor windows and upstream outcomes."""
 
     def __init__(
         self,
@@ -215,8 +222,10 @@ class CircuitBreaker:
         listeners: Iterable[Listener] = (),
         region: str = "default",
         wall_clock: Clock = time.time,
+        model: str = "*",
     ) -> None:
         self.spec, self.clock, self.region, self.wall_clock = spec, clock, region, wall_clock
+        self.model = model
         self.listeners = list(listeners)
         self.open_action = spec.open.action
         self.probe_cap = spec.half_open.probes
@@ -226,6 +235,9 @@ class CircuitBreaker:
         self.probes_admitted = self.probes_ok = self.healthy_windows = 0
         self.listener_errors = 0
         self.reason = "start"
+        self.tripped_by: set[str] = set()  # monitors whose rules tripped since last closed
+        self.pending: set[str] = set()  # drift monitors half-open still waits to see healthy
+        self.window_values: Mapping[str, float] = MappingProxyType({})
         self.last_values: Mapping[str, float] = MappingProxyType({})
         self.upstream = UpstreamWindow(spec.slow_call, clock())
         self.state: State = CLOSED
@@ -263,6 +275,7 @@ class CircuitBreaker:
     def observe_window(self, values: Mapping[str, float]) -> None:
         """Feed one completed window of any monitor; absent monitors keep their streak."""
         self.last_values = MappingProxyType({**self.last_values, **values})
+        self.window_values = values
         crossed: list[str] = []
         tripped: list[str] = []
         for i, rule in enumerate(self.spec.trip):
@@ -275,6 +288,7 @@ class CircuitBreaker:
                 self.streaks[i] = 0
             if self.streaks[i] >= rule.windows:
                 tripped.append(crossed[-1])
+                self.tripped_by.add(rule.when)
         self.state.on_window(self, crossed, tripped)
 
     def force(self, state: OperatorState, reason: str) -> None:
@@ -297,7 +311,7 @@ class CircuitBreaker:
         self.reason, self.since_wall = reason, self.wall_clock()
         new.enter(self)
         event = Transition(
-            self.region, old.name, new.name, reason, self.last_values, self.since_wall
+            self.region, self.model, old.name, new.name, reason, self.last_values, self.since_wall
         )
         for listener in self.listeners:
             try:
@@ -318,6 +332,7 @@ class CircuitBreaker:
         """A JSON-able view for the admin status page."""
         return {
             "region": self.region,
+            "model": self.model,
             "state": self.state.name,
             "since": datetime.fromtimestamp(self.since_wall, UTC).isoformat(),
             "reason": self.reason,
@@ -327,4 +342,5 @@ class CircuitBreaker:
             "probes_admitted": self.probes_admitted,
             "probes_ok": self.probes_ok,
             "probe_cap": self.probe_cap,
+            "waiting_for": sorted(self.pending),
         }

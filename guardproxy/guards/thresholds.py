@@ -6,6 +6,7 @@ from guardproxy.guards.exchange import Exchange, Verdict, is_json_answer
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import DecisionSpec
+from guardproxy.policy.routes import version_label
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 
 _FORMAT = "{:.4g}".format
@@ -21,9 +22,11 @@ class DecisionGuard:
         spec: DecisionSpec,
         payload: Payload,
         thresholds: Snapshot[ThresholdTable],
+        model: tuple[str, str],
         missing_group: str = "*",
     ) -> None:
         self.on_error = spec.on_error
+        self._model = model
         self._payload = payload
         self._snapshot = thresholds
         self._static = dict(spec.per_group)
@@ -31,9 +34,9 @@ class DecisionGuard:
         self._annotate = spec.annotate
         self._missing = missing_group
 
-    def threshold(self, region: str, group: str, key: str) -> float:
-        """The threshold for (region, group); a learned rule wins over the policy's."""
-        rule = self._snapshot.current.rule(region, group)
+    def threshold(self, version: str, group: str, key: str) -> float:
+        """The threshold for a model version's group; a learned rule wins over the policy's."""
+        rule = self._snapshot.current.rule((*self._model, version), group)
         if rule is not None:
             return rule.threshold_for(key)
         return self._static.get(group, self._default)
@@ -49,12 +52,12 @@ class DecisionGuard:
     def decide(self, ex: Exchange, scores: list[float]) -> tuple[list[str], list[float], list[int]]:
         """(groups, thresholds, decisions) per row; row i > 0 draws with "<id>:<i>"."""
         groups = self._groups(ex, len(scores))
-        rid, region, threshold = ex.request_id, ex.region, self.threshold
+        rid, version, threshold = ex.request_id, ex.version, self.threshold
         if len(scores) == 1:  # the common case, kept cheap
-            t = threshold(region, groups[0], rid)
+            t = threshold(version, groups[0], rid)
             return groups, [t], [1 if scores[0] >= t else 0]
         thresholds = [
-            threshold(region, g, f"{rid}:{i}" if i else rid) for i, g in enumerate(groups)
+            threshold(version, g, f"{rid}:{i}" if i else rid) for i, g in enumerate(groups)
         ]
         return (
             groups,
@@ -69,8 +72,15 @@ class DecisionGuard:
         """Decide every row, then record and report all of it at once."""
         if not is_json_answer(ex):
             return
-        doc = ex.response_json()
-        scores = self._payload.scores(doc)
+        try:
+            doc = ex.response_json()
+            scores = self._payload.scores(doc)
+        except (PayloadError, ValueError):
+            # Loud, not silent: the client sees it, and the model's unscored count grows.
+            ex.unscored = True
+            ex.annotations["X-Guard-Decision"] = "unscored"
+            raise
+        ex.version = version_label(self._payload.version(doc)) or ex.version
         groups, thresholds, decisions = self.decide(ex, scores)
         self._report(ex, doc, decisions, thresholds)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from guardproxy.breaker.state import Admission, CircuitBreaker
@@ -13,6 +14,21 @@ from guardproxy.policy.table import PolicyTable
 
 OPEN_FLAG = "breaker:open"
 FALLBACK_FLAG = "breaker:fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """How the breaker let one exchange through."""
+
+    breaker: CircuitBreaker
+    admission: Admission
+    fallback: bool
+
+    @property
+    def state(self) -> str:
+        """The breaker's state when it was not closed, else ""."""
+        name = self.breaker.state_name
+        return "" if name == "closed" else name
 
 
 def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: bool) -> None:
@@ -52,9 +68,10 @@ class Fallbacks:
     def follow(self, table: PolicyTable) -> None:
         """Open pools for new fallback URLs, close those no policy names any more."""
         wanted = {
-            entry.policy.breaker.open.upstream
+            model.spec.breaker.open.upstream
             for entry in table.regions.values()
-            if entry.policy.breaker.open.action == "fallback" and entry.policy.breaker.open.upstream
+            for model in entry.models
+            if model.spec.breaker.open.action == "fallback" and model.spec.breaker.open.upstream
         }
         for url in sorted(wanted - self.pools.keys()):
             self.pools[url] = Upstream(url, self.timeouts, self.pool_size)

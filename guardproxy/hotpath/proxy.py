@@ -17,8 +17,9 @@ from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import CLOSED, Admission, CircuitBreaker
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply, dumps
-from guardproxy.hotpath.admission import Fallbacks, mark, settle
+from guardproxy.hotpath.admission import Admitted, Fallbacks, mark, settle
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
+from guardproxy.hotpath.observation import Observation, observe
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
@@ -26,14 +27,15 @@ from guardproxy.hotpath.upstream import (
     forward_response_headers,
     map_error,
 )
-from guardproxy.policy.table import CompiledPolicy, PolicyTable
+from guardproxy.policy.routes import path_version
+from guardproxy.policy.table import CompiledModel, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 
 log = logging.getLogger("guardproxy.proxy")
 
 NO_BODY_STATUS = frozenset({204, 304})
 JSON_TYPES = ("application/json", "application/x-ndjson")
-Observer = Callable[[Exchange, CompiledPolicy], None]
+Observer = Callable[[Observation], None]
 
 
 @dataclass(slots=True)
@@ -42,24 +44,28 @@ class ProxyCounts:
 
     requests: int = 0
     guarded: int = 0
+    unguarded: int = 0
     in_flight: int = 0
     unknown_region: int = 0
     upstream_errors: dict[int, int] = field(default_factory=dict)
     aborted: int = 0
     blocked: int = 0
     unguarded_streams: int = 0
+    observer_errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able view for /status."""
         return {
             "requests": self.requests,
             "guarded": self.guarded,
+            "unguarded": self.unguarded,
             "in_flight": self.in_flight,
             "unknown_region": self.unknown_region,
             "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
             "aborted": self.aborted,
             "blocked": self.blocked,
             "unguarded_streams": self.unguarded_streams,
+            "observer_errors": dict(self.observer_errors),
         }
 
 
@@ -110,9 +116,11 @@ class Proxy:
         counts.unknown_region += not known
         counts.in_flight += 1
         try:
-            if policy.chain is not None and policy.routes.matches(request.path):
+            model = policy.match(request.path)
+            if model is not None and model.chain is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, policy)
+                return await self._guarded(request, request_id, model)
+            counts.unguarded += 1
             return await self._stream(request, request_id)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
@@ -185,36 +193,39 @@ class Proxy:
         return response
 
     async def _guarded(
-        self, request: web.Request, request_id: str, policy: CompiledPolicy
+        self, request: web.Request, request_id: str, model: CompiledModel
     ) -> web.StreamResponse:
-        chain = cast(GuardChain, policy.chain)
-        breaker = self.breakers.get(policy, request.path)
+        chain = cast(GuardChain, model.chain)
+        breaker = self.breakers.get(model)
         admission = breaker.admit()
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":
             fallback = self.fallbacks.get(breaker)
             if fallback is None:
                 self.breakers.rejected += 1
-                return _breaker_open(request_id, policy, breaker)
+                return _breaker_open(request_id, model, breaker)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             return error_response(413, exc.text or "request body too large", request_id)
         ex = Exchange(
             request_id=request_id,
-            region=policy.region,
+            region=model.region,
+            model=model.name,
             method=request.method,
             path=request.path,
             headers=request.headers,
             body=body,
             started=time.perf_counter(),
+            version=path_version(request.path),
         )
+        admitted = Admitted(breaker, admission, fallback is not None)
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, fallback is not None)
         await chain.on_request(ex)
         if ex.reply is not None:
             await chain.observe(ex)
-            return self._finish_reply(ex, policy)
+            return self._finish_reply(ex, model, admitted)
         began = time.perf_counter()
         try:
             upstream_response = await self._send(
@@ -233,56 +244,72 @@ class Proxy:
             ex.status = exc.status
             ex.errors.append(exc.message)
             await chain.observe(ex)  # an errored exchange is always sampled
+            self._observe(ex, model, admitted)
             raise
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
             await chain.observe(ex)
         if ex.reply is not None:
-            return self._finish_reply(ex, policy)
-        return self._finish(ex, policy)
+            return self._finish_reply(ex, model, admitted)
+        return self._finish(ex, model, admitted)
 
-    def _finish(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+    def _finish(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
         headers = ex.response_headers
         body = ex.final_response_body()
         if ex.response_changed:
             headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
-        _annotate(headers, ex, policy)
-        self._observe(ex, policy)
+        _annotate(headers, ex, model)
+        self._observe(ex, model, admitted)
         return web.Response(status=ex.status, body=body, headers=headers)
 
-    def _finish_reply(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+    def _finish_reply(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
         reply: Reply = ex.reply  # type: ignore[assignment]
         self.counts.blocked += 1
         ex.status = reply.status
         response = error_response(reply.status, reply.error, ex.request_id, **reply.details)
         response.headers.update(reply.headers)
-        _annotate(response.headers, ex, policy)
-        self._observe(ex, policy)
+        _annotate(response.headers, ex, model)
+        self._observe(ex, model, admitted)
         return response
 
-    def _observe(self, ex: Exchange, policy: CompiledPolicy) -> None:
+    def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
+        """Hand every observer the same immutable record; a failing observer is counted."""
+        observation = observe(ex, model, admitted)
         for observer in self.observers:
-            observer(ex, policy)
+            try:
+                observer(observation)
+            except Exception:
+                name = getattr(observer, "__qualname__", type(observer).__name__)
+                errors = self.counts.observer_errors
+                errors[name] = errors.get(name, 0) + 1
+                log.exception("observer %s failed on %s", name, ex.request_id)
 
 
-def _breaker_open(request_id: str, policy: CompiledPolicy, breaker: CircuitBreaker) -> web.Response:
+def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker) -> web.Response:
     """503 while the breaker is open (reject, or a fallback that is not ready)."""
     response = error_response(
-        503, "circuit breaker open", request_id, region=policy.region, reason=breaker.reason
+        503,
+        "circuit breaker open",
+        request_id,
+        region=model.region,
+        model=model.name,
+        reason=breaker.reason,
     )
     response.headers["Retry-After"] = str(breaker.retry_after())
     response.headers["X-Guard-Breaker"] = breaker.state_name
-    response.headers["X-Guard-Region"] = policy.region
-    response.headers["X-Guard-Policy"] = policy.version
+    response.headers["X-Guard-Region"] = model.region
+    response.headers["X-Guard-Model"] = model.name
+    response.headers["X-Guard-Policy"] = model.policy_version
     return response
 
 
-def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, policy: CompiledPolicy) -> None:
+def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, model: CompiledModel) -> None:
     headers["X-Request-Id"] = ex.request_id
-    headers["X-Guard-Region"] = policy.region
-    headers["X-Guard-Policy"] = policy.version
+    headers["X-Guard-Region"] = model.region
+    headers["X-Guard-Model"] = model.name
+    headers["X-Guard-Policy"] = model.policy_version
     headers.update(ex.annotations)
 
 

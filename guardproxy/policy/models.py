@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from guardproxy.policy.merge import deep_merge
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -57,22 +59,6 @@ class ScoreSpec(Strict):
         if self.range[0] >= self.range[1]:
             raise ValueError("score.range must be [low, high] with low < high")
         return self
-
-
-class ModelSpec(Strict):
-    """The model server's protocol and the routes whose answers are guarded."""
-
-    protocol: Protocol = "kserve_v2"
-    routes: tuple[str, ...] = ("/v2/models/*/infer",)
-    score: ScoreSpec = ScoreSpec()
-
-    @field_validator("routes")
-    @classmethod
-    def _absolute_routes(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
-        for route in routes:
-            if not route.startswith("/"):
-                raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
-        return routes
 
 
 class GroupAttribute(Strict):
@@ -325,13 +311,22 @@ class BreakerSpec(Strict):
     slow_call: Duration = 1.0  # an upstream call slower than this is slow
 
 
-class Policy(Strict):
-    """One region's policy, after `extends` has been merged."""
+NAME = r"^[A-Za-z0-9_.-]+$"
+# Where each protocol's requests arrive, for a model named {name}; `*` is one path segment.
+DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
+    "kserve_v2": ("/v2/models/{name}/infer", "/v2/models/{name}/versions/*/infer"),
+    "tfserving": ("/v1/models/{name}:predict", "/v1/models/{name}/versions/*:predict"),
+    "mlflow": ("/invocations",),
+    "seldon_v1": ("/api/v1.0/predictions",),
+    "openai": ("/v1/chat/completions",),
+    "jsonpath": (),
+}
+SECTIONS = ("groups", "decision", "labels", "sampling", "drift", "fairness", "breaker")
 
-    region: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    extends: str | None = None
-    description: str = ""
-    model: ModelSpec = ModelSpec()
+
+class Sections(Strict):
+    """What a model is guarded with; region-level values are every model's defaults."""
+
     groups: GroupSpec = GroupSpec()
     decision: DecisionSpec = DecisionSpec()
     labels: LabelsSpec = LabelsSpec()
@@ -340,9 +335,43 @@ class Policy(Strict):
     fairness: FairnessSpec | None = None
     breaker: BreakerSpec = BreakerSpec()
 
+
+class ModelPolicy(Sections):
+    """One model behind the proxy: its protocol, routes, score, and its own sections."""
+
+    name: str = Field(pattern=NAME)
+    description: str = ""
+    protocol: Protocol = "kserve_v2"
+    routes: tuple[str, ...] = ()
+    score: ScoreSpec = ScoreSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        routes = data.get("routes")
+        if not routes:
+            protocol = data.get("protocol", "kserve_v2")
+            if protocol == "jsonpath":
+                raise ValueError("protocol jsonpath needs routes (the paths its requests use)")
+            routes = DEFAULT_ROUTES.get(protocol, ())
+        if isinstance(routes, list | tuple) and isinstance(data.get("name"), str):
+            name = data["name"]
+            routes = [r.replace("{name}", name) if isinstance(r, str) else r for r in routes]
+        return {**data, "routes": routes}
+
+    @field_validator("routes")
+    @classmethod
+    def _absolute_routes(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
+        for route in routes:
+            if not route.startswith("/"):
+                raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
+        return routes
+
     @model_validator(mode="after")
-    def _cross_checks(self) -> Policy:
-        low, high = self.model.score.range
+    def _cross_checks(self) -> ModelPolicy:
+        low, high = self.score.range
         declared = set(self.groups.values)
         for group, value in self.decision.per_group.items():
             if group not in declared:
@@ -351,18 +380,58 @@ class Policy(Strict):
                 raise ValueError(f"threshold {value} for {group!r} is outside score range")
         if not low <= self.decision.threshold <= high:
             raise ValueError(f"decision.threshold {self.decision.threshold} is outside score range")
-        signals = {"score"} | {s.input for s in self._signal_specs()}
-        for rule in self.breaker.trip:
-            parts = rule.when.split(".")
-            if parts[0] == "drift" and ".".join(parts[1:-1]) not in signals:
-                raise ValueError(f"breaker rule {rule.when!r} names no drift signal")
-            if parts[0] == "drift" and self.drift is None:
-                raise ValueError(f"breaker rule {rule.when!r} needs a drift section")
-            if parts[0] == "fairness" and self.fairness is None:
-                raise ValueError(f"breaker rule {rule.when!r} needs a fairness section")
+        self._check_trip_rules()
         return self
 
-    def _signal_specs(self) -> list[SignalSpec]:
+    def _check_trip_rules(self) -> None:
+        signals = {"score"} | {s.input for s in self.signal_specs()}
+        for rule in self.breaker.trip:
+            parts = rule.when.split(".")
+            if parts[0] == "drift" and self.drift is None:
+                raise ValueError(f"breaker rule {rule.when!r} needs a drift section")
+            if parts[0] == "drift" and ".".join(parts[1:-1]) not in signals:
+                raise ValueError(f"breaker rule {rule.when!r} names no drift signal")
+            if parts[0] == "fairness" and self.fairness is None:
+                raise ValueError(f"breaker rule {rule.when!r} needs a fairness section")
+
+    def signal_specs(self) -> list[SignalSpec]:
+        """The drift section's input signals."""
         if self.drift is None:
             return []
         return [s for s in self.drift.signals if isinstance(s, SignalSpec)]
+
+
+class Policy(Sections):
+    """One region's policy after `extends`: defaults, and every model with them merged in."""
+
+    region: str = Field(pattern=NAME)
+    extends: str | None = None
+    description: str = ""
+    models: tuple[ModelPolicy, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_under_models(cls, data: object) -> object:
+        """Each model's sections merged over the region's: a model overrides what it names."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list | tuple):
+            return data
+        defaults = {k: v for k, v in data.items() if k in SECTIONS}
+        models = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in data["models"]]
+        return {**data, "models": models}
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_names(cls, models: tuple[ModelPolicy, ...]) -> tuple[ModelPolicy, ...]:
+        seen: set[str] = set()
+        for model in models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is declared twice")
+            seen.add(model.name)
+        return models
+
+    def model(self, name: str) -> ModelPolicy:
+        """A declared model by name (KeyError when there is none)."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
