@@ -25,11 +25,11 @@ from .manifests import (
     Doc,
     docs,
     kustomization,
+    needs_kustomize,
     of_kind,
     one,
     pod_spec,
     render,
-    needs_kustomize,
 )
 
 MONITORING = K8S / "monitoring"

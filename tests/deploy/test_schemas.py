@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from .manifests import ROOT, Doc, needs_kustomize, render, roots
