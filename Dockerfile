@@ -10,8 +10,7 @@ LABEL org.opencontainers.image.title="guardproxy" \
       org.opencontainers.image.description="A sidecar that applies fairness, label and drift policies inline in front of any model server" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.documentation="k8s/README.md in the source repository"
+      org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

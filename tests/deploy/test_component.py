@@ -161,11 +161,20 @@ def team_deployment(example: str) -> Doc:
 
 def test_the_model_containers_stay_exactly_as_written(example: str, spec: Doc) -> None:
     written = pod_spec(team_deployment(example))
-    assert spec["containers"] == written["containers"]
-    assert spec.get("securityContext") == written.get("securityContext")
+    for key in set(written) | set(spec):
+        if key not in ("initContainers", "volumes"):
+            assert spec.get(key) == written.get(key), key  # containers, securityContext, ...
     assert written.get("initContainers", []) == spec["initContainers"][:-1]
     theirs = {v["name"] for v in written.get("volumes", [])}
     assert theirs <= {v["name"] for v in spec["volumes"]}
+
+
+def test_the_deployment_keeps_its_selector(example: str) -> None:
+    written = team_deployment(example)
+    (deployment,) = guarded(render(EXAMPLES / example))
+    assert deployment["spec"]["selector"] == written["spec"]["selector"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert written["spec"]["template"]["metadata"]["labels"].items() <= labels.items()
 
 
 def test_the_sidecar_names_collide_with_nothing_of_the_team(example: str, spec: Doc) -> None:

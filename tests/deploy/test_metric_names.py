@@ -164,7 +164,7 @@ def test_every_panel_reads_exported_series(exported: Exported) -> None:
 
 def test_pending_names_are_not_exported_yet(exported: Exported) -> None:
     labels = set().union(*exported.values())
-    landed = [p for p in PENDING if p in exported or f"{p}_total" in exported or p in labels]
+    landed = [p for p in PENDING if p in exported or p in labels]
     assert landed == [], f"exported now, remove from PENDING: {landed}"
     used = "\n".join(alert_exprs().values())
     assert all(re.search(rf"\b{p}\b", used) for p in PENDING), "a pending name nothing uses"
