@@ -146,7 +146,7 @@ def apply_response(msg: pb.ModelInferResponse, doc: Mapping[str, Any]) -> None:
     raws = [_raw_bytes(t, old_raw.get(t.name), outputs[i]) for i, t in enumerate(tensors)]
     del msg.outputs[:]
     del msg.raw_output_contents[:]
-    for tensor, raw, src in zip(tensors, raws, outputs, strict=True):
+    for tensor, _raw, src in zip(tensors, raws, outputs, strict=True):
         if not use_raw:
             _fill_typed(tensor, src)
         msg.outputs.append(tensor)

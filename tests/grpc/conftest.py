@@ -64,10 +64,10 @@ async def stack() -> AsyncIterator[Stack]:
         await server.stop(1.0)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll until check() holds (AssertionError after timeout)."""
+async def eventually(check: Callable[[], bool], limit: float = 5.0) -> None:
+    """Poll until check() holds (AssertionError after `limit` seconds)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not check():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")

@@ -25,10 +25,10 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
         self.deadlines: list[float | None] = []
         self.cancelled = 0
 
-    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:  # noqa: N802
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         self.metadata.append(dict(context.invocation_metadata()))
         self.deadlines.append(context.time_remaining())
         if request.model_name == "slow":
@@ -42,7 +42,7 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "model ran out of memory")
         return answer(request)
 
-    async def ModelStreamInfer(  # noqa: N802
+    async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in requests:
