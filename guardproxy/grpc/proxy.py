@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn
 import grpc
 from grpc import aio
 
+from .documents import apply_response, request_document, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import Allow, AllowAll, InferCall, InferHook, Metadata, Refuse, refusal_trailers
 from .stats import GrpcStats
@@ -187,8 +188,6 @@ class GrpcProxy:
         self, method: str, request: bytes, context: aio.ServicerContext[bytes, bytes]
     ) -> InferCall | None:
         """The request as an InferCall; None (counted) when it cannot be decoded."""
-        from .documents import request_document
-
         try:
             msg = pb.ModelInferRequest.FromString(request)
             doc = request_document(msg)
@@ -214,8 +213,6 @@ class GrpcProxy:
         self, call: InferCall, answer: bytes, context: aio.ServicerContext[bytes, bytes]
     ) -> tuple[bytes, Metadata]:
         """Run the answer hook: the (maybe changed) answer and the metadata to add."""
-        from .documents import apply_response, response_document
-
         try:
             msg = pb.ModelInferResponse.FromString(answer)
             verdict = await self.hook.on_response(call, response_document(msg))
