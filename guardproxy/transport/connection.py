@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 
@@ -45,6 +47,7 @@ class Shared:
     connections: set[ServerConnection] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the last one closed
 
 
 class ServerConnection(asyncio.Protocol):
@@ -88,10 +91,11 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register with the server."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         self._shared.connections.add(self)
+        self._shared.gone.clear()
         self._counters.connections += 1
         self._counters.open += 1
 
@@ -145,6 +149,8 @@ class ServerConnection(asyncio.Protocol):
         self._stopped = self._discard = True
         shared = self._shared
         shared.connections.discard(self)
+        if not shared.connections:
+            shared.gone.set()
         self._counters.open -= 1
         if self._parsing is not None:
             self._parsing.body.fail(ClientDisconnected("client connection closed"))
@@ -321,7 +327,9 @@ class ServerConnection(asyncio.Protocol):
         finally:
             counters.in_flight -= 1
 
-    def _answer_error(self, writer: ResponseWriter, request: Request, status: int, text: str) -> None:
+    def _answer_error(
+        self, writer: ResponseWriter, request: Request, status: int, text: str
+    ) -> None:
         if writer.started or self.closing:
             writer.abort()
             return
@@ -354,10 +362,10 @@ class ServerConnection(asyncio.Protocol):
         if not request.continued and request.expects_continue:
             request.continued = True
             active = self._active
-            if active is not None and active.request is request and not active.started:
-                if not self.closing:
-                    self._transport.write(CONTINUE)  # type: ignore[union-attr]
-                    self._last_data = self._loop.time()  # the body timeout starts now
+            mine = active is not None and active.request is request and not active.started
+            if mine and not self.closing:
+                self._transport.write(CONTINUE)  # type: ignore[union-attr]
+                self._last_data = self._loop.time()  # the body timeout starts now
 
     def keeps_alive(self, request: Request) -> bool:
         """Whether another request may follow this one's response."""
@@ -397,10 +405,8 @@ class ServerConnection(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-            except OSError:
-                pass
         transport.abort()
 
     def _close(self) -> None:

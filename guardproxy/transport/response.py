@@ -93,12 +93,12 @@ class ResponseWriter:
         keep = not close and self._sink.keeps_alive(request)
         if request.method == b"HEAD" or status in NO_BODY_STATUS:
             # A HEAD or 304 answer carries the length the body would have had, if given.
-            no_length = declared is None or status == 204
-            framing = b"" if no_length else b"content-length: %d\r\n" % declared
+            keep_length = declared is not None and status != 204
+            framing = b"content-length: %d\r\n" % (declared or 0) if keep_length else b""
             mode = NONE
         elif length is not None or declared is not None:
-            self._remaining = length if length is not None else declared  # type: ignore[assignment]
-            framing, mode = b"content-length: %d\r\n" % self._remaining, LENGTH
+            size = length if length is not None else (declared or 0)
+            framing, mode, self._remaining = b"content-length: %d\r\n" % size, LENGTH, size
         elif request.version == "1.1":
             framing, mode = b"transfer-encoding: chunked\r\n", CHUNKED
         else:
@@ -156,7 +156,10 @@ class ResponseWriter:
             raise ClientDisconnected("client connection closed")
         mode = self._mode
         if mode == CHUNKED:
-            sink.writelines((chunk_size(len(data)), data, b"\r\n", LAST_CHUNK) if data else (LAST_CHUNK,))
+            if data:
+                sink.writelines((chunk_size(len(data)), data, b"\r\n", LAST_CHUNK))
+            else:
+                sink.write(LAST_CHUNK)
         elif mode == LENGTH:
             if len(data) != self._remaining:
                 self.abort()

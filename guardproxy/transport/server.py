@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from typing import Any
@@ -62,18 +63,17 @@ class Server:
         """Connections open now."""
         return len(self._shared.connections)
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting; close idle connections; give requests in flight `timeout` seconds."""
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; close idle connections; give requests in flight `grace` seconds."""
         shared = self._shared
         shared.draining = True
         if self._server is not None:
             self._server.close()
         for connection in list(shared.connections):
             connection.shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while shared.connections and loop.time() < deadline:
-            await asyncio.sleep(min(0.01, max(0.0, deadline - loop.time())))
+        if shared.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shared.gone.wait(), grace)
         for connection in list(shared.connections):
             connection.abort()
         for task in list(shared.tasks):
