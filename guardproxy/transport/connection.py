@@ -382,6 +382,12 @@ class ServerConnection(asyncio.Protocol):
         """Whether writers must wait for the client to read."""
         return self._write_paused
 
+    @property
+    def buffered(self) -> int:
+        """Bytes queued on the transport, not yet sent."""
+        transport = self._transport
+        return 0 if transport is None or self.closed else transport.get_write_buffer_size()
+
     def write(self, data: bytes) -> None:
         """Queue bytes for the client."""
         self._transport.write(data)  # type: ignore[union-attr]

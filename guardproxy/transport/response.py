@@ -32,6 +32,10 @@ class Sink(Protocol):
     def write_paused(self) -> bool:
         """Whether the transport's write buffer is over its high-water mark."""
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet sent."""
+
     def keeps_alive(self, request: Request) -> bool:
         """Whether the connection may serve another request after this one."""
 
@@ -109,6 +113,11 @@ class ResponseWriter:
             framing += b"connection: keep-alive\r\n"
         self._mode, self.closes, self.status, self.started = mode, not keep, status, True
         return first + lines + framing + b"\r\n"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written to the client but not yet sent (bounded by write back-pressure)."""
+        return self._sink.buffered
 
     def inform(self, status: int, headers: HeaderPairs = ()) -> None:
         """An interim 1xx answer (103 Early Hints...); HTTP/1.0 clients do not get one."""
