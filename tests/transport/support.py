@@ -80,9 +80,9 @@ class RawClient:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def answer(self, head_request: bool = False, timeout: float = 5.0) -> Answer:
+    async def answer(self, head_request: bool = False, within: float = 5.0) -> Answer:
         """Read one answer: Content-Length, chunked or close-delimited."""
-        return await asyncio.wait_for(self._answer(head_request), timeout)
+        return await asyncio.wait_for(self._answer(head_request), within)
 
     async def _answer(self, head_request: bool) -> Answer:
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -113,10 +113,10 @@ class RawClient:
             parts.append(await self.reader.readexactly(size))
             assert await self.reader.readexactly(2) == b"\r\n"
 
-    async def closed(self, timeout: float = 5.0) -> bool:
+    async def closed(self, within: float = 5.0) -> bool:
         """Whether the server closes the connection (EOF or reset) with nothing more sent."""
         try:
-            rest = await asyncio.wait_for(self.reader.read(), timeout)
+            rest = await asyncio.wait_for(self.reader.read(), within)
         except ConnectionResetError:
             return True
         return rest == b""

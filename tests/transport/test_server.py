@@ -231,7 +231,7 @@ async def test_expect_100_continue_is_answered_when_the_body_is_asked_for() -> N
             b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
         )
         with pytest.raises(TimeoutError):
-            await client.answer(timeout=0.1)  # nothing until the handler reads
+            await client.answer(within=0.1)  # nothing until the handler reads
         asked.set()
         interim = await client.answer()
         assert interim.status == 100
