@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from guardproxy.transport import (
     Handler,
@@ -216,3 +217,43 @@ async def proxying(
 def port_of(url: str) -> int:
     """The port of an http://host:port URL."""
     return int(url.rsplit(":", 1)[1])
+
+
+Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | Any"]
+
+
+@asynccontextmanager
+async def raw_upstream(behave: Behaviour) -> AsyncIterator[int]:
+    """A raw asyncio server running `behave(reader, writer)` per connection; yields its port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await behave(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            tasks.discard(task)
+            writer.close()
+
+    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request off the wire (Content-Length bodies only): its head and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length) if length else b""
