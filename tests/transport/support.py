@@ -233,8 +233,8 @@ async def raw_upstream(behave: Behaviour) -> AsyncIterator[int]:
         tasks.add(task)
         try:
             await behave(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer went away, or the test is over
         finally:
             tasks.discard(task)
             writer.close()
