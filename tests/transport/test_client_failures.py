@@ -191,7 +191,7 @@ async def test_malformed_answers_are_a_502(answer: bytes) -> None:
         await pool.close()
 
 
-async def test_interim_answers_are_skipped_and_close_delimited_bodies_end_at_close() -> None:
+async def test_interim_answers_skipped_close_delimited_body_ends_at_close() -> None:
     async def old_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n")

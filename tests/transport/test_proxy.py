@@ -28,7 +28,7 @@ async def upstream_port() -> AsyncIterator[int]:
         yield port_of(url)
 
 
-async def test_an_upstream_that_drops_connections_after_errors_never_costs_a_good_request() -> None:
+async def test_upstream_dropping_connections_after_errors_costs_no_good_request() -> None:
     # Like MLServer (uvicorn) after a bad request: a 500 without `Connection: close`, then the
     # connection is closed; here the close crosses the next request, the worst timing.
     async def model_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,7 +111,8 @@ async def test_chunked_head_and_continue_pass_through(upstream_port: int) -> Non
     async with proxying(upstream_port) as (proxy, _):
         client = await RawClient.open(proxy)
         await client.send(
-            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
         )
         answer = await client.answer()
         doc = json.loads(answer.body)
