@@ -5,7 +5,6 @@ It imports nothing else from guardproxy: stdlib, httptools (and uvloop when the 
 
 from .client import Body, Pool
 from .config import PoolConfig, ServerConfig
-from .connection import ErrorBuilder, Handler
 from .counters import PoolCounters, ServerCounters
 from .errors import (
     BadRequest,
@@ -21,6 +20,7 @@ from .headers import HeaderList, HeaderPairs, Headers
 from .request import Request
 from .response import ResponseWriter
 from .server import Server, json_error
+from .shared import ErrorBuilder, Handler
 from .upstream_response import UpstreamResponse
 
 __all__ = [

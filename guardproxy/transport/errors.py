@@ -18,6 +18,12 @@ class RequestError(TransportError):
         self.counted = False  # set when the transport has already counted it
 
 
+def counted(error: RequestError) -> RequestError:
+    """Mark an error the transport has already counted, so it is not counted twice."""
+    error.counted = True
+    return error
+
+
 class BadRequest(RequestError):
     """Malformed framing or syntax in the request (its body included)."""
 

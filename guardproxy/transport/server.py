@@ -9,10 +9,11 @@ import os
 from typing import Any
 
 from .config import ServerConfig
-from .connection import ErrorBuilder, Handler, ServerConnection, Shared
+from .connection import ServerConnection
 from .counters import ServerCounters
 from .headers import HeaderPairs
 from .request import Request
+from .shared import ErrorBuilder, Handler, Shared
 
 
 def json_error(status: int, message: str, request: Request | None) -> tuple[HeaderPairs, bytes]:
