@@ -49,8 +49,8 @@ class Pool:
     ) -> UpstreamResponse:
         """Send one request; the answer's head comes back, its body is read from it.
 
-        bytes bodies go with a Content-Length and may be sent twice (see the retry rule in
-        the module README); an async iterable is streamed, chunked unless `content_length`.
+        bytes bodies go with a Content-Length and may be sent twice (the retry rule in the
+        package README); an async iterable is streamed, chunked unless `content_length`.
         Framing and Connection headers given are dropped; Host is added when missing.
         """
         if self._closed:

@@ -28,7 +28,6 @@ class ServerConfig:
     write_timeout: float = 60.0  # longest a response waits for a client that does not read
     high_water: int = 64 * 1024  # body bytes buffered before the socket stops being read
     max_pipelined: int = 16  # requests parsed ahead of the one being answered
-    backlog: int = 1024
 
     def __post_init__(self) -> None:
         _positive(
@@ -39,7 +38,6 @@ class ServerConfig:
             write_timeout=self.write_timeout,
             high_water=self.high_water,
             max_pipelined=self.max_pipelined,
-            backlog=self.backlog,
         )
 
     @property

@@ -15,6 +15,8 @@ from .headers import HeaderPairs
 from .request import Request
 from .shared import ErrorBuilder, Handler, Shared
 
+BACKLOG = 1024  # connections the kernel queues before accept
+
 
 def json_error(status: int, message: str, request: Request | None) -> tuple[HeaderPairs, bytes]:
     """The default error answer: `{"error": ..., "request_id": ...}` with a fresh id."""
@@ -47,7 +49,7 @@ class Server:
             host,
             port,
             reuse_port=reuse_port or None,
-            backlog=self.config.backlog,
+            backlog=BACKLOG,
         )
         self._sweep = loop.call_later(self.config.tick, self._check)
         return int(self._server.sockets[0].getsockname()[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -51,6 +52,25 @@ async def test_refused_connection_is_a_502(refused_port: int) -> None:
     assert caught.value.message.startswith("upstream unreachable")
     assert pool.status()["errors"] == {"refused": 1}
     assert pool.status()["keys"] == {}
+
+
+async def test_an_upstream_that_never_accepts_is_a_connect_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepted: once the queue is full, handshakes go unanswered
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        pool = Pool("127.0.0.1", port, PoolConfig(connect_timeout=0.2))
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request(b"GET", b"/", [])
+        for filler in fillers:
+            filler.close()
+    assert (caught.value.status, caught.value.kind) == (504, "timeout_connect")
+    assert pool.status()["errors"] == {"timeout_connect": 1}
 
 
 async def test_host_names_are_resolved(refused_port: int) -> None:
@@ -236,6 +256,16 @@ async def test_bytes_sent_by_an_idle_upstream_close_the_connection() -> None:
         pool = Pool("127.0.0.1", port)
         assert await (await pool.request(b"GET", b"/", [])).read() == b"ok"
         await eventually(lambda: pool.status()["open"] == 0)
+        await pool.close()
+
+
+async def test_idle_connections_beyond_max_idle_are_closed() -> None:
+    async with raw_upstream(answer_forever) as port:
+        pool = Pool("127.0.0.1", port, PoolConfig(max_idle=1))
+        answers = await asyncio.gather(*(pool.request(b"GET", b"/", []) for _ in range(3)))
+        assert [await a.read() for a in answers] == [b"ok"] * 3
+        await eventually(lambda: pool.status()["open"] == 1)
+        assert (pool.status()["connects"], pool.status()["idle"]) == (3, 1)
         await pool.close()
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from guardproxy.transport import Request, ResponseWriter, ServerConfig
+from guardproxy.transport import ClientDisconnected, Request, ResponseWriter, ServerConfig
 
 from .support import RawClient, eventually, serving
 
@@ -193,6 +193,37 @@ async def test_idle_keep_alive_connections_are_closed() -> None:
         assert await client.closed()
         assert running.server.counters.idle_closed == 1
         await eventually(lambda: running.server.connections == 0)
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout() -> None:
+    outcome: list[str] = []
+
+    async def flood(request: Request, response: ResponseWriter) -> None:
+        response.start(200, [])
+        try:
+            for _ in range(10_000):
+                await response.write(b"x" * 65536)
+        except ClientDisconnected:
+            outcome.append("stopped")
+            raise
+
+    async with serving(flood, ServerConfig(write_timeout=0.2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n")  # and never reads the answer
+        await eventually(lambda: outcome == ["stopped"])
+        assert running.server.counters.errors == {"write_timeout": 1, "client_disconnect": 1}
+
+
+async def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
+    async def early(request: Request, response: ResponseWriter) -> None:
+        response.send(403, [], b"no")  # without reading the body
+
+    async with serving(early) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+        answer = await client.answer()
+        assert (answer.status, answer.header(b"connection")) == (403, b"close")
+        assert await client.closed()
 
 
 async def test_pipelined_requests_beyond_the_limit_are_left_unread() -> None:
