@@ -19,6 +19,7 @@ from .response import ResponseWriter
 from .shared import Shared
 
 RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+LINGER_TIME, LINGER_BYTES = 2.0, 4 << 20  # reading after an early answer, at most
 
 
 class ServerConnection(Intake):
@@ -31,6 +32,7 @@ class ServerConnection(Intake):
         self._write_paused_at = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._idle_since = self._last_data
+        self._linger_until = 0.0
         self.closed = False
 
     # asyncio.Protocol
@@ -91,7 +93,7 @@ class ServerConnection(Intake):
             headers, body = self._shared.errors(owed[0], owed[1], None)
             request = Request(self, b"GET", b"", "1.1", Headers([]), self.peer, False, _EMPTY)
             ResponseWriter(self, request).send(owed[0], headers, body)
-        self._close()
+        self._close(linger=True)
 
     # dispatch
 
@@ -145,7 +147,7 @@ class ServerConnection(Intake):
         """The active response ended: close, or take the next request."""
         self._active = None
         if writer.closes or not writer.request.body.done:
-            self._close()
+            self._close(linger=not writer.request.body.done)
             return
         if self._queue:
             request = self._queue.popleft()
@@ -181,7 +183,7 @@ class ServerConnection(Intake):
     def closing(self) -> bool:
         """Whether nothing more can be written."""
         transport = self._transport
-        return self.closed or transport is None or transport.is_closing()
+        return self.closed or self._linger_until > 0 or transport is None or transport.is_closing()
 
     @property
     def write_paused(self) -> bool:
@@ -221,9 +223,23 @@ class ServerConnection(Intake):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
         transport.abort()
 
-    def _close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+    def _close(self, linger: bool = False) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if linger and self._linger_until:
+            return
+        if linger and transport.can_write_eof():
+            # Closing on unread bytes sends a reset, which can destroy the answer before the
+            # client reads it: half-close instead, and drop what the client still sends.
+            self._stopped = self._discard = True
+            self._linger_until = self._loop.time() + LINGER_TIME
+            transport.write_eof()
+            if self._pauses:
+                self._pauses = 0
+                transport.resume_reading()
+            return
+        transport.close()
 
     # deadlines, checked by the server's sweep
 
@@ -238,6 +254,10 @@ class ServerConnection(Intake):
     def check(self, now: float) -> None:
         """Close the connection if one of its deadlines passed."""
         config = self._config
+        if self._linger_until and not self.closed:
+            if now > self._linger_until or self._dropped > LINGER_BYTES:
+                self._close()
+            return
         if self.closing:
             return
         if self._write_paused and now - self._write_paused_at > config.write_timeout:

@@ -48,6 +48,7 @@ class Intake(asyncio.Protocol):
         self._last_data = self._loop.time()
         self._stopped = False  # no further request will be parsed
         self._discard = False  # bytes received are ignored
+        self._dropped = 0  # bytes ignored
         self._owed_error: tuple[int, str] | None = None
 
     def _new_parser(self) -> httptools.HttpRequestParser:
@@ -78,6 +79,7 @@ class Intake(asyncio.Protocol):
         """Feed the parser; callbacks below do the rest."""
         self._last_data = self._loop.time()
         if self._discard:
+            self._dropped += len(data)
             return
         was_in_head = self._in_head
         self._feed(data)

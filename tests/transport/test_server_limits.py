@@ -214,6 +214,48 @@ async def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout() 
         assert running.server.counters.errors == {"write_timeout": 1, "client_disconnect": 1}
 
 
+async def test_a_client_still_uploading_reads_its_413() -> None:
+    async def reader(request: Request, response: ResponseWriter) -> None:
+        response.send(200, [], await request.read(1000))
+
+    async with serving(reader) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+
+        async def upload() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(760):
+                    await client.send(b"x" * 65536)
+
+        uploading = asyncio.create_task(upload())
+        answer = await client.answer()  # not lost to a reset while the upload goes on
+        assert answer.status == 413
+        assert await client.closed()
+        await uploading
+
+
+async def test_a_large_early_answer_survives_an_upload_still_going_on() -> None:
+    answer_size = 8 << 20
+
+    async def early(request: Request, response: ResponseWriter) -> None:
+        response.send(200, [], b"y" * answer_size)  # without reading the 50 MB body
+
+    async with serving(early) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+
+        async def upload() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(760):
+                    await client.send(b"x" * 65536)
+
+        uploading = asyncio.create_task(upload())
+        answer = await client.answer()
+        assert (answer.status, len(answer.body)) == (200, answer_size)
+        assert answer.header(b"connection") == b"close"
+        uploading.cancel()
+
+
 async def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
     async def early(request: Request, response: ResponseWriter) -> None:
         response.send(403, [], b"no")  # without reading the body

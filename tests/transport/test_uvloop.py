@@ -43,6 +43,8 @@ CASES: dict[str, Case] = {
     "slow-body": limits.test_slow_body_is_timed_out_with_408,
     "paused-body": limits.test_a_paused_body_is_not_timed_out_while_the_handler_is_behind,
     "idle": limits.test_idle_keep_alive_connections_are_closed,
+    "early-answer": limits.test_a_large_early_answer_survives_an_upload_still_going_on,
+    "write-timeout": limits.test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout,
     "shutdown": limits.test_shutdown_drains_in_flight_requests_and_closes_idle_ones,
     "retry": failures.test_a_reused_connection_closed_before_answering_is_retried_once_fresh,
     "reset": failures.test_reset_mid_answer_fails_the_body,
