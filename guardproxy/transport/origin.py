@@ -1,20 +1,17 @@
-"""One keep-alive connection to the upstream: write a request, parse its answer with llhttp."""
+"""One keep-alive connection to the upstream: send a request, hand out its answer."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol, cast
 
-import httptools
-
-from .body import BodyBuffer
+from .answers import BUSY, CLOSED, IDLE, AnswerParser
 from .config import PoolConfig
 from .errors import UpstreamError
-from .framing import LAST_CHUNK, NO_BODY_STATUS, chunk_size
-from .headers import HeaderList, Headers
+from .framing import LAST_CHUNK, chunk_size
 from .upstream_response import UpstreamResponse
 
-IDLE, BUSY, CLOSED = 0, 1, 2
+__all__ = ["BUSY", "CLOSED", "IDLE", "Keeper", "OriginConnection"]
 
 
 class Keeper(Protocol):
@@ -30,35 +27,16 @@ class Keeper(Protocol):
         """An answer failed after its head was handed out."""
 
 
-class _Violation(Exception):
-    """The upstream broke the protocol in a way llhttp does not see."""
-
-
-class OriginConnection(asyncio.Protocol):
+class OriginConnection(AnswerParser):
     """Serves one exchange at a time; reusable only after a complete, keep-alive answer."""
 
     def __init__(self, keeper: Keeper, config: PoolConfig) -> None:
+        super().__init__(config)
         self._keeper = keeper
-        self._config = config
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self.state = IDLE
         self.served = 0  # answers completed on this connection
         self.idle_since = self._loop.time()
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._response: UpstreamResponse | None = None
-        self._reason = b""
-        self._headers: HeaderList = []
-        self._head_size = 0
-        self._interim = False
-        self._head_only = False
-        self._until_close = False
-        self._swap_parser = False
         self._sent_all = False
-        self._received_any = False
         self._deadline: float | None = None
-        self._last_data = 0.0
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -69,23 +47,6 @@ class OriginConnection(asyncio.Protocol):
         """Connected."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        """Feed the parser; an idle connection must not receive anything."""
-        self._last_data = self._loop.time()
-        self._received_any = True
-        if self.state != BUSY:
-            self.close()
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamError(502, "protocol", "upstream switched protocols"))
-        except httptools.HttpParserError:
-            self._fail(UpstreamError(502, "protocol", "upstream sent a malformed answer"))
-        if self._swap_parser:
-            self._swap_parser = False
-            self._parser = httptools.HttpResponseParser(self)
 
     def eof_received(self) -> bool:
         """The upstream closed its side: the end of a close-delimited answer, or a failure."""
@@ -111,70 +72,6 @@ class OriginConnection(asyncio.Protocol):
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
-
-    # llhttp callbacks
-
-    def on_message_begin(self) -> None:
-        """A new answer (or an interim 1xx); none may come unasked."""
-        if self.state != BUSY or (self._waiter is None and not self._interim):
-            raise _Violation
-        self._reason = b""
-        self._headers = []
-        self._head_size = 0
-
-    def on_status(self, reason: bytes) -> None:
-        """Part of the reason phrase."""
-        self._reason += reason
-        self._grow(len(reason))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """One header line."""
-        self._headers.append((name, value))
-        self._grow(len(name) + len(value) + 4)
-
-    def _grow(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self._config.max_head_size:
-            raise _Violation
-
-    def on_headers_complete(self) -> None:
-        """The head is complete: hand the answer to the caller."""
-        parser = self._parser
-        status = parser.get_status_code()
-        if status < 200:
-            if status == 101:
-                raise _Violation
-            self._interim = True  # 100 Continue, 103 Early Hints: wait for the real answer
-            return
-        headers = Headers(self._headers)
-        keep_alive = parser.should_keep_alive()
-        body = BodyBuffer(self, self._config.high_water)
-        response = UpstreamResponse(
-            status, self._reason, parser.get_http_version(), headers, keep_alive, body
-        )
-        self._response = response
-        if not keep_alive and not self._head_only and status not in NO_BODY_STATUS:
-            # Neither length nor chunked: the body ends when the upstream closes.
-            self._until_close = b"content-length" not in headers and not _chunked(headers)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
-        if self._head_only:
-            self._swap_parser = True  # llhttp would wait for a body a HEAD answer never has
-            self._complete()
-
-    def on_body(self, body: bytes) -> None:
-        """Part of the body."""
-        if self._response is None:
-            raise _Violation
-        self._response.body.feed(body)
-
-    def on_message_complete(self) -> None:
-        """The answer is complete."""
-        if self._interim:
-            self._interim = False
-        elif self._response is not None:
-            self._complete()
 
     def _complete(self) -> None:
         response, self._response = self._response, None
@@ -328,7 +225,3 @@ class OriginConnection(asyncio.Protocol):
             and now - self._last_data > config.read_timeout
         ):
             self._fail(UpstreamError(504, "timeout_read", "upstream timed out"))
-
-
-def _chunked(headers: Headers) -> bool:
-    return any(b"chunked" in value.lower() for value in headers.getall(b"transfer-encoding"))
