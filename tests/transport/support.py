@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from guardproxy.transport import (
@@ -129,11 +129,10 @@ class RawClient:
 
 @dataclass
 class Running:
-    """A started server and what its handler saw."""
+    """A started server and its port."""
 
     server: Server
     port: int
-    requests: list[Request] = field(default_factory=list)
 
 
 @asynccontextmanager
