@@ -178,7 +178,8 @@ async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> N
     config = ServerConfig(body_timeout=0.2, high_water=1024)
     async with serving(lagging, config) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000)
+        # Written without waiting for the server to read it: it will not, for a while.
+        client.writer.write(b"POST / HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000)
         await asyncio.sleep(0.5)  # longer than the body timeout, with reading paused
         release.set()
         assert (await client.answer()).body == b"300000"
