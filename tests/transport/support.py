@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardproxy.transport import (
+    ErrorBuilder,
     Handler,
     Pool,
     PoolConfig,
@@ -17,6 +18,7 @@ from guardproxy.transport import (
     Server,
     ServerConfig,
     UpstreamError,
+    json_error,
 )
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus those the transport frames itself.
@@ -136,9 +138,11 @@ class Running:
 
 
 @asynccontextmanager
-async def serving(handler: Handler, config: ServerConfig | None = None) -> AsyncIterator[Running]:
+async def serving(
+    handler: Handler, config: ServerConfig | None = None, errors: ErrorBuilder = json_error
+) -> AsyncIterator[Running]:
     """Run a Server with `handler` on a free loopback port."""
-    server = Server(handler, config)
+    server = Server(handler, config, errors)
     port = await server.start("127.0.0.1", 0)
     try:
         yield Running(server, port)

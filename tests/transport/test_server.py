@@ -307,8 +307,7 @@ async def test_custom_error_builder_names_the_request() -> None:
     async def failing(request: Request, response: ResponseWriter) -> None:
         raise RuntimeError
 
-    async with serving(failing) as running:
-        running.server._shared.errors = errors  # the proxy passes its own at construction
+    async with serving(failing, errors=errors) as running:
         client = await RawClient.open(running.port)
         await client.send(b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n")
         answer = await client.answer()
