@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import time
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.sampling.sinks import SampleQueue
+from guardproxy.transport import Headers
 
 REQUEST = dumps(
     {
@@ -39,7 +38,7 @@ SECTIONS = {
     "decision": {"threshold": 0.5, "per_group": {"female": 0.45}},
     "sampling": {"rate": 0.01, "min_per_group": 50},
 }
-HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+HEADERS = Headers([(b"Content-Type", b"application/json")])
 
 
 def exchange(i: int) -> Exchange:
@@ -48,7 +47,8 @@ def exchange(i: int) -> Exchange:
         f"req-{i}", "sg", "adult", "POST", "/v2/models/adult/infer", HEADERS, REQUEST, 0.0
     )
     ex.status = 200
-    ex.response_headers["Content-Type"] = "application/json"
+    ex.response_headers = [(b"Content-Type", b"application/json")]
+    ex.response_type = b"application/json"
     ex.response_body = RESPONSE
     return ex
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from guardproxy.bearer import bearer_matches
 
 if TYPE_CHECKING:
     from guardproxy.app import Runtime
@@ -34,19 +35,11 @@ def require_token(handler: Handler) -> Handler:
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         expected = request.app[RUNTIME].settings.admin_token
-        if not bearer_matches(request, expected):
+        if not bearer_matches(request.headers.get("Authorization"), expected):
             return web.json_response({"error": "a valid bearer token is required"}, status=401)
         return await handler(request)
 
     return guarded
-
-
-def bearer_matches(request: web.Request, expected: str | None) -> bool:
-    """Constant-time check of `Authorization: Bearer <token>`; no token configured denies all."""
-    if not expected:
-        return False
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""The aiohttp applications (data port, admin port) and the lifecycle of what they share."""
+"""The two listeners (data port, admin port) and the lifecycle of what they share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from aiohttp import web
 from guardproxy import __version__
 from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
+from guardproxy.dataport import DataPort, data_server
 from guardproxy.feedback import FeedbackEndpoint
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
@@ -34,8 +36,10 @@ from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, SampleQueue, S
 from guardproxy.settings import Settings
 from guardproxy.state import open_state
 from guardproxy.telemetry import Telemetry, TelemetryConfig
+from guardproxy.telemetry.loop import GcPauses, LoopLag
 
 log = logging.getLogger("guardproxy")
+GC_THRESHOLDS = (10_000, 20, 20)
 
 
 class Runtime:
@@ -46,7 +50,7 @@ class Runtime:
         self.started = time.time()
         self.draining = False
         self._background: set[asyncio.Task[object]] = set()
-        self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
+        self.upstream = Upstream(settings.upstream, settings.timeouts, settings.limits)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.samples = SampleQueue(settings.queue_size)
         self.guard_context = GuardContext(self.thresholds, self.samples)
@@ -57,11 +61,13 @@ class Runtime:
         self.sample_writer = SampleWriter(self.samples, self._sample_sink())
         self.state = open_state(settings.state)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
-        self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
+        self.feedback = FeedbackEndpoint(
+            self.engine, settings.feedback_token, max_body=settings.max_body
+        )
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()
         self.breakers = BreakerBoard(self.store.snapshot, telemetry=self.telemetry)
-        self.fallbacks = Fallbacks(settings.timeouts, settings.pool_size)
+        self.fallbacks = Fallbacks(settings.timeouts, settings.limits)
         self.fallbacks.follow(self.store.table)
         self.breakers.table_listeners.append(self.fallbacks.follow)
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
@@ -76,7 +82,12 @@ class Runtime:
             breakers=self.breakers,
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
+            max_body=settings.max_body,
         )
+        port = DataPort(self.telemetry.traced(self.proxy.handle), self.feedback.handle)
+        self.server = data_server(port.handle, settings.header_timeout, settings.body_timeout)
+        self.loop_lag = LoopLag()
+        self.gc_pauses = GcPauses()
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
@@ -114,11 +125,11 @@ class Runtime:
         directory = spec.jsonl or self.settings.samples_dir
         return JsonlSink(directory, spec.max_bytes, spec.max_age)
 
-    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+    @asynccontextmanager
+    async def lifecycle(self) -> AsyncIterator[None]:
         """Start each part, and stop each one that started, in reverse order (even on failure)."""
         async with contextlib.AsyncExitStack() as parts:
             parts.push_async_callback(self.telemetry.shutdown)
-            await self.upstream.start()
             parts.push_async_callback(self.upstream.close)
             parts.push_async_callback(self.state.close)
             await self.engine.start()
@@ -133,6 +144,10 @@ class Runtime:
             parts.push_async_callback(self.worker.stop, True)
             await self.watcher.start()
             parts.push_async_callback(self.watcher.stop)
+            self.loop_lag.start()
+            parts.callback(self.loop_lag.stop)
+            self.gc_pauses.start()
+            parts.callback(self.gc_pauses.stop)
             yield
 
     def reload_soon(self) -> None:
@@ -147,8 +162,16 @@ class Runtime:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
             "upstream": self.settings.upstream,
+            "worker": {
+                "index": self.settings.worker,
+                "of": self.settings.workers,
+                "pid": os.getpid(),
+            },
             "draining": self.draining,
             "requests": self.proxy.counts.as_dict(),
+            "data_port": self.server.status(),
+            "upstream_pool": self.upstream.status(),
+            "loop": {"lag": self.loop_lag.status(), "gc": self.gc_pauses.status()},
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
             "samples": {
@@ -164,22 +187,6 @@ class Runtime:
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
         }
-
-
-def build_data_app(runtime: Runtime) -> web.Application:
-    """The data port: everything is proxied except the reserved /guardproxy/ prefix."""
-    app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
-    app.cleanup_ctx.append(runtime.lifecycle)
-    app.router.add_post("/guardproxy/v1/feedback", runtime.feedback.handle)
-    app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
-    app.router.add_route("*", "/{tail:.*}", runtime.telemetry.traced(runtime.proxy.handle))
-    return app
-
-
-async def _reserved(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": f"no such endpoint: {request.method} {request.path}"}, status=404
-    )
 
 
 async def start_site(
@@ -202,39 +209,49 @@ async def serve(
 ) -> None:
     """Run both ports until SIGTERM/SIGINT (or `stop`), then drain and exit."""
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
     if handle_signals:
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings)
     if handle_signals:
         loop.add_signal_handler(signal.SIGHUP, runtime.reload_soon)
-    data, data_port = await start_site(
-        build_data_app(runtime), *settings.listen, shutdown_timeout=settings.drain_timeout
-    )
-    admin, admin_port = await start_site(build_admin_app(runtime), *settings.admin)
-    # Everything built so far lives as long as the process: keep it out of every GC pass,
-    # where it would otherwise add ~12 ms to each full collection.
+    async with runtime.lifecycle():
+        host, port = settings.listen
+        data_port = await runtime.server.start(host, port, reuse_port=settings.workers > 1)
+        try:
+            admin, admin_port = await start_site(build_admin_app(runtime), *settings.admin)
+        except BaseException:
+            await runtime.server.shutdown(0)
+            raise
+        settle_memory()
+        log.info(
+            "serving on %s:%d (admin %s:%d) -> %s%s",
+            host, data_port, settings.admin[0], admin_port, settings.upstream,
+            f" [worker {settings.worker} of {settings.workers}]" if settings.workers > 1 else "",
+        )  # fmt: skip
+        if on_ready is not None:
+            result = on_ready(runtime, data_port, admin_port)
+            if result is not None:
+                await result
+        await stop.wait()
+        log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
+        runtime.draining = True
+        await runtime.server.shutdown(settings.drain_timeout)  # in-flight requests finish
+        await admin.cleanup()
+    log.info("stopped")
+
+
+def settle_memory() -> None:
+    """Keep what startup built out of every GC pass; collect young objects less often.
+
+    Everything built so far lives as long as the process: frozen, it no longer adds ~12 ms to
+    each full collection. A request allocates a few hundred short-lived objects, so the
+    default first threshold (700) ran a collection every few requests.
+    """
     gc.collect()
     gc.freeze()
-    log.info(
-        "serving on %s:%d (admin %s:%d) -> %s",
-        settings.listen[0],
-        data_port,
-        settings.admin[0],
-        admin_port,
-        settings.upstream,
-    )
-    if on_ready is not None:
-        result = on_ready(runtime, data_port, admin_port)
-        if result is not None:
-            await result
-    await stop.wait()
-    log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
-    runtime.draining = True
-    await data.cleanup()  # stops accepting, waits for in-flight requests, runs cleanup_ctx
-    await admin.cleanup()
-    log.info("stopped")
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guardproxy.eventloop import run_async
-from guardproxy.hotpath.upstream import Timeouts
+from guardproxy.hotpath.upstream import Limits, Timeouts
 from guardproxy.settings import Settings, parse_address, secret_from_env
 
 
@@ -34,6 +34,18 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--read-timeout", type=float, default=float(env("READ_TIMEOUT", "60")))
     p.add_argument("--total-timeout", type=float, default=float(env("TOTAL_TIMEOUT", "300")))
     p.add_argument("--drain-timeout", type=float, default=float(env("DRAIN_TIMEOUT", "20")))
+    p.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT", "10")))
+    p.add_argument("--body-timeout", type=float, default=float(env("BODY_TIMEOUT", "30")))
+    p.add_argument(
+        "--upstream-concurrency",
+        type=int,
+        default=int(env("UPSTREAM_CONCURRENCY", "64")),
+        help="upstream requests at once per model (and for unguarded traffic)",
+    )
+    p.add_argument("--upstream-queue", type=int, default=int(env("UPSTREAM_QUEUE", "256")))
+    p.add_argument(
+        "--workers", type=int, default=int(env("WORKERS", "1")), help="processes (SO_REUSEPORT)"
+    )
     p.add_argument("--max-body", type=int, default=int(env("MAX_BODY", str(16 << 20))))
     p.add_argument("--poll-interval", type=float, default=float(env("POLL_INTERVAL", "2")))
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
@@ -50,6 +62,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Flags (already defaulted from the environment) into Settings."""
     if not args.upstream:
         raise SystemExit("guardproxy serve: --upstream (or GUARDPROXY_UPSTREAM) is required")
+    if not args.upstream.startswith("http://"):
+        raise SystemExit(f"guardproxy serve: --upstream {args.upstream!r}: expected http://...")
+    for flag in ("header_timeout", "body_timeout", "upstream_concurrency", "workers"):
+        if getattr(args, flag) <= 0:
+            raise SystemExit(f"guardproxy serve: --{flag.replace('_', '-')} must be positive")
+    if args.upstream_queue < 0:
+        raise SystemExit("guardproxy serve: --upstream-queue must not be negative")
     return Settings(
         upstream=args.upstream,
         listen=parse_address(args.listen, "0.0.0.0"),
@@ -60,6 +79,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         state=args.state,
         samples_dir=Path(args.samples),
         timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
+        limits=Limits(args.upstream_concurrency, args.upstream_queue),
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         drain_timeout=args.drain_timeout,
         max_body=args.max_body,
         poll_interval=args.poll_interval,
@@ -67,14 +89,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
+        workers=args.workers,
     )
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
+    settings = settings_from(args)
+    if settings.workers > 1:
+        from guardproxy.workers import run_workers
+
+        return run_workers(settings)
     from guardproxy.app import serve
 
-    settings = settings_from(args)
     run_async(serve(settings))
     return 0
 

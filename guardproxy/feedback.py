@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aiohttp import web
-
-from guardproxy.guards.exchange import loads
+from guardproxy.bearer import bearer_matches
+from guardproxy.guards.exchange import dumps, loads
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.state.base import Joined, Outcome, StateError
+from guardproxy.transport import BodyTooLarge, Request, ResponseWriter
 
 MAX_ITEMS = 10_000
+MAX_BODY = 16 * 1024 * 1024
+JSON = [(b"Content-Type", b"application/json")]
 MAX_ID_LENGTH = 512
 STATUS = {Outcome.JOINED: "joined", Outcome.UNKNOWN: "unknown_id", Outcome.DUPLICATE: "duplicate"}
 TOTALS = ("joined", "unknown_id", "duplicate", "invalid")
@@ -115,30 +117,36 @@ class FeedbackEndpoint:
         token: str | None,
         limit: int = MAX_ITEMS,
         clock: Callable[[], float] = time.time,
+        max_body: int = MAX_BODY,
     ) -> None:
         self.engine, self.token, self.limit, self.clock = engine, token, limit, clock
+        self.max_body = max_body
         self.counts = dict.fromkeys(("requests", "rejected", *TOTALS), 0)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request, writer: ResponseWriter) -> None:
         """Join a batch of labels; per-item results in order, plus totals."""
-        from guardproxy.admin import (
-            bearer_matches,  # the admin module imports the app, which imports us
-        )
+        status, doc = await self.answer(request)
+        writer.send(status, JSON, dumps(doc))
 
+    async def answer(self, request: Request) -> tuple[int, dict[str, Any]]:
+        """The status and JSON document answering one feedback request."""
         self.counts["requests"] += 1
-        if not bearer_matches(request, self.token):
+        authorization = request.headers.get(b"authorization")
+        if not bearer_matches(_text(authorization), self.token):
             return self._error("a valid bearer token is required", 401)
         try:
-            raw = parse_body(await request.read(), self.limit)
+            raw = parse_body(await request.read(self.max_body), self.limit)
         except BadBody as exc:
             return self._error(str(exc), exc.status)
+        except BodyTooLarge as exc:  # the connection closes after the answer: body unread
+            return self._error(exc.message, 413)
         checked = [validate(item, self.clock()) for item in raw]
         items = [c for c in checked if isinstance(c, Item)]
         try:
             joined = await self.engine.join([(i.request_id, i.label, i.observed_at) for i in items])
         except StateError as exc:
             return self._error(f"labels could not be stored: {exc}", 503)
-        return web.json_response(self._results(raw, checked, iter(joined)))
+        return 200, self._results(raw, checked, iter(joined))
 
     def _results(self, raw: list[Any], checked: list[Item | str], joined: Any) -> dict[str, Any]:
         results: list[dict[str, Any]] = []
@@ -155,6 +163,10 @@ class FeedbackEndpoint:
             self.counts[entry["status"]] += 1
         return {"results": results, "totals": totals}
 
-    def _error(self, message: str, status: int) -> web.Response:
+    def _error(self, message: str, status: int) -> tuple[int, dict[str, Any]]:
         self.counts["rejected"] += 1
-        return web.json_response({"error": message}, status=status)
+        return status, {"error": message}
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None

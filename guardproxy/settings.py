@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guardproxy.hotpath.upstream import Timeouts
+from guardproxy.hotpath.upstream import Limits, Timeouts
 
 
 def parse_address(value: str, default_host: str) -> tuple[str, int]:
@@ -40,9 +40,11 @@ class Settings:
     region_header: str = "X-Region"
     state: str = "memory"
     timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)  # upstream requests per model, queued
+    header_timeout: float = 10.0  # a client's request head must arrive within this
+    body_timeout: float = 30.0  # longest silence while a client sends its body
     drain_timeout: float = 20.0
     max_body: int = 16 * 1024 * 1024
-    pool_size: int = 100
     poll_interval: float = 2.0
     samples_dir: Path = Path("/tmp/guardproxy-samples")
     admin_token: str | None = None
@@ -51,3 +53,5 @@ class Settings:
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None
+    workers: int = 1  # processes sharing the data port (SO_REUSEPORT)
+    worker: int = 0  # this process's index among them

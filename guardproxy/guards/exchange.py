@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
+
+from guardproxy.transport import HeaderList, Headers
 
 _UNPARSED: Any = object()
 
@@ -40,12 +41,13 @@ class Exchange:
     model: str
     method: str
     path: str
-    headers: CIMultiDictProxy[str]
+    headers: Headers  # the client's, as received (names and values are bytes)
     body: bytes
     started: float
     version: str = ""  # the model version: the answer's, else the path's
     status: int = 0
-    response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    response_headers: HeaderList = field(default_factory=list)  # forwarded to the client
+    response_type: bytes = b""  # the answer's media type, lower-cased, without parameters
     response_body: bytes = b""
     groups: list[str] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -88,8 +90,14 @@ def is_json_answer(ex: Exchange) -> bool:
     """True for a 2xx answer that is (or may be) JSON: the only answers guards change."""
     if not 200 <= ex.status < 300 or not ex.response_body:
         return False
-    content_type = ex.response_headers.get("Content-Type", "application/json")
-    return "json" in content_type
+    return not ex.response_type or b"json" in ex.response_type
+
+
+def media_type(content_type: bytes | None) -> bytes:
+    """A Content-Type value's media type, lower-cased, without parameters (b"" when absent)."""
+    if not content_type:
+        return b""
+    return content_type.partition(b";")[0].strip().lower()
 
 
 def loads(data: bytes) -> Any:

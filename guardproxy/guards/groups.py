@@ -23,6 +23,10 @@ def telemetry_group(group: str, mode: Literal["label", "hashed", "none"]) -> str
     return ""
 
 
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
 class GroupGuard:
     """Resolves ex.groups from a header, a named input feature or a JSON path."""
 
@@ -39,8 +43,8 @@ class GroupGuard:
         attribute = spec.attribute
         assert attribute is not None
         if attribute.header is not None:
-            header = attribute.header
-            return lambda ex: [ex.headers.get(header)]
+            header = attribute.header.lower().encode("latin-1")
+            return lambda ex: [_text(ex.headers.get(header))]
         if attribute.input is not None:
             name = attribute.input
             return lambda ex: payload.feature(ex.request_json(), name)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from guardproxy.breaker.state import Admission, CircuitBreaker
 from guardproxy.guards.exchange import Exchange
-from guardproxy.hotpath.upstream import Timeouts, Upstream
+from guardproxy.hotpath.upstream import Limits, Timeouts, Upstream
 from guardproxy.policy.table import PolicyTable
+
+log = logging.getLogger("guardproxy.proxy")
 
 OPEN_FLAG = "breaker:open"
 FALLBACK_FLAG = "breaker:fallback"
@@ -49,21 +52,24 @@ def mark(ex: Exchange, breaker: CircuitBreaker, admission: Admission, fallback: 
 
 
 class Fallbacks:
-    """The fallback upstream pools the policies' open actions name, opened and closed with them."""
+    """The fallback upstream pools the policies' open actions name, opened and closed with them.
 
-    def __init__(self, timeouts: Timeouts, pool_size: int = 100) -> None:
-        self.timeouts, self.pool_size = timeouts, pool_size
-        self.pools: dict[str, Upstream] = {}
-        self._ready: set[str] = set()
+    A URL the pool cannot serve (not plain http://) is never ready: its breaker rejects with
+    503 while open, and /status shows the URL as not ready.
+    """
+
+    def __init__(self, timeouts: Timeouts, limits: Limits | None = None) -> None:
+        self.timeouts, self.limits = timeouts, limits or Limits()
+        self.pools: dict[str, Upstream | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
 
     def get(self, breaker: CircuitBreaker) -> Upstream | None:
-        """The started pool of a fallback breaker, None when not ready (or no fallback)."""
+        """The pool of a fallback breaker, None when not serving (or no fallback)."""
         url = breaker.spec.open.upstream
-        if breaker.open_action != "fallback" or url not in self._ready:
+        if breaker.open_action != "fallback" or not self._running or url is None:
             return None
-        return self.pools[url]
+        return self.pools.get(url)
 
     def follow(self, table: PolicyTable) -> None:
         """Open pools for new fallback URLs, close those no policy names any more."""
@@ -74,41 +80,42 @@ class Fallbacks:
             if model.spec.breaker.open.action == "fallback" and model.spec.breaker.open.upstream
         }
         for url in sorted(wanted - self.pools.keys()):
-            self.pools[url] = Upstream(url, self.timeouts, self.pool_size)
-            if self._running:
-                self._spawn(self._start_pool(url))
+            self.pools[url] = self._open(url)
         for url in sorted(self.pools.keys() - wanted):
-            self._ready.discard(url)
             pool = self.pools.pop(url)
-            if self._running:  # a pool never started has nothing to close
+            if pool is not None:
                 self._spawn(pool.close())
 
-    async def _start_pool(self, url: str) -> None:
-        pool = self.pools.get(url)
-        if pool is not None:
-            await pool.start()
-            self._ready.add(url)
+    def _open(self, url: str) -> Upstream | None:
+        try:
+            return Upstream(url, self.timeouts, self.limits)
+        except ValueError as exc:
+            log.error("fallback upstream not usable: %s", exc)
+            return None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop yet: a pool never used has nothing to close
+            work.close()
+            return
+        task = loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
-        """Open every pool."""
+        """Serve from every pool."""
         self._running = True
-        for url in sorted(self.pools):
-            await self._start_pool(url)
 
     async def stop(self) -> None:
         """Close every pool."""
         self._running = False
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._ready.clear()
         for pool in self.pools.values():
-            await pool.close()
+            if pool is not None:
+                await pool.close()
 
     def status(self) -> dict[str, bool]:
         """Each fallback URL and whether its pool is ready."""
-        return {url: url in self._ready for url in sorted(self.pools)}
+        return {url: self._running and pool is not None for url, pool in sorted(self.pools.items())}

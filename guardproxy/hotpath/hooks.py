@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from aiohttp import web
-from multidict import CIMultiDict
+from guardproxy.transport import HeaderList, Request
 
 
 class UpstreamCall(Protocol):
@@ -16,9 +15,9 @@ class UpstreamCall(Protocol):
 
 
 class UpstreamTracer(Protocol):
-    """Starts a CLIENT span per upstream call and writes its traceparent into the headers."""
+    """Starts a CLIENT span per upstream call and adds its traceparent to the headers."""
 
-    def upstream_call(self, request: web.Request, headers: CIMultiDict[str]) -> UpstreamCall:
+    def upstream_call(self, request: Request, headers: HeaderList) -> UpstreamCall:
         """Begin an upstream call; headers are the ones about to be forwarded."""
 
 
@@ -32,7 +31,7 @@ class _NoCall:
 class _NoTracer:
     __slots__ = ()
 
-    def upstream_call(self, request: web.Request, headers: CIMultiDict[str]) -> UpstreamCall:
+    def upstream_call(self, request: Request, headers: HeaderList) -> UpstreamCall:
         """Nothing to trace."""
         return NO_CALL
 

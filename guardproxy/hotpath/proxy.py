@@ -3,86 +3,48 @@
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+from time import perf_counter
+from typing import cast
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.breaker.state import CLOSED, Admission, CircuitBreaker
+from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
-from guardproxy.guards.exchange import Exchange, Reply, dumps
+from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, Fallbacks, mark, settle
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.observation import Observation, observe
+from guardproxy.hotpath.relay import NO_BODY_STATUS, reason_of, relay, request_body
+from guardproxy.hotpath.replies import (
+    JSON,
+    ModelWire,
+    ModelWires,
+    ProxyCounts,
+    annotated,
+    breaker_open,
+    error_body,
+    header_name,
+    new_request_id,
+    send_error,
+)
+from guardproxy.hotpath.targets import origin_form, route_path
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
     forward_request_headers,
     forward_response_headers,
-    map_error,
 )
 from guardproxy.policy.routes import path_version
 from guardproxy.policy.table import CompiledModel, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
+from guardproxy.transport import Request, RequestError, ResponseWriter
 
 log = logging.getLogger("guardproxy.proxy")
 
-NO_BODY_STATUS = frozenset({204, 304})
-JSON_TYPES = ("application/json", "application/x-ndjson")
+JSON_TYPES = frozenset({b"application/json", b"application/x-ndjson"})
+UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
 Observer = Callable[[Observation], None]
-
-
-@dataclass(slots=True)
-class ProxyCounts:
-    """Plain counters the admin port reports; ints, so no locks in a single event loop."""
-
-    requests: int = 0
-    guarded: int = 0
-    unguarded: int = 0
-    in_flight: int = 0
-    unknown_region: int = 0
-    upstream_errors: dict[int, int] = field(default_factory=dict)
-    aborted: int = 0
-    blocked: int = 0
-    unguarded_streams: int = 0
-    observer_errors: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able view for /status."""
-        return {
-            "requests": self.requests,
-            "guarded": self.guarded,
-            "unguarded": self.unguarded,
-            "in_flight": self.in_flight,
-            "unknown_region": self.unknown_region,
-            "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
-            "aborted": self.aborted,
-            "blocked": self.blocked,
-            "unguarded_streams": self.unguarded_streams,
-            "observer_errors": dict(self.observer_errors),
-        }
-
-
-def new_request_id() -> str:
-    """A random 128-bit id, hex encoded."""
-    return os.urandom(16).hex()
-
-
-def error_response(status: int, message: str, request_id: str, **extra: Any) -> web.Response:
-    """Every error the proxy itself gives: a JSON body naming the request."""
-    body = {"error": message, "request_id": request_id, **extra}
-    return web.Response(
-        status=status,
-        body=dumps(body),
-        content_type="application/json",
-        headers={"X-Request-Id": request_id},
-    )
 
 
 class Proxy:
@@ -97,182 +59,209 @@ class Proxy:
         breakers: BreakerBoard | None = None,
         fallbacks: Fallbacks | None = None,
         tracer: UpstreamTracer = NO_TRACER,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
-        self.region_header = region_header
+        self.region_header = region_header.lower().encode("latin-1")
         self.observers = tuple(observers)
         self.breakers = breakers or BreakerBoard(policies)
-        self.fallbacks = fallbacks or Fallbacks(upstream.timeouts)
+        self.fallbacks = fallbacks or Fallbacks(upstream.timeouts, upstream.limits)
         self.tracer = tracer
+        self.max_body = max_body
         self.counts = ProxyCounts()
+        self.wires = ModelWires()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request, writer: ResponseWriter) -> None:
         """Forward one request, guarded when its path is one of the policy's routes."""
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
-        policy, known = self.policies.current.resolve(request.headers.get(self.region_header))
+        headers = request.headers
+        raw_id = headers.get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
+        region = headers.get(self.region_header)
+        table = self.policies.current
+        policy, known = table.resolve(region.decode("latin-1") if region is not None else None)
         counts = self.counts
         counts.requests += 1
         counts.unknown_region += not known
         counts.in_flight += 1
         try:
-            model = policy.match(request.path)
+            target = origin_form(request.target)
+            model = policy.match(route_path(target))
             if model is not None and model.chain is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, model)
-            counts.unguarded += 1
-            return await self._stream(request, request_id)
+                await self._guarded(request, writer, request_id, target, model)
+            else:
+                counts.unguarded += 1
+                await self._pass(request, writer, request_id, target)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
-            return error_response(exc.status, exc.message, request_id)
+            _fail(writer, exc.status, exc.message, request_id)
+        except RequestError as exc:  # body too large, too slow, malformed: the client's doing
+            counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
+            _fail(writer, exc.status, exc.message, request_id)
         finally:
             counts.in_flight -= 1
+            self.finished(request, writer, request_id)
 
-    async def _stream(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    def finished(self, request: Request, writer: ResponseWriter, request_id: str) -> None:
+        """Every request ends here once, answered or not (writer.status, writer.aborted).
+
+        The one place a finished request is recorded: an access log line belongs here.
+        """
+
+    async def _pass(
+        self, request: Request, writer: ResponseWriter, request_id: str, target: bytes
+    ) -> None:
         """Pass-through: bodies streamed both ways, byte for byte."""
-        upstream_response = await self._send(request, request_id, _request_payload(request))
-        async with upstream_response:
-            return await self._relay(request, request_id, upstream_response)
-
-    async def _send(
-        self,
-        request: web.Request,
-        request_id: str,
-        data: Any,
-        upstream: Upstream | None = None,
-        breaker: CircuitBreaker | None = None,
-        probe: bool = False,
-    ) -> aiohttp.ClientResponse:
-        headers = forward_request_headers(request, request_id)
+        rid = request_id.encode("latin-1")
+        headers = forward_request_headers(request, rid)
+        body, length = await request_body(request)
+        upstream = self.upstream
         call = self.tracer.upstream_call(request, headers)
-        upstream = upstream or self.upstream
-        began = time.perf_counter()
         try:
-            response = await upstream.session.request(
-                request.method,
-                upstream.url_for(request.raw_path),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = map_error(exc)
-            call.end(error.status, type(exc).__name__)
-            if breaker is not None:
-                settle(breaker, None, time.perf_counter() - began, probe)
-            raise error from exc
+            response = await upstream.pool.request(
+                request.method, upstream.target(target), headers, body,
+                key=UNGUARDED, content_length=length,
+            )  # fmt: skip
+        except UpstreamError as exc:
+            call.end(exc.status, exc.kind)
+            raise
         call.end(response.status)
-        if breaker is not None:
-            settle(breaker, response.status, time.perf_counter() - began, probe)
-        return response
-
-    async def _relay(
-        self, request: web.Request, request_id: str, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_response_headers(upstream.headers, request_id),
-        )
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        if request.method == "HEAD" or upstream.status in NO_BODY_STATUS:
-            await response.write_eof()
-            return response
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Headers are gone; closing without the final chunk tells the client the truth.
-            self.counts.aborted += 1
-            log.warning("upstream failed mid-response for %s: %r", request_id, exc)
-            _abort(request)
-            return response
-        await response.write_eof()
-        return response
+        await relay(request, writer, response, rid, self.counts)
 
     async def _guarded(
-        self, request: web.Request, request_id: str, model: CompiledModel
-    ) -> web.StreamResponse:
-        chain = cast(GuardChain, model.chain)
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        request_id: str,
+        target: bytes,
+        model: CompiledModel,
+    ) -> None:
         breaker = self.breakers.get(model)
         admission = breaker.admit()
+        wire = self.wires(model)
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":
             fallback = self.fallbacks.get(breaker)
             if fallback is None:
                 self.breakers.rejected += 1
-                return _breaker_open(request_id, model, breaker)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return error_response(413, exc.text or "request body too large", request_id)
+                breaker_open(writer, request_id, model, breaker, wire.headers)
+                return
+        body = await request.read(self.max_body)
+        path = route_path(target)
         ex = Exchange(
             request_id=request_id,
             region=model.region,
             model=model.name,
-            method=request.method,
-            path=request.path,
+            method=request.method.decode("latin-1"),
+            path=path,
             headers=request.headers,
             body=body,
-            started=time.perf_counter(),
-            version=path_version(request.path),
+            started=perf_counter(),
+            version=path_version(path),
         )
         admitted = Admitted(breaker, admission, fallback is not None)
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, fallback is not None)
+        chain = cast(GuardChain, model.chain)
         await chain.on_request(ex)
         if ex.reply is not None:
             await chain.observe(ex)
-            return self._finish_reply(ex, model, admitted)
-        began = time.perf_counter()
+            self._reply(writer, ex, admitted, wire)
+            return
         try:
-            upstream_response = await self._send(
-                request, request_id, ex.body, fallback, None if fallback else breaker,
-                admission is Admission.PROBE,
-            )  # fmt: skip
-            async with upstream_response:
-                if not _is_json(upstream_response) or request.method == "HEAD":
-                    self.counts.unguarded_streams += 1
-                    return await self._relay(request, request_id, upstream_response)
-                ex.response_body = await _read(upstream_response)
-                ex.upstream_seconds = time.perf_counter() - began
-                ex.status = upstream_response.status
-                ex.response_headers = forward_response_headers(upstream_response.headers)
+            await self._ask(request, writer, ex, target, admitted, fallback or self.upstream, wire)
         except UpstreamError as exc:
             ex.status = exc.status
             ex.errors.append(exc.message)
             await chain.observe(ex)  # an errored exchange is always sampled
             self._observe(ex, model, admitted)
             raise
+
+    async def _ask(
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        ex: Exchange,
+        target: bytes,
+        admitted: Admitted,
+        upstream: Upstream,
+        wire: ModelWire,
+    ) -> None:
+        """The upstream's answer through the guards (a non-JSON answer streams through)."""
+        rid = ex.request_id.encode("latin-1")
+        headers = forward_request_headers(request, rid)
+        call = self.tracer.upstream_call(request, headers)
+        began = perf_counter()
+        try:
+            response = await upstream.pool.request(
+                request.method, upstream.target(target), headers, ex.body, key=wire.pool_key
+            )
+        except UpstreamError as exc:
+            call.end(exc.status, exc.kind)
+            self._settle(admitted, None, perf_counter() - began)
+            raise
+        call.end(response.status)
+        self._settle(admitted, response.status, perf_counter() - began)
+        content_type = media_type(response.headers.get(b"content-type"))
+        if (
+            content_type not in JSON_TYPES
+            or response.status in NO_BODY_STATUS
+            or request.method == b"HEAD"
+        ):
+            self.counts.unguarded_streams += 1
+            await relay(request, writer, response, rid, self.counts)
+            return
+        ex.response_body = await response.read(self.max_body)
+        ex.upstream_seconds = perf_counter() - began
+        ex.status = response.status
+        ex.response_headers = forward_response_headers(response.headers)
+        ex.response_type = content_type
+        chain = cast(GuardChain, wire.model.chain)
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
             await chain.observe(ex)
         if ex.reply is not None:
-            return self._finish_reply(ex, model, admitted)
-        return self._finish(ex, model, admitted)
+            self._reply(writer, ex, admitted, wire)
+        else:
+            self._answer(writer, ex, admitted, wire, reason_of(response))
 
-    def _finish(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
-        headers = ex.response_headers
+    def _settle(self, admitted: Admitted, status: int | None, seconds: float) -> None:
+        """Count a call of the model's own upstream (a fallback's answers say nothing of it)."""
+        if not admitted.fallback:
+            settle(admitted.breaker, status, seconds, admitted.admission is Admission.PROBE)
+
+    def _answer(
+        self,
+        writer: ResponseWriter,
+        ex: Exchange,
+        admitted: Admitted,
+        wire: ModelWire,
+        reason: bytes | None,
+    ) -> None:
         body = ex.final_response_body()
+        headers = ex.response_headers
         if ex.response_changed:
-            headers.popall("Content-Encoding", None)
-        headers.popall("Content-Length", None)
-        _annotate(headers, ex, model)
-        self._observe(ex, model, admitted)
-        return web.Response(status=ex.status, body=body, headers=headers)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        try:
+            writer.send(ex.status, annotated(headers, ex, wire.headers), body, reason)
+        finally:
+            self._observe(ex, wire.model, admitted)
 
-    def _finish_reply(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
-        reply: Reply = ex.reply  # type: ignore[assignment]
+    def _reply(
+        self, writer: ResponseWriter, ex: Exchange, admitted: Admitted, wire: ModelWire
+    ) -> None:
+        reply = ex.reply
+        assert reply is not None
         self.counts.blocked += 1
         ex.status = reply.status
-        response = error_response(reply.status, reply.error, ex.request_id, **reply.details)
-        response.headers.update(reply.headers)
-        _annotate(response.headers, ex, model)
-        self._observe(ex, model, admitted)
-        return response
+        headers = [JSON, *((header_name(k), v.encode("latin-1")) for k, v in reply.headers.items())]
+        body = error_body(reply.error, ex.request_id, **reply.details)
+        try:
+            writer.send(reply.status, annotated(headers, ex, wire.headers), body)
+        finally:
+            self._observe(ex, wire.model, admitted)
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
         """Hand every observer the same immutable record; a failing observer is counted."""
@@ -287,57 +276,9 @@ class Proxy:
                 log.exception("observer %s failed on %s", name, ex.request_id)
 
 
-def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker) -> web.Response:
-    """503 while the breaker is open (reject, or a fallback that is not ready)."""
-    response = error_response(
-        503,
-        "circuit breaker open",
-        request_id,
-        region=model.region,
-        model=model.name,
-        reason=breaker.reason,
-    )
-    response.headers["Retry-After"] = str(breaker.retry_after())
-    response.headers["X-Guard-Breaker"] = breaker.state_name
-    response.headers["X-Guard-Region"] = model.region
-    response.headers["X-Guard-Model"] = model.name
-    response.headers["X-Guard-Policy"] = model.policy_version
-    return response
-
-
-def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, model: CompiledModel) -> None:
-    headers["X-Request-Id"] = ex.request_id
-    headers["X-Guard-Region"] = model.region
-    headers["X-Guard-Model"] = model.name
-    headers["X-Guard-Policy"] = model.policy_version
-    headers.update(ex.annotations)
-
-
-def _response_headers(upstream: Any, request_id: str) -> CIMultiDict[str]:
-    headers = forward_response_headers(upstream)
-    headers.popall("Content-Length", None)  # set through content_length to keep framing exact
-    headers["X-Request-Id"] = request_id
-    return headers
-
-
-def _request_payload(request: web.Request) -> Any:
-    if request.body_exists:
-        return request.content
-    return None
-
-
-def _is_json(response: aiohttp.ClientResponse) -> bool:
-    return response.content_type in JSON_TYPES and response.status not in NO_BODY_STATUS
-
-
-async def _read(response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise map_error(exc) from exc
-
-
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+def _fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
+    """An error answer, or a reset when the answer's head is already out."""
+    if writer.started:
+        writer.abort()
+    elif not writer.finished:
+        send_error(writer, status, message, request_id)

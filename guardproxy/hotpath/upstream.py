@@ -1,32 +1,42 @@
-"""Forwarding to the model server: one pooled session, timeouts, header rules, error mapping."""
+"""Forwarding to the model server: a keep-alive pool per origin, timeouts, header rules."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from guardproxy.transport import HeaderList, Headers, Pool, PoolConfig, Request, UpstreamError
 
-# RFC 9110 section 7.6.1: these describe one connection, never the message.
+__all__ = [
+    "HOP_BY_HOP",
+    "Limits",
+    "Timeouts",
+    "Upstream",
+    "UpstreamError",
+    "forward_request_headers",
+    "forward_response_headers",
+]
+
+# RFC 9110 section 7.6.1: these describe one connection, never the message. Expect is
+# answered here (the body is read or streamed), and Host is the upstream's.
 HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-    )
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
 )
-# The client library would otherwise add these; a proxy forwards what the client sent.
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Request headers never forwarded as the client sent them (replaced or framed anew).
+_REQUEST_SKIP = HOP_BY_HOP | {b"host", b"x-request-id", b"x-forwarded-for", b"expect"}
+_RESPONSE_SKIP = HOP_BY_HOP
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,112 +48,123 @@ class Timeouts:
     total: float | None = 300.0
 
 
-class UpstreamError(Exception):
-    """The upstream could not be reached or did not answer: status is what the client gets."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Concurrency per pool key (one per model, one for unguarded traffic)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def connection_headers(headers: CIMultiDictProxy[str] | web.BaseRequest) -> frozenset[str]:
-    """Hop-by-hop headers plus those the Connection header names."""
-    source = headers.headers if isinstance(headers, web.BaseRequest) else headers
-    named = {
-        token.strip().lower()
-        for value in source.getall("Connection", ())
-        for token in value.split(",")
-        if token.strip()
-    }
-    return HOP_BY_HOP | named if named else HOP_BY_HOP
+    per_key: int = 64  # requests running at once
+    queue: int = 256  # requests waiting for a slot; more are answered 503
+    queue_timeout: float = 10.0  # longest wait for a slot; then 503
 
 
-def forward_request_headers(request: web.BaseRequest, request_id: str) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones, Host dropped, X-Forwarded-* added."""
-    drop = connection_headers(request)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lower = name.lower()
-        if lower in drop or lower == "host" or lower == "x-request-id":
-            continue
-        out.add(name, value)
-    out["X-Request-Id"] = request_id
-    peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    out.setdefault("X-Forwarded-Proto", request.scheme)
-    out.setdefault("X-Forwarded-Host", request.host)
-    return out
-
-
-def forward_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's headers minus hop-by-hop ones (framing is redone by our server)."""
-    drop = connection_headers(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+def pool_config(timeouts: Timeouts, limits: Limits) -> PoolConfig:
+    """The transport pool's settings for these timeouts and limits."""
+    return PoolConfig(
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
+        total_timeout=timeouts.total,
+        per_key=limits.per_key,
+        queue_per_key=limits.queue,
+        queue_timeout=limits.queue_timeout,
+        max_idle=max(64, limits.per_key),
+    )
 
 
 class Upstream:
-    """A keep-alive pool to one model server (or its fallback), created in the app lifecycle."""
+    """A keep-alive pool to one model server (or its fallback): `http://host:port[/prefix]`."""
 
-    def __init__(self, base_url: str, timeouts: Timeouts, pool_size: int = 100) -> None:
-        self.base = URL(base_url)
-        self._prefix = str(self.base).rstrip("/")
-        self.timeouts = timeouts
-        self.pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(
+        self, url: str, timeouts: Timeouts | None = None, limits: Limits | None = None
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream {url!r}: expected http://HOST[:PORT][/PREFIX]")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority = f"{host}:{self.port}"  # the Host header the pool sends
+        self.prefix = parts.path.rstrip("/").encode("latin-1")
+        self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self.pool = Pool(self.host, self.port, pool_config(self.timeouts, self.limits))
 
-    async def start(self) -> None:
-        """Open the pooled session."""
-        connector = aiohttp.TCPConnector(
-            limit=self.pool_size, keepalive_timeout=30, ttl_dns_cache=300
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=self.timeouts.total,
-            sock_connect=self.timeouts.connect,
-            sock_read=self.timeouts.read,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    def target(self, raw: bytes) -> bytes:
+        """The upstream request target for a client's raw path and query string, unchanged."""
+        return self.prefix + raw if self.prefix else raw
 
     async def close(self) -> None:
-        """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every pooled connection."""
+        await self.pool.close()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The open session (the app lifecycle guarantees it during serving)."""
-        assert self._session is not None, "upstream session used before start()"
-        return self._session
-
-    def url_for(self, path_qs: str) -> URL:
-        """The upstream URL for a client's raw path and query string, unchanged."""
-        return URL(self._prefix + path_qs, encoded=True)
+    def status(self) -> dict[str, Any]:
+        """The pool's counters, and requests active and waiting per key."""
+        return self.pool.status()
 
     async def reachable(self, wait: float = 1.0) -> bool:
         """Whether a TCP connection to the upstream opens (readiness, never the hot path)."""
-        host, port = self.base.host or "127.0.0.1", self.base.port or 80
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), wait)
         except (OSError, TimeoutError):
             return False
         writer.close()
         return True
 
 
-def map_error(exc: BaseException) -> UpstreamError:
-    """Translate a client-library failure into what the proxy answers."""
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError(504, "upstream timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, f"upstream unreachable: {exc.os_error or exc}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(502, "upstream closed the connection")
-    return UpstreamError(502, f"upstream error: {type(exc).__name__}: {exc}")
+def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    """The header names a Connection header lists (lower-cased)."""
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
+
+
+def forward_request_headers(request: Request, request_id: bytes) -> HeaderList:
+    """The client's headers minus hop-by-hop ones, Host dropped, X-Forwarded-* added."""
+    out: HeaderList = []
+    prior: bytes | None = None
+    named: list[bytes] | None = None
+    has_proto = has_host = False
+    host = b""
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower in _REQUEST_SKIP:
+            if lower == b"connection":
+                named = [*named, value] if named else [value]
+            elif lower == b"x-forwarded-for":
+                prior = value if prior is None else prior + b", " + value
+            elif lower == b"host":
+                host = value
+            continue
+        has_proto = has_proto or lower == b"x-forwarded-proto"
+        has_host = has_host or lower == b"x-forwarded-host"
+        out.append((name, value))
+    if named:
+        drop = connection_tokens(named)
+        out = [(k, v) for k, v in out if k.lower() not in drop]
+    out.append((b"X-Request-Id", request_id))
+    out.extend(forwarding(request, prior, host, has_proto, has_host))
+    return out
+
+
+def forwarding(
+    request: Request, prior: bytes | None, host: bytes, has_proto: bool, has_host: bool
+) -> HeaderList:
+    """X-Forwarded-For (the peer appended), -Proto and -Host unless the client sent them."""
+    peer = request.peer[0].encode("latin-1") if request.peer else b""
+    added: HeaderList = [(b"X-Forwarded-For", prior + b", " + peer if prior else peer)]
+    if not has_proto:
+        added.append((b"X-Forwarded-Proto", b"http"))
+    if not has_host and host:
+        added.append((b"X-Forwarded-Host", host))
+    return added
+
+
+def forward_response_headers(headers: Headers) -> HeaderList:
+    """The upstream's headers minus hop-by-hop ones (framing is redone by our server)."""
+    raw = headers.raw
+    out = [(k, v) for k, v in raw if k.lower() not in _RESPONSE_SKIP]
+    if len(out) != len(raw) and b"connection" in headers:
+        drop = connection_tokens(headers.getall(b"connection"))
+        if drop:
+            out = [(k, v) for k, v in out if k.lower() not in drop]
+    return out

@@ -32,7 +32,8 @@ from guardproxy.telemetry.export import (
 )
 from guardproxy.telemetry.exposition import HistogramCollector, HistogramMetrics
 from guardproxy.telemetry.instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
-from guardproxy.telemetry.tracing import CURRENT, Handler, RequestTracer
+from guardproxy.telemetry.tracing import CURRENT, RequestTracer
+from guardproxy.transport import Handler
 
 log = logging.getLogger("guardproxy.telemetry")
 SCOPE = "guardproxy"

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from time import perf_counter
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from multidict import CIMultiDict
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from guardproxy.hotpath.hooks import UpstreamCall
 from guardproxy.telemetry.instruments import NO_ROUTE, Instruments
+from guardproxy.transport import Handler, HeaderList, Headers, Request, ResponseWriter
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
+METHODS = {
+    m.encode(): m
+    for m in ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+}
 PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class HeaderGetter(Getter[Headers]):
+    """Reads W3C trace context from the transport's byte headers."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        """Every value of a header, as text."""
+        values = carrier.getall(key.encode("latin-1"))
+        return [v.decode("latin-1") for v in values] if values else None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        """Every header name, as text."""
+        return [name.decode("latin-1") for name, _ in carrier]
+
+
+GETTER = HeaderGetter()
 
 
 class RequestState:
@@ -36,9 +51,9 @@ class RequestState:
 CURRENT: ContextVar[RequestState | None] = ContextVar("guardproxy_request", default=None)
 
 
-def method_of(method: str) -> str:
+def method_of(method: bytes) -> str:
     """The method as semconv records it: known methods, else _OTHER (bounded)."""
-    return method if method in METHODS else "_OTHER"
+    return METHODS.get(method, "_OTHER")
 
 
 def traceparent(span: Span) -> str | None:
@@ -99,55 +114,57 @@ class RequestTracer:
     def traced(self, handler: Handler) -> Handler:
         """The handler inside a SERVER span, timed into http.server.request.duration."""
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: Request, writer: ResponseWriter) -> None:
             started = perf_counter()
             state = RequestState(self._server_span(request) if self.tracer else None)
             token = CURRENT.set(state)
-            status, error = 500, None
+            error = None
             try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
+                await handler(request, writer)
             except BaseException as exc:
                 error = type(exc).__name__
                 raise
             finally:
                 CURRENT.reset(token)
+                status = writer.status or 500
+                if writer.aborted and error is None:
+                    error = "aborted"
                 self._finish(request.method, state, perf_counter() - started, status, error)
 
         return handle
 
-    def _server_span(self, request: web.Request) -> Span:
+    def _server_span(self, request: Request) -> Span:
         assert self.tracer is not None
         headers = request.headers
-        parent = PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        parent = PROPAGATOR.extract(headers, getter=GETTER) if b"traceparent" in headers else None
+        name = method_of(request.method)
         if self.sampler_reads_attributes:
             attributes = self._server_attributes(request)
             return self.tracer.start_span(
-                request.method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
             )
-        span = self.tracer.start_span(request.method, context=parent, kind=SpanKind.SERVER)
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(self._server_attributes(request))
         return span
 
-    def _server_attributes(self, request: web.Request) -> dict[str, str | int]:
-        host, _, port = request.host.rpartition(":")
+    def _server_attributes(self, request: Request) -> dict[str, str | int]:
+        host_header = (request.headers.get(b"host") or b"").decode("latin-1")
+        host, _, port = host_header.rpartition(":")
+        if not port.isdigit():
+            host, port = host_header, ""
         attributes: dict[str, str | int] = {
             "http.request.method": method_of(request.method),
-            "url.path": request.path,
-            "url.scheme": request.scheme,
-            "server.address": host or request.host,
+            "url.path": request.path.decode("latin-1"),
+            "url.scheme": "http",
+            "server.address": host,
         }
-        if port.isdigit():
+        if port:
             attributes["server.port"] = int(port)
         return attributes
 
     def _finish(
-        self, method: str, state: RequestState, seconds: float, status: int, error: str | None
+        self, method: bytes, state: RequestState, seconds: float, status: int, error: str | None
     ) -> None:
         key = (method_of(method), error or status, state.route or NO_ROUTE)
         self.instruments.server.record_key(key, seconds)
@@ -158,7 +175,7 @@ class RequestTracer:
             _mark_error(span, status, error)
             span.end()
 
-    def upstream_call(self, request: web.Request, headers: CIMultiDict[str]) -> UpstreamCall:
+    def upstream_call(self, request: Request, headers: HeaderList) -> UpstreamCall:
         """Start a CLIENT span under the request's SERVER span; send its traceparent upstream."""
         state = CURRENT.get()
         method = method_of(request.method)
@@ -167,26 +184,28 @@ class RequestTracer:
             return UpstreamSpan(self, state, None, method)
         if not server.is_recording():
             # Unsampled: no CLIENT span (its parent's decision stands), the decision goes on.
-            _propagate(headers, server)
+            _propagate(headers, server, b"traceparent" in request.headers)
             return UpstreamSpan(self, state, None, method)
         span = self.tracer.start_span(
-            request.method,
+            method,
             context=set_span_in_context(server),
             kind=SpanKind.CLIENT,
             attributes={
                 **self.client_static,
                 "http.request.method": method,
-                "url.full": self.upstream_base + request.path,
+                "url.full": self.upstream_base + request.path.decode("latin-1"),
             },
         )
-        _propagate(headers, span)
+        _propagate(headers, span, b"traceparent" in request.headers)
         return UpstreamSpan(self, state, span, method)
 
 
-def _propagate(headers: CIMultiDict[str], span: Span) -> None:
+def _propagate(headers: HeaderList, span: Span, replace: bool) -> None:
     value = traceparent(span)
     if value is not None:
-        headers["traceparent"] = value
+        if replace:  # the client's traceparent names its own span, not ours
+            headers[:] = [(k, v) for k, v in headers if k.lower() != b"traceparent"]
+        headers.append((b"traceparent", value.encode("latin-1")))
 
 
 def _mark_error(span: Span, status: int, error: str | None) -> None:

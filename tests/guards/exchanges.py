@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.policy.models import ModelPolicy
+from guardproxy.transport import Headers
 
 
 def exchange(
@@ -30,12 +29,13 @@ def exchange(
         model="adult",
         method="POST",
         path="/v2/models/adult/infer",
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
+        headers=Headers([(k.encode(), v.encode()) for k, v in (headers or {}).items()]),
         body=dumps(request),
         started=time.monotonic(),
     )
     ex.status = status
-    ex.response_headers["Content-Type"] = "application/json"
+    ex.response_headers = [(b"Content-Type", b"application/json")]
+    ex.response_type = b"application/json"
     ex.response_body = raw_response if raw_response is not None else dumps(response)
     return ex
 

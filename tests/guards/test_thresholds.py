@@ -94,7 +94,7 @@ async def test_non_2xx_and_non_json_answers_are_left_alone() -> None:
     chain = chain_for({"on_error": "fail_closed"})
     ex = await run(chain, exchange(v2_request("male"), raw_response=b"oops", status=503))
     text = exchange(v2_request("male"), raw_response=b"plain")
-    text.response_headers["Content-Type"] = "text/plain"
+    text.response_type = b"text/plain"
     await run(chain, text)
     assert ex.verdicts == [] and text.verdicts == [] and chain.errors == {}
 

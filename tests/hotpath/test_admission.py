@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, CIMultiDictProxy
+import pytest
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import Admission
@@ -10,7 +10,8 @@ from guardproxy.guards.exchange import Exchange
 from guardproxy.hotpath.admission import Fallbacks, mark
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.policy.thresholds import Snapshot
-from guardproxy.testing import serving, upstream_app
+from guardproxy.testing import eventually, serving, upstream_app
+from guardproxy.transport import Headers, UpstreamError
 from tests.breaker.tables import table
 
 
@@ -19,7 +20,7 @@ def test_mark_annotates_and_flags_for_sampling() -> None:
     breaker = board.breaker("sg", "fraud")
     assert breaker is not None
     breaker.force("forced_open", "t")
-    ex = Exchange("r", "sg", "fraud", "POST", "/", CIMultiDictProxy(CIMultiDict[str]()), b"", 0.0)
+    ex = Exchange("r", "sg", "fraud", "POST", "/", Headers([]), b"", 0.0)
     mark(ex, breaker, Admission.OPEN, fallback=True)
     assert ex.annotations == {"X-Guard-Breaker": "forced_open", "X-Guard-Upstream": "fallback"}
     assert ex.flags == ["breaker:open", "breaker:fallback"]
@@ -37,11 +38,26 @@ async def test_fallback_pools_follow_the_lifecycle_and_policy_swaps() -> None:
         assert breaker is not None and pools.get(breaker) is None  # not started
         await pools.start()
         pool = pools.get(breaker)
-        assert pool is not None
-        async with pool.session.get(pool.url_for("/status/200")) as response:
-            assert response.status == 200
+        assert pool is not None and pools.status() == {url: True}
+        response = await pool.pool.request(b"GET", pool.target(b"/status/200"), [])
+        assert response.status == 200 and b'"status"' in await response.read()
+        assert pool.status()["requests"] == 1
         snapshot.publish(table(sg={}))
         board.tick()
         assert pools.pools == {} and pools.status() == {}
         await pools.stop()
-        assert pool._session is None
+        await eventually(lambda: pool.status()["open"] == 0)
+        with pytest.raises(UpstreamError, match="closed"):
+            await pool.pool.request(b"GET", b"/status/200", [])
+
+
+async def test_a_fallback_url_the_pool_cannot_serve_is_never_ready() -> None:
+    snapshot = Snapshot(table(sg={"open": {"action": "fallback", "upstream": "https://x"}}))
+    board = BreakerBoard(snapshot)
+    pools = Fallbacks(Timeouts())
+    pools.follow(snapshot.current)
+    await pools.start()
+    breaker = board.breaker("sg", "fraud")
+    assert breaker is not None
+    assert pools.get(breaker) is None and pools.status() == {"https://x": False}
+    await pools.stop()

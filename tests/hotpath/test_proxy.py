@@ -57,7 +57,7 @@ async def test_hop_by_hop_headers_dropped_and_forwarding_headers_added(
     assert header_values(echo, "X-Forwarded-For") == ["10.1.1.1, 127.0.0.1"]
     assert header_values(echo, "X-Forwarded-Host") == ["model.example:8080"]
     assert header_values(echo, "X-Forwarded-Proto") == ["http"]
-    upstream_host = proxy.runtime.upstream.base.raw_authority
+    upstream_host = proxy.runtime.upstream.authority
     assert header_values(echo, "Host") == [upstream_host]
     # the client library adds nothing of its own
     assert "user-agent" not in names or header_values(echo, "User-Agent") != ["Python"]

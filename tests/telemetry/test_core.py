@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from aiohttp import web
 
 from guardproxy.breaker.state import Transition
 from guardproxy.state.base import PredictionRecord
 from guardproxy.telemetry import NO_TRACER, Telemetry, TelemetryConfig
+from guardproxy.transport import Request, ResponseWriter
 
 from .conftest import key, samples
 
@@ -54,8 +54,8 @@ def test_bad_names_are_refused() -> None:
 def test_disabled_telemetry_adds_nothing() -> None:
     telemetry = Telemetry(TelemetryConfig(disabled=True), "http://127.0.0.1:1")
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response()
+    async def handler(request: Request, writer: ResponseWriter) -> None:
+        writer.send(204, [])
 
     assert telemetry.traced(handler) is handler
     assert telemetry.tracer is NO_TRACER

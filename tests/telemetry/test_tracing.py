@@ -8,27 +8,25 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
 
 from guardproxy.telemetry import NO_TRACER, Telemetry, TelemetryConfig
+from guardproxy.transport import HeaderList, Request, ResponseWriter
+
+from .exchanges import request as new_request
 
 
 def per_request_seconds(telemetry: Telemetry | None, n: int = 10_000) -> float:
     """Mean wall time of the instrumentation around one request (handler does nothing)."""
-    request = make_mocked_request("POST", "/v2/models/m/infer", headers={"Host": "p:8080"})
-    response = web.Response()
     tracer: Any = telemetry.tracer if telemetry else NO_TRACER
 
-    async def handler(req: web.Request) -> web.StreamResponse:
-        tracer.upstream_call(req, CIMultiDict()).end(200)
-        return response
+    async def handler(req: Request, writer: ResponseWriter) -> None:
+        tracer.upstream_call(req, []).end(200)
+        writer.send(200, [])
 
     wrapped = telemetry.traced(handler) if telemetry else handler
     began = time.perf_counter()
     for _ in range(n):
-        coroutine = wrapped(request)
+        coroutine = wrapped(*new_request()[:2])
         with contextlib.suppress(StopIteration):
             coroutine.send(None)  # type: ignore[attr-defined]
     return (time.perf_counter() - began) / n
@@ -59,20 +57,43 @@ def test_an_unsampled_request_reaches_no_span_processor(monkeypatch: pytest.Monk
     config = TelemetryConfig(traces_endpoint="http://127.0.0.1:1/v1/traces")
     telemetry = Telemetry(config, "http://u:1")
     assert telemetry.requests.sampler_reads_attributes is False  # the SDK's samplers do not
-    sent: list[CIMultiDict[str]] = []
-    request = make_mocked_request("POST", "/v2/models/m/infer", headers={"Host": "p:8080"})
+    sent: list[HeaderList] = []
 
-    async def handler(req: web.Request) -> web.StreamResponse:
-        sent.append(CIMultiDict())
+    async def handler(req: Request, writer: ResponseWriter) -> None:
+        sent.append([])
         call = telemetry.tracer.upstream_call(req, sent[-1])
         assert getattr(call, "span", "?") is None  # no CLIENT span under an unsampled parent
         call.end(200)
-        return web.Response()
+        writer.send(200, [])
 
     for _ in range(50):
-        asyncio.run(telemetry.traced(handler)(request))  # type: ignore[arg-type]
+        asyncio.run(telemetry.traced(handler)(*new_request()[:2]))
     assert telemetry.spans is not None and telemetry.spans.queued == 0
-    flags = [int(headers["traceparent"].rsplit("-", 1)[1], 16) for headers in sent]
+    values = [dict(headers)[b"traceparent"].decode() for headers in sent]
+    flags = [int(value.rsplit("-", 1)[1], 16) for value in values]
     assert flags and not any(f & 1 for f in flags)  # the unsampled decision goes upstream
-    assert len({headers["traceparent"] for headers in sent}) == 50
+    assert len(set(values)) == 50
     asyncio.run(telemetry.shutdown(1.0))
+
+
+def test_the_clients_traceparent_is_replaced_upstream_not_repeated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    telemetry = Telemetry(
+        TelemetryConfig(traces_endpoint="http://127.0.0.1:1/v1/traces"), "http://u:1"
+    )
+    incoming = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sent: HeaderList = [(b"traceparent", incoming), (b"x-other", b"1")]
+
+    async def handler(req: Request, writer: ResponseWriter) -> None:
+        telemetry.tracer.upstream_call(req, sent).end(200)
+        writer.send(200, [])
+
+    req, writer, _ = new_request(headers=[(b"traceparent", incoming)])
+    asyncio.run(telemetry.traced(handler)(req, writer))
+    values = [v for k, v in sent if k == b"traceparent"]
+    assert len(values) == 1 and values[0] != incoming
+    assert values[0].split(b"-")[1] == incoming.split(b"-")[1]  # the same trace, continued
+    assert (b"x-other", b"1") in sent
+    asyncio.run(telemetry.shutdown(0.2))

@@ -1,0 +1,15 @@
+"""Bearer tokens on the admin and feedback endpoints, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+
+def bearer_matches(authorization: str | None, expected: str | None) -> bool:
+    """Whether `Authorization: Bearer <token>` carries the token; no token configured denies."""
+    if not expected or not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    )

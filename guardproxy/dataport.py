@@ -1,0 +1,52 @@
+"""The data port: the reserved /guardproxy/ prefix answered here, everything else proxied."""
+
+from __future__ import annotations
+
+from guardproxy.hotpath.replies import new_request_id, send_error
+from guardproxy.hotpath.targets import origin_form
+from guardproxy.transport import (
+    Handler,
+    Request,
+    ResponseWriter,
+    Server,
+    ServerConfig,
+    json_error,
+)
+
+RESERVED = b"/guardproxy/"
+FEEDBACK = b"/guardproxy/v1/feedback"
+
+
+class DataPort:
+    """Routes each request: feedback, another reserved path (404), or the proxy."""
+
+    def __init__(self, proxy: Handler, feedback: Handler) -> None:
+        self.proxy = proxy
+        self.feedback = feedback
+
+    async def handle(self, request: Request, writer: ResponseWriter) -> None:
+        """The server's handler."""
+        target = request.target
+        if not target.startswith(RESERVED):
+            if target.startswith(b"/") or not origin_form(target).startswith(RESERVED):
+                await self.proxy(request, writer)
+                return
+            target = origin_form(target)
+        path = target.partition(b"?")[0]
+        if path == FEEDBACK and request.method == b"POST":
+            await self.feedback(request, writer)
+            return
+        where = f"{request.method.decode('latin-1')} {path.decode('latin-1')}"
+        raw_id = request.headers.get(b"x-request-id")
+        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
+        send_error(writer, 404, f"no such endpoint: {where}", request_id)
+
+
+def data_server(
+    handler: Handler, header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
+) -> Server:
+    """The transport server of the data port, with its slow-client timeouts."""
+    config = ServerConfig(
+        max_head_size=max_head, header_timeout=header_timeout, body_timeout=body_timeout
+    )
+    return Server(handler, config, json_error)

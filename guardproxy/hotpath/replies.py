@@ -1,0 +1,160 @@
+"""What the proxy answers by itself, the headers it adds to answers, and its counters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardproxy.breaker.state import CircuitBreaker
+from guardproxy.guards.exchange import Exchange, dumps
+from guardproxy.policy.table import CompiledModel
+from guardproxy.transport import HeaderList, ResponseWriter
+
+JSON = (b"Content-Type", b"application/json")
+REQUEST_ID = b"X-Request-Id"
+# Names of the annotations guards set, as bytes once (anything else is encoded per use).
+_NAMES = {
+    name: name.encode()
+    for name in (
+        "X-Guard-Decision",
+        "X-Guard-Threshold",
+        "X-Guard-Threshold-Version",
+        "X-Guard-Labels",
+        "X-Guard-Flag",
+        "X-Guard-Breaker",
+        "X-Guard-Upstream",
+    )
+}
+MAX_MODELS = 1024  # models whose constant headers are kept (policies are reloaded, not grown)
+
+
+@dataclass(slots=True)
+class ProxyCounts:
+    """Plain counters the admin port reports; ints, so no locks in a single event loop."""
+
+    requests: int = 0
+    guarded: int = 0
+    unguarded: int = 0
+    in_flight: int = 0
+    unknown_region: int = 0
+    upstream_errors: dict[int, int] = field(default_factory=dict)
+    refused: dict[int, int] = field(default_factory=dict)  # bad requests: 408, 413, ...
+    aborted: int = 0
+    blocked: int = 0
+    unguarded_streams: int = 0
+    observer_errors: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able view for /status."""
+        return {
+            "requests": self.requests,
+            "guarded": self.guarded,
+            "unguarded": self.unguarded,
+            "in_flight": self.in_flight,
+            "unknown_region": self.unknown_region,
+            "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "aborted": self.aborted,
+            "blocked": self.blocked,
+            "unguarded_streams": self.unguarded_streams,
+            "observer_errors": dict(self.observer_errors),
+        }
+
+
+def new_request_id() -> str:
+    """A random 128-bit id, hex encoded."""
+    return os.urandom(16).hex()
+
+
+def error_body(message: str, request_id: str, **extra: Any) -> bytes:
+    """The JSON body of every error the proxy itself gives."""
+    return dumps({"error": message, "request_id": request_id, **extra})
+
+
+def send_error(
+    writer: ResponseWriter,
+    status: int,
+    message: str,
+    request_id: str,
+    headers: HeaderList | None = None,
+    **extra: Any,
+) -> None:
+    """Answer an error the proxy itself gives: JSON naming the request, X-Request-Id."""
+    head = [JSON, (REQUEST_ID, request_id.encode("latin-1"))]
+    if headers:
+        head.extend(headers)
+    writer.send(status, head, error_body(message, request_id, **extra))
+
+
+def header_name(name: str) -> bytes:
+    """An annotation's header name as bytes (the common ones encoded once)."""
+    return _NAMES.get(name) or name.encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelWire:
+    """What the proxy sends for one compiled model, built once: its headers and pool key."""
+
+    model: CompiledModel
+    headers: HeaderList  # X-Guard-Region, -Model and -Policy
+    pool_key: str  # the upstream pool's concurrency key: one per (region, model)
+
+
+class ModelWires:
+    """Each compiled model's wire constants, keyed by identity (a reload builds new ones)."""
+
+    __slots__ = ("_built",)
+
+    def __init__(self) -> None:
+        self._built: dict[int, ModelWire] = {}
+
+    def __call__(self, model: CompiledModel) -> ModelWire:
+        """The model's constants, built on its first request."""
+        found = self._built.get(id(model))
+        if found is not None and found.model is model:
+            return found
+        if len(self._built) >= MAX_MODELS:
+            self._built.clear()
+        headers = [
+            (b"X-Guard-Region", model.region.encode("latin-1")),
+            (b"X-Guard-Model", model.name.encode("latin-1")),
+            (b"X-Guard-Policy", model.policy_version.encode("latin-1")),
+        ]
+        wire = ModelWire(model, headers, f"{model.region}/{model.name}")
+        self._built[id(model)] = wire
+        return wire
+
+
+def annotated(headers: HeaderList, ex: Exchange, constant: HeaderList) -> HeaderList:
+    """An answer's headers plus the request id, the model's headers and the guards' notes."""
+    headers.append((REQUEST_ID, ex.request_id.encode("latin-1")))
+    headers.extend(constant)
+    for name, value in ex.annotations.items():
+        headers.append((header_name(name), value.encode("latin-1")))
+    return headers
+
+
+def breaker_open(
+    writer: ResponseWriter,
+    request_id: str,
+    model: CompiledModel,
+    breaker: CircuitBreaker,
+    constant: HeaderList,
+) -> None:
+    """503 while the breaker is open (reject, or a fallback that is not ready)."""
+    headers = [
+        (b"Retry-After", str(breaker.retry_after()).encode()),
+        (b"X-Guard-Breaker", breaker.state_name.encode()),
+        *constant,
+    ]
+    send_error(
+        writer,
+        503,
+        "circuit breaker open",
+        request_id,
+        headers,
+        region=model.region,
+        model=model.name,
+        reason=breaker.reason,
+    )
