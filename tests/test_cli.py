@@ -41,6 +41,35 @@ def test_serve_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -
     assert flagged.region == "th"
 
 
+def test_limit_timeout_and_worker_flags_reach_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.setenv("GUARDPROXY_BODY_TIMEOUT", "7")
+    flags = ["--header-timeout", "3", "--upstream-concurrency", "5", "--upstream-queue", "9"]
+    settings = settings_from(parser().parse_args(["serve", *flags, "--workers", "2"]))
+    assert (settings.header_timeout, settings.body_timeout) == (3.0, 7.0)
+    assert (settings.limits.per_key, settings.limits.queue) == (5, 9)
+    assert settings.workers == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "0"], "--workers must be positive"),
+        (["--body-timeout", "-1"], "--body-timeout must be positive"),
+        (["--upstream-queue", "-1"], "--upstream-queue must not be negative"),
+        (["--upstream", "https://model:8443"], "expected http://"),
+    ],
+)
+def test_bad_serve_values_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    with pytest.raises(SystemExit, match=message):
+        settings_from(parser().parse_args(["serve", *flags]))
+
+
 def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "token"
     secret.write_text("from-a-secret\n")
