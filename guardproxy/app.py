@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +41,8 @@ from guardproxy.telemetry.loop import GcPauses, LoopLag
 
 log = logging.getLogger("guardproxy")
 GC_THRESHOLDS = (10_000, 20, 20)
+MONITOR_BATCH = 64
+SWITCH_INTERVAL = 0.001  # seconds a background thread may hold the GIL while the loop waits
 
 
 class Runtime:
@@ -72,7 +75,9 @@ class Runtime:
         self.breakers.table_listeners.append(self.fallbacks.follow)
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
-        self.worker = MonitorWorker(settings.monitor_budget)
+        # Smaller batches: each consumer's share of a batch runs on the loop in one go, so the
+        # batch size bounds that pause (128 observations took several milliseconds).
+        self.worker = MonitorWorker(settings.monitor_budget, batch_size=MONITOR_BATCH)
         self.worker.consumers += [self.engine, self.watchdog]
         self.proxy = Proxy(
             self.upstream,
@@ -123,7 +128,9 @@ class Runtime:
         if spec.redis_stream and self.settings.state.startswith("redis://"):
             return RedisStreamSink(self.settings.state, spec.redis_stream)
         directory = spec.jsonl or self.settings.samples_dir
-        return JsonlSink(directory, spec.max_bytes, spec.max_age)
+        # Workers share the directory: each writes its own files.
+        suffix = f"-w{self.settings.worker}" if self.settings.workers > 1 else ""
+        return JsonlSink(directory, spec.max_bytes, spec.max_age, suffix=suffix)
 
     @asynccontextmanager
     async def lifecycle(self) -> AsyncIterator[None]:
@@ -144,9 +151,7 @@ class Runtime:
             parts.push_async_callback(self.worker.stop, True)
             await self.watcher.start()
             parts.push_async_callback(self.watcher.stop)
-            self.loop_lag.start()
-            parts.callback(self.loop_lag.stop)
-            self.gc_pauses.start()
+            parts.callback(self.loop_lag.stop)  # started by serve() once startup is done
             parts.callback(self.gc_pauses.stop)
             yield
 
@@ -225,6 +230,8 @@ async def serve(
             await runtime.server.shutdown(0)
             raise
         settle_memory()
+        runtime.loop_lag.start()
+        runtime.gc_pauses.start()
         log.info(
             "serving on %s:%d (admin %s:%d) -> %s%s",
             host, data_port, settings.admin[0], admin_port, settings.upstream,
@@ -252,6 +259,9 @@ def settle_memory() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    # Redaction, sample writes and drift windows run in threads: the default 5 ms switch
+    # interval let one of them hold the GIL, and so the event loop, for that long.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 @asynccontextmanager

@@ -94,7 +94,7 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """Rotating JSONL files samples-<utc time>.jsonl, rotated on size or age."""
+    """Rotating JSONL files samples-<utc time>[suffix].jsonl, rotated on size or age."""
 
     def __init__(
         self,
@@ -102,8 +102,10 @@ class JsonlSink:
         max_bytes: int = 64 * 1024 * 1024,
         max_age: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        suffix: str = "",
     ) -> None:
         self.directory = Path(directory)
+        self.suffix = suffix  # names one writer's files when several share the directory
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._clock = clock
@@ -142,10 +144,10 @@ class JsonlSink:
         self.directory.mkdir(parents=True, exist_ok=True)
         now = self._clock()
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = self.directory / f"samples-{stamp}.jsonl"
+        path = self.directory / f"samples-{stamp}{self.suffix}.jsonl"
         serial = 1
         while path.exists():
-            path = self.directory / f"samples-{stamp}-{serial}.jsonl"
+            path = self.directory / f"samples-{stamp}{self.suffix}-{serial}.jsonl"
             serial += 1
         self._file = path.open("ab")
         self._size = 0

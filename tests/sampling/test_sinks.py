@@ -185,3 +185,16 @@ async def test_stop_flush_controls_what_is_left(tmp_path: Path, flush: bool) -> 
     assert len(lines(tmp_path)) + queue.queue.qsize() == 3
     if flush:
         assert len(lines(tmp_path)) == 3
+
+
+def test_writers_sharing_a_directory_name_their_own_files(tmp_path: Path) -> None:
+    clock = lambda: 1_700_000_000.0  # noqa: E731 - the same instant for both writers
+    first = JsonlSink(tmp_path, clock=clock, suffix="-w0")
+    second = JsonlSink(tmp_path, clock=clock, suffix="-w1")
+    first.write_lines([b'{"w":0}\n'])
+    second.write_lines([b'{"w":1}\n'])
+    names = sorted(p.name for p in tmp_path.glob("samples-*.jsonl"))
+    assert names == [
+        "samples-20231114T221320.000000Z-w0.jsonl",
+        "samples-20231114T221320.000000Z-w1.jsonl",
+    ]
