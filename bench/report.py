@@ -37,27 +37,41 @@ class Row:
     cpu_us_per_request: float
     capacity_vs_direct: float | None
     errors: int
+    rps_spread: float = 0.0  # (max - min) / median over the rounds, in %
+    cpu_spread: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Median:
-    """Median of each measure over a target's rounds."""
+    """Median of each measure over a target's rounds, and how far the rounds spread."""
 
     rps: float
     p50: float
     p99: float
     cpu: float
     errors: int
+    rps_spread: float = 0.0
+    cpu_spread: float = 0.0
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median in %: how much the rounds disagree (0 for one round)."""
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle * 100 if middle > 0 else 0.0
 
 
 def median_of(samples: list[Sample]) -> Median:
     """The per-measure medians (errors are summed: any error matters)."""
+    rps = [s.rps for s in samples]
+    cpu = [s.cpu_us_per_request for s in samples]
     return Median(
-        statistics.median(s.rps for s in samples),
+        statistics.median(rps),
         statistics.median(s.serial_p50_ms for s in samples),
         statistics.median(s.serial_p99_ms for s in samples),
-        statistics.median(s.cpu_us_per_request for s in samples),
+        statistics.median(cpu),
         sum(s.errors for s in samples),
+        spread(rps),
+        spread(cpu),
     )
 
 
@@ -81,7 +95,7 @@ def row(name: str, m: Median, direct: Median | None, bare: Median | None) -> Row
     return Row(
         name, m.rps, ratio(m.rps, direct), ratio(m.rps, bare), m.p50, m.p99,
         m.p50 - direct.p50 if direct else None, m.p99 - direct.p99 if direct else None,
-        m.cpu, capacity(m, direct), m.errors,
+        m.cpu, capacity(m, direct), m.errors, m.rps_spread, m.cpu_spread,
     )  # fmt: skip
 
 
@@ -93,9 +107,9 @@ def capacity(m: Median, direct: Median | None) -> float | None:
 
 
 COLUMNS = (
-    ("target", 20), ("req/s", 9), ("vs direct", 9), ("vs bare", 8), ("p50 ms", 7),
-    ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10),
-    ("cap/direct", 10), ("errors", 6),
+    ("target", 20), ("req/s", 9), ("±req/s %", 8), ("vs direct", 9), ("vs bare", 8),
+    ("p50 ms", 7), ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10),
+    ("±CPU %", 6), ("×nginx CPU", 10), ("cap/direct", 10), ("errors", 6),
 )  # fmt: skip
 
 
@@ -118,13 +132,15 @@ def line(values: tuple[object, ...]) -> str:
     return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
 
-def format_table(rows: list[Row]) -> str:
-    """A fixed-width text table, one line per target."""
+def format_table(rows: list[Row], nginx: str = "nginx") -> str:
+    """A fixed-width text table, one line per target; ± columns: the rounds' spread."""
     header = line(tuple(name for name, _ in COLUMNS))
+    base = next((r.cpu_us_per_request for r in rows if r.target == nginx), None)
     body = [
-        line((r.target, r.rps, r.vs_direct, r.vs_bare, r.serial_p50_ms, r.serial_p99_ms,
-              r.added_p50_ms, r.added_p99_ms, r.cpu_us_per_request, r.capacity_vs_direct,
-              r.errors))
+        line((r.target, r.rps, r.rps_spread, r.vs_direct, r.vs_bare, r.serial_p50_ms,
+              r.serial_p99_ms, r.added_p50_ms, r.added_p99_ms, r.cpu_us_per_request,
+              r.cpu_spread, r.cpu_us_per_request / base if base else None,
+              r.capacity_vs_direct, r.errors))
         for r in rows
     ]  # fmt: skip
     return "\n".join([header, "-" * len(header), *body])

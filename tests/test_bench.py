@@ -95,3 +95,13 @@ def test_cpu_time_of_this_process_tree() -> None:
     assert os.getpid() in process_tree(os.getpid())
     assert process_cpu_seconds(os.getpid()) > 0
     assert process_cpu_seconds(2**22 + 1) == 0.0
+
+
+def test_the_spread_of_the_rounds_and_cpu_against_nginx_are_reported() -> None:
+    samples = [sample("nginx", n, r) for n, r in enumerate((900.0, 1000.0, 1100.0))]
+    samples.append(Sample("guardproxy-guarded", 0, 500.0, 0, 100.0, 1.0, 2.0))
+    nginx, guarded = summarize(samples)
+    assert nginx.rps_spread == pytest.approx(20.0) and nginx.cpu_spread == 0.0
+    assert guarded.rps_spread == 0.0
+    table = format_table([nginx, guarded])
+    assert "×nginx CPU" in table and "2.00" in table.splitlines()[-1]  # 100 µs over 50 µs

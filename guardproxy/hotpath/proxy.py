@@ -86,10 +86,11 @@ class Proxy:
         counts.in_flight += 1
         try:
             target = origin_form(request.target)
-            model = policy.match(route_path(target))
+            path = route_path(target)
+            model = policy.match(path)
             if model is not None and model.chain is not None:
                 counts.guarded += 1
-                await self._guarded(request, writer, request_id, target, model)
+                await self._guarded(request, writer, request_id, target, path, model)
             else:
                 counts.unguarded += 1
                 await self._pass(request, writer, request_id, target)
@@ -135,6 +136,7 @@ class Proxy:
         writer: ResponseWriter,
         request_id: str,
         target: bytes,
+        path: str,
         model: CompiledModel,
     ) -> None:
         breaker = self.breakers.get(model)
@@ -148,7 +150,6 @@ class Proxy:
                 breaker_open(writer, request_id, model, breaker, wire.headers)
                 return
         body = await request.read(self.max_body)
-        path = route_path(target)
         ex = Exchange(
             request_id=request_id,
             region=model.region,
