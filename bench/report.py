@@ -109,7 +109,7 @@ def capacity(m: Median, direct: Median | None) -> float | None:
 COLUMNS = (
     ("target", 20), ("req/s", 9), ("±req/s %", 8), ("vs direct", 9), ("vs bare", 8),
     ("p50 ms", 7), ("p99 ms", 7), ("+p50 ms", 8), ("+p99 ms", 8), ("CPU µs/req", 10),
-    ("±CPU %", 6), ("×nginx CPU", 10), ("cap/direct", 10), ("errors", 6),
+    ("±CPU %", 6), ("CPU/nginx", 10), ("cap/direct", 10), ("errors", 6),
 )  # fmt: skip
 
 
