@@ -42,6 +42,7 @@ from guardproxy.telemetry.loop import GcPauses, LoopLag
 log = logging.getLogger("guardproxy")
 GC_THRESHOLDS = (10_000, 20, 20)
 MONITOR_BATCH = 64
+SAMPLE_GATHER = 0.2  # seconds a batch of samples gathers before one thread writes it
 SWITCH_INTERVAL = 0.001  # seconds a background thread may hold the GIL while the loop waits
 
 
@@ -61,7 +62,7 @@ class Runtime:
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
-        self.sample_writer = SampleWriter(self.samples, self._sample_sink())
+        self.sample_writer = SampleWriter(self.samples, self._sample_sink(), gather=SAMPLE_GATHER)
         self.state = open_state(settings.state)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(

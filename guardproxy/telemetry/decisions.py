@@ -15,6 +15,7 @@ from guardproxy.telemetry.tracing import CURRENT
 GroupMode = Literal["label", "hashed", "none"]
 ALL_GROUPS = "all"  # what metrics carry when the policy says groups may not be named
 MAX_POLICY_VERSIONS = 64
+PATH_CACHE = 4096
 
 
 class GroupLabels:
@@ -46,6 +47,7 @@ class DecisionObserver:
         self.instruments = instruments
         self.labels = labels
         self._routes: dict[int, tuple[object, tuple[tuple[RouteMatcher, str], ...]]] = {}
+        self._by_path: dict[tuple[int, str], tuple[object, str]] = {}  # (spec, path) -> route
 
     def __call__(self, ob: Observation) -> None:
         """Observe one finished guarded exchange."""
@@ -84,7 +86,15 @@ class DecisionObserver:
         routes = cached[1]
         if len(routes) == 1:
             return routes[0][1]
-        return next((p for matcher, p in routes if matcher.matches(ob.path)), "")
+        key = (id(spec), ob.path)
+        known = self._by_path.get(key)
+        if known is not None and known[0] is spec:
+            return known[1]
+        route = next((p for matcher, p in routes if matcher.matches(ob.path)), "")
+        if len(self._by_path) >= PATH_CACHE:  # bounded: clients choose the paths
+            self._by_path.clear()
+        self._by_path[key] = (spec, route)
+        return route
 
     def _annotate(self, span: Span, ob: Observation, mode: GroupMode, route: str) -> None:
         if route:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ import redis.asyncio as redis_asyncio
 from guardproxy.guards.exchange import dumps
 from guardproxy.sampling.redact import Redactor
 from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, Sample, SampleQueue, SampleWriter
+from guardproxy.testing import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRETS = [
@@ -198,3 +200,19 @@ def test_writers_sharing_a_directory_name_their_own_files(tmp_path: Path) -> Non
         "samples-20231114T221320.000000Z-w0.jsonl",
         "samples-20231114T221320.000000Z-w1.jsonl",
     ]
+
+
+async def test_samples_arriving_together_are_written_in_one_batch(tmp_path: Path) -> None:
+    queue = SampleQueue(100)
+    writer = SampleWriter(queue, JsonlSink(tmp_path), gather=0.3)
+    writer.start()
+    redactor = Redactor((), ("email",))
+    for i in range(10):
+        assert queue.offer(sample({"x": i}, {"y": i}, redactor, rid=f"r-{i}"))
+        await asyncio.sleep(0.001)
+    await eventually(lambda: writer.written == 10)
+    assert writer.batches == 1  # one thread hand-off for all ten
+    queue.offer(sample({"x": 10}, {"y": 10}, redactor, rid="r-10"))
+    await asyncio.sleep(0)  # the writer takes it and starts gathering
+    await writer.stop(flush=True)
+    assert writer.written == 11  # the sample taken before stop() is not lost
