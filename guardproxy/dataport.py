@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from guardproxy.hotpath.replies import new_request_id, send_error
 from guardproxy.hotpath.targets import origin_form
 from guardproxy.transport import (
@@ -24,18 +26,19 @@ class DataPort:
         self.proxy = proxy
         self.feedback = feedback
 
-    async def handle(self, request: Request, writer: ResponseWriter) -> None:
-        """The server's handler."""
+    def handle(self, request: Request, writer: ResponseWriter) -> Awaitable[None]:
+        """The server's handler: the chosen handler's own coroutine, one await level less."""
         target = request.target
         if not target.startswith(RESERVED):
             if target.startswith(b"/") or not origin_form(target).startswith(RESERVED):
-                await self.proxy(request, writer)
-                return
+                return self.proxy(request, writer)
             target = origin_form(target)
         path = target.partition(b"?")[0]
         if path == FEEDBACK and request.method == b"POST":
-            await self.feedback(request, writer)
-            return
+            return self.feedback(request, writer)
+        return self._unknown(request, writer, path)
+
+    async def _unknown(self, request: Request, writer: ResponseWriter, path: bytes) -> None:
         where = f"{request.method.decode('latin-1')} {path.decode('latin-1')}"
         raw_id = request.headers.get(b"x-request-id")
         request_id = raw_id.decode("latin-1") if raw_id else new_request_id()

@@ -7,7 +7,7 @@ the request the guards already parsed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from guardproxy.breaker.state import Admission
 from guardproxy.guards.exchange import Exchange, Verdict
@@ -22,9 +22,12 @@ OUTCOMES = ("decided", "unscored", "blocked", "error", "passed")
 THRESHOLD_VERSION = "X-Guard-Threshold-Version"
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One finished guarded exchange, as the monitors and telemetry see it."""
+class Observation(NamedTuple):
+    """One finished guarded exchange, as the monitors and telemetry see it.
+
+    A tuple: immutable, and built in one step on the hot path (a frozen dataclass sets each of
+    its fields through object.__setattr__, which showed in profiles).
+    """
 
     request_id: str
     model: CompiledModel
