@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import time
 
 import aiohttp
 import pytest
+import yarl
+from aiohttp import web
 
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.testing import PATTERN, RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.transport import Request, ResponseWriter
 
 
 def header_values(echo: dict[str, object], name: str) -> list[str]:
@@ -203,3 +207,68 @@ async def test_upstream_with_path_prefix(client: aiohttp.ClientSession) -> None:
         async with running_proxy(proxy_settings(url + "/")) as proxy:
             async with client.get(f"{proxy.url}/echo/x?y=1") as response:
                 assert (await response.json())["path_qs"] == "/echo/x?y=1"
+
+
+async def test_an_escaped_guarded_path_is_still_guarded(
+    proxy: RunningProxy, client: aiohttp.ClientSession
+) -> None:
+    target = yarl.URL(f"{proxy.url}/v2/models/%61dult/infer", encoded=True)
+    async with client.post(target, json={"inputs": []}) as response:
+        await response.read()
+    counts = proxy.runtime.proxy.counts
+    assert (counts.guarded, counts.unguarded) == (1, 0)  # matched as /v2/models/adult/infer
+
+
+async def test_an_absolute_form_target_reaches_the_upstream_in_origin_form(
+    proxy: RunningProxy,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
+    writer.write(b"GET http://elsewhere.example/echo/abs?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    echo = json.loads(await reader.readexactly(length))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert echo["path_qs"] == "/echo/abs?q=1"
+
+
+async def test_the_reserved_prefix_answers_404_for_other_methods_and_paths(
+    proxy: RunningProxy, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(f"{proxy.url}/guardproxy/v1/feedback") as response:
+        assert response.status == 404
+        doc = await response.json()
+    assert doc["error"] == "no such endpoint: GET /guardproxy/v1/feedback"
+    assert response.headers["X-Request-Id"] == doc["request_id"]
+
+
+async def test_a_guarded_answer_over_the_body_limit_is_502(client: aiohttp.ClientSession) -> None:
+    async def huge(request: web.Request) -> web.Response:
+        scores = [0.5] * 2000
+        return web.json_response({"outputs": [{"name": "score", "shape": [2000], "data": scores}]})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/adult/infer", huge)
+    async with serving(app) as url, running_proxy(proxy_settings(url, max_body=4096)) as proxy:
+        async with client.post(f"{proxy.url}/v2/models/adult/infer", json={"inputs": []}) as r:
+            doc = await r.json()
+    assert r.status == 502 and doc["error"] == "upstream answer larger than 4096 bytes"
+    assert proxy.runtime.proxy.counts.upstream_errors == {502: 1}
+
+
+async def test_every_request_passes_the_observation_point_once(
+    proxy: RunningProxy, client: aiohttp.ClientSession
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def finished(request: Request, writer: ResponseWriter, request_id: str) -> None:
+        seen.append((request_id, writer.status))
+
+    proxy.runtime.proxy.finished = finished  # type: ignore[method-assign]
+    for rid in ("a", "b"):
+        async with client.get(f"{proxy.url}/status/418", headers={"X-Request-Id": rid}) as r:
+            await r.read()
+    async with client.post(f"{proxy.url}/v2/models/adult/infer", data=b"{}") as r:
+        await r.read()
+    assert seen[:2] == [("a", 418), ("b", 418)]
+    assert len(seen) == 3 and seen[2][1] == r.status
