@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from guardproxy.hotpath.replies import new_request_id, send_error
+from guardproxy.hotpath.replies import request_id_of, send_error
 from guardproxy.hotpath.targets import origin_form
 from guardproxy.transport import (
     Handler,
@@ -40,9 +40,7 @@ class DataPort:
 
     async def _unknown(self, request: Request, writer: ResponseWriter, path: bytes) -> None:
         where = f"{request.method.decode('latin-1')} {path.decode('latin-1')}"
-        raw_id = request.headers.get(b"x-request-id")
-        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
-        send_error(writer, 404, f"no such endpoint: {where}", request_id)
+        send_error(writer, 404, f"no such endpoint: {where}", request_id_of(request))
 
 
 def data_server(

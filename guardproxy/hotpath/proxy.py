@@ -23,9 +23,9 @@ from guardproxy.hotpath.replies import (
     annotated,
     breaker_open,
     error_body,
+    fail,
     header_name,
-    new_request_id,
-    send_error,
+    request_id_of,
 )
 from guardproxy.hotpath.targets import origin_form, route_path
 from guardproxy.hotpath.upstream import (
@@ -74,12 +74,8 @@ class Proxy:
 
     async def handle(self, request: Request, writer: ResponseWriter) -> None:
         """Forward one request, guarded when its path is one of the policy's routes."""
-        headers = request.headers
-        raw_id = headers.get(b"x-request-id")
-        request_id = raw_id.decode("latin-1") if raw_id else new_request_id()
-        region = headers.get(self.region_header)
-        table = self.policies.current
-        policy, known = table.resolve(region.decode("latin-1") if region is not None else None)
+        request_id = request_id_of(request)
+        policy, known = self.policies.current.resolve(self.region_of(request))
         counts = self.counts
         counts.requests += 1
         counts.unknown_region += not known
@@ -96,13 +92,22 @@ class Proxy:
                 await self._pass(request, writer, request_id, target)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
-            _fail(writer, exc.status, exc.message, request_id)
+            fail(writer, exc.status, exc.message, request_id)
         except RequestError as exc:  # body too large, too slow, malformed: the client's doing
             counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
-            _fail(writer, exc.status, exc.message, request_id)
+            fail(writer, exc.status, exc.message, request_id)
         finally:
             counts.in_flight -= 1
             self.finished(request, writer, request_id)
+
+    def region_of(self, request: Request) -> str | None:
+        """The region a request names in the region header, if any."""
+        region = request.headers.get(self.region_header)
+        return region.decode("latin-1") if region is not None else None
+
+    async def read_body(self, request: Request) -> bytes:
+        """A guarded request's body, whole (RequestError 413 over --max-body)."""
+        return await request.read(self.max_body)
 
     def finished(self, request: Request, writer: ResponseWriter, request_id: str) -> None:
         """Every request ends here once, answered or not (writer.status, writer.aborted).
@@ -149,7 +154,7 @@ class Proxy:
                 self.breakers.rejected += 1
                 breaker_open(writer, request_id, model, breaker, wire.headers)
                 return
-        body = await request.read(self.max_body)
+        body = await self.read_body(request)
         ex = Exchange(
             request_id=request_id,
             region=model.region,
@@ -275,11 +280,3 @@ class Proxy:
                 errors = self.counts.observer_errors
                 errors[name] = errors.get(name, 0) + 1
                 log.exception("observer %s failed on %s", name, ex.request_id)
-
-
-def _fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
-    """An error answer, or a reset when the answer's head is already out."""
-    if writer.started:
-        writer.abort()
-    elif not writer.finished:
-        send_error(writer, status, message, request_id)

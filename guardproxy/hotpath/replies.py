@@ -9,7 +9,7 @@ from typing import Any
 from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.policy.table import CompiledModel
-from guardproxy.transport import HeaderList, ResponseWriter
+from guardproxy.transport import HeaderList, Request, ResponseWriter
 
 JSON = (b"Content-Type", b"application/json")
 REQUEST_ID = b"X-Request-Id"
@@ -175,3 +175,17 @@ def breaker_open(
         model=model.name,
         reason=breaker.reason,
     )
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-Id, else a new random one."""
+    raw = request.headers.get(b"x-request-id")
+    return raw.decode("latin-1") if raw else new_request_id()
+
+
+def fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
+    """An error answer, or a reset when the answer's head is already out."""
+    if writer.started:
+        writer.abort()
+    elif not writer.finished:
+        send_error(writer, status, message, request_id)
