@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 PAUSES = (0.005, 0.02, 0.1)  # seconds: pauses longer than these are counted
@@ -25,9 +25,14 @@ class LoopLag:
         self.ticks = 0
         self.last = self.max = self.total = 0.0
         self.over = [0] * len(PAUSES)
+        # Of the tick with the longest lag: the share of its wall time the loop's thread spent
+        # on the CPU. Near 1: the loop itself was busy (a long step); near 0: the process was
+        # not running (other work on the machine) or waited for the GIL.
+        self.max_busy = 0.0
         self._recent = self._previous = 0.0  # the longest lag of this window and the one before
         self._window_end = 0.0
         self._expected = 0.0
+        self._scheduled = self._cpu = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -40,6 +45,7 @@ class LoopLag:
     def _schedule(self, now: float) -> None:
         assert self._loop is not None
         self._expected = now + self.interval
+        self._scheduled, self._cpu = now, thread_time()
         self._handle = self._loop.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
@@ -48,7 +54,9 @@ class LoopLag:
         self.ticks += 1
         self.last = lag
         self.total += lag
-        self.max = max(self.max, lag)
+        if lag > self.max:
+            self.max = lag
+            self.max_busy = (thread_time() - self._cpu) / max(now - self._scheduled, 1e-9)
         if now > self._window_end:
             self._previous, self._recent = self._recent, 0.0
             self._window_end = now + self.window
@@ -73,6 +81,7 @@ class LoopLag:
             "mean_ms": _ms(self.total / self.ticks) if self.ticks else 0.0,
             "recent_max_ms": _ms(max(self._recent, self._previous)),
             "max_ms": _ms(self.max),
+            "max_busy": round(min(1.0, self.max_busy), 3),
             "over": {f"{_ms(bound):g}ms": n for bound, n in zip(PAUSES, self.over, strict=True)},
         }
 

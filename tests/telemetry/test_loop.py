@@ -16,15 +16,28 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     lag = LoopLag(interval=0.005)
     lag.start()
     await eventually(lambda: lag.ticks >= 3)
-    time.sleep(0.05)  # noqa: ASYNC251 - holds the loop, as a long synchronous call would
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:  # holds the loop, as a long synchronous step would
+        pass
     await eventually(lambda: lag.status()["max_ms"] >= 40)
     status = lag.status()
     lag.stop()
     assert status["recent_max_ms"] >= 40
+    assert status["max_busy"] > 0.5  # the loop's own thread was running: a long step
     assert status["over"]["5ms"] >= 1 and status["over"]["20ms"] >= 1
     ticks = lag.ticks
     await asyncio.sleep(0.03)
     assert lag.ticks == ticks  # stopped
+
+
+async def test_a_loop_that_was_not_running_is_told_apart() -> None:
+    lag = LoopLag(interval=0.005)
+    lag.start()
+    await eventually(lambda: lag.ticks >= 3)
+    time.sleep(0.05)  # noqa: ASYNC251 - the thread is off the CPU, as when preempted
+    await eventually(lambda: lag.status()["max_ms"] >= 40)
+    lag.stop()
+    assert lag.status()["max_busy"] < 0.5
 
 
 def test_collections_are_counted_per_generation() -> None:
