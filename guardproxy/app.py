@@ -25,6 +25,8 @@ from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
 from guardproxy.hotpath.upstream import Upstream
 from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.monitors.fleet import FleetView, Monitors
+from guardproxy.monitors.health import ModelHealth
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
@@ -67,7 +69,10 @@ class Runtime:
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
         self.worker = MonitorWorker(settings.monitor_budget)
-        self.worker.consumers += [self.engine, self.watchdog]
+        self.health = ModelHealth()
+        self.worker.consumers += [self.engine, self.watchdog, self.health]
+        self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
+        self.telemetry.watch_fleet(self.fleet.rows)
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
@@ -140,6 +145,21 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(self.watcher.check(force=True))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """What makes the pod unready, and what degrades it (counted failures of its parts)."""
+        unready = ["draining"] if self.draining else []
+        degraded = [
+            f"monitor {name} failed {n} time(s)" for name, n in self.worker.consumer_errors.items()
+        ]
+        degraded += [f"breaker ticker failed {self.breakers.ticker_errors} time(s)"] * bool(
+            self.breakers.ticker_errors
+        )
+        if self.engine.last_error is not None:
+            degraded.append(f"state backend: {self.engine.last_error}")
+        if self.store.last_error:
+            degraded.append("the last policy reload failed; the previous policies serve")
+        return unready, degraded
 
     def status(self) -> dict[str, object]:
         """The JSON the admin port's /status returns."""
