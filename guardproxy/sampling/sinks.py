@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.redact import Redactor
 
 log = logging.getLogger("guardproxy.sinks")
