@@ -17,7 +17,8 @@ from guardproxy.payloads.tensors import pack
 class Model(pb_grpc.GRPCInferenceServiceServicer):
     """Echoes every input as an output of the same name and adds `score` (FP32, one per row).
 
-    Model "slow" sleeps first; model "broken" fails with a status and trailing metadata.
+    Model "slow" sleeps first (in streams too); model "broken" fails with a status and trailing
+    metadata (in streams: an in-band error message).
     """
 
     def __init__(self) -> None:
@@ -46,6 +47,8 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
         self, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in requests:
+            if request.model_name == "slow":
+                await asyncio.sleep(30)
             if request.model_name == "broken":
                 yield pb.ModelStreamInferResponse(error_message="model is broken")
                 continue
