@@ -55,13 +55,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded, the upstream accepts connections, and not draining."""
+    """Ready when policies are loaded, the upstreams accept connections, and not draining."""
     runtime = request.app[RUNTIME]
     problems = []
     if runtime.draining:
         problems.append("draining")
     if not await runtime.upstream.reachable():
         problems.append(f"upstream {runtime.settings.upstream} not reachable")
+    if runtime.grpc is not None and not await runtime.grpc.reachable():
+        problems.append(f"gRPC upstream {runtime.grpc.upstream} not reachable")
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})

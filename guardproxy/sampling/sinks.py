@@ -43,7 +43,9 @@ class Sample:
         if redactor is None:
             raise ValueError("a sample needs a redactor before it is stored")
         request, response = self.request, self.response
-        request = redactor.body(request) if isinstance(request, bytes) else redactor.document(request)
+        request = (
+            redactor.body(request) if isinstance(request, bytes) else redactor.document(request)
+        )
         response = (
             redactor.body(response) if isinstance(response, bytes) else redactor.document(response)
         )
