@@ -56,6 +56,14 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
     )
 
 
+def cancelled(context: aio.ServicerContext[bytes, bytes]) -> tuple[grpc.StatusCode, str]:
+    """Why gRPC cancelled a call: the client's deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
+    return grpc.StatusCode.CANCELLED, "the client cancelled the call"
+
+
 class _Handler(grpc.GenericRpcHandler):
     def __init__(self, proxy: GrpcProxy) -> None:
         self._proxy = proxy
@@ -163,7 +171,7 @@ class GrpcProxy:
             return answer
         except asyncio.CancelledError:
             if not told:
-                await self.failed(call, grpc.StatusCode.CANCELLED, "the client cancelled the call")
+                await self.failed(call, *cancelled(context))
             raise
         finally:
             self.stats.active -= 1

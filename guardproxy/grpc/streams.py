@@ -11,6 +11,7 @@ ended first, too many were pending, its id was reused) is reported to `hook.on_f
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ class StreamGuard:
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
-        from .proxy import STREAM_INFER, forwardable
+        from .proxy import STREAM_INFER, cancelled, forwardable
 
         proxy, context = self.proxy, self.context
         streams: aio.StreamStreamMultiCallable[bytes, bytes]
@@ -62,6 +63,9 @@ class StreamGuard:
         except aio.AioRpcError as err:
             ended = Failure(err.code(), err.details() or "")
             await proxy.fail_upstream(err, context)
+        except asyncio.CancelledError:
+            ended = Failure(*cancelled(context))
+            raise
         finally:
             rpc.cancel()
             await self._unanswered(ended)
