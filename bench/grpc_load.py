@@ -21,11 +21,11 @@ from .loadgen import Tally
 from .upstream import new_loop
 
 
-def requests(rows: int) -> list[bytes]:
+def requests(rows: int, model: str = "adult") -> list[bytes]:
     """`rows` single-row ModelInferRequests of Adult rows, raw tensors, serialised."""
     out = []
     for row in list(adult_rows())[:rows]:
-        request = pb.ModelInferRequest(model_name="adult")
+        request = pb.ModelInferRequest(model_name=model)
         for tensor in v2_request([row])["inputs"]:
             name, datatype = tensor["name"], tensor["datatype"]
             request.inputs.add(name=name, datatype=datatype, shape=tensor["shape"])
@@ -70,11 +70,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--model", default="adult", help="model_name of the requests")
     args = p.parse_args(argv)
     loop = new_loop()
     try:
         summary = loop.run_until_complete(
-            load(args.target, requests(args.rows), args.connections, args.duration)
+            load(args.target, requests(args.rows, args.model), args.connections, args.duration)
         )
     finally:
         loop.close()

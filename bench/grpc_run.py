@@ -1,5 +1,6 @@
 """`python -m bench.grpc_run`: OIP gRPC ModelInfer direct to the model server vs through
-guardproxy's gRPC port (embedded default policy: groups, decision, sampling, monitors).
+guardproxy's gRPC port, for a model the embedded default policy does not declare (decoded,
+passed unguarded) and for the one it guards ("adult": groups, decision, sampling, monitors).
 
 Interleaved rounds, medians; the load generator (bench.grpc_load) and the server under test
 pinned to separate CPUs as bench.run's `split` layout does. CPU per request is the server's:
@@ -63,23 +64,27 @@ def start(workdir: Path, cpus: Any) -> tuple[Service, Service, Service, int]:
     return model, http, proxy, grpc_port
 
 
-def load(target: str, connections: int, seconds: float, opts: Any, cpus: Any) -> dict[str, Any]:
+def load(
+    target: str, model: str, connections: int, seconds: float, opts: Any, cpus: Any
+) -> dict[str, Any]:
     """One run of bench.grpc_load, pinned to the load CPUs; its JSON summary."""
     argv = [sys.executable, "-m", "bench.grpc_load", target, "--connections", str(connections),
-            "--duration", str(seconds), "--rows", str(opts.rows)]  # fmt: skip
+            "--duration", str(seconds), "--rows", str(opts.rows), "--model", model]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=True,
                           preexec_fn=lambda: pinned(cpus.load))  # fmt: skip
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
 
 
-def measure(name: str, target: str, server: Service, opts: Any, cpus: Any) -> dict[str, Any]:
+def measure(
+    name: str, target: str, model: str, server: Service, opts: Any, cpus: Any
+) -> dict[str, Any]:
     """Warm-up, a loaded run (the server's CPU counted), then a serial run for latency."""
-    load(target, opts.connections, opts.warmup, opts, cpus)
+    load(target, model, opts.connections, opts.warmup, opts, cpus)
     before = server.cpu_seconds()
-    loaded = load(target, opts.connections, opts.duration, opts, cpus)
+    loaded = load(target, model, opts.connections, opts.duration, opts, cpus)
     cpu = server.cpu_seconds() - before
-    serial = load(target, 1, opts.duration, opts, cpus)
+    serial = load(target, model, 1, opts.duration, opts, cpus)
     return {
         "target": name,
         "rps": loaded["requests"] / loaded["seconds"],
@@ -123,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             assert get(proxy.port, "/readyz")[0] == 200
             samples = []
+            direct, port = f"127.0.0.1:{model.port}", f"127.0.0.1:{grpc_port}"
+            runs = [("grpc-direct", direct, "adult", model),
+                    ("grpc-unguarded", port, "undeclared", proxy),
+                    ("grpc-guarded", port, "adult", proxy)]  # fmt: skip
             for _ in range(opts.rounds):
-                samples.append(measure("grpc-direct", f"127.0.0.1:{model.port}", model, opts, cpus))
-                samples.append(measure("grpc-guarded", f"127.0.0.1:{grpc_port}", proxy, opts, cpus))
+                for name, target, model_name, server in runs:
+                    samples.append(measure(name, target, model_name, server, opts, cpus))
             guards = grpc_guards(proxy.port)
         finally:
             for service in (proxy, http, model):
