@@ -29,6 +29,13 @@ models:
   - name: tagger
     score: {output: score}
     labels: {deny: [gorilla], action: block, output: tags}
+  - name: forbidden
+    score: {output: score}
+    labels:
+      deny: [gorilla]
+      action: block
+      output: tags
+      block: {status: 403, message: not shown in this region}
   - name: suppressor
     score: {output: score}
     labels: {deny: [gorilla], action: suppress, output: tags}

@@ -101,6 +101,14 @@ async def test_a_label_block_is_failed_precondition_with_the_decision_metadata(
         assert output(answer, "tags") == ["cat", "dog"]
 
 
+async def test_a_policy_status_403_is_permission_denied(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows("forbidden", tags=["gorilla", "cat"]))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert raised.value.details() == "not shown in this region"
+
+
 async def test_a_suppressed_label_changes_the_answer_the_client_gets(tmp_path: Path) -> None:
     async with guarded(tmp_path) as g:
         answer, initial, _ = await infer(g.target, rows("suppressor", tags=["cat", "gorilla"]))
