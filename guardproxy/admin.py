@@ -56,11 +56,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the upstream accepts connections and not draining; degraded parts listed."""
+    """Ready when the upstreams accept connections and not draining; degraded parts listed."""
     runtime = request.app[RUNTIME]
     unready, degraded = runtime.problems()
     if not await runtime.upstream.reachable():
         unready.append(f"upstream {runtime.settings.upstream} not reachable")
+    if runtime.grpc is not None and not await runtime.grpc.reachable():
+        unready.append(f"gRPC upstream {runtime.grpc.upstream} not reachable")
     if unready:
         body = {"status": "not ready", "problems": unready, "degraded": degraded}
         return web.json_response(body, status=503)

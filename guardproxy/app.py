@@ -19,6 +19,7 @@ from guardproxy import __version__
 from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.feedback import FeedbackEndpoint
+from guardproxy.grpc_port import GrpcPort
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.hotpath.admission import Fallbacks
@@ -82,6 +83,9 @@ class Runtime:
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
         )
+        self.grpc: GrpcPort | None = None
+        if settings.grpc_listen is not None:
+            self.grpc = GrpcPort(settings, self.store.snapshot, self.breakers, self.proxy.observers)
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
@@ -138,6 +142,9 @@ class Runtime:
             parts.push_async_callback(self.worker.stop, True)
             await self.watcher.start()
             parts.push_async_callback(self.watcher.stop)
+            if self.grpc is not None:  # stopped first: its last calls still reach the monitors
+                await self.grpc.start()
+                parts.push_async_callback(self.grpc.stopped, self.settings.drain_timeout)
             yield
 
     def reload_soon(self) -> None:
@@ -183,6 +190,7 @@ class Runtime:
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
+            "grpc": self.grpc.status() if self.grpc is not None else None,
         }
 
 
@@ -245,6 +253,8 @@ async def serve(
         admin_port,
         settings.upstream,
     )
+    if runtime.grpc is not None:
+        log.info("gRPC on %s -> %s", runtime.grpc.status()["listen"], runtime.grpc.upstream)
     if on_ready is not None:
         result = on_ready(runtime, data_port, admin_port)
         if result is not None:
@@ -252,6 +262,8 @@ async def serve(
     await stop.wait()
     log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
     runtime.draining = True
+    if runtime.grpc is not None:  # drains alongside the data port, within the same timeout
+        runtime.grpc.drain(settings.drain_timeout)
     await data.cleanup()  # stops accepting, waits for in-flight requests, runs cleanup_ctx
     await admin.cleanup()
     log.info("stopped")
@@ -265,8 +277,9 @@ async def running_proxy(settings: Settings) -> AsyncIterator[RunningProxy]:
 
     def on_ready(runtime: Runtime, data_port: int, admin_port: int) -> None:
         host = "127.0.0.1"
+        grpc = f"{host}:{runtime.grpc.port}" if runtime.grpc is not None else None
         ready.set_result(
-            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}")
+            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}", grpc)
         )
 
     task = asyncio.create_task(serve(settings, stop, on_ready, handle_signals=False))
@@ -288,3 +301,4 @@ class RunningProxy:
     runtime: Runtime
     url: str
     admin_url: str
+    grpc_target: str | None = None  # HOST:PORT of the gRPC port, when configured

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Timeouts
@@ -43,6 +44,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="OTLP/HTTP base URL (else OTEL_EXPORTER_OTLP_ENDPOINT; unset: no export)",
     )
     p.add_argument("--service-name", default=env("SERVICE_NAME"), help="else OTEL_SERVICE_NAME")
+    p.add_argument(
+        "--grpc-listen", default=env("GRPC_LISTEN"), help="gRPC port address (with --grpc-upstream)"
+    )
+    p.add_argument(
+        "--grpc-upstream", default=env("GRPC_UPSTREAM"), help="the model server's gRPC HOST:PORT"
+    )
     p.set_defaults(run=run_serve)
 
 
@@ -67,15 +74,41 @@ def settings_from(args: argparse.Namespace) -> Settings:
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
+        **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
+
+
+def grpc_settings(listen: str, upstream: str) -> dict[str, Any]:
+    """The gRPC port's settings: both addresses or neither (SystemExit naming what is wrong)."""
+    if not listen and not upstream:
+        return {}
+    if not listen or not upstream:
+        raise SystemExit(
+            "guardproxy serve: --grpc-listen and --grpc-upstream (GUARDPROXY_GRPC_LISTEN, "
+            "GUARDPROXY_GRPC_UPSTREAM) go together: give both or neither"
+        )
+    if "/" in upstream:
+        raise SystemExit(f"guardproxy serve: --grpc-upstream is HOST:PORT, not a URL: {upstream!r}")
+    try:
+        host, port = parse_address(upstream, "127.0.0.1")
+        return {
+            "grpc_listen": parse_address(listen, "0.0.0.0"),
+            "grpc_upstream": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        }
+    except ValueError as exc:
+        raise SystemExit(f"guardproxy serve: {exc}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     from guardproxy.app import serve
+    from guardproxy.grpc_port import GrpcUnavailable
 
     settings = settings_from(args)
-    run_async(serve(settings))
+    try:
+        run_async(serve(settings))
+    except GrpcUnavailable as exc:
+        raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 
 

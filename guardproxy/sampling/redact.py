@@ -124,6 +124,8 @@ class Redactor:
             return [item if type(item) in _INERT else self._walk(item) for item in node]
         if isinstance(node, str):
             return self.text(node)
+        if isinstance(node, bytes):  # a binary BYTES element of a gRPC tensor: kept out
+            return f"[BINARY:{len(node)} bytes]"
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**8:
             masked = self.text(str(node))
             return node if masked == str(node) else masked
