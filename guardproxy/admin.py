@@ -61,7 +61,7 @@ async def readyz(request: web.Request) -> web.Response:
     if runtime.draining:
         problems.append("draining")
     if not await runtime.upstream.reachable():
-        problems.append(f"upstream {runtime.settings.upstream} not reachable")
+        problems.append(f"upstream {runtime.upstream.display} not reachable")
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})

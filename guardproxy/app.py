@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -20,9 +20,14 @@ from guardproxy.breaker.board import BreakerBoard
 from guardproxy.feedback import FeedbackEndpoint
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.draws import Draws
 from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
+from guardproxy.hotpath.replies import error_response
+from guardproxy.hotpath.trust import Trust, request_id_of
 from guardproxy.hotpath.upstream import Upstream
+from guardproxy.keys import DecisionKey
+from guardproxy.masking import Masker, mask_url
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
@@ -49,13 +54,15 @@ class Runtime:
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.samples = SampleQueue(settings.queue_size)
-        self.guard_context = GuardContext(self.thresholds, self.samples)
+        self.draws = Draws()
+        self.guard_context = GuardContext(self.thresholds, self.samples, draws=self.draws)
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.sample_writer = SampleWriter(self.samples, self._sample_sink())
         self.state = open_state(settings.state)
+        self.decision_key = DecisionKey(self.draws, self.state, settings.decision_key)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
         self.telemetry = self.build_telemetry()
@@ -71,11 +78,12 @@ class Runtime:
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
-            settings.region_header,
             observers=(self.worker.offer, self.telemetry.observe),
             breakers=self.breakers,
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
+            trust=Trust(settings.trust_region_header, settings.trust_forwarded),
+            max_body=settings.max_body,
         )
 
     def build_telemetry(self) -> Telemetry:
@@ -112,11 +120,18 @@ class Runtime:
         if spec.redis_stream and self.settings.state.startswith("redis://"):
             return RedisStreamSink(self.settings.state, spec.redis_stream)
         directory = spec.jsonl or self.settings.samples_dir
-        return JsonlSink(directory, spec.max_bytes, spec.max_age)
+        return JsonlSink(
+            directory,
+            spec.max_bytes,
+            spec.max_age,
+            max_total_bytes=spec.max_total_bytes,
+            retention=spec.retention,
+        )
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Start pools and background tasks; stop them after the last request is done."""
         await self.upstream.start()
+        await self.decision_key.start()
         await self.watcher.start()
         self.sample_writer.start()
         await self.engine.start()
@@ -130,6 +145,7 @@ class Runtime:
         await self.fallbacks.stop()
         await self.sample_writer.stop(flush=True)
         await self.engine.stop()
+        await self.decision_key.stop()
         await self.state.close()
         await self.upstream.close()
         await self.telemetry.shutdown()
@@ -140,22 +156,29 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def masker(self) -> Masker:
+        """What /status and logs must not show: tokens, keys, values from the environment."""
+        return Masker((*self.settings.secrets(), *self.store.table.secrets))
+
     def status(self) -> dict[str, object]:
-        """The JSON the admin port's /status returns."""
+        """The JSON the admin port's /status returns, every secret masked."""
+        return cast(dict[str, object], self.masker().document(self._status()))
+
+    def _status(self) -> dict[str, object]:
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "upstream": self.settings.upstream,
+            "upstream": self.upstream.display,
+            "trust": {
+                "region_header": self.settings.trust_region_header,
+                "forwarded": self.settings.trust_forwarded,
+            },
             "draining": self.draining,
             "requests": self.proxy.counts.as_dict(),
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
-            "samples": {
-                "offered": self.samples.offered,
-                "dropped": self.samples.dropped,
-                "written": self.sample_writer.written,
-                "errors": self.sample_writer.errors,
-            },
+            "samples": self._samples_status(),
+            "decision_key": self.decision_key.status(),
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
             "breakers": {**self.breakers.status(), "fallbacks": self.fallbacks.status()},
@@ -164,10 +187,25 @@ class Runtime:
             "telemetry": self.telemetry.status(),
         }
 
+    def _samples_status(self) -> dict[str, object]:
+        writer, sink = self.sample_writer, self.sample_writer.sink
+        return {
+            "offered": self.samples.offered,
+            "dropped": self.samples.dropped,
+            "written": writer.written,
+            "errors": writer.errors,
+            "truncated": writer.truncated,
+            "sink": sink.status() if isinstance(sink, JsonlSink) else {"kind": "redis_stream"},
+        }
+
 
 def build_data_app(runtime: Runtime) -> web.Application:
     """The data port: everything is proxied except the reserved /guardproxy/ prefix."""
-    app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
+    # Bodies arrive as the client encoded them: pass-through forwards them untouched, guarded
+    # routes decode them under a cap (hotpath.encoding) and forward the decoded bytes.
+    app = web.Application(
+        client_max_size=runtime.settings.max_body, handler_args={"auto_decompress": False}
+    )
     app.cleanup_ctx.append(runtime.lifecycle)
     app.router.add_post("/guardproxy/v1/feedback", runtime.feedback.handle)
     app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
@@ -176,9 +214,8 @@ def build_data_app(runtime: Runtime) -> web.Application:
 
 
 async def _reserved(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": f"no such endpoint: {request.method} {request.path}"}, status=404
-    )
+    request_id, _ = request_id_of(request.headers.get("X-Request-Id"))
+    return error_response(404, "no such endpoint under /guardproxy/", request_id)
 
 
 async def start_site(
@@ -222,7 +259,7 @@ async def serve(
         data_port,
         settings.admin[0],
         admin_port,
-        settings.upstream,
+        mask_url(settings.upstream),
     )
     if on_ready is not None:
         result = on_ready(runtime, data_port, admin_port)

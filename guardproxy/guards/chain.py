@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guardproxy.guards.base import Guard, GuardChain
+from guardproxy.guards.draws import Draws
 from guardproxy.guards.groups import ANY, OTHER, GroupGuard
 from guardproxy.guards.labels import LabelGuard
 from guardproxy.guards.sampling import SamplingGuard
@@ -19,11 +20,12 @@ from guardproxy.sampling.sinks import SampleQueue
 
 @dataclass(frozen=True, slots=True)
 class GuardContext:
-    """What guards share across policies: learned thresholds, the sample queue, a clock."""
+    """What guards share across policies: learned thresholds, samples, the decision key, a clock."""
 
     thresholds: Snapshot[ThresholdTable] = field(default_factory=lambda: Snapshot(ThresholdTable()))
     samples: SampleQueue | None = None
     clock: Callable[[], float] = time.monotonic
+    draws: Draws = field(default_factory=Draws)
 
 
 def build_chain(policy: Policy, ctx: GuardContext, version: str) -> GuardChain:
@@ -34,9 +36,10 @@ def build_chain(policy: Policy, ctx: GuardContext, version: str) -> GuardChain:
         guards.append(GroupGuard(policy.groups, payload))
     if policy.model.protocol != "openai" or policy.model.score.path is not None:
         missing = OTHER if policy.groups.attribute is not None else ANY
-        guards.append(DecisionGuard(policy.decision, payload, ctx.thresholds, missing))
+        guards.append(DecisionGuard(policy.decision, payload, ctx.thresholds, missing, ctx.draws))
     if policy.labels.deny:
         guards.append(LabelGuard(policy.labels, payload))
     if ctx.samples is None:
         return GuardChain(guards)
-    return GuardChain(guards, SamplingGuard(policy.sampling, ctx.samples, version, ctx.clock))
+    sampling = SamplingGuard(policy.sampling, ctx.samples, version, ctx.clock, ctx.draws)
+    return GuardChain(guards, sampling)

@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from guardproxy.payloads.errors import MalformedJson
+
 _UNPARSED: Any = object()
 
 
@@ -90,11 +92,11 @@ def is_json_answer(ex: Exchange) -> bool:
 
 
 def loads(data: bytes) -> Any:
-    """Parse JSON bytes (ValueError on malformed JSON)."""
+    """Parse JSON bytes (MalformedJson, a ValueError, on malformed JSON)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc}") from None
+        raise MalformedJson(f"malformed JSON: {exc}") from None
 
 
 def dumps(document: Any) -> bytes:

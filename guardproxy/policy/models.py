@@ -63,7 +63,7 @@ class ModelSpec(Strict):
     """The model server's protocol and the routes whose answers are guarded."""
 
     protocol: Protocol = "kserve_v2"
-    routes: tuple[str, ...] = ("/v2/models/*/infer",)
+    routes: tuple[str, ...] = ("/v2/models/*/infer", "/v2/models/*/versions/*/infer")
     score: ScoreSpec = ScoreSpec()
 
     @field_validator("routes")
@@ -75,18 +75,48 @@ class ModelSpec(Strict):
         return routes
 
 
+def _trusted_header(where: str, header: str | None, trusted: bool) -> None:
+    """A header is whatever the client sends: it may decide only when declared trusted."""
+    if header is not None and not trusted:
+        raise ValueError(
+            f"{where}.header {header!r} is set by the client, who could choose its own value; "
+            f"add {where}.trusted: true only if a gateway you control sets or strips it"
+        )
+    if header is None and trusted:
+        raise ValueError(f"{where}.trusted applies only to a header")
+
+
 class GroupAttribute(Strict):
     """Where a request's group comes from: exactly one of header, input, jsonpath."""
 
     header: str | None = None
     input: str | None = None
     jsonpath: str | None = None
+    trusted: bool = False  # a header group needs it: the operator vouches for the header
 
     @model_validator(mode="after")
     def _exactly_one(self) -> GroupAttribute:
         chosen = [v for v in (self.header, self.input, self.jsonpath) if v is not None]
         if len(chosen) != 1:
             raise ValueError("groups.attribute needs exactly one of header, input, jsonpath")
+        _trusted_header("groups.attribute", self.header, self.trusted)
+        return self
+
+
+class SubjectSpec(Strict):
+    """Who a randomized decision is about: a trusted header or a JSON path of the request."""
+
+    header: str | None = None
+    jsonpath: str | None = None
+    trusted: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SubjectSpec:
+        if (self.header is None) == (self.jsonpath is None):
+            raise ValueError("decision.subject needs exactly one of header, jsonpath")
+        if self.jsonpath is not None and not self.jsonpath.startswith("$"):
+            raise ValueError("decision.subject.jsonpath must start with '$'")
+        _trusted_header("decision.subject", self.header, self.trusted)
         return self
 
 
@@ -138,6 +168,7 @@ class DecisionSpec(Strict):
     label_output: str | None = None  # the model's own label, replaced in rewrite mode
     adapt: AdaptSpec | None = None
     on_error: OnError = "fail_open"
+    subject: SubjectSpec | None = None  # None: the scored row's own content
 
 
 class BlockSpec(Strict):
@@ -163,9 +194,20 @@ class SinkSpec(Strict):
 
     jsonl: str | None = None  # directory; None means the --samples directory
     redis_stream: str | None = None
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_age: Duration = 3600.0
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # per file, then rotate
+    max_age: Duration = 3600.0  # per file, then rotate
+    max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # every file together
+    retention: Duration = 7 * 86400.0  # files older than this are deleted
     queue: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _budget_holds_a_file(self) -> SinkSpec:
+        if self.max_total_bytes < self.max_bytes:
+            raise ValueError(
+                f"sink.max_total_bytes {self.max_total_bytes} is below sink.max_bytes "
+                f"{self.max_bytes} (expected room for at least one whole file)"
+            )
+        return self
 
 
 class SamplingSpec(Strict):
@@ -181,6 +223,7 @@ class SamplingSpec(Strict):
         "card",
         "national_id",
     )
+    max_body_bytes: int = Field(default=64 * 1024, ge=256)  # per body; larger: truncated
     sink: SinkSpec = SinkSpec()
 
 
@@ -312,6 +355,7 @@ class HalfOpenSpec(Strict):
 
     probes: int = Field(default=20, ge=1)
     close_after_windows: int = Field(default=2, ge=1)
+    max_seconds: Duration = 120.0  # then close (a probe succeeded, none failed) or re-open
 
 
 class BreakerSpec(Strict):
@@ -323,6 +367,7 @@ class BreakerSpec(Strict):
     half_open: HalfOpenSpec = HalfOpenSpec()
     window: Duration = 10.0  # upstream health window
     slow_call: Duration = 1.0  # an upstream call slower than this is slow
+    min_calls: int = Field(default=20, ge=1)  # error_rate / slow_call_rate need this many calls
 
 
 class Policy(Strict):

@@ -55,7 +55,7 @@ def test_upstream_errors_trip_on_tick_and_every_transition_is_logged_counted_rep
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock, recorder = Clock(), Recorder()
-    spec = {"trip": [RULE], "window": 2}
+    spec = {"trip": [RULE], "window": 2, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), telemetry=recorder, clock=clock)
     breaker = board.breaker("sg")
     assert breaker is not None and ("sg", "closed") in recorder.states
@@ -93,7 +93,7 @@ def test_a_failing_ticker_is_counted_and_the_others_still_run() -> None:
 
 def test_probe_outcome_goes_to_the_half_open_state() -> None:
     clock = Clock()
-    spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}}
+    spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), clock=clock)
     breaker = board.breaker("sg")
     assert breaker is not None
@@ -130,7 +130,9 @@ def trip(board: BreakerBoard, clock: Clock, path: str, region: str = "sg") -> No
 def test_each_guarded_path_has_its_own_breaker_and_upstream_failures_stay_there() -> None:
     clock, recorder = Clock(), Recorder()
     board = BreakerBoard(
-        Snapshot(table(sg={"trip": [RULE], "window": 1})), telemetry=recorder, clock=clock
+        Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1})),
+        telemetry=recorder,
+        clock=clock,
     )
     entry = board.policies.current.regions["sg"]
     credit = board.get(entry, CREDIT)
@@ -152,7 +154,7 @@ def test_each_guarded_path_has_its_own_breaker_and_upstream_failures_stay_there(
 def test_paths_beyond_the_cap_share_the_region_wide_breaker_and_are_counted() -> None:
     clock = Clock()
     board = BreakerBoard(
-        Snapshot(table(sg={"trip": [RULE], "window": 1})), clock=clock, route_cap=2
+        Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1})), clock=clock, route_cap=2
     )
     entry = board.policies.current.regions["sg"]
     first, second = board.get(entry, FRAUD), board.get(entry, CREDIT)

@@ -33,6 +33,7 @@ def make(
         "cooldown": "30s",
         "half_open": {"probes": 5, "close_after_windows": 2},
         "window": "10s",
+        "min_calls": 1,
     }
     base.update(spec)
     listeners = [events.append] if events is not None else []

@@ -22,7 +22,7 @@ model:
   routes: ["/score"]
   score: {path: "$.scores[*]"}
 groups:
-  attribute: {header: X-Group}
+  attribute: {header: X-Group, trusted: true}
   values: [a, b]
 decision:
   threshold: 0.5

@@ -33,7 +33,9 @@ def policy(**adapt: Any) -> CompiledPolicy:
     return compile_policy(
         Policy(
             region="eu",
-            groups=GroupSpec(attribute=GroupAttribute(header="X-Group"), values=("a", "b")),
+            groups=GroupSpec(
+                attribute=GroupAttribute(header="X-Group", trusted=True), values=("a", "b")
+            ),
             decision=DecisionSpec(threshold=0.5, adapt=spec),
             fairness=FairnessSpec(bins=100),
         )
