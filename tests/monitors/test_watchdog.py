@@ -159,10 +159,8 @@ def test_counts_survive_the_report_round_trip() -> None:
 
 
 def test_fairness_windows_close_on_decisions_and_on_labels() -> None:
-    policy = Policy.model_validate(
-        {"region": "r", "groups": {"attribute": {"header": "X-G", "trusted": True}, "values": ["f", "m"]},
-         "fairness": {"window": 100}}
-    )  # fmt: skip
+    groups = {"attribute": {"header": "X-G", "trusted": True}, "values": ["f", "m"]}
+    policy = Policy.model_validate({"region": "r", "groups": groups, "fairness": {"window": 100}})
     windows = FairnessWindows(policy)
 
     def report(f: GroupCounts, m: GroupCounts) -> dict[str, Any]:
