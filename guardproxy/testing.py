@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,9 @@ from guardproxy.settings import Settings
 
 __all__ = [
     "PATTERN",
+    "RecordingModel",
     "RunningProxy",
+    "eventually",
     "proxy_settings",
     "running_proxy",
     "serving",
@@ -134,6 +137,42 @@ async def gzip_body(request: web.Request) -> web.Response:
     return web.Response(
         body=data, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
     )
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until check() holds, polling; AssertionError when it does not within `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class RecordingModel:
+    """A KServe v2 model answering a fixed score, keeping every request's body and headers."""
+
+    def __init__(self, score: float = 0.7, status: int = 200) -> None:
+        self.score, self.status = score, status
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+
+    def app(self) -> web.Application:
+        """The app: POST /v2/models/{name}/infer and the versioned form."""
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_post("/v2/models/{name}/infer", self._infer)
+        app.router.add_post("/v2/models/{name}/versions/{version}/infer", self._infer)
+        return app
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.read())
+        self.headers.append(dict(request.headers))
+        rows = 1
+        with suppress(ValueError, KeyError, IndexError, TypeError):
+            rows = int(json.loads(self.bodies[-1])["inputs"][0]["shape"][0])
+        outputs = [
+            {"name": "score", "shape": [rows], "datatype": "FP32", "data": [self.score] * rows}
+        ]
+        return web.json_response({"model_name": "m", "outputs": outputs}, status=self.status)
 
 
 def proxy_settings(upstream: str, **overrides: Any) -> Settings:

@@ -263,3 +263,55 @@ def test_admit_is_a_few_microseconds() -> None:
         breaker.admit()
     per_call = (time.perf_counter() - start) / n
     assert per_call < 5e-6
+
+
+def test_rates_count_only_from_min_calls_calls_a_window() -> None:
+    clock = FakeClock()
+    few = make(clock, min_calls=20)
+    for _ in range(19):
+        few.record_upstream(500, 0.01)
+    clock.now += 10
+    assert few.tick() == {"upstream.consecutive_5xx": 19.0}  # no rate from 19 calls
+    assert few.state_name == "closed"
+    for _ in range(20):
+        few.record_upstream(500, 0.01)
+    clock.now += 10
+    assert few.tick()["upstream.error_rate"] == 1.0  # type: ignore[index]
+    assert few.state_name == "open"
+
+
+def test_a_released_probe_slot_is_taken_again_and_a_stale_release_is_ignored() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    trip(breaker)
+    clock.now += 30
+    admitted = [breaker.admit() for _ in range(5)]
+    assert admitted == [Admission.PROBE] * 5 and breaker.admit() is Admission.OPEN
+    epoch = breaker.epoch
+    breaker.release_probe(epoch)  # a probe that ended with a 413
+    assert breaker.admit() is Admission.PROBE and breaker.status()["probes_released"] == 1
+    breaker.probe_done(ok=False)  # re-opens; a later half-open is a new epoch
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    breaker.release_probe(epoch)  # from the old half-open: must not free a new slot
+    assert breaker.probes_admitted == 1
+
+
+def test_half_open_ends_within_max_seconds_either_way() -> None:
+    clock = FakeClock()
+    quiet = make(clock, half_open={"probes": 5, "max_seconds": "20s"})
+    trip(quiet)
+    clock.now += 30
+    quiet.tick()
+    assert quiet.state_name == "half_open"
+    clock.now += 20
+    quiet.tick()
+    assert quiet.state_name == "open" and "without a successful probe" in quiet.reason
+    healthy = make(clock, half_open={"probes": 5, "max_seconds": "20s", "close_after_windows": 9})
+    trip(healthy)
+    clock.now += 30
+    assert healthy.admit() is Admission.PROBE
+    healthy.probe_done(ok=True)
+    clock.now += 20
+    healthy.tick()
+    assert healthy.state_name == "closed" and "1 probes ok" in healthy.reason
