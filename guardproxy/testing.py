@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from guardproxy.app import RunningProxy, running_proxy, start_site
 from guardproxy.settings import Settings
@@ -149,23 +150,30 @@ async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
 
 
 class RecordingModel:
-    """A KServe v2 model answering a fixed score, keeping every request's body and headers."""
+    """A KServe v2 model answering a fixed score, keeping every request's body and headers.
 
-    def __init__(self, score: float = 0.7, status: int = 200) -> None:
-        self.score, self.status = score, status
+    `lenient` answers any path, as a server that normalises paths before routing would.
+    """
+
+    def __init__(self, score: float = 0.7, status: int = 200, lenient: bool = False) -> None:
+        self.score, self.status, self.lenient = score, status, lenient
         self.bodies: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+        self.headers: list[CIMultiDict[str]] = []
 
     def app(self) -> web.Application:
         """The app: POST /v2/models/{name}/infer and the versioned form."""
         app = web.Application(client_max_size=1 << 30)
         app.router.add_post("/v2/models/{name}/infer", self._infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self._infer)
+        if self.lenient:  # as servers that normalise paths before routing: any path scores
+            app.router.add_post("/{tail:.*}", self._infer)
         return app
 
     async def _infer(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.read())
-        self.headers.append(dict(request.headers))
+        self.paths.append(request.raw_path)
+        self.headers.append(CIMultiDict(request.headers))
         rows = 1
         with suppress(ValueError, KeyError, IndexError, TypeError):
             rows = int(json.loads(self.bodies[-1])["inputs"][0]["shape"][0])
