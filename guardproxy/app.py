@@ -177,7 +177,7 @@ class Runtime:
             "requests": self.proxy.counts.as_dict(),
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
-            "samples": self._samples_status(),
+            "samples": self.sample_writer.status(),
             "decision_key": self.decision_key.status(),
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
@@ -185,17 +185,6 @@ class Runtime:
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
-        }
-
-    def _samples_status(self) -> dict[str, object]:
-        writer, sink = self.sample_writer, self.sample_writer.sink
-        return {
-            "offered": self.samples.offered,
-            "dropped": self.samples.dropped,
-            "written": writer.written,
-            "errors": writer.errors,
-            "truncated": writer.truncated,
-            "sink": sink.status() if isinstance(sink, JsonlSink) else {"kind": "redis_stream"},
         }
 
 

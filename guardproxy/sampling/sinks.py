@@ -94,6 +94,9 @@ class Sink(Protocol):
     async def maintain(self) -> None:
         """Housekeeping when idle (retention); nothing for sinks that need none."""
 
+    def status(self) -> dict[str, Any]:
+        """What the sink holds and what it had to drop, for /status."""
+
 
 class RedisStreamSink:
     """XADD each record to a Redis stream capped at about maxlen entries."""
@@ -121,6 +124,10 @@ class RedisStreamSink:
     async def maintain(self) -> None:
         """Nothing to do: the stream is capped by XADD MAXLEN."""
 
+    def status(self) -> dict[str, Any]:
+        """The stream and its cap."""
+        return {"redis_stream": self.stream, "maxlen": self.maxlen}
+
 
 class SampleWriter:
     """Drains the queue in batches, redacts off the event loop, writes to the sink."""
@@ -145,6 +152,18 @@ class SampleWriter:
         self._task: asyncio.Task[None] | None = None
         self._idle = True
         self._closing = False
+
+    def status(self) -> dict[str, Any]:
+        """Samples offered, dropped (queue full or sink failing), written, cut; the sink's own."""
+        return {
+            "offered": self.queue.offered,
+            "dropped": self.queue.dropped + self.dropped,
+            "queue_full": self.queue.dropped,
+            "written": self.written,
+            "errors": self.errors,
+            "truncated": self.truncated,
+            "sink": self.sink.status(),
+        }
 
     def start(self) -> None:
         """Start the writer task."""
