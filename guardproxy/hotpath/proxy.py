@@ -94,7 +94,10 @@ class Proxy:
         except Refusal as exc:
             counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
             return error_response(exc.status, exc.message, request_id)
-        except (web.HTTPException, ConnectionError):
+        except ConnectionError:  # the client went away: nobody to answer, nothing to log
+            counts.client_gone += 1
+            return error_response(499, "client closed the connection", request_id)
+        except web.HTTPException:
             raise
         except Exception:  # never a traceback or exception text to a client
             counts.internal_errors += 1

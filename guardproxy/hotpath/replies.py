@@ -38,6 +38,7 @@ class ProxyCounts:
     unguarded_streams: int = 0
     request_ids_replaced: int = 0
     internal_errors: int = 0
+    client_gone: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able view for /status."""
@@ -53,6 +54,7 @@ class ProxyCounts:
             "unguarded_streams": self.unguarded_streams,
             "request_ids_replaced": self.request_ids_replaced,
             "internal_errors": self.internal_errors,
+            "client_gone": self.client_gone,
         }
 
 

@@ -177,9 +177,13 @@ async def test_reset_mid_response_closes_the_client_connection(
 async def test_reserved_prefix_is_not_proxied(
     proxy: RunningProxy, client: aiohttp.ClientSession
 ) -> None:
-    async with client.get(f"{proxy.url}/guardproxy/v1/nothing") as response:
+    headers = {"X-Request-Id": "r-404"}
+    async with client.get(f"{proxy.url}/guardproxy/v1/nothing", headers=headers) as response:
         assert response.status == 404
-        assert "no such endpoint" in (await response.json())["error"]
+        assert await response.json() == {
+            "error": "no such endpoint under /guardproxy/",
+            "request_id": "r-404",
+        }
 
 
 async def test_concurrent_requests_share_one_pool(

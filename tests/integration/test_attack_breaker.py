@@ -33,6 +33,17 @@ def state(proxy: RunningProxy) -> str:
     return "none" if breaker is None else breaker.state_name
 
 
+async def leave_midway(proxy: RunningProxy) -> None:
+    """Promise a 1000-byte body, send 10 bytes, hang up."""
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    writer.write(head.encode() + b'{"inputs":')
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+
+
 async def test_requests_that_end_before_the_model_free_their_probe_slots(tmp_path: Path) -> None:
     model = RecordingModel(status=500)
     async with guarded(tmp_path, policy(), model, max_body=4096) as (proxy, _):
@@ -44,15 +55,20 @@ async def test_requests_that_end_before_the_model_free_their_probe_slots(tmp_pat
             model.status = 200
             await asyncio.sleep(0.35)  # the cooldown
             huge = applicant(note="x" * 8192)
-            for _ in range(6):  # every probe slot taken by a 413, then given back
+            for _ in range(4):  # every probe slot taken by a 413 or a 415, then given back
                 code, _, _ = await post(session, proxy.url + INFER, huge)
                 assert code == 413
+                brotli = {"Content-Encoding": "br"}
+                assert (await post(session, proxy.url + INFER, applicant(), brotli))[0] == 415
+            for _ in range(4):  # or by a client that leaves halfway through its body
+                await leave_midway(proxy)
+            await eventually(lambda: proxy.runtime.proxy.counts.client_gone == 4)
             assert state(proxy) == "half_open"
             code, headers, _ = await post(session, proxy.url + INFER, applicant())
             assert code == 200 and headers["X-Guard-Breaker"] == "half_open"  # a real probe
             await eventually(lambda: state(proxy) == "closed")
         breaker = proxy.runtime.breakers.breaker("default", INFER)
-        assert breaker is not None and breaker.probes_released >= 6
+        assert breaker is not None and breaker.probes_released >= 12
 
 
 async def test_fewer_calls_than_min_calls_never_trip_the_error_rate(tmp_path: Path) -> None:
