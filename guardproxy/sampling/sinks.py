@@ -189,6 +189,7 @@ class SampleWriter:
             try:
                 first = await asyncio.wait_for(self.queue.queue.get(), self.maintain_every)
             except TimeoutError:
+                self._idle = False  # stop() waits for this rather than racing it in a thread
                 await self._maintain()
                 continue
             self._idle = False
