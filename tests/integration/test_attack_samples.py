@@ -18,7 +18,7 @@ sampling:
   min_per_group: 0
   redact: []
   max_body_bytes: 1024
-  sink: {{max_bytes: 4096, max_total_bytes: {BUDGET}}}
+  sink: {{max_bytes: 4096, max_total_bytes: {BUDGET}, retention: 2d}}
 """
 
 
@@ -42,5 +42,6 @@ async def test_the_samples_directory_stays_within_its_byte_budget(tmp_path: Path
         report = (await status(proxy))["samples"]
         assert on_disk(directory) <= BUDGET
     assert report["sink"]["deleted_files"] > 0 and report["sink"]["bytes"] <= BUDGET
+    assert report["sink"]["retention_seconds"] == 2 * 86400  # the policy's, in force
     assert report["truncated"] >= 15  # the oversized bodies were cut, and counted
     assert on_disk(directory) <= BUDGET
