@@ -1,5 +1,16 @@
 # guardproxy: `docker build -t guardproxy .`, then see k8s/README.md.
+# Built only from what the repository holds; the build context holds no symbolic links that
+# COPY would carry into the image (tests/deploy/test_image.py copies the context the way
+# COPY does and validates the result).
 FROM python:3.11-slim
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="guardproxy" \
+      org.opencontainers.image.description="A sidecar that applies fairness, label and drift policies inline in front of any model server" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -21,4 +32,8 @@ WORKDIR /
 # A numeric user, so the kubelet can verify runAsNonRoot without an /etc/passwd entry.
 USER 65532:65532
 EXPOSE 8080 9901
+# For docker and compose (Kubernetes uses the pod's probes instead). The slim image has no
+# curl: Python asks the admin port, wherever GUARDPROXY_ADMIN puts it, for /healthz.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; h, _, p = os.environ.get('GUARDPROXY_ADMIN', '127.0.0.1:9901').rpartition(':'); h = '127.0.0.1' if h in ('', '0.0.0.0', '[::]') else h; u.urlopen(f'http://{h}:{p}/healthz', timeout=2)"]
 ENTRYPOINT ["guardproxy", "serve"]

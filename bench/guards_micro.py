@@ -11,7 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.guards.exchange import Exchange, dumps
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy
 from guardproxy.sampling.sinks import SampleQueue
 
 REQUEST = dumps(
@@ -33,8 +33,8 @@ RESPONSE = dumps(
     }
 )
 SECTIONS = {
-    "region": "sg",
-    "model": {"protocol": "kserve_v2", "score": {"output": "score"}},
+    "protocol": "kserve_v2",
+    "score": {"output": "score"},
     "groups": {"attribute": {"input": "sex"}, "values": ["female", "male"]},
     "decision": {"threshold": 0.5, "per_group": {"female": 0.45}},
     "sampling": {"rate": 0.01, "min_per_group": 50},
@@ -44,7 +44,9 @@ HEADERS = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
 
 def exchange(i: int) -> Exchange:
     """A fresh exchange whose upstream has answered."""
-    ex = Exchange(f"req-{i}", "sg", "POST", "/v2/models/adult/infer", HEADERS, REQUEST, 0.0)
+    ex = Exchange(
+        f"req-{i}", "sg", "adult", "POST", "/v2/models/adult/infer", HEADERS, REQUEST, 0.0
+    )
     ex.status = 200
     ex.response_headers["Content-Type"] = "application/json"
     ex.response_body = RESPONSE
@@ -69,11 +71,11 @@ async def best_of(chain: GuardChain, n: int, runs: int = 7) -> float:
 
 async def main(n: int) -> None:
     """Print µs per request that each chain adds over building the exchange alone."""
-    policy = Policy.model_validate(SECTIONS)
+    model = ModelPolicy.model_validate({"name": "adult", **SECTIONS})
     queue = SampleQueue(n * 10)
     chains = {
-        "groups+decision": build_chain(policy, GuardContext(), "bench"),
-        "+sampling": build_chain(policy, GuardContext(samples=queue), "bench"),
+        "groups+decision": build_chain("sg", model, "bench", GuardContext()),
+        "+sampling": build_chain("sg", model, "bench", GuardContext(samples=queue)),
     }
     baseline = await best_of(GuardChain([]), n)
     print(f"{'exchange only':18s} {baseline * 1e6:7.2f} µs/request (subtracted below)")

@@ -31,6 +31,7 @@ TARGETS = {
         Target("c", "nginx", "nginx", GUARDED_PATH, "nginx reverse proxy, keepalive"),
         Target("d", "guardproxy-pass", "guardproxy", UNGUARDED_PATH, "guardproxy, unguarded path"),
         Target("e", "guardproxy-guarded", "guardproxy", GUARDED_PATH, "guardproxy, guarded path"),
+        Target("f", "transport-pass", "transport", GUARDED_PATH, "transport pass-through"),
     )
 }
 
@@ -60,12 +61,15 @@ def upstream(name: str, cpus: frozenset[int], workdir: Path) -> Service:
 
 
 def proxy_service(name: str, behind: Service, layout: Layout, workdir: Path) -> Service:
-    """The service `name` (bare, nginx, guardproxy) in front of the upstream `behind`."""
+    """The service `name` (bare, nginx, guardproxy, transport) in front of `behind`."""
     port, url = free_port(), f"http://127.0.0.1:{behind.port}"
     log = workdir / f"{name}.log"
     if name == "bare":
         return Service(name, python("bench.bare_proxy", "--upstream", url, "--port", str(port)),
                        port, layout.server, log=log)  # fmt: skip
+    if name == "transport":
+        argv = python("bench.transport_proxy", "--upstream", url, "--port", str(port))
+        return Service(name, argv, port, layout.server, log=log)
     if name == "nginx":
         prefix = workdir / "nginx"
         argv = nginx_argv(find_nginx() or "nginx", prefix, write_config(prefix, port, behind.port))
@@ -84,7 +88,7 @@ def services_for(targets: list[Target], layout: Layout, workdir: Path) -> dict[s
     services: dict[str, Service] = {}
     if "upstream-direct" in needed:
         services["upstream-direct"] = upstream("upstream-direct", layout.server, workdir)
-    proxies = [n for n in ("bare", "nginx", "guardproxy") if n in needed]
+    proxies = [n for n in ("bare", "nginx", "guardproxy", "transport") if n in needed]
     if proxies:
         behind = upstream("upstream-behind", layout.upstream, workdir)
         services[behind.name] = behind

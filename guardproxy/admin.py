@@ -86,7 +86,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def breaker(request: web.Request) -> web.Response:
-    """Force a region's breakers, or one route's with ?route=PATH: {"state": ..., "reason": ...}."""
+    """Force a region's breakers, or one model's with ?model=NAME: {"state": ..., "reason": ...}."""
     region = request.match_info["region"]
     try:
         body = await request.json()
@@ -96,7 +96,7 @@ async def breaker(request: web.Request) -> web.Response:
         return web.json_response({"error": "expected {state, reason}"}, status=400)
     try:
         result = request.app[RUNTIME].breakers.force(
-            region, str(body.get("state")), body.get("reason", ""), request.query.get("route")
+            region, str(body.get("state")), body.get("reason", ""), request.query.get("model")
         )
     except KeyError as exc:
         return web.json_response({"error": str(exc.args[0])}, status=404)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -31,8 +32,7 @@ from guardproxy.masking import Masker, mask_url
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
-from guardproxy.policy.models import Policy
-from guardproxy.policy.table import policy_version
+from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.policy.watch import PolicyStore, PolicyWatcher
 from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, SampleQueue, SampleWriter, Sink
@@ -73,7 +73,7 @@ class Runtime:
         self.breakers.table_listeners.append(self.fallbacks.follow)
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
-        self.worker = MonitorWorker(settings.queue_size)
+        self.worker = MonitorWorker(settings.monitor_budget)
         self.worker.consumers += [self.engine, self.watchdog]
         self.proxy = Proxy(
             self.upstream,
@@ -94,7 +94,7 @@ class Runtime:
             service_name=settings.service_name,
             region=settings.region,
         )
-        return Telemetry(config, settings.upstream, self.store.snapshot, self.thresholds)
+        return Telemetry(config, settings.upstream, self.store.snapshot)
 
     def watch_telemetry(self) -> None:
         """Point the gauges and observable counters at the totals the parts already keep."""
@@ -110,9 +110,9 @@ class Runtime:
         )
         self.engine.label_listeners.append(telemetry.count_joined)
 
-    def build_chain(self, policy: Policy) -> GuardChain:
-        """The guard chain for one region's policy (runs in a thread on reload: pure)."""
-        return build_chain(policy, self.guard_context, policy_version(policy))
+    def build_chain(self, region: str, spec: ModelPolicy, version: str) -> GuardChain:
+        """The guard chain of one model (runs in a thread on reload: pure)."""
+        return build_chain(region, spec, version, self.guard_context)
 
     def _sample_sink(self) -> Sink:
         """The process-wide sample sink, as the default region's policy names it."""
@@ -129,26 +129,27 @@ class Runtime:
         )
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """Start pools and background tasks; stop them after the last request is done."""
-        await self.upstream.start()
-        await self.decision_key.start()
-        await self.watcher.start()
-        self.sample_writer.start()
-        await self.engine.start()
-        self.worker.start()
-        await self.fallbacks.start()
-        await self.breakers.start()
-        yield
-        await self.watcher.stop()
-        await self.worker.stop(drain=True)
-        await self.breakers.stop()
-        await self.fallbacks.stop()
-        await self.sample_writer.stop(flush=True)
-        await self.engine.stop()
-        await self.decision_key.stop()
-        await self.state.close()
-        await self.upstream.close()
-        await self.telemetry.shutdown()
+        """Start each part, and stop each one that started, in reverse order (even on failure)."""
+        async with contextlib.AsyncExitStack() as parts:
+            parts.push_async_callback(self.telemetry.shutdown)
+            await self.upstream.start()
+            parts.push_async_callback(self.upstream.close)
+            parts.push_async_callback(self.state.close)
+            await self.decision_key.start()  # before any request draws
+            parts.push_async_callback(self.decision_key.stop)
+            await self.engine.start()
+            parts.push_async_callback(self.engine.stop)
+            self.sample_writer.start()
+            parts.push_async_callback(self.sample_writer.stop, True)
+            await self.fallbacks.start()
+            parts.push_async_callback(self.fallbacks.stop)
+            await self.breakers.start()
+            parts.push_async_callback(self.breakers.stop)
+            self.worker.start()
+            parts.push_async_callback(self.worker.stop, True)
+            await self.watcher.start()
+            parts.push_async_callback(self.watcher.stop)
+            yield
 
     def reload_soon(self) -> None:
         """SIGHUP: re-read the policy directory now, off the signal handler."""

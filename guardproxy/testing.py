@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -27,6 +28,22 @@ __all__ = [
 ]
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of every byte value
+
+
+async def eventually(
+    check: Callable[[], object], within: float = 10.0, every: float = 0.01
+) -> None:
+    """Poll until `check()` is true (awaiting a coroutine result); fail after `within` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within} s: {check}")
+        await asyncio.sleep(every)
 
 
 @asynccontextmanager
@@ -138,15 +155,6 @@ async def gzip_body(request: web.Request) -> web.Response:
     return web.Response(
         body=data, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
     )
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Wait until check() holds, polling; AssertionError when it does not within `seconds`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 class RecordingModel:

@@ -8,11 +8,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from guardproxy.feedback import observed_time, validate
-from guardproxy.guards.exchange import Exchange, Verdict
+from guardproxy.guards.exchange import Verdict
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+from tests.factories import observation
 
 AUTH = {"Authorization": "Bearer feedback-secret"}
 
@@ -22,14 +22,13 @@ async def fed(upstream_url: str) -> AsyncIterator[RunningProxy]:
     """A proxy that has recorded predictions p0..p9 (p0 has a second row, p0:1)."""
     async with running_proxy(proxy_settings(upstream_url)) as running:
         runtime = running.runtime
-        entry = runtime.store.snapshot.current.default
+        model = runtime.store.snapshot.current.default.model("adult")
+        assert model is not None
         for i in range(10):
-            headers = CIMultiDictProxy(CIMultiDict[str]())
-            ex = Exchange(f"p{i}", entry.region, "POST", "/v2/models/m/infer", headers, b"", 0.0)
-            ex.verdicts.append(Verdict("Female", 0.7, 0.5, 1))
+            verdicts = [Verdict("Female", 0.7, 0.5, 1)]
             if i == 0:
-                ex.verdicts.append(Verdict("Male", 0.2, 0.5, 0))
-            runtime.worker.offer(ex, entry)
+                verdicts.append(Verdict("Male", 0.2, 0.5, 0))
+            runtime.worker.offer(observation(model, f"p{i}", tuple(verdicts)))
         await runtime.worker.flush()
         yield running
 
@@ -81,7 +80,7 @@ async def test_labels_reach_the_fairness_report(fed: RunningProxy) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{fed.admin_url}/status") as r:
             status = await r.json()
-    female = status["fairness"]["regions"]["default"]["fairness"]["groups"]["Female"]
+    female = status["fairness"]["models"]["default|adult|"]["fairness"]["groups"]["Female"]
     assert (female["decisions"], female["labeled"]) == (10, 10)
     assert female["positive_predictive_value"]["value"] == 0.5
     assert status["monitor"]["processed"] == 10

@@ -34,6 +34,7 @@ class Transition:
     """One state change, as listeners receive it."""
 
     region: str
+    model: str
     old: str
     new: str
     reason: str
@@ -86,6 +87,7 @@ class Closed(State):
 
     def enter(self, breaker: CircuitBreaker) -> None:
         breaker.reset_streaks()
+        breaker.tripped_by = set()
 
     def admit(self, breaker: CircuitBreaker) -> Admission:
         return Admission.PASS
@@ -119,6 +121,8 @@ class HalfOpen(State):
         breaker.probes_admitted = breaker.probes_ok = breaker.healthy_windows = 0
         breaker.epoch += 1
         breaker.half_open_at = breaker.clock()
+        # A drift trip must be disproved by the probes' own window before the breaker closes.
+        breaker.pending = {w for w in breaker.tripped_by if w.startswith("drift.")}
 
     def admit(self, breaker: CircuitBreaker) -> Admission:
         if breaker.probes_admitted < breaker.probe_cap:
@@ -130,9 +134,12 @@ class HalfOpen(State):
         if crossed:
             breaker.transition(OPEN, "unhealthy window in half-open: " + ", ".join(crossed))
             return
+        breaker.pending -= breaker.window_values.keys()
         if breaker.probes_ok == 0:
             return
         breaker.healthy_windows += 1
+        if breaker.pending:
+            return
         if breaker.healthy_windows >= breaker.spec.half_open.close_after_windows:
             breaker.transition(CLOSED, f"{breaker.healthy_windows} healthy windows with probes")
 
@@ -143,9 +150,13 @@ class HalfOpen(State):
             breaker.transition(OPEN, "probe failed")
 
     def expire(self, breaker: CircuitBreaker) -> None:
-        # No probe failed (that re-opens at once): close if any succeeded, else cool down again.
+        # No probe failed (that re-opens at once): close if any succeeded and no drift trip
+        # still waits for the probes' own window, else cool down again.
         seconds = f"{breaker.spec.half_open.max_seconds:g}s"
-        if breaker.probes_ok:
+        if breaker.pending:
+            waiting = ", ".join(sorted(breaker.pending))
+            breaker.transition(OPEN, f"half-open for {seconds}: {waiting} not shown healthy")
+        elif breaker.probes_ok:
             reason = f"half-open for {seconds}: {breaker.probes_ok} probes ok, none failed"
             breaker.transition(CLOSED, reason)
         else:
@@ -181,7 +192,7 @@ _OPERATOR: dict[str, State] = {"forced_open": FORCED_OPEN, "closed": CLOSED, "di
 
 
 class CircuitBreaker:
-    """One region's breaker, fed with monitor windows and upstream outcomes."""
+    """One model's breaker, fed with monitor windows and upstream outcomes."""
 
     def __init__(
         self,
@@ -190,8 +201,10 @@ class CircuitBreaker:
         listeners: Iterable[Listener] = (),
         region: str = "default",
         wall_clock: Clock = time.time,
+        model: str = "*",
     ) -> None:
         self.spec, self.clock, self.region, self.wall_clock = spec, clock, region, wall_clock
+        self.model = model
         self.listeners = list(listeners)
         self.open_action = spec.open.action
         self.probe_cap = spec.half_open.probes
@@ -204,6 +217,9 @@ class CircuitBreaker:
         self.half_open_at = 0.0
         self.listener_errors = 0
         self.reason = "start"
+        self.tripped_by: set[str] = set()  # monitors whose rules tripped since last closed
+        self.pending: set[str] = set()  # drift monitors half-open still waits to see healthy
+        self.window_values: Mapping[str, float] = MappingProxyType({})
         self.last_values: Mapping[str, float] = MappingProxyType({})
         self.upstream = UpstreamWindow(spec.slow_call, clock(), spec.min_calls)
         self.state: State = CLOSED
@@ -253,6 +269,7 @@ class CircuitBreaker:
     def observe_window(self, values: Mapping[str, float]) -> None:
         """Feed one completed window of any monitor; absent monitors keep their streak."""
         self.last_values = MappingProxyType({**self.last_values, **values})
+        self.window_values = values
         crossed: list[str] = []
         tripped: list[str] = []
         for i, rule in enumerate(self.spec.trip):
@@ -265,6 +282,7 @@ class CircuitBreaker:
                 self.streaks[i] = 0
             if self.streaks[i] >= rule.windows:
                 tripped.append(crossed[-1])
+                self.tripped_by.add(rule.when)
         self.state.on_window(self, crossed, tripped)
 
     def force(self, state: OperatorState, reason: str) -> None:
@@ -287,7 +305,7 @@ class CircuitBreaker:
         self.reason, self.since_wall = reason, self.wall_clock()
         new.enter(self)
         event = Transition(
-            self.region, old.name, new.name, reason, self.last_values, self.since_wall
+            self.region, self.model, old.name, new.name, reason, self.last_values, self.since_wall
         )
         for listener in self.listeners:
             try:
@@ -308,6 +326,7 @@ class CircuitBreaker:
         """A JSON-able view for the admin status page."""
         return {
             "region": self.region,
+            "model": self.model,
             "state": self.state.name,
             "since": datetime.fromtimestamp(self.since_wall, UTC).isoformat(),
             "reason": self.reason,
@@ -318,4 +337,5 @@ class CircuitBreaker:
             "probes_ok": self.probes_ok,
             "probes_released": self.probes_released,
             "probe_cap": self.probe_cap,
+            "waiting_for": sorted(self.pending),
         }

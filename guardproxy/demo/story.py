@@ -18,7 +18,7 @@ from guardproxy.app import RunningProxy, running_proxy
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
 from guardproxy.eventloop import run_async
-from guardproxy.policy.thresholds import ThresholdRule
+from guardproxy.policy.thresholds import ModelKey, ThresholdRule
 from guardproxy.settings import Settings
 from guardproxy.testing import serving
 
@@ -91,14 +91,16 @@ async def send_labels(
     return totals
 
 
-async def recalibrate(proxy: RunningProxy, region: str = "default", steps: int = 20) -> list[str]:
+async def recalibrate(
+    proxy: RunningProxy, key: ModelKey = ("default", "adult", ""), steps: int = 20
+) -> list[str]:
     """Run the engine's calibration until it settles (each step moves at most max_step)."""
     engine, lines = proxy.runtime.engine, []
     for _ in range(steps):
-        result = await engine.calibrate(region, reason="demo")
+        result = await engine.calibrate(key, reason="demo")
         rules = proxy.runtime.thresholds.current.rules
         shown = ", ".join(
-            f"{g}={describe_rule(r)}" for (reg, g), r in sorted(rules.items()) if reg == region
+            f"{k[3]}={describe_rule(r)}" for k, r in sorted(rules.items()) if k[:3] == key
         )
         lines.append(f"  {result.status:<9} {result.version:<18} {shown or result.reason}")
         if result.status != "published":
@@ -184,11 +186,11 @@ def report(result: StoryResult, samples: Path) -> str:
 
 
 def breaker_lines(status: dict[str, Any]) -> list[str]:
-    """Each region's circuit breaker: state and why."""
-    regions = status.get("breakers", {}).get("regions", {})
+    """Each model's circuit breaker: state and why."""
+    models = status.get("breakers", {}).get("models", {})
     return [
         f"circuit breaker {name}: {b['state']}" + (f" ({b['reason']})" if b.get("reason") else "")
-        for name, b in regions.items()
+        for name, b in models.items()
     ]
 
 

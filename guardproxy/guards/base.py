@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.guards.features import FeatureReader
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import OnError
 
@@ -32,11 +33,17 @@ class GuardChain:
     The `observer` (sampling) sees every final answer, even one a guard blocked.
     """
 
-    __slots__ = ("errors", "guards", "observer")
+    __slots__ = ("errors", "features", "guards", "observer")
 
-    def __init__(self, guards: Sequence[Guard], observer: Guard | None = None) -> None:
+    def __init__(
+        self,
+        guards: Sequence[Guard],
+        observer: Guard | None = None,
+        features: FeatureReader | None = None,
+    ) -> None:
         self.guards = tuple(guards)
         self.observer = observer
+        self.features = features
         self.errors: dict[str, int] = {}
 
     async def on_request(self, ex: Exchange) -> None:

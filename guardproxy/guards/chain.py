@@ -1,4 +1,4 @@
-"""Builds a policy's guard chain: groups, decision, labels, then sampling of the final answer."""
+"""Builds a model's guard chain: groups, decision, labels, then sampling of the final answer."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 from guardproxy.guards.base import Guard, GuardChain
 from guardproxy.guards.draws import Draws
+from guardproxy.guards.features import feature_reader
 from guardproxy.guards.groups import ANY, OTHER, GroupGuard
 from guardproxy.guards.labels import LabelGuard
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.guards.thresholds import DecisionGuard
 from guardproxy.payloads import compile_payload
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.sampling.sinks import SampleQueue
 
@@ -28,18 +29,22 @@ class GuardContext:
     draws: Draws = field(default_factory=Draws)
 
 
-def build_chain(policy: Policy, ctx: GuardContext, version: str) -> GuardChain:
-    """The policy's guards in order, skipping those with nothing to do (ValueError if invalid)."""
-    payload = compile_payload(policy.model, policy.labels, policy.decision)
+def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext) -> GuardChain:
+    """A model's guards in order, skipping those with nothing to do (ValueError if invalid)."""
+    payload = compile_payload(spec)
     guards: list[Guard] = []
-    if policy.groups.attribute is not None:
-        guards.append(GroupGuard(policy.groups, payload))
-    if policy.model.protocol != "openai" or policy.model.score.path is not None:
-        missing = OTHER if policy.groups.attribute is not None else ANY
-        guards.append(DecisionGuard(policy.decision, payload, ctx.thresholds, missing, ctx.draws))
-    if policy.labels.deny:
-        guards.append(LabelGuard(policy.labels, payload))
+    if spec.groups.attribute is not None:
+        guards.append(GroupGuard(spec.groups, payload))
+    if spec.protocol != "openai" or spec.score.path is not None:
+        missing = OTHER if spec.groups.attribute is not None else ANY
+        key = (region, spec.name)
+        guards.append(
+            DecisionGuard(spec.decision, payload, ctx.thresholds, key, missing, ctx.draws)
+        )
+    if spec.labels.deny:
+        guards.append(LabelGuard(spec.labels, payload))
+    features = feature_reader(payload, [s.input for s in spec.signal_specs()])
     if ctx.samples is None:
-        return GuardChain(guards)
-    sampling = SamplingGuard(policy.sampling, ctx.samples, version, ctx.clock, ctx.draws)
-    return GuardChain(guards, sampling)
+        return GuardChain(guards, features=features)
+    sampling = SamplingGuard(spec.sampling, ctx.samples, version, ctx.clock, ctx.draws)
+    return GuardChain(guards, sampling, features)

@@ -13,7 +13,7 @@ from guardproxy.payloads.errors import MalformedJson
 _UNPARSED: Any = object()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision for one row of a prediction."""
 
@@ -39,11 +39,13 @@ class Exchange:
 
     request_id: str
     region: str
+    model: str
     method: str
     path: str
     headers: CIMultiDictProxy[str]
     body: bytes
     started: float
+    version: str = ""  # the model version: the answer's, else the path's
     status: int = 0
     response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     response_body: bytes = b""
@@ -55,6 +57,7 @@ class Exchange:
     reply: Reply | None = None
     sampled: bool = False
     upstream_seconds: float = 0.0
+    unscored: bool = False
     _request_json: Any = _UNPARSED
     _response_json: Any = _UNPARSED
     response_changed: bool = False

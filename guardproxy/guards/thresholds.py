@@ -8,6 +8,7 @@ from guardproxy.guards.subjects import Subjects
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import DecisionSpec
+from guardproxy.policy.routes import version_label
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 
 Reported = float | str  # what a client is told: a threshold, or a mixed rule's label
@@ -27,10 +28,12 @@ class DecisionGuard:
         spec: DecisionSpec,
         payload: Payload,
         thresholds: Snapshot[ThresholdTable],
+        model: tuple[str, str],
         missing_group: str = "*",
         draws: Draws | None = None,
     ) -> None:
         self.on_error = spec.on_error
+        self._model = model
         self._payload = payload
         self._snapshot = thresholds
         self._static = {group: ThresholdRule(value) for group, value in spec.per_group.items()}
@@ -40,9 +43,9 @@ class DecisionGuard:
         self._draws = draws or Draws()
         self._subjects = Subjects(spec.subject, payload)
 
-    def rule(self, region: str, group: str) -> ThresholdRule:
-        """The rule for (region, group); a learned rule wins over the policy's."""
-        rule = self._snapshot.current.rule(region, group)
+    def rule(self, version: str, group: str) -> ThresholdRule:
+        """The rule for a model version's group; a learned rule wins over the policy's."""
+        rule = self._snapshot.current.rule((*self._model, version), group)
         if rule is not None:
             return rule
         return self._static.get(group, self._default)
@@ -60,8 +63,8 @@ class DecisionGuard:
     ) -> tuple[list[str], list[ThresholdRule], list[float], list[int]]:
         """(groups, rules, thresholds, decisions) per row."""
         groups = self._groups(ex, len(scores))
-        region = ex.region
-        rules = [self.rule(region, group) for group in groups]
+        version = ex.version
+        rules = [self.rule(version, group) for group in groups]
         if any(rule.randomized for rule in rules):  # only then is the request read for subjects
             draws = self._draws.uniform
             subjects = self._subjects.rows(ex, len(scores))
@@ -80,8 +83,15 @@ class DecisionGuard:
         """Decide every row, then record and report all of it at once."""
         if not is_json_answer(ex):
             return
-        doc = ex.response_json()
-        scores = self._payload.scores(doc)
+        try:
+            doc = ex.response_json()
+            scores = self._payload.scores(doc)
+        except (PayloadError, ValueError):
+            # Loud, not silent: the client sees it, and the model's unscored count grows.
+            ex.unscored = True
+            ex.annotations["X-Guard-Decision"] = "unscored"
+            raise
+        ex.version = version_label(self._payload.version(doc)) or ex.version
         groups, rules, thresholds, decisions = self.decide(ex, scores)
         self._report(ex, doc, decisions, rules)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))

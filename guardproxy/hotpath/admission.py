@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from guardproxy.breaker.state import Admission, CircuitBreaker
@@ -13,6 +14,21 @@ from guardproxy.policy.table import PolicyTable
 
 OPEN_FLAG = "breaker:open"
 FALLBACK_FLAG = "breaker:fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """How the breaker let one exchange through."""
+
+    breaker: CircuitBreaker
+    admission: Admission
+    fallback: bool
+
+    @property
+    def state(self) -> str:
+        """The breaker's state when it was not closed, else ""."""
+        name = self.breaker.state_name
+        return "" if name == "closed" else name
 
 
 def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: bool) -> None:
@@ -25,24 +41,25 @@ def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: b
 class BreakerCall:
     """One guarded request's dealings with its breaker: the outcome counted once, or released."""
 
-    __slots__ = ("admission", "breaker", "counted", "epoch", "probe")
+    __slots__ = ("admitted", "counted", "epoch", "probe")
 
-    def __init__(self, breaker: CircuitBreaker, admission: Admission, counted: bool) -> None:
-        self.breaker, self.admission, self.counted = breaker, admission, counted
-        self.probe = admission is Admission.PROBE
-        self.epoch = breaker.epoch
+    def __init__(self, admitted: Admitted) -> None:
+        self.admitted = admitted
+        self.counted = not admitted.fallback  # a fallback's answers say nothing of the model
+        self.probe = admitted.admission is Admission.PROBE
+        self.epoch = admitted.breaker.epoch
 
     def settle(self, status: int | None, seconds: float) -> None:
         """Count the primary upstream's answer (None: no answer) once."""
         if self.counted:
-            settle(self.breaker, status, seconds, self.probe)
+            settle(self.admitted.breaker, status, seconds, self.probe)
             self.probe = False
         self.counted = False
 
     def release(self) -> None:
         """A probe whose outcome was never counted frees its half-open slot."""
         if self.probe:
-            self.breaker.release_probe(self.epoch)
+            self.admitted.breaker.release_probe(self.epoch)
             self.probe = False
 
 
@@ -76,9 +93,10 @@ class Fallbacks:
     def follow(self, table: PolicyTable) -> None:
         """Open pools for new fallback URLs, close those no policy names any more."""
         wanted = {
-            entry.policy.breaker.open.upstream
+            model.spec.breaker.open.upstream
             for entry in table.regions.values()
-            if entry.policy.breaker.open.action == "fallback" and entry.policy.breaker.open.upstream
+            for model in entry.models
+            if model.spec.breaker.open.action == "fallback" and model.spec.breaker.open.upstream
         }
         for url in sorted(wanted - self.pools.keys()):
             self.pools[url] = Upstream(url, self.timeouts, self.pool_size)

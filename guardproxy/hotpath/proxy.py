@@ -15,9 +15,10 @@ from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply
-from guardproxy.hotpath.admission import BreakerCall, Fallbacks, mark
+from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
 from guardproxy.hotpath.bodies import guarded_headers, read_answer, read_request_body
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
+from guardproxy.hotpath.observation import Observation, observe
 from guardproxy.hotpath.paths import origin_form, route_path
 from guardproxy.hotpath.replies import (
     ProxyCounts,
@@ -34,7 +35,8 @@ from guardproxy.hotpath.upstream import (
     forward_request_headers,
     map_error,
 )
-from guardproxy.policy.table import CompiledPolicy, PolicyTable
+from guardproxy.policy.routes import path_version
+from guardproxy.policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 
 log = logging.getLogger("guardproxy.proxy")
@@ -42,7 +44,7 @@ log = logging.getLogger("guardproxy.proxy")
 NO_BODY_STATUS = frozenset({204, 304})
 JSON_TYPES = ("application/json", "application/x-ndjson")
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-Observer = Callable[[Exchange, CompiledPolicy], None]
+Observer = Callable[[Observation], None]
 
 
 class Proxy:
@@ -82,10 +84,11 @@ class Proxy:
         counts.in_flight += 1
         try:
             target = origin_form(request.raw_path)
-            path = self._guarded_path(policy, target)
-            if path is not None:
+            found = self._guarded_model(policy, target)
+            if found is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, policy, target, path)
+                return await self._guarded(request, request_id, *found, target)
+            counts.unguarded += 1
             return await self._stream(request, request_id, target)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
@@ -106,17 +109,22 @@ class Proxy:
         finally:
             counts.in_flight -= 1
 
-    def _guarded_path(self, policy: CompiledPolicy, target: str) -> str | None:
-        """The normalised path when a guarded route matches any reading of it, else None."""
-        if policy.chain is None:
+    def _guarded_model(
+        self, policy: CompiledPolicy, target: str
+    ) -> tuple[CompiledModel, str] | None:
+        """The guarded model and normalised path when any reading of the path is a model's."""
+        if not policy.models:
             return None
         route = route_path(target)
-        matches = policy.routes.matches
-        if not any(matches(reading) for reading in route.readings()):
+        for reading in route.readings():
+            model = policy.match(reading)
+            if model is not None and model.chain is not None:
+                break
+        else:
             return None
         if route.ambiguous:
             raise Refusal(400, "ambiguous encoding in a guarded path (%2F, %5C or %00)")
-        return route.key
+        return model, route.key
 
     async def _stream(
         self, request: web.Request, request_id: str, target: str
@@ -180,24 +188,19 @@ class Proxy:
         return response
 
     async def _guarded(
-        self,
-        request: web.Request,
-        request_id: str,
-        policy: CompiledPolicy,
-        target: str,
-        path: str,
+        self, request: web.Request, request_id: str, model: CompiledModel, path: str, target: str
     ) -> web.StreamResponse:
-        breaker = self.breakers.get(policy, path)
+        breaker = self.breakers.get(model)
         admission = breaker.admit()
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":
             fallback = self.fallbacks.get(breaker)
             if fallback is None:
                 self.breakers.rejected += 1
-                return breaker_open(request_id, policy, breaker)
-        call = BreakerCall(breaker, admission, counted=fallback is None)
+                return breaker_open(request_id, model, breaker)
+        call = BreakerCall(Admitted(breaker, admission, fallback is not None))
         try:
-            return await self._exchange(request, request_id, policy, target, path, call, fallback)
+            return await self._exchange(request, request_id, model, path, target, call, fallback)
         finally:
             call.release()  # a probe that never reached the upstream gives its slot back
 
@@ -205,30 +208,32 @@ class Proxy:
         self,
         request: web.Request,
         request_id: str,
-        policy: CompiledPolicy,
-        target: str,
+        model: CompiledModel,
         path: str,
+        target: str,
         call: BreakerCall,
         fallback: Upstream | None,
     ) -> web.StreamResponse:
-        chain = cast(GuardChain, policy.chain)
+        chain = cast(GuardChain, model.chain)
         body, decoded = await read_request_body(request, self.max_body)
         ex = Exchange(
             request_id=request_id,
-            region=policy.region,
+            region=model.region,
+            model=model.name,
             method=request.method,
             path=path,
             headers=request.headers,
             body=body,
             started=time.perf_counter(),
+            version=path_version(path),
         )
-        breaker = call.breaker
-        if breaker.state is not CLOSED:
-            mark(ex, breaker, call.admission, fallback is not None)
+        admitted = call.admitted
+        if admitted.breaker.state is not CLOSED:
+            mark(ex, admitted.breaker, admitted.admission, admitted.fallback)
         await chain.on_request(ex)
         if ex.reply is not None:
             await chain.observe(ex)
-            return self._finish_reply(ex, policy)
+            return self._finish_reply(ex, model, admitted)
         # A request the guards could not read is the client's doing, not the model's health.
         call.counted = call.counted and not ex.errors
         headers = guarded_headers(request, request_id, self.trust.forwarded, decoded)
@@ -250,38 +255,47 @@ class Proxy:
             ex.status = exc.status
             ex.errors.append(exc.message)
             await chain.observe(ex)  # an errored exchange is always sampled
+            self._observe(ex, model, admitted)
             raise
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
             await chain.observe(ex)
         if ex.reply is not None:
-            return self._finish_reply(ex, policy)
-        return self._finish(ex, policy)
+            return self._finish_reply(ex, model, admitted)
+        return self._finish(ex, model, admitted)
 
-    def _finish(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+    def _finish(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
         headers = ex.response_headers
         body = ex.final_response_body()
         if ex.response_changed:
             headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
-        annotate(headers, ex, policy)
-        self._observe(ex, policy)
+        annotate(headers, ex, model)
+        self._observe(ex, model, admitted)
         return web.Response(status=ex.status, body=body, headers=headers)
 
-    def _finish_reply(self, ex: Exchange, policy: CompiledPolicy) -> web.Response:
+    def _finish_reply(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> web.Response:
         reply: Reply = ex.reply  # type: ignore[assignment]
         self.counts.blocked += 1
         ex.status = reply.status
         response = error_response(reply.status, reply.error, ex.request_id, **reply.details)
         response.headers.update(reply.headers)
-        annotate(response.headers, ex, policy)
-        self._observe(ex, policy)
+        annotate(response.headers, ex, model)
+        self._observe(ex, model, admitted)
         return response
 
-    def _observe(self, ex: Exchange, policy: CompiledPolicy) -> None:
+    def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
+        """Hand every observer the same immutable record; a failing observer is counted."""
+        observation = observe(ex, model, admitted)
         for observer in self.observers:
-            observer(ex, policy)
+            try:
+                observer(observation)
+            except Exception:
+                name = getattr(observer, "__qualname__", type(observer).__name__)
+                errors = self.counts.observer_errors
+                errors[name] = errors.get(name, 0) + 1
+                log.exception("observer %s failed on %s", name, ex.request_id)
 
     def _log_upstream(self, request_id: str, exc: UpstreamError) -> None:
         """The detail of an upstream failure, at most once a second (an outage is loud enough)."""

@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.hotpath.upstream import forward_response_headers
-from guardproxy.policy.table import CompiledPolicy
+from guardproxy.policy.table import CompiledModel
 
 
 class Refusal(Exception):
@@ -29,6 +29,7 @@ class ProxyCounts:
 
     requests: int = 0
     guarded: int = 0
+    unguarded: int = 0
     in_flight: int = 0
     unknown_region: int = 0
     upstream_errors: dict[int, int] = field(default_factory=dict)
@@ -39,12 +40,14 @@ class ProxyCounts:
     request_ids_replaced: int = 0
     internal_errors: int = 0
     client_gone: int = 0
+    observer_errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able view for /status."""
         return {
             "requests": self.requests,
             "guarded": self.guarded,
+            "unguarded": self.unguarded,
             "in_flight": self.in_flight,
             "unknown_region": self.unknown_region,
             "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
@@ -55,6 +58,7 @@ class ProxyCounts:
             "request_ids_replaced": self.request_ids_replaced,
             "internal_errors": self.internal_errors,
             "client_gone": self.client_gone,
+            "observer_errors": dict(self.observer_errors),
         }
 
 
@@ -69,23 +73,30 @@ def error_response(status: int, message: str, request_id: str, **extra: Any) -> 
     )
 
 
-def breaker_open(request_id: str, policy: CompiledPolicy, breaker: CircuitBreaker) -> web.Response:
+def breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker) -> web.Response:
     """503 while the breaker is open (reject, or a fallback that is not ready)."""
     response = error_response(
-        503, "circuit breaker open", request_id, region=policy.region, reason=breaker.reason
+        503,
+        "circuit breaker open",
+        request_id,
+        region=model.region,
+        model=model.name,
+        reason=breaker.reason,
     )
     response.headers["Retry-After"] = str(breaker.retry_after())
     response.headers["X-Guard-Breaker"] = breaker.state_name
-    response.headers["X-Guard-Region"] = policy.region
-    response.headers["X-Guard-Policy"] = policy.version
+    response.headers["X-Guard-Region"] = model.region
+    response.headers["X-Guard-Model"] = model.name
+    response.headers["X-Guard-Policy"] = model.policy_version
     return response
 
 
-def annotate(headers: CIMultiDict[str] | Any, ex: Exchange, policy: CompiledPolicy) -> None:
+def annotate(headers: CIMultiDict[str] | Any, ex: Exchange, model: CompiledModel) -> None:
     """The X-Guard-* headers of a guarded answer."""
     headers["X-Request-Id"] = ex.request_id
-    headers["X-Guard-Region"] = policy.region
-    headers["X-Guard-Policy"] = policy.version
+    headers["X-Guard-Region"] = model.region
+    headers["X-Guard-Model"] = model.name
+    headers["X-Guard-Policy"] = model.policy_version
     headers.update(ex.annotations)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.calibrate import apply_guard_rails, fit_from_histograms
 from guardproxy.monitors.fairness import fairness_report
 from guardproxy.monitors.histograms import ScoreHistogram
@@ -21,27 +22,26 @@ from guardproxy.monitors.records import (
     decision_records,
     histogram_layout,
     label_deltas,
-    labeled,
 )
 from guardproxy.monitors.tables import (
     Calibration,
     current_threshold,
     history_entry,
     next_version,
-    with_region,
+    with_model,
 )
-from guardproxy.monitors.worker import Item
-from guardproxy.policy.models import AdaptSpec, Policy
+from guardproxy.policy.models import AdaptSpec, ModelPolicy
 from guardproxy.policy.table import PolicyTable
-from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
+from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdRule, ThresholdTable
 from guardproxy.state.base import (
     GroupState,
     Joined,
     PredictionRecord,
     StateBackend,
     StateError,
-    hash_fields,
+    key_text,
 )
+from guardproxy.state.counts import GroupCounts
 from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
@@ -54,10 +54,14 @@ DISPARITIES = (
     "equal_opportunity_difference",
     "equalized_odds_difference",
 )
+LabelListener = Callable[[Sequence[tuple[PredictionRecord, int]]], None]
 
 
 class FairnessEngine:
-    """The first monitor consumer; the state backend holds everything that must be shared."""
+    """The first monitor consumer; the state backend holds everything that must be shared.
+
+    Everything is kept per model version: (region, model, version) and group.
+    """
 
     def __init__(
         self,
@@ -71,12 +75,12 @@ class FairnessEngine:
         self.state, self.policies, self.thresholds = state, policies, thresholds
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.tick, self.clock = tick, clock
-        self.recorded = self.labels_joined = self.state_errors = 0
+        self.recorded = self.reused_ids = self.labels_joined = self.state_errors = 0
         self.last_error: str | None = None
-        self.calibrations: dict[str, Calibration] = {}
-        self.label_listeners: list[Callable[[Sequence[tuple[PredictionRecord, int]]], None]] = []
-        self._cache: dict[str, dict[str, GroupState]] = {}
-        self._due: dict[str, float] = {}
+        self.calibrations: dict[ModelKey, Calibration] = {}
+        self.label_listeners: list[LabelListener] = []
+        self._cache: dict[ModelKey, dict[str, GroupState]] = {}
+        self._due: dict[ModelKey, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def _guarded(self, action: Awaitable[T]) -> T | None:
@@ -94,18 +98,24 @@ class FairnessEngine:
             self.last_error = None
         return result
 
-    def consume(self, batch: list[Item]) -> Awaitable[None] | None:
+    def spec(self, key: ModelKey) -> ModelPolicy | None:
+        """The current policy of a model key's model, if it is still declared."""
+        entry = self.policies.current.regions.get(key[0])
+        model = entry.model(key[1]) if entry is not None else None
+        return model.spec if model is not None else None
+
+    def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
         """Turn a batch's verdicts into records and decision counts; returns the writes."""
-        records, deltas = decision_records(batch, self.clock(), self.thresholds.current.version)
+        records, deltas = decision_records(batch, self.clock())
         return self._write(records, deltas) if records else None
 
     async def _write(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
         await self._guarded(self._write_all(records, deltas))
 
     async def _write_all(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
-        await self.state.record_predictions(records)
-        for (region, group), (n, selected) in deltas.items():
-            await self.state.add_counts(region, group, {"decisions": n, "selected": selected})
+        self.reused_ids += await self.state.record_predictions(records)
+        for (key, group), (n, selected) in deltas.items():
+            await self.state.add_counts(key, group, {"decisions": n, "selected": selected})
         self.recorded += len(records)
 
     async def join(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
@@ -119,12 +129,8 @@ class FairnessEngine:
         await self.on_labels(pairs)
         return results
 
-    async def on_label(self, record: PredictionRecord, label: int) -> None:
-        """Count one labeled decision (confusion cell at the decision made, score histogram)."""
-        await self.on_labels([(record, label)])
-
     async def on_labels(self, pairs: Sequence[tuple[PredictionRecord, int]]) -> None:
-        """Count labeled decisions, aggregated per (region, group) before they are written."""
+        """Count labeled decisions, aggregated per model version and group, then write them."""
         cells, bins = label_deltas(pairs, self._layout)
         await self._guarded(self._write_labels(cells, bins))
         self.labels_joined += len(pairs)
@@ -132,42 +138,55 @@ class FairnessEngine:
             listener(pairs)
 
     async def _write_labels(self, cells: LabelCells, bins: LabelBins) -> None:
-        for (region, group), counts in cells.items():
+        for (key, group), counts in cells.items():
             deltas = counts.to_dict()
             del deltas["decisions"], deltas["selected"]  # counted when the decision was made
-            await self.state.add_counts(region, group, deltas)
-        for (region, group, label), split in bins.items():
-            await self.state.add_histogram(region, group, label, split)
+            await self.state.add_counts(key, group, deltas)
+        for (key, group), split in bins.items():
+            await self.state.add_histogram(key, group, split)
 
-    def _layout(self, region: str) -> Layout:
-        return histogram_layout(self.policies.current.resolve(region)[0].policy)
+    def _layout(self, key: ModelKey) -> Layout:
+        spec = self.spec(key)
+        return histogram_layout(spec) if spec is not None else (100, 0.0, 1.0)
 
     async def refresh(self) -> None:
-        """Re-read every region's counters (the fleet's, with Redis) for reports."""
-        stored = await self._guarded(self.state.regions()) or []
-        for region in sorted({*self.policies.current.regions, *stored}):
-            groups = await self._guarded(self.state.counts(region))
+        """Re-read every model version's counters (the fleet's, with Redis) for reports."""
+        for key in await self._guarded(self.state.keys()) or []:
+            groups = await self._guarded(self.state.counts(key))
             if groups is not None:
-                self._cache[region] = groups
+                self._cache[key] = groups
 
-    def report(self, region: str) -> dict[str, Any]:
-        """The region's fairness report (Fairlearn names, Wilson 95% intervals) as last read."""
-        groups = self._cache.get(region, {})
-        report = fairness_report({g: s.counts for g, s in sorted(groups.items())})
-        report["thresholds"] = self._thresholds_of(region, groups)
+    def model_keys(self) -> list[ModelKey]:
+        """Model versions with counters, as last read."""
+        return sorted(self._cache)
+
+    def counts(self, key: ModelKey) -> dict[str, GroupCounts]:
+        """A model version's counters per group, as last read."""
+        return {g: s.counts for g, s in self._cache.get(key, {}).items()}
+
+    def report(self, key: ModelKey) -> dict[str, Any]:
+        """A model version's fairness report (Fairlearn names, 95% intervals, its bounds)."""
+        spec = self.spec(key)
+        groups = self._cache.get(key, {})
+        counts = {g: s.counts for g, s in sorted(groups.items())}
+        report = fairness_report(counts, spec.fairness if spec is not None else None)
+        report["thresholds"] = self._thresholds_of(key, spec, groups)
         return report
 
-    def _thresholds_of(self, region: str, groups: Mapping[str, GroupState]) -> dict[str, float]:
-        entry = self.policies.current.resolve(region)[0]
+    def _thresholds_of(
+        self, key: ModelKey, spec: ModelPolicy | None, groups: Mapping[str, GroupState]
+    ) -> dict[str, float]:
+        if spec is None:
+            return {}
         table = self.thresholds.current
-        names = {*entry.policy.groups.values, *groups}
-        return {g: current_threshold(entry.policy, table, region, g) for g in sorted(names)}
+        names = {*spec.groups.values, *groups}
+        return {g: current_threshold(spec, table, key, g) for g in sorted(names)}
 
-    def gauges(self) -> dict[str, dict[str, Any]]:
-        """Per region: rates and counts per group, and the disparities, for telemetry gauges."""
-        out: dict[str, dict[str, Any]] = {}
-        for region in sorted(self._cache):
-            report = self.report(region)
+    def gauges(self) -> dict[ModelKey, dict[str, Any]]:
+        """Per model version: rates and counts per group, and the disparities, for gauges."""
+        out: dict[ModelKey, dict[str, Any]] = {}
+        for key in sorted(self._cache):
+            report = self.report(key)
             groups = {
                 g: {
                     **{name: m[name]["value"] for name in RATES if m[name]["value"] is not None},
@@ -178,58 +197,65 @@ class FairnessEngine:
                 for g, m in report["groups"].items()
             }
             disparities = {k: report[k] for k in DISPARITIES if report[k] is not None}
-            out[region] = {"groups": groups, "disparities": disparities}
+            out[key] = {"groups": groups, "disparities": disparities}
         return out
 
-    async def calibrate(self, region: str, reason: str = "scheduled") -> Calibration:
-        """Fit the region's thresholds from its labeled histograms; publish them if they moved."""
-        entry, _ = self.policies.current.resolve(region)
-        adapt = entry.policy.decision.adapt
-        if adapt is None:
-            return self._done(entry.region, "skipped", "no decision.adapt in the policy")
-        groups = await self._guarded(self.state.counts(entry.region))
+    async def calibrate(self, key: ModelKey, reason: str = "scheduled") -> Calibration:
+        """Fit a model version's thresholds from its labeled histograms; publish if they moved."""
+        spec = self.spec(key)
+        adapt = spec.decision.adapt if spec is not None else None
+        if spec is None or adapt is None:
+            return self._done(key, "skipped", "no decision.adapt in the model's policy")
+        groups = await self._guarded(self.state.counts(key))
         if groups is None:
-            return self._done(entry.region, "failed", f"state backend: {self.last_error}")
-        self._cache[entry.region] = groups
-        return await self._fit(entry.policy, adapt, groups, reason)
+            return self._done(key, "failed", f"state backend: {self.last_error}")
+        self._cache[key] = groups
+        return await self._fit(key, spec, adapt, groups, reason)
 
     async def _fit(
-        self, policy: Policy, adapt: AdaptSpec, groups: Mapping[str, GroupState], reason: str
+        self,
+        key: ModelKey,
+        spec: ModelPolicy,
+        adapt: AdaptSpec,
+        groups: Mapping[str, GroupState],
+        reason: str,
     ) -> Calibration:
-        region, table = policy.region, self.thresholds.current
-        names = sorted(policy.groups.values or groups)
-        labels = {g: labeled(groups[g].counts) if g in groups else 0 for g in names}
+        table = self.thresholds.current
+        names = sorted(spec.groups.values or groups)
+        labels = {g: groups[g].counts.labeled() if g in groups else 0 for g in names}
         ready = [g for g in names if labels[g] >= adapt.min_labels_per_group]
         if not ready:
             waiting = ", ".join(f"{g} {labels[g]}/{adapt.min_labels_per_group}" for g in names)
-            return self._done(region, "waiting", f"labels: {waiting}")
-        layout = histogram_layout(policy)
-        hists = {g: ScoreHistogram.from_dict(hash_fields(groups[g].bins), *layout) for g in ready}
+            return self._done(key, "waiting", f"labels: {waiting}")
+        layout = histogram_layout(spec)
+        hists = {g: ScoreHistogram.from_dict(groups[g].bins, *layout) for g in ready}
         fit = fit_from_histograms(
             hists, adapt.constraint, adapt.objective, adapt.cost, adapt.tolerance
         )
-        current = {g: current_threshold(policy, table, region, g) for g in names}
+        current = {g: current_threshold(spec, table, key, g) for g in names}
         railed = apply_guard_rails(
             current, fit, labels, adapt.min_labels_per_group, adapt.max_step, adapt.pinned
         )
-        learned = {g for g in names if table.rule(region, g) is not None} | set(ready)
+        learned = {g for g in names if table.rule(key, g) is not None} | set(ready)
         rules = {g: ThresholdRule(*railed[g]) for g in sorted(learned - set(adapt.pinned))}
-        return await self._publish(region, rules, f"{reason}: fit {adapt.constraint}")
+        return await self._publish(key, rules, f"{reason}: fit {adapt.constraint}")
 
-    async def _publish(self, region: str, rules: dict[str, ThresholdRule], why: str) -> Calibration:
+    async def _publish(
+        self, key: ModelKey, rules: dict[str, ThresholdRule], why: str
+    ) -> Calibration:
         table = self.thresholds.current
-        merged = with_region(table, region, rules)
+        merged = with_model(table, key, rules)
         if merged == dict(table.rules):
-            return self._done(region, "unchanged", why)
+            return self._done(key, "unchanged", why)
         new = ThresholdTable(next_version(table.version, merged), MappingProxyType(merged))
         self.thresholds.publish(new)
-        self.history.append(history_entry(new, region, why, self.clock()))
+        self.history.append(history_entry(new, key_text(key), why, self.clock()))
         await self._guarded(self.state.save_thresholds(new))
-        return self._done(region, "published", why)
+        return self._done(key, "published", why)
 
-    def _done(self, region: str, status: str, reason: str) -> Calibration:
-        result = Calibration(region, status, reason, self.thresholds.current.version, self.clock())
-        self.calibrations[region] = result
+    def _done(self, key: ModelKey, status: str, reason: str) -> Calibration:
+        result = Calibration(key, status, reason, self.thresholds.current.version, self.clock())
+        self.calibrations[key] = result
         return result
 
     async def start(self) -> None:
@@ -256,20 +282,21 @@ class FairnessEngine:
                 log.exception("fairness calibration failed")
 
     async def run_due(self) -> None:
-        """Refresh the reports and calibrate every region whose `adapt.every` has passed."""
+        """Refresh the reports and calibrate every model version whose `adapt.every` passed."""
         await self.refresh()
         now = self.clock()
-        for region, entry in self.policies.current.regions.items():
-            adapt = entry.policy.decision.adapt
+        for key in sorted(self._cache):
+            spec = self.spec(key)
+            adapt = spec.decision.adapt if spec is not None else None
             if adapt is None:
                 continue
-            if now >= self._due.setdefault(region, now + adapt.every):
-                self._due[region] = now + adapt.every
-                await self.calibrate(region)
+            if now >= self._due.setdefault(key, now + adapt.every):
+                self._due[key] = now + adapt.every
+                await self.calibrate(key)
 
     def status(self) -> dict[str, Any]:
-        """Counters, per-region reports, calibration outcomes and threshold history."""
-        regions = sorted({*self._cache, *self.calibrations})
+        """Counters, per-model reports, calibration outcomes and threshold history."""
+        keys = sorted({*self._cache, *self.calibrations})
         return {
             "state": {
                 "backend": self.state.name,
@@ -277,17 +304,19 @@ class FairnessEngine:
                 "last_error": self.last_error,
             },
             "recorded": self.recorded,
+            "reused_ids": self.reused_ids,
             "labels_joined": self.labels_joined,
             "thresholds": {
                 "version": self.thresholds.current.version,
                 "history": list(self.history),
             },
-            "regions": {r: self._region_status(r) for r in regions},
+            "models": {key_text(k): self.model_status(k) for k in keys},
         }
 
-    def _region_status(self, region: str) -> dict[str, Any]:
-        calibration = self.calibrations.get(region)
+    def model_status(self, key: ModelKey) -> dict[str, Any]:
+        """One model version's fairness report and last calibration."""
+        calibration = self.calibrations.get(key)
         return {
-            "fairness": self.report(region),
+            "fairness": self.report(key),
             "calibration": None if calibration is None else calibration.to_dict(),
         }

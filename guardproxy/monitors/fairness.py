@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from guardproxy.monitors.stats import wilson_interval
+from guardproxy.monitors.stats import difference_interval, ratio_interval, wilson_interval
+from guardproxy.policy.models import FairnessSpec
 from guardproxy.state.counts import GroupCounts
-
-FOUR_FIFTHS = 0.8
 
 
 def counts_of_arrays(predicted: ArrayLike, labels: ArrayLike | None = None) -> GroupCounts:
@@ -81,9 +80,11 @@ def _versus_reference(per_group: Mapping[str, dict[str, Any]], reference: str) -
 
 
 def fairness_report(
-    counts_by_group: Mapping[str, GroupCounts], reference_group: str | None = None
+    counts_by_group: Mapping[str, GroupCounts],
+    bounds: FairnessSpec | None = None,
+    reference_group: str | None = None,
 ) -> dict[str, Any]:
-    """Per-group rates with Wilson intervals and Fairlearn's between-group disparities."""
+    """Per-group rates with Wilson intervals, Fairlearn's disparities, the policy's bounds."""
     per_group = {group: group_metrics(c) for group, c in counts_by_group.items()}
     tpr_gap = _difference(_values(per_group, "true_positive_rate"))
     fpr_gap = _difference(_values(per_group, "false_positive_rate"))
@@ -92,13 +93,72 @@ def fairness_report(
         "groups": per_group,
         "demographic_parity_difference": _difference(_values(per_group, "selection_rate")),
         "demographic_parity_ratio": ratio,
-        "four_fifths_violation": None if ratio is None else ratio < FOUR_FIFTHS,
         "equal_opportunity_difference": tpr_gap,
         "equalized_odds_difference": (
             None if tpr_gap is None or fpr_gap is None else max(tpr_gap, fpr_gap)
         ),
     }
+    report["bounds"] = bound_checks(counts_by_group, bounds) if bounds is not None else {}
     if reference_group is not None:
         report["reference_group"] = reference_group
         report["versus_reference"] = _versus_reference(per_group, reference_group)
     return report
+
+
+def _extremes(pairs: Mapping[str, tuple[int, int]]) -> tuple[str, str] | None:
+    """The groups with the lowest and the highest rate (None with fewer than two defined)."""
+    defined = {g: x / n for g, (x, n) in pairs.items() if n > 0}
+    if len(defined) < 2:
+        return None
+    return min(defined, key=defined.__getitem__), max(defined, key=defined.__getitem__)
+
+
+def bound_checks(counts: Mapping[str, GroupCounts], bounds: FairnessSpec) -> dict[str, Any]:
+    """The policy's fairness bounds against the counts, with 95% intervals.
+
+    `violated`: the point estimate crosses the bound; `significant`: the whole interval does,
+    so a gap that could be noise is not an alarm.
+    """
+    out: dict[str, Any] = {}
+    if bounds.disparate_impact is not None:
+        selected = {g: (c.selected, c.decisions) for g, c in counts.items()}
+        out["disparate_impact"] = _ratio_check(selected, bounds.disparate_impact.min_ratio)
+    if bounds.equal_opportunity is not None:
+        found = {g: (c.tp, c.tp + c.fn) for g, c in counts.items()}
+        limit = bounds.equal_opportunity.max_difference
+        out["equal_opportunity"] = _difference_check(found, limit)
+    return out
+
+
+def _ratio_check(pairs: Mapping[str, tuple[int, int]], min_ratio: float) -> dict[str, Any]:
+    ends = _extremes(pairs)
+    if ends is None or pairs[ends[1]][0] == 0:
+        return {"value": None, "bound": min_ratio, "violated": False, "significant": False}
+    low, high = pairs[ends[0]], pairs[ends[1]]
+    value = (low[0] / low[1]) / (high[0] / high[1])
+    interval = ratio_interval(low, high)
+    return {
+        "value": value,
+        "bound": min_ratio,
+        "groups": list(ends),
+        "ci95": list(interval),
+        "violated": value < min_ratio,
+        "significant": interval[1] < min_ratio,
+    }
+
+
+def _difference_check(pairs: Mapping[str, tuple[int, int]], limit: float) -> dict[str, Any]:
+    ends = _extremes(pairs)
+    if ends is None:
+        return {"value": None, "bound": limit, "violated": False, "significant": False}
+    low, high = pairs[ends[0]], pairs[ends[1]]
+    value = high[0] / high[1] - low[0] / low[1]
+    interval = difference_interval(high, low)
+    return {
+        "value": value,
+        "bound": limit,
+        "groups": list(ends),
+        "ci95": list(interval),
+        "violated": value > limit,
+        "significant": interval[0] > limit,
+    }

@@ -149,15 +149,14 @@ class ScoreHistogram:
     @classmethod
     def from_dict(
         cls,
-        mapping: Mapping[str | bytes, int | str | bytes],
+        mapping: Mapping[str, int | str],
         bins: int = 100,
         low: float = 0.0,
         high: float = 1.0,
     ) -> ScoreHistogram:
-        """Read back `to_dict` (keys and values may be bytes); other keys are ignored."""
+        """Read back `to_dict` (values may be strings, as Redis answers); other keys are ignored."""
         hist = cls(bins, low, high)
-        for raw_key, raw_value in mapping.items():
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        for key, raw_value in mapping.items():
             kind, _, index = key.partition(":")
             if kind in ("p", "n") and index.isdigit():
                 target = hist.pos if kind == "p" else hist.neg

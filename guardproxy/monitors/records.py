@@ -1,21 +1,20 @@
-"""How decisions and labels are keyed and counted: row ids, score bins, per-group deltas."""
+"""How decisions and labels are keyed and counted: row ids, per-group deltas, score bins."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
-from guardproxy.monitors.worker import Item
-from guardproxy.policy.models import Policy
+from guardproxy.hotpath.observation import Observation
+from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.policy.models import ModelPolicy
+from guardproxy.policy.thresholds import ModelKey
 from guardproxy.state.base import PredictionRecord
 from guardproxy.state.counts import GroupCounts
 
-VERSION_HEADER = "X-Guard-Threshold-Version"
-
-Layout = tuple[int, float, float]  # (bins, low, high) of a region's score histograms
-DecisionDeltas = dict[tuple[str, str], list[int]]  # (region, group) -> [decisions, selected]
-LabelCells = dict[tuple[str, str], GroupCounts]
-LabelBins = dict[tuple[str, str, int], dict[int, int]]  # (region, group, label) -> bin counts
+Layout = tuple[int, float, float]  # (bins, low, high) of a model's score histograms
+DecisionDeltas = dict[tuple[ModelKey, str], list[int]]  # -> [decisions, selected]
+LabelCells = dict[tuple[ModelKey, str], GroupCounts]
+LabelBins = dict[tuple[ModelKey, str], dict[str, int]]  # -> {"p:17": n, "n:3": m}
 
 
 def row_id(request_id: str, row: int) -> str:
@@ -23,53 +22,52 @@ def row_id(request_id: str, row: int) -> str:
     return request_id if row == 0 else f"{request_id}:{row}"
 
 
-def bin_of(score: float, bins: int, low: float, high: float) -> int:
-    """ScoreHistogram's bin of one score, without numpy."""
-    return min(max(math.floor((score - low) / (high - low) * bins), 0), bins - 1)
-
-
-def histogram_layout(policy: Policy) -> Layout:
-    """The policy's score histogram layout: bin count and score range."""
-    bins = policy.fairness.bins if policy.fairness is not None else 100
-    return (bins, *policy.model.score.range)
-
-
-def labeled(counts: GroupCounts) -> int:
-    """How many of the counted decisions carry a label."""
-    return counts.tp + counts.fp + counts.tn + counts.fn
+def histogram_layout(spec: ModelPolicy) -> Layout:
+    """A model's score histogram layout: bin count and score range."""
+    bins = spec.fairness.bins if spec.fairness is not None else 100
+    return (bins, *spec.score.range)
 
 
 def decision_records(
-    batch: list[Item], now: float, table_version: str
+    batch: Sequence[Observation], now: float
 ) -> tuple[list[PredictionRecord], DecisionDeltas]:
-    """A batch's verdicts as prediction records, and its decision counts per (region, group)."""
+    """A batch's verdicts as prediction records, and its decision counts per model and group."""
     records: list[PredictionRecord] = []
     deltas: DecisionDeltas = {}
-    for ex, policy in batch:
-        version = ex.annotations.get(VERSION_HEADER) or table_version
-        for i, v in enumerate(ex.verdicts):
+    for ob in batch:
+        if ob.fallback:
+            continue  # the fallback's answers say nothing about the model's fairness
+        model = ob.model
+        key = (model.region, model.name, ob.version)
+        for i, v in enumerate(ob.verdicts):
             records.append(
                 PredictionRecord(
-                    row_id(ex.request_id, i), now, policy.region, v.group, v.score, v.decision,
-                    v.threshold, policy.version, version,
+                    row_id(ob.request_id, i), now, model.region, model.name, ob.version,
+                    v.group, v.score, v.decision, v.threshold, model.policy_version,
+                    ob.threshold_version,
                 )
             )  # fmt: skip
-            counts = deltas.setdefault((policy.region, v.group), [0, 0])
+            counts = deltas.setdefault((key, v.group), [0, 0])
             counts[0] += 1
             counts[1] += v.decision
     return records, deltas
 
 
 def label_deltas(
-    pairs: Sequence[tuple[PredictionRecord, int]], layout_of: Callable[[str], Layout]
+    pairs: Sequence[tuple[PredictionRecord, int]], layout_of: Callable[[ModelKey], Layout]
 ) -> tuple[LabelCells, LabelBins]:
-    """Labeled decisions aggregated per (region, group): confusion cells and score bins."""
+    """Labeled decisions aggregated per model version and group: confusion cells and bins."""
     cells: LabelCells = {}
-    bins: LabelBins = {}
+    scored: dict[tuple[ModelKey, str], tuple[list[float], list[int]]] = {}
     for record, label in pairs:
-        counts = cells.setdefault((record.region, record.group), GroupCounts())
-        counts.record(bool(record.decision), bool(label))
-        index = bin_of(record.score, *layout_of(record.region))
-        split = bins.setdefault((record.region, record.group, label), {})
-        split[index] = split.get(index, 0) + 1
+        owner = (record.key, record.group)
+        cells.setdefault(owner, GroupCounts()).record(bool(record.decision), bool(label))
+        scores, labels = scored.setdefault(owner, ([], []))
+        scores.append(record.score)
+        labels.append(label)
+    bins: LabelBins = {}
+    for owner, (scores, labels) in scored.items():
+        histogram = ScoreHistogram(*layout_of(owner[0]))
+        histogram.add(scores, labels)
+        bins[owner] = histogram.to_dict()
     return cells, bins

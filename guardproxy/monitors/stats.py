@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -26,6 +25,29 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def difference_interval(
+    a: tuple[int, int], b: tuple[int, int], z: float = Z95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p_a - p_b, from (successes, trials) pairs."""
+    pa, pb = a[0] / max(a[1], 1), b[0] / max(b[1], 1)
+    la, ua = wilson_interval(*a, z=z)
+    lb, ub = wilson_interval(*b, z=z)
+    low = pa - pb - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+    high = pa - pb + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+    return (max(-1.0, low), min(1.0, high))
+
+
+def ratio_interval(a: tuple[int, int], b: tuple[int, int], z: float = Z95) -> tuple[float, float]:
+    """Katz's log interval for p_a / p_b (0.5 added to empty cells), from (successes, trials)."""
+    xa, na = (a[0] + 0.5, a[1] + 0.5) if a[0] == 0 or b[0] == 0 else (a[0], a[1])
+    xb, nb = (b[0] + 0.5, b[1] + 0.5) if a[0] == 0 or b[0] == 0 else (b[0], b[1])
+    if na <= 0 or nb <= 0:
+        return (0.0, math.inf)
+    ratio = (xa / na) / (xb / nb)
+    spread = z * math.sqrt(1 / xa - 1 / na + 1 / xb - 1 / nb)
+    return (ratio * math.exp(-spread), ratio * math.exp(spread))
 
 
 def _counts(values: ArrayLike, name: str) -> Floats:
@@ -165,14 +187,6 @@ def kolmogorov_sf(z: float) -> float:
     k = np.arange(1, 101)
     terms = (-1.0) ** (k - 1) * np.exp(-2.0 * k * k * z * z)
     return min(1.0, max(0.0, 2.0 * float(np.sum(terms))))
-
-
-def bonferroni(p_values: Sequence[float], alpha: float) -> list[bool]:
-    """Which p-values reject at family-wise level alpha (p <= alpha / m)."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    m = len(p_values)
-    return [p <= alpha / m for p in p_values]
 
 
 def _sample(values: ArrayLike, name: str) -> Floats:

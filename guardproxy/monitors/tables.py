@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from guardproxy.policy.models import Policy
-from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
-from guardproxy.state.base import table_to_json
+from guardproxy.policy.models import ModelPolicy
+from guardproxy.policy.thresholds import ModelKey, RuleKey, ThresholdRule, ThresholdTable
+from guardproxy.state.base import key_text, table_to_json
 
-Rules = dict[tuple[str, str], ThresholdRule]
+Rules = dict[RuleKey, ThresholdRule]
 
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """What one calibration of a region did: published, unchanged, waiting, skipped, failed."""
+    """What one calibration of a model did: published, unchanged, waiting, skipped, failed."""
 
-    region: str
+    key: ModelKey
     status: str
     reason: str
     version: str
@@ -35,21 +35,21 @@ class Calibration:
         }
 
 
-def current_threshold(policy: Policy, table: ThresholdTable, region: str, group: str) -> float:
+def current_threshold(spec: ModelPolicy, table: ThresholdTable, key: ModelKey, group: str) -> float:
     """The threshold in force: the learned rule's low threshold, else the policy's."""
-    rule = table.rule(region, group)
+    rule = table.rule(key, group)
     if rule is not None:
         return rule.low
-    return policy.decision.per_group.get(group, policy.decision.threshold)
+    return spec.decision.per_group.get(group, spec.decision.threshold)
 
 
-def with_region(table: ThresholdTable, region: str, rules: Mapping[str, ThresholdRule]) -> Rules:
-    """The table's rules with the region's replaced by `rules` (keyed by group)."""
-    kept = {k: v for k, v in table.rules.items() if k[0] != region}
-    return {**kept, **{(region, g): rule for g, rule in rules.items()}}
+def with_model(table: ThresholdTable, key: ModelKey, rules: Mapping[str, ThresholdRule]) -> Rules:
+    """The table's rules with a model version's replaced by `rules` (keyed by group)."""
+    kept = {k: v for k, v in table.rules.items() if k[:3] != key}
+    return {**kept, **{(*key, g): rule for g, rule in rules.items()}}
 
 
-def next_version(previous: str, rules: Mapping[tuple[str, str], ThresholdRule]) -> str:
+def next_version(previous: str, rules: Mapping[RuleKey, ThresholdRule]) -> str:
     """ "t<n>-<hash>": n counts publications, the hash names the rules (same rules, same hash)."""
     head = previous.partition("-")[0]
     n = int(head[1:]) + 1 if head[:1] == "t" and head[1:].isdigit() else 1
@@ -57,10 +57,10 @@ def next_version(previous: str, rules: Mapping[tuple[str, str], ThresholdRule]) 
     return f"t{n}-{hashlib.blake2b(text.encode(), digest_size=4).hexdigest()}"
 
 
-def history_entry(table: ThresholdTable, region: str, reason: str, at: float) -> dict[str, Any]:
+def history_entry(table: ThresholdTable, key: str, reason: str, at: float) -> dict[str, Any]:
     """A JSON-able record of one table taking effect, for the status page."""
     rules = {
-        f"{r}/{g}": [rule.low, rule.high, rule.p_high]
-        for (r, g), rule in sorted(table.rules.items())
+        f"{key_text(k[:3])}/{k[3]}": [rule.low, rule.high, rule.p_high]
+        for k, rule in sorted(table.rules.items())
     }
-    return {"version": table.version, "at": at, "region": region, "reason": reason, "rules": rules}
+    return {"version": table.version, "at": at, "model": key, "reason": reason, "rules": rules}

@@ -1,29 +1,28 @@
-"""Watchdog: turns drift and fairness windows into breaker windows for every breaker of a region."""
+"""Watchdog: turns each model's drift and fairness windows into windows for its breaker."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.guards.exchange import Exchange
-from guardproxy.hotpath.admission import FALLBACK_FLAG
-from guardproxy.monitors.bank import DriftBank
-from guardproxy.monitors.baseline import load_baseline
+from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.drift import Clock, WindowResult
 from guardproxy.monitors.fairness import fairness_report
-from guardproxy.monitors.worker import Item
-from guardproxy.payloads import Payload, compile_payload
-from guardproxy.policy.models import Policy
-from guardproxy.policy.table import CompiledPolicy
+from guardproxy.monitors.modeldrift import ModelDrift
+from guardproxy.policy.models import FairnessSpec, ModelPolicy
+from guardproxy.policy.table import CompiledModel
+from guardproxy.policy.thresholds import ModelKey
+from guardproxy.state.base import key_text
 from guardproxy.state.counts import GroupCounts
 
 log = logging.getLogger("guardproxy.monitors")
 
-Row = dict[str, object]
+VERSIONS_KEPT = 8  # model versions with live drift monitors, per model
 DECISION_VALUES = {
     "fairness.disparate_impact": "demographic_parity_ratio",
     "fairness.demographic_parity_difference": "demographic_parity_difference",
@@ -37,56 +36,18 @@ LABEL_VALUES = {
 class DriftTelemetry(Protocol):
     """Where the latest drift statistics go."""
 
-    def record_drift(self, region: str, signal: str, test: str, value: float) -> None:
+    def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
         """One statistic of a completed window."""
 
 
 class FairnessCounts(Protocol):
-    """The fairness engine's per-region report (cumulative, the fleet's with Redis)."""
+    """The fairness engine's counters (cumulative; the fleet's with Redis)."""
 
-    def report(self, region: str) -> dict[str, Any]:
-        """Per-group metrics with counts, as fairness_report builds them."""
+    def model_keys(self) -> list[ModelKey]:
+        """Model versions with counters."""
 
-
-class RegionDrift:
-    """One region's drift bank and the accessors that read its signals from exchanges."""
-
-    def __init__(self, policy: Policy, clock: Clock) -> None:
-        spec = policy.drift
-        if spec is None:
-            raise ValueError(f"region {policy.region!r} has no drift section")
-        self.key = (spec, policy.model)
-        self.payload: Payload = compile_payload(policy.model, policy.labels, policy.decision)
-        baseline = load_baseline(spec.reference.baseline) if spec.reference.baseline else None
-        self.bank = DriftBank(spec, policy.region, None, baseline, clock)
-        self.inputs = [s for s in self.bank.kinds if s != "score"]
-        self.scored = "score" in self.bank.kinds
-        self.errors = 0
-
-    def rows(self, ex: Exchange) -> list[Row]:
-        """One row per verdict: the score and each watched input (None when unreadable)."""
-        rows: list[Row] = [{"score": v.score} if self.scored else {} for v in ex.verdicts]
-        for name in self.inputs:
-            for row, value in zip(rows, self._feature(ex, name, len(rows)), strict=True):
-                row[name] = value
-        return rows
-
-    def _feature(self, ex: Exchange, name: str, count: int) -> Sequence[object]:
-        try:
-            values = self.payload.feature(ex.request_json(), name)
-        except Exception:  # a malformed request counts as invalid values, never as a failure
-            self.errors += 1
-            return [None] * count
-        return values if len(values) == count else [None] * count
-
-    def observe(self, exchanges: Sequence[Exchange]) -> list[WindowResult]:
-        """Feed the exchanges' rows; the windows they completed (may run in a thread)."""
-        rows = [row for ex in exchanges for row in self.rows(ex)]
-        return self.bank.observe(rows)
-
-    def warming(self) -> dict[str, int]:
-        """Per signal still warming up: how many reference values are in."""
-        return {f"{g}/{s}": len(values) for (g, s), values in self.bank.warmup.items()}
+    def counts(self, key: ModelKey) -> dict[str, GroupCounts]:
+        """A model version's counters per group."""
 
 
 def rounds(results: Sequence[WindowResult]) -> list[dict[str, float]]:
@@ -103,49 +64,32 @@ def rounds(results: Sequence[WindowResult]) -> list[dict[str, float]]:
     return merged
 
 
-def counts_of(metrics: Mapping[str, Any]) -> GroupCounts:
-    """A group's integer counters back from its fairness_report metrics."""
-
-    def hits(name: str) -> tuple[int, int]:
-        metric = metrics[name]
-        trials = int(metric["count"])
-        return (round(metric["value"] * trials) if metric["value"] is not None else 0), trials
-
-    selected, decisions = hits("selection_rate")
-    tp, positives = hits("true_positive_rate")
-    fp, negatives = hits("false_positive_rate")
-    return GroupCounts(decisions, selected, tp, fp, negatives - fp, positives - tp)
-
-
 class FairnessWindows:
-    """Per region: a window closes after `window` decisions (parity) or labels (opportunity)."""
+    """A window closes after `window` decisions (parity) or `window` labels (opportunity)."""
 
-    def __init__(self, policy: Policy) -> None:
-        if policy.fairness is None:
-            raise ValueError(f"region {policy.region!r} has no fairness section")
-        self.window = policy.fairness.window
-        self.groups = set(policy.groups.values)
+    def __init__(self, spec: FairnessSpec, groups: Sequence[str]) -> None:
+        self.spec, self.window, self.groups = spec, spec.window, set(groups)
         self.decided: dict[str, GroupCounts] | None = None
         self.labeled: dict[str, GroupCounts] | None = None
 
-    def update(self, report: Mapping[str, Any]) -> list[dict[str, float]]:
+    def update(self, counts: Mapping[str, GroupCounts]) -> list[dict[str, float]]:
         """Windows completed since the last update, as breaker values."""
-        counts = {
-            g: counts_of(m)
-            for g, m in report.get("groups", {}).items()
+        counts = {  # copies: the source may keep counting into its own objects
+            g: GroupCounts(**c.to_dict())
+            for g, c in counts.items()
             if not self.groups or g in self.groups
         }
-        out: list[dict[str, float]] = []
         if self.decided is None or self.labeled is None:
-            self.decided = self.labeled = counts
-            return out
+            self.decided = self.labeled = dict(counts)
+            return []
+        out: list[dict[str, float]] = []
         delta = _delta(counts, self.decided)
         if sum(c.decisions for c in delta.values()) >= self.window:
-            self.decided = counts
+            self.decided = dict(counts)
             out.append(_values(delta, DECISION_VALUES))
         delta = _delta(counts, self.labeled)
-        if sum(c.tp + c.fp + c.tn + c.fn for c in delta.values()) >= self.window:
-            self.labeled = counts
+        if sum(c.labeled() for c in delta.values()) >= self.window:
+            self.labeled = dict(counts)
             out.append(_values(delta, LABEL_VALUES))
         return [values for values in out if values]
 
@@ -153,11 +97,7 @@ class FairnessWindows:
 def _delta(
     now: Mapping[str, GroupCounts], then: Mapping[str, GroupCounts]
 ) -> dict[str, GroupCounts]:
-    zero = GroupCounts()
-    return {
-        g: GroupCounts(**{k: v - then.get(g, zero).to_dict()[k] for k, v in c.to_dict().items()})
-        for g, c in now.items()
-    }
+    return {g: c.minus(then.get(g, GroupCounts())) for g, c in now.items()}
 
 
 def _values(delta: Mapping[str, GroupCounts], names: Mapping[str, str]) -> dict[str, float]:
@@ -166,7 +106,7 @@ def _values(delta: Mapping[str, GroupCounts], names: Mapping[str, str]) -> dict[
 
 
 class Watchdog:
-    """Monitor consumer: drift and fairness windows of each region, fed to its breaker."""
+    """Monitor consumer: each model version's drift and fairness windows, fed to its breaker."""
 
     def __init__(
         self,
@@ -178,110 +118,147 @@ class Watchdog:
     ) -> None:
         self.board, self.fairness, self.telemetry = board, fairness, telemetry
         self.clock, self.threaded = clock, threaded
-        self.drift: dict[str, RegionDrift] = {}
-        self.windows: dict[str, dict[str, float]] = {}
-        self.fairness_windows: dict[str, FairnessWindows] = {}
-        self.window_counts: dict[str, int] = {}
-        self.alarm_counts: dict[str, int] = {}
+        self.drift: dict[ModelKey, ModelDrift] = {}
+        self.windows: dict[ModelKey, dict[str, float]] = {}
+        self.fairness_windows: dict[ModelKey, FairnessWindows] = {}
+        self.window_counts: dict[ModelKey, int] = {}
+        self.alarm_counts: dict[ModelKey, int] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self.max_compute = 0.0
-        self._busy: set[str] = set()
+        self._busy: set[ModelKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def consume(self, batch: list[Item]) -> Awaitable[None] | None:
-        """Group the batch's scored exchanges by region; the drift work is returned to await."""
-        work: dict[str, tuple[RegionDrift, list[Exchange]]] = {}
-        for ex, policy in batch:
-            if not ex.verdicts or FALLBACK_FLAG in ex.flags:
-                continue  # the monitors watch the primary model's answers only
-            drift = self._region(policy)
-            if drift is not None:
-                work.setdefault(policy.region, (drift, []))[1].append(ex)
-        return self._observe(list(work.items())) if work else None
+    def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
+        """Group the batch's scored observations by model version; returns the drift work."""
+        work: dict[ModelKey, tuple[ModelDrift, list[Observation]]] = {}
+        for ob in batch:
+            if not ob.verdicts or ob.fallback:
+                continue  # the monitors watch the model's own answers only
+            drift = self._drift_of(ob.model, ob.version)
+            if drift is None:
+                continue
+            if ob.probe:
+                drift.add_probes([ob])
+                self._probe_window(ob.model, drift)
+            else:
+                work.setdefault(drift.key, (drift, []))[1].append(ob)
+        return self._observe(list(work.values())) if work else None
 
-    def _region(self, policy: CompiledPolicy) -> RegionDrift | None:
-        spec = policy.policy.drift
-        if spec is None:
+    def _drift_of(self, model: CompiledModel, version: str) -> ModelDrift | None:
+        spec = model.spec
+        if spec.drift is None:
             return None
-        current = self.drift.get(policy.region)
-        if current is None or current.key != (spec, policy.policy.model):
-            current = self.drift[policy.region] = RegionDrift(policy.policy, self.clock)
+        key = (model.region, model.name, version)
+        current = self.drift.get(key)
+        if current is not None and current.spec is not spec:
+            if current.spec != spec:  # a reload that changed this model: start afresh
+                current = None
+            else:
+                current.spec = spec
+        if current is None:
+            current = self.drift[key] = self._new_drift(spec, key)
         return current
 
-    async def _observe(self, work: list[tuple[str, tuple[RegionDrift, list[Exchange]]]]) -> None:
-        for region, (drift, exchanges) in work:
+    def _new_drift(self, spec: ModelPolicy, key: ModelKey) -> ModelDrift:
+        siblings = [k for k in self.drift if k[:2] == key[:2] and k != key]
+        if siblings:
+            self.events.append({"at": time.time(), "model": key_text(key), "event": "new version"})
+            log.info("model %s/%s: version %r appeared, new drift references", *key)
+        for old in siblings[: max(0, len(siblings) - VERSIONS_KEPT + 1)]:
+            del self.drift[old]  # bounded: versions arrive from the model server's answers
+        return ModelDrift(spec, key, self.clock)
+
+    def _probe_window(self, model: CompiledModel, drift: ModelDrift) -> None:
+        values = drift.probe_window(model.spec.breaker.half_open.probes)
+        if values:
+            self._feed(drift.key, values)
+
+    async def _observe(self, work: list[tuple[ModelDrift, list[Observation]]]) -> None:
+        for drift, observations in work:
             began = time.perf_counter()
-            self._busy.add(region)
+            self._busy.add(drift.key)
             try:
                 if self.threaded:
-                    results = await asyncio.to_thread(drift.observe, exchanges)
+                    results = await asyncio.to_thread(drift.observe, observations)
                 else:
-                    results = drift.observe(exchanges)
+                    results = drift.observe(observations)
             finally:
-                self._busy.discard(region)
+                self._busy.discard(drift.key)
             self.max_compute = max(self.max_compute, time.perf_counter() - began)
-            self.publish(region, results)
+            self.publish(drift.key, results)
 
-    def publish(self, region: str, results: Sequence[WindowResult]) -> None:
-        """Hand completed drift windows to the region's breakers and to telemetry."""
+    def publish(self, key: ModelKey, results: Sequence[WindowResult]) -> None:
+        """Hand completed drift windows to the model's breaker and to telemetry."""
         for result in results:
             if result.group == "*":
-                self._record(region, result)
+                self._record(key, result)
         for values in rounds(results):
-            self._feed(region, values)
+            self._feed(key, values)
 
-    def _record(self, region: str, result: WindowResult) -> None:
-        self.window_counts[region] = self.window_counts.get(region, 0) + 1
-        self.alarm_counts[region] = self.alarm_counts.get(region, 0) + result.drift_detected
+    def _record(self, key: ModelKey, result: WindowResult) -> None:
+        self.window_counts[key] = self.window_counts.get(key, 0) + 1
+        self.alarm_counts[key] = self.alarm_counts.get(key, 0) + result.drift_detected
         if self.telemetry is not None:
             for test, value in result.values.items():
-                self.telemetry.record_drift(region, result.signal, test, value)
+                self.telemetry.record_drift(key, result.signal, test, value)
         if result.drift_detected:
             alarms = ", ".join(k for k, v in result.alarms.items() if v)
-            log.info("drift %s/%s alarm (%s): %s", region, result.signal, alarms, result.values)
+            log.info(
+                "drift %s %s alarm (%s): %s", key_text(key), result.signal, alarms, result.values
+            )
 
-    def _feed(self, region: str, values: dict[str, float]) -> None:
-        self.windows[region] = {**self.windows.get(region, {}), **values}
-        for breaker in self.board.breakers_of(region):  # a region-level signal: every route
+    def _feed(self, key: ModelKey, values: dict[str, float]) -> None:
+        self.windows[key] = {**self.windows.get(key, {}), **values}
+        breaker = self.board.breaker(key[0], key[1])
+        if breaker is not None:
             breaker.observe_window(values)
 
     def tick(self) -> None:
         """Close due time-based drift windows and completed fairness windows (board ticker)."""
         timed = [
-            (region, (drift, list[Exchange]()))
-            for region, drift in self.drift.items()
-            if drift.bank.spec.window_seconds is not None and region not in self._busy
+            (drift, list[Observation]())
+            for key, drift in self.drift.items()
+            if drift.bank.spec.window_seconds is not None and key not in self._busy
         ]
         if timed:  # the window closes off the loop, as in consume
             task = asyncio.get_running_loop().create_task(self._observe(timed))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if self.fairness is not None:
-            self._poll_fairness()
+            self._poll_fairness(self.fairness)
 
-    def _poll_fairness(self) -> None:
-        assert self.fairness is not None
-        for region, entry in self.board.policies.current.regions.items():
-            if entry.policy.fairness is None:
-                self.fairness_windows.pop(region, None)
+    def _poll_fairness(self, source: FairnessCounts) -> None:
+        for key in source.model_keys():
+            entry = self.board.policies.current.regions.get(key[0])
+            model = entry.model(key[1]) if entry is not None else None
+            spec = model.spec.fairness if model is not None else None
+            if model is None or spec is None:
+                self.fairness_windows.pop(key, None)
                 continue
-            windows = self.fairness_windows.get(region)
-            if windows is None or windows.window != entry.policy.fairness.window:
-                windows = self.fairness_windows[region] = FairnessWindows(entry.policy)
-            for values in windows.update(self.fairness.report(region)):
-                self._feed(region, values)
+            windows = self.fairness_windows.get(key)
+            if windows is None or windows.spec != spec:
+                windows = FairnessWindows(spec, model.spec.groups.values)
+                self.fairness_windows[key] = windows
+            for values in windows.update(source.counts(key)):
+                self._feed(key, values)
 
     def status(self) -> dict[str, Any]:
-        """Per region: windows seen, alarmed windows, last values, warm-up progress."""
-        regions = sorted({*self.drift, *self.windows})
+        """Per model version: windows, alarms, last values, warm-up, missing inputs; events."""
+        keys = sorted({*self.drift, *self.windows})
         return {
             "max_compute_ms": round(self.max_compute * 1000, 3),
-            "regions": {
-                r: {
-                    "windows": self.window_counts.get(r, 0),
-                    "alarmed_windows": self.alarm_counts.get(r, 0),
-                    "last": self.windows.get(r, {}),
-                    "warming": self.drift[r].warming() if r in self.drift else {},
-                }
-                for r in regions
-            },
+            "events": list(self.events),
+            "models": {key_text(k): self.model_status(k) for k in keys},
+        }
+
+    def model_status(self, key: ModelKey) -> dict[str, Any]:
+        """One model version's drift state."""
+        drift = self.drift.get(key)
+        return {
+            "windows": self.window_counts.get(key, 0),
+            "alarmed_windows": self.alarm_counts.get(key, 0),
+            "last": self.windows.get(key, {}),
+            "signals": drift.last() if drift is not None else {},
+            "warming": drift.warming() if drift is not None else {},
+            "missing_inputs": drift.missing_inputs() if drift is not None else [],
         }

@@ -6,49 +6,56 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections import deque
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from guardproxy.guards.exchange import Exchange
-from guardproxy.policy.table import CompiledPolicy
+from guardproxy.hotpath.observation import Observation
 from guardproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
 
-Item = tuple[Exchange, CompiledPolicy]
+DEFAULT_BUDGET = 16 * 1024 * 1024  # bytes of observations waiting at most
 
 
 class Consumer(Protocol):
     """Gets every batch; may return an awaitable for its I/O, which the worker awaits."""
 
-    def consume(self, batch: list[Item]) -> Awaitable[None] | None:
+    def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
         """Process one batch of finished exchanges."""
 
 
 class MonitorWorker:
-    """The only place exchanges leave the hot path: offer() never blocks, drops are counted."""
+    """The only way observations leave the hot path: offer() never blocks, drops are counted.
+
+    The queue is bounded in bytes (each observation's estimated size), not only in count.
+    """
 
     def __init__(
-        self, queue_size: int = 10_000, batch_size: int = 128, interval: float = 0.05
+        self, budget: int = DEFAULT_BUDGET, batch_size: int = 128, interval: float = 0.05
     ) -> None:
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(queue_size)
+        self.budget, self.batch_size, self.interval = budget, batch_size, interval
+        self.queue: deque[Observation] = deque()
+        self.queued_bytes = 0
         self.consumers: list[Consumer] = []
-        self.batch_size = batch_size
-        self.interval = interval
         self.offered = self.dropped = self.processed = self.batches = 0
         self.consumer_errors: dict[str, int] = {}
-        self.max_pause = 0.0
+        self.max_consume = 0.0
+        self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pending: list[Item] = []  # taken from the queue, not yet handed over
         self._current: asyncio.Future[None] | None = None
 
-    def offer(self, ex: Exchange, policy: CompiledPolicy) -> None:
+    def offer(self, observation: Observation) -> None:
         """The proxy's observer: enqueue without waiting, or count a drop."""
         self.offered += 1
-        try:
-            self.queue.put_nowait((ex, policy))
-        except asyncio.QueueFull:
+        size = observation.size
+        if self.queued_bytes + size > self.budget:
             self.dropped += 1
+            return
+        self.queue.append(observation)
+        self.queued_bytes += size
+        if len(self.queue) == 1:
+            self._ready.set()
 
     def start(self) -> None:
         """Start draining in the running loop."""
@@ -61,47 +68,45 @@ class MonitorWorker:
         await cancel_and_wait(task)
         if self._current is not None:
             await self._current  # a batch in progress always completes
-        pending, self._pending = self._pending, []
-        if drain:
-            await self.process(pending)
-            while not self.queue.empty():
-                await self.process(self._take())
+        while drain and self.queue:
+            await self.process(self._take())
 
     async def flush(self) -> None:
         """Return once everything offered so far has been processed (tests, shutdown)."""
-        while self.processed < self.offered - self.dropped:
+        while self.queue or self._current is not None:
             if self._task is None:
-                if self.queue.empty():
-                    return
                 await self.process(self._take())
             else:
                 await asyncio.sleep(self.interval / 5)
 
     async def _run(self) -> None:
         while True:
-            self._pending.append(await self.queue.get())
-            await asyncio.sleep(self.interval if self.queue.qsize() < self.batch_size else 0)
-            batch = self._pending + self._take(self.batch_size - len(self._pending))
-            self._pending = []
+            await self._ready.wait()
+            if len(self.queue) < self.batch_size:
+                await asyncio.sleep(self.interval)  # let a batch gather
+            batch = self._take()
+            if not self.queue:
+                self._ready.clear()
             self._current = asyncio.ensure_future(self.process(batch))
             await asyncio.shield(self._current)
             self._current = None
 
-    def _take(self, limit: int | None = None) -> list[Item]:
-        limit = self.batch_size if limit is None else limit
-        batch: list[Item] = []
-        while len(batch) < limit and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+    def _take(self) -> list[Observation]:
+        batch: list[Observation] = []
+        queue = self.queue
+        while queue and len(batch) < self.batch_size:
+            observation = queue.popleft()
+            self.queued_bytes -= observation.size
+            batch.append(observation)
         return batch
 
-    async def process(self, batch: list[Item]) -> None:
+    async def process(self, batch: list[Observation]) -> None:
         """Give one batch to every consumer; a failing consumer is counted, never fatal."""
         if not batch:
             return
         for consumer in self.consumers:
             try:
-                pause = await held_time(consumer.consume, batch)
-                self.max_pause = max(self.max_pause, pause)
+                await self._consume(consumer, batch)
                 await asyncio.sleep(0)  # let waiting requests run between consumers
             except Exception:
                 name = type(consumer).__name__
@@ -110,51 +115,24 @@ class MonitorWorker:
         self.processed += len(batch)
         self.batches += 1
 
+    async def _consume(self, consumer: Consumer, batch: list[Observation]) -> None:
+        began = time.perf_counter()
+        result = consumer.consume(batch)
+        self.max_consume = max(self.max_consume, time.perf_counter() - began)
+        if inspect.isawaitable(result):
+            await result
+
     def status(self) -> dict[str, Any]:
         """Counters for /status."""
         return {
-            "queued": self.queue.qsize(),
-            "capacity": self.queue.maxsize,
+            "queued": len(self.queue),
+            "queued_bytes": self.queued_bytes,
+            "budget_bytes": self.budget,
             "offered": self.offered,
             "dropped": self.dropped,
             "processed": self.processed,
             "batches": self.batches,
             "consumers": [type(c).__name__ for c in self.consumers],
             "consumer_errors": dict(self.consumer_errors),
-            "max_pause_ms": round(self.max_pause * 1000, 3),
+            "max_consume_ms": round(self.max_consume * 1000, 3),
         }
-
-
-async def held_time(call: Callable[..., Any], *args: Any) -> float:
-    """Run call(*args), await what it returns; the longest stretch it kept the loop, in s."""
-    began = time.perf_counter()
-    result = call(*args)
-    longest = time.perf_counter() - began
-    if inspect.isawaitable(result):
-        longest = max(longest, await _stepped(result.__await__()))
-    return longest
-
-
-async def _stepped(steps: Generator[Any, None, Any]) -> float:
-    """Drive an awaitable step by step, timing each step between its suspensions."""
-    longest, error = 0.0, None
-    while True:
-        began = time.perf_counter()
-        try:
-            waited = steps.throw(error) if error is not None else steps.send(None)
-        except StopIteration:
-            return max(longest, time.perf_counter() - began)
-        longest, error = max(longest, time.perf_counter() - began), None
-        try:
-            await _wait(waited)
-        except BaseException as exc:  # handed back to the awaitable, as a task would
-            error = exc
-
-
-async def _wait(waited: Any) -> None:
-    """Wait for what a step yielded: a future (taken over as a task takes it) or a bare yield."""
-    if waited is None:
-        await asyncio.sleep(0)
-        return
-    waited._asyncio_future_blocking = False
-    await waited

@@ -7,7 +7,7 @@ from guardproxy.payloads.chat import OpenAIChat
 from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
 from guardproxy.payloads.tables import MLflow, SeldonV1, TFServing
 from guardproxy.payloads.v2 import KServeV2
-from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
+from guardproxy.policy.models import ModelPolicy
 
 __all__ = [
     "PRESETS",
@@ -34,6 +34,6 @@ PRESETS: dict[str, type[Payload]] = {
 }
 
 
-def compile_payload(model: ModelSpec, labels: LabelsSpec, decision: DecisionSpec) -> Payload:
-    """The compiled accessor for the policy's protocol (ValueError on a bad path)."""
-    return PRESETS.get(model.protocol, JsonPathPayload)(model, labels, decision)
+def compile_payload(model: ModelPolicy) -> Payload:
+    """The compiled accessor for the model's protocol (ValueError on a bad path)."""
+    return PRESETS.get(model.protocol, JsonPathPayload)(model)

@@ -6,7 +6,7 @@ from guardproxy.payloads.canonical import canonical, indexed
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import floats, label_row, label_value
 from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
-from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
+from guardproxy.policy.models import ModelPolicy
 
 
 class Payload:
@@ -15,17 +15,17 @@ class Payload:
     protocol = "jsonpath"
     texts = False  # openai: labels are free text, guarded by word, not by exact label
 
-    def __init__(self, model: ModelSpec, labels: LabelsSpec, decision: DecisionSpec) -> None:
+    def __init__(self, model: ModelPolicy) -> None:
         self.output = model.score.output
         self.index = model.score.index
         self.score_path = JsonPath(model.score.path) if model.score.path else None
-        self.labels_path = JsonPath(labels.path) if labels.path else None
-        self.labels_output = labels.output
-        self.label_output = decision.label_output
+        self.labels_path = JsonPath(model.labels.path) if model.labels.path else None
+        self.labels_output = model.labels.output
+        self.label_output = model.decision.label_output
 
-    def rows(self, request_doc: Doc) -> int:
-        """How many rows (predictions) the request asks for."""
-        return 1
+    def version(self, response_doc: Doc) -> str | None:
+        """The model version the answer names, when the protocol carries one."""
+        return None
 
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """A named input feature, one value per row."""
@@ -90,8 +90,8 @@ class Payload:
 class JsonPathPayload(Payload):
     """Any JSON answer, read through configured JSON paths."""
 
-    def __init__(self, model: ModelSpec, labels: LabelsSpec, decision: DecisionSpec) -> None:
-        super().__init__(model, labels, decision)
+    def __init__(self, model: ModelPolicy) -> None:
+        super().__init__(model)
         if self.score_path is None and self.labels_path is None:
             raise ValueError("protocol jsonpath needs model.score.path or labels.path")
         self._features: dict[str, JsonPath] = {}

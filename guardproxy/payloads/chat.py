@@ -13,7 +13,8 @@ class OpenAIChat(Payload):
     protocol = "openai"
     texts = True
 
-    def rows(self, request_doc: Doc) -> int:
+    @staticmethod
+    def _choices(request_doc: Doc) -> int:
         """The number of choices asked for (n)."""
         n = request_doc.get("n", 1) if isinstance(request_doc, dict) else 1
         return n if isinstance(n, int) and n > 0 else 1
@@ -22,8 +23,8 @@ class OpenAIChat(Payload):
         """A top-level request field or a metadata entry, the same for every choice."""
         meta = request_doc.get("metadata") if isinstance(request_doc, dict) else None
         if isinstance(meta, dict) and name in meta:
-            return [meta[name]] * self.rows(request_doc)
-        return [field(request_doc, name, "request")] * self.rows(request_doc)
+            return [meta[name]] * self._choices(request_doc)
+        return [field(request_doc, name, "request")] * self._choices(request_doc)
 
     def labels(self, response_doc: Doc) -> list[list[str]]:
         """Each choice's message content (no content, e.g. a tool call: no text)."""

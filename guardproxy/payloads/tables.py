@@ -18,14 +18,6 @@ class TFServing(Payload):
     protocol = "tfserving"
     _answer_keys = ("predictions", "outputs")
 
-    def rows(self, request_doc: Doc) -> int:
-        """Rows of the request table."""
-        rows, columns = self._table(request_doc)
-        if columns is not None:
-            first: Any = next(iter(columns.values()), [])
-            return len(first) if isinstance(first, list) else 1
-        return len(rows)
-
     def _table(self, doc: Doc) -> tuple[list[Any], dict[str, Any] | None]:
         if isinstance(doc, dict) and "instances" in doc:
             return as_list(doc["instances"], "request instances"), None

@@ -34,12 +34,10 @@ class KServeV2(Payload):
 
     protocol = "kserve_v2"
 
-    def rows(self, request_doc: Doc) -> int:
-        """shape[0] of the first input."""
-        first = as_list(field(request_doc, "inputs", "request"), "request inputs")
-        if not first:
-            raise PayloadError("request has no inputs")
-        return _tensor(first[0], "request input")[0]
+    def version(self, response_doc: Doc) -> str | None:
+        """The answer's model_version (every OIP server names the version that answered)."""
+        value = response_doc.get("model_version") if isinstance(response_doc, dict) else None
+        return value if isinstance(value, str) else None
 
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """An input named `name` ([N] or [N,1]), or a column of a 2-D input with named columns."""

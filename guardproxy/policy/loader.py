@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from guardproxy.masking import Masker
 from guardproxy.policy.locate import locate
 from guardproxy.policy.marks import MarkedDoc, read_marked
-from guardproxy.policy.models import Policy
+from guardproxy.policy.merge import deep_merge
+from guardproxy.policy.models import SECTIONS, Policy
 from guardproxy.policy.problems import KeyPath, PolicyError, Problem, format_problems
+from guardproxy.policy.routes import overlap
 
 __all__ = [
     "LoadedPolicies",
@@ -251,23 +253,46 @@ def _validate(
 ) -> Policy | None:
     merged = MarkedDoc({}, {})
     for name in reversed(chain):
-        merged = _merge(merged, docs[name])
+        merged = _merge(merged, _models_by_name(docs[name]))
+    merged = _models_as_list(_with_defaults(merged))
     try:
-        return Policy.model_validate(merged.data)
+        policy = Policy.model_validate(merged.data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             problems.append(locate(error, merged.data, merged.marks))
         return None
+    found = overlapping_routes(policy, merged.marks)
+    problems.extend(found)
+    return None if found else policy
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge recursively; lists and scalars in `over` replace those in `base`."""
-    out = dict(base)
-    for key, value in over.items():
-        old = base.get(key)
-        both = isinstance(old, Mapping) and isinstance(value, Mapping)
-        out[key] = deep_merge(old, value) if both else value  # type: ignore[arg-type]
-    return out
+def overlapping_routes(policy: Policy, marks: Mapping[KeyPath, Problem]) -> list[Problem]:
+    """A problem at each model whose routes can match a path another model's routes match."""
+    problems: list[Problem] = []
+    models = policy.models
+    for i, first in enumerate(models):
+        for j in range(i + 1, len(models)):
+            second = models[j]
+            pair = next(
+                ((a, b) for a in first.routes for b in second.routes if overlap(a, b)), None
+            )
+            if pair is None:
+                continue
+            here, there = _route_mark(marks, i), _route_mark(marks, j)
+            message = (
+                f"routes of models {first.name!r} ({pair[0]}) and {second.name!r} ({pair[1]}) "
+                f"overlap; {second.name!r} is at {there.file}:{there.line}:{there.column} "
+                "(expected each path to name one model)"
+            )
+            problems.append(Problem(here.file, here.line, here.column, message))
+    return problems
+
+
+def _route_mark(marks: Mapping[KeyPath, Problem], index: int) -> Problem:
+    for path in (("models", index, "routes"), ("models", index, "name"), ("models", index)):
+        if path in marks:
+            return marks[path]
+    return marks[()]
 
 
 def _merge(base: MarkedDoc, over: MarkedDoc) -> MarkedDoc:
@@ -275,6 +300,62 @@ def _merge(base: MarkedDoc, over: MarkedDoc) -> MarkedDoc:
     data = deep_merge(base.data, over.data)
     marks = {p: over.marks.get(p) or base.marks[p] for p in _paths(data, ())}
     return MarkedDoc(data, marks)
+
+
+def _models_by_name(doc: MarkedDoc) -> MarkedDoc:
+    """`models` as a mapping by name, so that `extends` merges a model with its namesake."""
+    models = doc.data.get("models")
+    if not isinstance(models, list):
+        return doc
+    names = [_model_key(entry, i) for i, entry in enumerate(models)]
+    data = {**doc.data, "models": dict(zip(names, models, strict=True))}
+    marks = {_rekey(path, names): mark for path, mark in doc.marks.items()}
+    return MarkedDoc(data, marks)
+
+
+def _model_key(entry: object, index: int) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return name if isinstance(name, str) else f"#{index}"
+
+
+def _rekey(path: KeyPath, names: list[str]) -> KeyPath:
+    if len(path) > 1 and path[0] == "models" and isinstance(path[1], int):
+        return ("models", names[path[1]], *path[2:])
+    return path
+
+
+def _with_defaults(doc: MarkedDoc) -> MarkedDoc:
+    """Each model's sections merged over the region's: a model overrides only what it names."""
+    models = doc.data.get("models")
+    if not isinstance(models, dict):
+        return doc
+    defaults = {k: v for k, v in doc.data.items() if k in SECTIONS}
+    marks = dict(doc.marks)
+    merged: dict[str, Any] = {}
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            merged[name] = entry
+            continue
+        merged[name] = deep_merge(defaults, entry)
+        for path in _paths(merged[name], ()):
+            own = ("models", name, *path)
+            if own not in marks and path and path in doc.marks:
+                marks[own] = doc.marks[path]
+    return MarkedDoc({**doc.data, "models": merged}, marks)
+
+
+def _models_as_list(doc: MarkedDoc) -> MarkedDoc:
+    """Back from the mapping by name to the list the schema expects, positions kept."""
+    models = doc.data.get("models")
+    if not isinstance(models, dict):
+        return doc
+    index = {name: i for i, name in enumerate(models)}
+    marks: dict[KeyPath, Problem] = {}
+    for path, mark in doc.marks.items():
+        if len(path) > 1 and path[0] == "models" and path[1] in index:
+            path = ("models", index[str(path[1])], *path[2:])
+        marks[path] = mark
+    return MarkedDoc({**doc.data, "models": list(models.values())}, marks)
 
 
 def _paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:

@@ -19,7 +19,17 @@ def locate(error: Any, data: dict[str, Any], marks: dict[KeyPath, Problem]) -> P
     if error["type"] in ("value_error", "assertion_error"):
         target = _refine(loc, error["msg"], data, marks)
     mark = next(marks[target[:k]] for k in range(len(target), -1, -1) if target[:k] in marks)
-    return Problem(mark.file, mark.line, mark.column, _describe(error, loc))
+    owner, inner = _owner(loc, data)
+    return Problem(mark.file, mark.line, mark.column, owner + _describe(error, inner))
+
+
+def _owner(loc: KeyPath, data: dict[str, Any]) -> tuple[str, KeyPath]:
+    """ "model 'x': " and the path inside that model, for an error under `models`."""
+    if len(loc) < 2 or loc[0] != "models" or not isinstance(loc[1], int):
+        return "", loc
+    entry = data["models"][loc[1]]
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return (f"model {name!r}: " if isinstance(name, str) else f"models[{loc[1]}]: "), loc[2:]
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any, keep_last: bool) -> KeyPath:

@@ -1,8 +1,6 @@
-"""The policy schema: frozen pydantic models, unknown keys rejected."""
+"""The policy schema: a region, its models, and every section (importable from here)."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -14,6 +12,18 @@ from guardproxy.policy.basics import (
     Strict,
     parse_duration,
 )
+from guardproxy.policy.guarding import (
+    AdaptSpec,
+    BlockSpec,
+    DecisionSpec,
+    GroupAttribute,
+    GroupSpec,
+    LabelsSpec,
+    SamplingSpec,
+    SinkSpec,
+    SubjectSpec,
+)
+from guardproxy.policy.merge import deep_merge
 from guardproxy.policy.monitoring import (
     TRIP_MONITORS,
     BreakerSpec,
@@ -33,6 +43,9 @@ from guardproxy.policy.monitoring import (
 )
 
 __all__ = [
+    "DEFAULT_ROUTES",
+    "NAME",
+    "SECTIONS",
     "TRIP_MONITORS",
     "AdaptSpec",
     "BlockSpec",
@@ -49,7 +62,7 @@ __all__ = [
     "LabelsSpec",
     "MaxDifference",
     "MinRatio",
-    "ModelSpec",
+    "ModelPolicy",
     "OnError",
     "OpenSpec",
     "PValueSpec",
@@ -60,6 +73,7 @@ __all__ = [
     "ReferenceSpec",
     "SamplingSpec",
     "ScoreSpec",
+    "Sections",
     "SignalSpec",
     "SinkSpec",
     "Strict",
@@ -84,12 +98,55 @@ class ScoreSpec(Strict):
         return self
 
 
-class ModelSpec(Strict):
-    """The model server's protocol and the routes whose answers are guarded."""
+NAME = r"^[A-Za-z0-9_.-]+$"
+# Where each protocol's requests arrive, for a model named {name}; `*` is one path segment.
+DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
+    "kserve_v2": ("/v2/models/{name}/infer", "/v2/models/{name}/versions/*/infer"),
+    "tfserving": ("/v1/models/{name}:predict", "/v1/models/{name}/versions/*:predict"),
+    "mlflow": ("/invocations",),
+    "seldon_v1": ("/api/v1.0/predictions",),
+    "openai": ("/v1/chat/completions",),
+    "jsonpath": (),
+}
+SECTIONS = ("groups", "decision", "labels", "sampling", "drift", "fairness", "breaker")
 
+
+class Sections(Strict):
+    """What a model is guarded with; region-level values are every model's defaults."""
+
+    groups: GroupSpec = GroupSpec()
+    decision: DecisionSpec = DecisionSpec()
+    labels: LabelsSpec = LabelsSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    drift: DriftSpec | None = None
+    fairness: FairnessSpec | None = None
+    breaker: BreakerSpec = BreakerSpec()
+
+
+class ModelPolicy(Sections):
+    """One model behind the proxy: its protocol, routes, score, and its own sections."""
+
+    name: str = Field(pattern=NAME)
+    description: str = ""
     protocol: Protocol = "kserve_v2"
-    routes: tuple[str, ...] = ("/v2/models/*/infer", "/v2/models/*/versions/*/infer")
+    routes: tuple[str, ...] = ()
     score: ScoreSpec = ScoreSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        routes = data.get("routes")
+        if not routes:
+            protocol = data.get("protocol", "kserve_v2")
+            if protocol == "jsonpath":
+                raise ValueError("protocol jsonpath needs routes (the paths its requests use)")
+            routes = DEFAULT_ROUTES.get(protocol, ())
+        if isinstance(routes, list | tuple) and isinstance(data.get("name"), str):
+            name = data["name"]
+            routes = [r.replace("{name}", name) if isinstance(r, str) else r for r in routes]
+        return {**data, "routes": routes}
 
     @field_validator("routes")
     @classmethod
@@ -99,177 +156,9 @@ class ModelSpec(Strict):
                 raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
         return routes
 
-
-def _trusted_header(where: str, header: str | None, trusted: bool) -> None:
-    """A header is whatever the client sends: it may decide only when declared trusted."""
-    if header is not None and not trusted:
-        raise ValueError(
-            f"{where}.header {header!r} is set by the client, who could choose its own value; "
-            f"add {where}.trusted: true only if a gateway you control sets or strips it"
-        )
-    if header is None and trusted:
-        raise ValueError(f"{where}.trusted applies only to a header")
-
-
-class GroupAttribute(Strict):
-    """Where a request's group comes from: exactly one of header, input, jsonpath."""
-
-    header: str | None = None
-    input: str | None = None
-    jsonpath: str | None = None
-    trusted: bool = False  # a header group needs it: the operator vouches for the header
-
     @model_validator(mode="after")
-    def _exactly_one(self) -> GroupAttribute:
-        chosen = [v for v in (self.header, self.input, self.jsonpath) if v is not None]
-        if len(chosen) != 1:
-            raise ValueError("groups.attribute needs exactly one of header, input, jsonpath")
-        _trusted_header("groups.attribute", self.header, self.trusted)
-        return self
-
-
-class SubjectSpec(Strict):
-    """Who a randomized decision is about: a trusted header or a JSON path of the request."""
-
-    header: str | None = None
-    jsonpath: str | None = None
-    trusted: bool = False
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SubjectSpec:
-        if (self.header is None) == (self.jsonpath is None):
-            raise ValueError("decision.subject needs exactly one of header, jsonpath")
-        if self.jsonpath is not None and not self.jsonpath.startswith("$"):
-            raise ValueError("decision.subject.jsonpath must start with '$'")
-        _trusted_header("decision.subject", self.header, self.trusted)
-        return self
-
-
-class GroupSpec(Strict):
-    """The sensitive attribute, its declared values, and what telemetry may carry."""
-
-    attribute: GroupAttribute | None = None
-    values: tuple[str, ...] = ()
-    telemetry: Literal["label", "hashed", "none"] = "label"
-
-    @field_validator("values")
-    @classmethod
-    def _distinct_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        seen: set[str] = set()
-        for value in values:
-            if not value or value in seen:
-                raise ValueError(f"group value {value!r} is empty or repeated (expected distinct)")
-            seen.add(value)
-        return values
-
-
-class AdaptSpec(Strict):
-    """Learning thresholds from labeled traffic."""
-
-    constraint: Literal[
-        "none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"
-    ] = "equal_opportunity"
-    objective: Literal["accuracy", "balanced_accuracy", "cost"] = "accuracy"
-    cost: tuple[float, float, float, float] | None = None  # (TN, FP, FN, TP)
-    min_labels_per_group: int = Field(default=200, ge=1)
-    max_step: float = Field(default=0.05, gt=0)
-    every: Duration = 60.0
-    tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
-    pinned: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _cost_given(self) -> AdaptSpec:
-        if self.objective == "cost" and self.cost is None:
-            raise ValueError("objective 'cost' needs cost: [TN, FP, FN, TP]")
-        return self
-
-
-class DecisionSpec(Strict):
-    """Group-aware decision thresholds and how the decision is reported."""
-
-    threshold: float = 0.5
-    per_group: dict[str, float] = Field(default_factory=dict)
-    annotate: Literal["headers", "body", "rewrite"] = "headers"
-    label_output: str | None = None  # the model's own label, replaced in rewrite mode
-    adapt: AdaptSpec | None = None
-    on_error: OnError = "fail_open"
-    subject: SubjectSpec | None = None  # None: the scored row's own content
-
-
-class BlockSpec(Strict):
-    """The error a blocking guard answers with."""
-
-    status: int = Field(default=422, ge=400, le=599)
-    message: str = "the answer was withheld by policy"
-
-
-class LabelsSpec(Strict):
-    """Output label guard: labels that must not reach the client."""
-
-    deny: tuple[str, ...] = ()
-    action: Literal["suppress", "block", "flag"] = "suppress"
-    output: str | None = None  # output or field holding the labels
-    path: str | None = None  # jsonpath to the labels, for the jsonpath protocol
-    block: BlockSpec = BlockSpec()
-    on_error: OnError = "fail_open"
-
-
-class SinkSpec(Strict):
-    """Where samples go: rotating JSONL files (default) or a Redis stream."""
-
-    jsonl: str | None = None  # directory; None means the --samples directory
-    redis_stream: str | None = None
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # per file, then rotate
-    max_age: Duration = 3600.0  # per file, then rotate
-    max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # every file together
-    retention: Duration = 7 * 86400.0  # files older than this are deleted
-    queue: int = Field(default=10_000, ge=1)
-
-    @model_validator(mode="after")
-    def _budget_holds_a_file(self) -> SinkSpec:
-        if self.max_total_bytes < self.max_bytes:
-            raise ValueError(
-                f"sink.max_total_bytes {self.max_total_bytes} is below sink.max_bytes "
-                f"{self.max_bytes} (expected room for at least one whole file)"
-            )
-        return self
-
-
-class SamplingSpec(Strict):
-    """Review sampling of request/response pairs, stratified by group, redacted."""
-
-    rate: Rate = 0.0
-    min_per_group: int = Field(default=0, ge=0)
-    window: Duration = 60.0
-    redact: tuple[str, ...] = ()  # field names or jsonpaths
-    detectors: tuple[Literal["email", "phone", "card", "national_id"], ...] = (
-        "email",
-        "phone",
-        "card",
-        "national_id",
-    )
-    max_body_bytes: int = Field(default=64 * 1024, ge=256)  # per body; larger: truncated
-    sink: SinkSpec = SinkSpec()
-
-
-class Policy(Strict):
-    """One region's policy, after `extends` has been merged."""
-
-    region: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    extends: str | None = None
-    description: str = ""
-    model: ModelSpec = ModelSpec()
-    groups: GroupSpec = GroupSpec()
-    decision: DecisionSpec = DecisionSpec()
-    labels: LabelsSpec = LabelsSpec()
-    sampling: SamplingSpec = SamplingSpec()
-    drift: DriftSpec | None = None
-    fairness: FairnessSpec | None = None
-    breaker: BreakerSpec = BreakerSpec()
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Policy:
-        low, high = self.model.score.range
+    def _cross_checks(self) -> ModelPolicy:
+        low, high = self.score.range
         declared = set(self.groups.values)
         for group, value in self.decision.per_group.items():
             if group not in declared:
@@ -278,18 +167,58 @@ class Policy(Strict):
                 raise ValueError(f"threshold {value} for {group!r} is outside score range")
         if not low <= self.decision.threshold <= high:
             raise ValueError(f"decision.threshold {self.decision.threshold} is outside score range")
-        signals = {"score"} | {s.input for s in self._signal_specs()}
-        for rule in self.breaker.trip:
-            parts = rule.when.split(".")
-            if parts[0] == "drift" and ".".join(parts[1:-1]) not in signals:
-                raise ValueError(f"breaker rule {rule.when!r} names no drift signal")
-            if parts[0] == "drift" and self.drift is None:
-                raise ValueError(f"breaker rule {rule.when!r} needs a drift section")
-            if parts[0] == "fairness" and self.fairness is None:
-                raise ValueError(f"breaker rule {rule.when!r} needs a fairness section")
+        self._check_trip_rules()
         return self
 
-    def _signal_specs(self) -> list[SignalSpec]:
+    def _check_trip_rules(self) -> None:
+        signals = {"score"} | {s.input for s in self.signal_specs()}
+        for rule in self.breaker.trip:
+            parts = rule.when.split(".")
+            if parts[0] == "drift" and self.drift is None:
+                raise ValueError(f"breaker rule {rule.when!r} needs a drift section")
+            if parts[0] == "drift" and ".".join(parts[1:-1]) not in signals:
+                raise ValueError(f"breaker rule {rule.when!r} names no drift signal")
+            if parts[0] == "fairness" and self.fairness is None:
+                raise ValueError(f"breaker rule {rule.when!r} needs a fairness section")
+
+    def signal_specs(self) -> list[SignalSpec]:
+        """The drift section's input signals."""
         if self.drift is None:
             return []
         return [s for s in self.drift.signals if isinstance(s, SignalSpec)]
+
+
+class Policy(Sections):
+    """One region's policy after `extends`: defaults, and every model with them merged in."""
+
+    region: str = Field(pattern=NAME)
+    extends: str | None = None
+    description: str = ""
+    models: tuple[ModelPolicy, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_under_models(cls, data: object) -> object:
+        """Each model's sections merged over the region's: a model overrides what it names."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list | tuple):
+            return data
+        defaults = {k: v for k, v in data.items() if k in SECTIONS}
+        models = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in data["models"]]
+        return {**data, "models": models}
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_names(cls, models: tuple[ModelPolicy, ...]) -> tuple[ModelPolicy, ...]:
+        seen: set[str] = set()
+        for model in models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is declared twice")
+            seen.add(model.name)
+        return models
+
+    def model(self, name: str) -> ModelPolicy:
+        """A declared model by name (KeyError when there is none)."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)

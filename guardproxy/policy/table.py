@@ -4,68 +4,63 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
 
 from guardproxy.policy.loader import LoadedPolicies, PolicyError, PolicyFiles, Problem, load_files
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy, Policy
+from guardproxy.policy.routes import RouteMatcher
 
-ChainFactory = Callable[[Policy], object]
+ChainFactory = Callable[[str, ModelPolicy, str], object]
+PATH_CACHE = 4096
+_MISS = object()
 BUILTIN_NAME = "default.yaml"
 
 
-class RouteMatcher:
-    """Glob routes compiled to one regex: `*` is one path segment, `**` any number."""
+@dataclass(frozen=True, slots=True)
+class CompiledModel:
+    """One model of a region: its policy, its routes and its guard chain."""
 
-    __slots__ = ("_regex", "patterns")
+    region: str
+    name: str
+    spec: ModelPolicy
+    policy_version: str
+    chain: object = None
 
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = tuple(patterns)
-        alternatives = "|".join(f"(?:{_glob_to_regex(p)})" for p in self.patterns)
-        self._regex = re.compile(alternatives) if self.patterns else None
-
-    def matches(self, path: str) -> bool:
-        """Whether a request path is guarded."""
-        return self._regex is not None and self._regex.fullmatch(path) is not None
-
-    def __repr__(self) -> str:
-        return f"RouteMatcher({list(self.patterns)!r})"
-
-
-def _glob_to_regex(pattern: str) -> str:
-    segments = pattern.split("/")
-    out = ""
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            # "/a/**" also matches "/a"; "/a/**/b" matches "/a/b" and "/a/x/y/b".
-            out = out.removesuffix("/") + "(?:/.*)?" if last else out + "(?:[^/]+/)*"
-            continue
-        if segment == "*":
-            out += "[^/]+"
-        else:
-            out += ".*".join(_segment(part) for part in segment.split("**"))
-        out += "" if last else "/"
-    return out
-
-
-def _segment(text: str) -> str:
-    return "[^/]*".join(re.escape(part) for part in text.split("*"))
+    @property
+    def key(self) -> tuple[str, str]:
+        """(region, model): what the breakers and the learned thresholds are kept by."""
+        return (self.region, self.name)
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
-    """A region's validated policy, its version hash, route matcher and guard chain."""
+    """A region's validated policy, its version hash, and its models behind one route matcher."""
 
     region: str
     version: str
     policy: Policy
     sources: tuple[str, ...]
+    models: tuple[CompiledModel, ...]
     routes: RouteMatcher
-    chain: object = None
+    _by_path: dict[str, CompiledModel | None] = field(default_factory=dict, compare=False)
+
+    def match(self, path: str) -> CompiledModel | None:
+        """The model whose routes match the path (hot path: a dict hit for a path seen before)."""
+        found = self._by_path.get(path, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[return-value]
+        owner = self.routes.owner(path)
+        model = None if owner is None else self.models[owner]
+        if len(self._by_path) < PATH_CACHE:  # bounded: clients choose the paths
+            self._by_path[path] = model
+        return model
+
+    def model(self, name: str) -> CompiledModel | None:
+        """A model by name."""
+        return next((m for m in self.models if m.name == name), None)
 
 
 def policy_version(policy: Policy) -> str:
@@ -77,11 +72,22 @@ def policy_version(policy: Policy) -> str:
 def compile_policy(
     policy: Policy, sources: Iterable[str] = (), build_chain: ChainFactory | None = None
 ) -> CompiledPolicy:
-    """Compile one validated policy."""
-    chain = build_chain(policy) if build_chain is not None else None
-    routes = RouteMatcher(policy.model.routes)
+    """Compile one validated policy: a guard chain per model, one matcher for all routes."""
+    version = policy_version(policy)
+    models = tuple(
+        CompiledModel(
+            policy.region,
+            spec.name,
+            spec,
+            version,
+            build_chain(policy.region, spec, version) if build_chain is not None else None,
+        )
+        for spec in policy.models
+    )
+    patterns = [route for spec in policy.models for route in spec.routes]
+    owners = [i for i, spec in enumerate(policy.models) for _ in spec.routes]
     return CompiledPolicy(
-        policy.region, policy_version(policy), policy, tuple(sources), routes, chain
+        policy.region, version, policy, tuple(sources), models, RouteMatcher(patterns, owners)
     )
 
 

@@ -1,4 +1,4 @@
-"""Immutable snapshots the off-path publishes and the hot path reads by one reference."""
+"""Learned thresholds: immutable tables the off path publishes and the hot path reads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+ModelKey = tuple[str, str, str]  # (region, model, model version): what monitors keep apart
+RuleKey = tuple[str, str, str, str]  # (region, model, model version, group)
 
 
 class Snapshot(Generic[T]):
@@ -52,13 +54,11 @@ class ThresholdRule:
 
 @dataclass(frozen=True, slots=True)
 class ThresholdTable:
-    """Learned thresholds per (region, group), with a version for traces and history."""
+    """Learned thresholds per (region, model, version, group), with a version for history."""
 
     version: str = "static"
-    rules: Mapping[tuple[str, str], ThresholdRule] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    rules: Mapping[RuleKey, ThresholdRule] = field(default_factory=lambda: MappingProxyType({}))
 
-    def rule(self, region: str, group: str) -> ThresholdRule | None:
-        """The learned rule for (region, group), if any."""
-        return self.rules.get((region, group))
+    def rule(self, key: ModelKey, group: str) -> ThresholdRule | None:
+        """The learned rule of a model version's group, if any."""
+        return self.rules.get((*key, group))

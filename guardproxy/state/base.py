@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -9,7 +10,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
+from guardproxy.policy.thresholds import ModelKey, ThresholdRule, ThresholdTable
 from guardproxy.state.counts import GroupCounts
 
 DEFAULT_TTL = 24 * 3600.0
@@ -35,12 +36,19 @@ class PredictionRecord:
     request_id: str
     time: float
     region: str
+    model: str
+    version: str
     group: str
     score: float
     decision: int
     threshold: float
     policy_version: str
     threshold_version: str
+
+    @property
+    def key(self) -> ModelKey:
+        """(region, model, version): whose counters the label goes to."""
+        return (self.region, self.model, self.version)
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields, as stored in a Redis hash."""
@@ -53,6 +61,8 @@ class PredictionRecord:
             request_id=fields["request_id"],
             time=float(fields["time"]),
             region=fields["region"],
+            model=fields["model"],
+            version=fields["version"],
             group=fields["group"],
             score=float(fields["score"]),
             decision=int(fields["decision"]),
@@ -83,8 +93,11 @@ class StateBackend(Protocol):
 
     name: str
 
-    async def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Keep records for the label join (time to live and size bound apply)."""
+    async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
+        """Keep records for the label join; an id already recorded keeps its first record.
+
+        Returns how many records were not kept because their id was in use (a reused id).
+        """
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
         """Attach a label to a record atomically: a second label for an id never counts."""
@@ -92,19 +105,17 @@ class StateBackend(Protocol):
     async def join_labels(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
         """join_label for many (request_id, label, observed_at), in order."""
 
-    async def add_counts(self, region: str, group: str, deltas: Mapping[str, int]) -> None:
-        """Add to a (region, group)'s GroupCounts fields."""
+    async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
+        """Add to a model version's group's GroupCounts fields."""
 
-    async def add_histogram(
-        self, region: str, group: str, label: int, bins: Mapping[int, int]
-    ) -> None:
-        """Add counts to the positive (label 1) or negative histogram's bins."""
+    async def add_histogram(self, key: ModelKey, group: str, bins: Mapping[str, int]) -> None:
+        """Add to histogram bins, named "p:<i>" (label 1) and "n:<i>" (label 0)."""
 
-    async def counts(self, region: str) -> dict[str, GroupState]:
-        """Every group's counters and histogram bins of a region."""
+    async def counts(self, key: ModelKey) -> dict[str, GroupState]:
+        """Every group's counters and histogram bins of a model version."""
 
-    async def regions(self) -> list[str]:
-        """Regions that have counters."""
+    async def keys(self) -> list[ModelKey]:
+        """Model versions that have counters."""
 
     async def save_thresholds(self, table: ThresholdTable) -> None:
         """Persist the learned threshold table."""
@@ -125,21 +136,27 @@ class StateBackend(Protocol):
         """Release connections."""
 
 
-def bin_field(label: int, index: int) -> str:
-    """The histogram field of a bin: "p:<i>" for positive labels, "n:<i>" for negative."""
-    return f"{'p' if label else 'n'}:{index}"
+def record_key(request_id: str) -> str:
+    """The fixed-size internal key a record is stored under, whatever the id's length."""
+    return hashlib.blake2b(request_id.encode(), digest_size=16).hexdigest()
 
 
-def hash_fields(values: Mapping[str, int]) -> dict[str | bytes, int | str | bytes]:
-    """Counters typed as a Redis hash reply, which GroupCounts and ScoreHistogram read."""
-    return {key: value for key, value in values.items()}
+def key_text(key: ModelKey) -> str:
+    """A model key as one string ("region|model|version"); names never hold "|"."""
+    return "|".join(key)
+
+
+def key_of_text(text: str) -> ModelKey:
+    """Read back `key_text`."""
+    region, model, version = text.split("|", 2)
+    return (region, model, version)
 
 
 def table_to_json(table: ThresholdTable) -> str:
     """A threshold table as JSON text."""
     rules = [
-        [region, group, rule.low, rule.high, rule.p_high]
-        for (region, group), rule in sorted(table.rules.items())
+        [region, model, version, group, rule.low, rule.high, rule.p_high]
+        for (region, model, version, group), rule in sorted(table.rules.items())
     ]
     return json.dumps({"version": table.version, "rules": rules}, separators=(",", ":"))
 
@@ -149,10 +166,10 @@ def table_from_json(text: str | bytes) -> ThresholdTable:
     try:
         doc: dict[str, Any] = json.loads(text)
         rules = {
-            (str(region), str(group)): ThresholdRule(
+            (str(region), str(model), str(version), str(group)): ThresholdRule(
                 float(low), None if high is None else float(high), float(p)
             )
-            for region, group, low, high, p in doc["rules"]
+            for region, model, version, group, low, high, p in doc["rules"]
         }
         return ThresholdTable(str(doc["version"]), MappingProxyType(rules))
     except (ValueError, KeyError, TypeError) as exc:

@@ -26,8 +26,16 @@ class GroupCounts:
         self.decisions += 1
         self.selected += int(predicted)
         if label is not None:
-            name = ("tp" if label else "fp") if predicted else ("fn" if label else "tn")
+            name = cell(predicted, label)
             setattr(self, name, getattr(self, name) + 1)
+
+    def labeled(self) -> int:
+        """How many of the counted decisions carry a label."""
+        return self.tp + self.fp + self.tn + self.fn
+
+    def minus(self, other: GroupCounts) -> GroupCounts:
+        """The counts added since `other` was taken."""
+        return GroupCounts(**{k: v - other.to_dict()[k] for k, v in self.to_dict().items()})
 
     def merge(self, other: GroupCounts) -> GroupCounts:
         """The sum of two counters."""
@@ -38,7 +46,13 @@ class GroupCounts:
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str | bytes, int | str | bytes]) -> GroupCounts:
-        """Read back `to_dict` (keys and values may be bytes); other keys are ignored."""
-        decoded = {k.decode() if isinstance(k, bytes) else k: v for k, v in mapping.items()}
-        return cls(**{f.name: int(decoded.get(f.name, 0)) for f in fields(cls)})
+    def from_dict(cls, mapping: Mapping[str, int | str]) -> GroupCounts:
+        """Read back `to_dict` (values may be strings, as Redis answers); other keys ignored."""
+        return cls(**{f.name: int(mapping.get(f.name, 0)) for f in fields(cls)})
+
+
+def cell(decision: bool | int, label: bool | int) -> str:
+    """The confusion cell of a decision against its label: tp, fp, tn or fn."""
+    if decision:
+        return "tp" if label else "fp"
+    return "fn" if label else "tn"

@@ -9,7 +9,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
-from guardproxy.policy.thresholds import ThresholdTable
+from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_TTL,
@@ -17,7 +17,7 @@ from guardproxy.state.base import (
     Joined,
     Outcome,
     PredictionRecord,
-    bin_field,
+    record_key,
 )
 from guardproxy.state.counts import GroupCounts
 
@@ -39,25 +39,28 @@ class RecordStore:
         self.ttl, self.max_records, self.timer = ttl, max_records, timer
         self._data: OrderedDict[str, tuple[float, tuple[Any, ...], int]] = OrderedDict()
 
-    def put(self, record: PredictionRecord) -> None:
-        """Keep a record (replacing one with the same id), evicting the oldest first."""
+    def put(self, record: PredictionRecord) -> bool:
+        """Keep a record, evicting the oldest first; False when its id is already recorded."""
         now = self.timer()
         self._expire(now)
-        data = self._data
-        data.pop(record.request_id, None)
+        data, key = self._data, record_key(record.request_id)
+        if key in data:
+            return False  # the first prediction under an id is the one its label joins
         while len(data) >= self.max_records:
             data.popitem(last=False)
-        data[record.request_id] = (now + self.ttl, _VALUES(record), NO_LABEL)
+        data[key] = (now + self.ttl, _VALUES(record), NO_LABEL)
+        return True
 
     def join(self, request_id: str, label: int) -> Joined:
         """Attach a label once; a second label is a duplicate."""
-        entry = self._data.get(request_id)
+        key = record_key(request_id)
+        entry = self._data.get(key)
         if entry is None or entry[0] <= self.timer():
             return Joined(Outcome.UNKNOWN)
         expires, fields, known = entry
         if known != NO_LABEL:
             return Joined(Outcome.DUPLICATE)
-        self._data[request_id] = (expires, fields, label)  # keeps its place in the order
+        self._data[key] = (expires, fields, label)  # keeps its place in the order
         return Joined(Outcome.JOINED, PredictionRecord(*fields))
 
     def _expire(self, now: float) -> None:
@@ -81,14 +84,13 @@ class MemoryState:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._records = RecordStore(ttl, max_records, timer)
-        self._groups: dict[tuple[str, str], GroupState] = {}
+        self._groups: dict[tuple[ModelKey, str], GroupState] = {}
         self._thresholds: ThresholdTable | None = None
         self._secrets: dict[str, str] = {}
 
-    async def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Keep records for the label join."""
-        for record in records:
-            self._records.put(record)
+    async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
+        """Keep records for the label join; how many ids were already in use."""
+        return sum(not self._records.put(record) for record in records)
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
         """Attach a label to a record; a second label is a duplicate."""
@@ -98,35 +100,32 @@ class MemoryState:
         """join_label for many, in order."""
         return [await self.join_label(*item) for item in items]
 
-    def _group(self, region: str, group: str) -> GroupState:
-        return self._groups.setdefault((region, group), GroupState())
+    def _group(self, key: ModelKey, group: str) -> GroupState:
+        return self._groups.setdefault((key, group), GroupState())
 
-    async def add_counts(self, region: str, group: str, deltas: Mapping[str, int]) -> None:
-        """Add to a (region, group)'s counters."""
-        counts = self._group(region, group).counts
+    async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
+        """Add to a model version's group's counters."""
+        counts = self._group(key, group).counts
         for name, delta in deltas.items():
             setattr(counts, name, getattr(counts, name) + delta)
 
-    async def add_histogram(
-        self, region: str, group: str, label: int, bins: Mapping[int, int]
-    ) -> None:
+    async def add_histogram(self, key: ModelKey, group: str, bins: Mapping[str, int]) -> None:
         """Add counts to histogram bins."""
-        stored = self._group(region, group).bins
-        for index, delta in bins.items():
-            key = bin_field(label, index)
-            stored[key] = stored.get(key, 0) + delta
+        stored = self._group(key, group).bins
+        for name, delta in bins.items():
+            stored[name] = stored.get(name, 0) + delta
 
-    async def counts(self, region: str) -> dict[str, GroupState]:
-        """Copies of every group's counters and bins of a region."""
+    async def counts(self, key: ModelKey) -> dict[str, GroupState]:
+        """Copies of every group's counters and bins of a model version."""
         return {
             group: GroupState(GroupCounts(**state.counts.to_dict()), dict(state.bins))
-            for (name, group), state in self._groups.items()
-            if name == region
+            for (owner, group), state in self._groups.items()
+            if owner == key
         }
 
-    async def regions(self) -> list[str]:
-        """Regions that have counters."""
-        return sorted({region for region, _ in self._groups})
+    async def keys(self) -> list[ModelKey]:
+        """Model versions that have counters."""
+        return sorted({owner for owner, _ in self._groups})
 
     async def save_thresholds(self, table: ThresholdTable) -> None:
         """Keep the learned table (for as long as this process lives)."""

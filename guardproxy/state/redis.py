@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from guardproxy.masking import mask_url
-from guardproxy.policy.thresholds import ThresholdTable
+from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
     GroupState,
@@ -19,8 +19,9 @@ from guardproxy.state.base import (
     Outcome,
     PredictionRecord,
     StateError,
-    bin_field,
-    hash_fields,
+    key_of_text,
+    key_text,
+    record_key,
     table_from_json,
     table_to_json,
 )
@@ -38,6 +39,14 @@ redis.call('HSET', KEYS[1], 'observed_at', ARGV[2])
 local fields = redis.call('HGETALL', KEYS[1])
 table.insert(fields, 1, 1)
 return fields
+"""
+
+# The first prediction under an id is kept: a reused id never overwrites it.
+RECORD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -64,6 +73,7 @@ class RedisState:
             retry=Retry(NoBackoff(), 0),
         )
         self._join = self._redis.register_script(JOIN_SCRIPT)
+        self._record = self._redis.register_script(RECORD_SCRIPT)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -74,16 +84,17 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateError(f"redis {mask_url(self.url)}: {mask_url(str(exc))}") from exc
 
-    async def record_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Write records as hashes with EXPIRE, in one pipeline."""
+    async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
+        """Write records as expiring hashes in one pipeline; how many ids were already in use."""
         if not records:
-            return
+            return 0
         pipe = self._redis.pipeline(transaction=False)
         for record in records:
-            key = self._key("pred", record.request_id)
-            pipe.hset(key, mapping=dict[Any, Any](record.to_fields()))
-            pipe.expire(key, self.ttl)
-        await self._call(pipe.execute())
+            fields = [v for pair in record.to_fields().items() for v in pair]
+            keys = [self._key("pred", record_key(record.request_id))]
+            await self._record(keys=keys, args=[self.ttl, *fields], client=pipe)
+        replies = await self._call(pipe.execute())
+        return sum(1 for reply in replies if int(reply) == 0)
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
         """Attach a label atomically (Lua): unknown, duplicate, or joined with its record."""
@@ -95,44 +106,43 @@ class RedisState:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for request_id, label, observed_at in items:
-            keys = [self._key("pred", request_id)]
+            keys = [self._key("pred", record_key(request_id))]
             await self._join(keys=keys, args=[label, repr(observed_at)], client=pipe)
         replies = await self._call(pipe.execute())
         return [_joined(reply) for reply in replies]
 
-    async def add_counts(self, region: str, group: str, deltas: Mapping[str, int]) -> None:
-        """HINCRBY the (region, group) counters, so every replica sees the fleet's totals."""
-        await self._increment("counts", region, group, {k: v for k, v in deltas.items() if v})
+    async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
+        """HINCRBY a model version's group counters, so every replica sees the fleet's totals."""
+        await self._increment("counts", key, group, {k: v for k, v in deltas.items() if v})
 
-    async def add_histogram(
-        self, region: str, group: str, label: int, bins: Mapping[int, int]
-    ) -> None:
+    async def add_histogram(self, key: ModelKey, group: str, bins: Mapping[str, int]) -> None:
         """HINCRBY histogram bins."""
-        fields = {bin_field(label, i): n for i, n in bins.items() if n}
-        await self._increment("hist", region, group, fields)
+        await self._increment("hist", key, group, {k: n for k, n in bins.items() if n})
 
-    async def _increment(self, kind: str, region: str, group: str, fields: dict[str, int]) -> None:
+    async def _increment(
+        self, kind: str, owner: ModelKey, group: str, fields: dict[str, int]
+    ) -> None:
         if not fields:
             return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(self._key("regions"), region)
-        key = self._key(kind, region)
+        pipe.sadd(self._key("models"), key_text(owner))
+        key = self._key(kind, key_text(owner))
         for name, delta in fields.items():
             pipe.hincrby(key, f"{group}{SEP}{name}", delta)
         await self._call(pipe.execute())
 
-    async def counts(self, region: str) -> dict[str, GroupState]:
-        """Every group's counters and bins of a region, read in one round trip."""
+    async def counts(self, key: ModelKey) -> dict[str, GroupState]:
+        """Every group's counters and bins of a model version, read in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(self._key("counts", region))
-        pipe.hgetall(self._key("hist", region))
+        pipe.hgetall(self._key("counts", key_text(key)))
+        pipe.hgetall(self._key("hist", key_text(key)))
         counts, hist = await self._call(pipe.execute())
         return _group_states(counts, hist)
 
-    async def regions(self) -> list[str]:
-        """Regions that have counters anywhere in the fleet."""
-        members = await self._call(self._redis.smembers(self._key("regions")))
-        return sorted(m if isinstance(m, str) else m.decode() for m in members)
+    async def keys(self) -> list[ModelKey]:
+        """Model versions that have counters anywhere in the fleet."""
+        members = await self._call(self._redis.smembers(self._key("models")))
+        return sorted(key_of_text(str(m)) for m in members)
 
     async def save_thresholds(self, table: ThresholdTable) -> None:
         """Store the learned table (no expiry)."""
@@ -183,7 +193,7 @@ def _group_states(counts: Mapping[str, str], hist: Mapping[str, str]) -> dict[st
     for field, value in counts.items():
         group, _, name = field.rpartition(SEP)
         raw.setdefault(group, {})[name] = int(value)
-    states = {g: GroupState(GroupCounts.from_dict(hash_fields(v))) for g, v in raw.items()}
+    states = {g: GroupState(GroupCounts.from_dict(v)) for g, v in raw.items()}
     for field, value in hist.items():
         group, _, name = field.rpartition(SEP)
         states.setdefault(group, GroupState()).bins[name] = int(value)

@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from guardproxy.breaker.state import Transition
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.policy.table import PolicyTable
-from guardproxy.policy.thresholds import Snapshot, ThresholdTable
+from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdTable
 from guardproxy.state.base import PredictionRecord
+from guardproxy.state.counts import cell
 from guardproxy.telemetry.config import TelemetryConfig, build_resource
 from guardproxy.telemetry.decisions import DecisionObserver, GroupLabels, GroupMode
 from guardproxy.telemetry.export import (
@@ -58,7 +59,7 @@ class Telemetry:
         self.points: CountingMetricExporter | None = None
         self.periodic: PeriodicExportingMetricReader | None = None
         self.instruments = Instruments()
-        self.instruments.label = self._region_label
+        self.instruments.label = self._group_label
         scope = InstrumentationScope(SCOPE)
         self.histograms = HistogramMetrics(self.instruments.histograms, scope)
         resource = build_resource(config)
@@ -71,7 +72,7 @@ class Telemetry:
         self.requests = RequestTracer(
             tracer, self.instruments, upstream, self._sampler_reads_attributes()
         )
-        self.observe = DecisionObserver(self.instruments, self.labels, self._thresholds_version)
+        self.observe = DecisionObserver(self.instruments, self.labels)
 
     def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
@@ -107,32 +108,35 @@ class Telemetry:
         """The data port's handler wrapped in a SERVER span and HTTP metrics."""
         return handler if self.config.disabled else self.requests.traced(handler)
 
-    def _thresholds_version(self) -> str:
-        return self.thresholds.current.version if self.thresholds else "static"
-
-    def _mode(self, region: str) -> GroupMode:
+    def _mode(self, region: str, model: str) -> GroupMode:
         if self.policies is None:
             return "label"
-        return self.policies.current.resolve(region)[0].policy.groups.telemetry
+        entry = self.policies.current.regions.get(region)
+        found = entry.model(model) if entry is not None else None
+        return found.spec.groups.telemetry if found is not None else "none"
 
-    def _region_label(self, region: str, group: str) -> str:
-        return self.labels(group, self._mode(region))
+    def _group_label(self, region: str, model: str, group: str) -> str:
+        return self.labels(group, self._mode(region, model))
 
-    def count_feedback(self, region: str, group: str, cell: str) -> None:
+    def count_feedback(self, region: str, model: str, group: str, cell: str) -> None:
         """One joined label: cell is tp, fp, tn or fn."""
         if cell not in ("tp", "fp", "tn", "fn"):
             raise ValueError(f"feedback cell must be tp, fp, tn or fn, not {cell!r}")
-        self.instruments.feedback.add_key((region, self._region_label(region, group), cell))
+        label = self._group_label(region, model, group)
+        self.instruments.feedback.add_key((region, model, label, cell))
 
     def count_joined(self, joined: Iterable[tuple[PredictionRecord, int]]) -> None:
         """Joined labels as the fairness engine hands them over: (record, label) pairs."""
         for record, label in joined:
-            self.count_feedback(record.region, record.group, _cell(record.decision, label))
+            self.count_feedback(
+                record.region, record.model, record.group, cell(record.decision, label)
+            )
 
     def breaker_transition(self, transition: Transition) -> None:
         """Breaker listener: count the transition, keep the state gauge, mark the current span."""
-        self.instruments.breaker[transition.region] = transition.new
-        self.instruments.transitions.add_key((transition.region, transition.new))
+        key = (transition.region, transition.model)
+        self.instruments.breaker[key] = transition.new
+        self.instruments.transitions.add_key((*key, transition.new))
         state = CURRENT.get()
         if state is not None and state.span is not None and state.span.is_recording():
             event = {
@@ -141,9 +145,9 @@ class Telemetry:
             }
             state.span.add_event("guardproxy.breaker.transition", event)
 
-    def breaker_state(self, region: str, state: str) -> None:
-        """The breaker's current state (for regions that have not transitioned yet)."""
-        self.instruments.breaker[region] = state
+    def breaker_state(self, region: str, model: str, state: str) -> None:
+        """A breaker's current state (for breakers that have not transitioned yet)."""
+        self.instruments.breaker[(region, model)] = state
 
     def policy_reload(self, result: str) -> None:
         """One policy reload: result is applied, unchanged or failed."""
@@ -155,9 +159,9 @@ class Telemetry:
         """Where the reload counter reads totals someone else keeps: {result: count}."""
         self.instruments.reload_source = read
 
-    def record_drift(self, region: str, signal: str, test: str, value: float) -> None:
-        """The latest drift statistic of a window (psi, ks, js...) for a signal."""
-        self.instruments.drift[(region, signal, test)] = float(value)
+    def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
+        """The latest drift statistic of a model's window (psi, ks, js...) for a signal."""
+        self.instruments.drift[(key[0], key[1], signal, test)] = float(value)
 
     def watch_fairness(self, source: FairnessSource) -> None:
         """Where the fairness gauges read their latest values (FairnessEngine.gauges' shape)."""
@@ -216,10 +220,3 @@ class Telemetry:
             self.spans.shutdown(timeout)
         if self.meter_provider is not None:
             self.meter_provider.shutdown(timeout_millis=timeout * 1000)
-
-
-def _cell(decision: int, label: int) -> str:
-    """The confusion cell of a decision against its label."""
-    if decision:
-        return "tp" if label else "fp"
-    return "fn" if label else "tn"

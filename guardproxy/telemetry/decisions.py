@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 from opentelemetry.trace import Span
 
-from guardproxy.guards.exchange import Exchange
 from guardproxy.guards.groups import telemetry_group
-from guardproxy.policy.table import CompiledPolicy, RouteMatcher
+from guardproxy.hotpath.observation import Observation
+from guardproxy.policy.routes import RouteMatcher
 from guardproxy.telemetry.instruments import Instruments
 from guardproxy.telemetry.tracing import CURRENT
 
@@ -43,84 +42,81 @@ class DecisionObserver:
         self,
         instruments: Instruments,
         labels: GroupLabels,
-        thresholds_version: Callable[[], str],
     ) -> None:
         self.instruments = instruments
         self.labels = labels
-        self.thresholds_version = thresholds_version
-        self._routes: dict[str, tuple[tuple[RouteMatcher, str], ...]] = {}
+        self._routes: dict[int, tuple[object, tuple[tuple[RouteMatcher, str], ...]]] = {}
 
-    def __call__(self, ex: Exchange, policy: CompiledPolicy) -> None:
+    def __call__(self, ob: Observation) -> None:
         """Observe one finished guarded exchange."""
-        mode: GroupMode = policy.policy.groups.telemetry
-        self._count(ex, policy.region, mode)
+        mode: GroupMode = ob.model.spec.groups.telemetry
+        self._count(ob, mode)
         state = CURRENT.get()
         if state is None:
             return
-        state.route = self.route(policy, ex.path)
-        state.upstream_seconds = max(state.upstream_seconds, ex.upstream_seconds)
+        state.route = self.route(ob)
+        state.upstream_seconds = max(state.upstream_seconds, ob.upstream_seconds)
         span = state.span
         if span is not None and span.is_recording():
-            self._annotate(span, ex, policy, mode, state.route)
+            self._annotate(span, ob, mode, state.route)
 
-    def _count(self, ex: Exchange, region: str, mode: GroupMode) -> None:
+    def _count(self, ob: Observation, mode: GroupMode) -> None:
         add = self.instruments.decisions.add_key
-        if ex.reply is not None or not ex.verdicts:
-            outcome = "blocked" if ex.reply is not None else "unscored"
-            group = self.labels(ex.groups[0], mode) if ex.groups else ALL_GROUPS
-            add((region, group, outcome), max(1, len(ex.verdicts)))
+        region, model = ob.model.region, ob.model.name
+        if ob.outcome != "decided":
+            add((region, model, ALL_GROUPS, ob.outcome), max(1, len(ob.verdicts)))
             return
-        for verdict in ex.verdicts:
+        for verdict in ob.verdicts:
             outcome = "positive" if verdict.decision else "negative"
-            add((region, self.labels(verdict.group, mode), outcome))
+            add((region, model, self.labels(verdict.group, mode), outcome))
 
-    def route(self, policy: CompiledPolicy, path: str) -> str:
-        """The guarded route pattern the path matched (never the raw path)."""
-        routes = self._routes.get(policy.version)
-        if routes is None:
+    def route(self, ob: Observation) -> str:
+        """The route pattern the path matched (never the raw path)."""
+        spec = ob.model.spec
+        cached = self._routes.get(id(spec))
+        if cached is None or cached[0] is not spec:
             if len(self._routes) >= MAX_POLICY_VERSIONS:
                 self._routes.clear()
-            patterns = policy.routes.patterns
-            routes = tuple((RouteMatcher([p]), p) for p in patterns)
-            self._routes[policy.version] = routes
+            cached = self._routes[id(spec)] = (
+                spec,
+                tuple((RouteMatcher([p]), p) for p in spec.routes),
+            )
+        routes = cached[1]
         if len(routes) == 1:
             return routes[0][1]
-        return next((p for matcher, p in routes if matcher.matches(path)), "")
+        return next((p for matcher, p in routes if matcher.matches(ob.path)), "")
 
-    def _annotate(
-        self, span: Span, ex: Exchange, policy: CompiledPolicy, mode: GroupMode, route: str
-    ) -> None:
+    def _annotate(self, span: Span, ob: Observation, mode: GroupMode, route: str) -> None:
         if route:
-            span.update_name(f"{ex.method} {route}")
+            span.update_name(f"{ob.method} {route}")
             span.set_attribute("http.route", route)
-        span.set_attributes(self._attributes(ex, policy, mode))
-        for flag in ex.flags:
+        span.set_attributes(self._attributes(ob, mode))
+        for flag in ob.flags:
             action, _, label = flag.partition(":")
             span.add_event(
                 "guardproxy.label", {"guardproxy.action": action, "guardproxy.label": label}
             )
 
-    def _attributes(self, ex: Exchange, policy: CompiledPolicy, mode: GroupMode) -> dict[str, Any]:
+    def _attributes(self, ob: Observation, mode: GroupMode) -> dict[str, Any]:
         attributes: dict[str, Any] = {
-            "guardproxy.region": policy.region,
-            "guardproxy.policy.version": policy.version,
-            "guardproxy.thresholds.version": self.thresholds_version(),
-            "guardproxy.sampled": ex.sampled,
+            "guardproxy.region": ob.model.region,
+            "guardproxy.model": ob.model.name,
+            "guardproxy.model.version": ob.version,
+            "guardproxy.policy.version": ob.model.policy_version,
+            "guardproxy.thresholds.version": ob.threshold_version,
+            "guardproxy.outcome": ob.outcome,
+            "guardproxy.sampled": ob.sampled,
         }
-        group = ex.verdicts[0].group if ex.verdicts else (ex.groups[0] if ex.groups else "")
-        if group and mode != "none":
-            attributes["guardproxy.group"] = self.labels(group, mode)
-        if ex.verdicts:
-            first = ex.verdicts[0]
+        if ob.verdicts:
+            first = ob.verdicts[0]
+            if mode != "none":
+                attributes["guardproxy.group"] = self.labels(first.group, mode)
             attributes["guardproxy.score"] = first.score
             attributes["guardproxy.threshold"] = first.threshold
             attributes["guardproxy.decision"] = first.decision
-            attributes["guardproxy.rows"] = len(ex.verdicts)
-        breaker = ex.annotations.get("X-Guard-Breaker")
-        if breaker:
-            attributes["guardproxy.breaker.state"] = breaker
-        if ex.reply is not None:
-            attributes["guardproxy.blocked"] = True
-        if ex.errors:
-            attributes["guardproxy.guard_errors"] = len(ex.errors)
+            attributes["guardproxy.rows"] = len(ob.verdicts)
+        if ob.breaker:
+            attributes["guardproxy.breaker.state"] = ob.breaker
+        if ob.errors:
+            attributes["guardproxy.guard_errors"] = ob.errors
         return attributes

@@ -10,13 +10,13 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
 
-# Fairness values per region as FairnessEngine.gauges() publishes them:
-# {region: {"groups": {group: {"selection_rate": x, ...}}, "disparities": {"demographic_...": y}}}
-# (region values directly beside "groups", without "disparities", are read as well).
-FairnessSource = Callable[[], Mapping[str, Mapping[str, Any]]]
+# Fairness values per model version as FairnessEngine.gauges() publishes them:
+# {(region, model, version): {"groups": {group: {"selection_rate": x, ...}},
+#                             "disparities": {"demographic_...": y}}}
+FairnessSource = Callable[[], Mapping[tuple[str, str, str], Mapping[str, Any]]]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 GROUP_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
-REGION_VALUES = (
+MODEL_VALUES = (
     "demographic_parity_difference",
     "demographic_parity_ratio",
     "equal_opportunity_difference",
@@ -49,17 +49,17 @@ class Instruments:
 
     def __init__(self) -> None:
         self.fairness: FairnessSource = dict
-        self.label: Callable[[str, str], str] = lambda region, group: group
-        self.drift: dict[tuple[str, str, str], float] = {}
-        self.breaker: dict[str, str] = {}
+        self.label: Callable[[str, str, str], str] = lambda region, model, group: group
+        self.drift: dict[tuple[str, str, str, str], float] = {}  # region, model, signal, test
+        self.breaker: dict[tuple[str, str], str] = {}  # (region, model) -> state
         self.totals: dict[str, Callable[[], int]] = {}
         self.reload_source: Callable[[], Mapping[str, int]] = dict
         self.server = Histograms(SERVER_KEYS, HTTP_BUCKETS)
         self.client = Histograms(CLIENT_KEYS, HTTP_BUCKETS)
         self.overhead = Histograms(SERVER_KEYS, OVERHEAD_BUCKETS)
-        self.decisions = Counters(("region", "group", "outcome"))
-        self.feedback = Counters(("region", "group", "cell"))
-        self.transitions = Counters(("region", "to"))
+        self.decisions = Counters(("region", "model", "group", "outcome"))
+        self.feedback = Counters(("region", "model", "group", "cell"))
+        self.transitions = Counters(("region", "model", "to"))
         self.reloads = Counters(("result",))
         self.histograms = (
             HistogramSpec("http.server.request.duration", "s",
@@ -83,8 +83,8 @@ class Instruments:
         meter.create_observable_counter("guardproxy.policy.reloads", [self._reloads], "1")
         for name in GROUP_RATES:
             meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._rate(name)], "1")
-        for name in REGION_VALUES:
-            meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._region(name)], "1")
+        for name in MODEL_VALUES:
+            meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._model(name)], "1")
         meter.create_observable_gauge("guardproxy.drift", [self._drift], "1")
         meter.create_observable_gauge("guardproxy.breaker.state", [self._breaker], "1")
         for name in TOTALS:
@@ -99,31 +99,33 @@ class Instruments:
 
     def _rate(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for region, values in self.fairness().items():
+            for (region, model, _), values in self.fairness().items():
                 for group, rates in (values.get("groups") or {}).items():
                     value = rates.get(name)
                     if value is not None:
-                        label = self.label(region, group)
-                        yield Observation(float(value), {"region": region, "group": label})
+                        label = self.label(region, model, group)
+                        attributes = {"region": region, "model": model, "group": label}
+                        yield Observation(float(value), attributes)
 
         return observe
 
-    def _region(self, name: str) -> Callback:
+    def _model(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for region, values in self.fairness().items():
-                value = (values.get("disparities") or values).get(name)
+            for (region, model, _), values in self.fairness().items():
+                value = (values.get("disparities") or {}).get(name)
                 if value is not None:
-                    yield Observation(float(value), {"region": region})
+                    yield Observation(float(value), {"region": region, "model": model})
 
         return observe
 
     def _drift(self, options: CallbackOptions) -> Iterable[Observation]:
-        for (region, signal, test), value in list(self.drift.items()):
-            yield Observation(value, {"region": region, "signal": signal, "test": test})
+        for (region, model, signal, test), value in list(self.drift.items()):
+            attributes = {"region": region, "model": model, "signal": signal, "test": test}
+            yield Observation(value, attributes)
 
     def _breaker(self, options: CallbackOptions) -> Iterable[Observation]:
-        for region, state in list(self.breaker.items()):
-            yield Observation(BREAKER_STATES.get(state, 0), {"region": region})
+        for (region, model), state in list(self.breaker.items()):
+            yield Observation(BREAKER_STATES.get(state, 0), {"region": region, "model": model})
 
     def _total(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

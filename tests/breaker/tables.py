@@ -5,20 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from guardproxy.policy.models import Policy
-from guardproxy.policy.table import PolicyTable, compile_policy
+from guardproxy.policy.table import CompiledModel, PolicyTable, compile_policy
 
-FRAUD, CREDIT = "/v2/models/fraud/infer", "/v2/models/credit/infer"
+MODELS = ("fraud", "credit")
 
 
-def table(routes: tuple[str, ...] = ("/v2/models/*/infer",), **regions: Any) -> PolicyTable:
+def table(models: tuple[str, ...] = MODELS, **regions: Any) -> PolicyTable:
     """A table with a default region plus the given ones (name -> breaker section)."""
     entries = {"default": {}, **regions}
     compiled = {
         name: compile_policy(
             Policy.model_validate(
-                {"region": name, "breaker": breaker, "model": {"routes": list(routes)}}
+                {"region": name, "breaker": breaker, "models": [{"name": m} for m in models]}
             )
         )
         for name, breaker in entries.items()
     }
     return PolicyTable(compiled, "default")
+
+
+def model(table: PolicyTable, region: str, name: str) -> CompiledModel:
+    """A compiled model of the table."""
+    found = table.regions[region].model(name)
+    assert found is not None
+    return found

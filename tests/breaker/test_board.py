@@ -1,4 +1,4 @@
-"""BreakerBoard: breakers per region and path, rebuilt on swap, operator force, ticker, pools."""
+"""BreakerBoard: one breaker per (region, model), rebuilt on swap, operator force, ticker."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from guardproxy.breaker.board import SHARED, BreakerBoard, describe
+from guardproxy.breaker.board import BreakerBoard, describe
 from guardproxy.breaker.state import Admission, Transition
 from guardproxy.hotpath.admission import settle
 from guardproxy.policy.thresholds import Snapshot
-from tests.breaker.tables import CREDIT, FRAUD, table
+from tests.breaker.tables import model, table
 
 RULE = {"when": "upstream.error_rate", "above": 0.5, "windows": 1}
 
@@ -30,25 +30,27 @@ class Recorder:
 
     def __init__(self) -> None:
         self.transitions: list[Transition] = []
-        self.states: list[tuple[str, str]] = []
+        self.states: list[tuple[str, str, str]] = []
 
     def breaker_transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
 
-    def breaker_state(self, region: str, state: str) -> None:
-        self.states.append((region, state))
+    def breaker_state(self, region: str, model: str, state: str) -> None:
+        self.states.append((region, model, state))
 
 
-def test_one_breaker_per_region_and_state_kept_when_spec_unchanged() -> None:
+def test_one_breaker_per_model_and_state_kept_when_spec_unchanged() -> None:
     snapshot = Snapshot(table(sg={"trip": [RULE]}, us={"trip": [RULE]}))
     board = BreakerBoard(snapshot)
-    sg, us = board.breaker("sg"), board.breaker("us")
+    sg, us = board.breaker("sg", "fraud"), board.breaker("us", "fraud")
     assert sg is not None and us is not None and sg is not us
+    assert board.breaker("sg", "credit") not in (None, sg)
     sg.force("forced_open", "maintenance")
     snapshot.publish(table(sg={"trip": [RULE]}, us={"trip": [RULE], "cooldown": 5}))
     board.tick()
-    assert board.breaker("sg") is sg and sg.state_name == "forced_open"
-    assert board.breaker("us") is not us and board.breaker("us").spec.cooldown == 5  # type: ignore[union-attr]
+    assert board.breaker("sg", "fraud") is sg and sg.state_name == "forced_open"
+    renewed = board.breaker("us", "fraud")
+    assert renewed is not None and renewed is not us and renewed.spec.cooldown == 5
 
 
 def test_upstream_errors_trip_on_tick_and_every_transition_is_logged_counted_reported(
@@ -57,30 +59,33 @@ def test_upstream_errors_trip_on_tick_and_every_transition_is_logged_counted_rep
     clock, recorder = Clock(), Recorder()
     spec = {"trip": [RULE], "window": 2, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), telemetry=recorder, clock=clock)
-    breaker = board.breaker("sg")
-    assert breaker is not None and ("sg", "closed") in recorder.states
+    breaker = board.breaker("sg", "fraud")
+    assert breaker is not None and ("sg", "fraud", "closed") in recorder.states
     for status in (500, 502, None, 200):
         settle(breaker, status, 0.01, probe=False)
     clock.now += 2.5
     with caplog.at_level(logging.WARNING, "guardproxy.breaker"):
         board.tick()
     assert breaker.state_name == "open"
-    assert board.transitions == {"sg:open": 1}
-    assert recorder.transitions[0].new == "open"
+    assert board.transitions == {"sg/fraud:open": 1}
+    assert recorder.transitions[0].new == "open" and recorder.transitions[0].model == "fraud"
     line = caplog.records[-1].getMessage()
-    assert "sg: closed -> open" in line and "upstream.error_rate=0.75" in line
-    status = board.status()["regions"]["sg"]
-    assert status["state"] == "open" and status["routes"][SHARED]["state"] == "open"
-    assert status["routes"][SHARED]["last_window"]["upstream.error_rate"] == 0.75
+    assert "sg/fraud: closed -> open" in line and "upstream.error_rate=0.75" in line
+    status = board.status()["models"]
+    assert status["sg/fraud"]["state"] == "open" and status["sg/credit"]["state"] == "closed"
+    assert status["sg/fraud"]["last_window"]["upstream.error_rate"] == 0.75
 
 
-def test_force_rejects_unknown_region_and_bad_state() -> None:
+def test_force_rejects_unknown_region_model_and_bad_state() -> None:
     board = BreakerBoard(Snapshot(table(sg={})))
     with pytest.raises(KeyError):
         board.force("nowhere", "closed", "")
+    with pytest.raises(KeyError, match="no model 'other'"):
+        board.force("sg", "closed", "", model="other")
     with pytest.raises(ValueError, match="forced_open, closed or disabled"):
         board.force("sg", "half_open", "")
-    assert board.force("sg", "disabled", "load test")["reason"] == "operator: load test"
+    result = board.force("sg", "disabled", "load test")
+    assert result["sg/fraud"]["reason"] == "operator: load test" and len(result) == 2
 
 
 def test_a_failing_ticker_is_counted_and_the_others_still_run() -> None:
@@ -95,7 +100,7 @@ def test_probe_outcome_goes_to_the_half_open_state() -> None:
     clock = Clock()
     spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), clock=clock)
-    breaker = board.breaker("sg")
+    breaker = board.breaker("sg", "fraud")
     assert breaker is not None
     settle(breaker, None, 0.1, probe=False)
     clock.now += 1
@@ -111,106 +116,55 @@ def test_probe_outcome_goes_to_the_half_open_state() -> None:
     assert breaker.state_name == "open" and breaker.reason == "probe failed"
 
 
-def test_describe_names_reason_and_numbers() -> None:
-    event = Transition("eu", "closed", "open", "tripped: x", {"drift.age.psi": 0.41234}, 0.0)
+def test_describe_names_model_reason_and_numbers() -> None:
+    event = Transition(
+        "eu", "credit", "closed", "open", "tripped: x", {"drift.age.psi": 0.41234}, 0.0
+    )
     assert describe(event) == (
-        "breaker eu: closed -> open (tripped: x); last window: drift.age.psi=0.4123"
+        "breaker eu/credit: closed -> open (tripped: x); last window: drift.age.psi=0.4123"
     )
 
 
-def trip(board: BreakerBoard, clock: Clock, path: str, region: str = "sg") -> None:
-    """Two failed calls on one path's breaker, then a closed upstream window."""
-    breaker = board.get(board.policies.current.regions[region], path)
-    settle(breaker, 500, 0.01, probe=False)
-    settle(breaker, None, 0.01, probe=False)
+def test_each_model_has_its_own_breaker_and_upstream_failures_stay_there() -> None:
+    clock = Clock()
+    snapshot = Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1}))
+    board = BreakerBoard(snapshot, clock=clock)
+    fraud = board.get(model(snapshot.current, "sg", "fraud"))
+    credit = board.get(model(snapshot.current, "sg", "credit"))
+    settle(credit, 200, 0.01, probe=False)
+    settle(fraud, 500, 0.01, probe=False)
+    settle(fraud, None, 0.01, probe=False)
     clock.now += 1
     board.tick()
-
-
-def test_each_guarded_path_has_its_own_breaker_and_upstream_failures_stay_there() -> None:
-    clock, recorder = Clock(), Recorder()
-    board = BreakerBoard(
-        Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1})),
-        telemetry=recorder,
-        clock=clock,
-    )
-    entry = board.policies.current.regions["sg"]
-    credit = board.get(entry, CREDIT)
-    settle(credit, 200, 0.01, probe=False)
-    trip(board, clock, FRAUD)
-    fraud = board.breaker("sg", FRAUD)
-    assert fraud is not None and fraud is board.get(entry, FRAUD) and fraud is not credit
     assert fraud.state_name == "open" and credit.state_name == "closed"
-    assert board.breaker("sg", SHARED).state_name == "closed"  # type: ignore[union-attr]
-    assert recorder.states[-1] == ("sg", "open")  # the gauge shows the worst route
-    assert board.breakers_of("sg") == [board.breaker("sg"), credit, fraud]
-    status = board.status()["regions"]["sg"]
-    assert status["state"] == "open" and "upstream.error_rate" in status["reason"]
-    assert list(status["routes"]) == [SHARED, CREDIT, FRAUD]
-    assert status["routes"][FRAUD]["route"] == FRAUD
-    assert status["routes"][CREDIT]["state"] == "closed"
+    assert "upstream.error_rate" in board.status()["models"]["sg/fraud"]["reason"]
 
 
-def test_paths_beyond_the_cap_share_the_region_wide_breaker_and_are_counted() -> None:
-    clock = Clock()
-    board = BreakerBoard(
-        Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1})), clock=clock, route_cap=2
-    )
-    entry = board.policies.current.regions["sg"]
-    first, second = board.get(entry, FRAUD), board.get(entry, CREDIT)
-    shared = board.breaker("sg")
-    assert shared is not None and shared not in (first, second)
-    assert board.get(entry, "/v2/models/a/infer") is shared
-    assert board.get(entry, "/v2/models/b/infer") is shared
-    assert board.get(entry, FRAUD) is first
-    trip(board, clock, "/v2/models/c/infer")
-    assert shared.state_name == "open" and first.state_name == second.state_name == "closed"
-    status = board.status()["regions"]["sg"]
-    assert status["overflow"] == 3 and status["cap"] == 2 and len(status["routes"]) == 3
-    with pytest.raises(ValueError, match="cap 2 reached"):
-        board.force("sg", "forced_open", "", route="/v2/models/a/infer")
-
-
-def test_region_force_reaches_every_breaker_and_paths_yet_to_come() -> None:
-    board = BreakerBoard(Snapshot(table(sg={})))
-    entry = board.policies.current.regions["sg"]
-    fraud = board.get(entry, FRAUD)
-    forced = board.force("sg", "forced_open", "maintenance")
-    assert forced["state"] == "forced_open" and set(forced["routes"]) == {SHARED, FRAUD}
-    assert board.get(entry, CREDIT).state_name == "forced_open"  # born forced
-    board.force("sg", "closed", "done")
-    later = board.get(entry, "/v2/models/later/infer")
-    assert {b.state_name for b in board.breakers_of("sg")} == {"closed"} and later is not fraud
-
-
-def test_route_force_touches_one_breaker_and_names_unguarded_routes() -> None:
-    board = BreakerBoard(Snapshot(table(routes=(FRAUD, CREDIT), sg={})))
-    entry = board.policies.current.regions["sg"]
-    credit = board.get(entry, CREDIT)
-    result = board.force("sg", "forced_open", "bad release", route=FRAUD)  # no traffic yet
-    assert result["route"] == FRAUD and result["state"] == "forced_open"
-    assert board.get(entry, FRAUD).state_name == "forced_open"
-    assert credit.state_name == "closed" and board.breaker("sg").state_name == "closed"  # type: ignore[union-attr]
-    assert board.force("sg", "disabled", "", route=SHARED)["route"] == SHARED
-    with pytest.raises(KeyError, match="does not guard '/v2/models/other/infer'"):
-        board.force("sg", "closed", "", route="/v2/models/other/infer")
-
-
-def test_a_swap_with_the_same_spec_keeps_route_breakers_the_new_routes_still_guard() -> None:
-    snapshot = Snapshot(table(sg={"trip": [RULE]}))
+def test_region_force_reaches_every_model_and_models_added_later() -> None:
+    snapshot = Snapshot(table(sg={}))
     board = BreakerBoard(snapshot)
-    entry = snapshot.current.regions["sg"]
-    fraud, credit = board.get(entry, FRAUD), board.get(entry, CREDIT)
-    fraud.force("forced_open", "t")
-    snapshot.publish(table(routes=(FRAUD,), sg={"trip": [RULE]}))
+    forced = board.force("sg", "forced_open", "maintenance")
+    assert set(forced) == {"sg/fraud", "sg/credit"}
+    assert {v["state"] for v in forced.values()} == {"forced_open"}
+    snapshot.publish(table(("fraud", "credit", "churn"), sg={"cooldown": 7}))
     board.tick()
-    assert board.breaker("sg", FRAUD) is fraud and board.breaker("sg", CREDIT) is None
-    assert credit not in board.breakers_of("sg") and fraud.state_name == "forced_open"
-    assert board.breakers_of("nowhere") == [] and board.breaker("nowhere") is None
+    churn = board.breaker("sg", "churn")
+    assert churn is not None and churn.state_name == "forced_open"  # born forced
+    board.force("sg", "closed", "done")
+    assert {b.state_name for b in board.breakers.values()} == {"closed"}
+    assert board.status()["forced"] == {}
 
 
-def test_describe_names_the_route_of_a_route_breaker() -> None:
-    event = Transition("eu", "closed", "open", "probe failed", {}, 0.0)
-    assert describe(event, FRAUD) == (
-        f"breaker eu {FRAUD}: closed -> open (probe failed); last window: none"
-    )
+def test_model_force_touches_one_breaker() -> None:
+    board = BreakerBoard(Snapshot(table(sg={})))
+    result = board.force("sg", "forced_open", "bad release", model="fraud")
+    assert list(result) == ["sg/fraud"] and result["sg/fraud"]["state"] == "forced_open"
+    assert board.breaker("sg", "credit").state_name == "closed"  # type: ignore[union-attr]
+
+
+def test_a_removed_model_loses_its_breaker() -> None:
+    snapshot = Snapshot(table(sg={}))
+    board = BreakerBoard(snapshot)
+    snapshot.publish(table(("credit",), sg={}))
+    board.tick()
+    assert board.breaker("sg", "fraud") is None and board.breaker("sg", "credit") is not None

@@ -7,8 +7,10 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.guards.exchange import Exchange, dumps
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy
 
 
 def exchange(
@@ -25,6 +27,7 @@ def exchange(
     ex = Exchange(
         request_id=request_id,
         region=region,
+        model="adult",
         method="POST",
         path="/v2/models/adult/infer",
         headers=CIMultiDictProxy(CIMultiDict(headers or {})),
@@ -37,9 +40,15 @@ def exchange(
     return ex
 
 
-def policy(**sections: Any) -> Policy:
-    """A policy for region sg with the given sections."""
-    return Policy.model_validate({"region": "sg", **sections})
+def policy(model: dict[str, Any] | None = None, **sections: Any) -> ModelPolicy:
+    """Model "adult" of region sg with the given sections (`model`: protocol, score, routes)."""
+    routes = {"routes": ["/**"]} if (model or {}).get("protocol") == "jsonpath" else {}
+    return ModelPolicy.model_validate({"name": "adult", **routes, **(model or {}), **sections})
+
+
+def chain(spec: ModelPolicy, ctx: GuardContext | None = None, version: str = "v1") -> GuardChain:
+    """The guard chain of a model of region sg."""
+    return build_chain("sg", spec, version, ctx or GuardContext())
 
 
 def v2_request(*sexes: str) -> dict[str, Any]:

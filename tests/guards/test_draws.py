@@ -25,16 +25,12 @@ def v2(*ages: int) -> dict[str, Any]:
 
 
 def chain(rule: ThresholdRule | None = MIX, draws: Draws = KEY, **decision: Any) -> Any:
-    rules = {} if rule is None else {("sg", "female"): rule}
+    rules = {} if rule is None else {("sg", "adult", "", "female"): rule}
     ctx = GuardContext(
         thresholds=Snapshot(ThresholdTable("t1", MappingProxyType(rules))), draws=draws
     )
-    sections = {
-        "groups": HEADER_GROUPS,
-        "model": {"score": {"output": "score"}},
-        "decision": decision,
-    }
-    return build_chain(policy(**sections), ctx, "v1")
+    spec = policy({"score": {"output": "score"}}, groups=HEADER_GROUPS, decision=decision)
+    return build_chain("sg", spec, "v1", ctx)
 
 
 async def decide(

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.groups import telemetry_group
-from tests.guards.exchanges import exchange, policy, v2_request
+from tests.guards.exchanges import chain, exchange, policy, v2_request
 
 GROUPS = {"values": ["female", "male"]}
 
 
 async def groups_of(attribute: dict[str, object], ex_kwargs: dict[str, object]) -> list[str]:
-    chain = build_chain(policy(groups={**GROUPS, "attribute": attribute}), GuardContext(), "v1")
+    guards = chain(policy(groups={**GROUPS, "attribute": attribute}), GuardContext(), "v1")
     ex = exchange(**ex_kwargs)  # type: ignore[arg-type]
-    await chain.on_request(ex)
-    assert chain.errors == {}
+    await guards.on_request(ex)
+    assert guards.errors == {}
     return ex.groups
 
 
@@ -47,12 +47,10 @@ async def test_group_from_jsonpath() -> None:
 
 
 async def test_unreadable_request_counts_and_leaves_groups_empty() -> None:
-    chain = build_chain(
-        policy(groups={**GROUPS, "attribute": {"input": "sex"}}), GuardContext(), "v1"
-    )
+    guards = chain(policy(groups={**GROUPS, "attribute": {"input": "sex"}}), GuardContext(), "v1")
     ex = exchange({"inputs": [{"name": "age", "shape": [1], "data": [3]}]})
-    await chain.on_request(ex)
-    assert chain.errors == {"groups": 1}
+    await guards.on_request(ex)
+    assert guards.errors == {"groups": 1}
     assert ex.groups == [] and ex.reply is None
     assert "no input or column named 'sex'" in ex.errors[0]
 
@@ -67,11 +65,11 @@ def test_telemetry_group_modes() -> None:
 
 @pytest.mark.parametrize("value", [True, 1])
 async def test_non_string_values_compare_as_text(value: object) -> None:
-    chain = build_chain(
+    guards = chain(
         policy(groups={"values": ["true", "1"], "attribute": {"jsonpath": "$.g"}}),
         GuardContext(),
         "v1",
     )
     ex = exchange({"g": value})
-    await chain.on_request(ex)
+    await guards.on_request(ex)
     assert ex.groups == [str(value).lower()]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from guardproxy.guards.base import GuardChain
-from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.exchange import Exchange, loads
-from tests.guards.exchanges import exchange, policy
+from tests.guards.exchanges import chain, exchange, policy
 
 
 def tagger(*rows: list[str]) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def chain_for(labels: dict[str, Any], protocol: str = "kserve_v2") -> GuardChain
     if protocol == "kserve_v2":
         sections["decision"] = {}
         sections["model"]["score"] = {"output": "p"}
-    return build_chain(policy(**sections), GuardContext(), "v1")
+    return chain(policy(**sections), GuardContext(), "v1")
 
 
 async def answer(chain: GuardChain, response: Any) -> Exchange:

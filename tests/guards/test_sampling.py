@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.draws import SAMPLING, Draws
 from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.policy.models import SamplingSpec
 from guardproxy.sampling.sinks import SampleQueue
-from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
+from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
 
 
 class FakeClock:
@@ -106,10 +106,10 @@ async def test_sample_carries_final_answer_and_context() -> None:
         "decision": {"annotate": "body"},
         "sampling": {"rate": 1.0},
     }
-    chain = build_chain(policy(**sections), ctx, "policy-abc")
+    guards = chain(policy(**sections), ctx, "policy-abc")
     ex = exchange(v2_request("male"), v2_answer(0.8), request_id="x-1")
-    await chain.on_request(ex)
-    await chain.on_response(ex)
+    await guards.on_request(ex)
+    await guards.on_response(ex)
     sample = queue.queue.get_nowait()
     assert (sample.request_id, sample.region, sample.policy) == ("x-1", "sg", "policy-abc")
     assert sample.groups == ["male"] and sample.decisions == [1] and sample.thresholds == [0.5]
@@ -125,10 +125,10 @@ async def test_blocked_answer_is_still_sampled_by_the_chain() -> None:
         "labels": {"deny": ["gorilla"], "action": "block"},
         "sampling": {"rate": 0.0},
     }
-    chain = build_chain(policy(**sections), GuardContext(samples=queue), "v1")
+    guards = chain(policy(**sections), GuardContext(samples=queue), "v1")
     answer = {"choices": [{"message": {"role": "assistant", "content": "a gorilla"}}]}
     ex = exchange({"messages": []}, answer)
-    await chain.on_response(ex)
+    await guards.on_response(ex)
     assert ex.reply is not None and ex.sampled
     sample = queue.queue.get_nowait()
     assert sample.status == 422 and sample.flags == ["blocked:gorilla"]

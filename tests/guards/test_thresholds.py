@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from guardproxy.guards.base import GuardChain
-from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.exchange import Exchange, loads
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
-from tests.guards.exchanges import exchange, policy, v2_answer, v2_request
+from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
 
 GROUPS = {"values": ["female", "male"], "attribute": {"input": "sex"}}
 
@@ -22,7 +22,7 @@ def chain_for(decision: dict[str, Any], ctx: GuardContext | None = None) -> Guar
         "model": {"score": {"output": "score"}},
         "decision": {"threshold": 0.5, "per_group": {"female": 0.4}, **decision},
     }
-    return build_chain(policy(**sections), ctx or GuardContext(), "v1")
+    return chain(policy(**sections), ctx or GuardContext(), "v1")
 
 
 async def run(chain: GuardChain, ex: Exchange) -> Exchange:
@@ -65,7 +65,9 @@ async def test_rewrite_mode_replaces_predict() -> None:
 
 
 async def test_learned_rule_wins_over_policy() -> None:
-    table = ThresholdTable("v7", MappingProxyType({("sg", "male"): ThresholdRule(0.3)}))
+    table = ThresholdTable(
+        "v7", MappingProxyType({("sg", "adult", "", "male"): ThresholdRule(0.3)})
+    )
     ctx = GuardContext(thresholds=Snapshot(table))
     ex = await run(chain_for({}, ctx), exchange(v2_request("male"), v2_answer(0.35)))
     assert ex.annotations["X-Guard-Decision"] == "1"
@@ -81,7 +83,9 @@ def applicant(age: int) -> dict[str, Any]:
 
 async def test_randomized_rule_is_deterministic_by_row_whatever_the_request_id() -> None:
     rule = ThresholdRule(low=0.4, high=0.6, p_high=0.5)
-    ctx = GuardContext(thresholds=Snapshot(ThresholdTable("r", {("sg", "male"): rule})))
+    ctx = GuardContext(
+        thresholds=Snapshot(ThresholdTable("r", {("sg", "adult", "", "male"): rule}))
+    )
     chain = chain_for({}, ctx)
     seen: dict[int, set[str]] = {}
     for attempt in range(3):
@@ -116,7 +120,7 @@ async def test_fail_open_passes_answer_untouched(raw: bytes, message: str) -> No
     ex = await run(chain, exchange(v2_request("male"), raw_response=raw))
     assert ex.reply is None and ex.final_response_body() == raw
     assert chain.errors == {"decision": 1} and message in ex.errors[0]
-    assert "X-Guard-Decision" not in ex.annotations
+    assert ex.annotations["X-Guard-Decision"] == "unscored" and ex.unscored
 
 
 @pytest.mark.parametrize(("raw", "message"), BROKEN)

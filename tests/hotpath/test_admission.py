@@ -16,10 +16,10 @@ from tests.breaker.tables import table
 
 def test_mark_annotates_and_flags_for_sampling() -> None:
     board = BreakerBoard(Snapshot(table(sg={})))
-    breaker = board.breaker("sg")
+    breaker = board.breaker("sg", "fraud")
     assert breaker is not None
     breaker.force("forced_open", "t")
-    ex = Exchange("r", "sg", "POST", "/", CIMultiDictProxy(CIMultiDict[str]()), b"", 0.0)
+    ex = Exchange("r", "sg", "fraud", "POST", "/", CIMultiDictProxy(CIMultiDict[str]()), b"", 0.0)
     mark(ex, breaker, Admission.OPEN, fallback=True)
     assert ex.annotations == {"X-Guard-Breaker": "forced_open", "X-Guard-Upstream": "fallback"}
     assert ex.flags == ["breaker:open", "breaker:fallback"]
@@ -33,7 +33,7 @@ async def test_fallback_pools_follow_the_lifecycle_and_policy_swaps() -> None:
         pools = Fallbacks(Timeouts())
         pools.follow(snapshot.current)
         board.table_listeners.append(pools.follow)
-        breaker = board.breaker("sg")
+        breaker = board.breaker("sg", "fraud")
         assert breaker is not None and pools.get(breaker) is None  # not started
         await pools.start()
         pool = pools.get(breaker)

@@ -13,7 +13,7 @@ from yarl import URL
 
 from guardproxy.testing import RecordingModel, RunningProxy, proxy_settings, running_proxy, serving
 
-INFER = "/v2/models/m/infer"
+INFER = "/v2/models/adult/infer"
 
 
 def applicant(age: int = 40, sex: str = "Female", note: str = "") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from tests.integration.attacks import INFER, applicant, guarded, post
 
 POLICY = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 breaker:
   trip: [{when: upstream.error_rate, above: 0.5, windows: 1}]
@@ -29,7 +30,7 @@ def policy(window: str = "0.2s", min_calls: int = 1) -> dict[str, str]:
 
 
 def state(proxy: RunningProxy) -> str:
-    breaker = proxy.runtime.breakers.breaker("default", INFER)
+    breaker = proxy.runtime.breakers.breaker("default", "adult")
     return "none" if breaker is None else breaker.state_name
 
 
@@ -67,7 +68,7 @@ async def test_requests_that_end_before_the_model_free_their_probe_slots(tmp_pat
             code, headers, _ = await post(session, proxy.url + INFER, applicant())
             assert code == 200 and headers["X-Guard-Breaker"] == "half_open"  # a real probe
             await eventually(lambda: state(proxy) == "closed")
-        breaker = proxy.runtime.breakers.breaker("default", INFER)
+        breaker = proxy.runtime.breakers.breaker("default", "adult")
         assert breaker is not None and breaker.probes_released >= 12
 
 
@@ -78,7 +79,7 @@ async def test_fewer_calls_than_min_calls_never_trip_the_error_rate(tmp_path: Pa
         async with aiohttp.ClientSession() as session:
             for _ in range(19):
                 assert (await post(session, proxy.url + INFER, applicant()))[0] == 500
-        breaker = proxy.runtime.breakers.breaker("default", INFER)
+        breaker = proxy.runtime.breakers.breaker("default", "adult")
         assert breaker is not None
         await eventually(lambda: "upstream.consecutive_5xx" in breaker.last_values)
         await asyncio.sleep(0.3)  # more windows close, none with a rate

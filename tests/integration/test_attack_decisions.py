@@ -16,6 +16,7 @@ from tests.state.conftest import REDIS_URL, drop_prefix
 MIX = ThresholdRule(low=0.27, high=0.32, p_high=0.42)  # Hardt's mix for the Female group
 NO_TOP_UP = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 sampling: {rate: 0.5, min_per_group: 0, redact: []}
 """
@@ -23,7 +24,8 @@ sampling: {rate: 0.5, min_per_group: 0, redact: []}
 
 def learned(proxy_runtime: object) -> None:
     """Publish a learned table with the randomized rule, as the calibration would."""
-    table = ThresholdTable("t-mix", MappingProxyType({("default", "Female"): MIX}))
+    # (region, model, version, group): the recording model names no version, nor does the path
+    table = ThresholdTable("t-mix", MappingProxyType({("default", "adult", "", "Female"): MIX}))
     proxy_runtime.thresholds.publish(table)  # type: ignore[attr-defined]
 
 

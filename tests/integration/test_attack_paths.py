@@ -12,13 +12,13 @@ from guardproxy.testing import RecordingModel
 from tests.integration.attacks import applicant, guarded, post
 
 GUARDED_SPELLINGS = [
-    "/v2/models/m/versions/3/infer",  # the versioned OIP path
-    "/v2/models/m/infer/",
-    "//v2/models/m/infer",
-    "/v2/models/m/./infer",
-    "/v2/models/x/../m/infer",
-    "/v2/%6Dodels/m/%69nfer",
-    "/v2/models/m/infer?x=1",
+    "/v2/models/adult/versions/3/infer",  # the versioned OIP path
+    "/v2/models/adult/infer/",
+    "//v2/models/adult/infer",
+    "/v2/models/adult/./infer",
+    "/v2/models/x/../adult/infer",
+    "/v2/%6Dodels/adult/%69nfer",
+    "/v2/models/adult/infer?x=1",
 ]
 
 
@@ -34,7 +34,7 @@ async def test_every_spelling_of_a_guarded_path_is_guarded(path: str, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "path", ["/v2/models/m%2Finfer", "/v2/models%2fm/infer", "/v2/models/m%5Cinfer"]
+    "path", ["/v2/models/adult%2Finfer", "/v2/models%2fadult/infer", "/v2/models/adult%5Cinfer"]
 )
 async def test_encoded_separators_in_a_guarded_path_are_refused(path: str, tmp_path: Path) -> None:
     async with guarded(tmp_path) as (proxy, model), aiohttp.ClientSession() as session:
@@ -46,6 +46,6 @@ async def test_encoded_separators_in_a_guarded_path_are_refused(path: str, tmp_p
 
 async def test_other_paths_still_pass_through_unguarded(tmp_path: Path) -> None:
     async with guarded(tmp_path) as (proxy, _), aiohttp.ClientSession() as session:
-        async with session.get(proxy.url + "/v2/models/m/ready") as response:
+        async with session.get(proxy.url + "/v2/models/adult/ready") as response:
             assert response.status == 404 and "X-Guard-Policy" not in response.headers
         assert proxy.runtime.proxy.counts.guarded == 0

@@ -13,6 +13,7 @@ from tests.integration.attacks import INFER, applicant, guarded, post
 
 SAMPLE_ALL = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 sampling: {rate: 1.0, min_per_group: 0, redact: [email, phone], max_body_bytes: 262144}
 """
@@ -45,7 +46,7 @@ async def test_redacting_100kb_adversarial_bodies_never_pauses_the_loop(tmp_path
                 code, _, _ = await post(session, proxy.url + INFER, body)
                 assert code == 200
             writer = proxy.runtime.sample_writer
-            await eventually(lambda: writer.written >= len(ADVERSARIAL), seconds=60)
+            await eventually(lambda: writer.written >= len(ADVERSARIAL), within=60)
             async with session.get(proxy.admin_url + "/healthz") as response:
                 assert response.status == 200
         stop.set()

@@ -12,6 +12,7 @@ from tests.integration.attacks import INFER, applicant, guarded, post, status
 BUDGET = 16 * 1024
 POLICY = f"""
 region: default
+models: [{{name: adult}}]
 groups: {{attribute: {{input: sex}}, values: [Female, Male]}}
 sampling:
   rate: 1.0

@@ -24,6 +24,7 @@ FALLBACK = "http://svc:fallback-pw-123@127.0.0.1:9/"
 SAMPLE_DIR_SECRET = "samples-secret-dir-789"
 POLICY = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 sampling: {sink: {jsonl: "${SAMPLE_DIR}"}}
 breaker: {open: {action: fallback, upstream: "${FALLBACK_URL}"}}

@@ -15,7 +15,11 @@ REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 REGIONS = {p.name: p.read_text() for p in REPO_POLICIES.glob("*.yaml")}
 HEADER_GROUP = """
 region: default
-groups: {attribute: {header: X-Group}, values: [a, b]}
+models:
+  - {name: adult}
+  - name: tagger
+    routes: [/tag]
+    groups: {attribute: {header: X-Group TRUSTED}, values: [a, b]}
 """
 
 
@@ -31,10 +35,14 @@ async def test_region_header_is_ignored_unless_the_operator_trusts_it(tmp_path: 
 
 
 async def test_a_group_header_the_operator_does_not_trust_is_refused(tmp_path: Path) -> None:
-    directory = write_policies(tmp_path / "policies", {"default.yaml": HEADER_GROUP})
+    untrusted = HEADER_GROUP.replace(" TRUSTED", "")
+    directory = write_policies(tmp_path / "policies", {"default.yaml": untrusted})
     problems = validate_directory(directory)
-    assert len(problems) == 1 and "X-Group' is set by the client" in problems[0].message
+    assert len(problems) == 1 and problems[0].message.startswith("model 'tagger': ")
+    assert "X-Group' is set by the client" in problems[0].message
     assert "trusted: true" in problems[0].message
+    trusted = HEADER_GROUP.replace(" TRUSTED", ", trusted: true")
+    assert validate_directory(write_policies(tmp_path / "trusted", {"default.yaml": trusted})) == []
     with pytest.raises(PolicyError):
         async with running_proxy(proxy_settings("http://127.0.0.1:9", policies=directory)):
             pass

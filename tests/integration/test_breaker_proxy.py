@@ -1,6 +1,6 @@
 """The breaker in the running proxy: upstream health trips it, half-open caps probes under
 concurrency, fallback reroutes while open, and operators force it through the admin port.
-Two models behind one upstream: each guarded path has its own breaker (up to the cap)."""
+Two models behind one upstream: each model has its own breaker."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from aiohttp import web
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy, serving
 
 ROWS = list(adult_rows())[:20]
 INFER = "/v2/models/adult/infer"
 ADMIN = {"Authorization": "Bearer admin-secret"}
 POLICY = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 breaker:
   trip: [{when: upstream.error_rate, above: 0.5, windows: 1}]
@@ -78,18 +79,9 @@ async def infer(session: aiohttp.ClientSession, proxy: RunningProxy) -> tuple[in
         return response.status, response.headers.copy(), await response.json()
 
 
-async def until(check: Callable[[], bool], seconds: float = 3.0) -> None:
-    """Wait until check() holds (the breaker ticker runs in the background)."""
-    for _ in range(int(seconds / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def breaker_state(proxy: RunningProxy, route: str = INFER) -> str:
-    """The state of the default region's breaker of one path."""
-    breaker = proxy.runtime.breakers.breaker("default", route)
+def breaker_state(proxy: RunningProxy, model: str = "adult") -> str:
+    """The state of one model's breaker in the default region."""
+    breaker = proxy.runtime.breakers.breaker("default", model)
     assert breaker is not None
     return breaker.state_name
 
@@ -103,19 +95,19 @@ async def test_500s_trip_error_rate_and_half_open_admits_exactly_the_probe_cap(
             model.failing = True
             with caplog.at_level(logging.INFO, "guardproxy.breaker"):
                 assert {(await infer(session, proxy))[0] for _ in range(4)} == {500}
-                await until(lambda: breaker_state(proxy) == "open")
+                await eventually(lambda: breaker_state(proxy) == "open")
             status, headers, body = await infer(session, proxy)
             assert status == 503 and "upstream.error_rate>0.5x1 (1)" in body["reason"]
             model.failing, model.calls, model.gate = False, 0, asyncio.Event()
             await asyncio.sleep(0.35)  # the cooldown
             pending = [asyncio.ensure_future(infer(session, proxy)) for _ in range(200)]
-            await until(lambda: sum(f.done() for f in pending) == 195)
+            await eventually(lambda: sum(f.done() for f in pending) == 195)
             model.gate.set()
             answers = await asyncio.gather(*pending)
             statuses = [a[0] for a in answers]
             assert model.calls == 5 and statuses.count(200) == 5 and statuses.count(503) == 195
             assert {a[1]["X-Guard-Breaker"] for a in answers if a[0] == 200} == {"half_open"}
-            await until(lambda: breaker_state(proxy) == "closed")
+            await eventually(lambda: breaker_state(proxy) == "closed")
             status, headers, _ = await infer(session, proxy)
             assert status == 200 and "X-Guard-Breaker" not in headers
         async with aiohttp.ClientSession() as session:
@@ -124,15 +116,16 @@ async def test_500s_trip_error_rate_and_half_open_admits_exactly_the_probe_cap(
             async with session.get(proxy.admin_url + "/metrics") as response:
                 metrics = await response.text()
     lines = [r.getMessage() for r in caplog.records if r.name == "guardproxy.breaker"]
-    assert lines[0].startswith(f"breaker default {INFER}: closed -> open (tripped: upstream.error")
+    assert lines[0].startswith("breaker default/adult: closed -> open (tripped: upstream.error")
     assert "upstream.error_rate=1" in lines[0]
-    assert report["transitions"] == {"default:open": 1, "default:half_open": 1, "default:closed": 1}
-    region = report["regions"]["default"]
-    route = region["routes"][INFER]
-    assert region["state"] == route["state"] == "closed" and route["since"] and route["reason"]
-    assert route["route"] == INFER and "upstream.error_rate" in route["last_window"]
+    assert report["transitions"] == {
+        "default/adult:open": 1, "default/adult:half_open": 1, "default/adult:closed": 1
+    }  # fmt: skip
+    breaker = report["models"]["default/adult"]
+    assert breaker["state"] == "closed" and breaker["since"] and breaker["reason"]
+    assert breaker["model"] == "adult" and "upstream.error_rate" in breaker["last_window"]
     counted = [line for line in metrics.splitlines() if "breaker_transitions_total{" in line]
-    assert any('region="default",to="open"} 1.0' in line for line in counted)
+    assert any('model="adult"' in line and 'to="open"} 1.0' in line for line in counted), counted
 
 
 async def test_fallback_while_forced_open_and_back_to_primary_when_closed(tmp_path: Path) -> None:
@@ -163,15 +156,17 @@ async def force(
     region: str,
     body: Any,
     token: bool = True,
-    route: str | None = None,
+    model: str | None = None,
 ) -> tuple[int, Any]:
-    """POST /admin/breaker/{region}[?route=PATH]; (status, state or error)."""
+    """POST /admin/breaker/{region}[?model=NAME]; (status, the one state or the error)."""
     url = f"{proxy.admin_url}/admin/breaker/{region}"
-    params = {"route": route} if route else {}
+    params = {"model": model} if model else {}
     headers = ADMIN if token else {}
     async with session.post(url, json=body, headers=headers, params=params) as response:
         doc = await response.json()
-        return response.status, doc.get("state", doc.get("error"))
+        if "error" in doc:
+            return response.status, doc["error"]
+        return response.status, set(b["state"] for b in doc.values()).pop()
 
 
 async def test_admin_breaker_endpoint_checks_token_region_and_state(tmp_path: Path) -> None:
@@ -191,10 +186,9 @@ async def test_admin_breaker_endpoint_checks_token_region_and_state(tmp_path: Pa
 
 
 FRAUD, CREDIT = "/v2/models/fraud/infer", "/v2/models/credit/infer"
-LISTED, GLOB = f'["{FRAUD}", "{CREDIT}"]', '["/v2/models/*/infer"]'
 TWO_MODELS = """
 region: default
-model: {routes: ROUTES}
+models: [{name: fraud}, {name: credit}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 drift: {reference: {warmup: 10}, window: 10, signals: [score]}
 breaker:
@@ -230,15 +224,14 @@ class Models:
 
 @asynccontextmanager
 async def two_models(
-    tmp_path: Path, routes: str = LISTED, drift: str = NEVER
+    tmp_path: Path, drift: str = NEVER
 ) -> AsyncIterator[tuple[RunningProxy, Models]]:
     """Both models behind one upstream app; a proxy guarding them under one policy."""
     models = Models()
     async with serving(models.app) as url:
         policies = tmp_path / "policies"
         policies.mkdir()
-        policy = TWO_MODELS.replace("ROUTES", routes).replace("DRIFT", drift)
-        (policies / "default.yaml").write_text(policy)
+        (policies / "default.yaml").write_text(TWO_MODELS.replace("DRIFT", drift))
         settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "s")
         async with running_proxy(settings) as proxy:
             proxy.runtime.breakers.interval = 0.05
@@ -255,65 +248,67 @@ async def ask(
 
 
 async def breakers_report(session: aiohttp.ClientSession, proxy: RunningProxy) -> Any:
-    """The default region's breakers as /status reports them."""
+    """Every model's breaker as /status reports them."""
     async with session.get(proxy.admin_url + "/status") as response:
-        return (await response.json())["breakers"]["regions"]["default"]
+        return (await response.json())["breakers"]["models"]
 
 
-@pytest.mark.parametrize("routes", [LISTED, GLOB])
 async def test_a_failing_model_opens_its_own_breaker_and_the_other_keeps_serving(
-    tmp_path: Path, routes: str
+    tmp_path: Path,
 ) -> None:
-    async with two_models(tmp_path, routes) as (proxy, models):
+    async with two_models(tmp_path) as (proxy, models):
         models.failing.add(FRAUD)
         async with aiohttp.ClientSession() as session:
             for _ in range(4):
                 assert [(await ask(session, proxy, p))[0] for p in (FRAUD, CREDIT)] == [500, 200]
-            await until(lambda: breaker_state(proxy, FRAUD) == "open")
+            await eventually(lambda: breaker_state(proxy, "fraud") == "open")
             fraud = await ask(session, proxy, FRAUD)
             credit = [await ask(session, proxy, CREDIT) for _ in range(5)]
-            await until(lambda: "upstream.error_rate" in last_window(proxy, CREDIT))
+            await eventually(lambda: "upstream.error_rate" in last_window(proxy, "credit"))
             report = await breakers_report(session, proxy)
+            unknown = await ask(session, proxy, "/v2/models/other/infer")
     assert fraud[0] == 503 and fraud[1]["X-Guard-Breaker"] == "open"
+    assert fraud[1]["X-Guard-Model"] == "fraud"
     assert all(status == 200 and "X-Guard-Breaker" not in h for status, h in credit)
-    assert models.calls == {FRAUD: 4, CREDIT: 9}
-    assert report["state"] == "open" and report["overflow"] == 0
-    assert {r: b["state"] for r, b in report["routes"].items()} == {
-        "*": "closed", CREDIT: "closed", FRAUD: "open",
+    assert models.calls == {FRAUD: 4, CREDIT: 9, "/v2/models/other/infer": 1}
+    assert {name: b["state"] for name, b in report.items()} == {
+        "default/credit": "closed", "default/fraud": "open",
     }  # fmt: skip
-    assert report["routes"][CREDIT]["last_window"]["upstream.error_rate"] == 0
+    assert report["default/credit"]["last_window"]["upstream.error_rate"] == 0
+    assert unknown[0] == 404 and "X-Guard-Model" not in unknown[1]  # unguarded, passed through
+    assert proxy.runtime.proxy.counts.unguarded >= 1
 
 
-def last_window(proxy: RunningProxy, route: str) -> dict[str, float]:
-    """The last window values one path's breaker has seen."""
-    breaker = proxy.runtime.breakers.breaker("default", route)
+def last_window(proxy: RunningProxy, model: str) -> dict[str, float]:
+    """The last window values one model's breaker has seen."""
+    breaker = proxy.runtime.breakers.breaker("default", model)
     return dict(breaker.last_values) if breaker is not None else {}
 
 
-async def test_a_drift_window_reaches_the_breaker_of_every_model(tmp_path: Path) -> None:
+async def test_a_drift_window_reaches_only_the_drifting_models_breaker(tmp_path: Path) -> None:
     always = "{when: drift.score.psi, above: 0, windows: 1}"
-    async with two_models(tmp_path, GLOB, always) as (proxy, _):
+    async with two_models(tmp_path, always) as (proxy, _):
         async with aiohttp.ClientSession() as session:
-            assert (await ask(session, proxy, FRAUD))[0] == 200  # the fraud breaker exists
-            older = [{**row, "age": str(int(row["age"]) + 30)} for row in ROWS[10:20]]
-            for body in (v2_request(ROWS[2:10]), v2_request(older)):
+            assert (await ask(session, proxy, FRAUD))[0] == 200
+            older = [{**row, "age": str(int(row["age"]) + 30)} for row in ROWS[8:20]]
+            for body in (v2_request(ROWS[:8]), v2_request(older)):
                 async with session.post(proxy.url + CREDIT, json=body) as response:
                     assert response.status == 200
             await proxy.runtime.worker.flush()
             answers = [await ask(session, proxy, p) for p in (FRAUD, CREDIT)]
-    fraud, credit = (last_window(proxy, route).get("drift.score.psi") for route in (FRAUD, CREDIT))
-    assert fraud is not None and fraud > 0 and fraud == credit
-    assert [(s, h["X-Guard-Breaker"]) for s, h in answers] == [(503, "open"), (503, "open")]
+    assert last_window(proxy, "fraud").get("drift.score.psi") is None
+    assert last_window(proxy, "credit")["drift.score.psi"] > 0
+    assert answers[0][0] == 200 and "X-Guard-Breaker" not in answers[0][1]
+    assert (answers[1][0], answers[1][1]["X-Guard-Breaker"]) == (503, "open")
 
 
-async def test_admin_route_parameter_forces_one_model_only(tmp_path: Path) -> None:
+async def test_admin_model_parameter_forces_one_model_only(tmp_path: Path) -> None:
     async with two_models(tmp_path) as (proxy, _):
         async with aiohttp.ClientSession() as session:
             body = {"state": "forced_open", "reason": "bad fraud release"}
-            forced = await force(session, proxy, "default", body, route=FRAUD)
+            forced = await force(session, proxy, "default", body, model="fraud")
             one = [await ask(session, proxy, p) for p in (FRAUD, CREDIT)]
-            other = "/v2/models/other/infer"
-            missing = await force(session, proxy, "default", body, route=other)
+            missing = await force(session, proxy, "default", body, model="other")
             assert (await force(session, proxy, "default", body))[1] == "forced_open"
             both = [(await ask(session, proxy, p))[0] for p in (FRAUD, CREDIT)]
             await force(session, proxy, "default", {"state": "closed", "reason": "fixed"})
@@ -321,18 +316,5 @@ async def test_admin_route_parameter_forces_one_model_only(tmp_path: Path) -> No
     assert forced == (200, "forced_open")
     assert one[0][0] == 503 and one[0][1]["X-Guard-Breaker"] == "forced_open"
     assert one[1][0] == 200 and "X-Guard-Breaker" not in one[1][1]
-    assert missing == (404, f"region 'default' does not guard '{other}'")
+    assert missing == (404, "region 'default' has no model 'other'")
     assert both == [503, 503] and after == [200, 200]
-
-
-async def test_paths_beyond_the_cap_share_the_region_wide_breaker(tmp_path: Path) -> None:
-    async with two_models(tmp_path, GLOB) as (proxy, _):
-        cap = proxy.runtime.breakers.route_cap
-        async with aiohttp.ClientSession() as session:
-            for i in range(cap + 2):  # unknown models: the upstream answers 404
-                assert (await ask(session, proxy, f"/v2/models/m{i}/infer"))[0] == 404
-            assert (await ask(session, proxy, CREDIT))[0] == 200
-            report = await breakers_report(session, proxy)
-    assert cap == 64 and len(report["routes"]) == cap + 1  # and the shared one
-    assert report["overflow"] == 3 and CREDIT not in report["routes"]
-    assert proxy.runtime.breakers.breaker("default", CREDIT) is None

@@ -23,6 +23,7 @@ INFER = "/v2/models/adult/infer"
 COUNTRY = "native-country"
 POLICY = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 drift:
   reference: {warmup: 1000}
@@ -68,8 +69,8 @@ def older(rows: Sequence[dict[str, Any]], years: int = 10) -> list[dict[str, Any
 
 
 def state(proxy: RunningProxy) -> str:
-    """The default region's breaker state."""
-    breaker = proxy.runtime.breakers.breaker("default")
+    """The adult model's breaker state."""
+    breaker = proxy.runtime.breakers.breaker("default", "adult")
     assert breaker is not None
     return breaker.state_name
 
@@ -106,7 +107,7 @@ async def test_flag_action_serves_and_marks_the_answer(tmp_path: Path) -> None:
             drift = proxy.runtime.watchdog.status()
     assert status == 200 and headers["X-Guard-Breaker"] == "open"
     assert len(body["outputs"][0]["data"]) == 10
-    assert drift["regions"]["default"]["last"]["drift.age.psi"] > 0.25
+    assert drift["models"]["default|adult|"]["last"]["drift.age.psi"] > 0.25
 
 
 async def test_a_single_native_country_opens_the_breaker(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ async def test_a_single_native_country_opens_the_breaker(tmp_path: Path) -> None
             await send(session, proxy, mexico[:200])
             assert state(proxy) == "closed"
             await send(session, proxy, mexico[200:])
-            breaker = proxy.runtime.breakers.breaker("default")
+            breaker = proxy.runtime.breakers.breaker("default", "adult")
     assert breaker is not None and breaker.state_name == "open"
     assert "drift.native-country.chi2<0.001x2" in breaker.reason
     assert breaker.last_values["drift.native-country.chi2"] < 1e-6

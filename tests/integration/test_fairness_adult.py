@@ -28,7 +28,7 @@ async def test_thresholds_learned_from_labels_close_the_tpr_gap(tmp_path: Path) 
     assert after.equal_opportunity_difference() < BOUND
     assert after.accuracy() > before.accuracy() - 0.02
     # the engine's own view of the labeled half agrees with the client's count
-    groups = result.status["fairness"]["regions"]["default"]["fairness"]["groups"]
+    groups = result.status["fairness"]["models"]["default|adult|"]["fairness"]["groups"]
     female_tpr = groups["Female"]["true_positive_rate"]["value"]
     assert abs(female_tpr - before.rate("Female", 1)) < 1e-9
     # every step stayed within max_step, and the table changed

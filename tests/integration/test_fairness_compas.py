@@ -26,10 +26,11 @@ AUTH = {"Authorization": "Bearer feedback-secret"}
 GROUPS = ("African-American", "Caucasian")
 POLICY = """
 region: default
-model:
-  protocol: jsonpath
-  routes: ["/score"]
-  score: {path: "$.scores[*]"}
+models:
+  - name: recidivism
+    protocol: jsonpath
+    routes: ["/score"]
+    score: {path: "$.scores[*]"}
 groups:
   attribute: {header: X-Group, trusted: true}
   values: [African-American, Caucasian]
@@ -145,10 +146,10 @@ async def test_compas_replay_reproduces_propublica(tmp_path: Path) -> None:
             await proxy.runtime.engine.refresh()
             async with session.get(f"{proxy.admin_url}/status") as r:
                 status = await r.json()
-    report = status["fairness"]["regions"]["default"]["fairness"]
+    report = status["fairness"]["models"]["default|recidivism|"]["fairness"]
     for metric, expected in EXPECTED.items():
         measured = [report["groups"][g][metric]["value"] for g in GROUPS]
         assert measured == pytest.approx(expected, abs=0.001), metric
     assert report["groups"]["African-American"]["decisions"] == 3175
     assert status["monitor"]["dropped"] == 0
-    assert 0 < status["monitor"]["max_pause_ms"] < 100
+    assert 0 < status["monitor"]["max_consume_ms"] < 100

@@ -15,12 +15,14 @@ from guardproxy.testing import RunningProxy, running_proxy
 from ..state.conftest import drop_prefix
 from .test_fairness_compas import AUTH, compas_settings, scoring_upstream
 
+KEY = ("default", "recidivism", "")
 ADAPT_POLICY = """
 region: default
-model:
-  protocol: jsonpath
-  routes: ["/score"]
-  score: {path: "$.scores[*]"}
+models:
+  - name: recidivism
+    protocol: jsonpath
+    routes: ["/score"]
+    score: {path: "$.scores[*]"}
 groups:
   attribute: {header: X-Group, trusted: true}
   values: [a, b]
@@ -79,14 +81,14 @@ async def test_two_replicas_share_labels_and_thresholds(tmp_path: Path, prefix: 
             assert (await feedback(session, b, to_b))["joined"] == 100
             assert (await feedback(session, a, to_a))["joined"] == 100
             assert (await feedback(session, a, to_b[:5]))["duplicate"] == 5
-            first = await a.runtime.engine.calibrate("default")
-            second = await b.runtime.engine.calibrate("default")
+            first = await a.runtime.engine.calibrate(KEY)
+            second = await b.runtime.engine.calibrate(KEY)
             assert first.status == second.status == "published"
             table = a.runtime.thresholds.current
             assert table == b.runtime.thresholds.current
-            assert table.rule("default", "a").low == pytest.approx(0.45)  # type: ignore[union-attr]
+            assert table.rule(KEY, "a").low == pytest.approx(0.45)  # type: ignore[union-attr]
             await a.runtime.engine.refresh()
-            groups = a.runtime.engine.report("default")["groups"]
+            groups = a.runtime.engine.report(KEY)["groups"]
             assert groups["a"]["decisions"] == groups["b"]["labeled"] == 100
         async with running_proxy(one) as restarted:
             assert restarted.runtime.thresholds.current == table

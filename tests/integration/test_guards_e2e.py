@@ -18,7 +18,10 @@ DROPPED = "/v1/models/dropped:predict"
 POLICIES = {
     "default.yaml": """
 region: default
-model: {protocol: tfserving, routes: ["/v1/models/*"], score: {output: score}}
+models:
+  - {name: tagger, protocol: tfserving, score: {output: score}}
+  - {name: broken, protocol: tfserving, score: {output: score}}
+  - {name: dropped, protocol: tfserving, score: {output: score}}
 groups: {attribute: {header: X-Group, trusted: true}, values: [a, b]}
 decision: {threshold: 0.5, per_group: {b: 0.8}}
 labels: {deny: [gorilla], action: suppress, output: labels}
@@ -142,7 +145,8 @@ async def test_malformed_answer_fail_open_passes_untouched(
 ) -> None:
     response, body = await post(client, guarded, BROKEN, "default")
     assert (response.status, body) == (200, b'{"predictions": [')
-    chain = guarded.runtime.store.table.regions["default"].chain
+    model = guarded.runtime.store.table.regions["default"].model("broken")
+    chain = model.chain if model is not None else None
     assert chain.errors == {"decision": 1, "labels": 1}  # type: ignore[attr-defined]
 
 

@@ -157,7 +157,7 @@ async def test_metrics_match_the_traffic_the_labels_and_the_status(proxy: Runnin
     assert by_labels(found, "guardproxy_feedback_total", "region", "group", "cell") == cells
     durations = [v for (name, _), v in found.items() if name.endswith("duration_seconds_count")]
     assert durations == [6, 6]  # server and client: one per request
-    assert_fairness_matches(found, status["fairness"]["regions"]["default"]["fairness"])
+    assert_fairness_matches(found, status["fairness"]["models"]["default|adult|"]["fairness"])
     assert by_labels(found, "guardproxy_policy_reloads_total", "result") == {
         ("applied",): 1, ("failed",): 0
     }  # fmt: skip

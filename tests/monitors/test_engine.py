@@ -5,61 +5,54 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.guards.exchange import Exchange, Verdict
+from guardproxy.guards.exchange import Verdict
+from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.histograms import ScoreHistogram
-from guardproxy.monitors.records import bin_of, row_id
-from guardproxy.policy.models import (
-    AdaptSpec,
-    DecisionSpec,
-    FairnessSpec,
-    GroupAttribute,
-    GroupSpec,
-    Policy,
-)
-from guardproxy.policy.table import CompiledPolicy, PolicyTable, compile_policy
+from guardproxy.monitors.records import row_id
+from guardproxy.policy.table import CompiledModel, PolicyTable
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.state import MemoryState, Outcome
-from guardproxy.state.base import hash_fields
 from guardproxy.state.redis import RedisState
+from tests.factories import compiled_model, observation
 
 SCORES = [i / 100 + 0.005 for i in range(100)]  # one score in each bin
+KEY = ("eu", "m", "")
 
 
-def policy(**adapt: Any) -> CompiledPolicy:
-    spec = AdaptSpec(min_labels_per_group=50, max_step=0.05, every=10, **adapt)
-    return compile_policy(
-        Policy(
-            region="eu",
-            groups=GroupSpec(
-                attribute=GroupAttribute(header="X-Group", trusted=True), values=("a", "b")
-            ),
-            decision=DecisionSpec(threshold=0.5, adapt=spec),
-            fairness=FairnessSpec(bins=100),
-        )
+def policy(**adapt: Any) -> CompiledModel:
+    spec = {"min_labels_per_group": 50, "max_step": 0.05, "every": 10, **adapt}
+    return compiled_model(
+        groups={"attribute": {"header": "X-Group", "trusted": True}, "values": ["a", "b"]},
+        decision={"threshold": 0.5, "adapt": spec},
+        fairness={"bins": 100},
     )
 
 
-def engine_for(entry: CompiledPolicy, state: Any = None) -> FairnessEngine:
-    table = PolicyTable({"eu": entry}, "eu")
+def engine_for(entry: CompiledModel, state: Any = None) -> FairnessEngine:
+    table = compiled_table_of(entry)
     return FairnessEngine(
         MemoryState() if state is None else state, Snapshot(table), Snapshot(ThresholdTable())
     )
 
 
-def exchange(request_id: str, verdicts: list[Verdict]) -> Exchange:
-    headers = CIMultiDictProxy(CIMultiDict[str]())
-    ex = Exchange(request_id, "eu", "POST", "/infer", headers, b"", 0.0)
-    ex.verdicts.extend(verdicts)
-    return ex
+def compiled_table_of(entry: CompiledModel) -> Any:
+    from guardproxy.policy.models import Policy
+    from guardproxy.policy.table import compile_policy
+
+    policy = Policy.model_validate({"region": entry.region, "models": [entry.spec.model_dump()]})
+    return PolicyTable({entry.region: compile_policy(policy)}, entry.region)
 
 
-async def replay(engine: FairnessEngine, entry: CompiledPolicy, cut: dict[str, float]) -> None:
+def exchange(entry: CompiledModel, request_id: str, verdicts: list[Verdict]) -> Observation:
+    return observation(entry, request_id, tuple(verdicts))
+
+
+async def replay(engine: FairnessEngine, entry: CompiledModel, cut: dict[str, float]) -> None:
     """Every score once per group, decided at 0.5; label 1 iff score >= the group's cut."""
     batch = [
-        (exchange(f"{g}{i}", [Verdict(g, s, 0.5, int(s >= 0.5))]), entry)
+        exchange(entry, f"{g}{i}", [Verdict(g, s, 0.5, int(s >= 0.5))])
         for g in cut
         for i, s in enumerate(SCORES)
     ]
@@ -75,7 +68,7 @@ async def test_batch_rows_are_recorded_under_their_own_ids() -> None:
     entry = policy()
     engine = engine_for(entry)
     verdicts = [Verdict("a", 0.9, 0.5, 1), Verdict("b", 0.2, 0.5, 0), Verdict("b", 0.6, 0.5, 1)]
-    await engine.consume([(exchange("req", verdicts), entry)])  # type: ignore[misc]
+    await engine.consume([exchange(entry, "req", verdicts)])  # type: ignore[misc]
     results = await engine.join([("req", 1, 0.0), ("req:1", 0, 0.0), ("req:2", 1, 0.0)])
     assert [r.outcome for r in results] == [Outcome.JOINED] * 3
     assert [r.record.group for r in results if r.record] == ["a", "b", "b"]
@@ -86,7 +79,7 @@ async def test_report_counts_decisions_and_labels_per_group() -> None:
     entry = policy()
     engine = engine_for(entry)
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
-    report = engine.report("eu")
+    report = engine.report(KEY)
     a, b = report["groups"]["a"], report["groups"]["b"]
     assert a["selection_rate"]["value"] == b["selection_rate"]["value"] == 0.5
     assert a["true_positive_rate"]["value"] == pytest.approx(50 / 70)
@@ -105,16 +98,16 @@ async def test_histograms_are_split_by_label() -> None:
     state = MemoryState()
     engine = engine_for(entry, state)
     await replay(engine, entry, {"a": 0.3})
-    hist = ScoreHistogram.from_dict(hash_fields((await state.counts("eu"))["a"].bins))
+    hist = ScoreHistogram.from_dict((await state.counts(KEY))["a"].bins)
     assert int(hist.pos.sum()) == 70 and int(hist.neg.sum()) == 30
-    assert hist.pos[30] == 1 and hist.neg[29] == 1 and bin_of(0.305, 100, 0.0, 1.0) == 30
+    assert hist.pos[30] == 1 and hist.neg[29] == 1
 
 
 async def test_gauges_expose_rates_and_disparities() -> None:
     entry = policy()
     engine = engine_for(entry)
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
-    gauges = engine.gauges()["eu"]
+    gauges = engine.gauges()[KEY]
     assert gauges["groups"]["b"]["true_positive_rate"] == 1.0
     assert gauges["groups"]["a"]["threshold"] == 0.5
     assert gauges["disparities"]["demographic_parity_difference"] == 0.0
@@ -123,10 +116,10 @@ async def test_gauges_expose_rates_and_disparities() -> None:
 async def test_calibration_waits_for_min_labels() -> None:
     entry = policy()
     engine = engine_for(entry)
-    batch = [(exchange(f"a{i}", [Verdict("a", 0.9, 0.5, 1)]), entry) for i in range(10)]
+    batch = [exchange(entry, f"a{i}", [Verdict("a", 0.9, 0.5, 1)]) for i in range(10)]
     await engine.consume(batch)  # type: ignore[misc]
     await engine.join([(f"a{i}", 1, 0.0) for i in range(10)])
-    result = await engine.calibrate("eu")
+    result = await engine.calibrate(KEY)
     assert result.status == "waiting" and "a 10/50" in result.reason
     assert engine.thresholds.current.version == "static"
 
@@ -135,14 +128,14 @@ async def test_calibration_moves_at_most_max_step_towards_the_fit() -> None:
     entry = policy()
     engine = engine_for(entry)
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
-    first = await engine.calibrate("eu")
+    first = await engine.calibrate(KEY)
     table = engine.thresholds.current
     assert first.status == "published" and table.version.startswith("t1-")
-    assert table.rule("eu", "a").low == pytest.approx(0.45)  # type: ignore[union-attr]
-    assert table.rule("eu", "b").low == pytest.approx(0.55)  # type: ignore[union-attr]
-    await engine.calibrate("eu")
+    assert table.rule(KEY, "a").low == pytest.approx(0.45)  # type: ignore[union-attr]
+    assert table.rule(KEY, "b").low == pytest.approx(0.55)  # type: ignore[union-attr]
+    await engine.calibrate(KEY)
     assert engine.thresholds.current.version.startswith("t2-")
-    assert engine.thresholds.current.rule("eu", "a").low == pytest.approx(0.40)  # type: ignore[union-attr]
+    assert engine.thresholds.current.rule(KEY, "a").low == pytest.approx(0.40)  # type: ignore[union-attr]
     history = engine.status()["thresholds"]["history"]
     assert [h["version"] for h in history] == [table.version, engine.thresholds.current.version]
 
@@ -151,16 +144,16 @@ async def test_pinned_groups_keep_the_policy_threshold() -> None:
     entry = policy(pinned=("b",))
     engine = engine_for(entry)
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
-    await engine.calibrate("eu")
-    assert engine.thresholds.current.rule("eu", "b") is None
-    assert engine.report("eu")["thresholds"] == {"a": pytest.approx(0.45), "b": 0.5}
+    await engine.calibrate(KEY)
+    assert engine.thresholds.current.rule(KEY, "b") is None
+    assert engine.report(KEY)["thresholds"] == {"a": pytest.approx(0.45), "b": 0.5}
 
 
 async def test_learned_thresholds_survive_a_restart() -> None:
     entry, state = policy(), MemoryState()
     engine = engine_for(entry, state)
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
-    await engine.calibrate("eu")
+    await engine.calibrate(KEY)
     restarted = engine_for(entry, state)
     await restarted.start()
     await restarted.stop()
@@ -173,7 +166,7 @@ async def test_the_fit_is_deterministic() -> None:
     engines = [engine_for(entry) for _ in range(2)]
     for engine in engines:
         await replay(engine, entry, {"a": 0.3, "b": 0.7})
-        await engine.calibrate("eu")
+        await engine.calibrate(KEY)
     assert engines[0].thresholds.current == engines[1].thresholds.current
 
 
@@ -184,17 +177,17 @@ async def test_run_due_calibrates_every_adapt_interval() -> None:
     engine.clock = lambda: now[0]
     await replay(engine, entry, {"a": 0.3, "b": 0.7})
     await engine.run_due()
-    assert "eu" not in engine.calibrations
+    assert KEY not in engine.calibrations
     now[0] += 10
     await engine.run_due()
-    assert engine.calibrations["eu"].status == "published"
+    assert engine.calibrations[KEY].status == "published"
 
 
 async def test_an_unreachable_state_is_counted_not_raised() -> None:
     entry = policy()
     engine = engine_for(entry, RedisState("redis://127.0.0.1:1/0", timeout=0.2))
-    await engine.consume([(exchange("r", [Verdict("a", 0.9, 0.5, 1)]), entry)])  # type: ignore[misc]
-    result = await engine.calibrate("eu")
+    await engine.consume([exchange(entry, "r", [Verdict("a", 0.9, 0.5, 1)])])  # type: ignore[misc]
+    result = await engine.calibrate(KEY)
     assert result.status == "failed"
     assert engine.status()["state"]["state_errors"] == 2
     await engine.state.close()

@@ -13,6 +13,7 @@ import redis
 from guardproxy.monitors.fairness import counts_of_arrays, fairness_report
 from guardproxy.monitors.histograms import ScoreHistogram
 from guardproxy.monitors.stats import wilson_interval
+from guardproxy.policy.models import FairnessSpec
 from guardproxy.state.counts import GroupCounts
 
 DATA = Path(__file__).parent.parent / "data"
@@ -62,7 +63,7 @@ def test_from_arrays_matches_record_and_merge_adds() -> None:
 
 
 def test_counts_round_trip_through_a_redis_hash() -> None:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=13)
+    client = redis.Redis(host="127.0.0.1", port=6379, db=13, decode_responses=True)
     key = "guardproxy-test:fairness:sg:female"
     client.delete(key)
     try:
@@ -106,7 +107,7 @@ def test_histogram_merge_and_dict_round_trip() -> None:
     merged = a.merge(b)
     flat = merged.to_dict()
     assert flat == {"p:17": 2, "p:99": 1, "n:50": 1}
-    encoded = {k.encode(): str(v).encode() for k, v in {**flat, "tp": 3}.items()}
+    encoded = {k: str(v) for k, v in {**flat, "tp": 3}.items()}  # as Redis answers
     back = ScoreHistogram.from_dict(encoded, bins=100)
     assert back.pos.tolist() == merged.pos.tolist() and back.neg.tolist() == merged.neg.tolist()
     with pytest.raises(ValueError, match="different bins"):
@@ -126,7 +127,7 @@ def test_report_values_and_wilson_intervals() -> None:
     assert a["positive_predictive_value"]["value"] == pytest.approx(6 / 8)
     assert report["demographic_parity_difference"] == pytest.approx(0.4)
     assert report["demographic_parity_ratio"] == pytest.approx(0.5)
-    assert report["four_fifths_violation"] is True
+    assert report["bounds"] == {}  # none asked for
     assert report["equal_opportunity_difference"] == pytest.approx(6 / 7 - 3 / 4)
     assert report["equalized_odds_difference"] == pytest.approx(2 / 3 - 1 / 6)
     json.dumps(report)
@@ -138,7 +139,6 @@ def test_report_handles_empty_groups_and_a_reference() -> None:
     )
     assert report["groups"]["c"]["selection_rate"]["value"] is None
     assert report["groups"]["c"]["selection_rate"]["ci95"] == [0.0, 1.0]
-    assert report["four_fifths_violation"] is False
     assert report["equal_opportunity_difference"] is None
     assert report["versus_reference"]["b"]["selection_rate_ratio"] == 1.0
     assert report["versus_reference"]["c"]["selection_rate_ratio"] is None
@@ -149,7 +149,7 @@ def test_report_handles_empty_groups_and_a_reference() -> None:
 def test_compas_reproduces_propublica() -> None:
     rows = compas_rows()
     assert len(rows) == 6172
-    report = fairness_report(compas_counts(), reference_group="Caucasian")
+    report = fairness_report(compas_counts(), FairnessSpec(), reference_group="Caucasian")
     groups = report["groups"]
     black, white = groups["African-American"], groups["Caucasian"]
     assert (black["decisions"], white["decisions"]) == (3175, 2103)
@@ -162,7 +162,33 @@ def test_compas_reproduces_propublica() -> None:
     for metric, (b, w) in expected.items():
         assert black[metric]["value"] == pytest.approx(b, abs=0.001)
         assert white[metric]["value"] == pytest.approx(w, abs=0.001)
-    assert report["four_fifths_violation"] is True
+    impact = report["bounds"]["disparate_impact"]
+    assert impact["violated"] is True and impact["significant"] is True
+    assert impact["bound"] == 0.8 and impact["ci95"][1] < 0.8
+
+
+def test_bounds_come_from_the_policy_and_a_gap_within_noise_is_not_significant() -> None:
+    small = {"a": GroupCounts(20, 6, 4, 2, 10, 4), "b": GroupCounts(20, 10, 8, 2, 8, 2)}
+    report = fairness_report(small, FairnessSpec.model_validate(
+        {"disparate_impact": {"min_ratio": 0.8}, "equal_opportunity": {"max_difference": 0.1}}
+    ))  # fmt: skip
+    impact, opportunity = (
+        report["bounds"]["disparate_impact"],
+        report["bounds"]["equal_opportunity"],
+    )
+    assert impact["value"] == pytest.approx(0.6) and impact["violated"]
+    assert not impact["significant"]  # 6/20 against 10/20 could be chance
+    assert opportunity["value"] == pytest.approx(0.8 - 0.5) and opportunity["violated"]
+    assert not opportunity["significant"]
+    strict = FairnessSpec.model_validate({"disparate_impact": {"min_ratio": 0.5}})
+    relaxed = fairness_report(small, strict)["bounds"]
+    assert not relaxed["disparate_impact"]["violated"] and "equal_opportunity" in relaxed
+    none = FairnessSpec.model_validate({"disparate_impact": None, "equal_opportunity": None})
+    assert fairness_report(small, none)["bounds"] == {}
+    large = {
+        g: GroupCounts(**{k: v * 100 for k, v in c.to_dict().items()}) for g, c in small.items()
+    }
+    assert fairness_report(large, FairnessSpec())["bounds"]["disparate_impact"]["significant"]
 
 
 def test_compas_matches_fairlearn() -> None:

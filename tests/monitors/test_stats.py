@@ -178,8 +178,14 @@ def test_js_distance_matches_scipy() -> None:
     assert stats.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
 
 
-def test_bonferroni() -> None:
-    assert stats.bonferroni([0.001, 0.02, 0.004], 0.015) == [True, False, True]
-    assert stats.bonferroni([], 0.05) == []
-    with pytest.raises(ValueError, match="alpha"):
-        stats.bonferroni([0.1], 0.0)
+@pytest.mark.parametrize(
+    ("a", "b"), [((30, 100), (20, 100)), ((0, 50), (20, 100)), ((7, 9), (1, 40)), ((5, 5), (3, 8))]
+)
+def test_intervals_match_statsmodels(a: tuple[int, int], b: tuple[int, int]) -> None:
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    difference = confint_proportions_2indep(*a, *b, method="newcomb", compare="diff")
+    assert stats.difference_interval(a, b) == pytest.approx(difference)
+    method = "log-adjusted" if a[0] == 0 or b[0] == 0 else "log"
+    ratio = confint_proportions_2indep(*a, *b, method=method, compare="ratio")
+    assert stats.ratio_interval(a, b) == pytest.approx(ratio)

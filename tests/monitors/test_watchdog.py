@@ -1,4 +1,4 @@
-"""Watchdog: signals read from exchanges, drift windows to the breaker, fairness windows, pauses.
+"""Watchdog: signals of observations, drift windows to each model's breaker, fairness windows.
 
 The Adult rows are the demo's bundled subset (guardproxy/demo/data, UCI Adult, CC BY 4.0),
 scored by the demo model exactly as the demo server scores them.
@@ -13,26 +13,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from multidict import CIMultiDict, CIMultiDictProxy
 from pytest import approx
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.demo.model import FEATURES, adult_rows, load_model
-from guardproxy.demo.server import v2_request
-from guardproxy.guards.exchange import Exchange, Verdict, dumps
+from guardproxy.demo.model import adult_rows, load_model
+from guardproxy.guards.exchange import Verdict
+from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.drift import WindowResult
-from guardproxy.monitors.fairness import fairness_report
-from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, counts_of, rounds
-from guardproxy.policy.models import Policy
-from guardproxy.policy.table import CompiledPolicy, PolicyTable, builtin_table, compile_policy
-from guardproxy.policy.thresholds import Snapshot
+from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, rounds
+from guardproxy.policy.models import FairnessSpec, Policy
+from guardproxy.policy.table import CompiledModel, PolicyTable, builtin_table, compile_policy
+from guardproxy.policy.thresholds import ModelKey, Snapshot
 from guardproxy.state.counts import GroupCounts
+from tests.factories import observation
 
 ROWS = list(adult_rows())
 MODEL = load_model()
 COUNTRY = "native-country"
+KEY = ("default", "adult", "")
 POLICY = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 drift:
   reference: {warmup: 1000}
@@ -48,26 +49,44 @@ breaker:
 """
 
 
-def compiled(text: str = POLICY) -> CompiledPolicy:
-    """A compiled policy from YAML text."""
-    return compile_policy(Policy.model_validate(yaml.safe_load(text)))
+def table_of(text: str = POLICY) -> PolicyTable:
+    """A one-region table from YAML text."""
+    policy = compile_policy(Policy.model_validate(yaml.safe_load(text)))
+    return PolicyTable({policy.region: policy}, policy.region)
 
 
-def exchange(rows: Sequence[dict[str, Any]], flags: Sequence[str] = ()) -> Exchange:
-    """A finished exchange as the proxy hands it over: v2 request, one verdict per row."""
-    body = dumps(v2_request(list(rows), (*FEATURES, COUNTRY)))
-    ex = Exchange("r", "default", "POST", "/v2/models/adult/infer",
-                  CIMultiDictProxy(CIMultiDict[str]()), body, 0.0)  # fmt: skip
-    ex.status, ex.flags = 200, list(flags)
+def adult(table: PolicyTable) -> CompiledModel:
+    """The table's adult model."""
+    model = table.default.model("adult")
+    assert model is not None
+    return model
+
+
+def observed(model: CompiledModel, rows: Sequence[dict[str, Any]], **kwargs: Any) -> Observation:
+    """An observation as the proxy hands it over: a verdict and the watched inputs per row."""
+    verdicts = []
     for row in rows:
         score = MODEL.score(row)
-        ex.verdicts.append(Verdict(row["sex"], score, 0.5, int(score >= 0.5)))
-    return ex
+        verdicts.append(Verdict(row["sex"], score, 0.5, int(score >= 0.5)))
+    features = tuple(
+        tuple(number(row.get(s.input)) if s.kind == "numeric" else row.get(s.input) for row in rows)
+        for s in model.spec.signal_specs()
+    )
+    return observation(model, "r", tuple(verdicts), features=features, **kwargs)
 
 
-def batches(rows: Sequence[dict[str, Any]], per_request: int = 10, per_batch: int = 50):  # type: ignore[no-untyped-def]
+def number(value: object) -> float | None:
+    """A row's numeric text as a number (None when the row has no such column)."""
+    return None if value is None else float(str(value))
+
+
+def batches(model: CompiledModel, rows: Sequence[dict[str, Any]], per_request: int = 10,
+            per_batch: int = 50, **kwargs: Any):  # type: ignore[no-untyped-def]  # fmt: skip
     """Rows as requests of `per_request` rows, batches of `per_batch` requests."""
-    requests = [exchange(rows[i : i + per_request]) for i in range(0, len(rows), per_request)]
+    requests = [
+        observed(model, rows[i : i + per_request], **kwargs)
+        for i in range(0, len(rows), per_request)
+    ]
     for i in range(0, len(requests), per_batch):
         yield requests[i : i + per_batch]
 
@@ -78,22 +97,23 @@ class Drift:
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], list[float]] = {}
 
-    def record_drift(self, region: str, signal: str, test: str, value: float) -> None:
+    def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
         self.values.setdefault((signal, test), []).append(value)
 
 
 def setup(text: str = POLICY, threaded: bool = False) -> tuple[Watchdog, BreakerBoard, Drift]:
     """A watchdog on a one-region table, as the runtime composes it."""
-    policy = compiled(text)
-    board = BreakerBoard(Snapshot(PolicyTable({"default": policy}, "default")))
+    board = BreakerBoard(Snapshot(table_of(text)))
     drift = Drift()
     return Watchdog(board, telemetry=drift, threaded=threaded), board, drift
 
 
-async def feed(watchdog: Watchdog, rows: Sequence[dict[str, Any]], policy: CompiledPolicy) -> None:
+async def feed(
+    watchdog: Watchdog, rows: Sequence[dict[str, Any]], model: CompiledModel, **kwargs: Any
+) -> None:
     """Hand rows to the watchdog as the monitor worker would."""
-    for batch in batches(rows):
-        pending = watchdog.consume([(ex, policy) for ex in batch])
+    for batch in batches(model, rows, **kwargs):
+        pending = watchdog.consume(batch)
         if pending is not None:
             await pending
 
@@ -103,45 +123,75 @@ def shifted(rows: Sequence[dict[str, Any]], years: int) -> list[dict[str, Any]]:
     return [{**row, "age": str(int(row["age"]) + years)} for row in rows]
 
 
-async def test_rows_carry_score_and_inputs_and_a_bad_request_counts_invalid() -> None:
+async def test_rows_carry_score_and_inputs() -> None:
     watchdog, board, _ = setup()
-    policy = board.policies.current.default
-    drift = watchdog._region(policy)
+    model = adult(board.policies.current)
+    drift = watchdog._drift_of(model, "")
     assert drift is not None
-    ex = exchange(ROWS[:3])
-    rows = drift.rows(ex)
+    ob = observed(model, ROWS[:3])
+    rows = drift.rows(ob)
     assert [r["age"] for r in rows] == [float(r["age"]) for r in ROWS[:3]]
     assert rows[0]["native-country"] == ROWS[0][COUNTRY]
-    assert rows[0]["score"] == ex.verdicts[0].score
-    broken = exchange(ROWS[:2])
-    broken.body = b"{not json"
-    assert [r["age"] for r in drift.rows(broken)] == [None, None]
-    assert drift.errors == 2  # both watched inputs unreadable
+    assert rows[0]["score"] == ob.verdicts[0].score
 
 
-async def test_age_shift_opens_the_breaker_after_two_windows() -> None:
+async def test_age_shift_opens_the_models_breaker_after_two_windows() -> None:
     watchdog, board, _ = setup()
-    policy = board.policies.current.default
-    await feed(watchdog, ROWS[:1400], policy)
-    breaker = board.breaker("default")
+    model = adult(board.policies.current)
+    await feed(watchdog, ROWS[:1400], model)
+    breaker = board.breaker("default", "adult")
     assert breaker is not None and breaker.state_name == "closed"
-    await feed(watchdog, shifted(ROWS[1400:1800], 10), policy)
+    await feed(watchdog, shifted(ROWS[1400:1800], 10), model)
     assert breaker.state_name == "open"
     assert "drift.age.psi>0.25x2" in breaker.reason
-    assert watchdog.status()["regions"]["default"]["last"]["drift.age.psi"] > 0.25
+    status = watchdog.status()["models"]["default|adult|"]
+    assert status["last"]["drift.age.psi"] > 0.25
+    assert status["signals"]["age"]["alarms"]["psi"] and status["signals"]["age"]["warn"]
 
 
 async def test_fallback_answers_are_not_monitored_and_policy_change_rebuilds() -> None:
     watchdog, board, _ = setup()
-    policy = board.policies.current.default
-    assert watchdog.consume([(exchange(ROWS[:5], ["breaker:fallback"]), policy)]) is None
-    await feed(watchdog, ROWS[:100], policy)
-    first = watchdog.drift["default"]
-    assert watchdog.status()["regions"]["default"]["warming"]["*/age"] == 100
-    await feed(watchdog, ROWS[:10], compiled(POLICY))  # same drift spec: same bank
-    assert watchdog.drift["default"] is first
-    await feed(watchdog, ROWS[:10], compiled(POLICY.replace("window: 200", "window: 300")))
-    assert watchdog.drift["default"] is not first
+    model = adult(board.policies.current)
+    assert watchdog.consume([observed(model, ROWS[:5], fallback=True)]) is None
+    await feed(watchdog, ROWS[:100], model)
+    first = watchdog.drift[KEY]
+    assert watchdog.status()["models"]["default|adult|"]["warming"]["age"] == 100
+    await feed(watchdog, ROWS[:10], adult(table_of()))  # same drift spec: same bank
+    assert watchdog.drift[KEY] is first
+    await feed(watchdog, ROWS[:10], adult(table_of(POLICY.replace("window: 200", "window: 300"))))
+    assert watchdog.drift[KEY] is not first
+
+
+async def test_a_new_model_version_starts_new_references_and_is_an_event() -> None:
+    watchdog, board, _ = setup()
+    model = adult(board.policies.current)
+    await feed(watchdog, ROWS[:1200], model, version="1")
+    assert watchdog.drift[("default", "adult", "1")].bank.monitors
+    await feed(watchdog, ROWS[:50], model, version="2")
+    fresh = watchdog.drift[("default", "adult", "2")]
+    assert not fresh.bank.monitors and fresh.warming()["age"] == 50
+    events = watchdog.status()["events"]
+    assert events[-1]["event"] == "new version" and events[-1]["model"] == "default|adult|2"
+
+
+async def test_versions_kept_per_model_are_bounded() -> None:
+    watchdog, board, _ = setup()
+    model = adult(board.policies.current)
+    for version in range(20):
+        await feed(watchdog, ROWS[:10], model, version=str(version))
+    assert len(watchdog.drift) <= 8 and ("default", "adult", "19") in watchdog.drift
+
+
+async def test_an_input_no_request_carries_is_reported_after_a_window() -> None:
+    text = POLICY.replace("{input: age}", "{input: agee}").replace(
+        "drift.age.psi", "drift.agee.psi"
+    )
+    watchdog, board, _ = setup(text)
+    model = adult(board.policies.current)
+    await feed(watchdog, ROWS[:100], model)
+    assert watchdog.status()["models"]["default|adult|"]["missing_inputs"] == []
+    await feed(watchdog, ROWS[:150], model)
+    assert watchdog.status()["models"]["default|adult|"]["missing_inputs"] == ["agee"]
 
 
 def test_rounds_merge_the_nth_window_of_each_signal() -> None:
@@ -153,18 +203,11 @@ def test_rounds_merge_the_nth_window_of_each_signal() -> None:
     assert merged == [{"drift.age.psi": 0.1, "drift.score.psi": 0.2}, {"drift.age.psi": 0.3}]
 
 
-def test_counts_survive_the_report_round_trip() -> None:
-    counts = GroupCounts(decisions=1000, selected=137, tp=51, fp=12, tn=301, fn=40)
-    assert counts_of(fairness_report({"a": counts})["groups"]["a"]) == counts
-
-
 def test_fairness_windows_close_on_decisions_and_on_labels() -> None:
-    groups = {"attribute": {"header": "X-G", "trusted": True}, "values": ["f", "m"]}
-    policy = Policy.model_validate({"region": "r", "groups": groups, "fairness": {"window": 100}})
-    windows = FairnessWindows(policy)
+    windows = FairnessWindows(FairnessSpec(window=100), ["f", "m"])
 
-    def report(f: GroupCounts, m: GroupCounts) -> dict[str, Any]:
-        return fairness_report({"f": f, "m": m, "other": GroupCounts(500, 500)})
+    def report(f: GroupCounts, m: GroupCounts) -> dict[str, GroupCounts]:
+        return {"f": f, "m": m, "other": GroupCounts(500, 500)}
 
     assert windows.update(report(GroupCounts(10, 5), GroupCounts(10, 5))) == []
     out = windows.update(report(GroupCounts(60, 10), GroupCounts(60, 25)))
@@ -185,8 +228,8 @@ def bootstrap(windows: int, seed: int) -> list[dict[str, Any]]:
 
 async def test_iid_replay_never_opens_and_false_alarm_rates_are_low() -> None:
     watchdog, board, drift = setup()
-    await feed(watchdog, bootstrap(120, seed=7), board.policies.current.default)
-    breaker = board.breaker("default")
+    await feed(watchdog, bootstrap(120, seed=7), adult(board.policies.current))
+    breaker = board.breaker("default", "adult")
     assert breaker is not None and breaker.state_name == "closed"
     assert board.transitions == {}
     rates = alarm_rates(drift, family=3)
@@ -213,13 +256,14 @@ async def test_default_policy_does_not_false_alarm_on_iid_traffic() -> None:
     board = BreakerBoard(Snapshot(table))
     drift = Drift()
     watchdog = Watchdog(board, telemetry=drift, threaded=False)
-    spec = table.default.policy.drift
+    model = adult(table)
+    spec = model.spec.drift
     assert spec is not None
     rng = random.Random(11)
     rows = rng.choices(ROWS, k=spec.reference.warmup + 100 * spec.window)
-    await feed(watchdog, rows, table.default)
+    await feed(watchdog, rows, model)
     assert len(drift.values[("score", "psi")]) == 100
-    assert board.breaker("default").state_name == "closed"  # type: ignore[union-attr]
+    assert board.breaker("default", "adult").state_name == "closed"  # type: ignore[union-attr]
     rates = alarm_rates(drift, family=len(spec.signals))
     print(f"default policy false-alarm rate per window ({spec.window} rows):", rates)
     assert all(rate <= 0.02 for rate in rates.values())
@@ -229,9 +273,8 @@ async def test_window_work_runs_off_the_loop_and_the_loop_keeps_ticking() -> Non
     # The costliest exact KS the monitors allow: a 5,000-value reference sample, 1,000 per window.
     text = POLICY.replace("window: 200", "window: 1000").replace("warmup: 1000", "warmup: 5000")
     watchdog, board, _ = setup(text, threaded=True)
-    policy = board.policies.current.default
     rows = random.Random(3).choices(ROWS, k=10_000)
-    prepared = list(batches(rows, per_batch=100))
+    prepared = list(batches(adult(board.policies.current), rows, per_batch=100))
     worst = 0.0
     stop = asyncio.Event()
 
@@ -244,37 +287,41 @@ async def test_window_work_runs_off_the_loop_and_the_loop_keeps_ticking() -> Non
 
     probe = asyncio.create_task(lag())
     for batch in prepared:
-        pending = watchdog.consume([(ex, policy) for ex in batch])
+        pending = watchdog.consume(batch)
         assert pending is not None
         await pending
     stop.set()
     await probe
     print(f"worst event-loop pause {worst * 1000:.2f} ms; "
           f"longest window computation {watchdog.max_compute * 1000:.1f} ms")  # fmt: skip
-    assert watchdog.status()["regions"]["default"]["windows"] >= 15
+    assert watchdog.status()["models"]["default|adult|"]["windows"] >= 15
     assert worst < 0.1  # unthreaded, the same windows hold the loop for ~330 ms
 
 
 class Counts:
-    """A fairness source with settable cumulative counts, as the engine reports them."""
+    """A fairness source with settable cumulative counts, as the engine keeps them."""
 
     def __init__(self) -> None:
         self.groups = {"Female": GroupCounts(), "Male": GroupCounts()}
 
-    def report(self, region: str) -> dict[str, Any]:
-        return fairness_report(self.groups)
+    def model_keys(self) -> list[ModelKey]:
+        return [KEY]
+
+    def counts(self, key: ModelKey) -> dict[str, GroupCounts]:
+        return dict(self.groups)
 
 
 async def test_fairness_windows_from_the_engine_trip_disparate_impact() -> None:
     text = """
 region: default
+models: [{name: adult}]
 groups: {attribute: {input: sex}, values: [Female, Male]}
 fairness: {window: 100}
 breaker:
   trip: [{when: fairness.disparate_impact, below: 0.8, windows: 2}]
 """
     source = Counts()
-    board = BreakerBoard(Snapshot(PolicyTable({"default": compiled(text)}, "default")))
+    board = BreakerBoard(Snapshot(table_of(text)))
     watchdog = Watchdog(board, fairness=source, threaded=False)
     board.tickers.append(watchdog.tick)
     board.tick()  # first look: the counts so far are the starting mark
@@ -284,7 +331,8 @@ breaker:
         source.groups["Male"].decisions += 50
         source.groups["Male"].selected += 20
         board.tick()
-    breaker = board.breaker("default")
+    breaker = board.breaker("default", "adult")
     assert breaker is not None and breaker.state_name == "open"
     assert "fairness.disparate_impact<0.8x2 (0.25)" in breaker.reason
-    assert watchdog.status()["regions"]["default"]["last"]["fairness.disparate_impact"] == 0.25
+    status = watchdog.status()["models"]["default|adult|"]
+    assert status["last"]["fairness.disparate_impact"] == 0.25

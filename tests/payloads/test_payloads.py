@@ -8,12 +8,21 @@ import pytest
 
 from guardproxy.payloads import JsonPath, Payload, compile_payload
 from guardproxy.payloads.errors import PayloadError
-from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec, ScoreSpec
+from guardproxy.policy.models import ModelPolicy
 
 
 def preset(protocol: str, labels: dict[str, Any] | None = None, **score: Any) -> Payload:
-    model = ModelSpec(protocol=protocol, score=ScoreSpec(**score))  # type: ignore[arg-type]
-    return compile_payload(model, LabelsSpec(**(labels or {})), DecisionSpec())
+    routes = ["/**"] if protocol == "jsonpath" else []
+    model = ModelPolicy.model_validate(
+        {
+            "name": "m",
+            "protocol": protocol,
+            "routes": routes,
+            "score": score,
+            "labels": labels or {},
+        }
+    )
+    return compile_payload(model)
 
 
 V2_REQUEST: dict[str, Any] = {
@@ -50,7 +59,6 @@ V2_PROBA: dict[str, Any] = {
 
 def test_v2_rows_features_and_columns() -> None:
     payload = preset("kserve_v2")
-    assert payload.rows(V2_REQUEST) == 3
     assert payload.feature(V2_REQUEST, "age") == [39, 50, 38]
     assert payload.feature(V2_REQUEST, "sex") == ["Male", "Female", "Male"]
     assert payload.feature(V2_REQUEST, "capital") == [2174, 0, 0]
@@ -123,10 +131,8 @@ def test_v2_rewrite_replaces_predict() -> None:
 def test_tfserving_rows_columns_and_predictions() -> None:
     payload = preset("tfserving", output="probabilities", index=1)
     request = {"instances": [{"age": 39, "sex": "Male"}, {"age": 50, "sex": "Female"}]}
-    assert payload.rows(request) == 2
     assert payload.feature(request, "sex") == ["Male", "Female"]
     columnar = {"inputs": {"age": [[39], [50]], "sex": ["Male", "Female"]}}
-    assert payload.rows(columnar) == 2
     assert payload.feature(columnar, "age") == [39, 50]
     answer = {"predictions": [{"probabilities": [0.8, 0.2]}, {"probabilities": [0.1, 0.9]}]}
     assert payload.scores(answer) == pytest.approx([0.2, 0.9])
@@ -148,7 +154,6 @@ def test_tfserving_rewrite_and_annotate() -> None:
 def test_mlflow_dataframe_split_records_and_bare_list() -> None:
     payload = preset("mlflow")
     split = {"dataframe_split": {"columns": ["age", "sex"], "data": [[39, "Male"], [50, "Female"]]}}
-    assert payload.rows(split) == 2
     assert payload.feature(split, "sex") == ["Male", "Female"]
     records = {"dataframe_records": [{"age": 39, "sex": "Male"}]}
     assert payload.feature(records, "age") == [39]
@@ -162,7 +167,6 @@ def test_mlflow_dataframe_split_records_and_bare_list() -> None:
 def test_seldon_ndarray_tensor_and_names() -> None:
     payload = preset("seldon_v1", output="proba_1")
     request = {"data": {"names": ["age", "sex"], "ndarray": [[39, "Male"], [50, "Female"]]}}
-    assert payload.rows(request) == 2
     assert payload.feature(request, "age") == [39, 50]
     answer = {"data": {"names": ["proba_0", "proba_1"], "ndarray": [[0.8, 0.2], [0.3, 0.7]]}}
     assert payload.scores(answer) == pytest.approx([0.2, 0.7])

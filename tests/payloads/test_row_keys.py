@@ -7,15 +7,12 @@ from typing import Any
 
 import pytest
 
-from guardproxy.payloads import compile_payload
 from guardproxy.payloads.errors import PayloadError
-from guardproxy.policy.models import DecisionSpec, LabelsSpec, ModelSpec
-from tests.payloads.test_payloads import V2_REQUEST
+from tests.payloads.test_payloads import V2_REQUEST, preset
 
 
 def keys(protocol: str, doc: Any, rows: int) -> list[bytes]:
-    model = ModelSpec(protocol=protocol, score={"path": "$.s"})  # type: ignore[arg-type]
-    return compile_payload(model, LabelsSpec(), DecisionSpec()).row_keys(doc, rows)
+    return preset(protocol, path="$.s").row_keys(doc, rows)
 
 
 def test_v2_rows_are_distinct_and_ignore_ids_order_and_number_spelling() -> None:

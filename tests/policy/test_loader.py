@@ -39,6 +39,8 @@ decision:
 sampling:
   rate: 0.05
   redact: [email, phone]
+models:
+  - name: adult
 """
 
 
@@ -88,8 +90,8 @@ BROKEN = [
     ),
     (
         "drift rule",
-        "region: sg\nbreaker:\n  trip:\n  - {when: drift.score.psi, above: 1}\n",
-        "sg.yaml:4:6",
+        "region: sg\nextends: default\nbreaker:\n  trip:\n  - {when: drift.score.psi, above: 1}\n",
+        "sg.yaml:5:6",
         "needs a drift section",
     ),
     ("self cycle", "region: sg\nextends: sg\n", "sg.yaml:2:1", "extends cycle sg -> sg"),
@@ -146,7 +148,7 @@ def test_inherited_value_is_reported_in_the_parent_file(tmp_path: Path) -> None:
     override = "region: sg\nextends: default\ngroups:\n  values: [F, M]\n"
     write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": override})
     assert problems_of(tmp_path) == [
-        "default.yaml:8:5: decision.per_group names undeclared group 'Female'"
+        "default.yaml:8:5: model 'adult': decision.per_group names undeclared group 'Female'"
     ]
 
 

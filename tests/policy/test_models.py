@@ -12,13 +12,15 @@ from guardproxy.policy.models import AdaptSpec, BreakerSpec, DriftSpec, Policy, 
 GROUPS = {"attribute": {"input": "sex"}, "values": ["Female", "Male"]}
 
 
-def policy(**sections: Any) -> Policy:
-    return Policy.model_validate({"region": "sg", **sections})
+def policy(model: dict[str, Any] | None = None, **sections: Any) -> Policy:
+    """Region sg with one model "m" (`model`: its own keys) under the given region sections."""
+    models = [{"name": "m", **(model or {})}]
+    return Policy.model_validate({"region": "sg", "models": models, **sections})
 
 
-def rejects(fragment: str, **sections: Any) -> None:
+def rejects(fragment: str, model: dict[str, Any] | None = None, **sections: Any) -> None:
     with pytest.raises(ValidationError) as caught:
-        policy(**sections)
+        policy(model, **sections)
     assert fragment in str(caught.value)
 
 
@@ -61,6 +63,8 @@ def test_defaults_are_valid_and_frozen() -> None:
         ({"fairness": {"disparate_impact": {"min_ratio": 2}}}, "less than or equal to 1"),
         ({"decision": {"threshold": 1.2}}, "outside score range"),
         ({"model": {"score": {"range": [1, 0]}}}, "low < high"),
+        ({"model": {"name": "a/b"}}, "should match pattern"),
+        ({"model": {"protocol": "jsonpath"}}, "needs routes"),
         ({"region": "s g"}, "should match pattern"),
         ({"sampling": {"rate": 0.1, "rat": 1}}, "Extra inputs are not permitted"),
     ],

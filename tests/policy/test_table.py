@@ -7,45 +7,17 @@ from pathlib import Path
 import pytest
 
 from guardproxy.policy.loader import PolicyError, load_directory
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.table import (
+    PATH_CACHE,
+    CompiledPolicy,
     PolicyTable,
-    RouteMatcher,
     builtin_table,
+    compile_policy,
     compile_table,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
-
-
-@pytest.mark.parametrize(
-    ("pattern", "path", "expected"),
-    [
-        ("/v2/models/*/infer", "/v2/models/adult/infer", True),
-        ("/v2/models/*/infer", "/v2/models//infer", False),
-        ("/v2/models/*/infer", "/v2/models/a/b/infer", False),
-        ("/v2/models/*/infer", "/v2/models/adult/infer/x", False),
-        ("/v2/models/*/versions/*/infer", "/v2/models/a/versions/3/infer", True),
-        ("/v1/**", "/v1", True),
-        ("/v1/**", "/v1/models/a:predict", True),
-        ("/v1/**", "/v10", False),
-        ("/a/**/b", "/a/b", True),
-        ("/a/**/b", "/a/x/y/b", True),
-        ("/a/**/b", "/a/x/y/c", False),
-        ("/invocations", "/invocations", True),
-        ("/x.json", "/xajson", False),
-        ("/v1/models/*:predict", "/v1/models/mnist:predict", True),
-    ],
-)
-def test_route_globs(pattern: str, path: str, expected: bool) -> None:
-    assert RouteMatcher([pattern]).matches(path) is expected
-
-
-def test_several_routes_and_none() -> None:
-    matcher = RouteMatcher(["/invocations", "/v2/models/*/infer"])
-    assert matcher.matches("/invocations") and matcher.matches("/v2/models/m/infer")
-    assert not matcher.matches("/healthz")
-    assert not RouteMatcher([]).matches("/anything")
 
 
 def test_resolution_by_name_case_and_fallback() -> None:
@@ -68,16 +40,63 @@ def test_table_needs_its_default_region() -> None:
         PolicyTable({}, "default")
 
 
-def test_chain_factory_runs_once_per_region() -> None:
-    seen: list[str] = []
+def test_chain_factory_runs_once_per_model() -> None:
+    seen: list[tuple[str, str]] = []
 
-    def build(policy: Policy) -> object:
-        seen.append(policy.region)
-        return ("chain", policy.region)
+    def build(region: str, spec: ModelPolicy, version: str) -> object:
+        seen.append((region, spec.name))
+        return ("chain", region, spec.name)
 
     table = compile_table(load_directory(EXAMPLES), build_chain=build)
-    assert sorted(seen) == ["default", "id", "sg", "th"]
-    assert table.regions["id"].chain == ("chain", "id")
+    assert ("id", "adult") in seen and len(seen) == len(set(seen))
+    found = table.regions["id"].model("adult")
+    assert found is not None and found.chain == ("chain", "id", "adult")
+
+
+def test_paths_resolve_to_their_model_or_to_none() -> None:
+    policy = Policy.model_validate(
+        {
+            "region": "sg",
+            "models": [
+                {"name": "credit", "routes": ["/v2/models/credit/**"]},
+                {"name": "fraud"},
+                {"name": "churn", "protocol": "tfserving"},
+            ],
+        }
+    )
+    entry = compile_table_of(policy)
+    names = {
+        path: getattr(entry.match(path), "name", None)
+        for path in (
+            "/v2/models/credit/infer",
+            "/v2/models/credit/versions/7/infer",
+            "/v2/models/fraud/versions/2/infer",
+            "/v2/models/fraud/ready",
+            "/v1/models/churn:predict",
+            "/v2/models/other/infer",
+        )
+    }
+    assert names == {
+        "/v2/models/credit/infer": "credit",
+        "/v2/models/credit/versions/7/infer": "credit",
+        "/v2/models/fraud/versions/2/infer": "fraud",
+        "/v2/models/fraud/ready": None,
+        "/v1/models/churn:predict": "churn",
+        "/v2/models/other/infer": None,
+    }
+    assert entry.match("/v2/models/credit/infer") is entry.model("credit")  # cached
+
+
+def test_the_path_cache_is_bounded() -> None:
+    entry = compile_table_of(Policy.model_validate({"region": "sg", "models": [{"name": "m"}]}))
+    for i in range(PATH_CACHE + 100):
+        entry.match(f"/junk/{i}")
+    assert len(entry._by_path) == PATH_CACHE
+    assert entry.match("/v2/models/m/infer") is entry.model("m")
+
+
+def compile_table_of(policy: Policy) -> CompiledPolicy:
+    return compile_policy(policy)
 
 
 def test_version_is_stable_and_tracks_content(tmp_path: Path) -> None:
@@ -110,13 +129,14 @@ def test_builtin_table_is_the_adult_demo() -> None:
     table = builtin_table(default_region="sg")
     entry, known = table.resolve("default")
     assert known and table.default_region == "default"
-    policy = entry.policy
-    assert policy.groups.values == ("Female", "Male")
-    assert policy.groups.attribute is not None and policy.groups.attribute.input == "sex"
-    assert policy.model.score.output == "score" and policy.decision.threshold == 0.5
-    assert policy.sampling.rate == 0.05 and policy.sampling.min_per_group > 0
-    assert policy.drift is not None and policy.fairness is not None
-    assert entry.routes.matches("/v2/models/adult/infer")
+    model = entry.match("/v2/models/adult/infer")
+    assert model is not None and model.name == "adult"
+    spec = model.spec
+    assert spec.groups.values == ("Female", "Male")
+    assert spec.groups.attribute is not None and spec.groups.attribute.input == "sex"
+    assert spec.score.output == "score" and spec.decision.threshold == 0.5
+    assert spec.sampling.rate == 0.05 and spec.sampling.min_per_group > 0
+    assert spec.drift is not None and spec.fairness is not None
     assert entry.sources == ("<builtin>/default.yaml",)
 
 

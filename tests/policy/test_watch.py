@@ -6,30 +6,27 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from guardproxy.policy.loader import PolicyError, PolicyFiles
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.watch import PolicyStore, PolicyWatcher
+from guardproxy.testing import eventually
 
 from .kubelet import atomic_write
 
-DEFAULT = "region: default\ngroups: {values: [Female, Male]}\ndecision: {threshold: 0.5}\n"
+DEFAULT = (
+    "region: default\ngroups: {values: [Female, Male]}\ndecision: {threshold: 0.5}\n"
+    "models: [{name: m}]\n"
+)
 SG = "region: sg\nextends: default\ndecision: {threshold: 0.4}\n"
 BROKEN_SG = "region: sg\nextends: default\ndecision:\n  threshold: high\n"
 INTERVAL = 0.05
 Mounted = tuple[Path, PolicyStore, list[PolicyTable]]
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + 2.0
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(INTERVAL / 2)
 
 
 def threshold(store: PolicyStore, region: str) -> float:
@@ -139,10 +136,10 @@ def test_startup_with_broken_policies_fails_loudly(tmp_path: Path) -> None:
 def test_a_failing_chain_factory_keeps_the_old_table(tmp_path: Path) -> None:
     atomic_write(tmp_path, {"default.yaml": DEFAULT})
 
-    def build(policy: Policy) -> object:
-        if policy.region == "sg":
+    def build(region: str, spec: ModelPolicy, version: str) -> object:
+        if region == "sg":
             raise ValueError("no guard for sg")
-        return policy.region
+        return region
 
     store = PolicyStore(tmp_path, build_chain=build)
     atomic_write(tmp_path, {"default.yaml": DEFAULT, "sg.yaml": SG})

@@ -12,7 +12,12 @@ from guardproxy.state import Outcome, PredictionRecord, StateBackend
 def record(
     request_id: str, group: str = "a", score: float = 0.7, decision: int = 1
 ) -> PredictionRecord:
-    return PredictionRecord(request_id, 1.5, "eu", group, score, decision, 0.5, "p1", "static")
+    return PredictionRecord(
+        request_id, 1.5, "eu", "credit", "3", group, score, decision, 0.5, "p1", "static"
+    )
+
+
+EU = ("eu", "credit", "3")
 
 
 async def test_join_returns_the_record(state: StateBackend) -> None:
@@ -37,6 +42,22 @@ async def test_concurrent_labels_for_one_id_join_once(state: StateBackend) -> No
     assert sum(r.outcome is Outcome.DUPLICATE for r in results) == 19
 
 
+async def test_a_reused_id_keeps_its_first_prediction(state: StateBackend) -> None:
+    assert await state.record_predictions([record("r1", "a", 0.9, 1)]) == 0
+    assert await state.record_predictions([record("r1", "b", 0.1, 0), record("r2")]) == 1
+    joined = await state.join_label("r1", 1, 0.0)
+    assert joined.record == record("r1", "a", 0.9, 1)  # the label joins the first prediction
+    for _ in range(2):
+        assert (await state.join_label("r1", 1, 0.0)).outcome is Outcome.DUPLICATE
+
+
+async def test_long_ids_are_stored_under_a_fixed_size_key(state: StateBackend) -> None:
+    long_id = "x" * 4000
+    await state.record_predictions([record(long_id)])
+    joined = await state.join_label(long_id, 1, 0.0)
+    assert joined.record is not None and joined.record.request_id == long_id
+
+
 async def test_join_labels_keeps_order(state: StateBackend) -> None:
     await state.record_predictions([record("x"), record("y")])
     results = await state.join_labels([("y", 1, 0.0), ("z", 1, 0.0), ("y", 0, 0.0), ("x", 0, 0.0)])
@@ -49,13 +70,14 @@ async def test_join_labels_keeps_order(state: StateBackend) -> None:
 
 
 async def test_counters_and_histograms_add_up(state: StateBackend) -> None:
-    await state.add_counts("eu", "a", {"decisions": 3, "selected": 2})
-    await state.add_counts("eu", "a", {"decisions": 1, "tp": 1})
-    await state.add_counts("eu", "b:x", {"decisions": 5})
-    await state.add_counts("us", "a", {"decisions": 7})
-    await state.add_histogram("eu", "a", 1, {70: 2, 3: 1})
-    await state.add_histogram("eu", "a", 0, {70: 4})
-    groups = await state.counts("eu")
+    await state.add_counts(EU, "a", {"decisions": 3, "selected": 2})
+    await state.add_counts(EU, "a", {"decisions": 1, "tp": 1})
+    await state.add_counts(EU, "b:x", {"decisions": 5})
+    await state.add_counts(("eu", "credit", "4"), "a", {"decisions": 9})
+    await state.add_counts(("us", "fraud", ""), "a", {"decisions": 7})
+    await state.add_histogram(EU, "a", {"p:70": 2, "p:3": 1})
+    await state.add_histogram(EU, "a", {"n:70": 4})
+    groups = await state.counts(EU)
     assert sorted(groups) == ["a", "b:x"]
     assert groups["a"].counts.to_dict() == {
         "decisions": 4,
@@ -67,12 +89,12 @@ async def test_counters_and_histograms_add_up(state: StateBackend) -> None:
     }
     assert groups["a"].bins == {"p:70": 2, "p:3": 1, "n:70": 4}
     assert groups["b:x"].counts.decisions == 5
-    assert await state.regions() == ["eu", "us"]
+    assert await state.keys() == [EU, ("eu", "credit", "4"), ("us", "fraud", "")]
 
 
 async def test_thresholds_round_trip(state: StateBackend) -> None:
     assert await state.load_thresholds() is None
-    rules = {("eu", "a"): ThresholdRule(0.4), ("eu", "b"): ThresholdRule(0.3, 0.35, 0.25)}
+    rules = {(*EU, "a"): ThresholdRule(0.4), (*EU, "b"): ThresholdRule(0.3, 0.35, 0.25)}
     table = ThresholdTable("t3-abcd", MappingProxyType(rules))
     await state.save_thresholds(table)
     loaded = await state.load_thresholds()

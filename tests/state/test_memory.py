@@ -6,7 +6,7 @@ from guardproxy.state import MemoryState, Outcome, PredictionRecord
 
 
 def record(request_id: str) -> PredictionRecord:
-    return PredictionRecord(request_id, 0.0, "eu", "a", 0.5, 1, 0.5, "p", "static")
+    return PredictionRecord(request_id, 0.0, "eu", "m", "", "a", 0.5, 1, 0.5, "p", "static")
 
 
 async def test_records_expire_after_their_ttl() -> None:

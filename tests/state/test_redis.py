@@ -8,13 +8,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from guardproxy.state import PredictionRecord, StateError, open_state
+from guardproxy.state.base import record_key
 from guardproxy.state.redis import RedisState
 
 from .conftest import REDIS_URL, drop_prefix
 
 
 def record(request_id: str) -> PredictionRecord:
-    return PredictionRecord(request_id, 0.0, "eu", "a", 0.5, 1, 0.5, "p", "static")
+    return PredictionRecord(request_id, 0.0, "eu", "m", "", "a", 0.5, 1, 0.5, "p", "static")
 
 
 async def test_records_expire_and_use_the_prefix(redis_prefix: str) -> None:
@@ -22,7 +23,7 @@ async def test_records_expire_and_use_the_prefix(redis_prefix: str) -> None:
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         await state.record_predictions([record("r1")])
-        ttl = await client.ttl(f"{redis_prefix}pred:r1")
+        ttl = await client.ttl(f"{redis_prefix}pred:{record_key('r1')}")
         assert 0 < ttl <= 60
     finally:
         await client.aclose()

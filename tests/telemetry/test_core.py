@@ -14,36 +14,37 @@ from .conftest import key, samples
 
 def test_counters_and_gauges_reach_prometheus_text() -> None:
     telemetry = Telemetry(TelemetryConfig(), "http://127.0.0.1:1")
-    telemetry.count_feedback("sg", "female", "tp")
-    telemetry.count_feedback("sg", "female", "tp")
+    telemetry.count_feedback("sg", "credit", "female", "tp")
+    telemetry.count_feedback("sg", "credit", "female", "tp")
     telemetry.policy_reload("failed")
-    telemetry.record_drift("sg", "score", "psi", 0.3)
-    telemetry.breaker_transition(Transition("sg", "closed", "open", "tripped", {}, 0.0))
+    telemetry.record_drift(("sg", "credit", "3"), "score", "psi", 0.3)
+    telemetry.breaker_transition(Transition("sg", "credit", "closed", "open", "tripped", {}, 0.0))
     telemetry.watch_total("queue.dropped", lambda: 7)
     telemetry.watch_fairness(
         lambda: {
-            "sg": {
+            ("sg", "credit", "3"): {
                 "groups": {"female": {"selection_rate": 0.4}},
                 "disparities": {"demographic_parity_ratio": 0.8},
             }
         }
     )
     found = samples(telemetry)
-    assert found[key("guardproxy_feedback_total", region="sg", group="female", cell="tp")] == 2
+    sg = {"region": "sg", "model": "credit"}
+    assert found[key("guardproxy_feedback_total", **sg, group="female", cell="tp")] == 2
     assert found[key("guardproxy_policy_reloads_total", result="failed")] == 1
-    assert found[key("guardproxy_drift", region="sg", signal="score", test="psi")] == 0.3
-    assert found[key("guardproxy_breaker_transitions_total", region="sg", to="open")] == 1
-    assert found[key("guardproxy_breaker_state", region="sg")] == 2
+    assert found[key("guardproxy_drift", **sg, signal="score", test="psi")] == 0.3
+    assert found[key("guardproxy_breaker_transitions_total", **sg, to="open")] == 1
+    assert found[key("guardproxy_breaker_state", **sg)] == 2
     assert found[key("guardproxy_queue_dropped_total")] == 7
-    rate = key("guardproxy_fairness_selection_rate", region="sg", group="female")
+    rate = key("guardproxy_fairness_selection_rate", **sg, group="female")
     assert found[rate] == 0.4
-    assert found[key("guardproxy_fairness_demographic_parity_ratio", region="sg")] == 0.8
+    assert found[key("guardproxy_fairness_demographic_parity_ratio", **sg)] == 0.8
 
 
 def test_bad_names_are_refused() -> None:
     telemetry = Telemetry(TelemetryConfig(), "http://127.0.0.1:1")
     with pytest.raises(ValueError, match="tp, fp, tn or fn"):
-        telemetry.count_feedback("sg", "female", "maybe")
+        telemetry.count_feedback("sg", "credit", "female", "maybe")
     with pytest.raises(ValueError, match="unknown total"):
         telemetry.watch_total("requests", lambda: 1)
     with pytest.raises(ValueError, match="applied, unchanged or failed"):
@@ -67,11 +68,12 @@ def test_joined_labels_count_by_confusion_cell() -> None:
     joined = [(record(1), 1), (record(1), 0), (record(0), 0), (record(0), 1), (record(1), 1)]
     telemetry.count_joined(joined)
     found = samples(telemetry)
-    cells = {c: found[key("guardproxy_feedback_total", region="sg", group="female", cell=c)]
+    labels = {"region": "sg", "model": "credit", "group": "female"}
+    cells = {c: found[key("guardproxy_feedback_total", **labels, cell=c)]
              for c in ("tp", "fp", "tn", "fn")}  # fmt: skip
     assert cells == {"tp": 2, "fp": 1, "tn": 1, "fn": 1}
 
 
 def record(decision: int) -> PredictionRecord:
     """A prediction for a female applicant in sg with this decision."""
-    return PredictionRecord("r", 0.0, "sg", "female", 0.5, decision, 0.5, "p", "t")
+    return PredictionRecord("r", 0.0, "sg", "credit", "", "female", 0.5, decision, 0.5, "p", "t")

@@ -1,0 +1,27 @@
+"""The Open Inference Protocol over gRPC: a guarded proxy and its message documents.
+
+Needs the `grpc` extra (`pip install 'guardproxy[grpc]'`).
+"""
+
+from __future__ import annotations
+
+from .documents import apply_response, request_document, response_document
+from .hooks import Allow, AllowAll, InferCall, InferHook, Refuse, refusal_trailers, status_for
+from .proxy import INFER, STREAM_INFER, GrpcProxy, forwardable
+
+__all__ = [
+    "INFER",
+    "STREAM_INFER",
+    "Allow",
+    "AllowAll",
+    "GrpcProxy",
+    "InferCall",
+    "InferHook",
+    "Refuse",
+    "apply_response",
+    "forwardable",
+    "refusal_trailers",
+    "request_document",
+    "response_document",
+    "status_for",
+]

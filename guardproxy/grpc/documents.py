@@ -1,0 +1,193 @@
+"""ModelInfer messages as Open Inference Protocol JSON documents, and changes written back.
+
+The documents have the JSON protocol's shape, the same the binary codec produces: tensors
+with name, datatype, shape, optional parameters and a flat row-major `data` list, read from
+`raw_*_contents` (the shared raw tensor format) or from the typed `contents`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..payloads.tensors import TensorError, element_count, pack, same_values, unpack
+from .generated import grpc_predict_v2_pb2 as pb
+
+__all__ = ["apply_response", "parameters", "request_document", "response_document"]
+
+# datatype -> the InferTensorContents field that carries it (FP16 and BF16 only travel raw)
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_INT64_MAX = (1 << 63) - 1
+
+
+def parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """An InferParameter map as plain values (bool, int, float or str)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        kind = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+def _set_parameter(target: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        if value > _INT64_MAX:
+            target.uint64_param = value
+        else:
+            target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def request_document(msg: pb.ModelInferRequest) -> dict[str, Any]:
+    """The request as a JSON-protocol document (TensorError on sizes that disagree)."""
+    raw = _raw(msg.raw_input_contents, len(msg.inputs), "raw_input_contents")
+    doc = _header(msg.model_name, msg.model_version, msg.id, msg.parameters)
+    doc["inputs"] = [_tensor(t, raw[i], f"input {t.name!r}") for i, t in enumerate(msg.inputs)]
+    doc["outputs"] = [_requested(t) for t in msg.outputs]
+    return doc
+
+
+def response_document(msg: pb.ModelInferResponse) -> dict[str, Any]:
+    """The answer as a JSON-protocol document (TensorError on sizes that disagree)."""
+    raw = _raw(msg.raw_output_contents, len(msg.outputs), "raw_output_contents")
+    doc = _header(msg.model_name, msg.model_version, msg.id, msg.parameters)
+    doc["outputs"] = [_tensor(t, raw[i], f"output {t.name!r}") for i, t in enumerate(msg.outputs)]
+    return doc
+
+
+def _header(
+    model: str, version: str, request_id: str, params: Mapping[str, pb.InferParameter]
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request_id:
+        doc["id"] = request_id
+    if params:
+        doc["parameters"] = parameters(params)
+    return doc
+
+
+def _raw(contents: Sequence[bytes], tensors: int, where: str) -> list[bytes | None]:
+    if not contents:
+        return [None] * tensors
+    if len(contents) != tensors:
+        raise TensorError(f"{where}: {len(contents)} entries for {tensors} tensors")
+    return list(contents)
+
+
+def _tensor(t: Any, raw: bytes | None, where: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+    if t.parameters:
+        doc["parameters"] = parameters(t.parameters)
+    if raw is not None:
+        doc["data"] = unpack(t.datatype, doc["shape"], raw, where)
+    elif t.HasField("contents"):
+        doc["data"] = _typed(t.datatype, doc["shape"], t.contents, where)
+    return doc
+
+
+def _typed(datatype: str, shape: list[int], contents: Any, where: str) -> list[Any]:
+    field = _CONTENTS.get(datatype)
+    if field is None:
+        raise TensorError(f"{where}: {datatype} has no typed contents, only raw bytes")
+    values = list(getattr(contents, field))
+    if len(values) != element_count(shape, where):
+        raise TensorError(f"{where}: {len(values)} values for shape {shape}")
+    if datatype == "BYTES":
+        return [_text(v) for v in values]
+    return values
+
+
+def _text(data: bytes) -> str | bytes:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def _requested(t: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": t.name}
+    if t.parameters:
+        doc["parameters"] = parameters(t.parameters)
+    return doc
+
+
+def apply_response(msg: pb.ModelInferResponse, doc: Mapping[str, Any]) -> None:
+    """Write a changed document's outputs and parameters into the answer, in place.
+
+    Outputs keep the answer's form (raw or typed; raw for all when a new one is FP16/BF16),
+    and an output whose values did not change keeps its raw bytes.
+    """
+    outputs = doc.get("outputs")
+    if not isinstance(outputs, list):
+        raise TensorError("answer document: outputs must be a list")
+    old_raw = dict(zip((t.name for t in msg.outputs), msg.raw_output_contents, strict=False))
+    use_raw = bool(msg.raw_output_contents) or any(
+        isinstance(t, dict) and t.get("datatype") not in _CONTENTS for t in outputs
+    )
+    tensors = [_output(t, i) for i, t in enumerate(outputs)]
+    raws = [_raw_bytes(t, old_raw.get(t.name), outputs[i]) for i, t in enumerate(tensors)]
+    del msg.outputs[:]
+    del msg.raw_output_contents[:]
+    for tensor, _raw, src in zip(tensors, raws, outputs, strict=True):
+        if not use_raw:
+            _fill_typed(tensor, src)
+        msg.outputs.append(tensor)
+    if use_raw:
+        msg.raw_output_contents.extend(raws)
+    _replace_parameters(msg.parameters, doc.get("parameters") or {})
+
+
+def _output(t: Any, index: int) -> pb.ModelInferResponse.InferOutputTensor:
+    if not isinstance(t, dict) or not isinstance(t.get("data"), list):
+        raise TensorError(f"answer document: outputs[{index}] needs a data list")
+    tensor = pb.ModelInferResponse.InferOutputTensor(
+        name=str(t.get("name", "")), datatype=str(t.get("datatype", "")), shape=t.get("shape", [])
+    )
+    _replace_parameters(tensor.parameters, t.get("parameters") or {})
+    return tensor
+
+
+def _raw_bytes(tensor: Any, old: bytes | None, src: Mapping[str, Any]) -> bytes:
+    data, shape, where = _flat(src["data"]), list(tensor.shape), f"output {tensor.name!r}"
+    if len(data) != element_count(shape, where):
+        raise TensorError(f"{where}: {len(data)} values for shape {shape}")
+    if old is not None and same_values(tensor.datatype, shape, data, old):
+        return old
+    return pack(tensor.datatype, data, where)
+
+
+def _fill_typed(tensor: Any, src: Mapping[str, Any]) -> None:
+    field, data = _CONTENTS[tensor.datatype], _flat(src["data"])
+    if tensor.datatype == "BYTES":
+        data = [v.encode() if isinstance(v, str) else v for v in data]
+    getattr(tensor.contents, field).extend(data)
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    while data and isinstance(data[0], list):
+        data = [v for part in data for v in part]
+    return data
+
+
+def _replace_parameters(target: Any, values: Mapping[str, Any]) -> None:
+    target.clear()
+    for key, value in values.items():
+        _set_parameter(target[str(key)], value)

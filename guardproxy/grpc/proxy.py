@@ -1,0 +1,249 @@
+"""An Open Inference Protocol gRPC proxy: ModelInfer guarded, every other method forwarded.
+
+A generic handler takes every method. ModelInfer and ModelStreamInfer are decoded into OIP
+documents for the `InferHook` (see hooks.py for the refusal mapping); any other method, even
+one of a service unknown here, is forwarded to the upstream as raw bytes, as a stream both
+ways, which carries unary and streaming calls alike. Client metadata (`traceparent`
+included) and the deadline go upstream; the upstream's status, details, initial and trailing
+metadata come back. An answer or hook that fails follows `fail_closed`: pass untouched and
+count (default), or end the call INTERNAL. Every outcome is counted in `status()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Literal, NoReturn
+
+import grpc
+from grpc import aio
+
+from .documents import apply_response, request_document, response_document
+from .generated import grpc_predict_v2_pb2 as pb
+from .hooks import Allow, AllowAll, InferCall, InferHook, Metadata, Refuse, refusal_trailers
+from .stats import GrpcStats
+from .streams import StreamGuard
+
+__all__ = ["INFER", "STREAM_INFER", "GrpcProxy"]
+
+log = logging.getLogger("guardproxy.grpc")
+
+SERVICE = "/inference.GRPCInferenceService/"
+INFER = SERVICE + "ModelInfer"
+STREAM_INFER = SERVICE + "ModelStreamInfer"
+# Connection-level headers gRPC sets itself; all other metadata travels both ways.
+_HOP = frozenset({"content-type", "te", "user-agent", "host", "connection", "accept-encoding"})
+
+
+def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
+    """Metadata without pseudo-headers, reserved `grpc-*` keys and connection headers."""
+    return tuple(
+        (key, value)
+        for key, value in metadata or ()
+        if not key.startswith((":", "grpc-")) and key not in _HOP
+    )
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, proxy: GrpcProxy) -> None:
+        self._proxy = proxy
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = details.method
+        proxy = self._proxy
+        if method == INFER:
+            return grpc.unary_unary_rpc_method_handler(proxy.infer)
+        if method == STREAM_INFER:
+            return grpc.stream_stream_rpc_method_handler(proxy.stream_infer)
+        return grpc.stream_stream_rpc_method_handler(functools.partial(proxy.forward, method))
+
+
+class GrpcProxy:
+    """A grpc.aio server in front of one upstream channel."""
+
+    def __init__(
+        self,
+        upstream: str,
+        hook: InferHook | None = None,
+        *,
+        max_message: int = 16 << 20,
+        stream_answers: Literal["triton", "mlserver"] = "triton",
+        fail_closed: bool = False,
+        max_pending: int = 1024,
+    ) -> None:
+        self.upstream = upstream
+        self.hook: InferHook = hook or AllowAll()
+        self.fail_closed = fail_closed
+        self.stream_answers = stream_answers  # Triton wraps stream answers; MLServer does not
+        self.max_pending = max_pending
+        self.stats = GrpcStats()
+        self.port: int | None = None
+        self._options = [
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ]
+        self._server: aio.Server | None = None
+        self._channel: aio.Channel | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0: any free port); the port bound."""
+        self._channel = aio.insecure_channel(self.upstream, options=self._options)
+        server = aio.server(options=[*self._options, ("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((_Handler(self),))
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, let running ones finish within `grace` seconds, close."""
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._channel is not None:
+            await self._channel.close()
+        self._server = self._channel = None
+
+    def status(self) -> dict[str, Any]:
+        """Counters and settings for /status."""
+        return {"upstream": self.upstream, "port": self.port, **self.stats.snapshot()}
+
+    @property
+    def channel(self) -> aio.Channel:
+        """The upstream channel (RuntimeError before start)."""
+        if self._channel is None:
+            raise RuntimeError("the gRPC proxy is not started")
+        return self._channel
+
+    async def infer(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        """ModelInfer: hook before, forward, hook after."""
+        self.stats.calls["infer"] += 1
+        self.stats.active += 1
+        try:
+            call = self.decode_call("ModelInfer", request, context)
+            if call is not None:
+                await self.admit(call, context)
+            unary: aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(INFER)
+            rpc = unary(
+                request, metadata=forwardable(context.invocation_metadata()),
+                timeout=context.time_remaining(),
+            )  # fmt: skip
+            try:
+                answer: bytes = await rpc
+            except aio.AioRpcError as err:
+                await self.fail_upstream(err, context)
+            added: Metadata = ()
+            if call is not None:
+                answer, added = await self.check(call, answer, context)
+            await context.send_initial_metadata(
+                (*forwardable(await rpc.initial_metadata()), *added)
+            )
+            context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
+            self.stats.status(grpc.StatusCode.OK)
+            return answer
+        finally:
+            self.stats.active -= 1
+
+    async def stream_infer(
+        self, requests: AsyncIterator[bytes], context: aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: each request and each answer message through the hook."""
+        self.stats.calls["stream"] += 1
+        self.stats.active += 1
+        try:
+            guard = StreamGuard(self, context)
+            async for answer in guard.run(requests):
+                yield answer
+        finally:
+            self.stats.active -= 1
+
+    async def forward(
+        self,
+        method: str,
+        requests: AsyncIterator[bytes],
+        context: aio.ServicerContext[bytes, bytes],
+    ) -> AsyncIterator[bytes]:
+        """Any other method: bytes both ways, metadata, deadline and status passed through."""
+        self.stats.calls["forward"] += 1
+        self.stats.active += 1
+        streams: aio.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
+        rpc = streams(
+            requests, metadata=forwardable(context.invocation_metadata()),
+            timeout=context.time_remaining(),
+        )  # fmt: skip
+        try:
+            await context.send_initial_metadata(forwardable(await rpc.initial_metadata()))
+            async for answer in rpc:
+                yield answer
+            context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
+            self.stats.status(grpc.StatusCode.OK)
+        except aio.AioRpcError as err:
+            await self.fail_upstream(err, context)
+        finally:
+            rpc.cancel()  # no-op when done; stops the upstream call when the client went away
+            self.stats.active -= 1
+
+    def decode_call(
+        self, method: str, request: bytes, context: aio.ServicerContext[bytes, bytes]
+    ) -> InferCall | None:
+        """The request as an InferCall; None (counted) when it cannot be decoded."""
+        try:
+            msg = pb.ModelInferRequest.FromString(request)
+            doc = request_document(msg)
+        except Exception as exc:  # a malformed request: the upstream will say why
+            self.stats.errors["decode_request"] += 1
+            log.debug("cannot decode a %s request: %s", method, exc)
+            return None
+        metadata = tuple(context.invocation_metadata() or ())
+        return InferCall(method, msg.model_name, msg.model_version, doc, metadata, context.peer())
+
+    async def admit(self, call: InferCall, context: aio.ServicerContext[bytes, bytes]) -> None:
+        """Run the request hook; abort the call on a refusal (or a failure, fail-closed)."""
+        try:
+            refusal = await self.hook.on_request(call)
+        except Exception:
+            self.stats.errors["hook"] += 1
+            log.exception("the gRPC request hook failed")
+            refusal = self._failed("the guard could not check the request")
+        if refusal is not None:
+            await self.refuse(refusal, context)
+
+    async def check(
+        self, call: InferCall, answer: bytes, context: aio.ServicerContext[bytes, bytes]
+    ) -> tuple[bytes, Metadata]:
+        """Run the answer hook: the (maybe changed) answer and the metadata to add."""
+        try:
+            msg = pb.ModelInferResponse.FromString(answer)
+            verdict = await self.hook.on_response(call, response_document(msg))
+            if isinstance(verdict, Allow) and verdict.response is not None:
+                apply_response(msg, verdict.response)
+                answer = msg.SerializeToString()
+        except Exception as exc:
+            verdict = self._answer_failed(exc)
+        if isinstance(verdict, Refuse):
+            await self.refuse(verdict, context)
+        return answer, verdict.metadata if isinstance(verdict, Allow) else ()
+
+    def _answer_failed(self, exc: Exception) -> Allow | Refuse:
+        self.stats.errors["answer"] += 1
+        log.debug("cannot check a gRPC answer: %s", exc)
+        return self._failed("the guard could not check the answer") or Allow()
+
+    def _failed(self, message: str) -> Refuse | None:
+        return Refuse(grpc.StatusCode.INTERNAL, message) if self.fail_closed else None
+
+    async def refuse(self, refusal: Refuse, context: aio.ServicerContext[bytes, bytes]) -> NoReturn:
+        """End the call with the refusal's status (raises, as context.abort does)."""
+        self.stats.refused[refusal.code.name] += 1
+        self.stats.status(refusal.code)
+        await context.abort(refusal.code, refusal.message, refusal_trailers(refusal))
+
+    async def fail_upstream(
+        self, err: aio.AioRpcError, context: aio.ServicerContext[bytes, bytes]
+    ) -> NoReturn:
+        """Pass the upstream's failure to the client: status, details, trailing metadata."""
+        code = err.code()
+        self.stats.upstream[code.name] += 1
+        self.stats.status(code)
+        await context.abort(code, err.details() or "", forwardable(err.trailing_metadata()))

@@ -1,0 +1,143 @@
+"""ModelStreamInfer through the hook: each request admitted, each answer paired and checked.
+
+Answers are paired with their request by `id` when the request has one (a decoupled model's
+answers stay paired until one says `triton_final_response: false` no more), else in order.
+Triton wraps each answer in a ModelStreamInferResponse (an `error_message` answer passes as it
+is); MLServer sends bare ModelInferResponse messages (`stream_answers="mlserver"`). A refusal
+ends the whole stream with its status; `Allow.metadata` becomes string `parameters` of the
+answer it belongs to.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from grpc import aio
+
+from .documents import apply_response, response_document
+from .generated import grpc_predict_v2_pb2 as pb
+from .hooks import Allow, InferCall, Refuse
+
+if TYPE_CHECKING:
+    from .proxy import GrpcProxy
+
+__all__ = ["StreamGuard"]
+
+
+class StreamGuard:
+    """One ModelStreamInfer call: requests in, answers out, both through the proxy's hook."""
+
+    def __init__(self, proxy: GrpcProxy, context: aio.ServicerContext[bytes, bytes]) -> None:
+        self.proxy = proxy
+        self.context = context
+        self.refusal: Refuse | None = None
+        self._by_id: dict[str, InferCall] = {}
+        self._in_order: deque[InferCall] = deque()
+
+    async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Forward the stream; yields the answers to send to the client."""
+        from .proxy import STREAM_INFER, forwardable
+
+        proxy, context = self.proxy, self.context
+        streams: aio.StreamStreamMultiCallable[bytes, bytes]
+        streams = proxy.channel.stream_stream(STREAM_INFER)
+        rpc = streams(
+            self._admitted(requests), metadata=forwardable(context.invocation_metadata()),
+            timeout=context.time_remaining(),
+        )  # fmt: skip
+        try:
+            await context.send_initial_metadata(forwardable(await rpc.initial_metadata()))
+            async for answer in rpc:
+                if self.refusal is not None:
+                    break
+                yield await self._checked(answer)
+            if self.refusal is not None:
+                await proxy.refuse(self.refusal, context)
+            context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
+        except aio.AioRpcError as err:
+            await proxy.fail_upstream(err, context)
+        finally:
+            rpc.cancel()
+
+    async def _admitted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The client's requests that the hook admits; the first refusal ends the stream."""
+        async for raw in requests:
+            self.proxy.stats.calls["stream_message"] += 1
+            call = self.proxy.decode_call("ModelStreamInfer", raw, self.context)
+            if call is not None:
+                refusal = await self._admit(call)
+                if refusal is not None:
+                    self.refusal = refusal  # half-close upstream; run() ends the call
+                    return
+                self._remember(call)
+            yield raw
+
+    async def _admit(self, call: InferCall) -> Refuse | None:
+        try:
+            return await self.proxy.hook.on_request(call)
+        except Exception:
+            self.proxy.stats.errors["hook"] += 1
+            return self.proxy._failed("the guard could not check the request")
+
+    def _remember(self, call: InferCall) -> None:
+        request_id = call.request.get("id")
+        if request_id:
+            self._by_id[request_id] = call
+        else:
+            self._in_order.append(call)
+        if len(self._by_id) + len(self._in_order) > self.proxy.max_pending:
+            self.proxy.stats.errors["stream_pending_dropped"] += 1
+            if self._in_order:
+                self._in_order.popleft()
+            else:
+                self._by_id.pop(next(iter(self._by_id)))
+
+    def _paired(self, answer: pb.ModelInferResponse) -> InferCall | None:
+        if answer.id and answer.id in self._by_id:
+            final = answer.parameters.get("triton_final_response")
+            if final is None or final.bool_param:
+                return self._by_id.pop(answer.id)
+            return self._by_id[answer.id]
+        return self._in_order.popleft() if self._in_order else None
+
+    async def _checked(self, raw: bytes) -> bytes:
+        """The answer to send: as it came, or with the hook's metadata and changes."""
+        proxy = self.proxy
+        try:
+            outer, answer = self._parse(raw)
+            if answer is None:
+                return raw  # Triton reporting one request's error in-band
+            call = self._paired(answer)
+            if call is None:
+                proxy.stats.errors["stream_unpaired"] += 1
+                return raw
+            verdict = await proxy.hook.on_response(call, response_document(answer))
+            if isinstance(verdict, Allow):
+                return self._annotated(raw, outer, answer, verdict)
+        except Exception as exc:
+            verdict = proxy._answer_failed(exc)
+            if isinstance(verdict, Allow):
+                return raw
+        await proxy.refuse(verdict, self.context)
+
+    def _parse(self, raw: bytes) -> tuple[Any, pb.ModelInferResponse | None]:
+        if self.proxy.stream_answers == "mlserver":
+            answer = pb.ModelInferResponse.FromString(raw)
+            return answer, answer
+        outer = pb.ModelStreamInferResponse.FromString(raw)
+        if outer.error_message or not outer.HasField("infer_response"):
+            return outer, None
+        return outer, outer.infer_response
+
+    def _annotated(
+        self, raw: bytes, outer: Any, answer: pb.ModelInferResponse, verdict: Allow
+    ) -> bytes:
+        if verdict.response is None and not verdict.metadata:
+            return raw
+        if verdict.response is not None:
+            apply_response(answer, verdict.response)
+        for key, value in verdict.metadata:
+            answer.parameters[key].string_param = value
+        return outer.SerializeToString()  # type: ignore[no-any-return]

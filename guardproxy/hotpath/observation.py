@@ -1,0 +1,93 @@
+"""What the hot path hands the off path: an immutable record of one guarded exchange.
+
+Never the live exchange: no headers, no bodies, nothing a worker could change or keep
+alive. The drift features the model's policy watches are read once, on the hot path, from
+the request the guards already parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guardproxy.breaker.state import Admission
+from guardproxy.guards.exchange import Exchange, Verdict
+from guardproxy.guards.features import Features
+from guardproxy.hotpath.admission import Admitted
+from guardproxy.policy.table import CompiledModel
+
+BASE_SIZE = 400  # bytes an observation holds besides its rows, roughly
+ROW_SIZE = 120  # bytes per scored row (verdict and its features), roughly
+
+OUTCOMES = ("decided", "unscored", "blocked", "error", "passed")
+THRESHOLD_VERSION = "X-Guard-Threshold-Version"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One finished guarded exchange, as the monitors and telemetry see it."""
+
+    request_id: str
+    model: CompiledModel
+    version: str
+    method: str
+    path: str
+    status: int
+    outcome: str  # one of OUTCOMES
+    verdicts: tuple[Verdict, ...]
+    features: Features
+    flags: tuple[str, ...]
+    errors: int
+    sampled: bool
+    breaker: str  # the breaker's state when it was not closed, else ""
+    fallback: bool  # answered by the fallback upstream: not the model's own answer
+    probe: bool  # a half-open probe of the model
+    threshold_version: str
+    upstream_seconds: float
+
+    @property
+    def size(self) -> int:
+        """Roughly how many bytes it keeps alive while it waits in the queue."""
+        return BASE_SIZE + ROW_SIZE * len(self.verdicts) * (1 + len(self.features))
+
+    @property
+    def region(self) -> str:
+        """The region whose policy applied."""
+        return self.model.region
+
+
+def observe(ex: Exchange, model: CompiledModel, admitted: Admitted) -> Observation:
+    """The immutable record of a finished exchange."""
+    verdicts = tuple(ex.verdicts)
+    chain = model.chain
+    reader = getattr(chain, "features", None)
+    features = reader(ex, len(verdicts)) if reader is not None and verdicts else ()
+    return Observation(
+        request_id=ex.request_id,
+        model=model,
+        version=ex.version,
+        method=ex.method,
+        path=ex.path,
+        status=ex.reply.status if ex.reply is not None else ex.status,
+        outcome=outcome_of(ex),
+        verdicts=verdicts,
+        features=features,
+        flags=tuple(ex.flags),
+        errors=len(ex.errors),
+        sampled=ex.sampled,
+        breaker=admitted.state,
+        fallback=admitted.fallback,
+        probe=admitted.admission is Admission.PROBE,
+        threshold_version=ex.annotations.get(THRESHOLD_VERSION, "static"),
+        upstream_seconds=ex.upstream_seconds,
+    )
+
+
+def outcome_of(ex: Exchange) -> str:
+    """How the exchange ended, as counted per model."""
+    if ex.reply is not None:
+        return "blocked"
+    if ex.status >= 500 or ex.status == 0:
+        return "error"
+    if ex.verdicts:
+        return "decided"
+    return "unscored" if ex.unscored else "passed"

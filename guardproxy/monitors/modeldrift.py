@@ -1,0 +1,109 @@
+"""The drift of one model version: its bank of monitors, missing inputs, and probe windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from guardproxy.hotpath.observation import Observation
+from guardproxy.monitors import stats
+from guardproxy.monitors.bank import DriftBank
+from guardproxy.monitors.baseline import load_baseline
+from guardproxy.monitors.drift import Clock, Reference, WindowResult, to_category, to_float
+from guardproxy.policy.models import ModelPolicy
+from guardproxy.policy.thresholds import ModelKey
+
+Row = dict[str, object]
+
+
+class ModelDrift:
+    """Every drift monitor of one (region, model, version), fed from observations."""
+
+    def __init__(self, spec: ModelPolicy, key: ModelKey, clock: Clock) -> None:
+        drift = spec.drift
+        if drift is None:
+            raise ValueError(f"model {spec.name!r} has no drift section")
+        self.key = key
+        self.spec = spec
+        baseline = load_baseline(drift.reference.baseline) if drift.reference.baseline else None
+        self.bank = DriftBank(drift, key[0], None, baseline, clock)
+        self.inputs = [s.input for s in spec.signal_specs()]
+        self.scored = "score" in self.bank.kinds
+        self.rows_seen = 0
+        self.valid: dict[str, int] = dict.fromkeys(self.inputs, 0)
+        self.probes: list[Row] = []
+
+    def rows(self, ob: Observation) -> list[Row]:
+        """One row per verdict: the score and each watched input (None when unreadable)."""
+        rows: list[Row] = [{"score": v.score} if self.scored else {} for v in ob.verdicts]
+        for name, values in zip(self.inputs, ob.features, strict=False):
+            for row, value in zip(rows, values, strict=False):
+                row[name] = value
+        return rows
+
+    def observe(self, observations: Sequence[Observation]) -> list[WindowResult]:
+        """Feed the observations' rows; the windows they completed (may run in a thread)."""
+        rows = [row for ob in observations for row in self.rows(ob)]
+        self.rows_seen += len(rows)
+        for name in self.inputs:
+            convert = to_float if self.bank.kinds[name] == "numeric" else to_category
+            self.valid[name] += sum(1 for row in rows if convert(row.get(name)) is not None)
+        return self.bank.observe(rows)
+
+    def missing_inputs(self) -> list[str]:
+        """Watched inputs no request has carried, once a whole window of rows has passed."""
+        if self.rows_seen < self.bank.spec.window:
+            return []
+        return [name for name, n in self.valid.items() if n == 0]
+
+    def add_probes(self, observations: Sequence[Observation]) -> None:
+        """Keep half-open probes' rows, which form the half-open window."""
+        self.probes.extend(row for ob in observations for row in self.rows(ob))
+
+    def probe_window(self, size: int) -> dict[str, float] | None:
+        """Drift of the probes against the reference once `size` rows are in (else None).
+
+        A probe window is small, so PSI is corrected by its expected value under no drift,
+        (bins - 1) * (1/n + 1/m), and KS uses the exact small-sample test.
+        """
+        if len(self.probes) < size:
+            return None
+        rows, self.probes = self.probes, []
+        values: dict[str, float] = {}
+        for (group, signal), monitor in self.bank.monitors.items():
+            if group == "*":
+                values.update(_window_values(monitor.reference, signal, rows))
+        return values
+
+    def warming(self) -> dict[str, int]:
+        """Per signal still warming up: how many reference values are in."""
+        return {s: len(v) for (g, s), v in self.bank.warmup.items() if g == "*"}
+
+    def last(self) -> dict[str, Any]:
+        """Per signal, the last completed window's values, alarms and warning."""
+        out: dict[str, Any] = {}
+        for (group, signal), monitor in self.bank.monitors.items():
+            result = monitor.last
+            if group == "*" and result is not None:
+                out[signal] = {
+                    "values": dict(result.values),
+                    "alarms": dict(result.alarms),
+                    "warn": result.warn,
+                    "n": result.n,
+                }
+        return out
+
+
+def _window_values(reference: Reference, signal: str, rows: list[Row]) -> dict[str, float]:
+    sample = [row.get(signal) for row in rows]
+    numbers = [v for v in (to_float(x) for x in sample) if v is not None]
+    if reference.kind != "numeric" or not numbers:
+        return {}
+    ref = list(reference.counts)
+    cur = reference.histogram(numbers)
+    bias = (len(ref) - 1) * (1 / len(numbers) + 1 / max(sum(ref), 1))
+    prefix = f"drift.{signal}."
+    out = {prefix + "psi": max(0.0, stats.psi(ref, cur) - bias)}
+    if reference.sample:
+        out[prefix + "ks"] = stats.ks_2samp(list(reference.sample), numbers)[1]
+    return out

@@ -1,0 +1,237 @@
+"""The Open Inference Protocol binary tensor extension (what tritonclient.http sends by default).
+
+A body is a JSON header of `Inference-Header-Content-Length` bytes, then the raw bytes of
+each tensor whose `parameters.binary_data_size` is set, in the header's order. Decoding gives
+the JSON protocol's document (each binary tensor gets a flat row-major `data` list and loses
+`binary_data_size`); encoding writes a changed document back, keeping the bytes of every
+tensor whose values did not change.
+
+>>> from guardproxy.payloads.tensors import pack
+>>> header = b'{"outputs":[{"name":"p","shape":[2],"datatype":"FP32",'
+>>> header += b'"parameters":{"binary_data_size":8}}]}'
+>>> answer = decode_response(header + pack("FP32", [0.5, 2.0], "p"), str(len(header)))
+>>> answer.doc["outputs"][0]["data"]
+[0.5, 2.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, cast
+
+import orjson
+
+from .tensors import DATATYPES, TensorError, element_count, pack, same_values, unpack
+
+__all__ = [
+    "HEADER",
+    "BinaryBody",
+    "BinaryPayloadError",
+    "Encoded",
+    "decode",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "header_length",
+]
+
+HEADER = "Inference-Header-Content-Length"
+_SIZE = "binary_data_size"
+
+Key = Literal["inputs", "outputs"]
+
+
+class BinaryPayloadError(TensorError):
+    """A binary tensor body whose header, sizes or tensors disagree."""
+
+
+@dataclass(slots=True)
+class BinaryBody:
+    """A decoded body: the JSON-equivalent `doc` and the raw bytes each binary tensor had."""
+
+    doc: dict[str, Any]
+    key: Key
+    sections: dict[str, bytes] = field(default_factory=dict)
+    names: frozenset[str] = frozenset()  # every tensor name of the original body
+    binary_new: bool = True  # whether tensors added to doc[key] are written as binary
+
+
+class Encoded(NamedTuple):
+    """An encoded body and the value of its Inference-Header-Content-Length."""
+
+    body: bytes
+    header_length: int
+
+
+def header_length(value: str | int | None, body_length: int) -> int:
+    """The JSON header's length from the HTTP header (absent: the whole body is JSON)."""
+    if value is None:
+        return body_length
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 12):
+            raise BinaryPayloadError(f"{HEADER} is not a byte count: {value[:40]!r}")
+        value = int(text)
+    if value < 0 or value > body_length:
+        raise BinaryPayloadError(f"{HEADER} {value} is outside a body of {body_length} bytes")
+    return value
+
+
+def decode_request(
+    body: bytes, length: str | int | None, only: Collection[str] | None = None
+) -> BinaryBody:
+    """Decode a request body (its binary tensors are the inputs)."""
+    return decode(body, length, "inputs", only)
+
+
+def decode_response(
+    body: bytes, length: str | int | None, only: Collection[str] | None = None
+) -> BinaryBody:
+    """Decode an answer body (its binary tensors are the outputs)."""
+    return decode(body, length, "outputs", only)
+
+
+def decode(
+    body: bytes, length: str | int | None, key: Key, only: Collection[str] | None = None
+) -> BinaryBody:
+    """Decode a body; with `only`, other binary tensors keep their bytes and get no `data`."""
+    split = header_length(length, len(body))
+    view = memoryview(body)
+    doc = _header(view[:split])
+    tensors = _tensors(doc, key)
+    binary = view[split:]
+    sections: dict[str, bytes] = {}
+    pos = 0
+    for index, t in enumerate(tensors):
+        size = _binary_size(t, f"{key}[{index}]")
+        if size is None:
+            continue
+        name, where = t["name"], f"{key[:-1]} {t['name']!r}"
+        if name in sections:
+            raise BinaryPayloadError(f"{where} appears twice")
+        if pos + size > len(binary):
+            raise BinaryPayloadError(f"{where}: binary data ends at {len(binary)} bytes")
+        raw = bytes(binary[pos : pos + size])
+        sections[name] = raw
+        pos += size
+        if only is None or name in only:
+            _decoded(t, raw, where)
+    if pos != len(binary):
+        raise BinaryPayloadError(
+            f"binary_data_size values add up to {pos} bytes; the body has {len(binary)}"
+        )
+    names = frozenset(t.get("name") for t in tensors if isinstance(t.get("name"), str))
+    return BinaryBody(doc, key, sections, names, binary_new=bool(sections))
+
+
+def _header(data: memoryview) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BinaryPayloadError(f"the JSON header is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BinaryPayloadError("the JSON header is not a JSON object")
+    return doc
+
+
+def _tensors(doc: dict[str, Any], key: Key) -> list[Any]:
+    tensors = doc.get(key, [])
+    if not isinstance(tensors, list):
+        raise BinaryPayloadError(f"{key} is not a list")
+    return tensors
+
+
+def _binary_size(t: Any, where: str) -> int | None:
+    """The tensor's binary_data_size, None for a JSON tensor; checks what decoding needs."""
+    if not isinstance(t, dict):
+        raise BinaryPayloadError(f"{where} is not a JSON object")
+    params = t.get("parameters")
+    size = params.get(_SIZE) if isinstance(params, dict) else None
+    if size is None:
+        return None
+    if type(size) is not int or size < 0:
+        raise BinaryPayloadError(f"{where}: binary_data_size must be a byte count, got {size!r}")
+    if not isinstance(t.get("name"), str):
+        raise BinaryPayloadError(f"{where}: a binary tensor needs a name")
+    if t.get("datatype") not in DATATYPES:
+        raise BinaryPayloadError(f"{where}: unknown datatype {t.get('datatype')!r}")
+    if not isinstance(t.get("shape"), list):
+        raise BinaryPayloadError(f"{where}: a binary tensor needs a shape")
+    if "data" in t:
+        raise BinaryPayloadError(f"{where}: has both data and binary_data_size")
+    return size
+
+
+def _decoded(t: dict[str, Any], raw: bytes, where: str) -> None:
+    try:
+        t["data"] = unpack(t["datatype"], t["shape"], raw, where)
+    except BinaryPayloadError:
+        raise
+    except TensorError as exc:
+        raise BinaryPayloadError(str(exc)) from None
+    params = {k: v for k, v in t["parameters"].items() if k != _SIZE}
+    if params:
+        t["parameters"] = params
+    else:
+        del t["parameters"]
+
+
+def encode(body: BinaryBody) -> Encoded:
+    """The body for `body.doc` as it is now: unchanged tensors keep their original bytes."""
+    tensors = _tensors(body.doc, body.key)
+    header_tensors: list[Any] = []
+    parts: list[bytes] = []
+    for index, t in enumerate(tensors):
+        entry, raw = _encoded(body, t, f"{body.key}[{index}]")
+        header_tensors.append(entry)
+        if raw is not None:
+            parts.append(raw)
+    header = orjson.dumps({**body.doc, body.key: header_tensors})
+    return Encoded(b"".join((header, *parts)), len(header))
+
+
+def _encoded(body: BinaryBody, t: Any, where: str) -> tuple[Any, bytes | None]:
+    """The tensor's header entry and its binary section (None: it stays JSON)."""
+    if not isinstance(t, dict):
+        raise BinaryPayloadError(f"{where} is not a JSON object")
+    name = t.get("name")
+    original = body.sections.get(name) if isinstance(name, str) else None
+    if "data" not in t:  # not decoded (or shared memory): as it came
+        return (t, None) if original is None else (_with_size(t, len(original)), original)
+    binary = original is not None or (name not in body.names and body.binary_new)
+    if not binary:
+        return t, None
+    raw = _raw(t, original, where)
+    return _with_size(t, len(raw)), raw
+
+
+def _raw(t: Mapping[str, Any], original: bytes | None, where: str) -> bytes:
+    datatype, shape, data = t.get("datatype"), t.get("shape"), _flat(t["data"])
+    if not isinstance(datatype, str) or not isinstance(shape, list):
+        raise BinaryPayloadError(f"{where}: a binary tensor needs a datatype and a shape")
+    try:
+        if element_count(shape, where) != len(data):
+            raise BinaryPayloadError(f"{where}: {len(data)} values for shape {shape}")
+        if original is not None and same_values(datatype, shape, data, original):
+            return original
+        return pack(datatype, data, where)
+    except BinaryPayloadError:
+        raise
+    except TensorError as exc:
+        raise BinaryPayloadError(str(exc)) from None
+
+
+def _flat(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise BinaryPayloadError(f"data must be a list, got {type(data).__name__}")
+    while data and isinstance(data[0], list):
+        data = [v for part in data for v in part]
+    return cast(list[Any], data)
+
+
+def _with_size(t: Mapping[str, Any], size: int) -> dict[str, Any]:
+    params = t.get("parameters")
+    entry = {k: v for k, v in t.items() if k != "data"}
+    entry["parameters"] = {**(params if isinstance(params, dict) else {}), _SIZE: size}
+    return entry

@@ -1,0 +1,194 @@
+"""A streamed OpenAI chat answer (`stream: true`), guarded as it passes.
+
+`ChatStreamGuard.feed(chunk)` parses the chunk's server-sent events, appends each choice's
+`delta.content` to that choice's text and scans only what is new: the text already scanned
+is kept as a tail of the longest term plus one character, so a term split across chunks is
+found and the whole stream costs linear time. Terms match as whole words, case-insensitively,
+as the label guard matches them in a complete answer. A term that ends exactly where the text
+so far ends counts at once: waiting for the next character would let it reach the client.
+After each `feed`, the caller forwards `release()` (the bytes of the events now complete) on
+`pass` or `flag`; on `deny` it sends `error_events(...)` instead and closes the stream, so the
+error always starts at an event boundary. At the upstream's end it forwards `rest()`.
+`answer()` is the accumulated text for the sample.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .sse import DONE, Event, EventParser, SSEError
+
+__all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
+
+Action = Literal["pass", "deny", "flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What to do with a chunk: pass, deny (end the stream) or flag (forward, mark)."""
+
+    action: Action
+    term: str | None = None  # the policy's term that matched
+    choice: int | None = None
+
+
+PASS = Scan("pass")
+_RANK = {"pass": 0, "flag": 1, "deny": 2}
+
+
+def _worse(a: Scan, b: Scan) -> Scan:
+    """The scan that matters more: deny over flag over pass; the earlier one on a tie."""
+    return b if _RANK[b.action] > _RANK[a.action] else a
+
+
+class TermScanner:
+    """Whole-word, case-insensitive term search over text arriving in pieces."""
+
+    __slots__ = ("_deny", "_keep", "_longest", "_pattern", "_terms", "scanned")
+
+    def __init__(self, deny: Iterable[str], flag: Iterable[str] = ()) -> None:
+        deny, flag = [t for t in deny if t], [t for t in flag if t]
+        if not deny and not flag:
+            raise ValueError("TermScanner needs at least one deny or flag term")
+        self._terms = {t.casefold(): t for t in (*flag, *deny)}
+        self._deny = frozenset(t.casefold() for t in deny)
+        words = sorted(self._terms.values(), key=len, reverse=True)
+        alternation = "|".join(map(re.escape, words))
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+        self._longest = len(words[0])
+        self._keep = self._longest + 1  # the longest term and the character before it
+        self.scanned = 0  # characters searched, all texts together: the cost, for tests
+
+    def scan(self, tail: str, text: str) -> tuple[str, list[Scan]]:
+        """The new tail, and the matches that end inside `text` (up to the first deny)."""
+        window = tail + text
+        old = len(tail)
+        pos = max(0, old + 1 - self._longest)  # a match ending in `text` starts here or later
+        self.scanned += len(window) - pos
+        found: list[Scan] = []
+        while (match := self._pattern.search(window, pos)) is not None:
+            if match.end() > old:
+                term = self._terms.get(match.group(0).casefold(), match.group(0))
+                deny = term.casefold() in self._deny
+                found.append(Scan("deny" if deny else "flag", term))
+                if deny:
+                    break
+            pos = match.start() + 1  # overlapping terms: look again just after this start
+        return window[-self._keep :], found
+
+
+class ChatStreamGuard:
+    """Parses and scans one streamed chat answer; bounded by max_event and max_answer."""
+
+    def __init__(
+        self,
+        scanner: TermScanner,
+        *,
+        max_event: int = 1 << 20,
+        max_answer: int = 1 << 20,
+        max_choices: int = 16,
+    ) -> None:
+        self.scanner = scanner
+        self.parser = EventParser(max_event)
+        self.max_answer = max_answer
+        self.max_choices = max_choices
+        self.done = False  # `data: [DONE]` seen
+        self.truncated = False  # the answer kept for the sample stopped at max_answer
+        self.flags: list[str] = []
+        self._held = bytearray()  # bytes fed but not released: at most one partial event
+        self._released = 0  # stream offset of _held[0]
+        self._tails: dict[int, str] = {}
+        self._parts: dict[int, list[str]] = {}
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> Scan:
+        """Scan a chunk of the upstream's body (SSEError on a malformed or oversized event)."""
+        self._held += chunk
+        result = PASS
+        for event in self.parser.feed(chunk):
+            result = _worse(result, self.scan_event(event))
+        return result
+
+    def release(self) -> bytes:
+        """The bytes of every complete event fed and not yet released (forward them)."""
+        count = self.parser.boundary - self._released
+        out = bytes(self._held[:count])
+        del self._held[:count]
+        self._released += count
+        return out
+
+    def rest(self) -> bytes:
+        """At the end of the upstream's body: whatever followed the last complete event."""
+        out = bytes(self._held)
+        self._released += len(out)
+        self._held.clear()
+        return out
+
+    def scan_event(self, event: Event) -> Scan:
+        """Scan one event: every choice's new content (deny beats flag)."""
+        if event.data == DONE:
+            self.done = True
+            return PASS
+        try:
+            doc = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise SSEError("a chat stream event is not JSON") from None
+        result = PASS
+        for index, text in self._deltas(doc):  # every choice, so each answer stays whole
+            found = self._scan_text(index, text)
+            result = _worse(result, found)
+        return result
+
+    def _deltas(self, doc: Any) -> list[tuple[int, str]]:
+        choices = doc.get("choices") if isinstance(doc, dict) else None
+        if not isinstance(choices, list):
+            return []  # an error or usage event: no text
+        out = []
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(text, str) or not text:
+                continue
+            index = choice.get("index", 0)
+            if type(index) is not int or not 0 <= index < self.max_choices:
+                raise SSEError(f"choice index {index!r} outside 0..{self.max_choices - 1}")
+            out.append((index, text))
+        return out
+
+    def _scan_text(self, index: int, text: str) -> Scan:
+        self._keep_text(index, text)
+        tail, found = self.scanner.scan(self._tails.get(index, ""), text)
+        self._tails[index] = tail
+        if not found:
+            return PASS
+        self.flags.extend(s.term for s in found if s.action == "flag" and s.term is not None)
+        last = found[-1] if found[-1].action == "deny" else found[0]
+        return Scan(last.action, last.term, index)
+
+    def _keep_text(self, index: int, text: str) -> None:
+        room = self.max_answer - self._size
+        if len(text) > room:
+            self.truncated = True
+            text = text[:room]
+        if text:
+            self._parts.setdefault(index, []).append(text)
+            self._size += len(text)
+
+    def answer(self, index: int = 0) -> str:
+        """The text of one choice so far (cut at max_answer characters for all choices)."""
+        return "".join(self._parts.get(index, []))
+
+    def answers(self) -> dict[int, str]:
+        """Every choice's text so far, by choice index."""
+        return {index: "".join(parts) for index, parts in sorted(self._parts.items())}
+
+
+def error_events(message: str, code: str = "content_filter") -> bytes:
+    """The end of a refused stream: an OpenAI-style JSON error event, then `data: [DONE]`."""
+    error = {"error": {"message": message, "type": "guardproxy", "code": code}}
+    return b"data: " + orjson.dumps(error) + b"\n\ndata: " + DONE.encode() + b"\n\n"

@@ -1,0 +1,165 @@
+"""Raw Open Inference Protocol tensor bytes: flat little-endian, row-major, no padding.
+
+One format serves both the HTTP binary tensor extension and gRPC's `raw_input_contents` /
+`raw_output_contents`. BYTES elements are each a 4-byte little-endian length then the bytes.
+Values decode to the JSON protocol's Python forms: bool, int, float, and str for BYTES
+(bytes when an element is not UTF-8, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "DATATYPES",
+    "TensorError",
+    "element_count",
+    "pack",
+    "same_values",
+    "unpack",
+]
+
+_LENGTH = struct.Struct("<I")
+
+
+class TensorError(ValueError):
+    """Tensor bytes that do not match their datatype or shape."""
+
+
+# datatype -> (struct format character, bytes per element); BYTES is variable-sized.
+_FIXED: dict[str, tuple[str, int]] = {
+    "BOOL": ("?", 1),
+    "UINT8": ("B", 1),
+    "UINT16": ("H", 2),
+    "UINT32": ("I", 4),
+    "UINT64": ("Q", 8),
+    "INT8": ("b", 1),
+    "INT16": ("h", 2),
+    "INT32": ("i", 4),
+    "INT64": ("q", 8),
+    "FP16": ("e", 2),
+    "FP32": ("f", 4),
+    "FP64": ("d", 8),
+    "BF16": ("H", 2),  # the upper half of an FP32; converted below
+}
+DATATYPES = frozenset((*_FIXED, "BYTES"))
+
+# memoryview.cast reads native order; it is the fastest decoder when native is little-endian
+# and the native size is the standard one (FP16 has no memoryview format).
+_CAST = frozenset(
+    fmt
+    for fmt, size in _FIXED.values()
+    if sys.byteorder == "little" and fmt != "e" and struct.calcsize(fmt) == size
+)
+
+
+def element_count(shape: Sequence[int], where: str) -> int:
+    """The number of elements a shape holds (TensorError on a negative or non-int dim)."""
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise TensorError(f"{where}: shape {list(shape)} must hold non-negative integers")
+    return math.prod(shape)
+
+
+def unpack(datatype: str, shape: Sequence[int], raw: bytes | memoryview, where: str) -> list[Any]:
+    """The flat values of one tensor's raw bytes (TensorError when sizes disagree)."""
+    count = element_count(shape, where)
+    if datatype == "BYTES":
+        return _unpack_bytes(raw, count, where)
+    spec = _FIXED.get(datatype)
+    if spec is None:
+        raise TensorError(f"{where}: unknown datatype {datatype!r}")
+    fmt, size = spec
+    if len(raw) != count * size:
+        raise TensorError(
+            f"{where}: {len(raw)} bytes for {count} {datatype} elements ({count * size} expected)"
+        )
+    if fmt in _CAST:
+        view: Any = memoryview(raw)  # the format is a runtime str, which the stubs cannot type
+        values: list[Any] = view.cast(fmt).tolist()
+    else:
+        values = list(struct.unpack(f"<{count}{fmt}", raw))
+    return _from_bf16(values) if datatype == "BF16" else values
+
+
+def _unpack_bytes(raw: bytes | memoryview, count: int, where: str) -> list[Any]:
+    if count > len(raw) // 4:  # each element needs its 4-byte length: bounds the loop first
+        raise TensorError(f"{where}: {len(raw)} bytes cannot hold {count} BYTES elements")
+    view = memoryview(raw)
+    values: list[Any] = []
+    pos = 0
+    for _ in range(count):
+        if pos + 4 > len(view):
+            raise TensorError(f"{where}: BYTES element {len(values)} is cut off")
+        (length,) = _LENGTH.unpack_from(view, pos)
+        end = pos + 4 + length
+        if end > len(view):
+            raise TensorError(f"{where}: BYTES element {len(values)} runs past the tensor")
+        values.append(_text(bytes(view[pos + 4 : end])))
+        pos = end
+    if pos != len(view):
+        raise TensorError(f"{where}: {len(view) - pos} bytes after {count} BYTES elements")
+    return values
+
+
+def _text(data: bytes) -> str | bytes:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def _from_bf16(halves: list[Any]) -> list[Any]:
+    words = struct.pack(f"<{len(halves)}I", *(h << 16 for h in halves))
+    return list(struct.unpack(f"<{len(halves)}f", words))
+
+
+def pack(datatype: str, values: Sequence[Any], where: str) -> bytes:
+    """Raw bytes of flat values (TensorError on a value the datatype cannot hold)."""
+    if datatype == "BYTES":
+        return _pack_bytes(values, where)
+    spec = _FIXED.get(datatype)
+    if spec is None:
+        raise TensorError(f"{where}: unknown datatype {datatype!r}")
+    fmt = spec[0]
+    if datatype == "BF16":
+        values = _to_bf16(values, where)
+    try:
+        return struct.pack(f"<{len(values)}{fmt}", *values)
+    except (struct.error, TypeError, OverflowError) as exc:
+        raise TensorError(f"{where}: values do not fit {datatype}: {exc}") from None
+
+
+def _pack_bytes(values: Sequence[Any], where: str) -> bytes:
+    parts: list[bytes] = []
+    for value in values:
+        data = value.encode() if isinstance(value, str) else value
+        if not isinstance(data, bytes | bytearray):
+            raise TensorError(f"{where}: BYTES element {value!r} is not text or bytes")
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(bytes(data))
+    return b"".join(parts)
+
+
+def _to_bf16(values: Sequence[Any], where: str) -> list[int]:
+    try:
+        words = struct.unpack(f"<{len(values)}I", struct.pack(f"<{len(values)}f", *values))
+    except (struct.error, TypeError, OverflowError) as exc:
+        raise TensorError(f"{where}: values do not fit BF16: {exc}") from None
+    return [w >> 16 for w in words]  # truncation, as a float32 -> bfloat16 cast of raw bits
+
+
+def same_values(datatype: str, shape: Sequence[int], values: Any, raw: bytes) -> bool:
+    """True when `values` are what `raw` already holds, so `raw` can be kept byte for byte."""
+    if type(values) is not list:
+        return False
+    try:
+        if pack(datatype, values, "tensor") == raw:
+            return True
+        return unpack(datatype, shape, raw, "tensor") == values  # e.g. BOOL bytes other than 1
+    except TensorError:
+        return False

@@ -1,0 +1,135 @@
+"""An incoming body: chunks buffered as they arrive, the socket paused when too much waits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+
+class ReadFlow(Protocol):
+    """The connection side of back-pressure: stop and restart reading the socket."""
+
+    def pause_body(self) -> None:
+        """Too much body is buffered: stop reading."""
+
+    def resume_body(self) -> None:
+        """The buffer drained: read again."""
+
+
+TooLarge = Callable[[int], BaseException]
+
+
+class BodyBuffer:
+    """Body bytes between the parser and one reader; bounded by pausing the socket."""
+
+    __slots__ = (
+        "_chunks",
+        "_done",
+        "_error",
+        "_flow",
+        "_high",
+        "_paused",
+        "_size",
+        "_waiter",
+        "peak",
+        "received",
+    )
+
+    def __init__(self, flow: ReadFlow, high_water: int) -> None:
+        self._flow = flow
+        self._high = high_water
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.received = 0
+        self.peak = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the whole body has arrived (it may still sit in the buffer)."""
+        return self._done
+
+    @property
+    def failed(self) -> bool:
+        """Whether the body ended in an error."""
+        return self._error is not None
+
+    def feed(self, data: bytes) -> None:
+        """Parser side: more body bytes."""
+        self._chunks.append(data)
+        size = self._size = self._size + len(data)
+        self.received += len(data)
+        if size > self.peak:
+            self.peak = size
+        if size > self._high and not self._paused:
+            self._paused = True
+            self._flow.pause_body()
+        self._wake()
+
+    def finish(self) -> None:
+        """Parser side: the body is complete."""
+        self._done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """Connection side: the body can never complete; readers get `error`."""
+        if not self._done and self._error is None:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
+        if self._error is not None:
+            raise self._error
+
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._flow.resume_body()
+
+    async def read(self, limit: int | None, too_large: TooLarge) -> bytes:
+        """The whole body; raises `too_large(limit)` as soon as more than `limit` arrived."""
+        # The limit bounds memory here, so back-pressure would only stall the read.
+        self._high = limit if limit is not None and limit > self._high else (1 << 62)
+        self._unpause()
+        while not self._done:
+            if limit is not None and self._size > limit:
+                raise too_large(limit)
+            await self._wait()
+        if limit is not None and self._size > limit:
+            raise too_large(limit)
+        return self._take_all()
+
+    def _take_all(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive; each piece is everything buffered so far."""
+        while True:
+            if self._chunks:
+                data = self._take_all()
+                self._unpause()
+                yield data
+            elif self._done:
+                return
+            else:
+                await self._wait()

@@ -1,0 +1,101 @@
+"""A small real OIP gRPC model server (grpc.aio, the generated stubs) for proxy tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
+from guardproxy.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from guardproxy.payloads.tensors import pack
+
+
+class Model(pb_grpc.GRPCInferenceServiceServicer):
+    """Echoes every input as an output of the same name and adds `score` (FP32, one per row).
+
+    Model "slow" sleeps first; model "broken" fails with a status and trailing metadata.
+    """
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, Any]] = []
+        self.deadlines: list[float | None] = []
+        self.cancelled = 0
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        self.metadata.append(dict(context.invocation_metadata()))
+        self.deadlines.append(context.time_remaining())
+        if request.model_name == "slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        if request.model_name == "broken":
+            context.set_trailing_metadata((("x-upstream-reason", "out of memory"),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "model ran out of memory")
+        return answer(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in requests:
+            if request.model_name == "broken":
+                yield pb.ModelStreamInferResponse(error_message="model is broken")
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=answer(request))
+
+
+def answer(request: Any) -> pb.ModelInferResponse:
+    rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
+    out = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+    for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=False):
+        out.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        out.raw_output_contents.append(raw)
+    out.outputs.add(name="score", datatype="FP32", shape=[rows])
+    out.raw_output_contents.append(pack("FP32", [0.25] * rows, "score"))
+    return out
+
+
+async def echo_reverse(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+    """An unknown service's unary method: the bytes reversed, with metadata both ways."""
+    seen = dict(context.invocation_metadata() or ())
+    await context.send_initial_metadata((("x-echo", str(seen.get("x-test", ""))),))
+    context.set_trailing_metadata((("x-trailer", "t"),))
+    if request == b"fail":
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    return request[::-1]
+
+
+async def echo_count(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """An unknown service's server-streaming method: n answers for b"n"."""
+    for i in range(int(request)):
+        yield str(i).encode()
+
+
+class Unknown(grpc.GenericRpcHandler):
+    """test.Echo/Reverse (unary) and test.Echo/Count (server streaming), on raw bytes."""
+
+    def service(self, details: Any) -> Any:
+        if details.method == "/test.Echo/Reverse":
+            return grpc.unary_unary_rpc_method_handler(echo_reverse)
+        if details.method == "/test.Echo/Count":
+            return grpc.unary_stream_rpc_method_handler(echo_count)
+        return None
+
+
+async def start_model() -> tuple[aio.Server, Model, int]:
+    """The model server on a free loopback port."""
+    model = Model()
+    server = aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
+    server.add_generic_rpc_handlers((Unknown(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, model, port

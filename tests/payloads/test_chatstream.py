@@ -1,0 +1,239 @@
+"""Streamed chat answers guarded chunk by chunk, read by the real openai client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, TermScanner, error_events
+from guardproxy.payloads.sse import SSEError
+from guardproxy.testing import serving
+
+REFUSED = "the answer was refused by policy"
+
+
+def chunk_event(pieces: dict[int, str], finish: str | None = None) -> bytes:
+    choices = [
+        {"index": i, "delta": {"content": text}, "finish_reason": finish}
+        for i, text in pieces.items()
+    ]
+    doc = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return b"data: " + json.dumps({**doc, "choices": choices}).encode() + b"\n\n"
+
+
+def stream_body(pieces: list[str], choices: int = 1) -> bytes:
+    """An OpenAI chat stream: a role chunk, one chunk per piece (every choice), stop, [DONE]."""
+    head = json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(choices)
+            ],
+        }
+    )
+    parts = [b"data: " + head.encode() + b"\n\n"]
+    parts += [chunk_event({i: p for i in range(choices)}) for p in pieces]
+    parts.append(chunk_event(dict.fromkeys(range(choices), ""), "stop"))
+    return b"".join(parts) + b"data: [DONE]\n\n"
+
+
+async def upstream_chat(request: web.Request) -> web.StreamResponse:
+    """Streams the pieces named in the last message ("a|b|c"), written `write` bytes at a time."""
+    doc = await request.json()
+    pieces = doc["messages"][-1]["content"].split("|")
+    body = stream_body(pieces, doc.get("n", 1))
+    step = int(request.query.get("write", len(body)))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for pos in range(0, len(body), step):
+        await response.write(body[pos : pos + step])
+    await response.write_eof()
+    return response
+
+
+class GuardedPassThrough:
+    """The streaming path as the proxy will run it: forward chunk by chunk, end on deny."""
+
+    def __init__(self, upstream: str, scanner: TermScanner) -> None:
+        self.upstream = upstream
+        self.scanner = scanner
+        self.guards: list[ChatStreamGuard] = []
+        self.scans: list[Scan] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.forward)
+        return app
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        url = self.upstream + request.path_qs
+        guard = ChatStreamGuard(self.scanner)
+        self.guards.append(guard)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url, data=await request.read(), headers={"Content-Type": "application/json"}
+            ) as upstream,
+        ):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                scan = guard.feed(chunk)
+                self.scans.append(scan)
+                if scan.action == "deny":
+                    await response.write(error_events(REFUSED))
+                    break
+                await response.write(guard.release())
+            else:
+                await response.write(guard.rest())
+            await response.write_eof()
+            return response
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[tuple[GuardedPassThrough, openai.AsyncOpenAI]]:
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", upstream_chat)
+    async with serving(upstream) as upstream_url:
+        proxy = GuardedPassThrough(upstream_url, TermScanner(["gorilla"], flag=["ape"]))
+        async with serving(proxy.app()) as url:
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            yield proxy, client
+            await client.close()
+
+
+async def stream_text(client: openai.AsyncOpenAI, pieces: str, **extra: Any) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": pieces}], stream=True, **extra
+    )
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    return texts
+
+
+async def test_a_clean_stream_passes_unchanged(guarded: Any) -> None:
+    proxy, client = guarded
+    texts = await stream_text(client, "Gorillas| and apes|s are primates.")
+    assert texts == {0: "Gorillas and apess are primates."}
+    assert proxy.guards[0].answer() == texts[0]
+    assert proxy.guards[0].done and proxy.guards[0].flags == []
+
+
+@pytest.mark.parametrize("write", [1, 3, 64, 100_000])
+async def test_a_denied_term_split_across_chunks_ends_the_stream(guarded: Any, write: int) -> None:
+    proxy, client = guarded
+    extra = {"extra_query": {"write": write}}
+    with pytest.raises(openai.APIError, match=REFUSED) as raised:
+        await stream_text(client, "Here is a GO|Ril|LA. It eats.", **extra)
+    assert raised.value.body == {"message": REFUSED, "type": "guardproxy", "code": "content_filter"}
+    guard = proxy.guards[0]
+    assert proxy.scans[-1] == Scan("deny", "gorilla", 0)
+    assert guard.answer().startswith("Here is a GORilLA")  # the whole text for the sample
+
+
+async def test_a_flagged_term_is_marked_and_forwarded(guarded: Any) -> None:
+    proxy, client = guarded
+    texts = await stream_text(client, "An A|pe, an ape!")
+    assert texts == {0: "An Ape, an ape!"}
+    assert proxy.guards[0].flags == ["ape", "ape"]
+    assert Scan("flag", "ape", 0) in proxy.scans
+
+
+async def test_each_choice_is_scanned_on_its_own(guarded: Any) -> None:
+    proxy, client = guarded
+    with pytest.raises(openai.APIError):
+        await stream_text(client, "a gor|illa", n=2)
+    assert proxy.guards[0].answers() == {0: "a gorilla", 1: "a gorilla"}
+
+
+def feed_pieces(pieces: list[str]) -> tuple[ChatStreamGuard, list[Scan]]:
+    guard = ChatStreamGuard(TermScanner(["gorilla", "new york"], flag=["ape"]))
+    return guard, [guard.feed(chunk_event({0: p})) for p in pieces]
+
+
+def test_every_split_of_a_term_is_found_in_the_chunk_that_completes_it() -> None:
+    text = "the gorilla went"
+    for cut in range(1, len(text)):
+        _, scans = feed_pieces([text[:cut], text[cut:]])
+        deny_at = 0 if cut >= len("the gorilla") else 1
+        assert scans[deny_at] == Scan("deny", "gorilla", 0), cut
+        assert all(s.action == "pass" for s in scans[:deny_at])
+
+
+def test_byte_splits_inside_events_and_characters() -> None:
+    body = chunk_event({0: "caf\u00e9 Gori"}) + chunk_event({0: "lla"})
+    for cut in range(len(body)):
+        guard = ChatStreamGuard(TermScanner(["gorilla"]))
+        scans = [guard.feed(body[:cut]), guard.feed(body[cut:])]
+        assert scans[-1].action == "deny" or scans[0].action == "deny"
+        assert guard.answer() == "caf\u00e9 Gorilla"
+
+
+def test_whole_words_only_and_terms_with_spaces() -> None:
+    _, scans = feed_pieces(["gorillas ", "apex ", "new ", "york"])
+    assert [s.action for s in scans] == ["pass", "pass", "pass", "deny"]
+    _, scans = feed_pieces(["grape", "ape"])  # "grapeape": no word boundary
+    assert [s.action for s in scans] == ["pass", "pass"]
+
+
+def test_deny_wins_over_flag_in_the_same_chunk() -> None:
+    _, scans = feed_pieces(["an ape and a gorilla"])
+    assert scans == [Scan("deny", "gorilla", 0)]
+
+
+def test_scanning_is_linear_in_the_text_whatever_the_chunking() -> None:
+    for size in (1, 5, 1000):
+        costs = []
+        for n in (10_000, 40_000):
+            text = ("word " * n)[:n]
+            guard, _ = feed_pieces([text[i : i + size] for i in range(0, n, size)])
+            costs.append(guard.scanner.scanned)
+            assert guard.scanner.scanned <= n + (n // size + 1) * len("new york")
+        assert costs[1] <= 4 * costs[0] + 100
+
+
+def test_only_complete_events_are_released() -> None:
+    body = stream_body(["one ", "two"])
+    guard = ChatStreamGuard(TermScanner(["x"]))
+    out = []
+    for i in range(0, len(body), 7):
+        guard.feed(body[i : i + 7])
+        released = guard.release()
+        assert released == b"" or released.endswith(b"\n\n")
+        out.append(released)
+    guard.feed(b"data: partial")
+    assert guard.release() == b""
+    assert b"".join(out) + guard.rest() == body + b"data: partial"
+
+
+def test_huge_events_and_bad_json_are_errors() -> None:
+    guard = ChatStreamGuard(TermScanner(["x"]), max_event=10_000)
+    with pytest.raises(SSEError, match="larger than"):
+        guard.feed(b"data: " + b"a" * 20_000)
+    with pytest.raises(SSEError, match="not JSON"):
+        ChatStreamGuard(TermScanner(["x"])).feed(b"data: {nope\n\n")
+    with pytest.raises(SSEError, match="choice index"):
+        ChatStreamGuard(TermScanner(["x"])).feed(chunk_event({99: "x"}))
+
+
+def test_the_kept_answer_is_bounded() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), max_answer=10)
+    scans = [guard.feed(chunk_event({0: "aaaaaaaa"})), guard.feed(chunk_event({0: "a gorilla"}))]
+    assert scans[1].action == "deny"  # scanning goes on past the kept text
+    assert guard.answer() == "aaaaaaaaa " and guard.truncated
+
+
+def test_a_scanner_needs_terms() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        TermScanner([], flag=[""])

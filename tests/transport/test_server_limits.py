@@ -1,0 +1,320 @@
+"""The server's defined answers to hostile or broken clients, and its shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+
+from guardproxy.transport import ClientDisconnected, Request, ResponseWriter, ServerConfig
+
+from .support import RawClient, eventually, serving
+
+
+async def ok(request: Request, response: ResponseWriter) -> None:
+    """Read the body, answer 200 with it."""
+    response.send(200, [], await request.read(1 << 20))
+
+
+async def refused(port: int, data: bytes) -> tuple[int, dict[str, str]]:
+    """Send `data`; return the error status and JSON body, checking the close."""
+    client = await RawClient.open(port)
+    await client.send(data)
+    answer = await client.answer()
+    assert answer.header(b"connection") == b"close"
+    assert answer.header(b"content-type") == b"application/json"
+    assert await client.closed()
+    return answer.status, json.loads(answer.body)
+
+
+SMUGGLING = {
+    "cl-and-te": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    "te-and-cl": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 4\r\n\r\n0\r\n\r\n",
+    "two-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    "same-two-cl": b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+    "cl-list": b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\nabcd",
+    "bad-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4x\r\n\r\nabcd",
+    "negative-cl": b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    "plus-cl": b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\nabcd",
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n c\r\n\r\n",
+    "te-not-chunked-last": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "te-unknown": b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "space-before-colon": b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+    "bare-lf": b"GET / HTTP/1.1\nHost: h\n\n",
+    "nul-in-value": b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    "bad-chunk-size": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+}
+
+
+@pytest.mark.parametrize("data", SMUGGLING.values(), ids=SMUGGLING.keys())
+async def test_smuggling_and_malformed_requests_get_400_and_close(data: bytes) -> None:
+    async with serving(ok) as running:
+        status, body = await refused(running.port, data)
+        assert status == 400
+        assert body["error"].startswith("malformed request") and len(body["request_id"]) == 32
+        assert running.server.counters.errors == {"bad_request": 1}
+
+
+async def test_a_bad_request_after_a_good_one_is_answered_after_it() -> None:
+    async with serving(ok) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi" + SMUGGLING["two-cl"])
+        first = await client.answer()
+        second = await client.answer()
+        assert (first.status, first.body, second.status) == (200, b"hi", 400)
+        assert await client.closed()
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET /\r\n\r\n", 505),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+        (
+            b"POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 3\r\n\r\nabc",
+            400,
+        ),
+    ],
+)
+async def test_unsupported_versions_methods_and_upgrades_with_a_body(
+    data: bytes, status: int
+) -> None:
+    async with serving(ok) as running:
+        assert (await refused(running.port, data))[0] == status
+
+
+async def test_a_bodyless_upgrade_is_answered_as_a_plain_request_and_parsing_goes_on() -> None:
+    async with serving(ok) as running:
+        client = await RawClient.open(running.port)
+        await client.send(
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            b"POST /next HTTP/1.1\r\nContent-Length: 2\r\n\r\nok"
+        )
+        assert (await client.answer()).status == 200
+        assert (await client.answer()).body == b"ok"
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["one-packet", "trickled"])
+async def test_head_over_the_limit_gets_431(pieces: int) -> None:
+    head = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    async with serving(ok, ServerConfig(max_head_size=4096)) as running:
+        client = await RawClient.open(running.port)
+        step = len(head) // pieces + 1
+        for i in range(0, len(head), step):
+            await client.send(head[i : i + step])
+        answer = await client.answer()
+        assert answer.status == 431
+        assert json.loads(answer.body)["error"] == "request head too large"
+        assert await client.closed()
+        assert running.server.counters.errors == {"head_too_large": 1}
+
+
+async def test_a_head_under_the_limit_in_many_pieces_is_fine() -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(50))
+    async with serving(ok, ServerConfig(max_head_size=4096)) as running:
+        client = await RawClient.open(running.port)
+        for i in range(0, len(head), 100):
+            await client.send(head[i : i + 100])
+        await client.send(b"\r\n")
+        assert (await client.answer()).status == 200
+
+
+async def test_slow_headers_are_timed_out_with_408() -> None:
+    async with serving(ok, ServerConfig(header_timeout=0.2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n")  # never finished
+        answer = await client.answer()
+        assert answer.status == 408
+        assert json.loads(answer.body)["error"] == "request head not received in time"
+        assert await client.closed()
+        assert running.server.counters.errors == {"header_timeout": 1}
+
+
+async def test_a_trickling_head_is_timed_out_even_though_bytes_keep_coming() -> None:
+    async with serving(ok, ServerConfig(header_timeout=0.3)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n")
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(500):  # a byte every 20 ms, each well within the timeout
+                    await client.send(b"X")
+                    await asyncio.sleep(0.02)
+
+        trickling = asyncio.create_task(trickle())
+        answer = await client.answer()
+        trickling.cancel()
+        assert answer.status == 408
+        assert running.server.counters.errors == {"header_timeout": 1}
+
+
+async def test_slow_body_is_timed_out_with_408() -> None:
+    async with serving(ok, ServerConfig(body_timeout=0.2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        answer = await client.answer()
+        assert answer.status == 408
+        assert json.loads(answer.body)["error"] == "request body not received in time"
+        assert await client.closed()
+        assert running.server.counters.errors == {"body_timeout": 1}
+
+
+async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> None:
+    release = asyncio.Event()
+
+    async def lagging(request: Request, response: ResponseWriter) -> None:
+        await release.wait()
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        response.send(200, [], b"%d" % size)
+
+    config = ServerConfig(body_timeout=0.2, high_water=1024)
+    async with serving(lagging, config) as running:
+        client = await RawClient.open(running.port)
+        # Written without waiting for the server to read it: it will not, for a while.
+        client.writer.write(b"POST / HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000)
+        await asyncio.sleep(0.5)  # longer than the body timeout, with reading paused
+        release.set()
+        assert (await client.answer()).body == b"300000"
+        assert running.server.counters.errors == {}
+
+
+async def test_idle_keep_alive_connections_are_closed() -> None:
+    async with serving(ok, ServerConfig(keepalive_timeout=0.2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await client.answer()).status == 200
+        assert await client.closed()
+        assert running.server.counters.idle_closed == 1
+        await eventually(lambda: running.server.connections == 0)
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout() -> None:
+    outcome: list[str] = []
+
+    async def flood(request: Request, response: ResponseWriter) -> None:
+        response.start(200, [])
+        try:
+            for _ in range(10_000):
+                await response.write(b"x" * 65536)
+        except ClientDisconnected:
+            outcome.append("stopped")
+            raise
+
+    async with serving(flood, ServerConfig(write_timeout=0.2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n")  # and never reads the answer
+        await eventually(lambda: outcome == ["stopped"])
+        assert running.server.counters.errors == {"write_timeout": 1, "client_disconnect": 1}
+
+
+async def test_a_client_still_uploading_reads_its_413() -> None:
+    async def reader(request: Request, response: ResponseWriter) -> None:
+        response.send(200, [], await request.read(1000))
+
+    async with serving(reader) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+
+        async def upload() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(760):
+                    await client.send(b"x" * 65536)
+
+        uploading = asyncio.create_task(upload())
+        answer = await client.answer()  # not lost to a reset while the upload goes on
+        assert answer.status == 413
+        assert await client.closed()
+        await uploading
+
+
+async def test_a_large_early_answer_survives_an_upload_still_going_on() -> None:
+    answer_size = 8 << 20
+
+    async def early(request: Request, response: ResponseWriter) -> None:
+        response.send(200, [], b"y" * answer_size)  # without reading the 50 MB body
+
+    async with serving(early) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+
+        async def upload() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(760):
+                    await client.send(b"x" * 65536)
+
+        uploading = asyncio.create_task(upload())
+        answer = await client.answer()
+        assert (answer.status, len(answer.body)) == (200, answer_size)
+        assert answer.header(b"connection") == b"close"
+        uploading.cancel()
+
+
+async def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
+    async def early(request: Request, response: ResponseWriter) -> None:
+        response.send(403, [], b"no")  # without reading the body
+
+    async with serving(early) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+        answer = await client.answer()
+        assert (answer.status, answer.header(b"connection")) == (403, b"close")
+        assert await client.closed()
+
+
+async def test_pipelined_requests_beyond_the_limit_are_left_unread() -> None:
+    async with serving(ok, ServerConfig(max_pipelined=2)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n" * 6)
+        statuses = [(await client.answer()).status for _ in range(3)]  # 1 running + 2 queued
+        assert statuses == [200, 200, 200]
+        assert await client.closed()
+        assert running.server.counters.errors == {"pipeline_overflow": 1}
+
+
+async def test_shutdown_drains_in_flight_requests_and_closes_idle_ones() -> None:
+    release = asyncio.Event()
+
+    async def held(request: Request, response: ResponseWriter) -> None:
+        if request.target == b"/held":
+            await release.wait()
+        response.send(200, [], request.target)
+
+    async with serving(held) as running:
+        idle = await RawClient.open(running.port)
+        await idle.send(b"GET /quick HTTP/1.1\r\n\r\n")
+        assert (await idle.answer()).body == b"/quick"
+        busy = await RawClient.open(running.port)
+        await busy.send(b"GET /held HTTP/1.1\r\n\r\n")
+        await eventually(lambda: running.server.counters.in_flight == 1)
+        stopping = asyncio.create_task(running.server.shutdown(5.0))
+        assert await idle.closed()
+        with pytest.raises(OSError):
+            await RawClient.open(running.port)
+        assert not stopping.done()
+        release.set()
+        answer = await busy.answer()
+        assert (answer.status, answer.body) == (200, b"/held")
+        assert answer.header(b"connection") == b"close"
+        await stopping
+        assert running.server.connections == 0
+
+
+async def test_shutdown_aborts_what_outlives_the_grace_period() -> None:
+    async def stuck(request: Request, response: ResponseWriter) -> None:
+        await asyncio.Event().wait()
+
+    async with serving(stuck) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        await eventually(lambda: running.server.counters.in_flight == 1)
+        await running.server.shutdown(0.1)
+        assert await client.closed()
+        assert running.server.counters.in_flight == 0
