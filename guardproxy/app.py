@@ -30,6 +30,8 @@ from guardproxy.hotpath.upstream import Upstream
 from guardproxy.keys import DecisionKey
 from guardproxy.masking import Masker, mask_url
 from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.monitors.fleet import FleetView, Monitors
+from guardproxy.monitors.health import ModelHealth
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
@@ -74,7 +76,10 @@ class Runtime:
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
         self.worker = MonitorWorker(settings.monitor_budget)
-        self.worker.consumers += [self.engine, self.watchdog]
+        self.health = ModelHealth()
+        self.worker.consumers += [self.engine, self.watchdog, self.health]
+        self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
+        self.telemetry.watch_fleet(self.fleet.rows)
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
@@ -160,6 +165,22 @@ class Runtime:
     def masker(self) -> Masker:
         """What /status and logs must not show: tokens, keys, values from the environment."""
         return Masker((*self.settings.secrets(), *self.store.table.secrets))
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """What makes the pod unready, and what degrades it (counted failures of its parts)."""
+        unready = ["draining"] if self.draining else []
+        degraded = [
+            f"monitor {name} failed {n} time(s)" for name, n in self.worker.consumer_errors.items()
+        ]
+        degraded += [f"breaker ticker failed {self.breakers.ticker_errors} time(s)"] * bool(
+            self.breakers.ticker_errors
+        )
+        if self.engine.last_error is not None:
+            degraded.append(f"state backend: {self.engine.last_error}")
+        if self.store.last_error:
+            degraded.append("the last policy reload failed; the previous policies serve")
+        masker = self.masker()
+        return unready, [masker.text(line) for line in degraded]
 
     def status(self) -> dict[str, object]:
         """The JSON the admin port's /status returns, every secret masked."""

@@ -228,6 +228,26 @@ def run_review(args: argparse.Namespace) -> int:
     )
 
 
+def add_top(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy top [--admin URL]`."""
+    p = sub.add_parser("top", help="a live table of the models, worst behaving first")
+    p.add_argument(
+        "--admin",
+        default=env("ADMIN_URL", "http://127.0.0.1:9901"),
+        help="the admin port's URL (env GUARDPROXY_ADMIN_URL; default %(default)s)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.set_defaults(run=run_top)
+
+
+def run_top(args: argparse.Namespace) -> int:
+    """Show the fleet view until interrupted."""
+    from guardproxy.top import top
+
+    return top(args.admin, args.interval, args.once)
+
+
 def print_or_fail(make: Callable[[], str]) -> int:
     """Print a command's output; a bad input is one clear line on stderr and exit 2."""
     try:
@@ -244,6 +264,7 @@ COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (  # type: ig
     add_calibrate,
     add_baseline,
     add_review,
+    add_top,
     add_demo,
 )
 

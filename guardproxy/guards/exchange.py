@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from guardproxy.payloads.errors import MalformedJson
+from guardproxy.payloads.codec import dumps, loads
+
+__all__ = ["Exchange", "Reply", "Verdict", "dumps", "is_json_answer", "loads"]
 
 _UNPARSED: Any = object()
 
@@ -92,16 +93,3 @@ def is_json_answer(ex: Exchange) -> bool:
         return False
     content_type = ex.response_headers.get("Content-Type", "application/json")
     return "json" in content_type
-
-
-def loads(data: bytes) -> Any:
-    """Parse JSON bytes (MalformedJson, a ValueError, on malformed JSON)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJson(f"malformed JSON: {exc}") from None
-
-
-def dumps(document: Any) -> bytes:
-    """Serialise to compact JSON bytes."""
-    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.codec import dumps
 
 PREFIX, SUFFIX = "samples-", ".jsonl"
 _STAMP = "%Y%m%dT%H%M%S.%fZ"

@@ -6,8 +6,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from guardproxy.guards.exchange import dumps, loads
 from guardproxy.payloads import JsonPath
+from guardproxy.payloads.codec import dumps, loads
 
 Rule = Callable[[str], str]
 # The v2 tensor metadata a reviewer needs to read a redacted input; never personal data.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.sampling.redact import Redactor
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
 # {(region, model, version): {"groups": {group: {"selection_rate": x, ...}},
 #                             "disparities": {"demographic_...": y}}}
 FairnessSource = Callable[[], Mapping[tuple[str, str, str], Mapping[str, Any]]]
+# The fleet view's rows, worst first: each with region, model, score and problems.
+FleetSource = Callable[[], Sequence[Any]]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 GROUP_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
 MODEL_VALUES = (
@@ -49,6 +51,7 @@ class Instruments:
 
     def __init__(self) -> None:
         self.fairness: FairnessSource = dict
+        self.fleet: FleetSource = list
         self.label: Callable[[str, str, str], str] = lambda region, model, group: group
         self.drift: dict[tuple[str, str, str, str], float] = {}  # region, model, signal, test
         self.breaker: dict[tuple[str, str], str] = {}  # (region, model) -> state
@@ -86,6 +89,18 @@ class Instruments:
         for name in MODEL_VALUES:
             meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._model(name)], "1")
         meter.create_observable_gauge("guardproxy.drift", [self._drift], "1")
+        meter.create_observable_gauge(
+            "guardproxy.model.health",
+            [self._health],
+            "1",
+            "How badly a model behaves now: the sum of its problems' severities (0: healthy).",
+        )
+        meter.create_observable_gauge(
+            "guardproxy.model.problem",
+            [self._problems],
+            "1",
+            "Severity of a model's problems of one kind (breaker, drift, fairness, errors, ...).",
+        )
         meter.create_observable_gauge("guardproxy.breaker.state", [self._breaker], "1")
         for name in TOTALS:
             meter.create_observable_counter(f"guardproxy.{name}", [self._total(name)], "1")
@@ -122,6 +137,19 @@ class Instruments:
         for (region, model, signal, test), value in list(self.drift.items()):
             attributes = {"region": region, "model": model, "signal": signal, "test": test}
             yield Observation(value, attributes)
+
+    def _health(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            yield Observation(float(row.score), {"region": row.region, "model": row.model})
+
+    def _problems(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            kinds: dict[str, float] = {}
+            for problem in row.problems:
+                kinds[problem.kind] = kinds.get(problem.kind, 0.0) + problem.severity
+            for kind, severity in kinds.items():
+                attributes = {"region": row.region, "model": row.model, "kind": kind}
+                yield Observation(severity, attributes)
 
     def _breaker(self, options: CallbackOptions) -> Iterable[Observation]:
         for (region, model), state in list(self.breaker.items()):
