@@ -38,6 +38,11 @@ def request_id_of(value: str | None) -> tuple[str, bool]:
     """
     if value is None or value == "":
         return new_request_id(), False
-    if len(value) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(value) is not None:
+    if well_formed_id(value):
         return value, False
     return new_request_id(), True
+
+
+def well_formed_id(value: str) -> bool:
+    """Whether a client's id is 1 to 128 characters of letters, digits and `._:-`."""
+    return 0 < len(value) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(value) is not None
