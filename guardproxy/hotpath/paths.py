@@ -23,7 +23,7 @@ class RoutePath:
 
     @property
     def key(self) -> str:
-        """One name per route however it was spelled (breakers are kept per guarded path)."""
+        """One name per path however it was spelled (what the exchange and its version read)."""
         return self.path.rstrip("/") or "/"
 
     def readings(self) -> tuple[str, ...]:

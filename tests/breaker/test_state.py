@@ -315,3 +315,19 @@ def test_half_open_ends_within_max_seconds_either_way() -> None:
     clock.now += 20
     healthy.tick()
     assert healthy.state_name == "closed" and "1 probes ok" in healthy.reason
+
+
+def test_a_drift_trip_not_yet_disproved_reopens_at_max_seconds_despite_good_probes() -> None:
+    clock = FakeClock()
+    breaker = make(clock, half_open={"probes": 5, "max_seconds": "20s"})
+    for _ in range(3):
+        breaker.observe_window({"drift.score.psi": 0.4})
+    assert breaker.state_name == "open"
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    breaker.probe_done(ok=True)
+    assert breaker.pending == {"drift.score.psi"}  # no drift window from the probes yet
+    clock.now += 20
+    breaker.tick()
+    assert breaker.state_name == "open"
+    assert "drift.score.psi not shown healthy" in breaker.reason

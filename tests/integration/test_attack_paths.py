@@ -49,3 +49,34 @@ async def test_other_paths_still_pass_through_unguarded(tmp_path: Path) -> None:
         async with session.get(proxy.url + "/v2/models/adult/ready") as response:
             assert response.status == 404 and "X-Guard-Policy" not in response.headers
         assert proxy.runtime.proxy.counts.guarded == 0
+
+
+TWO_MODELS = """
+region: default
+groups: {attribute: {input: sex}, values: [Female, Male]}
+models:
+  - {name: adult}
+  - {name: fraud, decision: {threshold: 0.9}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "decision"),
+    [
+        ("/v2/models/adult/../fraud/infer", "fraud", "0"),
+        ("/v2/models/%66raud/versions/2/infer", "fraud", "0"),
+        ("//v2/models/adult//infer/", "adult", "1"),
+    ],
+)
+async def test_a_spelled_path_gets_the_policy_of_the_model_it_reaches(
+    path: str, name: str, decision: str, tmp_path: Path
+) -> None:
+    model = RecordingModel(score=0.7, lenient=True)
+    policies = {"default.yaml": TWO_MODELS}
+    async with (
+        guarded(tmp_path, policies, model) as (proxy, _),
+        aiohttp.ClientSession() as session,
+    ):
+        code, headers, _ = await post(session, URL(proxy.url + path, encoded=True), applicant())
+    assert code == 200 and headers["X-Guard-Model"] == name
+    assert headers["X-Guard-Decision"] == decision  # fraud's 0.9, not adult's 0.5
