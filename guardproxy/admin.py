@@ -60,7 +60,7 @@ async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     unready, degraded = runtime.problems()
     if not await runtime.upstream.reachable():
-        unready.append(f"upstream {runtime.settings.upstream} not reachable")
+        unready.append(f"upstream {runtime.upstream.display} not reachable")
     if runtime.grpc is not None and not await runtime.grpc.reachable():
         unready.append(f"gRPC upstream {runtime.grpc.upstream} not reachable")
     if unready:
@@ -77,8 +77,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """Every model ranked worst first, with the reasons (the fleet view)."""
-    return web.json_response(request.app[RUNTIME].fleet.status())
+    """Every model ranked worst first, with the reasons (the fleet view), secrets masked."""
+    runtime = request.app[RUNTIME]
+    return web.json_response(runtime.masker().document(runtime.fleet.status()))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -22,9 +22,14 @@ from guardproxy.feedback import FeedbackEndpoint
 from guardproxy.grpc_port import GrpcPort
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.draws import Draws
 from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
+from guardproxy.hotpath.replies import error_response
+from guardproxy.hotpath.trust import Trust, request_id_of
 from guardproxy.hotpath.upstream import Upstream
+from guardproxy.keys import DecisionKey
+from guardproxy.masking import Masker, mask_url
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.fleet import FleetView, Monitors
 from guardproxy.monitors.health import ModelHealth
@@ -52,13 +57,15 @@ class Runtime:
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.pool_size)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.samples = SampleQueue(settings.queue_size)
-        self.guard_context = GuardContext(self.thresholds, self.samples)
+        self.draws = Draws()
+        self.guard_context = GuardContext(self.thresholds, self.samples, draws=self.draws)
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.sample_writer = SampleWriter(self.samples, self._sample_sink())
         self.state = open_state(settings.state)
+        self.decision_key = DecisionKey(self.draws, self.state, settings.decision_key)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(self.engine, settings.feedback_token)
         self.telemetry = self.build_telemetry()
@@ -77,11 +84,12 @@ class Runtime:
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
-            settings.region_header,
             observers=(self.worker.offer, self.telemetry.observe),
             breakers=self.breakers,
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
+            trust=Trust(settings.trust_region_header, settings.trust_forwarded),
+            max_body=settings.max_body,
         )
         self.grpc: GrpcPort | None = None
         if settings.grpc_listen is not None:
@@ -121,7 +129,13 @@ class Runtime:
         if spec.redis_stream and self.settings.state.startswith("redis://"):
             return RedisStreamSink(self.settings.state, spec.redis_stream)
         directory = spec.jsonl or self.settings.samples_dir
-        return JsonlSink(directory, spec.max_bytes, spec.max_age)
+        return JsonlSink(
+            directory,
+            spec.max_bytes,
+            spec.max_age,
+            max_total_bytes=spec.max_total_bytes,
+            retention=spec.retention,
+        )
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Start each part, and stop each one that started, in reverse order (even on failure)."""
@@ -130,6 +144,8 @@ class Runtime:
             await self.upstream.start()
             parts.push_async_callback(self.upstream.close)
             parts.push_async_callback(self.state.close)
+            await self.decision_key.start()  # before any request draws
+            parts.push_async_callback(self.decision_key.stop)
             await self.engine.start()
             parts.push_async_callback(self.engine.stop)
             self.sample_writer.start()
@@ -153,6 +169,10 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def masker(self) -> Masker:
+        """What /status and logs must not show: tokens, keys, values from the environment."""
+        return Masker((*self.settings.secrets(), *self.store.table.secrets))
+
     def problems(self) -> tuple[list[str], list[str]]:
         """What makes the pod unready, and what degrades it (counted failures of its parts)."""
         unready = ["draining"] if self.draining else []
@@ -166,24 +186,28 @@ class Runtime:
             degraded.append(f"state backend: {self.engine.last_error}")
         if self.store.last_error:
             degraded.append("the last policy reload failed; the previous policies serve")
-        return unready, degraded
+        masker = self.masker()
+        return unready, [masker.text(line) for line in degraded]
 
     def status(self) -> dict[str, object]:
-        """The JSON the admin port's /status returns."""
+        """The JSON the admin port's /status returns, every secret masked."""
+        return cast(dict[str, object], self.masker().document(self._status()))
+
+    def _status(self) -> dict[str, object]:
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "upstream": self.settings.upstream,
+            "upstream": self.upstream.display,
+            "trust": {
+                "region_header": self.settings.trust_region_header,
+                "forwarded": self.settings.trust_forwarded,
+            },
             "draining": self.draining,
             "requests": self.proxy.counts.as_dict(),
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
-            "samples": {
-                "offered": self.samples.offered,
-                "dropped": self.samples.dropped,
-                "written": self.sample_writer.written,
-                "errors": self.sample_writer.errors,
-            },
+            "samples": self.sample_writer.status(),
+            "decision_key": self.decision_key.status(),
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
             "breakers": {**self.breakers.status(), "fallbacks": self.fallbacks.status()},
@@ -196,7 +220,11 @@ class Runtime:
 
 def build_data_app(runtime: Runtime) -> web.Application:
     """The data port: everything is proxied except the reserved /guardproxy/ prefix."""
-    app = web.Application(client_max_size=runtime.settings.max_body, handler_args={})
+    # Bodies arrive as the client encoded them: pass-through forwards them untouched, guarded
+    # routes decode them under a cap (hotpath.encoding) and forward the decoded bytes.
+    app = web.Application(
+        client_max_size=runtime.settings.max_body, handler_args={"auto_decompress": False}
+    )
     app.cleanup_ctx.append(runtime.lifecycle)
     app.router.add_post("/guardproxy/v1/feedback", runtime.feedback.handle)
     app.router.add_route("*", "/guardproxy/{tail:.*}", _reserved)
@@ -205,9 +233,8 @@ def build_data_app(runtime: Runtime) -> web.Application:
 
 
 async def _reserved(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"error": f"no such endpoint: {request.method} {request.path}"}, status=404
-    )
+    request_id, _ = request_id_of(request.headers.get("X-Request-Id"))
+    return error_response(404, "no such endpoint under /guardproxy/", request_id)
 
 
 async def start_site(
@@ -251,7 +278,7 @@ async def serve(
         data_port,
         settings.admin[0],
         admin_port,
-        settings.upstream,
+        mask_url(settings.upstream),
     )
     if runtime.grpc is not None:
         log.info("gRPC on %s -> %s", runtime.grpc.status()["listen"], runtime.grpc.upstream)

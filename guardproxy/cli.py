@@ -12,7 +12,10 @@ from typing import Any
 
 from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Timeouts
-from guardproxy.settings import Settings, parse_address, secret_from_env
+from guardproxy.masking import MaskingFilter
+from guardproxy.settings import Settings, env_flag, parse_address, secret_from_env
+
+MIN_DECISION_KEY = 16
 
 
 def env(name: str, default: str = "") -> str:
@@ -28,7 +31,18 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), help="data port address")
     p.add_argument("--admin", default=env("ADMIN", "127.0.0.1:9901"), help="admin port address")
     p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
-    p.add_argument("--region-header", default=env("REGION_HEADER", "X-Region"))
+    p.add_argument(
+        "--trust-region-header",
+        default=env("TRUST_REGION_HEADER"),
+        metavar="HEADER",
+        help="let this request header choose the region (set only behind a trusted gateway)",
+    )
+    p.add_argument(
+        "--trust-forwarded",
+        action="store_true",
+        default=env_flag("GUARDPROXY_TRUST_FORWARDED"),
+        help="keep clients' X-Forwarded-* headers (only behind a proxy that sets them)",
+    )
     p.add_argument("--state", default=env("STATE", "memory"), help="memory | redis://HOST:PORT/DB")
     p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy-samples"))
     p.add_argument("--connect-timeout", type=float, default=float(env("CONNECT_TIMEOUT", "5")))
@@ -63,7 +77,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         admin=parse_address(args.admin, "127.0.0.1"),
         policies=Path(args.policies) if args.policies else None,
         region=args.region,
-        region_header=args.region_header,
+        trust_region_header=args.trust_region_header or None,
+        trust_forwarded=args.trust_forwarded,
         state=args.state,
         samples_dir=Path(args.samples),
         timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
@@ -72,6 +87,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
+        decision_key=decision_key(),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
         **grpc_settings(args.grpc_listen, args.grpc_upstream),
@@ -97,6 +113,17 @@ def grpc_settings(listen: str, upstream: str) -> dict[str, Any]:
         }
     except ValueError as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
+
+
+def decision_key() -> str | None:
+    """GUARDPROXY_DECISION_KEY (or _FILE); too short a key is refused, not silently weak."""
+    key = secret_from_env("GUARDPROXY_DECISION_KEY")
+    if key is not None and len(key) < MIN_DECISION_KEY:
+        raise SystemExit(
+            f"guardproxy serve: GUARDPROXY_DECISION_KEY must be at least {MIN_DECISION_KEY} "
+            "characters (e.g. the output of: openssl rand -hex 32)"
+        )
+    return key
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -293,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = getattr(args, "log_level", None) or os.environ.get("GUARDPROXY_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskingFilter())
     code: int = args.run(args)
     return code
 

@@ -47,7 +47,7 @@ class GrpcPort:
         self.listen = settings.grpc_listen
         self.upstream = settings.grpc_upstream
         self.hook: PolicyHook = PolicyHook(
-            policies, breakers, observers, region_key=settings.region_header
+            policies, breakers, observers, region_key=settings.trust_region_header
         )
         self.proxy: GrpcProxy = GrpcProxy(
             settings.grpc_upstream,

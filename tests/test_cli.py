@@ -50,6 +50,40 @@ def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings_from(parser().parse_args(["serve"])).feedback_token == "from-a-secret"
 
 
+def test_trust_is_off_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    for name in ("TRUST_REGION_HEADER", "TRUST_FORWARDED", "DECISION_KEY", "DECISION_KEY_FILE"):
+        monkeypatch.delenv(f"GUARDPROXY_{name}", raising=False)
+    plain = settings_from(parser().parse_args(["serve"]))
+    assert (plain.trust_region_header, plain.trust_forwarded, plain.decision_key) == (
+        None,
+        False,
+        None,
+    )
+    monkeypatch.setenv("GUARDPROXY_TRUST_REGION_HEADER", "X-Region")
+    monkeypatch.setenv("GUARDPROXY_TRUST_FORWARDED", "true")
+    trusting = settings_from(parser().parse_args(["serve"]))
+    assert (trusting.trust_region_header, trusting.trust_forwarded) == ("X-Region", True)
+    flagged = parser().parse_args(["serve", "--trust-region-header", "X-Pod-Region"])
+    assert settings_from(flagged).trust_region_header == "X-Pod-Region"
+
+
+def test_decision_key_from_a_file_and_too_short_a_key_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv("GUARDPROXY_DECISION_KEY", raising=False)
+    key = tmp_path / "key"
+    key.write_text("0123456789abcdef0123\n")
+    monkeypatch.setenv("GUARDPROXY_DECISION_KEY_FILE", str(key))
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert settings.decision_key == "0123456789abcdef0123"
+    assert settings.decision_key in settings.secrets()
+    monkeypatch.setenv("GUARDPROXY_DECISION_KEY", "short")
+    with pytest.raises(SystemExit, match="at least 16 characters"):
+        settings_from(parser().parse_args(["serve"]))
+
+
 def test_serve_without_upstream_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GUARDPROXY_UPSTREAM", raising=False)
     with pytest.raises(SystemExit, match="--upstream"):

@@ -18,13 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "guardproxy"
 ALLOWED: dict[str, set[str]] = {
     "transport": set(),
     "tasks": set(),
-    "policy": {"tasks"},
+    "masking": set(),  # secrets out of reports, logs and errors: every layer that reports
+    "policy": {"tasks", "masking"},
     "payloads": {"policy"},
     "sampling": {"payloads", "policy"},
     "guards": {"payloads", "policy", "sampling"},
     "breaker": {"policy", "tasks"},
-    "hotpath": {"transport", "guards", "payloads", "breaker", "policy", "tasks"},
-    "state": {"policy"},
+    "hotpath": {"transport", "guards", "payloads", "breaker", "policy", "tasks", "masking"},
+    "state": {"policy", "masking"},
     "monitors": {"hotpath", "breaker", "policy", "state", "payloads", "tasks"},
     "telemetry": {"hotpath", "breaker", "policy", "state", "guards", "tasks"},
     "grpc": {"hotpath", "guards", "payloads", "breaker", "policy", "tasks"},
@@ -102,3 +103,12 @@ def test_the_hot_path_loads_no_numpy_and_no_monitor() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_request_trust_paths_and_decoding_need_no_http_library() -> None:
+    # Any data-port handler (aiohttp today, guardproxy.transport next) calls these with plain
+    # strings, bytes and header mappings.
+    for name in ("encoding", "paths", "trust"):
+        path = PACKAGE / "hotpath" / f"{name}.py"
+        roots = {module.split(".")[0] for module in imports_of(path)}
+        assert roots <= sys.stdlib_module_names | {"__future__"}, (name, roots)

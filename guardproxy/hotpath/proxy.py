@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aiohttp
@@ -14,75 +12,39 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.breaker.state import CLOSED, Admission, CircuitBreaker
+from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
-from guardproxy.guards.exchange import Exchange, Reply, dumps
-from guardproxy.hotpath.admission import Admitted, Fallbacks, mark, settle
+from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
+from guardproxy.hotpath.bodies import guarded_headers, read_answer, read_request_body
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.observation import Observation, observe
+from guardproxy.hotpath.paths import origin_form, route_path
+from guardproxy.hotpath.replies import (
+    ProxyCounts,
+    Refusal,
+    annotate,
+    breaker_open,
+    error_response,
+    relay_headers,
+)
+from guardproxy.hotpath.trust import Trust, request_id_of
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
     forward_request_headers,
-    forward_response_headers,
     map_error,
 )
 from guardproxy.policy.routes import path_version
-from guardproxy.policy.table import CompiledModel, PolicyTable
+from guardproxy.policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 
 log = logging.getLogger("guardproxy.proxy")
 
 NO_BODY_STATUS = frozenset({204, 304})
 JSON_TYPES = ("application/json", "application/x-ndjson")
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
 Observer = Callable[[Observation], None]
-
-
-@dataclass(slots=True)
-class ProxyCounts:
-    """Plain counters the admin port reports; ints, so no locks in a single event loop."""
-
-    requests: int = 0
-    guarded: int = 0
-    unguarded: int = 0
-    in_flight: int = 0
-    unknown_region: int = 0
-    upstream_errors: dict[int, int] = field(default_factory=dict)
-    aborted: int = 0
-    blocked: int = 0
-    unguarded_streams: int = 0
-    observer_errors: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able view for /status."""
-        return {
-            "requests": self.requests,
-            "guarded": self.guarded,
-            "unguarded": self.unguarded,
-            "in_flight": self.in_flight,
-            "unknown_region": self.unknown_region,
-            "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},
-            "aborted": self.aborted,
-            "blocked": self.blocked,
-            "unguarded_streams": self.unguarded_streams,
-            "observer_errors": dict(self.observer_errors),
-        }
-
-
-def new_request_id() -> str:
-    """A random 128-bit id, hex encoded."""
-    return os.urandom(16).hex()
-
-
-def error_response(status: int, message: str, request_id: str, **extra: Any) -> web.Response:
-    """Every error the proxy itself gives: a JSON body naming the request."""
-    body = {"error": message, "request_id": request_id, **extra}
-    return web.Response(
-        status=status,
-        body=dumps(body),
-        content_type="application/json",
-        headers={"X-Request-Id": request_id},
-    )
 
 
 class Proxy:
@@ -92,65 +54,102 @@ class Proxy:
         self,
         upstream: Upstream,
         policies: Snapshot[PolicyTable],
-        region_header: str = "X-Region",
         observers: Sequence[Observer] = (),
         breakers: BreakerBoard | None = None,
         fallbacks: Fallbacks | None = None,
         tracer: UpstreamTracer = NO_TRACER,
+        trust: Trust | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
-        self.region_header = region_header
         self.observers = tuple(observers)
         self.breakers = breakers or BreakerBoard(policies)
         self.fallbacks = fallbacks or Fallbacks(upstream.timeouts)
         self.tracer = tracer
+        self.trust = trust or Trust()
+        self.max_body = max_body
         self.counts = ProxyCounts()
+        self._logged_at = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
-        policy, known = self.policies.current.resolve(request.headers.get(self.region_header))
+        request_id, replaced = request_id_of(request.headers.get("X-Request-Id"))
+        region = self.trust.region_of(request.headers)
+        policy, known = self.policies.current.resolve(region)
         counts = self.counts
         counts.requests += 1
+        counts.request_ids_replaced += replaced
         counts.unknown_region += not known
         counts.in_flight += 1
         try:
-            model = policy.match(request.path)
-            if model is not None and model.chain is not None:
+            target = origin_form(request.raw_path)
+            found = self._guarded_model(policy, target)
+            if found is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, model)
+                return await self._guarded(request, request_id, *found, target)
             counts.unguarded += 1
-            return await self._stream(request, request_id)
+            return await self._stream(request, request_id, target)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
+            self._log_upstream(request_id, exc)
             return error_response(exc.status, exc.message, request_id)
+        except Refusal as exc:
+            counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
+            return error_response(exc.status, exc.message, request_id)
+        except ConnectionError:  # the client went away: nobody to answer, nothing to log
+            counts.client_gone += 1
+            return error_response(499, "client closed the connection", request_id)
+        except web.HTTPException:
+            raise
+        except Exception:  # never a traceback or exception text to a client
+            counts.internal_errors += 1
+            log.exception("request %s failed inside the proxy", request_id)
+            return error_response(500, "internal error in the proxy", request_id)
         finally:
             counts.in_flight -= 1
 
-    async def _stream(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    def _guarded_model(
+        self, policy: CompiledPolicy, target: str
+    ) -> tuple[CompiledModel, str] | None:
+        """The guarded model and normalised path when any reading of the path is a model's."""
+        if not policy.models:
+            return None
+        route = route_path(target)
+        for reading in route.readings():
+            model = policy.match(reading)
+            if model is not None and model.chain is not None:
+                break
+        else:
+            return None
+        if route.ambiguous:
+            raise Refusal(400, "ambiguous encoding in a guarded path (%2F, %5C or %00)")
+        return model, route.key
+
+    async def _stream(
+        self, request: web.Request, request_id: str, target: str
+    ) -> web.StreamResponse:
         """Pass-through: bodies streamed both ways, byte for byte."""
-        upstream_response = await self._send(request, request_id, _request_payload(request))
+        headers = forward_request_headers(request, request_id, self.trust.forwarded)
+        data = request.content if request.body_exists else None
+        upstream_response = await self._send(request, target, headers, data)
         async with upstream_response:
             return await self._relay(request, request_id, upstream_response)
 
     async def _send(
         self,
         request: web.Request,
-        request_id: str,
+        target: str,
+        headers: CIMultiDict[str],
         data: Any,
         upstream: Upstream | None = None,
-        breaker: CircuitBreaker | None = None,
-        probe: bool = False,
     ) -> aiohttp.ClientResponse:
-        headers = forward_request_headers(request, request_id)
         call = self.tracer.upstream_call(request, headers)
         upstream = upstream or self.upstream
-        began = time.perf_counter()
         try:
             response = await upstream.session.request(
                 request.method,
-                upstream.url_for(request.raw_path),
+                upstream.url_for(target),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -158,12 +157,8 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = map_error(exc)
             call.end(error.status, type(exc).__name__)
-            if breaker is not None:
-                settle(breaker, None, time.perf_counter() - began, probe)
             raise error from exc
         call.end(response.status)
-        if breaker is not None:
-            settle(breaker, response.status, time.perf_counter() - began, probe)
         return response
 
     async def _relay(
@@ -172,7 +167,7 @@ class Proxy:
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=_response_headers(upstream.headers, request_id),
+            headers=relay_headers(upstream.headers, request_id),
         )
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
@@ -186,16 +181,15 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone; closing without the final chunk tells the client the truth.
             self.counts.aborted += 1
-            log.warning("upstream failed mid-response for %s: %r", request_id, exc)
+            log.warning("upstream failed mid-response for %s: %s", request_id, type(exc).__name__)
             _abort(request)
             return response
         await response.write_eof()
         return response
 
     async def _guarded(
-        self, request: web.Request, request_id: str, model: CompiledModel
+        self, request: web.Request, request_id: str, model: CompiledModel, path: str, target: str
     ) -> web.StreamResponse:
-        chain = cast(GuardChain, model.chain)
         breaker = self.breakers.get(model)
         admission = breaker.admit()
         fallback = None
@@ -203,43 +197,60 @@ class Proxy:
             fallback = self.fallbacks.get(breaker)
             if fallback is None:
                 self.breakers.rejected += 1
-                return _breaker_open(request_id, model, breaker)
+                return breaker_open(request_id, model, breaker)
+        call = BreakerCall(Admitted(breaker, admission, fallback is not None))
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return error_response(413, exc.text or "request body too large", request_id)
+            return await self._exchange(request, request_id, model, path, target, call, fallback)
+        finally:
+            call.release()  # a probe that never reached the upstream gives its slot back
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        request_id: str,
+        model: CompiledModel,
+        path: str,
+        target: str,
+        call: BreakerCall,
+        fallback: Upstream | None,
+    ) -> web.StreamResponse:
+        chain = cast(GuardChain, model.chain)
+        body, decoded = await read_request_body(request, self.max_body)
         ex = Exchange(
             request_id=request_id,
             region=model.region,
             model=model.name,
             method=request.method,
-            path=request.path,
+            path=path,
             headers=request.headers,
             body=body,
             started=time.perf_counter(),
-            version=path_version(request.path),
+            version=path_version(path),
         )
-        admitted = Admitted(breaker, admission, fallback is not None)
-        if breaker.state is not CLOSED:
-            mark(ex, breaker, admission, fallback is not None)
+        admitted = call.admitted
+        if admitted.breaker.state is not CLOSED:
+            mark(ex, admitted.breaker, admitted.admission, admitted.fallback)
         await chain.on_request(ex)
         if ex.reply is not None:
             await chain.observe(ex)
             return self._finish_reply(ex, model, admitted)
+        # A request the guards could not read is the client's doing, not the model's health.
+        call.counted = call.counted and not ex.errors
+        headers = guarded_headers(request, request_id, self.trust.forwarded, decoded)
         began = time.perf_counter()
         try:
-            upstream_response = await self._send(
-                request, request_id, ex.body, fallback, None if fallback else breaker,
-                admission is Admission.PROBE,
-            )  # fmt: skip
+            try:
+                upstream_response = await self._send(request, target, headers, ex.body, fallback)
+            except UpstreamError:
+                call.settle(None, time.perf_counter() - began)
+                raise
+            call.settle(upstream_response.status, time.perf_counter() - began)
             async with upstream_response:
                 if not _is_json(upstream_response) or request.method == "HEAD":
                     self.counts.unguarded_streams += 1
                     return await self._relay(request, request_id, upstream_response)
-                ex.response_body = await _read(upstream_response)
+                await read_answer(ex, upstream_response, self.max_body)
                 ex.upstream_seconds = time.perf_counter() - began
-                ex.status = upstream_response.status
-                ex.response_headers = forward_response_headers(upstream_response.headers)
         except UpstreamError as exc:
             ex.status = exc.status
             ex.errors.append(exc.message)
@@ -260,7 +271,7 @@ class Proxy:
         if ex.response_changed:
             headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
-        _annotate(headers, ex, model)
+        annotate(headers, ex, model)
         self._observe(ex, model, admitted)
         return web.Response(status=ex.status, body=body, headers=headers)
 
@@ -270,7 +281,7 @@ class Proxy:
         ex.status = reply.status
         response = error_response(reply.status, reply.error, ex.request_id, **reply.details)
         response.headers.update(reply.headers)
-        _annotate(response.headers, ex, model)
+        annotate(response.headers, ex, model)
         self._observe(ex, model, admitted)
         return response
 
@@ -286,55 +297,18 @@ class Proxy:
                 errors[name] = errors.get(name, 0) + 1
                 log.exception("observer %s failed on %s", name, ex.request_id)
 
-
-def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker) -> web.Response:
-    """503 while the breaker is open (reject, or a fallback that is not ready)."""
-    response = error_response(
-        503,
-        "circuit breaker open",
-        request_id,
-        region=model.region,
-        model=model.name,
-        reason=breaker.reason,
-    )
-    response.headers["Retry-After"] = str(breaker.retry_after())
-    response.headers["X-Guard-Breaker"] = breaker.state_name
-    response.headers["X-Guard-Region"] = model.region
-    response.headers["X-Guard-Model"] = model.name
-    response.headers["X-Guard-Policy"] = model.policy_version
-    return response
-
-
-def _annotate(headers: CIMultiDict[str] | Any, ex: Exchange, model: CompiledModel) -> None:
-    headers["X-Request-Id"] = ex.request_id
-    headers["X-Guard-Region"] = model.region
-    headers["X-Guard-Model"] = model.name
-    headers["X-Guard-Policy"] = model.policy_version
-    headers.update(ex.annotations)
-
-
-def _response_headers(upstream: Any, request_id: str) -> CIMultiDict[str]:
-    headers = forward_response_headers(upstream)
-    headers.popall("Content-Length", None)  # set through content_length to keep framing exact
-    headers["X-Request-Id"] = request_id
-    return headers
-
-
-def _request_payload(request: web.Request) -> Any:
-    if request.body_exists:
-        return request.content
-    return None
+    def _log_upstream(self, request_id: str, exc: UpstreamError) -> None:
+        """The detail of an upstream failure, at most once a second (an outage is loud enough)."""
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            log.warning(
+                "upstream %s failed for %s: %s", self.upstream.display, request_id, exc.detail
+            )
 
 
 def _is_json(response: aiohttp.ClientResponse) -> bool:
     return response.content_type in JSON_TYPES and response.status not in NO_BODY_STATUS
-
-
-async def _read(response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise map_error(exc) from exc
 
 
 def _abort(request: web.Request) -> None:

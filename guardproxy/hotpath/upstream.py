@@ -10,6 +10,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from guardproxy.masking import mask_url
+
 # RFC 9110 section 7.6.1: these describe one connection, never the message.
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -38,13 +40,23 @@ class Timeouts:
     total: float | None = 300.0
 
 
-class UpstreamError(Exception):
-    """The upstream could not be reached or did not answer: status is what the client gets."""
+# Sent by clients to describe earlier hops; only a trusted front proxy may set them.
+FORWARDED = frozenset({"forwarded", "x-real-ip"})
+FORWARDED_PREFIX = "x-forwarded-"
 
-    def __init__(self, status: int, message: str) -> None:
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer: status is what the client gets.
+
+    `message` is fixed text safe for any client; `detail` (exception text, addresses) is for
+    the log only, after masking.
+    """
+
+    def __init__(self, status: int, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.detail = detail or message
 
 
 def connection_headers(headers: CIMultiDictProxy[str] | web.BaseRequest) -> frozenset[str]:
@@ -59,18 +71,26 @@ def connection_headers(headers: CIMultiDictProxy[str] | web.BaseRequest) -> froz
     return HOP_BY_HOP | named if named else HOP_BY_HOP
 
 
-def forward_request_headers(request: web.BaseRequest, request_id: str) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones, Host dropped, X-Forwarded-* added."""
+def forward_request_headers(
+    request: web.BaseRequest, request_id: str, trust_forwarded: bool = False
+) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, Host dropped, X-Forwarded-* set.
+
+    Unless the front proxy is trusted, a client's own Forwarded / X-Forwarded-* headers are
+    dropped and replaced with what this hop saw, so the upstream cannot be told a false peer.
+    """
     drop = connection_headers(request)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
         if lower in drop or lower == "host" or lower == "x-request-id":
             continue
+        if not trust_forwarded and (lower in FORWARDED or lower.startswith(FORWARDED_PREFIX)):
+            continue
         out.add(name, value)
     out["X-Request-Id"] = request_id
     peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
+    prior = request.headers.get("X-Forwarded-For") if trust_forwarded else None
     out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     out.setdefault("X-Forwarded-Proto", request.scheme)
     out.setdefault("X-Forwarded-Host", request.host)
@@ -89,6 +109,7 @@ class Upstream:
     def __init__(self, base_url: str, timeouts: Timeouts, pool_size: int = 100) -> None:
         self.base = URL(base_url)
         self._prefix = str(self.base).rstrip("/")
+        self.display = mask_url(base_url)  # what /status and logs may show
         self.timeouts = timeouts
         self.pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
@@ -139,11 +160,12 @@ class Upstream:
 
 
 def map_error(exc: BaseException) -> UpstreamError:
-    """Translate a client-library failure into what the proxy answers."""
+    """Translate a client-library failure into what the proxy answers (and what it logs)."""
+    detail = mask_url(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError(504, "upstream timed out")
+        return UpstreamError(504, "upstream timed out", detail)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, f"upstream unreachable: {exc.os_error or exc}")
+        return UpstreamError(502, "upstream unreachable", detail)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(502, "upstream closed the connection")
-    return UpstreamError(502, f"upstream error: {type(exc).__name__}: {exc}")
+        return UpstreamError(502, "upstream closed the connection", detail)
+    return UpstreamError(502, "upstream error", detail)

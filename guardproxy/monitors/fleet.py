@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.breaker.state import SLOW_CALL_RATE
+from guardproxy.breaker.window import SLOW_CALL_RATE
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.health import ModelHealth
 from guardproxy.monitors.watchdog import Watchdog

@@ -6,13 +6,15 @@ from typing import Any
 
 import orjson
 
+from guardproxy.payloads.errors import MalformedJson
+
 
 def loads(data: bytes) -> Any:
-    """Parse JSON bytes (ValueError on malformed JSON)."""
+    """Parse JSON bytes (MalformedJson, a ValueError, on malformed JSON)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc}") from None
+        raise MalformedJson(f"malformed JSON: {exc}") from None
 
 
 def dumps(document: Any) -> bytes:

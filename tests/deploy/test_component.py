@@ -125,11 +125,30 @@ def test_tokens_are_files_from_a_secret(spec: Doc) -> None:
     assert users == ["guardproxy"], "only guardproxy may read the tokens"
 
 
-def test_region_and_group_headers_are_not_trusted(spec: Doc) -> None:
-    # The pod's region decides until the operator names a header trusted (with a reason).
-    names = set(env(sidecar(spec)))
-    assert not {n for n in names if n.startswith("GUARDPROXY_TRUST")}
-    assert "GUARDPROXY_REGION_HEADER" not in names
+TRUST_OFF = {"GUARDPROXY_TRUST_REGION_HEADER": "", "GUARDPROXY_TRUST_FORWARDED": "false"}
+
+
+def test_client_headers_are_not_trusted_in_the_examples(spec: Doc) -> None:
+    # The pod's region decides, and forwarding headers are this hop's, until an overlay
+    # turns a trust setting on (with a comment saying why, checked below).
+    variables = env(sidecar(spec))
+    trust = {n: v.get("value") for n, v in variables.items() if n.startswith("GUARDPROXY_TRUST")}
+    assert trust == TRUST_OFF
+    assert "GUARDPROXY_REGION_HEADER" not in variables  # the flag that trusted X-Region is gone
+
+
+def test_every_trust_setting_in_the_manifests_says_when_to_set_it() -> None:
+    # Trusting a header is right only behind a gateway that sets it: whoever sets one must
+    # write down why, in a comment right above it.
+    found = 0
+    for path in sorted(K8S.rglob("*.yaml")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if re.search(r"\bGUARDPROXY_TRUST_\w+", line) and not line.lstrip().startswith("#"):
+                found += 1
+                above = lines[number - 1].strip() if number else ""
+                assert above.startswith("#"), f"{path}:{number + 1}: no comment says why"
+    assert found >= len(TRUST_OFF)
 
 
 def test_the_sidecar_drains_within_the_grace_period(spec: Doc) -> None:

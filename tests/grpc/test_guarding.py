@@ -56,7 +56,7 @@ async def test_a_request_id_is_generated_when_absent_and_replaced_when_malformed
 
 
 async def test_the_region_key_chooses_the_region_policy(tmp_path: Path) -> None:
-    async with guarded(tmp_path) as g:
+    async with guarded(tmp_path, trust_region_header="X-Region") as g:
         _, sg, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
         assert (sg["x-guard-region"], sg["x-guard-decision"]) == ("sg", "1")  # threshold 0.1
         _, unknown, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "mars")])
@@ -65,11 +65,17 @@ async def test_the_region_key_chooses_the_region_policy(tmp_path: Path) -> None:
 
 
 async def test_the_region_key_is_only_the_one_the_operator_named(tmp_path: Path) -> None:
-    async with guarded(tmp_path, region_header="X-Trusted-Region") as g:
+    async with guarded(tmp_path, trust_region_header="X-Trusted-Region") as g:
         _, ignored, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
         assert ignored["x-guard-region"] == "default"
         _, named, _ = await infer(g.target, rows(sex=["Male"]), [("x-trusted-region", "sg")])
         assert named["x-guard-region"] == "sg"
+
+
+async def test_no_region_key_is_honoured_unless_the_operator_trusts_one(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        _, ignored, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
+        assert ignored["x-guard-region"] == "default"
 
 
 async def test_an_undeclared_model_passes_unguarded_and_is_counted(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ models:
   - name: scorer
     score: {output: predict_proba, index: 1}   # P(class 1)
 groups:
-  attribute: {header: X-Group}
+  attribute: {header: X-Group, trusted: true}
   values: [a, b]
 decision:
   threshold: 0.6

@@ -293,6 +293,22 @@ def test_billion_laughs_is_refused() -> None:
         load_files(PolicyFiles("d", files))
 
 
+def test_values_from_the_environment_are_remembered_and_masked_in_problems() -> None:
+    env = {"FALLBACK": "http://svc:very-secret-pw@fallback:8082", "RATE": "nope-secret"}
+    broken = b"region: default\nsampling: {rate: '${RATE}'}\n"
+    with pytest.raises(PolicyError) as caught:
+        load_files(PolicyFiles("<t>", {"default.yaml": broken}), env)
+    text = "\n".join(str(p) for p in caught.value.problems)
+    assert "sampling.rate: invalid value '***'" in text and "nope-secret" not in text
+    good = (
+        b"region: default\n"
+        b"breaker: {open: {action: fallback, upstream: '${FALLBACK}'}}\n"
+        b"description: '${UNSET:-a default is no secret}'\n"
+    )
+    loaded = load_files(PolicyFiles("<t>", {"default.yaml": good}), env)
+    assert loaded.secrets == frozenset({env["FALLBACK"]})
+
+
 def baseline_doc(signals: dict[str, str]) -> str:
     groups = {"*": {name: {"kind": kind, "counts": [1, 1]} for name, kind in signals.items()}}
     return json.dumps({"version": 1, "groups": groups})

@@ -14,6 +14,7 @@ import redis.asyncio as redis_asyncio
 from guardproxy.guards.exchange import dumps
 from guardproxy.sampling.redact import Redactor
 from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, Sample, SampleQueue, SampleWriter
+from guardproxy.testing import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRETS = [
@@ -185,3 +186,15 @@ async def test_stop_flush_controls_what_is_left(tmp_path: Path, flush: bool) -> 
     assert len(lines(tmp_path)) + queue.queue.qsize() == 3
     if flush:
         assert len(lines(tmp_path)) == 3
+
+
+async def test_an_idle_writer_deletes_files_past_retention(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    sink = JsonlSink(tmp_path, max_age=10, retention=30, clock=lambda: now[0])
+    sink.write_lines([b"{}\n"])
+    writer = SampleWriter(SampleQueue(10), sink, maintain_every=0.02)
+    writer.start()
+    now[0] += 31  # nothing written since: only the idle check can delete it
+    await eventually(lambda: not list(tmp_path.glob("samples-*.jsonl")))
+    await writer.stop()
+    assert writer.status()["sink"]["deleted_files"] == 1
