@@ -24,6 +24,7 @@ from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
 from guardproxy.hotpath.upstream import Upstream
+from guardproxy.logs import AccessLog, dropped
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
@@ -76,6 +77,7 @@ class Runtime:
             breakers=self.breakers,
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
+            access=AccessLog(settings.access_log),
         )
 
     def build_telemetry(self) -> Telemetry:
@@ -97,6 +99,7 @@ class Runtime:
             "samples.dropped", lambda: self.samples.dropped + self.sample_writer.dropped
         )
         telemetry.watch_total("queue.dropped", lambda: self.worker.dropped)
+        telemetry.watch_total("logs.dropped", dropped)
         telemetry.watch_reloads(
             lambda: {"applied": store.reloads_ok, "failed": store.reloads_failed}
         )
@@ -163,6 +166,7 @@ class Runtime:
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
+            "logs": {"access_log": self.settings.access_log, "dropped": dropped()},
         }
 
 
@@ -224,6 +228,7 @@ async def serve(
         settings.admin[0],
         admin_port,
         settings.upstream,
+        extra={"data_port": data_port, "admin_port": admin_port, "version": __version__},
     )
     if on_ready is not None:
         result = on_ready(runtime, data_port, admin_port)

@@ -51,3 +51,4 @@ class Settings:
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None
+    access_log: bool = False  # every request at info level (else at debug)

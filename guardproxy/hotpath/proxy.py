@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply, dumps
 from guardproxy.hotpath.admission import Admitted, Fallbacks, mark, settle
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
-from guardproxy.hotpath.observation import Observation, observe
+from guardproxy.hotpath.observation import Observation, observe, outcome_of
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
@@ -27,6 +29,7 @@ from guardproxy.hotpath.upstream import (
     forward_response_headers,
     map_error,
 )
+from guardproxy.logs import AccessLog
 from guardproxy.policy.routes import path_version
 from guardproxy.policy.table import CompiledModel, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
@@ -36,6 +39,7 @@ log = logging.getLogger("guardproxy.proxy")
 NO_BODY_STATUS = frozenset({204, 304})
 JSON_TYPES = ("application/json", "application/x-ndjson")
 Observer = Callable[[Observation], None]
+EXCHANGE = web.RequestKey("guardproxy.exchange", Exchange)  # for the access log's outcome
 
 
 @dataclass(slots=True)
@@ -97,6 +101,7 @@ class Proxy:
         breakers: BreakerBoard | None = None,
         fallbacks: Fallbacks | None = None,
         tracer: UpstreamTracer = NO_TRACER,
+        access: AccessLog | None = None,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
@@ -105,28 +110,59 @@ class Proxy:
         self.breakers = breakers or BreakerBoard(policies)
         self.fallbacks = fallbacks or Fallbacks(upstream.timeouts)
         self.tracer = tracer
+        self.access = access or AccessLog()
         self.counts = ProxyCounts()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
+        started = time.perf_counter()
         request_id = request.headers.get("X-Request-Id") or new_request_id()
         policy, known = self.policies.current.resolve(request.headers.get(self.region_header))
         counts = self.counts
         counts.requests += 1
         counts.unknown_region += not known
         counts.in_flight += 1
+        model, response = None, None
         try:
             model = policy.match(request.path)
             if model is not None and model.chain is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, model)
-            counts.unguarded += 1
-            return await self._stream(request, request_id)
+                response = await self._guarded(request, request_id, model)
+            else:
+                counts.unguarded += 1
+                response = await self._stream(request, request_id)
+            return response
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
-            return error_response(exc.status, exc.message, request_id)
+            response = error_response(exc.status, exc.message, request_id)
+            return response
         finally:
             counts.in_flight -= 1
+            self._log_access(request, request_id, policy.region, model, response, started)
+
+    def _log_access(
+        self,
+        request: web.Request,
+        request_id: str,
+        region: str,
+        model: CompiledModel | None,
+        response: web.StreamResponse | None,
+        started: float,
+    ) -> None:
+        """The access log's one call, with plain values, when the request is finished."""
+        status = response.status if response is not None else _failed_status()
+        guarded = model is not None and model.chain is not None
+        self.access.record(
+            request.method,
+            request.raw_path,
+            status,
+            time.perf_counter() - started,
+            _body_bytes(response),
+            request_id,
+            region,
+            model.name if model is not None else "",
+            _outcome(request) if guarded else "unguarded",
+        )
 
     async def _stream(self, request: web.Request, request_id: str) -> web.StreamResponse:
         """Pass-through: bodies streamed both ways, byte for byte."""
@@ -219,6 +255,7 @@ class Proxy:
             started=time.perf_counter(),
             version=path_version(request.path),
         )
+        request[EXCHANGE] = ex
         admitted = Admitted(breaker, admission, fallback is not None)
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, fallback is not None)
@@ -318,6 +355,29 @@ def _response_headers(upstream: Any, request_id: str) -> CIMultiDict[str]:
     headers.popall("Content-Length", None)  # set through content_length to keep framing exact
     headers["X-Request-Id"] = request_id
     return headers
+
+
+def _failed_status() -> int:
+    """The status of a request that ended in an exception: 499 if the client left, else 500."""
+    return 499 if isinstance(sys.exc_info()[1], asyncio.CancelledError) else 500
+
+
+def _body_bytes(response: web.StreamResponse | None) -> int:
+    """The answer's body length: Content-Length, else what a stream wrote (framing included)."""
+    if response is None:
+        return 0
+    length = response.content_length
+    return length if length is not None else response.body_length
+
+
+def _outcome(request: web.Request) -> str:
+    """How the guards ended a guarded exchange, as the observation counts it."""
+    ex = request.get(EXCHANGE)
+    if ex is None:
+        return "refused"  # breaker open or body too large: the exchange never began
+    if ex.status == 0 and not ex.errors:
+        return "streamed"  # a non-JSON answer, passed through unguarded
+    return outcome_of(ex)
 
 
 def _request_payload(request: web.Request) -> Any:
