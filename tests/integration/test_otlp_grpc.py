@@ -31,6 +31,7 @@ from .test_otlp import (
 )
 
 __all__ = ["clean_otel_env", "receiver"]  # fixtures shared with the OTLP/HTTP tests
+CUMULATIVE = 2  # opentelemetry.proto AggregationTemporality
 
 
 @pytest.fixture
@@ -78,6 +79,9 @@ async def test_traces_and_metrics_arrive_over_grpc(
     guarded = attributes_of(by_kind(spans, SERVER)[0].attributes)
     assert guarded["http.route"] == "/v2/models/adult/infer" and guarded["guardproxy.rows"] == 2
     assert otlp_decisions(grpc_receiver) == expected
+    (decisions,) = grpc_receiver.metrics("guardproxy.decisions")
+    assert decisions.sum.aggregation_temporality == CUMULATIVE and decisions.sum.is_monotonic
+    assert decisions.unit == "{decision}" and decisions.description
     for name in HISTOGRAMS:
         (metric,) = grpc_receiver.metrics(name)
         assert sum(point.count for point in metric.histogram.data_points) == 4, name
