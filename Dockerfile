@@ -6,6 +6,8 @@ FROM python:3.11-slim
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+# Optional extras, comma-separated: `--build-arg EXTRAS=otlp-grpc` for OTLP over gRPC.
+ARG EXTRAS=""
 LABEL org.opencontainers.image.title="guardproxy" \
       org.opencontainers.image.description="A sidecar that applies fairness, label and drift policies inline in front of any model server" \
       org.opencontainers.image.version="${VERSION}" \
@@ -22,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY guardproxy ./guardproxy
-RUN pip install . && rm -rf /src
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" && rm -rf /src
 
 # The example policies, for `docker run`; in Kubernetes a ConfigMap is mounted over them.
 COPY policies /etc/guardproxy/policies
