@@ -23,7 +23,9 @@ def clean(text: str, limit: int) -> str:
     >>> clean("x" * 12, 10)
     'xxxxxxxxxx…'
     """
-    cut = text[:limit].translate(_ESCAPES)
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = cut.translate(_ESCAPES)
     return cut + "…" if len(text) > limit else cut
 
 
@@ -52,9 +54,10 @@ class AccessLog:
 
         `path` may include a query string: it is cut off here. `sent` counts the response
         body's bytes; `outcome` is how the guards ended the exchange (decided, blocked,
-        error, unscored, passed), or refused / unguarded.
+        error, unscored, passed), or refused, streamed or unguarded.
         """
-        if not self.logger.isEnabledFor(self.level):
+        logger = self.logger
+        if not logger.isEnabledFor(self.level):
             return
         fields: dict[str, str | int | float] = {
             "method": clean(method, 16),
@@ -67,14 +70,17 @@ class AccessLog:
             "model": model,
             "outcome": outcome,
         }
-        self.logger.log(self.level, _line(fields), extra=fields)
+        # makeRecord and handle, not log(): the caller's frame is not worth a stack walk.
+        entry = logger.makeRecord(logger.name, self.level, __file__, 0, line(fields), (), None)
+        entry.__dict__.update(fields)
+        logger.handle(entry)
 
 
-def _line(fields: dict[str, str | int | float]) -> str:
+def line(fields: dict[str, str | int | float]) -> str:
     """`GET /path 200 duration_ms=1.234 bytes=56 request_id=... region=- ...` for text logs."""
-    head = f"{fields['method']} {fields['path']} {fields['status']}"
-    tail = " ".join(f"{key}={'-' if fields[key] == '' else fields[key]}" for key in TAIL)
-    return f"{head} {tail}"
-
-
-TAIL = ("duration_ms", "bytes", "request_id", "region", "model", "outcome")
+    return (
+        f"{fields['method']} {fields['path']} {fields['status']} "
+        f"duration_ms={fields['duration_ms']} bytes={fields['bytes']} "
+        f"request_id={fields['request_id'] or '-'} region={fields['region'] or '-'} "
+        f"model={fields['model'] or '-'} outcome={fields['outcome'] or '-'}"
+    )

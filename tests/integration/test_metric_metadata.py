@@ -135,8 +135,7 @@ async def test_prometheus_reads_help_and_units(proxy: RunningProxy, prometheus: 
         await drive(client, proxy)
         known: dict[str, Any] = {}
         for _ in range(60):  # at most ~12 s: Prometheus starts, then scrapes every second
-            async with client.get(f"{prometheus}/api/v1/metadata") as response:
-                known = (await response.json())["data"] if response.status == 200 else {}
+            known = await metadata_of(client, prometheus)
             if "http_server_request_duration_seconds" in known:
                 break
             await asyncio.sleep(0.2)
@@ -147,3 +146,14 @@ async def test_prometheus_reads_help_and_units(proxy: RunningProxy, prometheus: 
     assert build["type"] == "info" and build["help"]
     empty = [name for name, entries in known.items() if not entries[0]["help"]]
     assert empty == []
+
+
+async def metadata_of(client: aiohttp.ClientSession, prometheus: str) -> dict[str, Any]:
+    """What Prometheus knows of each metric (nothing while it is still starting)."""
+    try:
+        async with client.get(f"{prometheus}/api/v1/metadata") as response:
+            body = await response.json() if response.status == 200 else {}
+    except aiohttp.ClientError:
+        return {}
+    data: dict[str, Any] = body.get("data", {})
+    return data
