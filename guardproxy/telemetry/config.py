@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,8 +9,6 @@ from dataclasses import dataclass
 from opentelemetry.sdk.resources import Resource
 
 from guardproxy import __version__
-
-log = logging.getLogger("guardproxy.telemetry")
 
 SERVICE_NAME = "guardproxy"
 HTTP_PROTOBUF = "http/protobuf"
