@@ -150,19 +150,17 @@ class Proxy:
         started: float,
     ) -> None:
         """The access log's one call, with plain values, when the request is finished."""
-        status = response.status if response is not None else _failed_status()
+        if response is None:  # an exception is on its way out: 499 if the client left
+            status, sent = 499 if isinstance(sys.exc_info()[1], asyncio.CancelledError) else 500, 0
+        else:  # Content-Length, else what a stream wrote (its framing included)
+            length = response.content_length
+            status, sent = response.status, response.body_length if length is None else length
         guarded = model is not None and model.chain is not None
         self.access.record(
-            request.method,
-            request.raw_path,
-            status,
-            time.perf_counter() - started,
-            _body_bytes(response),
-            request_id,
-            region,
-            model.name if model is not None else "",
-            _outcome(request) if guarded else "unguarded",
-        )
+            request.method, request.raw_path, status, time.perf_counter() - started, sent,
+            request_id, region, model.name if model is not None else "",
+            _outcome(request.get(EXCHANGE)) if guarded else "unguarded",
+        )  # fmt: skip
 
     async def _stream(self, request: web.Request, request_id: str) -> web.StreamResponse:
         """Pass-through: bodies streamed both ways, byte for byte."""
@@ -357,22 +355,8 @@ def _response_headers(upstream: Any, request_id: str) -> CIMultiDict[str]:
     return headers
 
 
-def _failed_status() -> int:
-    """The status of a request that ended in an exception: 499 if the client left, else 500."""
-    return 499 if isinstance(sys.exc_info()[1], asyncio.CancelledError) else 500
-
-
-def _body_bytes(response: web.StreamResponse | None) -> int:
-    """The answer's body length: Content-Length, else what a stream wrote (framing included)."""
-    if response is None:
-        return 0
-    length = response.content_length
-    return length if length is not None else response.body_length
-
-
-def _outcome(request: web.Request) -> str:
+def _outcome(ex: Exchange | None) -> str:
     """How the guards ended a guarded exchange, as the observation counts it."""
-    ex = request.get(EXCHANGE)
     if ex is None:
         return "refused"  # breaker open or body too large: the exchange never began
     if ex.status == 0 and not ex.errors:
