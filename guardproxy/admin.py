@@ -22,6 +22,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_get("/status/models", models)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", require_token(reload))
     app.router.add_post("/admin/breaker/{region}", require_token(breaker))
@@ -54,21 +55,29 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded, the upstream accepts connections, and not draining."""
+    """Ready when the upstreams accept connections and not draining; degraded parts listed."""
     runtime = request.app[RUNTIME]
-    problems = []
-    if runtime.draining:
-        problems.append("draining")
+    unready, degraded = runtime.problems()
     if not await runtime.upstream.reachable():
-        problems.append(f"upstream {runtime.settings.upstream} not reachable")
-    if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+        unready.append(f"upstream {runtime.settings.upstream} not reachable")
+    if runtime.grpc is not None and not await runtime.grpc.reachable():
+        unready.append(f"gRPC upstream {runtime.grpc.upstream} not reachable")
+    if unready:
+        body = {"status": "not ready", "problems": unready, "degraded": degraded}
+        return web.json_response(body, status=503)
+    if degraded:
+        return web.json_response({"status": "degraded", "degraded": degraded})
     return web.json_response({"status": "ready"})
 
 
 async def status(request: web.Request) -> web.Response:
     """Everything an operator wants to see, as JSON."""
     return web.json_response(request.app[RUNTIME].status())
+
+
+async def models(request: web.Request) -> web.Response:
+    """Every model ranked worst first, with the reasons (the fleet view)."""
+    return web.json_response(request.app[RUNTIME].fleet.status())
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from guardproxy import __version__
 from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.feedback import FeedbackEndpoint
+from guardproxy.grpc_port import GrpcPort
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
 from guardproxy.hotpath.admission import Fallbacks
@@ -26,6 +27,8 @@ from guardproxy.hotpath.proxy import Proxy
 from guardproxy.hotpath.upstream import Upstream
 from guardproxy.logs import AccessLog, dropped
 from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.monitors.fleet import FleetView, Monitors
+from guardproxy.monitors.health import ModelHealth
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
@@ -68,7 +71,10 @@ class Runtime:
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
         self.worker = MonitorWorker(settings.monitor_budget)
-        self.worker.consumers += [self.engine, self.watchdog]
+        self.health = ModelHealth()
+        self.worker.consumers += [self.engine, self.watchdog, self.health]
+        self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
+        self.telemetry.watch_fleet(self.fleet.rows)
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
@@ -79,6 +85,9 @@ class Runtime:
             tracer=self.telemetry.tracer,
             access=AccessLog(settings.access_log),
         )
+        self.grpc: GrpcPort | None = None
+        if settings.grpc_listen is not None:
+            self.grpc = GrpcPort(settings, self.store.snapshot, self.breakers, self.proxy.observers)
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
@@ -136,6 +145,9 @@ class Runtime:
             parts.push_async_callback(self.worker.stop, True)
             await self.watcher.start()
             parts.push_async_callback(self.watcher.stop)
+            if self.grpc is not None:  # stopped first: its last calls still reach the monitors
+                await self.grpc.start()
+                parts.push_async_callback(self.grpc.stopped, self.settings.drain_timeout)
             yield
 
     def reload_soon(self) -> None:
@@ -143,6 +155,21 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(self.watcher.check(force=True))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """What makes the pod unready, and what degrades it (counted failures of its parts)."""
+        unready = ["draining"] if self.draining else []
+        degraded = [
+            f"monitor {name} failed {n} time(s)" for name, n in self.worker.consumer_errors.items()
+        ]
+        degraded += [f"breaker ticker failed {self.breakers.ticker_errors} time(s)"] * bool(
+            self.breakers.ticker_errors
+        )
+        if self.engine.last_error is not None:
+            degraded.append(f"state backend: {self.engine.last_error}")
+        if self.store.last_error:
+            degraded.append("the last policy reload failed; the previous policies serve")
+        return unready, degraded
 
     def status(self) -> dict[str, object]:
         """The JSON the admin port's /status returns."""
@@ -166,6 +193,7 @@ class Runtime:
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
+            "grpc": self.grpc.status() if self.grpc is not None else None,
             "logs": {"access_log": self.settings.access_log, "dropped": dropped()},
         }
 
@@ -230,6 +258,8 @@ async def serve(
         settings.upstream,
         extra={"data_port": data_port, "admin_port": admin_port, "version": __version__},
     )
+    if runtime.grpc is not None:
+        log.info("gRPC on %s -> %s", runtime.grpc.status()["listen"], runtime.grpc.upstream)
     if on_ready is not None:
         result = on_ready(runtime, data_port, admin_port)
         if result is not None:
@@ -237,6 +267,8 @@ async def serve(
     await stop.wait()
     log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
     runtime.draining = True
+    if runtime.grpc is not None:  # drains alongside the data port, within the same timeout
+        runtime.grpc.drain(settings.drain_timeout)
     await data.cleanup()  # stops accepting, waits for in-flight requests, runs cleanup_ctx
     await admin.cleanup()
     log.info("stopped")
@@ -250,8 +282,9 @@ async def running_proxy(settings: Settings) -> AsyncIterator[RunningProxy]:
 
     def on_ready(runtime: Runtime, data_port: int, admin_port: int) -> None:
         host = "127.0.0.1"
+        grpc = f"{host}:{runtime.grpc.port}" if runtime.grpc is not None else None
         ready.set_result(
-            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}")
+            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}", grpc)
         )
 
     task = asyncio.create_task(serve(settings, stop, on_ready, handle_signals=False))
@@ -273,3 +306,4 @@ class RunningProxy:
     runtime: Runtime
     url: str
     admin_url: str
+    grpc_target: str | None = None  # HOST:PORT of the gRPC port, when configured

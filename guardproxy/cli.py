@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from guardproxy import __version__
 from guardproxy.eventloop import run_async
@@ -50,12 +51,35 @@ def settings_from(args: argparse.Namespace) -> Settings:
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
         access_log=switched(args, "--access-log"),
+        **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
+
+
+def grpc_settings(listen: str, upstream: str) -> dict[str, Any]:
+    """The gRPC port's settings: both addresses or neither (SystemExit naming what is wrong)."""
+    if not listen and not upstream:
+        return {}
+    if not listen or not upstream:
+        raise SystemExit(
+            "guardproxy serve: --grpc-listen and --grpc-upstream (GUARDPROXY_GRPC_LISTEN, "
+            "GUARDPROXY_GRPC_UPSTREAM) go together: give both or neither"
+        )
+    if "/" in upstream:
+        raise SystemExit(f"guardproxy serve: --grpc-upstream is HOST:PORT, not a URL: {upstream!r}")
+    try:
+        host, port = parse_address(upstream, "127.0.0.1")
+        return {
+            "grpc_listen": parse_address(listen, "0.0.0.0"),
+            "grpc_upstream": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        }
+    except ValueError as exc:
+        raise SystemExit(f"guardproxy serve: {exc}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     from guardproxy.app import serve
+    from guardproxy.grpc_port import GrpcUnavailable
     from guardproxy.telemetry import TelemetryError
 
     settings = settings_from(args)
@@ -64,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         run_async(serve(settings))
-    except TelemetryError as exc:
+    except (GrpcUnavailable, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 
@@ -191,6 +215,26 @@ def run_review(args: argparse.Namespace) -> int:
     )
 
 
+def add_top(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy top [--admin URL]`."""
+    p = sub.add_parser("top", help="a live table of the models, worst behaving first")
+    p.add_argument(
+        "--admin",
+        default=env_value("ADMIN_URL", "http://127.0.0.1:9901"),
+        help="the admin port's URL (env GUARDPROXY_ADMIN_URL; default %(default)s)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.set_defaults(run=run_top)
+
+
+def run_top(args: argparse.Namespace) -> int:
+    """Show the fleet view until interrupted."""
+    from guardproxy.top import top
+
+    return top(args.admin, args.interval, args.once)
+
+
 def print_or_fail(make: Callable[[], str]) -> int:
     """Print a command's output; a bad input is one clear line on stderr and exit 2."""
     try:
@@ -207,6 +251,7 @@ COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (  # type: ig
     add_calibrate,
     add_baseline,
     add_review,
+    add_top,
     add_demo,
 )
 

@@ -185,6 +185,18 @@ SERVE_FLAGS = (
         "service.name of traces and metrics; OTEL_SERVICE_NAME works too",
         shown="guardproxy",
     ),
+    Flag(
+        "--grpc-listen",
+        "HOST:PORT",
+        "the gRPC port (see the README's gRPC section); needs --grpc-upstream",
+        shown="none (no gRPC port)",
+    ),
+    Flag(
+        "--grpc-upstream",
+        "HOST:PORT",
+        "the model server's OIP gRPC port (HOST:PORT, not a URL)",
+        shown="none",
+    ),
 )
 
 

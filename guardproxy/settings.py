@@ -51,4 +51,6 @@ class Settings:
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None
+    grpc_listen: tuple[str, int] | None = None  # the gRPC port; set with grpc_upstream
+    grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
     access_log: bool = False  # every request at info level (else at debug)

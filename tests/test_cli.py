@@ -109,3 +109,36 @@ def test_an_unknown_level_is_one_clear_line(
     with pytest.raises(SystemExit):
         parser().parse_args(["serve", "--log-level", "verbose"])
     assert "(from --log-level or GUARDPROXY_LOG_LEVEL)" in capsys.readouterr().err
+
+
+def test_grpc_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.setenv("GUARDPROXY_GRPC_LISTEN", ":9090")
+    monkeypatch.setenv("GUARDPROXY_GRPC_UPSTREAM", "127.0.0.1:8081")
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert (settings.grpc_listen, settings.grpc_upstream) == (("0.0.0.0", 9090), "127.0.0.1:8081")
+    flagged = settings_from(parser().parse_args(["serve", "--grpc-upstream", "[::1]:9000"]))
+    assert flagged.grpc_upstream == "[::1]:9000"
+    monkeypatch.delenv("GUARDPROXY_GRPC_LISTEN")
+    monkeypatch.delenv("GUARDPROXY_GRPC_UPSTREAM")
+    plain = settings_from(parser().parse_args(["serve"]))
+    assert (plain.grpc_listen, plain.grpc_upstream) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grpc-listen", ":9090"], "go together"),
+        (["--grpc-upstream", "127.0.0.1:8081"], "go together"),
+        (["--grpc-listen", ":9090", "--grpc-upstream", "http://127.0.0.1:8081"], "not a URL"),
+        (["--grpc-listen", "nowhere", "--grpc-upstream", "127.0.0.1:8081"], "not an address"),
+    ],
+)
+def test_grpc_flags_that_cannot_work_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv("GUARDPROXY_GRPC_LISTEN", raising=False)
+    monkeypatch.delenv("GUARDPROXY_GRPC_UPSTREAM", raising=False)
+    with pytest.raises(SystemExit, match=message):
+        settings_from(parser().parse_args(["serve", *flags]))

@@ -73,11 +73,9 @@ class SamplingGuard:
     def _sample(self, ex: Exchange) -> Sample:
         reply = ex.reply
         status = reply.status if reply is not None else ex.status
-        response: object = ex.response_body
+        response: object = ex.response_record()  # serialised by the writer, off the hot path
         if reply is not None:
             response = {"error": reply.error, "details": reply.details}
-        elif ex.response_changed:
-            response = ex.response_json()  # serialised by the writer, off the hot path
         return Sample(
             request_id=ex.request_id,
             time=time.time(),
@@ -89,7 +87,7 @@ class SamplingGuard:
             flags=list(ex.flags),
             errors=list(ex.errors),
             status=status,
-            request=ex.body,
+            request=ex.request_record(),
             response=response,
             redactor=self.redactor,
         )

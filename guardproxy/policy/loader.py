@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from guardproxy.policy.baselines import baseline_problems, resolve_baselines
 from guardproxy.policy.locate import locate
 from guardproxy.policy.marks import MarkedDoc, read_marked
 from guardproxy.policy.merge import deep_merge
@@ -125,7 +126,7 @@ def load_files(raw: PolicyFiles, env: Mapping[str, str] | None = None) -> Loaded
             problems.append(Problem(where.file, where.line, where.column, chain))
         if not isinstance(chain, list):
             continue
-        policy = _validate(chain, docs, problems)
+        policy = _validate(chain, docs, problems, raw.directory)
         if policy is not None:
             policies[region] = policy
             sources[region] = tuple(labels[r] for r in reversed(chain))
@@ -227,19 +228,21 @@ def _chain(
 
 
 def _validate(
-    chain: list[str], docs: Mapping[str, MarkedDoc], problems: list[Problem]
+    chain: list[str], docs: Mapping[str, MarkedDoc], problems: list[Problem], directory: str
 ) -> Policy | None:
     merged = MarkedDoc({}, {})
     for name in reversed(chain):
         merged = _merge(merged, _models_by_name(docs[name]))
     merged = _models_as_list(_with_defaults(merged))
+    if not directory.startswith("<"):  # the embedded default has no directory
+        resolve_baselines(merged.data, directory)
     try:
         policy = Policy.model_validate(merged.data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             problems.append(locate(error, merged.data, merged.marks))
         return None
-    found = overlapping_routes(policy, merged.marks)
+    found = overlapping_routes(policy, merged.marks) + baseline_problems(policy, merged.marks)
     problems.extend(found)
     return None if found else policy
 

@@ -6,8 +6,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from guardproxy.guards.exchange import loads
 from guardproxy.payloads import JsonPath
+from guardproxy.payloads.codec import loads
 
 Rule = Callable[[str], str]
 # The v2 tensor metadata a reviewer needs to read a redacted input; never personal data.
@@ -124,6 +124,8 @@ class Redactor:
             return [item if type(item) in _INERT else self._walk(item) for item in node]
         if isinstance(node, str):
             return self.text(node)
+        if isinstance(node, bytes):  # a binary BYTES element of a gRPC tensor: kept out
+            return f"[BINARY:{len(node)} bytes]"
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**8:
             masked = self.text(str(node))
             return node if masked == str(node) else masked

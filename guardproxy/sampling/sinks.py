@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.redact import Redactor
 
 log = logging.getLogger("guardproxy.sinks")
@@ -33,7 +33,7 @@ class Sample:
     flags: list[str]
     errors: list[str]
     status: int
-    request: bytes
+    request: bytes | Any  # the body, or the document a decoded (gRPC) request arrived as
     response: bytes | Any
     redactor: Redactor | None = field(default=None, repr=False)
 
@@ -42,7 +42,10 @@ class Sample:
         redactor = self.redactor or fallback
         if redactor is None:
             raise ValueError("a sample needs a redactor before it is stored")
-        response = self.response
+        request, response = self.request, self.response
+        request = (
+            redactor.body(request) if isinstance(request, bytes) else redactor.document(request)
+        )
         response = (
             redactor.body(response) if isinstance(response, bytes) else redactor.document(response)
         )
@@ -57,7 +60,7 @@ class Sample:
             "flags": self.flags,
             "errors": self.errors,
             "status": self.status,
-            "request": redactor.body(self.request),
+            "request": request,
             "response": response,
         }
 

@@ -33,7 +33,13 @@ from guardproxy.telemetry.export import (
 )
 from guardproxy.telemetry.exporters import metric_exporter, span_exporter
 from guardproxy.telemetry.exposition import HistogramCollector, HistogramMetrics
-from guardproxy.telemetry.instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
+from guardproxy.telemetry.instruments import (
+    RELOAD_RESULTS,
+    TOTALS,
+    FairnessSource,
+    FleetSource,
+    Instruments,
+)
 from guardproxy.telemetry.tracing import CURRENT, Handler, RequestTracer
 
 log = logging.getLogger("guardproxy.telemetry")
@@ -176,6 +182,10 @@ class Telemetry:
     def watch_fairness(self, source: FairnessSource) -> None:
         """Where the fairness gauges read their latest values (FairnessEngine.gauges' shape)."""
         self.instruments.fairness = source
+
+    def watch_fleet(self, source: FleetSource) -> None:
+        """Where the model health gauges read the fleet view's rows."""
+        self.instruments.fleet = source
 
     def watch_total(self, name: str, read: Callable[[], int]) -> None:
         """A running total someone else keeps: one of instruments.TOTALS (samples.written...)."""

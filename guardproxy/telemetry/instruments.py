@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
 # {(region, model, version): {"groups": {group: {"selection_rate": x, ...}},
 #                             "disparities": {"demographic_...": y}}}
 FairnessSource = Callable[[], Mapping[tuple[str, str, str], Mapping[str, Any]]]
+# The fleet view's rows, worst first: each with region, model, score and problems.
+FleetSource = Callable[[], Sequence[Any]]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 BREAKER_STATES = {"disabled": -1, "closed": 0, "half_open": 1, "open": 2, "forced_open": 3}
 TOTALS = ("samples.written", "samples.dropped", "queue.dropped", "logs.dropped")
@@ -103,6 +105,14 @@ DRIFT = MetricInfo(
     "Latest drift statistic of a model's window against its reference, by signal and test "
     "(psi, ks, js, chi2).",
 )  # fmt: skip
+MODEL_HEALTH = MetricInfo(
+    "guardproxy.model.health", "1",
+    "How badly a model behaves now: the sum of its problems' severities (0: healthy).",
+)  # fmt: skip
+MODEL_PROBLEM = MetricInfo(
+    "guardproxy.model.problem", "1",
+    "Severity of a model's problems of one kind (breaker, drift, fairness, errors, ...).",
+)  # fmt: skip
 BREAKER_STATE = MetricInfo(
     "guardproxy.breaker.state", "1",
     "Circuit breaker state: -1 disabled, 0 closed, 1 half-open, 2 open, 3 forced open.",
@@ -114,6 +124,7 @@ class Instruments:
 
     def __init__(self) -> None:
         self.fairness: FairnessSource = dict
+        self.fleet: FleetSource = list
         self.label: Callable[[str, str, str], str] = lambda region, model, group: group
         self.drift: dict[tuple[str, str, str, str], float] = {}  # region, model, signal, test
         self.breaker: dict[tuple[str, str], str] = {}  # (region, model) -> state
@@ -150,6 +161,8 @@ class Instruments:
         for value, description in MODEL_VALUES.items():
             _gauge(meter, fairness_info(value, description), self._model(value))
         _gauge(meter, DRIFT, self._drift)
+        _gauge(meter, MODEL_HEALTH, self._health)
+        _gauge(meter, MODEL_PROBLEM, self._problems)
         _gauge(meter, BREAKER_STATE, self._breaker)
         for name in TOTALS:
             _counter(meter, COUNTERS[name], self._total(name))
@@ -186,6 +199,19 @@ class Instruments:
         for (region, model, signal, test), value in list(self.drift.items()):
             attributes = {"region": region, "model": model, "signal": signal, "test": test}
             yield Observation(value, attributes)
+
+    def _health(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            yield Observation(float(row.score), {"region": row.region, "model": row.model})
+
+    def _problems(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            kinds: dict[str, float] = {}
+            for problem in row.problems:
+                kinds[problem.kind] = kinds.get(problem.kind, 0.0) + problem.severity
+            for kind, severity in kinds.items():
+                attributes = {"region": row.region, "model": row.model, "kind": kind}
+                yield Observation(severity, attributes)
 
     def _breaker(self, options: CallbackOptions) -> Iterable[Observation]:
         for (region, model), state in list(self.breaker.items()):
@@ -226,4 +252,5 @@ def catalogue(instruments: Instruments) -> list[MetricInfo]:
     """Every instrument guardproxy exports, with its unit and description."""
     fairness = [fairness_info(n, d) for n, d in {**GROUP_RATES, **MODEL_VALUES}.items()]
     histograms = [MetricInfo(h.name, h.unit, h.description) for h in instruments.histograms]
-    return [*COUNTERS.values(), *fairness, DRIFT, BREAKER_STATE, *histograms]
+    gauges = [DRIFT, MODEL_HEALTH, MODEL_PROBLEM, BREAKER_STATE]
+    return [*COUNTERS.values(), *fairness, *gauges, *histograms]

@@ -103,3 +103,10 @@ def test_numbers_in_tensors_pass_through_unchanged() -> None:
     data = [0.5, 1.25, True, None, 3.0] * 200
     doc = {"outputs": [{"name": "score", "datatype": "FP32", "data": data}]}
     assert Redactor((), ("email", "phone", "card", "national_id")).document(doc) == doc
+
+
+def test_binary_values_of_a_decoded_document_are_kept_out() -> None:
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "data": [b"\xff\xd8\x00", "a@b.co"]}]}
+    redacted = Redactor((), ALL).document(doc)
+    assert redacted["inputs"][0]["data"] == ["[BINARY:3 bytes]", "[REDACTED:email]"]
+    assert doc["inputs"][0]["data"][0] == b"\xff\xd8\x00"  # the original is left as it was

@@ -1,0 +1,20 @@
+"""JSON in and out of the payloads: orjson, parsed and serialised once per body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def loads(data: bytes) -> Any:
+    """Parse JSON bytes (ValueError on malformed JSON)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc}") from None
+
+
+def dumps(document: Any) -> bytes:
+    """Serialise to compact JSON bytes."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
