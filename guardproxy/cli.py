@@ -13,7 +13,7 @@ from guardproxy import __version__
 from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
-from guardproxy.options import add_flags, switched
+from guardproxy.options import HelpFormatter, add_flags, switched
 from guardproxy.settings import Settings, parse_address, secret_from_env
 
 
@@ -24,6 +24,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="run the sidecar in front of a model server",
         description="Run the sidecar. Every flag also reads its GUARDPROXY_* variable; "
         "tokens come from GUARDPROXY_ADMIN_TOKEN and GUARDPROXY_FEEDBACK_TOKEN (or ..._FILE).",
+        formatter_class=HelpFormatter,
     )
     add_flags(p)
     p.set_defaults(run=run_serve)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -198,6 +199,13 @@ SERVE_FLAGS = (
         shown="none",
     ),
 )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped at spaces only: a flag or variable name is never split."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -36,9 +36,11 @@ def settings_flags() -> set[str]:
     return {"--" + dest.replace("_", "-") for dest in re.findall(r"args\.(\w+)", source)}
 
 
+@pytest.mark.parametrize("columns", ["60", "200"])
 def test_help_shows_every_flag_with_its_help_variable_and_default(
-    capsys: pytest.CaptureFixture[str],
+    columns: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", columns)  # argparse wraps to the terminal's width
     with pytest.raises(SystemExit) as exit_code:
         main(["serve", "--help"])
     assert exit_code.value.code == 0
