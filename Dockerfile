@@ -6,8 +6,9 @@ FROM python:3.11-slim
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-# Optional extras: `grpc` (grpcio) serves --grpc-listen; `--build-arg EXTRAS=` for HTTP only.
-ARG EXTRAS=grpc
+# Optional extras: `grpc` (grpcio) serves --grpc-listen, `otlp-grpc` exports OTLP over gRPC
+# (on the same grpcio); `--build-arg EXTRAS=` for HTTP only.
+ARG EXTRAS=grpc,otlp-grpc
 LABEL org.opencontainers.image.title="guardproxy" \
       org.opencontainers.image.description="A sidecar that applies fairness, label and drift policies inline in front of any model server" \
       org.opencontainers.image.version="${VERSION}" \

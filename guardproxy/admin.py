@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from guardproxy.app import Runtime
@@ -83,9 +82,10 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Every metric in the Prometheus text format."""
-    body = request.app[RUNTIME].telemetry.metrics_text()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Every metric in the Prometheus text format, or OpenMetrics when the scraper prefers it."""
+    accept = request.headers.get("Accept", "")
+    body, content_type = request.app[RUNTIME].telemetry.exposition(accept)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def reload(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from guardproxy.hotpath.replies import error_response
 from guardproxy.hotpath.trust import Trust, request_id_of
 from guardproxy.hotpath.upstream import Upstream
 from guardproxy.keys import DecisionKey
+from guardproxy.logs import AccessLog, dropped
 from guardproxy.masking import Masker, mask_url
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.fleet import FleetView, Monitors
@@ -90,6 +91,7 @@ class Runtime:
             tracer=self.telemetry.tracer,
             trust=Trust(settings.trust_region_header, settings.trust_forwarded),
             max_body=settings.max_body,
+            access=AccessLog(settings.access_log),
         )
         self.grpc: GrpcPort | None = None
         if settings.grpc_listen is not None:
@@ -114,6 +116,7 @@ class Runtime:
             "samples.dropped", lambda: self.samples.dropped + self.sample_writer.dropped
         )
         telemetry.watch_total("queue.dropped", lambda: self.worker.dropped)
+        telemetry.watch_total("logs.dropped", dropped)
         telemetry.watch_reloads(
             lambda: {"applied": store.reloads_ok, "failed": store.reloads_failed}
         )
@@ -215,6 +218,7 @@ class Runtime:
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
             "grpc": self.grpc.status() if self.grpc is not None else None,
+            "logs": {"access_log": self.settings.access_log, "dropped": dropped()},
         }
 
 
@@ -279,6 +283,7 @@ async def serve(
         settings.admin[0],
         admin_port,
         mask_url(settings.upstream),
+        extra={"data_port": data_port, "admin_port": admin_port, "version": __version__},
     )
     if runtime.grpc is not None:
         log.info("gRPC on %s -> %s", runtime.grpc.status()["listen"], runtime.grpc.upstream)

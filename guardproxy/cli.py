@@ -3,67 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from guardproxy import __version__
 from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Timeouts
-from guardproxy.masking import MaskingFilter
-from guardproxy.settings import Settings, env_flag, parse_address, secret_from_env
+from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
+from guardproxy.options import HelpFormatter, add_flags, switched
+from guardproxy.settings import Settings, parse_address, secret_from_env
 
 MIN_DECISION_KEY = 16
 
 
-def env(name: str, default: str = "") -> str:
-    """A GUARDPROXY_* environment variable, the default for its flag."""
-    return os.environ.get(f"GUARDPROXY_{name}", default)
-
-
 def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`guardproxy serve`: run the sidecar."""
-    p = sub.add_parser("serve", help="run the sidecar in front of a model server")
-    p.add_argument("--upstream", default=env("UPSTREAM"), help="model server URL")
-    p.add_argument("--policies", default=env("POLICIES"), help="policy directory")
-    p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), help="data port address")
-    p.add_argument("--admin", default=env("ADMIN", "127.0.0.1:9901"), help="admin port address")
-    p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
-    p.add_argument(
-        "--trust-region-header",
-        default=env("TRUST_REGION_HEADER"),
-        metavar="HEADER",
-        help="let this request header choose the region (set only behind a trusted gateway)",
+    p = sub.add_parser(
+        "serve",
+        help="run the sidecar in front of a model server",
+        description="Run the sidecar. Every flag also reads its GUARDPROXY_* variable; "
+        "tokens come from GUARDPROXY_ADMIN_TOKEN and GUARDPROXY_FEEDBACK_TOKEN (or ..._FILE).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--trust-forwarded",
-        action="store_true",
-        default=env_flag("GUARDPROXY_TRUST_FORWARDED"),
-        help="keep clients' X-Forwarded-* headers (only behind a proxy that sets them)",
-    )
-    p.add_argument("--state", default=env("STATE", "memory"), help="memory | redis://HOST:PORT/DB")
-    p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy-samples"))
-    p.add_argument("--connect-timeout", type=float, default=float(env("CONNECT_TIMEOUT", "5")))
-    p.add_argument("--read-timeout", type=float, default=float(env("READ_TIMEOUT", "60")))
-    p.add_argument("--total-timeout", type=float, default=float(env("TOTAL_TIMEOUT", "300")))
-    p.add_argument("--drain-timeout", type=float, default=float(env("DRAIN_TIMEOUT", "20")))
-    p.add_argument("--max-body", type=int, default=int(env("MAX_BODY", str(16 << 20))))
-    p.add_argument("--poll-interval", type=float, default=float(env("POLL_INTERVAL", "2")))
-    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
-    p.add_argument(
-        "--otlp-endpoint",
-        default=env("OTLP_ENDPOINT"),
-        help="OTLP/HTTP base URL (else OTEL_EXPORTER_OTLP_ENDPOINT; unset: no export)",
-    )
-    p.add_argument("--service-name", default=env("SERVICE_NAME"), help="else OTEL_SERVICE_NAME")
-    p.add_argument(
-        "--grpc-listen", default=env("GRPC_LISTEN"), help="gRPC port address (with --grpc-upstream)"
-    )
-    p.add_argument(
-        "--grpc-upstream", default=env("GRPC_UPSTREAM"), help="the model server's gRPC HOST:PORT"
-    )
+    add_flags(p)
     p.set_defaults(run=run_serve)
 
 
@@ -78,7 +43,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         policies=Path(args.policies) if args.policies else None,
         region=args.region,
         trust_region_header=args.trust_region_header or None,
-        trust_forwarded=args.trust_forwarded,
+        trust_forwarded=switched(args, "--trust-forwarded"),
         state=args.state,
         samples_dir=Path(args.samples),
         timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
@@ -90,6 +55,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         decision_key=decision_key(),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
+        access_log=switched(args, "--access-log"),
         **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
 
@@ -130,11 +96,13 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     from guardproxy.app import serve
     from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.telemetry import TelemetryError
 
     settings = settings_from(args)
+    configure_logging(LEVELS[args.log_level], args.log_format, settings.secrets())
     try:
         run_async(serve(settings))
-    except GrpcUnavailable as exc:
+    except (GrpcUnavailable, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 
@@ -266,7 +234,7 @@ def add_top(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("top", help="a live table of the models, worst behaving first")
     p.add_argument(
         "--admin",
-        default=env("ADMIN_URL", "http://127.0.0.1:9901"),
+        default=env_value("ADMIN_URL", "http://127.0.0.1:9901"),
         help="the admin port's URL (env GUARDPROXY_ADMIN_URL; default %(default)s)",
     )
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
@@ -309,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
         description="Fairness, label and drift policies inline in front of a model server.",
         epilog="Every serve flag also reads GUARDPROXY_<FLAG> from the environment.",
     )
+    p.add_argument("--version", action="version", version=f"guardproxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -318,12 +287,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `guardproxy` command."""
     args = parser().parse_args(argv)
-    level = getattr(args, "log_level", None) or os.environ.get("GUARDPROXY_LOG_LEVEL", "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(MaskingFilter())
+    try:
+        level = parse_level(getattr(args, "log_level", None) or env_value("LOG_LEVEL", "info"))
+        fmt = parse_format(getattr(args, "log_format", None) or env_value("LOG_FORMAT", "text"))
+    except ValueError as exc:
+        print(f"guardproxy: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(level, fmt)
     code: int = args.run(args)
     return code
+
+
+def env_value(name: str, default: str) -> str:
+    """A GUARDPROXY_* variable, for the commands that have no flag for it."""
+    return os.environ.get(f"GUARDPROXY_{name}", default)
 
 
 if __name__ == "__main__":

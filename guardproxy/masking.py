@@ -11,12 +11,17 @@ MASK = "***"
 # Shorter values are not secrets worth the name and would garble every line they appear in.
 MIN_SECRET_LENGTH = 4
 # The userinfo of any URL: "scheme://user:password@host" -> "scheme://***@host". The class
-# excludes "/", "@" and spaces, so a scan from each "://" stops at the first of them: linear.
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s?#]+@")
+# stops at "/", "@", quotes and whitespace, so each scan from a "://" is bounded by the next
+# one: linear time on any input.
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s?#\"'<>]+@")
 
 
 def mask_url(text: str) -> str:
-    """The text with the credentials of every URL in it replaced by ***."""
+    """The text with the credentials of every URL in it replaced by ***.
+
+    >>> mask_url("redis://default:hunter2@cache:6379/0 and http://model:8081/v1")
+    'redis://***@cache:6379/0 and http://model:8081/v1'
+    """
     if "@" not in text:
         return text
     return _CREDENTIALS.sub(MASK + "@", text)
@@ -27,9 +32,9 @@ class Masker:
 
     __slots__ = ("values",)
 
-    def __init__(self, values: Iterable[str] = ()) -> None:
+    def __init__(self, values: Iterable[str | None] = ()) -> None:
         # Longest first, so a secret that contains another is masked whole.
-        kept = {v for v in values if len(v) >= MIN_SECRET_LENGTH}
+        kept = {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
         self.values = tuple(sorted(kept, key=len, reverse=True))
 
     def __add__(self, other: Masker) -> Masker:

@@ -60,6 +60,7 @@ class Settings:
     service_name: str | None = None
     grpc_listen: tuple[str, int] | None = None  # the gRPC port; set with grpc_upstream
     grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
+    access_log: bool = False  # every request at info level (else at debug)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be shown: tokens and the decision key."""

@@ -95,3 +95,13 @@ def test_cpu_time_of_this_process_tree() -> None:
     assert os.getpid() in process_tree(os.getpid())
     assert process_cpu_seconds(os.getpid()) > 0
     assert process_cpu_seconds(2**22 + 1) == 0.0
+
+
+def test_access_log_micro_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.access_log import main as access_log
+
+    assert access_log(["--records", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "access log off", "access log on, json", "records dropped"
+    ]  # fmt: skip

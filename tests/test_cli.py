@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from guardproxy import __version__
 from guardproxy.cli import main, parse_cost, parser, settings_from
 
 POLICIES = Path(__file__).parent.parent / "policies"
@@ -110,6 +113,36 @@ def test_calibrate_prints_json_per_group(
 
 def test_parse_cost() -> None:
     assert parse_cost("0,1,5,-2") == (0.0, 1.0, 5.0, -2.0)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--version"])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out == f"guardproxy {__version__}\n"
+    assert __version__ == metadata.version("guardproxy")  # one version, written once
+
+
+@pytest.mark.parametrize("level", ["debug", "DEBUG", "Warning"])
+def test_log_levels_in_any_case(level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_LOG_LEVEL", level)
+    assert main(["validate", str(POLICIES)]) == 0
+    assert logging.getLogger().level == logging.getLevelName(level.upper())
+    assert parser().parse_args(["serve", "--log-level", level]).log_level == level.lower()
+
+
+def test_an_unknown_level_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_LOG_LEVEL", "verbose")
+    assert main(["validate", str(POLICIES)]) == 2
+    assert capsys.readouterr().err == (
+        "guardproxy: unknown log level 'verbose': expected one of debug, info, warning, "
+        "error, critical\n"
+    )
+    with pytest.raises(SystemExit):
+        parser().parse_args(["serve", "--log-level", "verbose"])
+    assert "(from --log-level or GUARDPROXY_LOG_LEVEL)" in capsys.readouterr().err
 
 
 def test_grpc_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -18,7 +20,7 @@ from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
 from guardproxy.hotpath.bodies import guarded_headers, read_answer, read_request_body
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
-from guardproxy.hotpath.observation import Observation, observe
+from guardproxy.hotpath.observation import Observation, observe, outcome_of
 from guardproxy.hotpath.paths import origin_form, route_path
 from guardproxy.hotpath.replies import (
     ProxyCounts,
@@ -35,6 +37,7 @@ from guardproxy.hotpath.upstream import (
     forward_request_headers,
     map_error,
 )
+from guardproxy.logs import AccessLog
 from guardproxy.policy.routes import path_version
 from guardproxy.policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
@@ -45,6 +48,7 @@ NO_BODY_STATUS = frozenset({204, 304})
 JSON_TYPES = ("application/json", "application/x-ndjson")
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 Observer = Callable[[Observation], None]
+EXCHANGE = web.RequestKey("guardproxy.exchange", Exchange)  # for the access log's outcome
 
 
 class Proxy:
@@ -60,6 +64,7 @@ class Proxy:
         tracer: UpstreamTracer = NO_TRACER,
         trust: Trust | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        access: AccessLog | None = None,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
@@ -69,11 +74,13 @@ class Proxy:
         self.tracer = tracer
         self.trust = trust or Trust()
         self.max_body = max_body
+        self.access = access or AccessLog()
         self.counts = ProxyCounts()
         self._logged_at = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request, guarded when its path is one of the policy's routes."""
+        started = time.perf_counter()
         request_id, replaced = request_id_of(request.headers.get("X-Request-Id"))
         region = self.trust.region_of(request.headers)
         policy, known = self.policies.current.resolve(region)
@@ -82,32 +89,60 @@ class Proxy:
         counts.request_ids_replaced += replaced
         counts.unknown_region += not known
         counts.in_flight += 1
+        model: CompiledModel | None = None
+        response: web.StreamResponse | None = None
         try:
             target = origin_form(request.raw_path)
             found = self._guarded_model(policy, target)
             if found is not None:
                 counts.guarded += 1
-                return await self._guarded(request, request_id, *found, target)
-            counts.unguarded += 1
-            return await self._stream(request, request_id, target)
+                model = found[0]
+                response = await self._guarded(request, request_id, *found, target)
+            else:
+                counts.unguarded += 1
+                response = await self._stream(request, request_id, target)
         except UpstreamError as exc:
             counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
             self._log_upstream(request_id, exc)
-            return error_response(exc.status, exc.message, request_id)
+            response = error_response(exc.status, exc.message, request_id)
         except Refusal as exc:
             counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
-            return error_response(exc.status, exc.message, request_id)
+            response = error_response(exc.status, exc.message, request_id)
         except ConnectionError:  # the client went away: nobody to answer, nothing to log
             counts.client_gone += 1
-            return error_response(499, "client closed the connection", request_id)
+            response = error_response(499, "client closed the connection", request_id)
         except web.HTTPException:
             raise
         except Exception:  # never a traceback or exception text to a client
             counts.internal_errors += 1
             log.exception("request %s failed inside the proxy", request_id)
-            return error_response(500, "internal error in the proxy", request_id)
+            response = error_response(500, "internal error in the proxy", request_id)
         finally:
             counts.in_flight -= 1
+            self._log_access(request, request_id, policy.region, model, response, started)
+        return response
+
+    def _log_access(
+        self,
+        request: web.Request,
+        request_id: str,
+        region: str,
+        model: CompiledModel | None,
+        response: web.StreamResponse | None,
+        started: float,
+    ) -> None:
+        """The access log's one call, with plain values, when the request is finished."""
+        if response is None:  # an exception is on its way out: 499 if the client left
+            status, sent = 499 if isinstance(sys.exc_info()[1], asyncio.CancelledError) else 500, 0
+        else:  # Content-Length, else what a stream wrote (its framing included)
+            length = response.content_length
+            status, sent = response.status, response.body_length if length is None else length
+        guarded = model is not None and model.chain is not None
+        self.access.record(
+            request.method, request.raw_path, status, time.perf_counter() - started, sent,
+            request_id, region, model.name if model is not None else "",
+            _outcome(request.get(EXCHANGE)) if guarded else "unguarded",
+        )  # fmt: skip
 
     def _guarded_model(
         self, policy: CompiledPolicy, target: str
@@ -227,6 +262,7 @@ class Proxy:
             started=time.perf_counter(),
             version=path_version(path),
         )
+        request[EXCHANGE] = ex
         admitted = call.admitted
         if admitted.breaker.state is not CLOSED:
             mark(ex, admitted.breaker, admitted.admission, admitted.fallback)
@@ -315,3 +351,12 @@ def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+def _outcome(ex: Exchange | None) -> str:
+    """How the guards ended a guarded exchange, as the observation counts it."""
+    if ex is None:
+        return "refused"  # breaker open or body too large: the exchange never began
+    if ex.status == 0 and not ex.errors:
+        return "streamed"  # a non-JSON answer, passed through unguarded
+    return outcome_of(ex)

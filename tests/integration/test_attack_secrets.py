@@ -1,4 +1,4 @@
-"""Secrets never leave: not in /status, logs, spans or the answers a client gets."""
+"""Masker never leave: not in /status, logs, spans or the answers a client gets."""
 
 from __future__ import annotations
 
