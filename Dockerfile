@@ -6,6 +6,9 @@ FROM python:3.11-slim
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+# Optional extras: `grpc` (grpcio) serves --grpc-listen, `otlp-grpc` exports OTLP over gRPC
+# (on the same grpcio); `--build-arg EXTRAS=` for HTTP only.
+ARG EXTRAS=grpc,otlp-grpc
 LABEL org.opencontainers.image.title="guardproxy" \
       org.opencontainers.image.description="A sidecar that applies fairness, label and drift policies inline in front of any model server" \
       org.opencontainers.image.version="${VERSION}" \
@@ -22,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY guardproxy ./guardproxy
-RUN pip install . && rm -rf /src
+RUN pip install ".${EXTRAS:+[${EXTRAS}]}" && rm -rf /src
 
 # The example policies, for `docker run`; in Kubernetes a ConfigMap is mounted over them.
 COPY policies /etc/guardproxy/policies
@@ -31,7 +34,7 @@ RUN mkdir -p /var/lib/guardproxy && chown 65532:65532 /var/lib/guardproxy
 WORKDIR /
 # A numeric user, so the kubelet can verify runAsNonRoot without an /etc/passwd entry.
 USER 65532:65532
-EXPOSE 8080 9901
+EXPOSE 8080 9901 8091
 # For docker and compose (Kubernetes uses the pod's probes instead). The slim image has no
 # curl: Python asks the admin port, wherever GUARDPROXY_ADMIN puts it, for /healthz.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from guardproxy.bearer import bearer_matches
 
@@ -24,6 +23,7 @@ def build_admin_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_get("/status/models", models)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", require_token(reload))
     app.router.add_post("/admin/breaker/{region}", require_token(breaker))
@@ -48,15 +48,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded, the upstream accepts connections, and not draining."""
+    """Ready when the upstreams accept connections and not draining; degraded parts listed."""
     runtime = request.app[RUNTIME]
-    problems = []
-    if runtime.draining:
-        problems.append("draining")
+    unready, degraded = runtime.problems()
     if not await runtime.upstream.reachable():
-        problems.append(f"upstream {runtime.settings.upstream} not reachable")
-    if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+        unready.append(f"upstream {runtime.upstream.display} not reachable")
+    if runtime.grpc is not None and not await runtime.grpc.reachable():
+        unready.append(f"gRPC upstream {runtime.grpc.upstream} not reachable")
+    if unready:
+        body = {"status": "not ready", "problems": unready, "degraded": degraded}
+        return web.json_response(body, status=503)
+    if degraded:
+        return web.json_response({"status": "degraded", "degraded": degraded})
     return web.json_response({"status": "ready"})
 
 
@@ -65,10 +68,17 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[RUNTIME].status())
 
 
+async def models(request: web.Request) -> web.Response:
+    """Every model ranked worst first, with the reasons (the fleet view), secrets masked."""
+    runtime = request.app[RUNTIME]
+    return web.json_response(runtime.masker().document(runtime.fleet.status()))
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """Every metric in the Prometheus text format."""
-    body = request.app[RUNTIME].telemetry.metrics_text()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Every metric in the Prometheus text format, or OpenMetrics when the scraper prefers it."""
+    accept = request.headers.get("Accept", "")
+    body, content_type = request.app[RUNTIME].telemetry.exposition(accept)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def reload(request: web.Request) -> web.Response:

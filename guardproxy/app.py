@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -22,12 +22,20 @@ from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.dataport import DataPort, data_server
 from guardproxy.feedback import FeedbackEndpoint
+from guardproxy.grpc_port import GrpcPort
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext, build_chain
+from guardproxy.guards.draws import Draws
 from guardproxy.hotpath.admission import Fallbacks
 from guardproxy.hotpath.proxy import Proxy
+from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream
+from guardproxy.keys import DecisionKey
+from guardproxy.logs import AccessLog, dropped
+from guardproxy.masking import Masker
 from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.monitors.fleet import FleetView, Monitors
+from guardproxy.monitors.health import ModelHealth
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
@@ -56,13 +64,15 @@ class Runtime:
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.limits)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.samples = SampleQueue(settings.queue_size)
-        self.guard_context = GuardContext(self.thresholds, self.samples)
+        self.draws = Draws()
+        self.guard_context = GuardContext(self.thresholds, self.samples, draws=self.draws)
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.sample_writer = SampleWriter(self.samples, self._sample_sink(), gather=SAMPLE_GATHER)
         self.state = open_state(settings.state)
+        self.decision_key = DecisionKey(self.draws, self.state, settings.decision_key)
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(
             self.engine, settings.feedback_token, max_body=settings.max_body
@@ -76,21 +86,28 @@ class Runtime:
         self.watchdog = Watchdog(self.breakers, self.engine, self.telemetry)
         self.breakers.tickers.append(self.watchdog.tick)
         self.worker = MonitorWorker(settings.monitor_budget)
-        self.worker.consumers += [self.engine, self.watchdog]
+        self.health = ModelHealth()
+        self.worker.consumers += [self.engine, self.watchdog, self.health]
+        self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
+        self.telemetry.watch_fleet(self.fleet.rows)
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
-            settings.region_header,
             observers=(self.worker.offer, self.telemetry.observe),
             breakers=self.breakers,
             fallbacks=self.fallbacks,
             tracer=self.telemetry.tracer,
+            trust=Trust(settings.trust_region_header, settings.trust_forwarded),
             max_body=settings.max_body,
+            access=AccessLog(settings.access_log),
         )
         port = DataPort(self.telemetry.traced(self.proxy.handle), self.feedback.handle)
         self.server = data_server(port.handle, settings.header_timeout, settings.body_timeout)
         self.loop_lag = LoopLag()
         self.gc_pauses = GcPauses()
+        self.grpc: GrpcPort | None = None
+        if settings.grpc_listen is not None:
+            self.grpc = GrpcPort(settings, self.store.snapshot, self.breakers, self.proxy.observers)
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""
@@ -111,6 +128,7 @@ class Runtime:
             "samples.dropped", lambda: self.samples.dropped + self.sample_writer.dropped
         )
         telemetry.watch_total("queue.dropped", lambda: self.worker.dropped)
+        telemetry.watch_total("logs.dropped", dropped)
         telemetry.watch_reloads(
             lambda: {"applied": store.reloads_ok, "failed": store.reloads_failed}
         )
@@ -126,9 +144,17 @@ class Runtime:
         if spec.redis_stream and self.settings.state.startswith("redis://"):
             return RedisStreamSink(self.settings.state, spec.redis_stream)
         directory = spec.jsonl or self.settings.samples_dir
-        # Workers share the directory: each writes its own files.
-        suffix = f"-w{self.settings.worker}" if self.settings.workers > 1 else ""
-        return JsonlSink(directory, spec.max_bytes, spec.max_age, suffix=suffix)
+        # Workers share the directory: each writes, counts and deletes its own files, within
+        # its share of the budget.
+        workers = self.settings.workers
+        return JsonlSink(
+            directory,
+            spec.max_bytes,
+            spec.max_age,
+            max_total_bytes=spec.max_total_bytes // workers,
+            retention=spec.retention,
+            suffix=f"-w{self.settings.worker}" if workers > 1 else "",
+        )
 
     @asynccontextmanager
     async def lifecycle(self) -> AsyncIterator[None]:
@@ -137,6 +163,8 @@ class Runtime:
             parts.push_async_callback(self.telemetry.shutdown)
             parts.push_async_callback(self.upstream.close)
             parts.push_async_callback(self.state.close)
+            await self.decision_key.start()  # before any request draws
+            parts.push_async_callback(self.decision_key.stop)
             await self.engine.start()
             parts.push_async_callback(self.engine.stop)
             self.sample_writer.start()
@@ -151,6 +179,9 @@ class Runtime:
             parts.push_async_callback(self.watcher.stop)
             parts.callback(self.loop_lag.stop)  # started by serve() once startup is done
             parts.callback(self.gc_pauses.stop)
+            if self.grpc is not None:  # stopped first: its last calls still reach the monitors
+                await self.grpc.start()
+                parts.push_async_callback(self.grpc.stopped, self.settings.drain_timeout)
             yield
 
     def reload_soon(self) -> None:
@@ -159,16 +190,43 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def masker(self) -> Masker:
+        """What /status and logs must not show: tokens, keys, values from the environment."""
+        return Masker((*self.settings.secrets(), *self.store.table.secrets))
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """What makes the pod unready, and what degrades it (counted failures of its parts)."""
+        unready = ["draining"] if self.draining else []
+        degraded = [
+            f"monitor {name} failed {n} time(s)" for name, n in self.worker.consumer_errors.items()
+        ]
+        degraded += [f"breaker ticker failed {self.breakers.ticker_errors} time(s)"] * bool(
+            self.breakers.ticker_errors
+        )
+        if self.engine.last_error is not None:
+            degraded.append(f"state backend: {self.engine.last_error}")
+        if self.store.last_error:
+            degraded.append("the last policy reload failed; the previous policies serve")
+        masker = self.masker()
+        return unready, [masker.text(line) for line in degraded]
+
     def status(self) -> dict[str, object]:
-        """The JSON the admin port's /status returns."""
+        """The JSON the admin port's /status returns, every secret masked."""
+        return cast(dict[str, object], self.masker().document(self._status()))
+
+    def _status(self) -> dict[str, object]:
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "upstream": self.settings.upstream,
+            "upstream": self.upstream.display,
             "worker": {
                 "index": self.settings.worker,
                 "of": self.settings.workers,
                 "pid": os.getpid(),
+            },
+            "trust": {
+                "region_header": self.settings.trust_region_header,
+                "forwarded": self.settings.trust_forwarded,
             },
             "draining": self.draining,
             "requests": self.proxy.counts.as_dict(),
@@ -177,18 +235,16 @@ class Runtime:
             "loop": {"lag": self.loop_lag.status(), "gc": self.gc_pauses.status()},
             "policies": self.store.status(),
             "thresholds": {"version": self.thresholds.current.version},
-            "samples": {
-                "offered": self.samples.offered,
-                "dropped": self.samples.dropped,
-                "written": self.sample_writer.written,
-                "errors": self.sample_writer.errors,
-            },
+            "samples": self.sample_writer.status(),
+            "decision_key": self.decision_key.status(),
             "fairness": self.engine.status(),
             "monitor": self.worker.status(),
             "breakers": {**self.breakers.status(), "fallbacks": self.fallbacks.status()},
             "drift": self.watchdog.status(),
             "feedback": dict(self.feedback.counts),
             "telemetry": self.telemetry.status(),
+            "grpc": self.grpc.status() if self.grpc is not None else None,
+            "logs": {"access_log": self.settings.access_log, "dropped": dropped()},
         }
 
 
@@ -232,9 +288,12 @@ async def serve(
         runtime.gc_pauses.start()
         log.info(
             "serving on %s:%d (admin %s:%d) -> %s%s",
-            host, data_port, settings.admin[0], admin_port, settings.upstream,
+            host, data_port, settings.admin[0], admin_port, runtime.upstream.display,
             f" [worker {settings.worker} of {settings.workers}]" if settings.workers > 1 else "",
+            extra={"data_port": data_port, "admin_port": admin_port, "version": __version__},
         )  # fmt: skip
+        if runtime.grpc is not None:
+            log.info("gRPC on %s -> %s", runtime.grpc.status()["listen"], runtime.grpc.upstream)
         if on_ready is not None:
             result = on_ready(runtime, data_port, admin_port)
             if result is not None:
@@ -242,6 +301,8 @@ async def serve(
         await stop.wait()
         log.info("draining: %d in flight", runtime.proxy.counts.in_flight)
         runtime.draining = True
+        if runtime.grpc is not None:  # drains alongside the data port, within the same timeout
+            runtime.grpc.drain(settings.drain_timeout)
         await runtime.server.shutdown(settings.drain_timeout)  # in-flight requests finish
         await admin.cleanup()
     log.info("stopped")
@@ -272,8 +333,9 @@ async def running_proxy(settings: Settings) -> AsyncIterator[RunningProxy]:
 
     def on_ready(runtime: Runtime, data_port: int, admin_port: int) -> None:
         host = "127.0.0.1"
+        grpc = f"{host}:{runtime.grpc.port}" if runtime.grpc is not None else None
         ready.set_result(
-            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}")
+            RunningProxy(runtime, f"http://{host}:{data_port}", f"http://{host}:{admin_port}", grpc)
         )
 
     task = asyncio.create_task(serve(settings, stop, on_ready, handle_signals=False))
@@ -295,3 +357,4 @@ class RunningProxy:
     runtime: Runtime
     url: str
     admin_url: str
+    grpc_target: str | None = None  # HOST:PORT of the gRPC port, when configured

@@ -3,58 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from guardproxy import __version__
 from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Limits, Timeouts
+from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
+from guardproxy.options import HelpFormatter, add_flags, switched
 from guardproxy.settings import Settings, parse_address, secret_from_env
 
-
-def env(name: str, default: str = "") -> str:
-    """A GUARDPROXY_* environment variable, the default for its flag."""
-    return os.environ.get(f"GUARDPROXY_{name}", default)
+MIN_DECISION_KEY = 16
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`guardproxy serve`: run the sidecar."""
-    p = sub.add_parser("serve", help="run the sidecar in front of a model server")
-    p.add_argument("--upstream", default=env("UPSTREAM"), help="model server URL")
-    p.add_argument("--policies", default=env("POLICIES"), help="policy directory")
-    p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), help="data port address")
-    p.add_argument("--admin", default=env("ADMIN", "127.0.0.1:9901"), help="admin port address")
-    p.add_argument("--region", default=env("REGION", "default"), help="the pod's default region")
-    p.add_argument("--region-header", default=env("REGION_HEADER", "X-Region"))
-    p.add_argument("--state", default=env("STATE", "memory"), help="memory | redis://HOST:PORT/DB")
-    p.add_argument("--samples", default=env("SAMPLES", "/tmp/guardproxy-samples"))
-    p.add_argument("--connect-timeout", type=float, default=float(env("CONNECT_TIMEOUT", "5")))
-    p.add_argument("--read-timeout", type=float, default=float(env("READ_TIMEOUT", "60")))
-    p.add_argument("--total-timeout", type=float, default=float(env("TOTAL_TIMEOUT", "300")))
-    p.add_argument("--drain-timeout", type=float, default=float(env("DRAIN_TIMEOUT", "20")))
-    p.add_argument("--header-timeout", type=float, default=float(env("HEADER_TIMEOUT", "10")))
-    p.add_argument("--body-timeout", type=float, default=float(env("BODY_TIMEOUT", "30")))
-    p.add_argument(
-        "--upstream-concurrency",
-        type=int,
-        default=int(env("UPSTREAM_CONCURRENCY", "64")),
-        help="upstream requests at once per model (and for unguarded traffic)",
+    p = sub.add_parser(
+        "serve",
+        help="run the sidecar in front of a model server",
+        description="Run the sidecar. Every flag also reads its GUARDPROXY_* variable; "
+        "tokens come from GUARDPROXY_ADMIN_TOKEN and GUARDPROXY_FEEDBACK_TOKEN (or ..._FILE).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--upstream-queue", type=int, default=int(env("UPSTREAM_QUEUE", "256")))
-    p.add_argument(
-        "--workers", type=int, default=int(env("WORKERS", "1")), help="processes (SO_REUSEPORT)"
-    )
-    p.add_argument("--max-body", type=int, default=int(env("MAX_BODY", str(16 << 20))))
-    p.add_argument("--poll-interval", type=float, default=float(env("POLL_INTERVAL", "2")))
-    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
-    p.add_argument(
-        "--otlp-endpoint",
-        default=env("OTLP_ENDPOINT"),
-        help="OTLP/HTTP base URL (else OTEL_EXPORTER_OTLP_ENDPOINT; unset: no export)",
-    )
-    p.add_argument("--service-name", default=env("SERVICE_NAME"), help="else OTEL_SERVICE_NAME")
+    add_flags(p)
     p.set_defaults(run=run_serve)
 
 
@@ -64,18 +38,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit("guardproxy serve: --upstream (or GUARDPROXY_UPSTREAM) is required")
     if not args.upstream.startswith("http://"):
         raise SystemExit(f"guardproxy serve: --upstream {args.upstream!r}: expected http://...")
-    for flag in ("header_timeout", "body_timeout", "upstream_concurrency", "workers"):
-        if getattr(args, flag) <= 0:
-            raise SystemExit(f"guardproxy serve: --{flag.replace('_', '-')} must be positive")
-    if args.upstream_queue < 0:
-        raise SystemExit("guardproxy serve: --upstream-queue must not be negative")
     return Settings(
         upstream=args.upstream,
         listen=parse_address(args.listen, "0.0.0.0"),
         admin=parse_address(args.admin, "127.0.0.1"),
         policies=Path(args.policies) if args.policies else None,
         region=args.region,
-        region_header=args.region_header,
+        trust_region_header=args.trust_region_header or None,
+        trust_forwarded=switched(args, "--trust-forwarded"),
         state=args.state,
         samples_dir=Path(args.samples),
         timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
@@ -87,22 +57,63 @@ def settings_from(args: argparse.Namespace) -> Settings:
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
+        decision_key=decision_key(),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,
         workers=args.workers,
+        access_log=switched(args, "--access-log"),
+        **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
+
+
+def grpc_settings(listen: str, upstream: str) -> dict[str, Any]:
+    """The gRPC port's settings: both addresses or neither (SystemExit naming what is wrong)."""
+    if not listen and not upstream:
+        return {}
+    if not listen or not upstream:
+        raise SystemExit(
+            "guardproxy serve: --grpc-listen and --grpc-upstream (GUARDPROXY_GRPC_LISTEN, "
+            "GUARDPROXY_GRPC_UPSTREAM) go together: give both or neither"
+        )
+    if "/" in upstream:
+        raise SystemExit(f"guardproxy serve: --grpc-upstream is HOST:PORT, not a URL: {upstream!r}")
+    try:
+        host, port = parse_address(upstream, "127.0.0.1")
+        return {
+            "grpc_listen": parse_address(listen, "0.0.0.0"),
+            "grpc_upstream": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        }
+    except ValueError as exc:
+        raise SystemExit(f"guardproxy serve: {exc}") from None
+
+
+def decision_key() -> str | None:
+    """GUARDPROXY_DECISION_KEY (or _FILE); too short a key is refused, not silently weak."""
+    key = secret_from_env("GUARDPROXY_DECISION_KEY")
+    if key is not None and len(key) < MIN_DECISION_KEY:
+        raise SystemExit(
+            f"guardproxy serve: GUARDPROXY_DECISION_KEY must be at least {MIN_DECISION_KEY} "
+            "characters (e.g. the output of: openssl rand -hex 32)"
+        )
+    return key
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     settings = settings_from(args)
+    configure_logging(LEVELS[args.log_level], args.log_format, settings.secrets())
     if settings.workers > 1:
         from guardproxy.workers import run_workers
 
         return run_workers(settings)
     from guardproxy.app import serve
+    from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.telemetry import TelemetryError
 
-    run_async(serve(settings))
+    try:
+        run_async(serve(settings))
+    except (GrpcUnavailable, TelemetryError) as exc:
+        raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 
 
@@ -228,6 +239,26 @@ def run_review(args: argparse.Namespace) -> int:
     )
 
 
+def add_top(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`guardproxy top [--admin URL]`."""
+    p = sub.add_parser("top", help="a live table of the models, worst behaving first")
+    p.add_argument(
+        "--admin",
+        default=env_value("ADMIN_URL", "http://127.0.0.1:9901"),
+        help="the admin port's URL (env GUARDPROXY_ADMIN_URL; default %(default)s)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.set_defaults(run=run_top)
+
+
+def run_top(args: argparse.Namespace) -> int:
+    """Show the fleet view until interrupted."""
+    from guardproxy.top import top
+
+    return top(args.admin, args.interval, args.once)
+
+
 def print_or_fail(make: Callable[[], str]) -> int:
     """Print a command's output; a bad input is one clear line on stderr and exit 2."""
     try:
@@ -244,6 +275,7 @@ COMMANDS: Sequence[Callable[[argparse._SubParsersAction], None]] = (  # type: ig
     add_calibrate,
     add_baseline,
     add_review,
+    add_top,
     add_demo,
 )
 
@@ -255,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
         description="Fairness, label and drift policies inline in front of a model server.",
         epilog="Every serve flag also reads GUARDPROXY_<FLAG> from the environment.",
     )
+    p.add_argument("--version", action="version", version=f"guardproxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -264,10 +297,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `guardproxy` command."""
     args = parser().parse_args(argv)
-    level = getattr(args, "log_level", None) or os.environ.get("GUARDPROXY_LOG_LEVEL", "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        level = parse_level(getattr(args, "log_level", None) or env_value("LOG_LEVEL", "info"))
+        fmt = parse_format(getattr(args, "log_format", None) or env_value("LOG_FORMAT", "text"))
+    except ValueError as exc:
+        print(f"guardproxy: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(level, fmt)
     code: int = args.run(args)
     return code
+
+
+def env_value(name: str, default: str) -> str:
+    """A GUARDPROXY_* variable, for the commands that have no flag for it."""
+    return os.environ.get(f"GUARDPROXY_{name}", default)
 
 
 if __name__ == "__main__":

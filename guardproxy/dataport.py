@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from guardproxy.hotpath.replies import request_id_of, send_error
-from guardproxy.hotpath.targets import origin_form
-from guardproxy.transport import (
-    Handler,
-    Request,
-    ResponseWriter,
-    Server,
-    ServerConfig,
-    json_error,
-)
+from guardproxy.hotpath.paths import origin_form
+from guardproxy.hotpath.replies import proxy_error, send_error
+from guardproxy.hotpath.trust import request_id_of
+from guardproxy.transport import Handler, Request, ResponseWriter, Server, ServerConfig
 
 RESERVED = b"/guardproxy/"
 FEEDBACK = b"/guardproxy/v1/feedback"
@@ -30,24 +24,31 @@ class DataPort:
         """The server's handler: the chosen handler's own coroutine, one await level less."""
         target = request.target
         if not target.startswith(RESERVED):
-            if target.startswith(b"/") or not origin_form(target).startswith(RESERVED):
+            if target.startswith(b"/"):
                 return self.proxy(request, writer)
-            target = origin_form(target)
+            target = origin_form(target.decode("latin-1")).encode("latin-1")
+            if not target.startswith(RESERVED):
+                return self.proxy(request, writer)
         path = target.partition(b"?")[0]
         if path == FEEDBACK and request.method == b"POST":
             return self.feedback(request, writer)
-        return self._unknown(request, writer, path)
+        return self._unknown(request, writer)
 
-    async def _unknown(self, request: Request, writer: ResponseWriter, path: bytes) -> None:
-        where = f"{request.method.decode('latin-1')} {path.decode('latin-1')}"
-        send_error(writer, 404, f"no such endpoint: {where}", request_id_of(request))
+    async def _unknown(self, request: Request, writer: ResponseWriter) -> None:
+        raw = request.headers.get(b"x-request-id")
+        request_id, _ = request_id_of(raw.decode("latin-1") if raw is not None else None)
+        send_error(writer, 404, "no such endpoint under /guardproxy/", request_id)
 
 
 def data_server(
     handler: Handler, header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
 ) -> Server:
-    """The transport server of the data port, with its slow-client timeouts."""
+    """The transport server of the data port, with its slow-client timeouts.
+
+    What the server answers by itself (431, 400, 408...) is JSON naming the request, as the
+    proxy's own errors are.
+    """
     config = ServerConfig(
         max_head_size=max_head, header_timeout=header_timeout, body_timeout=body_timeout
     )
-    return Server(handler, config, json_error)
+    return Server(handler, config, proxy_error)

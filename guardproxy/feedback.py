@@ -10,6 +10,7 @@ from typing import Any
 
 from guardproxy.bearer import bearer_matches
 from guardproxy.guards.exchange import dumps, loads
+from guardproxy.hotpath.trust import MAX_REQUEST_ID, well_formed_id
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.state.base import Joined, Outcome, StateError
 from guardproxy.transport import BodyTooLarge, Request, ResponseWriter
@@ -17,7 +18,8 @@ from guardproxy.transport import BodyTooLarge, Request, ResponseWriter
 MAX_ITEMS = 10_000
 MAX_BODY = 16 * 1024 * 1024
 JSON = [(b"Content-Type", b"application/json")]
-MAX_ID_LENGTH = 512
+MAX_ID_LENGTH = MAX_REQUEST_ID  # as the data port keeps a client's X-Request-Id
+MAX_ROW_DIGITS = 10  # a batch row's label names "<request id>:<row>"
 STATUS = {Outcome.JOINED: "joined", Outcome.UNKNOWN: "unknown_id", Outcome.DUPLICATE: "duplicate"}
 TOTALS = ("joined", "unknown_id", "duplicate", "invalid")
 
@@ -83,8 +85,11 @@ def validate(raw: Any, now: float) -> Item | str:
     if not isinstance(raw, dict):
         return "expected an object with request_id and label"
     request_id = raw.get("request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
-        return f"request_id must be a non-empty string of at most {MAX_ID_LENGTH} characters"
+    if not isinstance(request_id, str) or not prediction_id(request_id):
+        return (
+            f"request_id must be 1 to {MAX_ID_LENGTH} characters of letters, digits and ._:- "
+            "(a batch row: <request id>:<row>)"
+        )
     label = raw.get("label")
     if label not in (0, 1) or isinstance(label, float):
         return f"label must be 0, 1, true or false, not {label!r}"
@@ -92,6 +97,15 @@ def validate(raw: Any, now: float) -> Item | str:
     if observed is None:
         return f"observed_at must be ISO-8601 or epoch seconds, not {raw['observed_at']!r}"
     return Item(request_id, int(label), observed)
+
+
+def prediction_id(value: str) -> bool:
+    """Whether a label may name this id: a request id as proxied ids are kept, or a row's."""
+    if well_formed_id(value):
+        return True
+    base, _, row = value.rpartition(":")
+    digits = 0 < len(row) <= MAX_ROW_DIGITS and row.isascii() and row.isdigit()
+    return digits and well_formed_id(base)
 
 
 def observed_time(value: Any, now: float) -> float | None:

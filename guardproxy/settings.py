@@ -28,6 +28,11 @@ def secret_from_env(name: str) -> str | None:
     return None
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) mean yes."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `guardproxy serve` is configured with."""
@@ -37,7 +42,8 @@ class Settings:
     admin: tuple[str, int] = ("127.0.0.1", 9901)
     policies: Path | None = None
     region: str = "default"
-    region_header: str = "X-Region"
+    trust_region_header: str | None = None  # a header naming the region; None: --region only
+    trust_forwarded: bool = False  # keep a front proxy's X-Forwarded-* headers
     state: str = "memory"
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)  # upstream requests per model, queued
@@ -49,9 +55,18 @@ class Settings:
     samples_dir: Path = Path("/tmp/guardproxy-samples")
     admin_token: str | None = None
     feedback_token: str | None = None
+    decision_key: str | None = None  # keys randomized decisions; shared via the state if None
     queue_size: int = 10_000  # samples waiting to be written
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None
     workers: int = 1  # processes sharing the data port (SO_REUSEPORT)
     worker: int = 0  # this process's index among them
+    grpc_listen: tuple[str, int] | None = None  # the gRPC port; set with grpc_upstream
+    grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
+    access_log: bool = False  # every request at info level (else at debug)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be shown: tokens and the decision key."""
+        values = (self.admin_token, self.feedback_token, self.decision_key)
+        return tuple(v for v in values if v)

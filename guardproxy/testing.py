@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from guardproxy.app import RunningProxy, running_proxy, start_site
 from guardproxy.settings import Settings
 
 __all__ = [
     "PATTERN",
+    "RecordingModel",
     "RunningProxy",
     "eventually",
     "proxy_settings",
@@ -152,6 +155,40 @@ async def gzip_body(request: web.Request) -> web.Response:
     return web.Response(
         body=data, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
     )
+
+
+class RecordingModel:
+    """A KServe v2 model answering a fixed score, keeping every request's body and headers.
+
+    `lenient` answers any path, as a server that normalises paths before routing would.
+    """
+
+    def __init__(self, score: float = 0.7, status: int = 200, lenient: bool = False) -> None:
+        self.score, self.status, self.lenient = score, status, lenient
+        self.bodies: list[bytes] = []
+        self.paths: list[str] = []
+        self.headers: list[CIMultiDict[str]] = []
+
+    def app(self) -> web.Application:
+        """The app: POST /v2/models/{name}/infer and the versioned form."""
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_post("/v2/models/{name}/infer", self._infer)
+        app.router.add_post("/v2/models/{name}/versions/{version}/infer", self._infer)
+        if self.lenient:  # as servers that normalise paths before routing: any path scores
+            app.router.add_post("/{tail:.*}", self._infer)
+        return app
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.read())
+        self.paths.append(request.raw_path)
+        self.headers.append(CIMultiDict(request.headers))
+        rows = 1
+        with suppress(ValueError, KeyError, IndexError, TypeError):
+            rows = int(json.loads(self.bodies[-1])["inputs"][0]["shape"][0])
+        outputs = [
+            {"name": "score", "shape": [rows], "datatype": "FP32", "data": [self.score] * rows}
+        ]
+        return web.json_response({"model_name": "m", "outputs": outputs}, status=self.status)
 
 
 def proxy_settings(upstream: str, **overrides: Any) -> Settings:

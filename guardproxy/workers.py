@@ -3,8 +3,9 @@
 The supervisor forks the workers before it runs anything else, forwards SIGTERM, SIGINT and
 SIGHUP to them, and exits when they all have. Each worker binds the data port with
 SO_REUSEPORT, so the kernel spreads connections across them; worker i serves the admin API
-on the admin port + i (port 0: each picks its own). A worker that dies on its own stops the
-others, and the supervisor exits 1, so the container restarts as a whole.
+on the admin port + i (port 0: each picks its own). Worker 0 alone serves the gRPC port, if
+one is configured. A worker that dies on its own stops the others, and the supervisor exits
+1, so the container restarts as a whole.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from types import FrameType
 
 from guardproxy.eventloop import run_async
+from guardproxy.logs import stop_logging
 from guardproxy.settings import Settings
 
 log = logging.getLogger("guardproxy.workers")
@@ -35,11 +37,14 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def worker_settings(settings: Settings, index: int, port: int) -> Settings:
-    """Worker `index`'s settings: the shared data port, its own admin port."""
+    """Worker `index`'s settings: the shared data port, its own admin port, gRPC on worker 0."""
     admin_host, admin_port = settings.admin
     admin = (admin_host, admin_port + index if admin_port else 0)
     listen = (settings.listen[0], port)
-    return dataclasses.replace(settings, worker=index, admin=admin, listen=listen)
+    worker = dataclasses.replace(settings, worker=index, admin=admin, listen=listen)
+    if index > 0:  # a gRPC port is bound by one process (its server refuses SO_REUSEPORT)
+        worker = dataclasses.replace(worker, grpc_listen=None, grpc_upstream=None)
+    return worker
 
 
 def run_worker(settings: Settings) -> int:
@@ -53,6 +58,8 @@ def run_worker(settings: Settings) -> int:
     except BaseException:
         log.exception("worker %d failed", settings.worker)
         return 1
+    finally:
+        stop_logging()  # the child leaves by os._exit: no atexit writes its last lines
     return 0
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
+from guardproxy.logs import stop_logging
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, upstream_app
 
 
@@ -29,3 +31,14 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
     """A client that sends exactly what the test says (no automatic headers or decoding)."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """A test that runs the CLI configures logging for the process: undo it afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    stop_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)

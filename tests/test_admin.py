@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+from tests.factories import observation
 
 
 async def test_healthz_and_status(proxy: RunningProxy, client: aiohttp.ClientSession) -> None:
@@ -31,6 +32,28 @@ async def test_readyz_follows_the_upstream(
             body = await response.json()
     assert response.status == 503
     assert "not reachable" in body["problems"][0]
+
+
+async def test_a_failing_monitor_degrades_readiness_and_shows_in_status(
+    client: aiohttp.ClientSession, proxy: RunningProxy
+) -> None:
+    class Broken:
+        def consume(self, batch: object) -> None:
+            raise RuntimeError("boom")
+
+    runtime = proxy.runtime
+    runtime.worker.consumers.append(Broken())
+    model = runtime.store.table.default.model("adult")
+    assert model is not None
+    runtime.worker.offer(observation(model))
+    await runtime.worker.flush()
+    async with client.get(f"{proxy.admin_url}/readyz") as response:
+        ready = await response.json()
+    async with client.get(f"{proxy.admin_url}/status") as response:
+        status = await response.json()
+    assert response.status == 200 and ready["status"] == "degraded"
+    assert ready["degraded"] == ["monitor Broken failed 1 time(s)"]
+    assert status["monitor"]["consumer_errors"] == {"Broken": 1}
 
 
 async def test_admin_calls_need_the_token(

@@ -105,3 +105,13 @@ def test_the_spread_of_the_rounds_and_cpu_against_nginx_are_reported() -> None:
     assert guarded.rps_spread == 0.0
     table = format_table([nginx, guarded])
     assert "CPU/nginx" in table and "2.00" in table.splitlines()[-1]  # 100 µs over 50 µs
+
+
+def test_access_log_micro_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.access_log import main as access_log
+
+    assert access_log(["--records", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "access log off", "access log on, json", "records dropped"
+    ]  # fmt: skip

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from guardproxy import __version__
 from guardproxy.cli import main, parse_cost, parser, settings_from
 
 POLICIES = Path(__file__).parent.parent / "policies"
@@ -53,21 +56,10 @@ def test_limit_timeout_and_worker_flags_reach_the_settings(
     assert settings.workers == 2
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--workers", "0"], "--workers must be positive"),
-        (["--body-timeout", "-1"], "--body-timeout must be positive"),
-        (["--upstream-queue", "-1"], "--upstream-queue must not be negative"),
-        (["--upstream", "https://model:8443"], "expected http://"),
-    ],
-)
-def test_bad_serve_values_are_clear_errors(
-    monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
-) -> None:
-    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
-    with pytest.raises(SystemExit, match=message):
-        settings_from(parser().parse_args(["serve", *flags]))
+def test_an_upstream_other_than_plain_http_is_a_clear_error() -> None:
+    args = parser().parse_args(["serve", "--upstream", "https://model:8443"])
+    with pytest.raises(SystemExit, match="expected http://"):
+        settings_from(args)
 
 
 def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +69,40 @@ def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("GUARDPROXY_FEEDBACK_TOKEN", raising=False)
     monkeypatch.setenv("GUARDPROXY_FEEDBACK_TOKEN_FILE", str(secret))
     assert settings_from(parser().parse_args(["serve"])).feedback_token == "from-a-secret"
+
+
+def test_trust_is_off_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    for name in ("TRUST_REGION_HEADER", "TRUST_FORWARDED", "DECISION_KEY", "DECISION_KEY_FILE"):
+        monkeypatch.delenv(f"GUARDPROXY_{name}", raising=False)
+    plain = settings_from(parser().parse_args(["serve"]))
+    assert (plain.trust_region_header, plain.trust_forwarded, plain.decision_key) == (
+        None,
+        False,
+        None,
+    )
+    monkeypatch.setenv("GUARDPROXY_TRUST_REGION_HEADER", "X-Region")
+    monkeypatch.setenv("GUARDPROXY_TRUST_FORWARDED", "true")
+    trusting = settings_from(parser().parse_args(["serve"]))
+    assert (trusting.trust_region_header, trusting.trust_forwarded) == ("X-Region", True)
+    flagged = parser().parse_args(["serve", "--trust-region-header", "X-Pod-Region"])
+    assert settings_from(flagged).trust_region_header == "X-Pod-Region"
+
+
+def test_decision_key_from_a_file_and_too_short_a_key_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv("GUARDPROXY_DECISION_KEY", raising=False)
+    key = tmp_path / "key"
+    key.write_text("0123456789abcdef0123\n")
+    monkeypatch.setenv("GUARDPROXY_DECISION_KEY_FILE", str(key))
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert settings.decision_key == "0123456789abcdef0123"
+    assert settings.decision_key in settings.secrets()
+    monkeypatch.setenv("GUARDPROXY_DECISION_KEY", "short")
+    with pytest.raises(SystemExit, match="at least 16 characters"):
+        settings_from(parser().parse_args(["serve"]))
 
 
 def test_serve_without_upstream_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +131,66 @@ def test_calibrate_prints_json_per_group(
 
 def test_parse_cost() -> None:
     assert parse_cost("0,1,5,-2") == (0.0, 1.0, 5.0, -2.0)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--version"])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out == f"guardproxy {__version__}\n"
+    assert __version__ == metadata.version("guardproxy")  # one version, written once
+
+
+@pytest.mark.parametrize("level", ["debug", "DEBUG", "Warning"])
+def test_log_levels_in_any_case(level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_LOG_LEVEL", level)
+    assert main(["validate", str(POLICIES)]) == 0
+    assert logging.getLogger().level == logging.getLevelName(level.upper())
+    assert parser().parse_args(["serve", "--log-level", level]).log_level == level.lower()
+
+
+def test_an_unknown_level_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_LOG_LEVEL", "verbose")
+    assert main(["validate", str(POLICIES)]) == 2
+    assert capsys.readouterr().err == (
+        "guardproxy: unknown log level 'verbose': expected one of debug, info, warning, "
+        "error, critical\n"
+    )
+    with pytest.raises(SystemExit):
+        parser().parse_args(["serve", "--log-level", "verbose"])
+    assert "(from --log-level or GUARDPROXY_LOG_LEVEL)" in capsys.readouterr().err
+
+
+def test_grpc_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.setenv("GUARDPROXY_GRPC_LISTEN", ":9090")
+    monkeypatch.setenv("GUARDPROXY_GRPC_UPSTREAM", "127.0.0.1:8081")
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert (settings.grpc_listen, settings.grpc_upstream) == (("0.0.0.0", 9090), "127.0.0.1:8081")
+    flagged = settings_from(parser().parse_args(["serve", "--grpc-upstream", "[::1]:9000"]))
+    assert flagged.grpc_upstream == "[::1]:9000"
+    monkeypatch.delenv("GUARDPROXY_GRPC_LISTEN")
+    monkeypatch.delenv("GUARDPROXY_GRPC_UPSTREAM")
+    plain = settings_from(parser().parse_args(["serve"]))
+    assert (plain.grpc_listen, plain.grpc_upstream) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grpc-listen", ":9090"], "go together"),
+        (["--grpc-upstream", "127.0.0.1:8081"], "go together"),
+        (["--grpc-listen", ":9090", "--grpc-upstream", "http://127.0.0.1:8081"], "not a URL"),
+        (["--grpc-listen", "nowhere", "--grpc-upstream", "127.0.0.1:8081"], "not an address"),
+    ],
+)
+def test_grpc_flags_that_cannot_work_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv("GUARDPROXY_GRPC_LISTEN", raising=False)
+    monkeypatch.delenv("GUARDPROXY_GRPC_UPSTREAM", raising=False)
+    with pytest.raises(SystemExit, match=message):
+        settings_from(parser().parse_args(["serve", *flags]))

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guardproxy.feedback import observed_time, validate
+from guardproxy.feedback import MAX_ID_LENGTH, observed_time, prediction_id, validate
 from guardproxy.guards.exchange import Verdict
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
 from tests.factories import observation
@@ -127,3 +127,36 @@ def test_validate_and_observed_time() -> None:
     assert observed_time("2024-01-01T00:00:00+00:00", 0.0) == 1704067200.0
     assert observed_time(None, 5.0) == 5.0 and observed_time(-1, 0.0) is None
     assert observed_time("yesterday", 0.0) is None and observed_time(True, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("r1", True),
+        ("a.b:c-d_e", True),
+        ("x" * MAX_ID_LENGTH, True),
+        ("x" * MAX_ID_LENGTH + ":12", True),  # row 12 of a batch under the longest id
+        ("x" * (MAX_ID_LENGTH + 1), False),
+        ("x" * (MAX_ID_LENGTH + 1) + ":1", False),
+        ("a b", False),
+        ("a/b", False),
+        ("é", False),
+        ("r1:\u0663", False),  # a digit, but not an ASCII one
+        ("x" * MAX_ID_LENGTH + ":12345678901", False),
+    ],
+)
+def test_feedback_ids_follow_the_proxied_request_ids(value: str, valid: bool) -> None:
+    assert prediction_id(value) is valid
+    outcome = validate({"request_id": value, "label": 1}, 0.0)
+    assert isinstance(outcome, str) is not valid
+    if not valid:
+        assert f"1 to {MAX_ID_LENGTH} characters" in str(outcome)
+
+
+async def test_an_invalid_id_is_answered_invalid_and_the_rest_still_join(
+    fed: RunningProxy,
+) -> None:
+    body = json.dumps([{"request_id": "p1 ", "label": 1}, {"request_id": "p0:1", "label": 0}])
+    status, doc = await post(fed, body)
+    assert status == 200
+    assert [r["status"] for r in doc["results"]] == ["invalid", "joined"]

@@ -14,13 +14,11 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Literal
 
+from guardproxy.breaker.window import UpstreamWindow
 from guardproxy.policy.models import BreakerSpec, TripRule
 
 Clock = Callable[[], float]
 OperatorState = Literal["forced_open", "closed", "disabled"]
-ERROR_RATE = "upstream.error_rate"
-SLOW_CALL_RATE = "upstream.slow_call_rate"
-CONSECUTIVE_5XX = "upstream.consecutive_5xx"
 
 
 class Admission(Enum):
@@ -78,6 +76,9 @@ class State:
     def probe_done(self, breaker: CircuitBreaker, ok: bool) -> None:
         """React to the outcome of a probe request."""
 
+    def expire(self, breaker: CircuitBreaker) -> None:
+        """React to the state having lasted as long as it may (half-open only)."""
+
 
 class Closed(State):
     """Normal operation: trips when a rule has crossed for its N consecutive windows."""
@@ -118,6 +119,8 @@ class HalfOpen(State):
 
     def enter(self, breaker: CircuitBreaker) -> None:
         breaker.probes_admitted = breaker.probes_ok = breaker.healthy_windows = 0
+        breaker.epoch += 1
+        breaker.half_open_at = breaker.clock()
         # A drift trip must be disproved by the probes' own window before the breaker closes.
         breaker.pending = {w for w in breaker.tripped_by if w.startswith("drift.")}
 
@@ -145,6 +148,19 @@ class HalfOpen(State):
             breaker.probes_ok += 1
         else:
             breaker.transition(OPEN, "probe failed")
+
+    def expire(self, breaker: CircuitBreaker) -> None:
+        # No probe failed (that re-opens at once): close if any succeeded and no drift trip
+        # still waits for the probes' own window, else cool down again.
+        seconds = f"{breaker.spec.half_open.max_seconds:g}s"
+        if breaker.pending:
+            waiting = ", ".join(sorted(breaker.pending))
+            breaker.transition(OPEN, f"half-open for {seconds}: {waiting} not shown healthy")
+        elif breaker.probes_ok:
+            reason = f"half-open for {seconds}: {breaker.probes_ok} probes ok, none failed"
+            breaker.transition(CLOSED, reason)
+        else:
+            breaker.transition(OPEN, f"half-open for {seconds} without a successful probe")
 
 
 class ForcedOpen(State):
@@ -175,43 +191,6 @@ CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED = (
 _OPERATOR: dict[str, State] = {"forced_open": FORCED_OPEN, "closed": CLOSED, "disabled": DISABLED}
 
 
-class UpstreamWindow:
-    """Counters of upstream calls in the current time window (cheap to update inline)."""
-
-    __slots__ = ("calls", "errors", "max_run", "run", "slow", "slow_call", "started")
-
-    def __init__(self, slow_call: float, started: float) -> None:
-        self.slow_call = slow_call
-        self.run = 0
-        self.reset(started)
-
-    def reset(self, started: float) -> None:
-        """Start a new window; the current run of failures carries over."""
-        self.started = started
-        self.calls = self.errors = self.slow = 0
-        self.max_run = self.run
-
-    def record(self, status: int | None, seconds: float) -> None:
-        """Count one upstream call; None means a connect error or timeout."""
-        self.calls += 1
-        if status is None or status >= 500:
-            self.errors += 1
-            self.run += 1
-            self.max_run = max(self.max_run, self.run)
-        else:
-            self.run = 0
-        if status is None or seconds > self.slow_call:
-            self.slow += 1
-
-    def values(self) -> dict[str, float]:
-        """The window's monitor values; rates only when there were calls."""
-        out: dict[str, float] = {CONSECUTIVE_5XX: float(self.max_run)}
-        if self.calls:
-            out[ERROR_RATE] = self.errors / self.calls
-            out[SLOW_CALL_RATE] = self.slow / self.calls
-        return out
-
-
 class CircuitBreaker:
     """One model's breaker, fed with monitor windows and upstream outcomes."""
 
@@ -233,13 +212,16 @@ class CircuitBreaker:
         self.streaks = [0] * len(spec.trip)
         self.opened_at = self.since_wall = 0.0
         self.probes_admitted = self.probes_ok = self.healthy_windows = 0
+        self.probes_released = 0
+        self.epoch = 0  # one per half-open period: a late release never frees a newer slot
+        self.half_open_at = 0.0
         self.listener_errors = 0
         self.reason = "start"
         self.tripped_by: set[str] = set()  # monitors whose rules tripped since last closed
         self.pending: set[str] = set()  # drift monitors half-open still waits to see healthy
         self.window_values: Mapping[str, float] = MappingProxyType({})
         self.last_values: Mapping[str, float] = MappingProxyType({})
-        self.upstream = UpstreamWindow(spec.slow_call, clock())
+        self.upstream = UpstreamWindow(spec.slow_call, clock(), spec.min_calls)
         self.state: State = CLOSED
         self.since_wall = wall_clock()
 
@@ -256,6 +238,16 @@ class CircuitBreaker:
         """Report the outcome of a request admitted as PROBE."""
         self.state.probe_done(self, ok)
 
+    def release_probe(self, epoch: int) -> None:
+        """Give back a probe slot whose request ended before reaching the upstream.
+
+        A 413, a refused encoding, a guard's block or a client that went away says nothing
+        about the model; keeping the slot would leave half-open waiting for outcomes forever.
+        """
+        if self.state is HALF_OPEN and epoch == self.epoch and self.probes_admitted > 0:
+            self.probes_admitted -= 1
+            self.probes_released += 1
+
     def record_upstream(self, status: int | None, seconds: float) -> None:
         """Count one upstream call in the current health window (None: connect error/timeout)."""
         self.upstream.record(status, seconds)
@@ -265,6 +257,8 @@ class CircuitBreaker:
         now = self.clock()
         if self.state is OPEN and self.cooldown_over():
             self.transition(HALF_OPEN, "cooldown elapsed")
+        elif self.state is HALF_OPEN and now - self.half_open_at >= self.spec.half_open.max_seconds:
+            self.state.expire(self)
         if now - self.upstream.started < self.spec.window:
             return None
         values = self.upstream.values()
@@ -341,6 +335,7 @@ class CircuitBreaker:
             "streaks": dict(zip(self.labels, self.streaks, strict=True)),
             "probes_admitted": self.probes_admitted,
             "probes_ok": self.probes_ok,
+            "probes_released": self.probes_released,
             "probe_cap": self.probe_cap,
             "waiting_for": sorted(self.pending),
         }

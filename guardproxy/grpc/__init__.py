@@ -6,7 +6,16 @@ Needs the `grpc` extra (`pip install 'guardproxy[grpc]'`).
 from __future__ import annotations
 
 from .documents import apply_response, request_document, response_document
-from .hooks import Allow, AllowAll, InferCall, InferHook, Refuse, refusal_trailers, status_for
+from .hooks import (
+    Allow,
+    AllowAll,
+    Failure,
+    InferCall,
+    InferHook,
+    Refuse,
+    refusal_trailers,
+    status_for,
+)
 from .proxy import INFER, STREAM_INFER, GrpcProxy, forwardable
 
 __all__ = [
@@ -14,6 +23,7 @@ __all__ = [
     "STREAM_INFER",
     "Allow",
     "AllowAll",
+    "Failure",
     "GrpcProxy",
     "InferCall",
     "InferHook",

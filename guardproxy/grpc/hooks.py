@@ -3,7 +3,12 @@
 For each ModelInfer call (and each message of a ModelStreamInfer stream) the proxy calls
 `hook.on_request(call)` before the upstream and `hook.on_response(call, answer)` after it.
 `on_request` returns None (go on) or a `Refuse`; `on_response` returns `Allow` (with
-metadata to add and, optionally, a changed answer document) or a `Refuse`.
+metadata to add and, optionally, a changed answer document) or a `Refuse`. A call that
+`on_request` let through and that ends without an answer document for `on_response` (the
+upstream failed, the client cancelled, the stream ended first, the answer could not be
+decoded) is reported once to `hook.on_failure(call, failure)`, whose metadata a unary call
+gets in its trailers. Each `InferCall` is hashed by identity, so a hook may key its own
+per-call state by the call.
 
 Refusals, as `status_for(http_status)` maps the proxy's HTTP replies:
 
@@ -37,10 +42,12 @@ from google.rpc import error_details_pb2, status_pb2
 __all__ = [
     "Allow",
     "AllowAll",
+    "Failure",
     "InferCall",
     "InferHook",
     "Metadata",
     "Refuse",
+    "http_status",
     "refusal_trailers",
     "status_for",
 ]
@@ -66,6 +73,33 @@ _STATUS = {
 }
 
 
+# The HTTP status a gRPC status stands for (as grpc-gateway maps them), for observations.
+_HTTP = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status a gRPC status stands for (UNAVAILABLE 503, NOT_FOUND 404, ...)."""
+    return _HTTP.get(code, 500)
+
+
 def status_for(http_status: int) -> grpc.StatusCode:
     """The gRPC status for one of the proxy's HTTP refusals (table in the module docstring)."""
     if http_status in _STATUS:
@@ -75,7 +109,7 @@ def status_for(http_status: int) -> grpc.StatusCode:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class InferCall:
     """One inference request as the guards see it."""
 
@@ -105,6 +139,14 @@ class Refuse:
     retry_after: float | None = None  # seconds; sent as retry metadata
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a call the hook let through ended without an answer document."""
+
+    code: grpc.StatusCode  # the upstream's; CANCELLED: no answer came; OK: it was undecodable
+    message: str
+
+
 class InferHook(Protocol):
     """What the proxy calls around each inference; both methods must not block the loop."""
 
@@ -113,6 +155,9 @@ class InferHook(Protocol):
 
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """After the upstream: the answer's document; allow (maybe changed) or refuse."""
+
+    async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
+        """The call ended without an answer to check; metadata for a unary call's trailers."""
 
 
 class AllowAll:
@@ -125,6 +170,10 @@ class AllowAll:
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """Always allow, adding nothing."""
         return Allow()
+
+    async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
+        """Nothing to record."""
+        return ()
 
 
 def refusal_trailers(refuse: Refuse) -> Metadata:

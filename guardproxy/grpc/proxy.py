@@ -4,13 +4,15 @@ A generic handler takes every method. ModelInfer and ModelStreamInfer are decode
 documents for the `InferHook` (see hooks.py for the refusal mapping); any other method, even
 one of a service unknown here, is forwarded to the upstream as raw bytes, as a stream both
 ways, which carries unary and streaming calls alike. Client metadata (`traceparent`
-included) and the deadline go upstream; the upstream's status, details, initial and trailing
-metadata come back. An answer or hook that fails follows `fail_closed`: pass untouched and
-count (default), or end the call INTERNAL. Every outcome is counted in `status()`.
+included) and the deadline go upstream (a unary ModelInfer's capped by `timeout`); the
+upstream's status, details, initial and trailing metadata come back. An answer or hook that
+fails follows `fail_closed`: pass untouched and count (default), or end the call INTERNAL.
+Every outcome is counted in `status()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -21,7 +23,16 @@ from grpc import aio
 
 from .documents import apply_response, request_document, response_document
 from .generated import grpc_predict_v2_pb2 as pb
-from .hooks import Allow, AllowAll, InferCall, InferHook, Metadata, Refuse, refusal_trailers
+from .hooks import (
+    Allow,
+    AllowAll,
+    Failure,
+    InferCall,
+    InferHook,
+    Metadata,
+    Refuse,
+    refusal_trailers,
+)
 from .stats import GrpcStats
 from .streams import StreamGuard
 
@@ -43,6 +54,14 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
         for key, value in metadata or ()
         if not key.startswith((":", "grpc-")) and key not in _HOP
     )
+
+
+def cancelled(context: aio.ServicerContext[bytes, bytes]) -> tuple[grpc.StatusCode, str]:
+    """Why gRPC cancelled a call: the client's deadline passed, or the client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
+    return grpc.StatusCode.CANCELLED, "the client cancelled the call"
 
 
 class _Handler(grpc.GenericRpcHandler):
@@ -71,8 +90,10 @@ class GrpcProxy:
         stream_answers: Literal["triton", "mlserver"] = "triton",
         fail_closed: bool = False,
         max_pending: int = 1024,
+        timeout: float | None = None,
     ) -> None:
         self.upstream = upstream
+        self.timeout = timeout  # longest unary upstream call, whatever the client's deadline
         self.hook: InferHook = hook or AllowAll()
         self.fail_closed = fail_closed
         self.stream_answers = stream_answers  # Triton wraps stream answers; MLServer does not
@@ -117,22 +138,28 @@ class GrpcProxy:
         return self._channel
 
     async def infer(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
-        """ModelInfer: hook before, forward, hook after."""
+        """ModelInfer: hook before, forward, hook after (or told how the call failed)."""
         self.stats.calls["infer"] += 1
         self.stats.active += 1
+        call: InferCall | None = None
+        told = True  # whether the hook has heard how the call it admitted ended
         try:
             call = self.decode_call("ModelInfer", request, context)
             if call is not None:
                 await self.admit(call, context)
+                told = False
             unary: aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(INFER)
             rpc = unary(
                 request, metadata=forwardable(context.invocation_metadata()),
-                timeout=context.time_remaining(),
+                timeout=self.deadline(context),
             )  # fmt: skip
             try:
                 answer: bytes = await rpc
             except aio.AioRpcError as err:
-                await self.fail_upstream(err, context)
+                told = True
+                failed = await self.failed(call, err.code(), err.details() or "")
+                await self.fail_upstream(err, context, failed)
+            told = True
             added: Metadata = ()
             if call is not None:
                 answer, added = await self.check(call, answer, context)
@@ -142,6 +169,10 @@ class GrpcProxy:
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
             self.stats.status(grpc.StatusCode.OK)
             return answer
+        except asyncio.CancelledError:
+            if not told:
+                await self.failed(call, *cancelled(context))
+            raise
         finally:
             self.stats.active -= 1
 
@@ -215,7 +246,15 @@ class GrpcProxy:
         """Run the answer hook: the (maybe changed) answer and the metadata to add."""
         try:
             msg = pb.ModelInferResponse.FromString(answer)
-            verdict = await self.hook.on_response(call, response_document(msg))
+            document = response_document(msg)
+        except Exception as exc:
+            added = await self.failed(call, grpc.StatusCode.OK, f"undecodable answer: {exc}")
+            verdict = self._answer_failed(exc)
+            if isinstance(verdict, Refuse):
+                await self.refuse(verdict, context)
+            return answer, added
+        try:
+            verdict = await self.hook.on_response(call, document)
             if isinstance(verdict, Allow) and verdict.response is not None:
                 apply_response(msg, verdict.response)
                 answer = msg.SerializeToString()
@@ -223,7 +262,25 @@ class GrpcProxy:
             verdict = self._answer_failed(exc)
         if isinstance(verdict, Refuse):
             await self.refuse(verdict, context)
-        return answer, verdict.metadata if isinstance(verdict, Allow) else ()
+        return answer, verdict.metadata
+
+    async def failed(self, call: InferCall | None, code: grpc.StatusCode, message: str) -> Metadata:
+        """Tell the hook how an admitted call ended without an answer; the metadata it adds."""
+        if call is None:
+            return ()
+        try:
+            return tuple(await self.hook.on_failure(call, Failure(code, message)))
+        except Exception:
+            self.stats.errors["hook"] += 1
+            log.exception("the gRPC failure hook failed")
+            return ()
+
+    def deadline(self, context: aio.ServicerContext[bytes, bytes]) -> float | None:
+        """Seconds the upstream call may take: the client's deadline, capped by `timeout`."""
+        remaining = context.time_remaining()
+        if self.timeout is None:
+            return remaining
+        return self.timeout if remaining is None else min(remaining, self.timeout)
 
     def _answer_failed(self, exc: Exception) -> Allow | Refuse:
         self.stats.errors["answer"] += 1
@@ -240,10 +297,14 @@ class GrpcProxy:
         await context.abort(refusal.code, refusal.message, refusal_trailers(refusal))
 
     async def fail_upstream(
-        self, err: aio.AioRpcError, context: aio.ServicerContext[bytes, bytes]
+        self,
+        err: aio.AioRpcError,
+        context: aio.ServicerContext[bytes, bytes],
+        added: Metadata = (),
     ) -> NoReturn:
         """Pass the upstream's failure to the client: status, details, trailing metadata."""
         code = err.code()
         self.stats.upstream[code.name] += 1
         self.stats.status(code)
-        await context.abort(code, err.details() or "", forwardable(err.trailing_metadata()))
+        trailers = (*forwardable(err.trailing_metadata()), *added)
+        await context.abort(code, err.details() or "", trailers)

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["GrpcStats"]
+__all__ = ["GrpcStats", "GuardStats"]
 
 
 class GrpcStats:
@@ -36,4 +36,48 @@ class GrpcStats:
             "upstream_errors": dict(self.upstream),
             "refused": dict(self.refused),
             "errors": dict(self.errors),
+        }
+
+
+class GuardStats:
+    """What the policy hook did with the calls it saw, counted for /status."""
+
+    __slots__ = (
+        "blocked",
+        "calls",
+        "failures",
+        "guarded",
+        "observer_errors",
+        "refused",
+        "request_ids_replaced",
+        "unguarded",
+        "unknown_region",
+        "unpaired",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0  # inference requests seen (a stream counts each message)
+        self.guarded = 0
+        self.unguarded: Counter[str] = Counter()  # by reason: undeclared_model, not_oip, ...
+        self.unknown_region = 0
+        self.request_ids_replaced = 0  # a client's malformed x-request-id or id
+        self.refused: Counter[str] = Counter()  # breaker_reject, breaker_fallback
+        self.blocked = 0  # a guard answered instead of the model
+        self.failures: Counter[str] = Counter()  # guarded calls without an answer, by status
+        self.unpaired = 0  # answers with no guarded request waiting (decoupled models)
+        self.observer_errors: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "calls": self.calls,
+            "guarded": self.guarded,
+            "unguarded": dict(self.unguarded),
+            "unknown_region": self.unknown_region,
+            "request_ids_replaced": self.request_ids_replaced,
+            "refused": dict(self.refused),
+            "blocked": self.blocked,
+            "failures": dict(self.failures),
+            "unpaired": self.unpaired,
+            "observer_errors": dict(self.observer_errors),
         }

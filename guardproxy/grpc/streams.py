@@ -5,20 +5,23 @@ answers stay paired until one says `triton_final_response: false` no more), else
 Triton wraps each answer in a ModelStreamInferResponse (an `error_message` answer passes as it
 is); MLServer sends bare ModelInferResponse messages (`stream_answers="mlserver"`). A refusal
 ends the whole stream with its status; `Allow.metadata` becomes string `parameters` of the
-answer it belongs to.
+answer it belongs to. Every admitted request whose answer never came (the stream failed or
+ended first, too many were pending, its id was reused) is reported to `hook.on_failure`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from grpc import aio
 
 from .documents import apply_response, response_document
 from .generated import grpc_predict_v2_pb2 as pb
-from .hooks import Allow, InferCall, Refuse
+from .hooks import Allow, Failure, InferCall, Refuse
 
 if TYPE_CHECKING:
     from .proxy import GrpcProxy
@@ -38,7 +41,7 @@ class StreamGuard:
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
-        from .proxy import STREAM_INFER, forwardable
+        from .proxy import STREAM_INFER, cancelled, forwardable
 
         proxy, context = self.proxy, self.context
         streams: aio.StreamStreamMultiCallable[bytes, bytes]
@@ -47,6 +50,7 @@ class StreamGuard:
             self._admitted(requests), metadata=forwardable(context.invocation_metadata()),
             timeout=context.time_remaining(),
         )  # fmt: skip
+        ended = Failure(grpc.StatusCode.CANCELLED, "the stream ended before the answer")
         try:
             await context.send_initial_metadata(forwardable(await rpc.initial_metadata()))
             async for answer in rpc:
@@ -57,9 +61,22 @@ class StreamGuard:
                 await proxy.refuse(self.refusal, context)
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
         except aio.AioRpcError as err:
+            ended = Failure(err.code(), err.details() or "")
             await proxy.fail_upstream(err, context)
+        except asyncio.CancelledError:
+            ended = Failure(*cancelled(context))
+            raise
         finally:
             rpc.cancel()
+            await self._unanswered(ended)
+
+    async def _unanswered(self, failure: Failure) -> None:
+        """Tell the hook about every admitted request whose answer never came."""
+        calls = [*self._by_id.values(), *self._in_order]
+        self._by_id.clear()
+        self._in_order.clear()
+        for call in calls:
+            await self.proxy.failed(call, failure.code, failure.message)
 
     async def _admitted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The client's requests that the hook admits; the first refusal ends the stream."""
@@ -71,7 +88,7 @@ class StreamGuard:
                 if refusal is not None:
                     self.refusal = refusal  # half-close upstream; run() ends the call
                     return
-                self._remember(call)
+                await self._remember(call)
             yield raw
 
     async def _admit(self, call: InferCall) -> Refuse | None:
@@ -81,18 +98,23 @@ class StreamGuard:
             self.proxy.stats.errors["hook"] += 1
             return self.proxy._failed("the guard could not check the request")
 
-    def _remember(self, call: InferCall) -> None:
+    async def _remember(self, call: InferCall) -> None:
         request_id = call.request.get("id")
+        lost: list[InferCall] = []  # their answers can no longer be paired with them
         if request_id:
+            if request_id in self._by_id:
+                lost.append(self._by_id.pop(request_id))
             self._by_id[request_id] = call
         else:
             self._in_order.append(call)
         if len(self._by_id) + len(self._in_order) > self.proxy.max_pending:
             self.proxy.stats.errors["stream_pending_dropped"] += 1
             if self._in_order:
-                self._in_order.popleft()
+                lost.append(self._in_order.popleft())
             else:
-                self._by_id.pop(next(iter(self._by_id)))
+                lost.append(self._by_id.pop(next(iter(self._by_id))))
+        for old in lost:
+            await self.proxy.failed(old, grpc.StatusCode.CANCELLED, "no longer paired")
 
     def _paired(self, answer: pb.ModelInferResponse) -> InferCall | None:
         if answer.id and answer.id in self._by_id:
@@ -105,6 +127,7 @@ class StreamGuard:
     async def _checked(self, raw: bytes) -> bytes:
         """The answer to send: as it came, or with the hook's metadata and changes."""
         proxy = self.proxy
+        call: InferCall | None = None
         try:
             outer, answer = self._parse(raw)
             if answer is None:
@@ -113,7 +136,15 @@ class StreamGuard:
             if call is None:
                 proxy.stats.errors["stream_unpaired"] += 1
                 return raw
-            verdict = await proxy.hook.on_response(call, response_document(answer))
+            document = response_document(answer)
+        except Exception as exc:
+            await proxy.failed(call, grpc.StatusCode.OK, f"undecodable answer: {exc}")
+            verdict: Allow | Refuse = proxy._answer_failed(exc)
+            if isinstance(verdict, Allow):
+                return raw
+            await proxy.refuse(verdict, self.context)
+        try:
+            verdict = await proxy.hook.on_response(call, document)
             if isinstance(verdict, Allow):
                 return self._annotated(raw, outer, answer, verdict)
         except Exception as exc:

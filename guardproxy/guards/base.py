@@ -79,7 +79,10 @@ class GuardChain:
     def _failed(self, guard: Guard, ex: Exchange, exc: Exception) -> None:
         self.errors[guard.name] = self.errors.get(guard.name, 0) + 1
         ex.errors.append(f"{guard.name}: {exc}")
+        readable = isinstance(exc, PayloadError)
         if not isinstance(exc, PayloadError | ValueError | KeyError | IndexError | TypeError):
             log.exception("guard %s failed on %s", guard.name, ex.request_id)
         if guard.on_error == "fail_closed":
-            ex.reply = Reply(502, f"guard {guard.name} could not check the answer: {exc}")
+            # A payload problem is ours to describe; any other exception's text stays in the log.
+            why = str(exc) if readable else "internal error"
+            ex.reply = Reply(502, f"guard {guard.name} could not check the answer: {why}")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guardproxy.guards.base import Guard, GuardChain
+from guardproxy.guards.draws import Draws
 from guardproxy.guards.features import feature_reader
 from guardproxy.guards.groups import ANY, OTHER, GroupGuard
 from guardproxy.guards.labels import LabelGuard
@@ -20,11 +21,12 @@ from guardproxy.sampling.sinks import SampleQueue
 
 @dataclass(frozen=True, slots=True)
 class GuardContext:
-    """What guards share across policies: learned thresholds, the sample queue, a clock."""
+    """What guards share across policies: learned thresholds, samples, the decision key, a clock."""
 
     thresholds: Snapshot[ThresholdTable] = field(default_factory=lambda: Snapshot(ThresholdTable()))
     samples: SampleQueue | None = None
     clock: Callable[[], float] = time.monotonic
+    draws: Draws = field(default_factory=Draws)
 
 
 def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext) -> GuardChain:
@@ -36,11 +38,13 @@ def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext)
     if spec.protocol != "openai" or spec.score.path is not None:
         missing = OTHER if spec.groups.attribute is not None else ANY
         key = (region, spec.name)
-        guards.append(DecisionGuard(spec.decision, payload, ctx.thresholds, key, missing))
+        guards.append(
+            DecisionGuard(spec.decision, payload, ctx.thresholds, key, missing, ctx.draws)
+        )
     if spec.labels.deny:
         guards.append(LabelGuard(spec.labels, payload))
     features = feature_reader(payload, [s.input for s in spec.signal_specs()])
     if ctx.samples is None:
         return GuardChain(guards, features=features)
-    sampling = SamplingGuard(spec.sampling, ctx.samples, version, ctx.clock)
+    sampling = SamplingGuard(spec.sampling, ctx.samples, version, ctx.clock, ctx.draws)
     return GuardChain(guards, sampling, features)

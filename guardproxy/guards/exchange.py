@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import orjson
-
+from guardproxy.payloads.codec import dumps, loads
 from guardproxy.transport import HeaderList, Headers
+
+__all__ = ["Exchange", "Reply", "Verdict", "dumps", "is_json_answer", "loads", "media_type"]
 
 _UNPARSED: Any = object()
 
@@ -60,6 +61,41 @@ class Exchange:
     _request_json: Any = _UNPARSED
     _response_json: Any = _UNPARSED
     response_changed: bool = False
+    decoded: bool = False  # the request (and answer) arrive as documents, not JSON bytes: gRPC
+
+    @classmethod
+    def from_documents(
+        cls,
+        request_id: str,
+        region: str,
+        model: str,
+        method: str,
+        path: str,
+        headers: Headers,
+        request: Any,
+        started: float,
+        version: str = "",
+    ) -> Exchange:
+        """An exchange whose request arrived as a document (gRPC): no body bytes to parse."""
+        ex = cls(request_id, region, model, method, path, headers, b"", started, version)
+        ex._request_json = request
+        ex.decoded = True
+        return ex
+
+    def set_response_document(self, status: int, document: Any) -> None:
+        """The upstream's answer, already decoded (gRPC): guards read it without parsing."""
+        self.status = status
+        self._response_json = document
+
+    def request_record(self) -> bytes | Any:
+        """The request as a sample keeps it: the body, or the document it arrived as."""
+        return self._request_json if self.decoded else self.body
+
+    def response_record(self) -> bytes | Any:
+        """The answer as a sample keeps it: the bytes, or the (changed or decoded) document."""
+        if self.response_changed or (self.decoded and self._response_json is not _UNPARSED):
+            return self._response_json
+        return self.response_body
 
     def request_json(self) -> Any:
         """The request body parsed once (raises ValueError on malformed JSON)."""
@@ -87,7 +123,11 @@ class Exchange:
 
 def is_json_answer(ex: Exchange) -> bool:
     """True for a 2xx answer that is (or may be) JSON: the only answers guards change."""
-    if not 200 <= ex.status < 300 or not ex.response_body:
+    if not 200 <= ex.status < 300:
+        return False
+    if ex.decoded:
+        return ex._response_json is not _UNPARSED
+    if not ex.response_body:
         return False
     return not ex.response_type or b"json" in ex.response_type
 
@@ -97,16 +137,3 @@ def media_type(content_type: bytes | None) -> bytes:
     if not content_type:
         return b""
     return content_type.partition(b";")[0].strip().lower()
-
-
-def loads(data: bytes) -> Any:
-    """Parse JSON bytes (ValueError on malformed JSON)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc}") from None
-
-
-def dumps(document: Any) -> bytes:
-    """Serialise to compact JSON bytes."""
-    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

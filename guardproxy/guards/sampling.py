@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from guardproxy.guards.draws import SAMPLING, Draws
 from guardproxy.guards.exchange import Exchange
 from guardproxy.policy.models import OnError, SamplingSpec
-from guardproxy.policy.thresholds import request_uniform
 from guardproxy.sampling.redact import Redactor
 from guardproxy.sampling.sinks import Sample, SampleQueue
 
-_SALT = b"guardproxy.sampling"  # keeps sampling independent of randomized thresholds
-
 
 class SamplingGuard:
-    """Samples by request id at `rate`, tops up each group to min_per_group per window."""
+    """Samples at `rate` by a keyed hash of the request body; tops up each group per window.
+
+    The key is secret, so no client can tell (or choose) whether its request is reviewed; the
+    same body always gets the same answer, whatever request id it carries.
+    """
 
     name = "sampling"
     on_error: OnError = "fail_open"
@@ -26,14 +28,16 @@ class SamplingGuard:
         queue: SampleQueue,
         version: str,
         clock: Callable[[], float] = time.monotonic,
+        draws: Draws | None = None,
     ) -> None:
         self._rate = spec.rate
+        self._draws = draws or Draws()
         self._minimum = spec.min_per_group
         self._window = spec.window
         self._queue = queue
         self._version = version
         self._clock = clock
-        self.redactor = Redactor(spec.redact, spec.detectors)
+        self.redactor = Redactor(spec.redact, spec.detectors, spec.max_body_bytes)
         self._counts: dict[str, int] = {}
         self._window_start = clock()
 
@@ -53,10 +57,10 @@ class SamplingGuard:
         self._queue.offer(self._sample(ex))
 
     def wanted(self, ex: Exchange, groups: set[str]) -> bool:
-        """Flagged, failed and errored exchanges always; else by id or a group's minimum."""
+        """Flagged, failed and errored exchanges always; else by content or a group's minimum."""
         if ex.flags or ex.errors or ex.reply is not None or ex.status >= 500:
             return True
-        if self._rate and request_uniform(ex.request_id, _SALT) < self._rate:
+        if self._rate and self._draws.uniform(ex.body, SAMPLING) < self._rate:
             return True
         return bool(self._minimum) and self._below_minimum(groups)
 
@@ -73,11 +77,9 @@ class SamplingGuard:
     def _sample(self, ex: Exchange) -> Sample:
         reply = ex.reply
         status = reply.status if reply is not None else ex.status
-        response: object = ex.response_body
+        response: object = ex.response_record()  # serialised by the writer, off the hot path
         if reply is not None:
             response = {"error": reply.error, "details": reply.details}
-        elif ex.response_changed:
-            response = ex.response_json()  # serialised by the writer, off the hot path
         return Sample(
             request_id=ex.request_id,
             time=time.time(),
@@ -89,7 +91,7 @@ class SamplingGuard:
             flags=list(ex.flags),
             errors=list(ex.errors),
             status=status,
-            request=ex.body,
+            request=ex.request_record(),
             response=response,
             redactor=self.redactor,
         )

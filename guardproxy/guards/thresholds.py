@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from guardproxy.guards.draws import THRESHOLD, Draws
 from guardproxy.guards.exchange import Exchange, Verdict, is_json_answer
+from guardproxy.guards.subjects import Subjects
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import DecisionSpec
 from guardproxy.policy.routes import version_label
-from guardproxy.policy.thresholds import Snapshot, ThresholdTable
+from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 
-_FORMAT = "{:.4g}".format
+Reported = float | str  # what a client is told: a threshold, or a mixed rule's label
 
 
 class DecisionGuard:
-    """Decides score >= threshold per row and reports it in headers, the body, or the label."""
+    """Decides score >= threshold per row and reports it in headers, the body, or the label.
+
+    A randomized rule (two thresholds mixed, as equalized odds needs) draws per row from a
+    keyed hash of the row's subject; the client is told the rule, never which side it drew.
+    """
 
     name = "decision"
 
@@ -24,21 +30,24 @@ class DecisionGuard:
         thresholds: Snapshot[ThresholdTable],
         model: tuple[str, str],
         missing_group: str = "*",
+        draws: Draws | None = None,
     ) -> None:
         self.on_error = spec.on_error
         self._model = model
         self._payload = payload
         self._snapshot = thresholds
-        self._static = dict(spec.per_group)
-        self._default = spec.threshold
+        self._static = {group: ThresholdRule(value) for group, value in spec.per_group.items()}
+        self._default = ThresholdRule(spec.threshold)
         self._annotate = spec.annotate
         self._missing = missing_group
+        self._draws = draws or Draws()
+        self._subjects = Subjects(spec.subject, payload)
 
-    def threshold(self, version: str, group: str, key: str) -> float:
-        """The threshold for a model version's group; a learned rule wins over the policy's."""
+    def rule(self, version: str, group: str) -> ThresholdRule:
+        """The rule for a model version's group; a learned rule wins over the policy's."""
         rule = self._snapshot.current.rule((*self._model, version), group)
         if rule is not None:
-            return rule.threshold_for(key)
+            return rule
         return self._static.get(group, self._default)
 
     def _groups(self, ex: Exchange, rows: int) -> list[str]:
@@ -49,21 +58,23 @@ class DecisionGuard:
             return groups * rows
         raise PayloadError(f"{len(groups)} groups for {rows} scores")
 
-    def decide(self, ex: Exchange, scores: list[float]) -> tuple[list[str], list[float], list[int]]:
-        """(groups, thresholds, decisions) per row; row i > 0 draws with "<id>:<i>"."""
+    def decide(
+        self, ex: Exchange, scores: list[float]
+    ) -> tuple[list[str], list[ThresholdRule], list[float], list[int]]:
+        """(groups, rules, thresholds, decisions) per row."""
         groups = self._groups(ex, len(scores))
-        rid, version, threshold = ex.request_id, ex.version, self.threshold
-        if len(scores) == 1:  # the common case, kept cheap
-            t = threshold(version, groups[0], rid)
-            return groups, [t], [1 if scores[0] >= t else 0]
-        thresholds = [
-            threshold(version, g, f"{rid}:{i}" if i else rid) for i, g in enumerate(groups)
-        ]
-        return (
-            groups,
-            thresholds,
-            [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)],
-        )
+        version = ex.version
+        rules = [self.rule(version, group) for group in groups]
+        if any(rule.randomized for rule in rules):  # only then is the request read for subjects
+            draws = self._draws.uniform
+            subjects = self._subjects.rows(ex, len(scores))
+            thresholds = [
+                r.threshold_for(draws(s, THRESHOLD)) for r, s in zip(rules, subjects, strict=True)
+            ]
+        else:
+            thresholds = [rule.low for rule in rules]
+        decisions = [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)]
+        return groups, rules, thresholds, decisions
 
     async def on_request(self, ex: Exchange) -> None:
         """Nothing to do before the upstream answers."""
@@ -81,18 +92,21 @@ class DecisionGuard:
             ex.annotations["X-Guard-Decision"] = "unscored"
             raise
         ex.version = version_label(self._payload.version(doc)) or ex.version
-        groups, thresholds, decisions = self.decide(ex, scores)
-        self._report(ex, doc, decisions, thresholds)
+        groups, rules, thresholds, decisions = self.decide(ex, scores)
+        self._report(ex, doc, decisions, rules)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))
 
-    def _report(self, ex: Exchange, doc: object, decisions: list[int], th: list[float]) -> None:
+    def _report(
+        self, ex: Exchange, doc: object, decisions: list[int], rules: list[ThresholdRule]
+    ) -> None:
         if self._annotate == "body":
-            self._payload.annotate(doc, decisions, th)
+            reported: list[Reported] = [r.label if r.randomized else r.low for r in rules]
+            self._payload.annotate(doc, decisions, reported)
             ex.replace_response_json(doc)
         elif self._annotate == "rewrite":
             self._payload.rewrite(doc, decisions)
             ex.replace_response_json(doc)
         annotations = ex.annotations
         annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
-        annotations["X-Guard-Threshold"] = ",".join(map(_FORMAT, th))
+        annotations["X-Guard-Threshold"] = ",".join(rule.label for rule in rules)
         annotations["X-Guard-Threshold-Version"] = self._snapshot.current.version

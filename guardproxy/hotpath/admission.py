@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from guardproxy.breaker.state import Admission, CircuitBreaker
 from guardproxy.guards.exchange import Exchange
@@ -19,9 +18,8 @@ OPEN_FLAG = "breaker:open"
 FALLBACK_FLAG = "breaker:fallback"
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """How the breaker let one exchange through."""
+class Admitted(NamedTuple):
+    """How the breaker let one exchange through (a tuple: built in one step per request)."""
 
     breaker: CircuitBreaker
     admission: Admission
@@ -39,6 +37,31 @@ def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: b
     breaker.record_upstream(status, seconds)
     if probe:
         breaker.probe_done(status is not None and status < 500)
+
+
+class BreakerCall:
+    """One guarded request's dealings with its breaker: the outcome counted once, or released."""
+
+    __slots__ = ("admitted", "counted", "epoch", "probe")
+
+    def __init__(self, admitted: Admitted) -> None:
+        self.admitted = admitted
+        self.counted = not admitted.fallback  # a fallback's answers say nothing of the model
+        self.probe = admitted.admission is Admission.PROBE
+        self.epoch = admitted.breaker.epoch
+
+    def settle(self, status: int | None, seconds: float) -> None:
+        """Count the primary upstream's answer (None: no answer) once."""
+        if self.counted:
+            settle(self.admitted.breaker, status, seconds, self.probe)
+            self.probe = False
+        self.counted = False
+
+    def release(self) -> None:
+        """A probe whose outcome was never counted frees its half-open slot."""
+        if self.probe:
+            self.admitted.breaker.release_probe(self.epoch)
+            self.probe = False
 
 
 def mark(ex: Exchange, breaker: CircuitBreaker, admission: Admission, fallback: bool) -> None:

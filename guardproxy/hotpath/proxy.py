@@ -4,45 +4,48 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import cast
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, media_type
-from guardproxy.hotpath.admission import Admitted, Fallbacks, mark, settle
+from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
+from guardproxy.hotpath.bodies import guarded_headers, read_answer, read_request_body
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
-from guardproxy.hotpath.observation import Observation, observe
+from guardproxy.hotpath.observation import Observation, observe, outcome_of
+from guardproxy.hotpath.paths import origin_form, route_path
 from guardproxy.hotpath.relay import NO_BODY_STATUS, reason_of, relay, request_body
 from guardproxy.hotpath.replies import (
     JSON,
     ModelWire,
     ModelWires,
     ProxyCounts,
+    Refusal,
     annotated,
     breaker_open,
     error_body,
     fail,
     header_name,
-    request_id_of,
 )
-from guardproxy.hotpath.targets import origin_form, route_path
+from guardproxy.hotpath.trust import Trust, request_id_of
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
+    client_message,
     forward_request_headers,
-    forward_response_headers,
 )
+from guardproxy.logs import AccessLog
 from guardproxy.policy.routes import path_version
-from guardproxy.policy.table import CompiledModel, PolicyTable
+from guardproxy.policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
-from guardproxy.transport import Request, RequestError, ResponseWriter
+from guardproxy.transport import ClientDisconnected, Request, RequestError, ResponseWriter
 
 log = logging.getLogger("guardproxy.proxy")
 
 JSON_TYPES = frozenset({b"application/json", b"application/x-ndjson"})
-UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name
+UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 Observer = Callable[[Observation], None]
 
@@ -54,75 +57,140 @@ class Proxy:
         self,
         upstream: Upstream,
         policies: Snapshot[PolicyTable],
-        region_header: str = "X-Region",
         observers: Sequence[Observer] = (),
         breakers: BreakerBoard | None = None,
         fallbacks: Fallbacks | None = None,
         tracer: UpstreamTracer = NO_TRACER,
+        trust: Trust | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        access: AccessLog | None = None,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
-        self.region_header = region_header.lower().encode("latin-1")
         self.observers = tuple(observers)
         self.breakers = breakers or BreakerBoard(policies)
         self.fallbacks = fallbacks or Fallbacks(upstream.timeouts, upstream.limits)
         self.tracer = tracer
+        self.trust = trust or Trust()
+        self.region_key = self.trust.region_key
         self.max_body = max_body
+        self.access = access or AccessLog()
         self.counts = ProxyCounts()
         self.wires = ModelWires()
+        self._logged_at = float("-inf")
 
     async def handle(self, request: Request, writer: ResponseWriter) -> None:
-        """Forward one request, guarded when its path is one of the policy's routes."""
-        request_id = request_id_of(request)
+        """Forward one request, guarded when any reading of its path is a guarded route."""
+        started = perf_counter()
+        request_id = self.request_id_of(request)
         policy, known = self.policies.current.resolve(self.region_of(request))
         counts = self.counts
         counts.requests += 1
         counts.unknown_region += not known
         counts.in_flight += 1
+        model: CompiledModel | None = None
+        outcome = UNGUARDED
         try:
-            target = origin_form(request.target)
-            path = route_path(target)
-            model = policy.match(path)
-            if model is not None and model.chain is not None:
-                counts.guarded += 1
-                await self._guarded(request, writer, request_id, target, path, model)
-            else:
+            target = request.target
+            if not target.startswith(b"/"):  # absolute form: the upstream gets path and query
+                target = origin_form(target.decode("latin-1")).encode("latin-1")
+            found = self.guarded_model(policy, target)
+            if found is None:
                 counts.unguarded += 1
                 await self._pass(request, writer, request_id, target)
+            else:
+                counts.guarded += 1
+                model = found[0]
+                outcome = "refused"  # until the exchange begins
+                outcome = await self._guarded(request, writer, request_id, target, *found)
         except UpstreamError as exc:
-            counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
-            fail(writer, exc.status, exc.message, request_id)
-        except RequestError as exc:  # body too large, too slow, malformed: the client's doing
+            outcome = "error" if model is not None else outcome
+            self._upstream_failed(writer, request_id, exc)
+        except RequestError as exc:  # too large, too slow, malformed, badly encoded: the client's
             counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
             fail(writer, exc.status, exc.message, request_id)
+        except ClientDisconnected:  # nobody to answer, nothing to log
+            counts.client_gone += 1
+            writer.abort()
+        except Exception:  # never a traceback or exception text to a client
+            counts.internal_errors += 1
+            outcome = "error" if model is not None else outcome
+            log.exception("request %s failed inside the proxy", request_id)
+            fail(writer, 500, "internal error in the proxy", request_id)
         finally:
             counts.in_flight -= 1
-            self.finished(request, writer, request_id)
+            self.finished(request, writer, request_id, started, policy.region, model, outcome)
+
+    def request_id_of(self, request: Request) -> str:
+        """The client's X-Request-Id when well-formed, else a new one (replacements counted)."""
+        raw = request.headers.get(b"x-request-id")
+        if raw is None:
+            return request_id_of(None)[0]
+        request_id, replaced = request_id_of(raw.decode("latin-1"))
+        self.counts.request_ids_replaced += replaced
+        return request_id
 
     def region_of(self, request: Request) -> str | None:
-        """The region a request names in the region header, if any."""
-        region = request.headers.get(self.region_header)
+        """The region a request names, when the operator trusts a header to name one."""
+        key = self.region_key
+        if key is None:
+            return None
+        region = request.headers.get(key)
         return region.decode("latin-1") if region is not None else None
 
-    async def read_body(self, request: Request) -> bytes:
-        """A guarded request's body, whole (RequestError 413 over --max-body)."""
-        return await request.read(self.max_body)
+    def guarded_model(
+        self, policy: CompiledPolicy, target: bytes
+    ) -> tuple[CompiledModel, str] | None:
+        """The guarded model and normalised path when any reading of the path is a model's."""
+        if not policy.models:
+            return None
+        route = route_path(target.decode("latin-1"))
+        model = policy.match(route.path)
+        if model is None or model.chain is None:
+            for reading in route.readings()[1:]:
+                model = policy.match(reading)
+                if model is not None and model.chain is not None:
+                    break
+            else:
+                return None
+        if route.ambiguous:
+            raise Refusal(400, "ambiguous encoding in a guarded path (%2F, %5C or %00)")
+        return model, route.key
 
-    def finished(self, request: Request, writer: ResponseWriter, request_id: str) -> None:
-        """Every request ends here once, answered or not (writer.status, writer.aborted).
+    async def read_body(self, request: Request) -> tuple[bytes, bool]:
+        """A guarded request's body, decoded; True when it came encoded (413, 415, 400)."""
+        return await read_request_body(request, self.max_body)
 
-        The one place a finished request is recorded: an access log line belongs here.
-        """
+    def finished(
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        request_id: str,
+        started: float,
+        region: str,
+        model: CompiledModel | None,
+        outcome: str,
+    ) -> None:
+        """Every request ends here once, answered or not: its access log record."""
+        access = self.access
+        if not access.enabled:
+            return
+        access.record(
+            request.method.decode("latin-1"), request.target.decode("latin-1"),
+            writer.status or 499, perf_counter() - started, writer.sent, request_id, region,
+            model.name if model is not None else "", outcome,
+        )  # fmt: skip
 
     async def _pass(
         self, request: Request, writer: ResponseWriter, request_id: str, target: bytes
     ) -> None:
         """Pass-through: bodies streamed both ways, byte for byte."""
         rid = request_id.encode("latin-1")
-        headers = forward_request_headers(request, rid)
-        body, length = await request_body(request)
         upstream = self.upstream
+        headers = forward_request_headers(request, rid, self.trust.forwarded)
+        if upstream.authorization is not None:
+            upstream.authorize(headers)
+        body, length = await request_body(request)
         call = self.tracer.upstream_call(request, headers)
         try:
             response = await upstream.pool.request(
@@ -141,9 +209,10 @@ class Proxy:
         writer: ResponseWriter,
         request_id: str,
         target: bytes,
-        path: str,
         model: CompiledModel,
-    ) -> None:
+        path: str,
+    ) -> str:
+        """One guarded exchange; how it ended (an access log outcome)."""
         breaker = self.breakers.get(model)
         admission = breaker.admit()
         wire = self.wires(model)
@@ -153,36 +222,42 @@ class Proxy:
             if fallback is None:
                 self.breakers.rejected += 1
                 breaker_open(writer, request_id, model, breaker, wire.headers)
-                return
-        body = await self.read_body(request)
-        ex = Exchange(
-            request_id=request_id,
-            region=model.region,
-            model=model.name,
-            method=request.method.decode("latin-1"),
-            path=path,
-            headers=request.headers,
-            body=body,
-            started=perf_counter(),
-            version=path_version(path),
-        )
-        admitted = Admitted(breaker, admission, fallback is not None)
-        if breaker.state is not CLOSED:
-            mark(ex, breaker, admission, fallback is not None)
-        chain = cast(GuardChain, model.chain)
-        await chain.on_request(ex)
-        if ex.reply is not None:
-            await chain.observe(ex)
-            self._reply(writer, ex, admitted, wire)
-            return
+                return "refused"
+        call = BreakerCall(Admitted(breaker, admission, fallback is not None))
         try:
-            await self._ask(request, writer, ex, target, admitted, fallback or self.upstream, wire)
-        except UpstreamError as exc:
-            ex.status = exc.status
-            ex.errors.append(exc.message)
-            await chain.observe(ex)  # an errored exchange is always sampled
-            self._observe(ex, model, admitted)
-            raise
+            body, decoded = await self.read_body(request)
+            ex = Exchange(
+                request_id=request_id,
+                region=model.region,
+                model=model.name,
+                method=request.method.decode("latin-1"),
+                path=path,
+                headers=request.headers,
+                body=body,
+                started=perf_counter(),
+                version=path_version(path),
+            )
+            if breaker.state is not CLOSED:
+                mark(ex, breaker, admission, fallback is not None)
+            chain = cast(GuardChain, model.chain)
+            await chain.on_request(ex)
+            if ex.reply is not None:
+                await chain.observe(ex)
+                self._reply(writer, ex, call.admitted, wire)
+                return "blocked"
+            # A request the guards could not read is the client's doing, not the model's health.
+            call.counted = call.counted and not ex.errors
+            try:
+                upstream = fallback or self.upstream
+                return await self._ask(request, writer, ex, target, call, upstream, wire, decoded)
+            except UpstreamError as exc:
+                ex.status = exc.status
+                ex.errors.append(client_message(exc))
+                await chain.observe(ex)  # an errored exchange is always sampled
+                self._observe(ex, model, call.admitted)
+                raise
+        finally:
+            call.release()  # a probe that never reached the upstream gives its slot back
 
     async def _ask(
         self,
@@ -190,25 +265,28 @@ class Proxy:
         writer: ResponseWriter,
         ex: Exchange,
         target: bytes,
-        admitted: Admitted,
+        call: BreakerCall,
         upstream: Upstream,
         wire: ModelWire,
-    ) -> None:
+        decoded: bool,
+    ) -> str:
         """The upstream's answer through the guards (a non-JSON answer streams through)."""
         rid = ex.request_id.encode("latin-1")
-        headers = forward_request_headers(request, rid)
-        call = self.tracer.upstream_call(request, headers)
+        headers = guarded_headers(request, rid, self.trust.forwarded, decoded)
+        if upstream.authorization is not None:
+            upstream.authorize(headers)
+        span = self.tracer.upstream_call(request, headers)
         began = perf_counter()
         try:
             response = await upstream.pool.request(
                 request.method, upstream.target(target), headers, ex.body, key=wire.pool_key
             )
         except UpstreamError as exc:
-            call.end(exc.status, exc.kind)
-            self._settle(admitted, None, perf_counter() - began)
+            span.end(exc.status, exc.kind)
+            call.settle(None, perf_counter() - began)
             raise
-        call.end(response.status)
-        self._settle(admitted, response.status, perf_counter() - began)
+        span.end(response.status)
+        call.settle(response.status, perf_counter() - began)
         content_type = media_type(response.headers.get(b"content-type"))
         if (
             content_type not in JSON_TYPES
@@ -217,26 +295,19 @@ class Proxy:
         ):
             self.counts.unguarded_streams += 1
             await relay(request, writer, response, rid, self.counts)
-            return
-        ex.response_body = await response.read(self.max_body)
+            return "streamed"
+        await read_answer(ex, response, self.max_body, content_type)
         ex.upstream_seconds = perf_counter() - began
-        ex.status = response.status
-        ex.response_headers = forward_response_headers(response.headers)
-        ex.response_type = content_type
         chain = cast(GuardChain, wire.model.chain)
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
             await chain.observe(ex)
         if ex.reply is not None:
-            self._reply(writer, ex, admitted, wire)
-        else:
-            self._answer(writer, ex, admitted, wire, reason_of(response))
-
-    def _settle(self, admitted: Admitted, status: int | None, seconds: float) -> None:
-        """Count a call of the model's own upstream (a fallback's answers say nothing of it)."""
-        if not admitted.fallback:
-            settle(admitted.breaker, status, seconds, admitted.admission is Admission.PROBE)
+            self._reply(writer, ex, call.admitted, wire)
+            return "blocked"
+        self._answer(writer, ex, call.admitted, wire, reason_of(response))
+        return outcome_of(ex)
 
     def _answer(
         self,
@@ -280,3 +351,16 @@ class Proxy:
                 errors = self.counts.observer_errors
                 errors[name] = errors.get(name, 0) + 1
                 log.exception("observer %s failed on %s", name, ex.request_id)
+
+    def _upstream_failed(self, writer: ResponseWriter, request_id: str, exc: UpstreamError) -> None:
+        """Count, log (at most once a second: an outage is loud enough) and answer the client."""
+        counts = self.counts
+        counts.upstream_errors[exc.status] = counts.upstream_errors.get(exc.status, 0) + 1
+        now = monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            log.warning(
+                "upstream %s failed for %s: %s (%s)",
+                self.upstream.display, request_id, exc.message, exc.kind,
+            )  # fmt: skip
+        fail(writer, exc.status, client_message(exc), request_id)

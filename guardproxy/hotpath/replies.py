@@ -1,15 +1,19 @@
-"""What the proxy answers by itself, the headers it adds to answers, and its counters."""
+"""What the proxy answers by itself, the headers it adds to answers, and its counters.
+
+Every error the proxy gives is JSON naming the request (`{"error": ..., "request_id": ...}`
+and X-Request-Id), in fixed wording: never an exception's text, an address or a secret.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.guards.exchange import Exchange, dumps
+from guardproxy.hotpath.trust import request_id_of
 from guardproxy.policy.table import CompiledModel
-from guardproxy.transport import HeaderList, Request, ResponseWriter
+from guardproxy.transport import HeaderList, HeaderPairs, Request, RequestError, ResponseWriter
 
 JSON = (b"Content-Type", b"application/json")
 REQUEST_ID = b"X-Request-Id"
@@ -29,6 +33,14 @@ _NAMES = {
 MAX_MODELS = 1024  # models whose constant headers are kept (policies are reloaded, not grown)
 
 
+class Refusal(RequestError):
+    """A request the proxy answers itself before the upstream sees it (400, 413, 415)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(slots=True)
 class ProxyCounts:
     """Plain counters the admin port reports; ints, so no locks in a single event loop."""
@@ -39,10 +51,13 @@ class ProxyCounts:
     in_flight: int = 0
     unknown_region: int = 0
     upstream_errors: dict[int, int] = field(default_factory=dict)
-    refused: dict[int, int] = field(default_factory=dict)  # bad requests: 408, 413, ...
+    refused: dict[int, int] = field(default_factory=dict)  # bad requests: 400, 408, 413, 415
     aborted: int = 0
     blocked: int = 0
     unguarded_streams: int = 0
+    request_ids_replaced: int = 0
+    internal_errors: int = 0
+    client_gone: int = 0
     observer_errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -58,30 +73,11 @@ class ProxyCounts:
             "aborted": self.aborted,
             "blocked": self.blocked,
             "unguarded_streams": self.unguarded_streams,
+            "request_ids_replaced": self.request_ids_replaced,
+            "internal_errors": self.internal_errors,
+            "client_gone": self.client_gone,
             "observer_errors": dict(self.observer_errors),
         }
-
-
-class _Ids:
-    """Random 128-bit ids, 256 to a system call: os.urandom per request showed in profiles."""
-
-    __slots__ = ("_at", "_pool")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._pool):
-            self._pool, at = os.urandom(4096), 0
-        self._at = at + 16
-        return self._pool[at : at + 16].hex()
-
-
-new_request_id = _Ids()  # a random 128-bit id, hex encoded
-# A forked worker must not hand out the ids its parent had drawn.
-os.register_at_fork(after_in_child=lambda: setattr(new_request_id, "_at", 1 << 30))
 
 
 def error_body(message: str, request_id: str, **extra: Any) -> bytes:
@@ -102,6 +98,21 @@ def send_error(
     if headers:
         head.extend(headers)
     writer.send(status, head, error_body(message, request_id, **extra))
+
+
+def proxy_error(status: int, message: str, request: Request | None) -> tuple[HeaderPairs, bytes]:
+    """The data port server's own error answers (431, 400, 408...), naming the request too."""
+    raw = request.headers.get(b"x-request-id") if request is not None else None
+    request_id, _ = request_id_of(raw.decode("latin-1") if raw is not None else None)
+    return [JSON, (REQUEST_ID, request_id.encode())], error_body(message, request_id)
+
+
+def fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
+    """An error answer, or a reset when the answer's head is already out."""
+    if writer.started:
+        writer.abort()
+    elif not writer.finished:
+        send_error(writer, status, message, request_id)
 
 
 def header_name(name: str) -> bytes:
@@ -175,17 +186,3 @@ def breaker_open(
         model=model.name,
         reason=breaker.reason,
     )
-
-
-def request_id_of(request: Request) -> str:
-    """The client's X-Request-Id, else a new random one."""
-    raw = request.headers.get(b"x-request-id")
-    return raw.decode("latin-1") if raw else new_request_id()
-
-
-def fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
-    """An error answer, or a reset when the answer's head is already out."""
-    if writer.started:
-        writer.abort()
-    elif not writer.finished:
-        send_error(writer, status, message, request_id)

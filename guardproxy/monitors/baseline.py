@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from guardproxy.monitors.drift import Kind, Reference, to_float
-
-BASELINE_VERSION = 1
+from guardproxy.policy.baselines import BASELINE_VERSION
 
 
 def _read_columns(csv_path: str | Path, names: list[str]) -> dict[str, list[str]]:
@@ -90,11 +89,3 @@ def baseline_command(
     doc = build_baseline(data, signals, group, bins)
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")
     return f"wrote {out}: {len(columns)} signal(s), groups {', '.join(doc['groups'])}"
-
-
-def load_baseline(path: str | Path) -> dict[str, Any]:
-    """Read a baseline JSON file, checking its version."""
-    doc: dict[str, Any] = json.loads(Path(path).read_text())
-    if doc.get("version") != BASELINE_VERSION or "groups" not in doc:
-        raise ValueError(f"{path}: not a guardproxy baseline (version {BASELINE_VERSION})")
-    return doc

@@ -8,8 +8,8 @@ from typing import Any
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors import stats
 from guardproxy.monitors.bank import DriftBank
-from guardproxy.monitors.baseline import load_baseline
 from guardproxy.monitors.drift import Clock, Reference, WindowResult, to_category, to_float
+from guardproxy.policy.baselines import load_baseline
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import ModelKey
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from guardproxy.payloads.canonical import canonical, indexed
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import floats, label_row, label_value
 from guardproxy.payloads.jsonpath import Doc, JsonPath, Slot
@@ -29,6 +30,14 @@ class Payload:
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """A named input feature, one value per row."""
         raise PayloadError(f"{self.protocol} requests have no named features")
+
+    def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
+        """One canonical byte string per scored row (what a randomized decision draws from).
+
+        Without a notion of rows, the whole request is the subject; a policy for such a
+        protocol should name decision.subject, since any field a client adds changes it.
+        """
+        return indexed(canonical(request_doc), rows)
 
     def scores(self, response_doc: Doc) -> list[float]:
         """The model's score for each row."""
@@ -59,8 +68,10 @@ class Payload:
             raise PayloadError(f"{self.protocol} answers: set labels.path or labels.output")
         return self.labels_path.slots(response_doc)
 
-    def annotate(self, response_doc: Doc, decisions: list[int], thresholds: list[float]) -> None:
-        """Add the decisions and thresholds to the answer."""
+    def annotate(
+        self, response_doc: Doc, decisions: list[int], thresholds: list[float | str]
+    ) -> None:
+        """Add the decisions and thresholds (a mixed rule as its label) to the answer."""
         if not isinstance(response_doc, dict):
             raise PayloadError("cannot annotate an answer that is not a JSON object")
         response_doc["guardproxy"] = {"decisions": decisions, "thresholds": thresholds}

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class PayloadError(Exception):
     """A request or answer is not shaped as the protocol and the policy say."""
+
+
+class MalformedJson(PayloadError, ValueError):
+    """A body that is not JSON (a ValueError too, for callers that parse outside guards)."""

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
+from guardproxy.payloads.canonical import canonical
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
 from guardproxy.payloads.jsonpath import Doc, Slot
@@ -34,6 +35,16 @@ class TFServing(Payload):
         if columns is not None:
             return singleton(as_list(field(columns, name, "request inputs"), f"input {name!r}"))
         return feature_rows(rows, self._names(request_doc), name, "request")
+
+    def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
+        """Per row, its values (by column name when the table names its columns)."""
+        table, columns = self._table(request_doc)
+        if columns is not None:
+            return [canonical(_column_row(columns, i, rows)) for i in range(rows)]
+        names = self._names(request_doc)
+        if len(table) != rows:
+            raise PayloadError(f"{len(table)} rows in the request for {rows} scores")
+        return [canonical(_named(row, names)) for row in table]
 
     def _answer(self, doc: Doc) -> tuple[Any, Any]:
         """(container, key) of the predictions, a list of rows or a dict of columns."""
@@ -167,6 +178,21 @@ class SeldonV1(TFServing):
         data.pop("tensor", None)
         data[key] = [[d] for d in decisions]
         data["names"] = [self.label_output or "decision"]
+
+
+def _column_row(columns: dict[str, Any], i: int, rows: int) -> dict[str, Any]:
+    """Row i of a columnar table: each column's i-th value (a column of another length whole)."""
+    return {
+        name: column[i] if isinstance(column, list) and len(column) == rows else column
+        for name, column in columns.items()
+    }
+
+
+def _named(row: Any, names: list[Any] | None) -> Any:
+    """A list row with named columns as a mapping, so column order is not content."""
+    if names is not None and isinstance(row, list) and len(row) == len(names):
+        return dict(zip(map(str, names), row, strict=True))
+    return row
 
 
 def _seldon_rows(data: Any) -> list[Any]:

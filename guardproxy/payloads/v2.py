@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
+from guardproxy.payloads.canonical import canonical
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
@@ -55,6 +56,18 @@ class KServeV2(Payload):
                 return data[columns.index(name) :: width]
         raise PayloadError(f"request has no input or column named {name!r}")
 
+    def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
+        """Per row, every input's slice for that row by input name (request ids left out)."""
+        inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
+        columns: dict[str, Any] = {}
+        for position, t in enumerate(inputs):
+            n, width, data = _tensor(t, "request input")
+            name = t.get("name")
+            key = name if isinstance(name, str) else f"#{position}"
+            names = _columns(t, request_doc)
+            columns[key] = (n, width, data, names if len(names) == width > 1 else None)
+        return [canonical(_row(columns, i, rows)) for i in range(rows)]
+
     def _output(self, response_doc: Doc, name: str | None, what: str) -> Any:
         outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
         for t in outputs:
@@ -97,13 +110,20 @@ class KServeV2(Payload):
         t["data"] = [v for row in labels for v in row + [""] * (width - len(row))]
         return None
 
-    def annotate(self, response_doc: Doc, decisions: list[int], thresholds: list[float]) -> None:
-        """Append INT64 output "guardproxy" and FP32 output "guardproxy_threshold"."""
+    def annotate(
+        self, response_doc: Doc, decisions: list[int], thresholds: list[float | str]
+    ) -> None:
+        """Append INT64 "guardproxy" and "guardproxy_threshold" (FP32; BYTES if a rule is mixed)."""
         outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
         n = len(decisions)
         outputs.append({"name": "guardproxy", "shape": [n], "datatype": "INT64", "data": decisions})
+        data: list[float | str] = thresholds
+        datatype = "FP32"
+        if any(isinstance(t, str) for t in thresholds):  # a mixed rule's label: all as text
+            data = [t if isinstance(t, str) else f"{t:.4g}" for t in thresholds]
+            datatype = "BYTES"
         outputs.append(
-            {"name": "guardproxy_threshold", "shape": [n], "datatype": "FP32", "data": thresholds}
+            {"name": "guardproxy_threshold", "shape": [n], "datatype": datatype, "data": data}
         )
 
     def rewrite(self, response_doc: Doc, decisions: list[int]) -> None:
@@ -119,6 +139,15 @@ class KServeV2(Payload):
         text = t.get("datatype") == "BYTES"
         t["shape"] = [len(decisions)]
         t["data"] = [str(d) for d in decisions] if text else decisions
+
+
+def _row(columns: dict[str, Any], i: int, rows: int) -> dict[str, Any]:
+    """Row i of every input: its slice when the input has one per row, else all of it."""
+    out: dict[str, Any] = {}
+    for key, (n, width, data, names) in columns.items():
+        value = data[i * width : (i + 1) * width] if n == rows else data
+        out[key] = dict(zip(map(str, names), value, strict=True)) if names and n == rows else value
+    return out
 
 
 def _columns(t: Any, request_doc: Doc) -> list[Any]:

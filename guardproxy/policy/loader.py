@@ -6,13 +6,15 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
 
+from guardproxy.masking import Masker
+from guardproxy.policy.baselines import baseline_problems, resolve_baselines
 from guardproxy.policy.locate import locate
 from guardproxy.policy.marks import MarkedDoc, read_marked
 from guardproxy.policy.merge import deep_merge
@@ -55,6 +57,7 @@ class LoadedPolicies:
     policies: Mapping[str, Policy]
     sources: Mapping[str, tuple[str, ...]]
     content_hash: str
+    secrets: frozenset[str] = frozenset()  # values substituted from the environment
 
 
 def read_policy_files(path: str | os.PathLike[str]) -> PolicyFiles:
@@ -115,7 +118,8 @@ def load_files(raw: PolicyFiles, env: Mapping[str, str] | None = None) -> Loaded
     """Parse, merge `extends` chains and validate already-read policy files."""
     env = os.environ if env is None else env
     problems = list(raw.problems)
-    docs, failed, labels = _parse_all(raw, env, problems)
+    secrets: set[str] = set()
+    docs, failed, labels = _parse_all(raw, env, problems, secrets)
     policies: dict[str, Policy] = {}
     sources: dict[str, tuple[str, ...]] = {}
     for region in sorted(docs):
@@ -125,19 +129,29 @@ def load_files(raw: PolicyFiles, env: Mapping[str, str] | None = None) -> Loaded
             problems.append(Problem(where.file, where.line, where.column, chain))
         if not isinstance(chain, list):
             continue
-        policy = _validate(chain, docs, problems)
+        policy = _validate(chain, docs, problems, raw.directory)
         if policy is not None:
             policies[region] = policy
             sources[region] = tuple(labels[r] for r in reversed(chain))
     if problems:
-        raise PolicyError(problems)
+        raise PolicyError(_masked(problems, secrets))
     return LoadedPolicies(
-        raw.directory, MappingProxyType(policies), MappingProxyType(sources), raw.content_hash
+        raw.directory,
+        MappingProxyType(policies),
+        MappingProxyType(sources),
+        raw.content_hash,
+        frozenset(secrets),
     )
 
 
+def _masked(problems: list[Problem], secrets: set[str]) -> list[Problem]:
+    """Problems whose messages never show a value that came from the environment."""
+    masker = Masker(secrets)
+    return [replace(p, message=masker.text(p.message)) for p in problems]
+
+
 def _parse_all(
-    raw: PolicyFiles, env: Mapping[str, str], problems: list[Problem]
+    raw: PolicyFiles, env: Mapping[str, str], problems: list[Problem], secrets: set[str]
 ) -> tuple[dict[str, MarkedDoc], set[str], dict[str, str]]:
     docs: dict[str, MarkedDoc] = {}
     failed: set[str] = set()
@@ -148,7 +162,7 @@ def _parse_all(
             problems.append(Problem(label, 0, 0, f"region {region!r} is defined twice"))
             continue
         labels[region] = label
-        doc, found = _parse(label, region, content, env)
+        doc, found = _parse(label, region, content, env, secrets)
         problems.extend(found)
         if doc is None or found:
             failed.add(region)
@@ -161,16 +175,22 @@ def _parse_all(
 
 
 def _parse(
-    label: str, region: str, content: bytes, env: Mapping[str, str]
+    label: str, region: str, content: bytes, env: Mapping[str, str], secrets: set[str]
 ) -> tuple[MarkedDoc | None, list[Problem]]:
-    doc, problems = read_marked(label, content, lambda text: _substitute(text, env))
+    doc, problems = read_marked(label, content, lambda text: _substitute(text, env, secrets))
     if doc is not None:
         problems.extend(_check_region(doc, label, region))
     return doc, problems
 
 
-def _substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """${NAME}, ${NAME:-default} from the environment; $${NAME} stays literal."""
+def _substitute(
+    text: str, env: Mapping[str, str], secrets: set[str] | None = None
+) -> tuple[str, list[str]]:
+    """${NAME}, ${NAME:-default} from the environment; $${NAME} stays literal.
+
+    Every value taken from the environment is added to `secrets`: whatever reports on the
+    policy masks them, since the file's author chose to keep them out of the file.
+    """
     if "${" not in text:
         return text, []
     missing: list[str] = []
@@ -179,7 +199,10 @@ def _substitute(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         escaped, name, default = match.groups()
         if escaped:
             return match.group(0)[1:]
-        value = env.get(name) or default
+        value = env.get(name)
+        if value and secrets is not None:
+            secrets.add(value)
+        value = value or default
         if value is None:
             missing.append(
                 f"environment variable {name} is not set "
@@ -227,19 +250,21 @@ def _chain(
 
 
 def _validate(
-    chain: list[str], docs: Mapping[str, MarkedDoc], problems: list[Problem]
+    chain: list[str], docs: Mapping[str, MarkedDoc], problems: list[Problem], directory: str
 ) -> Policy | None:
     merged = MarkedDoc({}, {})
     for name in reversed(chain):
         merged = _merge(merged, _models_by_name(docs[name]))
     merged = _models_as_list(_with_defaults(merged))
+    if not directory.startswith("<"):  # the embedded default has no directory
+        resolve_baselines(merged.data, directory)
     try:
         policy = Policy.model_validate(merged.data)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             problems.append(locate(error, merged.data, merged.marks))
         return None
-    found = overlapping_routes(policy, merged.marks)
+    found = overlapping_routes(policy, merged.marks) + baseline_problems(policy, merged.marks)
     problems.extend(found)
     return None if found else policy
 

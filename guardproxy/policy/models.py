@@ -1,49 +1,86 @@
-"""The policy schema: frozen pydantic models, unknown keys rejected."""
+"""The policy schema: a region, its models, and every section (importable from here)."""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from pydantic import Field, field_validator, model_validator
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
+from guardproxy.policy.basics import (
+    Duration,
+    OnError,
+    Protocol,
+    Rate,
+    Strict,
+    parse_duration,
+)
+from guardproxy.policy.guarding import (
+    AdaptSpec,
+    BlockSpec,
+    DecisionSpec,
+    GroupAttribute,
+    GroupSpec,
+    LabelsSpec,
+    SamplingSpec,
+    SinkSpec,
+    SubjectSpec,
+)
+from guardproxy.policy.merge import deep_merge
+from guardproxy.policy.monitoring import (
+    TRIP_MONITORS,
+    BreakerSpec,
+    DriftSpec,
+    DriftTests,
+    FairnessSpec,
+    HalfOpenSpec,
+    JsSpec,
+    MaxDifference,
+    MinRatio,
+    OpenSpec,
+    PsiSpec,
+    PValueSpec,
+    ReferenceSpec,
+    SignalSpec,
+    TripRule,
 )
 
-from guardproxy.policy.merge import deep_merge
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> object:
-    """Turn "250ms", "60s", "5m", "1h" or a number of seconds into float seconds."""
-    if isinstance(value, bool):  # pydantic would take True as 1.0 seconds
-        raise ValueError(f"not a duration: {value!r} (expected e.g. 250ms, 60s, 5m, 1h)")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"not a duration: {value!r} (expected e.g. 250ms, 60s, 5m, 1h)")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Rate = Annotated[float, Field(ge=0.0, le=1.0)]
-Protocol = Literal["kserve_v2", "tfserving", "mlflow", "seldon_v1", "openai", "jsonpath"]
-OnError = Literal["fail_open", "fail_closed"]
-
-
-class Strict(BaseModel):
-    """Base for every policy section: immutable, unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+__all__ = [
+    "DEFAULT_ROUTES",
+    "NAME",
+    "SECTIONS",
+    "TRIP_MONITORS",
+    "AdaptSpec",
+    "BlockSpec",
+    "BreakerSpec",
+    "DecisionSpec",
+    "DriftSpec",
+    "DriftTests",
+    "Duration",
+    "FairnessSpec",
+    "GroupAttribute",
+    "GroupSpec",
+    "HalfOpenSpec",
+    "JsSpec",
+    "LabelsSpec",
+    "MaxDifference",
+    "MinRatio",
+    "ModelPolicy",
+    "OnError",
+    "OpenSpec",
+    "PValueSpec",
+    "Policy",
+    "Protocol",
+    "PsiSpec",
+    "Rate",
+    "ReferenceSpec",
+    "SamplingSpec",
+    "ScoreSpec",
+    "Sections",
+    "SignalSpec",
+    "SinkSpec",
+    "Strict",
+    "SubjectSpec",
+    "TripRule",
+    "parse_duration",
+]
 
 
 class ScoreSpec(Strict):
@@ -59,256 +96,6 @@ class ScoreSpec(Strict):
         if self.range[0] >= self.range[1]:
             raise ValueError("score.range must be [low, high] with low < high")
         return self
-
-
-class GroupAttribute(Strict):
-    """Where a request's group comes from: exactly one of header, input, jsonpath."""
-
-    header: str | None = None
-    input: str | None = None
-    jsonpath: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> GroupAttribute:
-        chosen = [v for v in (self.header, self.input, self.jsonpath) if v is not None]
-        if len(chosen) != 1:
-            raise ValueError("groups.attribute needs exactly one of header, input, jsonpath")
-        return self
-
-
-class GroupSpec(Strict):
-    """The sensitive attribute, its declared values, and what telemetry may carry."""
-
-    attribute: GroupAttribute | None = None
-    values: tuple[str, ...] = ()
-    telemetry: Literal["label", "hashed", "none"] = "label"
-
-    @field_validator("values")
-    @classmethod
-    def _distinct_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        seen: set[str] = set()
-        for value in values:
-            if not value or value in seen:
-                raise ValueError(f"group value {value!r} is empty or repeated (expected distinct)")
-            seen.add(value)
-        return values
-
-
-class AdaptSpec(Strict):
-    """Learning thresholds from labeled traffic."""
-
-    constraint: Literal[
-        "none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"
-    ] = "equal_opportunity"
-    objective: Literal["accuracy", "balanced_accuracy", "cost"] = "accuracy"
-    cost: tuple[float, float, float, float] | None = None  # (TN, FP, FN, TP)
-    min_labels_per_group: int = Field(default=200, ge=1)
-    max_step: float = Field(default=0.05, gt=0)
-    every: Duration = 60.0
-    tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
-    pinned: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _cost_given(self) -> AdaptSpec:
-        if self.objective == "cost" and self.cost is None:
-            raise ValueError("objective 'cost' needs cost: [TN, FP, FN, TP]")
-        return self
-
-
-class DecisionSpec(Strict):
-    """Group-aware decision thresholds and how the decision is reported."""
-
-    threshold: float = 0.5
-    per_group: dict[str, float] = Field(default_factory=dict)
-    annotate: Literal["headers", "body", "rewrite"] = "headers"
-    label_output: str | None = None  # the model's own label, replaced in rewrite mode
-    adapt: AdaptSpec | None = None
-    on_error: OnError = "fail_open"
-
-
-class BlockSpec(Strict):
-    """The error a blocking guard answers with."""
-
-    status: int = Field(default=422, ge=400, le=599)
-    message: str = "the answer was withheld by policy"
-
-
-class LabelsSpec(Strict):
-    """Output label guard: labels that must not reach the client."""
-
-    deny: tuple[str, ...] = ()
-    action: Literal["suppress", "block", "flag"] = "suppress"
-    output: str | None = None  # output or field holding the labels
-    path: str | None = None  # jsonpath to the labels, for the jsonpath protocol
-    block: BlockSpec = BlockSpec()
-    on_error: OnError = "fail_open"
-
-
-class SinkSpec(Strict):
-    """Where samples go: rotating JSONL files (default) or a Redis stream."""
-
-    jsonl: str | None = None  # directory; None means the --samples directory
-    redis_stream: str | None = None
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_age: Duration = 3600.0
-    queue: int = Field(default=10_000, ge=1)
-
-
-class SamplingSpec(Strict):
-    """Review sampling of request/response pairs, stratified by group, redacted."""
-
-    rate: Rate = 0.0
-    min_per_group: int = Field(default=0, ge=0)
-    window: Duration = 60.0
-    redact: tuple[str, ...] = ()  # field names or jsonpaths
-    detectors: tuple[Literal["email", "phone", "card", "national_id"], ...] = (
-        "email",
-        "phone",
-        "card",
-        "national_id",
-    )
-    sink: SinkSpec = SinkSpec()
-
-
-class SignalSpec(Strict):
-    """A monitored signal: a named input feature, numeric or categorical."""
-
-    input: str
-    kind: Literal["numeric", "categorical"] = "numeric"
-
-
-class ReferenceSpec(Strict):
-    """Where the reference distribution comes from."""
-
-    warmup: int = Field(default=1000, ge=10)
-    baseline: str | None = None  # JSON file written by `guardproxy baseline`
-
-
-class PsiSpec(Strict):
-    """Population stability index bounds."""
-
-    warn: float = Field(default=0.1, ge=0)
-    alarm: float = Field(default=0.25, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PsiSpec:
-        if self.warn > self.alarm:
-            raise ValueError(f"psi warn {self.warn} is above alarm {self.alarm}")
-        return self
-
-
-class PValueSpec(Strict):
-    """A test that alarms below a family-wise p-value."""
-
-    p_value: Rate = 0.01
-
-
-class JsSpec(Strict):
-    """Jensen-Shannon distance bound."""
-
-    alarm: float = Field(default=0.1, ge=0, le=1)
-
-
-class DriftTests(Strict):
-    """Which tests run on each window, with their bounds."""
-
-    psi: PsiSpec | None = PsiSpec()
-    ks: PValueSpec | None = PValueSpec()
-    js: JsSpec | None = None
-    chi2: PValueSpec | None = PValueSpec()
-
-
-class DriftSpec(Strict):
-    """Drift monitoring of the score and input features."""
-
-    reference: ReferenceSpec = ReferenceSpec()
-    window: int = Field(default=1000, ge=10)
-    window_seconds: Duration | None = None
-    signals: tuple[Literal["score"] | SignalSpec, ...] = ("score",)
-    bins: int = Field(default=10, ge=2, le=1000)
-    tests: DriftTests = DriftTests()
-    correction: Literal["bonferroni", "none"] = "bonferroni"
-
-
-class MinRatio(Strict):
-    """A lower bound on a ratio."""
-
-    min_ratio: Rate = 0.8
-
-
-class MaxDifference(Strict):
-    """An upper bound on a difference."""
-
-    max_difference: Rate = 0.1
-
-
-class FairnessSpec(Strict):
-    """Fairness bounds the monitors check, per region."""
-
-    disparate_impact: MinRatio | None = MinRatio()
-    equal_opportunity: MaxDifference | None = MaxDifference()
-    bins: int = Field(default=100, ge=10, le=10_000)  # score histogram resolution
-    window: int = Field(default=1000, ge=10)  # labeled decisions per fairness window
-
-
-TRIP_MONITORS = re.compile(
-    r"^(drift\.[\w.-]+\.(psi|ks|js|chi2)"
-    r"|fairness\.(disparate_impact|equal_opportunity_difference|demographic_parity_difference"
-    r"|equalized_odds_difference)"
-    r"|upstream\.(error_rate|consecutive_5xx|slow_call_rate))$"
-)
-
-
-class TripRule(Strict):
-    """Open the breaker when a monitor crosses a value for N consecutive windows."""
-
-    when: str
-    above: float | None = None
-    below: float | None = None
-    windows: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _valid(self) -> TripRule:
-        if TRIP_MONITORS.match(self.when) is None:
-            raise ValueError(
-                f"unknown monitor {self.when!r} (expected drift.<signal>.psi|ks|js|chi2, "
-                "fairness.disparate_impact|equal_opportunity_difference|..., "
-                "upstream.error_rate|consecutive_5xx|slow_call_rate)"
-            )
-        if (self.above is None) == (self.below is None):
-            raise ValueError("a trip rule needs exactly one of above, below")
-        return self
-
-
-class OpenSpec(Strict):
-    """What the proxy does while the breaker is open."""
-
-    action: Literal["reject", "fallback", "flag"] = "reject"
-    upstream: str | None = None
-
-    @model_validator(mode="after")
-    def _fallback_has_upstream(self) -> OpenSpec:
-        if self.action == "fallback" and not self.upstream:
-            raise ValueError("open.action 'fallback' needs open.upstream")
-        return self
-
-
-class HalfOpenSpec(Strict):
-    """Probing after the cooldown."""
-
-    probes: int = Field(default=20, ge=1)
-    close_after_windows: int = Field(default=2, ge=1)
-
-
-class BreakerSpec(Strict):
-    """Circuit breaker rules."""
-
-    trip: tuple[TripRule, ...] = ()
-    open: OpenSpec = OpenSpec()
-    cooldown: Duration = 60.0
-    half_open: HalfOpenSpec = HalfOpenSpec()
-    window: Duration = 10.0  # upstream health window
-    slow_call: Duration = 1.0  # an upstream call slower than this is slow
 
 
 NAME = r"^[A-Za-z0-9_.-]+$"

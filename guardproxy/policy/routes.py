@@ -65,21 +65,24 @@ def _segment(text: str) -> str:
 
 
 def tokens(pattern: str) -> tuple[str, ...]:
-    """A glob as literal characters and STAR / GLOBSTAR tokens (`/**` may match nothing)."""
+    """A glob as literal characters and STAR / GLOBSTAR tokens, segment by segment as
+    `glob_to_regex` reads it (a whole `*` segment, one or more characters, is taken as STAR:
+    any run, so the overlap test errs towards reporting one)."""
     out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append(GLOBSTAR)  # "/a/**" also matches "/a"
-            break
-        if pattern.startswith("**", i):
-            out.append(GLOBSTAR)
-            i += 2
-            if i < len(pattern) and pattern[i] == "/" and out[-2:-1] == ["/"]:
-                i += 1  # "/a/**/b" matches "/a/b": the globstar owns its slash
+    segments = pattern.split("/")
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "**":
+            if last and out and out[-1] == "/":
+                out.pop()  # "/a/**" also matches "/a"
+            out.append(GLOBSTAR)  # a middle "**" owns its slash: "/a/**/b" matches "/a/b"
             continue
-        out.append(STAR if pattern[i] == "*" else pattern[i])
-        i += 1
+        for i, part in enumerate(segment.split("**")):
+            if i:
+                out.append(GLOBSTAR)
+            out.extend(STAR if ch == "*" else ch for ch in part)
+        if not last:
+            out.append("/")
     return tuple(out)
 
 

@@ -98,6 +98,7 @@ class PolicyTable:
     regions: Mapping[str, CompiledPolicy]
     default_region: str
     content_hash: str = ""
+    secrets: frozenset[str] = frozenset()  # values the policies took from the environment
     _folded: Mapping[str, CompiledPolicy] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,7 +137,7 @@ def compile_table(
     if chosen not in regions:
         where = loaded.directory or "<policies>"
         raise PolicyError([Problem(where, 0, 0, "no default policy (expected default.yaml)")])
-    return PolicyTable(regions, chosen, loaded.content_hash)
+    return PolicyTable(regions, chosen, loaded.content_hash, loaded.secrets)
 
 
 def builtin_files() -> PolicyFiles:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,11 +33,23 @@ class ThresholdRule:
     high: float | None = None
     p_high: float = 0.0
 
-    def threshold_for(self, request_id: str) -> float:
-        """The threshold this request gets; a mix is seeded by the request id."""
+    @property
+    def randomized(self) -> bool:
+        """Whether the rule mixes two thresholds (and so needs a draw)."""
+        return self.high is not None and self.p_high > 0.0
+
+    def threshold_for(self, uniform: float) -> float:
+        """The threshold for a draw in [0, 1): `high` when it falls below p_high."""
         if self.high is None or self.p_high <= 0.0:
             return self.low
-        return self.high if request_uniform(request_id) < self.p_high else self.low
+        return self.high if uniform < self.p_high else self.low
+
+    @property
+    def label(self) -> str:
+        """The rule as clients see it: "0.5", or "low|high@p_high" for a mix (never the draw)."""
+        if not self.randomized:
+            return f"{self.low:.4g}"
+        return f"{self.low:.4g}|{self.high:.4g}@{self.p_high:.4g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +62,3 @@ class ThresholdTable:
     def rule(self, key: ModelKey, group: str) -> ThresholdRule | None:
         """The learned rule of a model version's group, if any."""
         return self.rules.get((*key, group))
-
-
-def request_uniform(request_id: str, salt: bytes = b"") -> float:
-    """A uniform number in [0, 1) derived from the request id: same id, same number."""
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8, key=salt).digest()
-    value: int = struct.unpack(">Q", digest)[0]
-    return value / 2.0**64

@@ -6,14 +6,24 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from guardproxy.guards.exchange import loads
 from guardproxy.payloads import JsonPath
+from guardproxy.payloads.codec import dumps, loads
 
 Rule = Callable[[str], str]
 # The v2 tensor metadata a reviewer needs to read a redacted input; never personal data.
 _KEEP = frozenset({"name", "shape", "datatype"})
+DEFAULT_MAX_BYTES = 64 * 1024
+TRUNCATED = "[TRUNCATED]"
+# A cut never leaves half a token to slip past the detectors: back to the last separator.
+_SEPARATOR = re.compile(r"[\s,;:\"'<>()\[\]{}]")
+_LONGEST_TOKEN = 512
 
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Linear time, whatever the text (Python's re holds the GIL for a whole call, so a thread
+# does not save the event loop from a pattern that backtracks): every pattern starts only
+# where a token starts (a lookbehind) or at a fixed character, and every repetition is
+# bounded, so the work per starting position is a constant. RFC 5321 bounds the parts of
+# an address: 64 characters before the "@", 63 per domain label.
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 _CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _NRIC = re.compile(r"\b[STFGM]\d{7}[A-Z]\b", re.IGNORECASE)
@@ -80,27 +90,44 @@ def detector_rules(detectors: Iterable[str]) -> tuple[Rule, ...]:
 
 
 class Redactor:
-    """Masks configured fields (any depth), JSON paths, and what the detectors find."""
+    """Masks configured fields (any depth), JSON paths, and what the detectors find.
 
-    __slots__ = ("_fields", "_paths", "_rules")
+    `max_bytes` bounds the work and the output per body: a longer body is cut before any
+    detector reads it, and marked; so is a longer string inside a document.
+    """
 
-    def __init__(self, fields_and_paths: Iterable[str], detectors: Iterable[str]) -> None:
+    __slots__ = ("_fields", "_paths", "_rules", "max_bytes", "truncated")
+
+    def __init__(
+        self,
+        fields_and_paths: Iterable[str],
+        detectors: Iterable[str],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         items = list(fields_and_paths)
         self._paths = tuple(JsonPath(item) for item in items if item.startswith("$"))
         self._fields = frozenset(item for item in items if not item.startswith("$"))
         self._rules = detector_rules(detectors)
+        self.max_bytes = max_bytes
+        self.truncated = 0  # bodies and strings cut to max_bytes (an int: one writer thread)
 
     def text(self, text: str) -> str:
-        """The text with every detected value masked."""
-        if "@" not in text and _FOUR_DIGITS.search(text) is None:
-            return text
-        for rule in self._rules:
-            text = rule(text)
-        return text
+        """The text with every detected value masked (cut and marked beyond max_bytes)."""
+        cut = len(text) > self.max_bytes
+        if cut:
+            self.truncated += 1
+            text = _cut(text, self.max_bytes)
+        if "@" in text or _FOUR_DIGITS.search(text) is not None:
+            for rule in self._rules:
+                text = rule(text)
+        return text + TRUNCATED if cut else text
 
     def document(self, doc: Any) -> Any:
         """A redacted copy of a parsed JSON document; the original is left as it was."""
-        doc = self._walk(doc)
+        try:
+            doc = self._walk(doc)
+        except RecursionError:  # nested deeper than a review needs; nothing of it is kept
+            return "[REDACTED:too deep]"
         for path in self._paths:
             mask = f"[REDACTED:{path.label}]"
             filtered = bool(path.steps) and path.steps[-1][0] == "filter"
@@ -109,13 +136,41 @@ class Redactor:
         return doc
 
     def body(self, body: bytes) -> Any:
-        """A redacted request or response body: a JSON document, else text."""
+        """A redacted request or response body: a JSON document, else text; cut if too long."""
         if not body:
             return None
+        if len(body) > self.max_bytes:
+            return self._oversized(body)
         try:
             return self.document(loads(body))
         except ValueError:
             return self.text(body.decode("utf-8", errors="replace"))
+
+    def bounded(self, doc: Any) -> Any:
+        """A parsed answer redacted, then cut to max_bytes (cutting redacted text is safe)."""
+        redacted = self.document(doc)
+        size = len(dumps(redacted))
+        if size <= self.max_bytes:
+            return redacted
+        self.truncated += 1
+        text = dumps(redacted)[: self.max_bytes].decode("utf-8", errors="ignore")
+        return {"truncated": True, "bytes": size, "text": text + TRUNCATED}
+
+    def _oversized(self, body: bytes) -> dict[str, Any]:
+        """A body over the cap: its head as redacted text, or withheld when fields are named.
+
+        Named fields and JSON paths need the whole document to be found; in a cut body they
+        cannot be, so the head is kept only when the detectors alone are asked for.
+        """
+        self.truncated += 1
+        out: dict[str, Any] = {"truncated": True, "bytes": len(body)}
+        if self._fields or self._paths:
+            out["text"] = None
+            out["withheld"] = "over sampling.max_body_bytes: named fields cannot be found in a part"
+            return out
+        head = body[: self.max_bytes].decode("utf-8", errors="ignore")
+        out["text"] = self.text(_cut(head, self.max_bytes)) + TRUNCATED
+        return out
 
     def _walk(self, node: Any) -> Any:
         if isinstance(node, dict):
@@ -124,6 +179,8 @@ class Redactor:
             return [item if type(item) in _INERT else self._walk(item) for item in node]
         if isinstance(node, str):
             return self.text(node)
+        if isinstance(node, bytes):  # a binary BYTES element of a gRPC tensor: kept out
+            return f"[BINARY:{len(node)} bytes]"
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**8:
             masked = self.text(str(node))
             return node if masked == str(node) else masked
@@ -136,6 +193,17 @@ class Redactor:
         if isinstance(name, str) and name in fields and "data" in node:
             out["data"] = _masked(node["data"], f"[REDACTED:{name}]", False)  # a v2 tensor
         return out
+
+
+def _cut(text: str, limit: int) -> str:
+    """The first `limit` characters, ending at a separator so no token is left half-masked."""
+    head = text[:limit]
+    if len(text) <= limit:
+        return head
+    window = head[-_LONGEST_TOKEN:]
+    separators = [match.start() for match in _SEPARATOR.finditer(window)]
+    # No separator near the end: the whole tail could be one token, so none of it is kept.
+    return head[: len(head) - len(window) + (separators[-1] if separators else 0)]
 
 
 def _masked(value: Any, mask: str, keep_metadata: bool) -> Any:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
-from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.codec import dumps
+from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.sampling.redact import Redactor
+
+__all__ = ["JsonlSink", "RedisStreamSink", "Sample", "SampleQueue", "SampleWriter", "Sink"]
 
 log = logging.getLogger("guardproxy.sinks")
 
@@ -33,7 +32,7 @@ class Sample:
     flags: list[str]
     errors: list[str]
     status: int
-    request: bytes
+    request: bytes | Any  # the body, or the document a decoded (gRPC) request arrived as
     response: bytes | Any
     redactor: Redactor | None = field(default=None, repr=False)
 
@@ -42,9 +41,12 @@ class Sample:
         redactor = self.redactor or fallback
         if redactor is None:
             raise ValueError("a sample needs a redactor before it is stored")
-        response = self.response
+        request, response = self.request, self.response
+        request = (
+            redactor.body(request) if isinstance(request, bytes) else redactor.document(request)
+        )
         response = (
-            redactor.body(response) if isinstance(response, bytes) else redactor.document(response)
+            redactor.body(response) if isinstance(response, bytes) else redactor.bounded(response)
         )
         return {
             "request_id": self.request_id,
@@ -57,7 +59,7 @@ class Sample:
             "flags": self.flags,
             "errors": self.errors,
             "status": self.status,
-            "request": redactor.body(self.request),
+            "request": request,
             "response": response,
         }
 
@@ -92,75 +94,11 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Release files or connections."""
 
+    async def maintain(self) -> None:
+        """Housekeeping when idle (retention); nothing for sinks that need none."""
 
-class JsonlSink:
-    """Rotating JSONL files samples-<utc time>[suffix].jsonl, rotated on size or age."""
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        max_bytes: int = 64 * 1024 * 1024,
-        max_age: float = 3600.0,
-        clock: Callable[[], float] = time.time,
-        suffix: str = "",
-    ) -> None:
-        self.directory = Path(directory)
-        self.suffix = suffix  # names one writer's files when several share the directory
-        self.max_bytes = max_bytes
-        self.max_age = max_age
-        self._clock = clock
-        self._file: IO[bytes] | None = None
-        self._size = 0
-        self._opened = 0.0
-
-    async def write(self, records: list[dict[str, Any]]) -> None:
-        """Append the records, one JSON line each, in a worker thread."""
-        await asyncio.to_thread(self.write_records, records)
-
-    def write_records(self, records: list[dict[str, Any]]) -> None:
-        """Serialise and append records (blocking: run it in a thread)."""
-        self.write_lines([dumps(r) + b"\n" for r in records])
-
-    def write_lines(self, lines: list[bytes]) -> None:
-        """Append lines, rotating before a line would push the file past max_bytes."""
-        for line in lines:
-            if self._must_rotate(len(line)):
-                self._rotate()
-            assert self._file is not None
-            self._file.write(line)
-            self._size += len(line)
-        if self._file is not None:
-            self._file.flush()
-
-    def _must_rotate(self, size: int) -> bool:
-        if self._file is None:
-            return True
-        if self._size and self._size + size > self.max_bytes:
-            return True
-        return self._clock() - self._opened >= self.max_age
-
-    def _rotate(self) -> None:
-        self._close_file()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        now = self._clock()
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = self.directory / f"samples-{stamp}{self.suffix}.jsonl"
-        serial = 1
-        while path.exists():
-            path = self.directory / f"samples-{stamp}{self.suffix}-{serial}.jsonl"
-            serial += 1
-        self._file = path.open("ab")
-        self._size = 0
-        self._opened = now
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    async def close(self) -> None:
-        """Close the current file."""
-        self._close_file()
+    def status(self) -> dict[str, Any]:
+        """What the sink holds and what it had to drop, for /status."""
 
 
 class RedisStreamSink:
@@ -186,6 +124,13 @@ class RedisStreamSink:
         """Close the connection pool."""
         await self._redis.aclose()
 
+    async def maintain(self) -> None:
+        """Nothing to do: the stream is capped by XADD MAXLEN."""
+
+    def status(self) -> dict[str, Any]:
+        """The stream and its cap."""
+        return {"redis_stream": self.stream, "maxlen": self.maxlen}
+
 
 class SampleWriter:
     """Drains the queue in batches, redacts off the event loop, writes to the sink."""
@@ -196,22 +141,38 @@ class SampleWriter:
         sink: Sink,
         redactor: Redactor | None = None,
         batch: int = 256,
+        maintain_every: float = 60.0,
         gather: float = 0.0,
     ) -> None:
         self.queue = queue
         self.sink = sink
         self.redactor = redactor or Redactor((), ("email", "phone", "card", "national_id"))
         self.batch = batch
+        self.maintain_every = maintain_every
         # Seconds to let a batch gather after its first sample: each batch costs a thread
         # hand-off, which at one sample per batch cost more than the sample itself.
         self.gather = gather
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self.truncated = 0
         self.batches = 0
         self._task: asyncio.Task[None] | None = None
         self._idle = True
         self._closing = False
+
+    def status(self) -> dict[str, Any]:
+        """Samples offered, dropped (queue full or sink failing), written, cut; the sink's own."""
+        return {
+            "offered": self.queue.offered,
+            "dropped": self.queue.dropped + self.dropped,
+            "queue_full": self.queue.dropped,
+            "written": self.written,
+            "errors": self.errors,
+            "truncated": self.truncated,
+            "batches": self.batches,
+            "sink": self.sink.status(),
+        }
 
     def start(self) -> None:
         """Start the writer task."""
@@ -234,11 +195,23 @@ class SampleWriter:
     async def _run(self) -> None:
         while not self._closing:
             self._idle = True
-            first = await self.queue.queue.get()
+            try:
+                first = await asyncio.wait_for(self.queue.queue.get(), self.maintain_every)
+            except TimeoutError:
+                self._idle = False  # stop() waits for this rather than racing it in a thread
+                await self._maintain()
+                continue
             self._idle = False  # from here stop() waits: the sample taken is written
             if self.gather and self.queue.queue.qsize() < self.batch:
                 await asyncio.sleep(self.gather)
             await self._write(self._drain([first]))
+
+    async def _maintain(self) -> None:
+        try:
+            await self.sink.maintain()
+        except Exception:  # housekeeping that fails is retried next time, never fatal
+            self.errors += 1
+            log.exception("sample sink maintenance failed")
 
     def _drain(self, batch: list[Sample]) -> list[Sample]:
         get = self.queue.queue.get_nowait
@@ -262,7 +235,13 @@ class SampleWriter:
             self.batches += 1
 
     def _records(self, batch: list[Sample]) -> list[dict[str, Any]]:
-        return [sample.record(self.redactor) for sample in batch]
+        records = []
+        for sample in batch:
+            redactor = sample.redactor or self.redactor
+            before = redactor.truncated
+            records.append(sample.record(self.redactor))
+            self.truncated += redactor.truncated - before
+        return records
 
     def _write_jsonl(self, sink: JsonlSink, batch: list[Sample]) -> list[dict[str, Any]]:
         records = self._records(batch)

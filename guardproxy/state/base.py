@@ -123,6 +123,12 @@ class StateBackend(Protocol):
     async def load_thresholds(self) -> ThresholdTable | None:
         """The persisted table, if any."""
 
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret stored under `name`, storing `candidate` first if there is none (SET NX).
+
+        Every replica offers its own candidate; all of them get the first one stored.
+        """
+
     async def ping(self) -> bool:
         """Whether the backend answers."""
 

@@ -86,6 +86,7 @@ class MemoryState:
         self._records = RecordStore(ttl, max_records, timer)
         self._groups: dict[tuple[ModelKey, str], GroupState] = {}
         self._thresholds: ThresholdTable | None = None
+        self._secrets: dict[str, str] = {}
 
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
         """Keep records for the label join; how many ids were already in use."""
@@ -133,6 +134,10 @@ class MemoryState:
     async def load_thresholds(self) -> ThresholdTable | None:
         """The kept table, if any."""
         return self._thresholds
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret kept under `name`, keeping `candidate` if there is none."""
+        return self._secrets.setdefault(name, candidate)
 
     async def ping(self) -> bool:
         """Always reachable."""

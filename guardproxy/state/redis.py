@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from guardproxy.masking import mask_url
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
@@ -81,7 +82,7 @@ class RedisState:
         try:
             return await action
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StateError(f"redis {self.url}: {exc}") from exc
+            raise StateError(f"redis {mask_url(self.url)}: {mask_url(str(exc))}") from exc
 
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
         """Write records as expiring hashes in one pipeline; how many ids were already in use."""
@@ -151,6 +152,17 @@ class RedisState:
         """The stored table, if any."""
         text = await self._call(self._redis.get(self._key("thresholds")))
         return None if text is None else table_from_json(text)
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """SET NX the candidate, then GET whichever value won, in one MULTI/EXEC."""
+        key = self._key("secret", name)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(key, candidate, nx=True)
+        pipe.get(key)
+        _, value = await self._call(pipe.execute())
+        if not isinstance(value, str) or not value:
+            raise StateError(f"secret {name!r} is missing after SET NX")
+        return value
 
     async def ping(self) -> bool:
         """Whether Redis answers a PING in time."""

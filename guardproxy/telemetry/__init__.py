@@ -1,4 +1,4 @@
-"""OpenTelemetry for guardproxy: traces and metrics over OTLP/HTTP, Prometheus text on /metrics."""
+"""OpenTelemetry for guardproxy: traces and metrics over OTLP (HTTP or gRPC), and /metrics."""
 
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamCall, UpstreamTracer
 from guardproxy.telemetry.config import TelemetryConfig, TelemetryError

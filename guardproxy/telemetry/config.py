@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
 
-log = logging.getLogger("guardproxy.telemetry")
+from guardproxy import __version__
 
 SERVICE_NAME = "guardproxy"
 HTTP_PROTOBUF = "http/protobuf"
+GRPC = "grpc"
+PROTOCOLS = (HTTP_PROTOBUF, GRPC)
 SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics"}
+TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
 
 
 class TelemetryError(ValueError):
@@ -31,6 +33,8 @@ class TelemetryConfig:
     disabled: bool = False
     traces_endpoint: str | None = None
     metrics_endpoint: str | None = None
+    traces_protocol: str = HTTP_PROTOBUF
+    metrics_protocol: str = HTTP_PROTOBUF
     sampler_off: bool = False
     service_name: str | None = None
     region: str = "default"
@@ -49,11 +53,14 @@ class TelemetryConfig:
     ) -> TelemetryConfig:
         """Read OTEL_*; an explicit endpoint or service name (flags) wins over the environment."""
         env = os.environ if env is None else env
-        check_protocol(env)
+        check_temporality(env)
+        traces, metrics = protocol_of(env, "traces"), protocol_of(env, "metrics")
         return cls(
             disabled=_truthy(env.get("OTEL_SDK_DISABLED")),
-            traces_endpoint=signal_endpoint(env, "traces", otlp_endpoint),
-            metrics_endpoint=signal_endpoint(env, "metrics", otlp_endpoint),
+            traces_endpoint=signal_endpoint(env, "traces", otlp_endpoint, traces),
+            metrics_endpoint=signal_endpoint(env, "metrics", otlp_endpoint, metrics),
+            traces_protocol=traces,
+            metrics_protocol=metrics,
             sampler_off=env.get("OTEL_TRACES_SAMPLER", "").strip().lower() == "always_off",
             service_name=service_name,
             region=region,
@@ -78,28 +85,47 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise TelemetryError(f"{name}={raw!r}: expected milliseconds") from None
 
 
-def check_protocol(env: Mapping[str, str]) -> None:
-    """Only http/protobuf is installed: grpc and http/json fall back with a warning."""
-    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
-        value = env.get(name, HTTP_PROTOBUF).strip().lower() or HTTP_PROTOBUF
-        if value == HTTP_PROTOBUF:
+def protocol_of(env: Mapping[str, str], signal: str) -> str:
+    """The OTLP protocol of one signal: its own variable, else the general one, else HTTP."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = env.get(name, "").strip().lower()
+        if not value:
             continue
-        if value not in ("grpc", "http/json"):
-            raise TelemetryError(f"{name}={value!r}: expected http/protobuf, grpc or http/json")
-        log.warning("%s=%s is not installed; exporting with http/protobuf instead", name, value)
+        if value not in PROTOCOLS:
+            raise TelemetryError(
+                f"{name}={value!r}: expected http/protobuf or grpc (http/json is not supported)"
+            )
+        return value
+    return HTTP_PROTOBUF
 
 
-def signal_endpoint(env: Mapping[str, str], signal: str, explicit: str | None) -> str | None:
-    """The OTLP/HTTP URL for one signal, or None when nothing asks for export."""
+def check_temporality(env: Mapping[str, str]) -> None:
+    """Metrics are exported cumulative only: the hot-path histograms are kept that way."""
+    value = env.get(TEMPORALITY, "").strip().lower()
+    if value not in ("", "cumulative"):
+        raise TelemetryError(
+            f"{TEMPORALITY}={value!r}: guardproxy exports cumulative metrics only "
+            "(unset it or set it to cumulative)"
+        )
+
+
+def signal_endpoint(
+    env: Mapping[str, str], signal: str, explicit: str | None, protocol: str = HTTP_PROTOBUF
+) -> str | None:
+    """The OTLP URL for one signal, or None when nothing asks for export.
+
+    Over HTTP a base endpoint gets the signal's path (/v1/traces); over gRPC, as the
+    specification says, every endpoint is used as it is.
+    """
     if env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none":
         return None
-    if explicit:
-        return _join(explicit, SIGNAL_PATHS[signal])
     specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    if specific:
-        return specific  # used as is, per the specification
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return _join(base, SIGNAL_PATHS[signal]) if base else None
+    if specific and not explicit:
+        return specific  # a signal's own endpoint is used as is, per the specification
+    base = explicit or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not base:
+        return None
+    return base if protocol == GRPC else _join(base, SIGNAL_PATHS[signal])
 
 
 def _join(base: str, path: str) -> str:
@@ -119,11 +145,16 @@ def identity(region: str, env: Mapping[str, str] | None = None) -> dict[str, str
 
 
 def build_resource(config: TelemetryConfig) -> Resource:
-    """Defaults (service name, identity), overridden by OTEL_RESOURCE_ATTRIBUTES / SERVICE_NAME."""
+    """Defaults (service name and version, identity), overridden by OTEL_RESOURCE_ATTRIBUTES."""
     detected = dict(Resource.create().attributes)
     if str(detected.get("service.name", "")).startswith("unknown_service"):
         del detected["service.name"]
-    attributes = {"service.name": SERVICE_NAME, **identity(config.region), **detected}
+    attributes = {
+        "service.name": SERVICE_NAME,
+        "service.version": __version__,
+        **identity(config.region),
+        **detected,
+    }
     if config.service_name:
         attributes["service.name"] = config.service_name
     return Resource(attributes)

@@ -7,22 +7,23 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
+from guardproxy import __version__
 from guardproxy.breaker.state import Transition
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdTable
 from guardproxy.state.base import PredictionRecord
 from guardproxy.state.counts import cell
+from guardproxy.telemetry.build import register_process_metrics
 from guardproxy.telemetry.config import TelemetryConfig, build_resource
 from guardproxy.telemetry.decisions import DecisionObserver, GroupLabels, GroupMode
 from guardproxy.telemetry.export import (
@@ -30,8 +31,15 @@ from guardproxy.telemetry.export import (
     CountingMetricExporter,
     CountingSpanExporter,
 )
+from guardproxy.telemetry.exporters import metric_exporter, span_exporter
 from guardproxy.telemetry.exposition import HistogramCollector, HistogramMetrics
-from guardproxy.telemetry.instruments import RELOAD_RESULTS, TOTALS, FairnessSource, Instruments
+from guardproxy.telemetry.instruments import (
+    RELOAD_RESULTS,
+    TOTALS,
+    FairnessSource,
+    FleetSource,
+    Instruments,
+)
 from guardproxy.telemetry.tracing import CURRENT, RequestTracer
 from guardproxy.transport import Handler
 
@@ -61,15 +69,18 @@ class Telemetry:
         self.periodic: PeriodicExportingMetricReader | None = None
         self.instruments = Instruments()
         self.instruments.label = self._group_label
-        scope = InstrumentationScope(SCOPE)
+        scope = InstrumentationScope(SCOPE, __version__)
         self.histograms = HistogramMetrics(self.instruments.histograms, scope)
         resource = build_resource(config)
         self.meter_provider = self._meters(resource) if not config.disabled else None
         if self.meter_provider is not None:
-            self.instruments.observe(self.meter_provider.get_meter(SCOPE))
+            self.instruments.observe(self.meter_provider.get_meter(SCOPE, __version__))
             self.registry.register(HistogramCollector(self.instruments.histograms, scope))
+            register_process_metrics(self.registry)
         self.tracer_provider = self._tracers(resource) if config.tracing else None
-        tracer = self.tracer_provider.get_tracer(SCOPE) if self.tracer_provider else None
+        tracer = (
+            self.tracer_provider.get_tracer(SCOPE, __version__) if self.tracer_provider else None
+        )
         self.requests = RequestTracer(
             tracer, self.instruments, upstream, self._sampler_reads_attributes()
         )
@@ -77,8 +88,11 @@ class Telemetry:
 
     def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
-        if self.config.metrics_endpoint:
-            inner = OTLPMetricExporter(self.config.metrics_endpoint, timeout=self.config.timeout)
+        config = self.config
+        if config.metrics_endpoint:
+            inner = metric_exporter(
+                config.metrics_protocol, config.metrics_endpoint, config.timeout
+            )
             self.points = CountingMetricExporter(
                 inner, lambda data: self.histograms.merged(data, resource)
             )
@@ -88,7 +102,9 @@ class Telemetry:
         return MeterProvider(metric_readers=readers, resource=resource)
 
     def _tracers(self, resource: Any) -> TracerProvider:
-        inner = OTLPSpanExporter(self.config.traces_endpoint, timeout=self.config.timeout)
+        config = self.config
+        assert config.traces_endpoint is not None  # config.tracing says so
+        inner = span_exporter(config.traces_protocol, config.traces_endpoint, config.timeout)
         self.spans = BoundedSpanProcessor(CountingSpanExporter(inner), self.config.max_queue, 1.0)
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         provider.add_span_processor(self.spans)
@@ -168,17 +184,26 @@ class Telemetry:
         """Where the fairness gauges read their latest values (FairnessEngine.gauges' shape)."""
         self.instruments.fairness = source
 
+    def watch_fleet(self, source: FleetSource) -> None:
+        """Where the model health gauges read the fleet view's rows."""
+        self.instruments.fleet = source
+
     def watch_total(self, name: str, read: Callable[[], int]) -> None:
-        """A running total someone else keeps: samples.written, samples.dropped, queue.dropped."""
+        """A running total someone else keeps: one of instruments.TOTALS (samples.written...)."""
         if name not in TOTALS:
             raise ValueError(f"unknown total {name!r}; expected one of {', '.join(TOTALS)}")
         self.instruments.totals[name] = read
 
-    def metrics_text(self) -> bytes:
-        """Prometheus text exposition of every instrument."""
+    def metrics_text(self, accept: str = "") -> bytes:
+        """Prometheus text exposition of every instrument (OpenMetrics if `accept` asks)."""
+        return self.exposition(accept)[0]
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """/metrics: the body and its content type, in the format the Accept header prefers."""
         if self.meter_provider is None or self.closed:
-            return b"# guardproxy telemetry is disabled or shut down\n"
-        return generate_latest(self.registry)
+            return b"# guardproxy telemetry is disabled or shut down\n", CONTENT_TYPE_LATEST
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export queued spans and a metric collection now (blocking; tests, shutdown)."""
@@ -197,7 +222,9 @@ class Telemetry:
             "enabled": not self.config.disabled,
             "tracing": self.tracer_provider is not None,
             "traces_endpoint": self.config.traces_endpoint,
+            "traces_protocol": self.config.traces_protocol,
             "metrics_endpoint": self.config.metrics_endpoint,
+            "metrics_protocol": self.config.metrics_protocol,
             "spans": {
                 "exported": spans.exporter.exported if spans else 0,
                 "export_failed": spans.exporter.failed if spans else 0,

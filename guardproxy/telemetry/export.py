@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from guardproxy.telemetry.exporters import CUMULATIVE
 
 log = logging.getLogger("guardproxy.telemetry")
 
@@ -70,8 +73,18 @@ class BoundedSpanProcessor(SpanProcessor):
         self.batch.on_end(span)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Flush what the exporter takes within the timeout, then stop."""
-        self.batch._batch_processor.shutdown(timeout_millis=int(timeout * 1000))
+        """Flush what the exporter takes within the timeout, then stop.
+
+        The batcher's own shutdown waits up to 30 s for an export in flight; it runs on a
+        daemon thread here, so a silent collector costs at most `timeout`.
+        """
+        stopping = threading.Thread(
+            target=self.batch.shutdown, name="guardproxy-span-shutdown", daemon=True
+        )
+        stopping.start()
+        stopping.join(timeout)
+        if stopping.is_alive():
+            log.warning("span exporter still busy after %.1f s; leaving it behind", timeout)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Export everything queued now."""
@@ -82,13 +95,13 @@ Amend = Callable[[MetricsData], MetricsData]
 
 
 class CountingMetricExporter(MetricExporter):
-    """Wraps a metric exporter: adds what `amend` contributes, counts points exported and failed."""
+    """Wraps a metric exporter: adds what `amend` contributes, counts points exported and failed.
+
+    Cumulative for every instrument, as the wrapped exporter is built (exporters.CUMULATIVE).
+    """
 
     def __init__(self, inner: MetricExporter, amend: Amend | None = None) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
+        super().__init__(preferred_temporality=CUMULATIVE)
         self.inner = inner
         self.amend = amend
         self.exported = self.failed = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +14,11 @@ from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
 # {(region, model, version): {"groups": {group: {"selection_rate": x, ...}},
 #                             "disparities": {"demographic_...": y}}}
 FairnessSource = Callable[[], Mapping[tuple[str, str, str], Mapping[str, Any]]]
+# The fleet view's rows, worst first: each with region, model, score and problems.
+FleetSource = Callable[[], Sequence[Any]]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
-GROUP_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
-MODEL_VALUES = (
-    "demographic_parity_difference",
-    "demographic_parity_ratio",
-    "equal_opportunity_difference",
-    "equalized_odds_difference",
-)
 BREAKER_STATES = {"disabled": -1, "closed": 0, "half_open": 1, "open": 2, "forced_open": 3}
-TOTALS = ("samples.written", "samples.dropped", "queue.dropped")
+TOTALS = ("samples.written", "samples.dropped", "queue.dropped", "logs.dropped")
 RELOAD_RESULTS = ("applied", "unchanged", "failed")
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 OVERHEAD_BUCKETS = (
@@ -32,6 +27,15 @@ OVERHEAD_BUCKETS = (
 SERVER_KEYS = ("http.request.method", "http.response.status_code", "http.route")
 CLIENT_KEYS = ("http.request.method", "http.response.status_code")
 NO_ROUTE = ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """An instrument as exported: its OTel name, unit (UCUM) and description (Prometheus HELP)."""
+
+    name: str
+    unit: str
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +48,83 @@ class HistogramSpec:
     values: Histograms
 
 
+# Counts carry a UCUM annotation ({decision}): the Prometheus exporter drops it, so the
+# family is named after what it counts plus _total; ratios and statistics are unit "1".
+COUNTERS = {
+    "decisions": MetricInfo(
+        "guardproxy.decisions", "{decision}",
+        "Decisions per scored row (outcome positive or negative); a request blocked, failed, "
+        "unscored or passed counts its rows (at least one) under that outcome, group all.",
+    ),
+    "feedback": MetricInfo(
+        "guardproxy.feedback", "{label}",
+        "Delayed labels joined to their prediction, by confusion-matrix cell (tp, fp, tn, fn).",
+    ),
+    "transitions": MetricInfo(
+        "guardproxy.breaker.transitions", "{transition}",
+        "Circuit breaker state changes, by the state entered.",
+    ),
+    "reloads": MetricInfo(
+        "guardproxy.policy.reloads", "{reload}",
+        "Policy directory reloads, by result (applied, unchanged, failed).",
+    ),
+    "samples.written": MetricInfo(
+        "guardproxy.samples.written", "{sample}", "Redacted review samples written to the sink.",
+    ),
+    "samples.dropped": MetricInfo(
+        "guardproxy.samples.dropped", "{sample}",
+        "Review samples dropped: their queue was full or the sink failed.",
+    ),
+    "queue.dropped": MetricInfo(
+        "guardproxy.queue.dropped", "{observation}",
+        "Guarded exchanges the monitors never saw because their queue was full.",
+    ),
+    "logs.dropped": MetricInfo(
+        "guardproxy.logs.dropped", "{record}",
+        "Log records dropped because the log writer fell behind.",
+    ),
+}  # fmt: skip
+GROUP_RATES = {
+    "selection_rate": "Share of a group's decided rows that were positive.",
+    "true_positive_rate": "Share of a group's rows labeled positive that were decided positive.",
+    "false_positive_rate": "Share of a group's rows labeled negative that were decided positive.",
+}
+MODEL_VALUES = {
+    "demographic_parity_difference": "Largest gap in selection rate between a model's groups.",
+    "demographic_parity_ratio": (
+        "Disparate impact: the smallest over the largest selection rate of a model's groups; "
+        "below 0.8 fails the four-fifths rule."
+    ),
+    "equal_opportunity_difference": ("Largest gap in true positive rate between a model's groups."),
+    "equalized_odds_difference": (
+        "Largest gap in true or false positive rate between a model's groups."
+    ),
+}
+DRIFT = MetricInfo(
+    "guardproxy.drift", "1",
+    "Latest drift statistic of a model's window against its reference, by signal and test "
+    "(psi, ks, js, chi2).",
+)  # fmt: skip
+MODEL_HEALTH = MetricInfo(
+    "guardproxy.model.health", "1",
+    "How badly a model behaves now: the sum of its problems' severities (0: healthy).",
+)  # fmt: skip
+MODEL_PROBLEM = MetricInfo(
+    "guardproxy.model.problem", "1",
+    "Severity of a model's problems of one kind (breaker, drift, fairness, errors, ...).",
+)  # fmt: skip
+BREAKER_STATE = MetricInfo(
+    "guardproxy.breaker.state", "1",
+    "Circuit breaker state: -1 disabled, 0 closed, 1 half-open, 2 open, 3 forced open.",
+)  # fmt: skip
+
+
 class Instruments:
     """Every guardproxy metric: hot-path aggregates plus what the gauges read."""
 
     def __init__(self) -> None:
         self.fairness: FairnessSource = dict
+        self.fleet: FleetSource = list
         self.label: Callable[[str, str, str], str] = lambda region, model, group: group
         self.drift: dict[tuple[str, str, str, str], float] = {}  # region, model, signal, test
         self.breaker: dict[tuple[str, str], str] = {}  # (region, model) -> state
@@ -63,9 +139,9 @@ class Instruments:
         self.reloads = Counters(("result",))
         self.histograms = (
             HistogramSpec("http.server.request.duration", "s",
-                          "Duration of HTTP server requests.", self.server),
+                          "Duration of HTTP server requests on the data port.", self.server),
             HistogramSpec("http.client.request.duration", "s",
-                          "Duration of upstream requests.", self.client),
+                          "Duration of requests to the upstream model server.", self.client),
             HistogramSpec("guardproxy.overhead", "s",
                           "Time a request spent in the proxy, outside the upstream.",
                           self.overhead),
@@ -73,22 +149,23 @@ class Instruments:
 
     def observe(self, meter: Meter) -> None:
         """Register the observable instruments that read these values at collection time."""
-        counters = (
-            ("guardproxy.decisions", self.decisions, "Decisions per row."),
-            ("guardproxy.feedback", self.feedback, "Joined labels by cell."),
-            ("guardproxy.breaker.transitions", self.transitions, ""),
-        )
-        for name, counts, description in counters:
-            meter.create_observable_counter(name, [_counts(counts)], "1", description)
-        meter.create_observable_counter("guardproxy.policy.reloads", [self._reloads], "1")
-        for name in GROUP_RATES:
-            meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._rate(name)], "1")
-        for name in MODEL_VALUES:
-            meter.create_observable_gauge(f"guardproxy.fairness.{name}", [self._model(name)], "1")
-        meter.create_observable_gauge("guardproxy.drift", [self._drift], "1")
-        meter.create_observable_gauge("guardproxy.breaker.state", [self._breaker], "1")
+        for name, counts in (
+            ("decisions", self.decisions),
+            ("feedback", self.feedback),
+            ("transitions", self.transitions),
+        ):
+            _counter(meter, COUNTERS[name], _counts(counts))
+        _counter(meter, COUNTERS["reloads"], self._reloads)
+        for rate, description in GROUP_RATES.items():
+            _gauge(meter, fairness_info(rate, description), self._rate(rate))
+        for value, description in MODEL_VALUES.items():
+            _gauge(meter, fairness_info(value, description), self._model(value))
+        _gauge(meter, DRIFT, self._drift)
+        _gauge(meter, MODEL_HEALTH, self._health)
+        _gauge(meter, MODEL_PROBLEM, self._problems)
+        _gauge(meter, BREAKER_STATE, self._breaker)
         for name in TOTALS:
-            meter.create_observable_counter(f"guardproxy.{name}", [self._total(name)], "1")
+            _counter(meter, COUNTERS[name], self._total(name))
 
     def _reloads(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = {str(attributes["result"]): n for attributes, n in self.reloads.items()}
@@ -123,6 +200,19 @@ class Instruments:
             attributes = {"region": region, "model": model, "signal": signal, "test": test}
             yield Observation(value, attributes)
 
+    def _health(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            yield Observation(float(row.score), {"region": row.region, "model": row.model})
+
+    def _problems(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self.fleet():
+            kinds: dict[str, float] = {}
+            for problem in row.problems:
+                kinds[problem.kind] = kinds.get(problem.kind, 0.0) + problem.severity
+            for kind, severity in kinds.items():
+                attributes = {"region": row.region, "model": row.model, "kind": kind}
+                yield Observation(severity, attributes)
+
     def _breaker(self, options: CallbackOptions) -> Iterable[Observation]:
         for (region, model), state in list(self.breaker.items()):
             yield Observation(BREAKER_STATES.get(state, 0), {"region": region, "model": model})
@@ -142,3 +232,25 @@ def _counts(counters: Counters) -> Callback:
             yield Observation(n, attributes)
 
     return observe
+
+
+def fairness_info(name: str, description: str) -> MetricInfo:
+    """A fairness gauge, named as Fairlearn names the value (a ratio: unit 1)."""
+    text = f"{description.rstrip('.')} (Fairlearn {name})."
+    return MetricInfo(f"guardproxy.fairness.{name}", "1", text)
+
+
+def _counter(meter: Meter, info: MetricInfo, callback: Callback) -> None:
+    meter.create_observable_counter(info.name, [callback], info.unit, info.description)
+
+
+def _gauge(meter: Meter, info: MetricInfo, callback: Callback) -> None:
+    meter.create_observable_gauge(info.name, [callback], info.unit, info.description)
+
+
+def catalogue(instruments: Instruments) -> list[MetricInfo]:
+    """Every instrument guardproxy exports, with its unit and description."""
+    fairness = [fairness_info(n, d) for n, d in {**GROUP_RATES, **MODEL_VALUES}.items()]
+    histograms = [MetricInfo(h.name, h.unit, h.description) for h in instruments.histograms]
+    gauges = [DRIFT, MODEL_HEALTH, MODEL_PROBLEM, BREAKER_STATE]
+    return [*COUNTERS.values(), *fairness, *gauges, *histograms]

@@ -105,7 +105,10 @@ class RequestTracer:
         # spans that record, so an unsampled request builds no attribute dict.
         self.sampler_reads_attributes = sampler_reads_attributes
         parts = urlsplit(upstream)
-        self.upstream_base = f"{parts.scheme}://{parts.netloc}"
+        # Host and port only: a span never carries the URL's credentials.
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        self.upstream_base = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
         self.client_static: dict[str, str | int] = {
             "server.address": parts.hostname or "",
             "server.port": parts.port or (443 if parts.scheme == "https" else 80),

@@ -66,6 +66,7 @@ class ResponseWriter:
         "closes",
         "finished",
         "request",
+        "sent",
         "started",
         "status",
     )
@@ -80,6 +81,7 @@ class ResponseWriter:
         self.aborted = False
         self.closes = False
         self.status = 0
+        self.sent = 0  # body bytes written (framing not counted)
 
     def _head(
         self, status: int, headers: HeaderPairs, reason: bytes | None, length: int | None
@@ -142,6 +144,8 @@ class ResponseWriter:
         if not data:
             return
         mode = self._mode
+        if mode != NONE:
+            self.sent += len(data)
         if mode == CHUNKED:
             sink.writelines((chunk_size(len(data)), data, b"\r\n"))
         elif mode == LENGTH:
@@ -164,6 +168,8 @@ class ResponseWriter:
             self.finished = True
             raise ClientDisconnected("client connection closed")
         mode = self._mode
+        if mode != NONE:
+            self.sent += len(data)
         if mode == CHUNKED:
             if data:
                 sink.writelines((chunk_size(len(data)), data, b"\r\n", LAST_CHUNK))
@@ -189,10 +195,12 @@ class ResponseWriter:
         sink = self._sink
         if self._mode == NONE or not body:
             sink.write(head)
-        elif len(body) <= SMALL:
-            sink.write(head + body)
         else:
-            sink.writelines((head, body))
+            self.sent = len(body)
+            if len(body) <= SMALL:
+                sink.write(head + body)
+            else:
+                sink.writelines((head, body))
         self.finished = True
         sink.response_done(self)
 

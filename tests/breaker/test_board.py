@@ -57,7 +57,7 @@ def test_upstream_errors_trip_on_tick_and_every_transition_is_logged_counted_rep
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock, recorder = Clock(), Recorder()
-    spec = {"trip": [RULE], "window": 2}
+    spec = {"trip": [RULE], "window": 2, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), telemetry=recorder, clock=clock)
     breaker = board.breaker("sg", "fraud")
     assert breaker is not None and ("sg", "fraud", "closed") in recorder.states
@@ -98,7 +98,7 @@ def test_a_failing_ticker_is_counted_and_the_others_still_run() -> None:
 
 def test_probe_outcome_goes_to_the_half_open_state() -> None:
     clock = Clock()
-    spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}}
+    spec = {"trip": [RULE], "window": 1, "cooldown": 5, "half_open": {"probes": 1}, "min_calls": 1}
     board = BreakerBoard(Snapshot(table(sg=spec)), clock=clock)
     breaker = board.breaker("sg", "fraud")
     assert breaker is not None
@@ -127,7 +127,7 @@ def test_describe_names_model_reason_and_numbers() -> None:
 
 def test_each_model_has_its_own_breaker_and_upstream_failures_stay_there() -> None:
     clock = Clock()
-    snapshot = Snapshot(table(sg={"trip": [RULE], "window": 1}))
+    snapshot = Snapshot(table(sg={"trip": [RULE], "window": 1, "min_calls": 1}))
     board = BreakerBoard(snapshot, clock=clock)
     fraud = board.get(model(snapshot.current, "sg", "fraud"))
     credit = board.get(model(snapshot.current, "sg", "credit"))

@@ -33,6 +33,7 @@ def make(
         "cooldown": "30s",
         "half_open": {"probes": 5, "close_after_windows": 2},
         "window": "10s",
+        "min_calls": 1,
     }
     base.update(spec)
     listeners = [events.append] if events is not None else []
@@ -262,3 +263,71 @@ def test_admit_is_a_few_microseconds() -> None:
         breaker.admit()
     per_call = (time.perf_counter() - start) / n
     assert per_call < 5e-6
+
+
+def test_rates_count_only_from_min_calls_calls_a_window() -> None:
+    clock = FakeClock()
+    few = make(clock, min_calls=20)
+    for _ in range(19):
+        few.record_upstream(500, 0.01)
+    clock.now += 10
+    assert few.tick() == {"upstream.consecutive_5xx": 19.0}  # no rate from 19 calls
+    assert few.state_name == "closed"
+    for _ in range(20):
+        few.record_upstream(500, 0.01)
+    clock.now += 10
+    assert few.tick()["upstream.error_rate"] == 1.0  # type: ignore[index]
+    assert few.state_name == "open"
+
+
+def test_a_released_probe_slot_is_taken_again_and_a_stale_release_is_ignored() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    trip(breaker)
+    clock.now += 30
+    admitted = [breaker.admit() for _ in range(5)]
+    assert admitted == [Admission.PROBE] * 5 and breaker.admit() is Admission.OPEN
+    epoch = breaker.epoch
+    breaker.release_probe(epoch)  # a probe that ended with a 413
+    assert breaker.admit() is Admission.PROBE and breaker.status()["probes_released"] == 1
+    breaker.probe_done(ok=False)  # re-opens; a later half-open is a new epoch
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    breaker.release_probe(epoch)  # from the old half-open: must not free a new slot
+    assert breaker.probes_admitted == 1
+
+
+def test_half_open_ends_within_max_seconds_either_way() -> None:
+    clock = FakeClock()
+    quiet = make(clock, half_open={"probes": 5, "max_seconds": "20s"})
+    trip(quiet)
+    clock.now += 30
+    quiet.tick()
+    assert quiet.state_name == "half_open"
+    clock.now += 20
+    quiet.tick()
+    assert quiet.state_name == "open" and "without a successful probe" in quiet.reason
+    healthy = make(clock, half_open={"probes": 5, "max_seconds": "20s", "close_after_windows": 9})
+    trip(healthy)
+    clock.now += 30
+    assert healthy.admit() is Admission.PROBE
+    healthy.probe_done(ok=True)
+    clock.now += 20
+    healthy.tick()
+    assert healthy.state_name == "closed" and "1 probes ok" in healthy.reason
+
+
+def test_a_drift_trip_not_yet_disproved_reopens_at_max_seconds_despite_good_probes() -> None:
+    clock = FakeClock()
+    breaker = make(clock, half_open={"probes": 5, "max_seconds": "20s"})
+    for _ in range(3):
+        breaker.observe_window({"drift.score.psi": 0.4})
+    assert breaker.state_name == "open"
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    breaker.probe_done(ok=True)
+    assert breaker.pending == {"drift.score.psi"}  # no drift window from the probes yet
+    clock.now += 20
+    breaker.tick()
+    assert breaker.state_name == "open"
+    assert "drift.score.psi not shown healthy" in breaker.reason

@@ -125,11 +125,30 @@ def test_tokens_are_files_from_a_secret(spec: Doc) -> None:
     assert users == ["guardproxy"], "only guardproxy may read the tokens"
 
 
-def test_region_and_group_headers_are_not_trusted(spec: Doc) -> None:
-    # The pod's region decides until the operator names a header trusted (with a reason).
-    names = set(env(sidecar(spec)))
-    assert not {n for n in names if n.startswith("GUARDPROXY_TRUST")}
-    assert "GUARDPROXY_REGION_HEADER" not in names
+TRUST_OFF = {"GUARDPROXY_TRUST_REGION_HEADER": "", "GUARDPROXY_TRUST_FORWARDED": "false"}
+
+
+def test_client_headers_are_not_trusted_in_the_examples(spec: Doc) -> None:
+    # The pod's region decides, and forwarding headers are this hop's, until an overlay
+    # turns a trust setting on (with a comment saying why, checked below).
+    variables = env(sidecar(spec))
+    trust = {n: v.get("value") for n, v in variables.items() if n.startswith("GUARDPROXY_TRUST")}
+    assert trust == TRUST_OFF
+    assert "GUARDPROXY_REGION_HEADER" not in variables  # the flag that trusted X-Region is gone
+
+
+def test_every_trust_setting_in_the_manifests_says_when_to_set_it() -> None:
+    # Trusting a header is right only behind a gateway that sets it: whoever sets one must
+    # write down why, in a comment right above it.
+    found = 0
+    for path in sorted(K8S.rglob("*.yaml")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if re.search(r"\bGUARDPROXY_TRUST_\w+", line) and not line.lstrip().startswith("#"):
+                found += 1
+                above = lines[number - 1].strip() if number else ""
+                assert above.startswith("#"), f"{path}:{number + 1}: no comment says why"
+    assert found >= len(TRUST_OFF)
 
 
 def test_the_sidecar_drains_within_the_grace_period(spec: Doc) -> None:
@@ -198,10 +217,12 @@ def test_the_service_reaches_the_model_only_through_guardproxy(example: str) -> 
     assert [p["port"] for p in service["spec"]["ports"]] == [
         p["port"] for p in written["spec"]["ports"]
     ], "clients keep the port they used"
-    for port in service["spec"]["ports"]:
-        assert port["targetPort"] == "guard-http"
+    first, *others = service["spec"]["ports"]
+    assert first["targetPort"] == "guard-http"
     listen = env_value(sidecar(spec), "GUARDPROXY_LISTEN")
     assert listen == f"0.0.0.0:{port_number(sidecar(spec), 'guard-http')}"
+    grpc = "GUARDPROXY_GRPC_LISTEN" in env(sidecar(spec))
+    assert [p["targetPort"] for p in others] == (["guard-grpc"] if grpc else [])
 
 
 def test_the_network_policy_admits_only_guardproxy_ports(example: str) -> None:
@@ -215,7 +236,14 @@ def test_the_network_policy_admits_only_guardproxy_ports(example: str) -> None:
     ]
     (policy,) = policies
     ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ports == {"guard-http", "guard-admin"}
+    grpc = (
+        {"guard-grpc"} if "GUARDPROXY_GRPC_LISTEN" in env(sidecar(pod_spec(deployment))) else set()
+    )
+    assert ports == {"guard-http", "guard-admin"} | grpc
+    data = one(policy["spec"]["ingress"], ports=[{"port": "guard-http", "protocol": "TCP"}, *[
+        {"port": name, "protocol": "TCP"} for name in grpc
+    ]])  # fmt: skip
+    assert "from" not in data, "clients reach the data ports from anywhere"
     admin = one(policy["spec"]["ingress"], ports=[{"port": "guard-admin", "protocol": "TCP"}])
     assert admin["from"], "the admin port is open to monitoring only"
 
@@ -228,6 +256,24 @@ def test_mlserver_example_serves_two_models_behind_one_sidecar() -> None:
     models = {item["path"].split("/")[0] for item in settings["items"]}
     assert len(models) == 2 and len(configmap["data"]) == 2
     assert env_value(sidecar(pod_spec(deployment)), "GUARDPROXY_UPSTREAM").endswith(":8080")
+
+
+def test_the_grpc_port_is_opt_in_and_reaches_the_model_grpc_port() -> None:
+    demo = sidecar(pod_spec(one(guarded(render(EXAMPLES / "demo")))))
+    assert not {n for n in env(demo) if n.startswith("GUARDPROXY_GRPC")}
+    assert "guard-grpc" not in {p["name"] for p in demo["ports"]}
+    (deployment,) = guarded(render(EXAMPLES / "mlserver"))
+    spec = pod_spec(deployment)
+    container = sidecar(spec)
+    listen = env_value(container, "GUARDPROXY_GRPC_LISTEN")
+    assert listen == f"0.0.0.0:{port_number(container, 'guard-grpc')}"
+    upstream = env_value(container, "GUARDPROXY_GRPC_UPSTREAM")
+    assert upstream.startswith("127.0.0.1:") and "/" not in upstream  # HOST:PORT, no scheme
+    grpc_ports = {
+        p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])
+        if p["name"] == "grpc"
+    }  # fmt: skip
+    assert grpc_ports == {int(upstream.rsplit(":", 1)[1])}
 
 
 def test_only_the_named_deployments_get_the_sidecar() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from guardproxy.grpc import Allow, GrpcProxy, InferCall, Refuse
+from guardproxy.grpc import Allow, Failure, GrpcProxy, InferCall, Refuse
 
 from .upstream import Model, start_model
 
@@ -20,6 +20,7 @@ class RecordingHook:
 
     calls: list[InferCall] = field(default_factory=list)
     answers: list[tuple[InferCall, dict[str, Any]]] = field(default_factory=list)
+    failures: list[tuple[InferCall, Failure]] = field(default_factory=list)
     refuse_request: Refuse | None = None
     refuse_response: Refuse | None = None
     metadata: tuple[tuple[str, str], ...] = ()
@@ -40,6 +41,10 @@ class RecordingHook:
             self.change(response)
             return Allow(self.metadata, response)
         return Allow(self.metadata)
+
+    async def on_failure(self, call: InferCall, failure: Failure) -> tuple[tuple[str, str], ...]:
+        self.failures.append((call, failure))
+        return (("x-failed", failure.code.name),)
 
 
 @dataclass

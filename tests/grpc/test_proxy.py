@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from guardproxy.grpc import INFER, Refuse
+from guardproxy.grpc import INFER, STREAM_INFER, Refuse
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 
@@ -240,3 +240,57 @@ async def test_start_and_stop(stack: Stack) -> None:
     status = stack.proxy.status()
     assert status["port"] == int(stack.target.rsplit(":", 1)[1])
     assert status["active"] == 0
+
+
+async def test_an_upstream_failure_is_reported_to_the_hook_with_its_trailers(stack: Stack) -> None:
+    with pytest.raises(aio.AioRpcError) as raised:
+        await raw_infer(stack.target, one_row("broken"))
+    trailers = dict(raised.value.trailing_metadata())
+    assert trailers["x-failed"] == "RESOURCE_EXHAUSTED"  # the hook's metadata, added
+    assert trailers["x-upstream-reason"] == "out of memory"
+    [(call, failure)] = stack.hook.failures
+    assert call is stack.hook.calls[0]
+    assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stack.hook.answers == []
+
+
+async def test_a_timeout_caps_a_client_without_a_deadline(stack: Stack) -> None:
+    stack.proxy.timeout = 0.3
+    with pytest.raises(aio.AioRpcError) as raised:
+        await raw_infer(stack.target, one_row("slow"))
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    seen = stack.model.deadlines[-1]
+    assert seen is not None and 0 < seen <= 0.31  # the remaining time, read a little later
+    assert [f.code for _, f in stack.hook.failures] == [grpc.StatusCode.DEADLINE_EXCEEDED]
+
+
+async def test_a_client_that_cancels_is_reported_once(stack: Stack) -> None:
+    async with aio.insecure_channel(stack.target) as channel:
+        infer = channel.unary_unary(
+            INFER, pb.ModelInferRequest.SerializeToString, pb.ModelInferResponse.FromString
+        )
+        call = infer(one_row("slow"))
+        await eventually(lambda: len(stack.model.metadata) == 1)  # the upstream has it
+        call.cancel()
+    await eventually(lambda: len(stack.hook.failures) == 1)
+    assert stack.hook.failures[0][1].code == grpc.StatusCode.CANCELLED
+    await eventually(lambda: stack.proxy.status()["active"] == 0)
+
+
+async def test_a_request_whose_stream_answer_never_came_is_reported(stack: Stack) -> None:
+    async with aio.insecure_channel(stack.target) as channel:
+        stream = channel.stream_stream(
+            STREAM_INFER,
+            pb.ModelInferRequest.SerializeToString,
+            pb.ModelStreamInferResponse.FromString,
+        )
+        call = stream()
+        await call.write(one_row())
+        first = await call.read()
+        assert first.infer_response.model_name == "echo"
+        await call.write(one_row("slow"))
+        await eventually(lambda: stack.proxy.status()["calls"].get("stream_message") == 2)
+        call.cancel()
+    await eventually(lambda: len(stack.hook.failures) == 1)
+    assert len(stack.hook.answers) == 1
+    assert stack.hook.failures[0][1].code == grpc.StatusCode.CANCELLED

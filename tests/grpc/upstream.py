@@ -17,7 +17,9 @@ from guardproxy.payloads.tensors import pack
 class Model(pb_grpc.GRPCInferenceServiceServicer):
     """Echoes every input as an output of the same name and adds `score` (FP32, one per row).
 
-    Model "slow" sleeps first; model "broken" fails with a status and trailing metadata.
+    Model "slow" sleeps first (in streams too); model "broken" fails with a status and trailing
+    metadata (in streams: an in-band error message). Any model obeys the request parameters
+    `sleep` (seconds, before answering) and `fail` (a status name to fail with).
     """
 
     def __init__(self) -> None:
@@ -40,16 +42,29 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
         if request.model_name == "broken":
             context.set_trailing_metadata((("x-upstream-reason", "out of memory"),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "model ran out of memory")
+        await obey(request, context)
         return answer(request)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in requests:
+            if request.model_name == "slow":
+                await asyncio.sleep(30)
             if request.model_name == "broken":
                 yield pb.ModelStreamInferResponse(error_message="model is broken")
                 continue
+            await obey(request, context)
             yield pb.ModelStreamInferResponse(infer_response=answer(request))
+
+
+async def obey(request: Any, context: Any) -> None:
+    """The request's `sleep` and `fail` parameters."""
+    params = request.parameters
+    if "sleep" in params:
+        await asyncio.sleep(params["sleep"].double_param)
+    if "fail" in params:
+        await context.abort(grpc.StatusCode[params["fail"].string_param], "asked to fail")
 
 
 def answer(request: Any) -> pb.ModelInferResponse:

@@ -11,7 +11,7 @@ from tests.guards.exchanges import chain, exchange, policy, v2_request
 GROUPS = {"values": ["female", "male"]}
 
 
-async def groups_of(attribute: dict[str, str], ex_kwargs: dict[str, object]) -> list[str]:
+async def groups_of(attribute: dict[str, object], ex_kwargs: dict[str, object]) -> list[str]:
     guards = chain(policy(groups={**GROUPS, "attribute": attribute}), GuardContext(), "v1")
     ex = exchange(**ex_kwargs)  # type: ignore[arg-type]
     await guards.on_request(ex)
@@ -19,13 +19,21 @@ async def groups_of(attribute: dict[str, str], ex_kwargs: dict[str, object]) -> 
     return ex.groups
 
 
+TRUSTED = {"header": "X-Group", "trusted": True}
+
+
 async def test_group_from_header_with_other() -> None:
-    got = await groups_of({"header": "X-Group"}, {"request": {}, "headers": {"x-group": "female"}})
+    got = await groups_of(TRUSTED, {"request": {}, "headers": {"x-group": "female"}})
     assert got == ["female"]
-    assert await groups_of({"header": "X-Group"}, {"request": {}, "headers": {"X-Group": "x"}}) == [
-        "other"
-    ]
-    assert await groups_of({"header": "X-Group"}, {"request": {}}) == ["other"]
+    assert await groups_of(TRUSTED, {"request": {}, "headers": {"X-Group": "x"}}) == ["other"]
+    assert await groups_of(TRUSTED, {"request": {}}) == ["other"]
+
+
+def test_a_group_header_needs_the_operator_to_trust_it() -> None:
+    with pytest.raises(ValueError, match="set by the client"):
+        policy(groups={**GROUPS, "attribute": {"header": "X-Group"}})
+    with pytest.raises(ValueError, match="applies only to a header"):
+        policy(groups={**GROUPS, "attribute": {"input": "sex", "trusted": True}})
 
 
 async def test_group_per_row_from_input() -> None:

@@ -1,4 +1,4 @@
-"""SamplingGuard: deterministic by id, stratified per group and window, always the odd ones."""
+"""SamplingGuard: keyed by content, stratified per group and window, always the odd ones."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections import Counter
 from typing import Any
 
 from guardproxy.guards.chain import GuardContext
+from guardproxy.guards.draws import SAMPLING, Draws
 from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.policy.models import SamplingSpec
-from guardproxy.policy.thresholds import request_uniform
 from guardproxy.sampling.sinks import SampleQueue
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
 
@@ -22,9 +22,14 @@ class FakeClock:
         return self.now
 
 
-def guard(clock: FakeClock | None = None, **spec: Any) -> tuple[SamplingGuard, SampleQueue]:
+KEY = Draws(bytes(range(32)))
+
+
+def guard(
+    clock: FakeClock | None = None, draws: Draws = KEY, **spec: Any
+) -> tuple[SamplingGuard, SampleQueue]:
     queue = SampleQueue(100_000)
-    return SamplingGuard(SamplingSpec(**spec), queue, "v1", clock or FakeClock()), queue
+    return SamplingGuard(SamplingSpec(**spec), queue, "v1", clock or FakeClock(), draws), queue
 
 
 async def sampled(g: SamplingGuard, ex: Exchange) -> bool:
@@ -32,21 +37,31 @@ async def sampled(g: SamplingGuard, ex: Exchange) -> bool:
     return ex.sampled
 
 
-async def test_rate_sampling_is_deterministic_and_near_rate() -> None:
+async def test_rate_sampling_is_deterministic_by_content_and_near_rate() -> None:
     g, _ = guard(rate=0.1)
-    ids = [f"r{i}" for i in range(4000)]
-    first = [await sampled(g, exchange({}, {}, request_id=i)) for i in ids]
-    again = [await sampled(g, exchange({}, {}, request_id=i)) for i in ids]
-    assert first == again
+    first = [await sampled(g, exchange({"row": i}, {}, request_id=f"a{i}")) for i in range(4000)]
+    again = [await sampled(g, exchange({"row": i}, {}, request_id=f"b{i}")) for i in range(4000)]
+    assert first == again  # new request ids: the same bodies are sampled, no others
     assert 300 < sum(first) < 500
 
 
-async def test_rate_decision_equals_request_uniform_with_salt() -> None:
+async def test_a_client_cannot_pick_an_id_that_escapes_review() -> None:
+    g, _ = guard(rate=0.5)
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [7]}]}
+    outcomes = {await sampled(g, exchange(body, {}, request_id=f"try-{i}")) for i in range(200)}
+    assert len(outcomes) == 1
+
+
+async def test_rate_decision_is_the_keyed_draw_of_the_body() -> None:
     g, _ = guard(rate=0.3)
+    other_key, _ = guard(draws=Draws(bytes(32)), rate=0.3)
+    same = 0
     for i in range(300):
-        ex = exchange({}, {}, request_id=f"u{i}")
-        expected = request_uniform(f"u{i}", b"guardproxy.sampling") < 0.3
+        ex = exchange({"u": i}, {})
+        expected = KEY.uniform(ex.body, SAMPLING) < 0.3
         assert await sampled(g, ex) == expected
+        same += await sampled(other_key, exchange({"u": i}, {})) == expected
+    assert same < 280  # another key, other choices: without the key nobody can predict them
 
 
 async def test_odd_exchanges_always_sampled() -> None:
@@ -72,7 +87,7 @@ async def test_stratified_minimum_for_a_rare_group() -> None:
     for i in range(4000):  # 0.05 s apart: 200 per window, the rare group at 2 %
         clock.now = i * 0.05
         group = "rare" if i % 50 == 0 else "common"
-        ex = exchange({}, {}, request_id=f"s{i}")
+        ex = exchange({"s": i}, {}, request_id=f"s{i}")
         ex.groups = [group]
         window = int(clock.now // 10.0)
         seen[window, group] += 1

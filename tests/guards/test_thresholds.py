@@ -74,18 +74,26 @@ async def test_learned_rule_wins_over_policy() -> None:
     assert ex.annotations["X-Guard-Threshold-Version"] == "v7"
 
 
-async def test_randomized_rule_is_deterministic_by_request_id() -> None:
+def applicant(age: int) -> dict[str, Any]:
+    """A one-row v2 request; the age makes each applicant's row different."""
+    request = v2_request("male")
+    request["inputs"][0]["data"] = [age]
+    return request
+
+
+async def test_randomized_rule_is_deterministic_by_row_whatever_the_request_id() -> None:
     rule = ThresholdRule(low=0.4, high=0.6, p_high=0.5)
     ctx = GuardContext(
         thresholds=Snapshot(ThresholdTable("r", {("sg", "adult", "", "male"): rule}))
     )
     chain = chain_for({}, ctx)
-    seen: dict[str, set[str]] = {}
-    for _ in range(3):
-        for i in range(40):
-            ex = exchange(v2_request("male"), v2_answer(0.5), request_id=f"id-{i}")
+    seen: dict[int, set[str]] = {}
+    for attempt in range(3):
+        for age in range(40):
+            ex = exchange(applicant(age), v2_answer(0.5), request_id=f"id-{attempt}-{age}")
             await run(chain, ex)
-            seen.setdefault(f"id-{i}", set()).add(ex.annotations["X-Guard-Decision"])
+            seen.setdefault(age, set()).add(ex.annotations["X-Guard-Decision"])
+            assert ex.annotations["X-Guard-Threshold"] == "0.4|0.6@0.5"  # the rule, not the draw
     assert all(len(decisions) == 1 for decisions in seen.values())
     assert {d for ds in seen.values() for d in ds} == {"0", "1"}  # both thresholds in use
 

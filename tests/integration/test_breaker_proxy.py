@@ -31,6 +31,7 @@ breaker:
   open: OPEN
   cooldown: 0.3s
   window: 0.2s
+  min_calls: 1
   half_open: {probes: 5, close_after_windows: 1}
 """
 
@@ -195,6 +196,7 @@ breaker:
   open: {action: reject}
   cooldown: 60s
   window: 0.2s
+  min_calls: 1
 """
 NEVER = "{when: drift.score.psi, above: 1000, windows: 1}"
 

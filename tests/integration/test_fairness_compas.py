@@ -32,7 +32,7 @@ models:
     routes: ["/score"]
     score: {path: "$.scores[*]"}
 groups:
-  attribute: {header: X-Group}
+  attribute: {header: X-Group, trusted: true}
   values: [African-American, Caucasian]
 decision:
   threshold: 0.45

@@ -24,7 +24,7 @@ models:
     routes: ["/score"]
     score: {path: "$.scores[*]"}
 groups:
-  attribute: {header: X-Group}
+  attribute: {header: X-Group, trusted: true}
   values: [a, b]
 decision:
   threshold: 0.5

@@ -22,7 +22,7 @@ models:
   - {name: tagger, protocol: tfserving, score: {output: score}}
   - {name: broken, protocol: tfserving, score: {output: score}}
   - {name: dropped, protocol: tfserving, score: {output: score}}
-groups: {attribute: {header: X-Group}, values: [a, b]}
+groups: {attribute: {header: X-Group, trusted: true}, values: [a, b]}
 decision: {threshold: 0.5, per_group: {b: 0.8}}
 labels: {deny: [gorilla], action: suppress, output: labels}
 sampling: {rate: 0.0}
@@ -64,7 +64,11 @@ async def guarded(tmp_path: Path) -> AsyncIterator[RunningProxy]:
         (policies / name).write_text(text)
     async with serving(app) as url:
         settings = proxy_settings(
-            url, policies=policies, samples_dir=tmp_path / "samples", max_body=64 * 1024
+            url,
+            policies=policies,
+            samples_dir=tmp_path / "samples",
+            max_body=64 * 1024,
+            trust_region_header="X-Region",
         )
         async with running_proxy(settings) as proxy:
             yield proxy

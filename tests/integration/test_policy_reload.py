@@ -40,7 +40,9 @@ async def test_kubelet_swap_under_traffic(tmp_path: Path, client: aiohttp.Client
                 )  # fmt: skip
 
     async with serving(build_model_app()) as model_url:
-        settings = proxy_settings(model_url, policies=mount, poll_interval=POLL)
+        settings = proxy_settings(
+            model_url, policies=mount, poll_interval=POLL, trust_region_header="X-Region"
+        )
         async with running_proxy(settings) as proxy:
             loads = [asyncio.create_task(traffic(proxy.url)) for _ in range(4)]
             await asyncio.sleep(0.5)

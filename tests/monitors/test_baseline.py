@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from guardproxy.monitors.bank import DriftBank
-from guardproxy.monitors.baseline import baseline_command, build_baseline, load_baseline
+from guardproxy.monitors.baseline import baseline_command, build_baseline
 from guardproxy.monitors.drift import Reference
+from guardproxy.policy.baselines import load_baseline
 from guardproxy.policy.models import DriftSpec
 
 DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"

@@ -24,7 +24,7 @@ KEY = ("eu", "m", "")
 def policy(**adapt: Any) -> CompiledModel:
     spec = {"min_labels_per_group": 50, "max_step": 0.05, "every": 10, **adapt}
     return compiled_model(
-        groups={"attribute": {"header": "X-Group"}, "values": ["a", "b"]},
+        groups={"attribute": {"header": "X-Group", "trusted": True}, "values": ["a", "b"]},
         decision={"threshold": 0.5, "adapt": spec},
         fairness={"bins": 100},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -290,3 +291,50 @@ def test_billion_laughs_is_refused() -> None:
     files = {"default.yaml": b"region: default\n", "sg.yaml": "\n".join(lines).encode()}
     with pytest.raises(PolicyError, match=r"d/sg.yaml:\d+:\d+: document too large"):
         load_files(PolicyFiles("d", files))
+
+
+def test_values_from_the_environment_are_remembered_and_masked_in_problems() -> None:
+    env = {"FALLBACK": "http://svc:very-secret-pw@fallback:8082", "RATE": "nope-secret"}
+    broken = b"region: default\nsampling: {rate: '${RATE}'}\n"
+    with pytest.raises(PolicyError) as caught:
+        load_files(PolicyFiles("<t>", {"default.yaml": broken}), env)
+    text = "\n".join(str(p) for p in caught.value.problems)
+    assert "sampling.rate: invalid value '***'" in text and "nope-secret" not in text
+    good = (
+        b"region: default\n"
+        b"breaker: {open: {action: fallback, upstream: '${FALLBACK}'}}\n"
+        b"description: '${UNSET:-a default is no secret}'\n"
+    )
+    loaded = load_files(PolicyFiles("<t>", {"default.yaml": good}), env)
+    assert loaded.secrets == frozenset({env["FALLBACK"]})
+
+
+def baseline_doc(signals: dict[str, str]) -> str:
+    groups = {"*": {name: {"kind": kind, "counts": [1, 1]} for name, kind in signals.items()}}
+    return json.dumps({"version": 1, "groups": groups})
+
+
+BASELINE_POLICY = """\
+region: default
+drift: {reference: {baseline: base.json}, signals: [score, {input: age}]}
+models:
+  - name: adult
+"""
+
+
+def test_a_baseline_that_is_missing_or_does_not_fit_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": BASELINE_POLICY})
+    assert problems_of(tmp_path) == [
+        "default.yaml:2:21: model 'adult': drift.reference.baseline cannot be read: "
+        f"[Errno 2] No such file or directory: '{tmp_path}/base.json'"
+    ]
+    (tmp_path / "base.json").write_text(baseline_doc({"score": "numeric"}))
+    assert "has no signal 'age'" in problems_of(tmp_path)[0]
+    (tmp_path / "base.json").write_text(baseline_doc({"score": "numeric", "age": "categorical"}))
+    assert "signal 'age' is categorical, not numeric" in problems_of(tmp_path)[0]
+    (tmp_path / "base.json").write_text(baseline_doc({"score": "numeric", "age": "numeric"}))
+    assert problems_of(tmp_path) == []
+    loaded = load_directory(tmp_path).policies["default"].models[0]
+    assert loaded.drift is not None and loaded.drift.reference.baseline == str(
+        tmp_path / "base.json"
+    )

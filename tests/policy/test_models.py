@@ -26,7 +26,15 @@ def rejects(fragment: str, model: dict[str, Any] | None = None, **sections: Any)
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("60s", 60.0), ("5m", 300.0), ("1h", 3600.0), (90, 90.0), ("1.5", 1.5)],
+    [
+        ("250ms", 0.25),
+        ("60s", 60.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        (90, 90.0),
+        ("1.5", 1.5),
+    ],
 )
 def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
     assert AdaptSpec.model_validate({"every": text}).every == seconds
@@ -132,3 +140,10 @@ def test_signals_accept_score_and_inputs() -> None:
     assert drift.signals[1] != "score"
     with pytest.raises(ValidationError):
         DriftSpec.model_validate({"signals": ["latency"]})
+
+
+def test_sample_sink_budget_must_hold_one_file() -> None:
+    with pytest.raises(ValidationError, match="max_total_bytes 2048 is below"):
+        policy(sampling={"sink": {"max_bytes": 4096, "max_total_bytes": 2048}})
+    sink = policy(sampling={"sink": {"retention": "7d"}}).sampling.sink
+    assert sink.retention == 7 * 86400 and sink.max_total_bytes >= sink.max_bytes

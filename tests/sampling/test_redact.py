@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from guardproxy.sampling.redact import Redactor, luhn_valid, thai_id_valid
+from guardproxy.sampling.redact import TRUNCATED, Redactor, luhn_valid, thai_id_valid
 
 ALL = ("email", "phone", "card", "national_id")
 
@@ -103,3 +106,71 @@ def test_numbers_in_tensors_pass_through_unchanged() -> None:
     data = [0.5, 1.25, True, None, 3.0] * 200
     doc = {"outputs": [{"name": "score", "datatype": "FP32", "data": data}]}
     assert Redactor((), ("email", "phone", "card", "national_id")).document(doc) == doc
+
+
+def test_binary_values_of_a_decoded_document_are_kept_out() -> None:
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "data": [b"\xff\xd8\x00", "a@b.co"]}]}
+    redacted = Redactor((), ALL).document(doc)
+    assert redacted["inputs"][0]["data"] == ["[BINARY:3 bytes]", "[REDACTED:email]"]
+    assert doc["inputs"][0]["data"][0] == b"\xff\xd8\x00"  # the original is left as it was
+
+
+# Units that made the detectors backtrack (runs of word characters, digits, dots, "@"), and
+# others near each detector's syntax. Repeated to 10 KB and 100 KB, a linear redactor takes
+# about 10 times as long on the larger; a quadratic one about 100 times.
+ADVERSARIAL = ["a", "1", "a@", "@a", "a.", "1-", "+1", "+1 ", "x@b", "1 ", "a-", "(1", ".@", "_"]
+
+
+def _seconds(redactor: Redactor, text: str, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        redactor.text(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _growth(unit: str) -> float:
+    redactor = Redactor((), ALL, max_bytes=1 << 20)
+    small = ("1234 " + unit * (10_000 // len(unit)))[:10_000]  # digits: past the prefilter
+    large = ("1234 " + unit * (100_000 // len(unit)))[:100_000]
+    return _seconds(redactor, large, 3) / max(_seconds(redactor, small, 5), 1e-6)
+
+
+@pytest.mark.parametrize("unit", ADVERSARIAL)
+def test_redaction_work_grows_linearly_on_adversarial_text(unit: str) -> None:
+    assert _growth(unit) < 30, f"10x the text took {_growth(unit):.0f}x the time"
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="a1@.+-_ ()#", min_size=1, max_size=6))
+def test_redaction_work_grows_linearly_on_any_repeated_unit(unit: str) -> None:
+    assert _growth(unit) < 30
+
+
+def test_long_text_is_cut_at_a_separator_before_redaction_and_marked() -> None:
+    redactor = Redactor((), ALL, max_bytes=1000)
+    text = "x " * 480 + "contact ana.lim@example.com now " + "y" * 5000
+    masked = redactor.text(text)
+    assert masked.endswith(TRUNCATED) and len(masked) <= 1000 + len(TRUNCATED)
+    assert "ana.lim" not in masked and "exam" not in masked and redactor.truncated == 1
+
+
+def test_an_oversized_body_keeps_a_redacted_head_or_is_withheld() -> None:
+    body = ('{"note": "mail ana.lim@example.com", "pad": "' + "z " * 5000 + '"}').encode()
+    head = Redactor((), ALL, max_bytes=2048).body(body)
+    assert head["truncated"] is True and head["bytes"] == len(body)
+    assert "[REDACTED:email]" in head["text"] and "ana.lim" not in head["text"]
+    withheld = Redactor(("note",), ALL, max_bytes=2048).body(body)
+    assert withheld["text"] is None and "named fields" in withheld["withheld"]
+
+
+def test_deep_documents_and_large_answers_stay_bounded() -> None:
+    deep: Any = "ana.lim@example.com"
+    for _ in range(3000):
+        deep = [deep]
+    assert Redactor((), ALL).document(deep) == "[REDACTED:too deep]"
+    answer = {"outputs": [{"name": "t", "data": ["ana.lim@example.com " * 10] * 100}]}
+    cut = Redactor((), ALL, max_bytes=4096).bounded(answer)
+    assert cut["truncated"] is True and len(cut["text"]) <= 4096 + len(TRUNCATED)
+    assert "ana.lim" not in cut["text"]

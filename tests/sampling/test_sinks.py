@@ -189,19 +189,6 @@ async def test_stop_flush_controls_what_is_left(tmp_path: Path, flush: bool) -> 
         assert len(lines(tmp_path)) == 3
 
 
-def test_writers_sharing_a_directory_name_their_own_files(tmp_path: Path) -> None:
-    clock = lambda: 1_700_000_000.0  # noqa: E731 - the same instant for both writers
-    first = JsonlSink(tmp_path, clock=clock, suffix="-w0")
-    second = JsonlSink(tmp_path, clock=clock, suffix="-w1")
-    first.write_lines([b'{"w":0}\n'])
-    second.write_lines([b'{"w":1}\n'])
-    names = sorted(p.name for p in tmp_path.glob("samples-*.jsonl"))
-    assert names == [
-        "samples-20231114T221320.000000Z-w0.jsonl",
-        "samples-20231114T221320.000000Z-w1.jsonl",
-    ]
-
-
 async def test_samples_arriving_together_are_written_in_one_batch(tmp_path: Path) -> None:
     queue = SampleQueue(100)
     writer = SampleWriter(queue, JsonlSink(tmp_path), gather=0.3)
@@ -216,3 +203,15 @@ async def test_samples_arriving_together_are_written_in_one_batch(tmp_path: Path
     await asyncio.sleep(0)  # the writer takes it and starts gathering
     await writer.stop(flush=True)
     assert writer.written == 11  # the sample taken before stop() is not lost
+
+
+async def test_an_idle_writer_deletes_files_past_retention(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    sink = JsonlSink(tmp_path, max_age=10, retention=30, clock=lambda: now[0])
+    sink.write_lines([b"{}\n"])
+    writer = SampleWriter(SampleQueue(10), sink, maintain_every=0.02)
+    writer.start()
+    now[0] += 31  # nothing written since: only the idle check can delete it
+    await eventually(lambda: not list(tmp_path.glob("samples-*.jsonl")))
+    await writer.stop()
+    assert writer.status()["sink"]["deleted_files"] == 1

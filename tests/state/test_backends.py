@@ -104,3 +104,12 @@ async def test_thresholds_round_trip(state: StateBackend) -> None:
 
 async def test_ping(state: StateBackend) -> None:
     assert await state.ping() is True
+
+
+async def test_shared_secret_is_set_once_and_every_caller_gets_the_first(
+    state: StateBackend,
+) -> None:
+    results = await asyncio.gather(*(state.shared_secret("k", f"candidate-{i}") for i in range(10)))
+    assert len(set(results)) == 1 and results[0].startswith("candidate-")
+    assert await state.shared_secret("k", "late") == results[0]
+    assert await state.shared_secret("other", "x-1") == "x-1"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
+from guardproxy import __version__
 from guardproxy.telemetry import TelemetryConfig, TelemetryError
 from guardproxy.telemetry.config import build_resource
 
@@ -42,28 +41,67 @@ def test_sampler_off_disabled_and_timeouts() -> None:
         TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"})
 
 
-def test_protocols(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "guardproxy.telemetry"):
-        TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-    assert "grpc is not installed" in caplog.text
-    with pytest.raises(TelemetryError, match="expected http/protobuf"):
-        TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+def test_protocols_per_signal_and_their_endpoints() -> None:
+    grpc = TelemetryConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "GRPC", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}
+    )
+    assert (grpc.traces_protocol, grpc.metrics_protocol) == ("grpc", "grpc")
+    assert grpc.traces_endpoint == grpc.metrics_endpoint == "http://c:4317"  # used as is
+    mixed = TelemetryConfig.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+        }
+    )
+    assert (mixed.traces_protocol, mixed.metrics_protocol) == ("grpc", "http/protobuf")
+    assert mixed.traces_endpoint == "http://c:4317"
+    assert mixed.metrics_endpoint == "http://c:4317/v1/metrics"
+    traces_only = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"})
+    assert (traces_only.traces_protocol, traces_only.metrics_protocol) == ("grpc", "http/protobuf")
+    flag = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, otlp_endpoint="c:1")
+    assert flag.traces_endpoint == "c:1"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc/web"),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http"),
+    ],
+)
+def test_an_unsupported_protocol_is_a_clear_error(name: str, value: str) -> None:
+    with pytest.raises(TelemetryError, match=f"{name}=.*expected http/protobuf or grpc"):
+        TelemetryConfig.from_env({name: value})
+
+
+def test_only_cumulative_temporality_is_accepted() -> None:
+    name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    assert TelemetryConfig.from_env({name: "Cumulative"}).metrics_protocol == "http/protobuf"
+    with pytest.raises(TelemetryError, match="cumulative metrics only"):
+        TelemetryConfig.from_env({name: "delta"})
 
 
 def test_resource_defaults_identity_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOSTNAME", "pod-from-hostname")
     attributes = build_resource(TelemetryConfig(region="sg")).attributes
     assert attributes["service.name"] == "guardproxy"
+    assert attributes["service.version"] == __version__
     assert attributes["guardproxy.region"] == "sg"
     assert attributes["k8s.pod.name"] == "pod-from-hostname"
     monkeypatch.setenv("POD_NAME", "proxy-7f9")
     monkeypatch.setenv("POD_NAMESPACE", "models")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "scorer")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,service.version=2024.1"
+    )
     attributes = build_resource(TelemetryConfig()).attributes
     assert attributes["k8s.pod.name"] == "proxy-7f9"
     assert attributes["k8s.namespace.name"] == "models"
     assert attributes["service.name"] == "scorer"
     assert attributes["deployment.environment"] == "prod"
+    assert attributes["service.version"] == "2024.1"
     named = build_resource(TelemetryConfig(service_name="from-flag")).attributes
     assert named["service.name"] == "from-flag"

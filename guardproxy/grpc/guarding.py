@@ -1,0 +1,233 @@
+"""The region's policy applied to Open Inference Protocol gRPC calls, as the data port applies it.
+
+For each ModelInfer call (and each ModelStreamInfer message): the region (the pod's, or a
+trusted metadata key's), the model by its OIP name, the model's breaker, then its guard chain
+over an Exchange built from the decoded documents. Decisions travel as response metadata
+(unary) or answer parameters (stream); a block is the gRPC status `status_for` gives its HTTP
+status; every finished call becomes the same Observation the HTTP path hands its observers.
+
+Breaker: `reject` and `fallback` both refuse with UNAVAILABLE and a retry delay (a fallback
+upstream is an HTTP server; gRPC calls have none); `flag` serves and marks. UNAVAILABLE,
+INTERNAL and DEADLINE_EXCEEDED count as the model's failures, a deadline only once the call
+ran longer than the breaker's `slow_call` (a client's own short deadline says nothing about
+the model); a cancelled call is not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+
+from ..breaker.board import BreakerBoard
+from ..breaker.state import CLOSED, Admission, CircuitBreaker
+from ..guards.base import GuardChain
+from ..guards.exchange import Exchange, Reply
+from ..hotpath.admission import Admitted, mark, settle
+from ..hotpath.observation import Observation, observe
+from ..policy.routes import version_label
+from ..policy.table import CompiledModel, PolicyTable
+from ..policy.thresholds import Snapshot
+from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
+from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
+from .stats import GuardStats
+
+__all__ = ["FAILURES", "PolicyHook"]
+
+log = logging.getLogger("guardproxy.grpc")
+
+Observer = Callable[[Observation], None]
+SERVICE = "/inference.GRPCInferenceService/"
+# The upstream statuses that count against the model's breaker, as the HTTP status it records.
+FAILURES = {
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A call the hook let through, until its answer (or failure) arrives."""
+
+    request_id: str
+    ex: Exchange | None = None  # None: unguarded, only the request id to echo
+    model: CompiledModel | None = None
+    admitted: Admitted | None = None
+    began: float = 0.0
+
+
+class PolicyHook:
+    """An `InferHook` that guards OIP calls with the policy of the call's region and model."""
+
+    def __init__(
+        self,
+        policies: Snapshot[PolicyTable],
+        breakers: BreakerBoard,
+        observers: Sequence[Observer] = (),
+        region_key: str | None = None,
+    ) -> None:
+        self.policies = policies
+        self.breakers = breakers
+        self.observers = tuple(observers)
+        self.region_key = region_key.lower() if region_key else None
+        self.stats = GuardStats()
+        self._pending: dict[InferCall, _Pending] = {}
+
+    def status(self) -> dict[str, Any]:
+        """Counters for /status, and the calls waiting for their answer."""
+        return {**self.stats.snapshot(), "pending": len(self._pending)}
+
+    async def on_request(self, call: InferCall) -> Refuse | None:
+        """Resolve region and model, admit through the breaker, run the request guards."""
+        stats = self.stats
+        stats.calls += 1
+        request_id, replaced = request_id_of(call)
+        stats.request_ids_replaced += replaced
+        region = metadata_value(call.metadata, self.region_key) if self.region_key else None
+        policy, known = self.policies.current.resolve(region)
+        stats.unknown_region += not known
+        model = model_of(policy, call.model_name, call.model_version)
+        reason = _unguarded(model)
+        if reason:
+            stats.unguarded[reason] += 1
+            self._pending[call] = _Pending(request_id)
+            return None
+        return await self._guard(call, request_id, cast(CompiledModel, model))
+
+    async def _guard(self, call: InferCall, request_id: str, model: CompiledModel) -> Refuse | None:
+        breaker = self.breakers.get(model)
+        admission = breaker.admit()
+        if admission is Admission.OPEN and breaker.open_action != "flag":
+            self.breakers.rejected += 1
+            self.stats.refused["breaker_" + breaker.open_action] += 1
+            return _breaker_open(request_id, model, breaker)
+        self.stats.guarded += 1
+        ex = Exchange.from_documents(
+            request_id, model.region, model.name, call.method, SERVICE + call.method,
+            headers_of(call.metadata), call.request, time.perf_counter(),
+            version_label(call.model_version),
+        )  # fmt: skip
+        admitted = Admitted(breaker, admission, False)
+        if breaker.state is not CLOSED:
+            mark(ex, breaker, admission, False)
+        chain = cast(GuardChain, model.chain)
+        await chain.on_request(ex)
+        if ex.reply is not None:
+            await chain.observe(ex)
+            return self._blocked(ex, model, admitted)
+        self._pending[call] = _Pending(request_id, ex, model, admitted, time.perf_counter())
+        return None
+
+    async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
+        """Settle the breaker, run the answer guards, observe; the decision as metadata."""
+        pending = self._pending.pop(call, None)
+        if pending is None:  # a decoupled model's later answers: the first one was guarded
+            self.stats.unpaired += 1
+            return Allow()
+        ex, model, admitted = pending.ex, pending.model, pending.admitted
+        if ex is None or model is None or admitted is None:
+            return Allow(((REQUEST_ID, pending.request_id),))
+        ex.upstream_seconds = time.perf_counter() - pending.began
+        ex.set_response_document(200, response)
+        _settle(admitted, 200, ex.upstream_seconds)
+        await cast(GuardChain, model.chain).on_response(ex)
+        if ex.reply is not None:
+            return self._blocked(ex, model, admitted)
+        self._observe(ex, model, admitted)
+        changed = ex.response_json() if ex.response_changed else None
+        return Allow(_metadata(ex, model), changed)
+
+    async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
+        """No answer to guard: count the upstream's failure, observe, echo the ids."""
+        pending = self._pending.pop(call, None)
+        if pending is None:
+            return ()
+        ex, model, admitted = pending.ex, pending.model, pending.admitted
+        if ex is None or model is None or admitted is None:
+            return ((REQUEST_ID, pending.request_id),)
+        self.stats.failures[failure.code.name] += 1
+        if failure.code is grpc.StatusCode.CANCELLED:
+            return ()  # the client left (or the stream ended first): nobody to answer
+        seconds = time.perf_counter() - pending.began
+        ex.upstream_seconds = seconds
+        self._record_failure(ex, failure, admitted, seconds)
+        await cast(GuardChain, model.chain).observe(ex)  # an errored exchange is always sampled
+        self._observe(ex, model, admitted)
+        return _metadata(ex, model)
+
+    def _record_failure(
+        self, ex: Exchange, failure: Failure, admitted: Admitted, seconds: float
+    ) -> None:
+        if failure.code is grpc.StatusCode.OK:  # answered, but not a ModelInferResponse we read
+            ex.status, ex.unscored = 200, True
+            ex.errors.append("the answer could not be decoded")
+            _settle(admitted, 200, seconds)
+            return
+        ex.status = http_status(failure.code)
+        ex.errors.append(f"upstream: {failure.code.name}")
+        deadline = failure.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        if deadline and seconds < admitted.breaker.spec.slow_call:
+            return  # the client's own deadline, shorter than a slow call: not the model's fault
+        # Only FAILURES count against the model; any other status is an answer (e.g. 400).
+        _settle(admitted, FAILURES.get(failure.code) or min(ex.status, 499), seconds)
+
+    def _blocked(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> Refuse:
+        reply: Reply = ex.reply  # type: ignore[assignment]
+        self.stats.blocked += 1
+        ex.status = reply.status
+        self._observe(ex, model, admitted)
+        return Refuse(status_for(reply.status), reply.error, _metadata(ex, model))
+
+    def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
+        """Hand every observer the same immutable record; a failing observer is counted."""
+        observation = observe(ex, model, admitted)
+        for observer in self.observers:
+            try:
+                observer(observation)
+            except Exception:
+                name = getattr(observer, "__qualname__", type(observer).__name__)
+                self.stats.observer_errors[name] += 1
+                log.exception("observer %s failed on %s", name, ex.request_id)
+
+
+def _unguarded(model: CompiledModel | None) -> str:
+    """Why a call passes unguarded ("" when it is guarded)."""
+    if model is None:
+        return "undeclared_model"
+    if model.spec.protocol != "kserve_v2":
+        return "not_oip"
+    return "no_guards" if model.chain is None else ""
+
+
+def _settle(admitted: Admitted, status: int, seconds: float) -> None:
+    settle(admitted.breaker, status, seconds, admitted.admission is Admission.PROBE)
+
+
+def _metadata(ex: Exchange, model: CompiledModel) -> tuple[tuple[str, str], ...]:
+    """The response metadata of a guarded call: the X-Guard-* headers, lower case."""
+    return (
+        (REQUEST_ID, ex.request_id),
+        ("x-guard-region", model.region),
+        ("x-guard-model", model.name),
+        ("x-guard-policy", model.policy_version),
+        *((name.lower(), value) for name, value in ex.annotations.items()),
+    )
+
+
+def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker) -> Refuse:
+    """UNAVAILABLE while the breaker is open, with the retry delay of a 503's Retry-After."""
+    metadata = (
+        (REQUEST_ID, request_id),
+        ("x-guard-region", model.region),
+        ("x-guard-model", model.name),
+        ("x-guard-policy", model.policy_version),
+        ("x-guard-breaker", breaker.state_name),
+    )
+    return Refuse(
+        grpc.StatusCode.UNAVAILABLE, "circuit breaker open", metadata, breaker.retry_after()
+    )

@@ -1,0 +1,70 @@
+"""Guarded bodies: decoded before the guards read them, so the upstream gets what was checked."""
+
+from __future__ import annotations
+
+from guardproxy.guards.exchange import Exchange
+from guardproxy.hotpath.encoding import ENCODED_ONLY, EncodingError, codings, decode_body
+from guardproxy.hotpath.replies import Refusal
+from guardproxy.hotpath.upstream import (
+    REQUEST_SKIP,
+    forward_request_headers,
+    forward_response_headers,
+)
+from guardproxy.transport import HeaderList, Headers, Request, UpstreamError, UpstreamResponse
+
+IDENTITY = (b"Accept-Encoding", b"identity")
+# A guarded request's own Accept-Encoding is replaced: guards read the answer, and an encoded
+# one they cannot. Once its body is decoded, the headers describing the encoding go too.
+_GUARDED_SKIP = REQUEST_SKIP | {b"accept-encoding"}
+_DECODED_SKIP = _GUARDED_SKIP | {name.lower().encode() for name in ENCODED_ONLY}
+
+
+def applied_codings(headers: Headers) -> list[str]:
+    """The content codings a message's Content-Encoding headers name (none: empty)."""
+    values = headers.getall(b"content-encoding")
+    return codings(value.decode("latin-1") for value in values) if values else []
+
+
+async def read_request_body(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The request body decoded from its Content-Encoding; True when it was encoded.
+
+    BodyTooLarge (413) over the limit as sent; Refusal 413 when the decoded body is over it,
+    415 for an unknown coding, 400 when the bytes do not match their coding.
+    """
+    raw = await request.read(limit)
+    applied = applied_codings(request.headers)
+    if not applied:
+        return raw, False
+    try:
+        return decode_body(raw, applied, limit), True
+    except EncodingError as exc:
+        raise Refusal(exc.status, exc.message) from None
+
+
+def guarded_headers(
+    request: Request, request_id: bytes, trust_forwarded: bool, decoded: bool
+) -> HeaderList:
+    """The headers sent upstream with a guarded request's (decoded) body."""
+    skip = _DECODED_SKIP if decoded else _GUARDED_SKIP
+    headers = forward_request_headers(request, request_id, trust_forwarded, skip)
+    headers.append(IDENTITY)
+    return headers
+
+
+async def read_answer(
+    ex: Exchange, response: UpstreamResponse, limit: int, media_type: bytes
+) -> None:
+    """The upstream's answer into the exchange, decoded if it came encoded all the same."""
+    body = await response.read(limit)
+    ex.status = response.status
+    ex.response_type = media_type
+    headers = forward_response_headers(response.headers)
+    applied = applied_codings(response.headers)
+    if applied:
+        try:
+            body = decode_body(body, applied, limit)
+        except EncodingError:
+            raise UpstreamError(502, "encoding", "upstream answer could not be decoded") from None
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+    ex.response_headers = headers
+    ex.response_body = body

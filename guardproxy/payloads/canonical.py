@@ -1,0 +1,36 @@
+"""Canonical bytes of request content: the same features give the same bytes however sent.
+
+Key order, whitespace, 1 versus 1.0 and -0.0 versus 0.0 do not change what a model scores,
+so they must not change a draw either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_EXACT = 2**53  # integers up to here survive the trip through float unchanged
+
+
+def canonical(value: Any) -> bytes:
+    """Compact JSON with sorted keys and every number written as a float."""
+    return orjson.dumps(_plain(value), option=orjson.OPT_SORT_KEYS)
+
+
+def indexed(subject: bytes, rows: int) -> list[bytes]:
+    """One key per row from one subject: row 0 the subject itself, row i > 0 with "#i"."""
+    return [subject] + [subject + b"#%d" % i for i in range(1, rows)]
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return value + 0.0  # -0.0 + 0.0 == 0.0
+    if kind is int:
+        return float(value) if -_EXACT <= value <= _EXACT else value
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,79 @@
+"""Baseline files a drift section names: where they are, and whether they fit the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from guardproxy.policy.models import ModelPolicy, Policy
+from guardproxy.policy.problems import KeyPath, Problem
+
+BASELINE_VERSION = 1
+BASELINE = ("drift", "reference", "baseline")
+
+
+def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a baseline JSON file, checking its version (ValueError, OSError otherwise)."""
+    doc: dict[str, Any] = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict) or doc.get("version") != BASELINE_VERSION or "groups" not in doc:
+        raise ValueError(f"{path}: not a guardproxy baseline (version {BASELINE_VERSION})")
+    return doc
+
+
+def resolve_baselines(data: dict[str, Any], directory: str) -> None:
+    """Relative baseline paths, in the region's and each model's drift, against the directory."""
+    holders = [data, *(m for m in data.get("models", []) if isinstance(m, dict))]
+    for holder in holders:
+        drift = holder.get("drift")
+        reference = drift.get("reference") if isinstance(drift, dict) else None
+        if not isinstance(reference, dict):
+            continue
+        path = reference.get("baseline")
+        if isinstance(path, str) and path and not os.path.isabs(path):
+            reference["baseline"] = os.path.join(directory, path)
+
+
+def baseline_problems(policy: Policy, marks: Mapping[KeyPath, Problem]) -> list[Problem]:
+    """A problem for each model whose baseline file is missing, unreadable or does not fit."""
+    problems: list[Problem] = []
+    for index, model in enumerate(policy.models):
+        message = _misfit(model)
+        if message is not None:
+            where = next((marks[p] for p in _candidates(index) if p in marks), marks.get((), None))
+            if where is not None:
+                text = f"model {model.name!r}: drift.reference.baseline {message}"
+                problems.append(Problem(where.file, where.line, where.column, text))
+    return problems
+
+
+def _candidates(index: int) -> list[KeyPath]:
+    return [("models", index, *BASELINE), BASELINE, ("models", index)]
+
+
+def _misfit(model: ModelPolicy) -> str | None:
+    drift = model.drift
+    if drift is None or not drift.reference.baseline:
+        return None
+    try:
+        doc = load_baseline(drift.reference.baseline)
+    except (OSError, ValueError) as exc:
+        return f"cannot be read: {exc}"
+    signals = doc["groups"].get("*", {})
+    for name, kind in _watched(model).items():
+        entry = signals.get(name)
+        if not isinstance(entry, dict):
+            return f"{drift.reference.baseline} has no signal {name!r} (it has {sorted(signals)})"
+        if entry.get("kind") != kind:
+            return f"{drift.reference.baseline}: signal {name!r} is {entry.get('kind')}, not {kind}"
+    return None
+
+
+def _watched(model: ModelPolicy) -> dict[str, str]:
+    assert model.drift is not None
+    out: dict[str, str] = {s.input: s.kind for s in model.signal_specs()}
+    if "score" in model.drift.signals:
+        out["score"] = "numeric"
+    return out

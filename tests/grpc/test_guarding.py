@@ -1,0 +1,253 @@
+"""guardproxy's gRPC port applies the region's policy: decisions, blocks, breaker, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc import aio
+
+from guardproxy.hotpath.upstream import Timeouts
+from guardproxy.payloads.tensors import unpack
+from guardproxy.testing import eventually
+
+from .guarded import ADMIN, FEEDBACK, guarded, infer, parameters, policy, rows, stream
+
+
+def output(answer: object, name: str) -> list[object]:
+    """The values of an answer's raw output tensor."""
+    names = [t.name for t in answer.outputs]  # type: ignore[attr-defined]
+    t = answer.outputs[names.index(name)]  # type: ignore[attr-defined]
+    raw = answer.raw_output_contents[names.index(name)]  # type: ignore[attr-defined]
+    return unpack(t.datatype, list(t.shape), raw, name)
+
+
+async def test_each_row_is_decided_by_its_group_and_reported_in_metadata(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, rows(), [("x-request-id", "grpc-1")])
+        assert output(answer, "score") == [0.25, 0.25]  # the model's answer, untouched
+        assert initial["x-guard-decision"] == "1,0"  # Female 0.2, Male 0.5
+        assert initial["x-guard-threshold"] == "0.2,0.5"
+        assert initial["x-guard-region"] == "default"
+        assert initial["x-guard-model"] == "echo"
+        assert initial["x-guard-policy"] == g.proxy.runtime.store.table.default.version
+        assert initial["x-request-id"] == "grpc-1"
+        assert "x-guard-breaker" not in initial  # only when the breaker is not closed
+        status = g.proxy.runtime.status()["grpc"]
+        assert status["guards"]["guarded"] == 1
+        assert status["calls"]["statuses"] == {"OK": 1}
+
+
+async def test_a_request_id_is_generated_when_absent_and_replaced_when_malformed(
+    tmp_path: Path,
+) -> None:
+    async with guarded(tmp_path) as g:
+        _, generated, _ = await infer(g.target, rows())
+        assert len(generated["x-request-id"]) == 32
+        _, from_id, _ = await infer(g.target, rows(request_id="oip-7"))
+        assert from_id["x-request-id"] == "oip-7"  # the request's own OIP id
+        for bad in ("../x; rm", "a" * 129):
+            _, replaced, _ = await infer(g.target, rows(), [("x-request-id", bad)])
+            assert len(replaced["x-request-id"]) == 32
+        assert g.proxy.runtime.status()["grpc"]["guards"]["request_ids_replaced"] == 2
+
+
+async def test_the_region_key_chooses_the_region_policy(tmp_path: Path) -> None:
+    async with guarded(tmp_path, trust_region_header="X-Region") as g:
+        _, sg, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
+        assert (sg["x-guard-region"], sg["x-guard-decision"]) == ("sg", "1")  # threshold 0.1
+        _, unknown, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "mars")])
+        assert (unknown["x-guard-region"], unknown["x-guard-decision"]) == ("default", "0")
+        assert g.proxy.runtime.status()["grpc"]["guards"]["unknown_region"] == 1
+
+
+async def test_the_region_key_is_only_the_one_the_operator_named(tmp_path: Path) -> None:
+    async with guarded(tmp_path, trust_region_header="X-Trusted-Region") as g:
+        _, ignored, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
+        assert ignored["x-guard-region"] == "default"
+        _, named, _ = await infer(g.target, rows(sex=["Male"]), [("x-trusted-region", "sg")])
+        assert named["x-guard-region"] == "sg"
+
+
+async def test_no_region_key_is_honoured_unless_the_operator_trusts_one(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        _, ignored, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
+        assert ignored["x-guard-region"] == "default"
+
+
+async def test_an_undeclared_model_passes_unguarded_and_is_counted(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, rows("other"), [("x-request-id", "u-1")])
+        assert answer.model_name == "other"
+        assert initial["x-request-id"] == "u-1"
+        assert "x-guard-decision" not in initial
+        _, tf, _ = await infer(g.target, rows("scored-json"))
+        assert "x-guard-decision" not in tf  # declared, but not an OIP model
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["unguarded"] == {"undeclared_model": 1, "not_oip": 1}
+        assert guards["guarded"] == 0
+
+
+async def test_a_label_block_is_failed_precondition_with_the_decision_metadata(
+    tmp_path: Path,
+) -> None:
+    async with guarded(tmp_path) as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows("tagger", tags=["cat", "gorilla"]), [("x-request-id", "b")])
+        err = raised.value
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details() == "the answer was withheld by policy"
+        trailers = dict(err.trailing_metadata())
+        assert (trailers["x-request-id"], trailers["x-guard-model"]) == ("b", "tagger")
+        assert g.proxy.runtime.status()["grpc"]["guards"]["blocked"] == 1
+        answer, _, _ = await infer(g.target, rows("tagger", tags=["cat", "dog"]))
+        assert output(answer, "tags") == ["cat", "dog"]
+
+
+async def test_a_policy_status_403_is_permission_denied(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows("forbidden", tags=["gorilla", "cat"]))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert raised.value.details() == "not shown in this region"
+
+
+async def test_a_suppressed_label_changes_the_answer_the_client_gets(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, rows("suppressor", tags=["cat", "gorilla"]))
+        assert output(answer, "tags") == ["cat", ""]
+        assert initial["x-guard-labels"] == "suppressed=1"
+        assert output(answer, "score") == [0.25, 0.25]
+
+
+async def test_body_annotation_adds_the_decision_outputs(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, rows("annotated"))
+        assert output(answer, "guardproxy") == [1, 0]
+        assert output(answer, "guardproxy_threshold") == pytest.approx([0.2, 0.5])
+        assert initial["x-guard-decision"] == "1,0"
+
+
+@pytest.mark.parametrize("action", ["reject", "fallback"])
+async def test_a_forced_open_breaker_is_unavailable_with_a_retry_delay(
+    tmp_path: Path, action: str
+) -> None:
+    text = policy(action).replace(
+        "open: {action: fallback}", "open: {action: fallback, upstream: 'http://127.0.0.1:9'}"
+    )
+    async with guarded(tmp_path, text) as g, aiohttp.ClientSession() as http:
+        forced = await http.post(
+            g.proxy.admin_url + "/admin/breaker/default", json={"state": "forced_open"},
+            headers=ADMIN,
+        )  # fmt: skip
+        assert forced.status == 200
+        calls_before = len(g.model.metadata)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows(), [("x-request-id", "open-1")])
+        err = raised.value
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        trailers = dict(err.trailing_metadata())
+        assert trailers["x-guard-breaker"] == "forced_open"
+        assert trailers["x-request-id"] == "open-1"
+        assert int(trailers["retry-after"]) >= 1
+        assert len(g.model.metadata) == calls_before  # the model never saw it
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["refused"] == {f"breaker_{action}": 1}
+
+
+async def test_a_flagging_breaker_serves_and_marks(tmp_path: Path) -> None:
+    async with guarded(tmp_path, policy("flag")) as g, aiohttp.ClientSession() as http:
+        await http.post(
+            g.proxy.admin_url + "/admin/breaker/default?model=echo",
+            json={"state": "forced_open"}, headers=ADMIN,
+        )  # fmt: skip
+        _, initial, _ = await infer(g.target, rows())
+        assert initial["x-guard-breaker"] == "forced_open"
+        assert initial["x-guard-decision"] == "1,0"
+
+
+async def test_upstream_failures_count_against_the_breaker_as_documented(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        breaker = g.proxy.runtime.breakers.breaker("default", "echo")
+        assert breaker is not None
+        for code in ("UNAVAILABLE", "INTERNAL", "NOT_FOUND", "UNKNOWN"):
+            with pytest.raises(aio.AioRpcError) as raised:
+                await infer(g.target, rows(fail=code))
+            assert raised.value.code() == grpc.StatusCode[code]
+            assert dict(raised.value.trailing_metadata())["x-guard-model"] == "echo"
+        # A client's deadline shorter than the breaker's slow_call (0.2 s) is not the model's.
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows(sleep=5.0), [("grpc-timeout", "50m")])
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        guards = g.proxy.runtime.grpc.hook.stats  # type: ignore[union-attr]
+        await eventually(lambda: guards.failures["DEADLINE_EXCEEDED"] == 1)
+        assert (breaker.upstream.calls, breaker.upstream.errors) == (4, 2)
+        # A longer one that the model still misses is.
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows(sleep=5.0), [("grpc-timeout", "400m")])
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(lambda: guards.failures["DEADLINE_EXCEEDED"] == 2)
+        assert (breaker.upstream.calls, breaker.upstream.errors) == (5, 3)
+        failures = g.proxy.runtime.status()["grpc"]["guards"]["failures"]
+        assert failures == {"UNAVAILABLE": 1, "INTERNAL": 1, "NOT_FOUND": 1, "UNKNOWN": 1,
+                            "DEADLINE_EXCEEDED": 2}  # fmt: skip
+
+
+async def test_a_model_slower_than_the_deadline_counts_against_it(tmp_path: Path) -> None:
+    async with guarded(tmp_path, timeouts=Timeouts(total=0.4)) as g:
+        breaker = g.proxy.runtime.breakers.breaker("default", "echo")
+        assert breaker is not None
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows(sleep=5.0))
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(lambda: breaker.upstream.calls == 1)
+        assert breaker.upstream.errors == 1
+
+
+async def test_labels_fed_back_by_request_id_join_grpc_predictions(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g, aiohttp.ClientSession() as http:
+        await infer(g.target, rows(), [("x-request-id", "join-1")])
+        engine = g.proxy.runtime.engine
+        await eventually(lambda: engine.recorded == 2)
+        labels = [{"request_id": "join-1", "label": 1}, {"request_id": "join-1:1", "label": 0}]
+        async with http.post(
+            g.proxy.url + "/guardproxy/v1/feedback", json=labels, headers=FEEDBACK
+        ) as response:
+            body = await response.json()
+        assert [item["status"] for item in body["results"]] == ["joined", "joined"]
+        assert engine.labels_joined == 2
+
+
+async def test_grpc_observations_reach_sampling_drift_and_telemetry(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g, aiohttp.ClientSession() as http:
+        for i in range(6):
+            await infer(g.target, rows(), [("x-request-id", f"s-{i}")])
+        runtime = g.proxy.runtime
+        await eventually(lambda: runtime.sample_writer.written >= 6)
+        await eventually(lambda: runtime.watchdog.status()["models"])
+        lines = [json.loads(line) for f in sorted(g.samples.glob("*.jsonl")) for line in f.open()]
+        sample = next(s for s in lines if s["request_id"] == "s-0")
+        assert sample["decisions"] == [1, 0]
+        assert sample["request"]["inputs"][0]["data"] == ["Female", "Male"]
+        assert sample["response"]["outputs"][-1]["data"] == [0.25, 0.25]
+        async with http.get(g.proxy.admin_url + "/metrics") as response:
+            text = await response.text()
+        assert "guardproxy_decisions_total{" in text and 'model="echo"' in text
+
+
+async def test_each_stream_message_is_guarded(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        answers = await stream(
+            g.target, [rows(sex=["Female"], request_id="m-1"), rows(sex=["Male"]), rows("other")]
+        )
+        first, second, third = (a.infer_response for a in answers)
+        assert parameters(first)["x-guard-decision"] == "1"
+        assert parameters(first)["x-request-id"] == "m-1"
+        assert parameters(second)["x-guard-decision"] == "0"
+        assert len(parameters(second)["x-request-id"]) == 32
+        assert set(parameters(third)) == {"x-request-id"}  # unguarded: the id only
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert (guards["guarded"], guards["pending"]) == (2, 0)

@@ -1,0 +1,67 @@
+"""Exchange built from decoded documents (gRPC): guards read them, samples keep them."""
+
+from __future__ import annotations
+
+import time
+
+from guardproxy.guards.chain import GuardContext
+from guardproxy.guards.exchange import Exchange, dumps, is_json_answer
+from guardproxy.sampling.sinks import SampleQueue
+from guardproxy.transport import Headers
+from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
+
+SECTIONS = {
+    "groups": {"values": ["female", "male"], "attribute": {"input": "sex"}},
+    "model": {"score": {"output": "score"}},
+    "decision": {"threshold": 0.5, "per_group": {"female": 0.4}},
+    "labels": {"deny": ["gorilla"], "action": "suppress", "output": "predict"},
+    "sampling": {"rate": 1.0},
+}
+
+
+def decoded(request: object) -> Exchange:
+    return Exchange.from_documents(
+        "r-1", "sg", "adult", "ModelInfer", "/inference.GRPCInferenceService/ModelInfer",
+        Headers([]), request, time.perf_counter(), "v1",
+    )  # fmt: skip
+
+
+async def test_guards_decide_a_decoded_exchange_as_they_decide_json_bytes() -> None:
+    queue = SampleQueue()
+    guards = chain(policy(**SECTIONS), GuardContext(samples=queue))
+    from_json = exchange(v2_request("female", "male"), v2_answer(0.45, 0.45))
+    from_docs = decoded(v2_request("female", "male"))
+    assert not is_json_answer(from_docs)  # no answer yet
+    from_docs.set_response_document(200, v2_answer(0.45, 0.45))
+    assert is_json_answer(from_docs)
+    for ex in (from_json, from_docs):
+        await guards.on_request(ex)
+        await guards.on_response(ex)
+    assert from_docs.verdicts == from_json.verdicts
+    assert from_docs.annotations == from_json.annotations
+    assert (from_docs.body, from_docs.response_body) == (b"", b"")  # nothing serialised
+    json_sample, docs_sample = queue.queue.get_nowait(), queue.queue.get_nowait()
+    assert docs_sample.request == v2_request("female", "male")
+    assert docs_sample.response == v2_answer(0.45, 0.45)
+    assert json_sample.request == dumps(v2_request("female", "male"))
+
+
+async def test_a_changed_decoded_answer_is_the_document_the_guards_left() -> None:
+    guards = chain(policy(**SECTIONS))
+    ex = decoded(v2_request("female"))
+    answer = v2_answer(0.45)
+    labels = {"name": "predict", "shape": [1], "datatype": "BYTES", "data": ["gorilla"]}
+    answer["outputs"][1] = labels
+    ex.set_response_document(200, answer)
+    await guards.on_request(ex)
+    await guards.on_response(ex)
+    assert ex.response_changed
+    assert ex.response_json()["outputs"][1]["data"] == [""]
+    assert ex.response_record() is ex.response_json()
+
+
+def test_an_errored_decoded_exchange_has_no_answer_to_read() -> None:
+    ex = decoded(v2_request("female"))
+    ex.status = 503
+    assert not is_json_answer(ex)
+    assert ex.response_record() == b""

@@ -1,0 +1,84 @@
+"""A client cannot choose its decision or escape review by picking request ids or retrying."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import MappingProxyType
+
+import aiohttp
+
+from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
+from guardproxy.testing import RecordingModel
+from tests.integration.attacks import INFER, applicant, guarded, post
+from tests.state.conftest import REDIS_URL, drop_prefix
+
+MIX = ThresholdRule(low=0.27, high=0.32, p_high=0.42)  # Hardt's mix for the Female group
+NO_TOP_UP = """
+region: default
+models: [{name: adult}]
+groups: {attribute: {input: sex}, values: [Female, Male]}
+sampling: {rate: 0.5, min_per_group: 0, redact: []}
+"""
+
+
+def learned(proxy_runtime: object) -> None:
+    """Publish a learned table with the randomized rule, as the calibration would."""
+    # (region, model, version, group): the recording model names no version, nor does the path
+    table = ThresholdTable("t-mix", MappingProxyType({("default", "adult", "", "Female"): MIX}))
+    proxy_runtime.thresholds.publish(table)  # type: ignore[attr-defined]
+
+
+async def test_retries_and_chosen_ids_never_change_a_randomized_decision(tmp_path: Path) -> None:
+    model = RecordingModel(score=0.3)  # between the mix's thresholds: the draw decides
+    async with guarded(tmp_path, model=model) as (proxy, _):
+        learned(proxy.runtime)
+        async with aiohttp.ClientSession() as session:
+            decisions = set()
+            for attempt in range(60):
+                headers = {"X-Request-Id": f"pick-{attempt}"}
+                code, answer_headers, _ = await post(
+                    session, proxy.url + INFER, applicant(41), headers
+                )
+                assert code == 200
+                decisions.add(answer_headers["X-Guard-Decision"])
+                assert answer_headers["X-Guard-Threshold"] == "0.27|0.32@0.42"  # never the draw
+            assert len(decisions) == 1
+            others = set()
+            for age in range(18, 90):  # other applicants: the rule does mix
+                _, answer_headers, _ = await post(session, proxy.url + INFER, applicant(age))
+                others.add(answer_headers["X-Guard-Decision"])
+            assert others == {"0", "1"}
+
+
+async def test_replicas_give_the_same_applicant_the_same_decision(tmp_path: Path) -> None:
+    prefix = f"gp-test-{os.urandom(4).hex()}:"
+    state = f"{REDIS_URL}?prefix={prefix}"
+    try:
+        async with (
+            guarded(tmp_path / "a", model=RecordingModel(score=0.3), state=state) as (one, _),
+            guarded(tmp_path / "b", model=RecordingModel(score=0.3), state=state) as (two, _),
+        ):
+            learned(one.runtime)
+            learned(two.runtime)
+            async with aiohttp.ClientSession() as session:
+                for age in range(20, 60):
+                    answers = [
+                        (await post(session, p.url + INFER, applicant(age)))[1]["X-Guard-Decision"]
+                        for p in (one, two)
+                    ]
+                    assert answers[0] == answers[1]
+    finally:
+        await drop_prefix(prefix)
+
+
+async def test_a_client_cannot_pick_an_id_that_is_never_reviewed(tmp_path: Path) -> None:
+    async with guarded(tmp_path, {"default.yaml": NO_TOP_UP}) as (proxy, _):
+        offered = proxy.runtime.samples
+        async with aiohttp.ClientSession() as session:
+            for body_index, age in enumerate((33, 34, 35, 36)):
+                before = offered.offered
+                for attempt in range(25):
+                    headers = {"X-Request-Id": f"dodge-{body_index}-{attempt}"}
+                    await post(session, proxy.url + INFER, applicant(age), headers)
+                assert offered.offered - before in (0, 25)  # the body decides: all or none

@@ -1,0 +1,114 @@
+"""The layers hold: each folder imports only the folders below it, and nothing forms a cycle.
+
+Read from the source (ast), so the check imports nothing heavy. ARCHITECTURE.md draws the
+same rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "guardproxy"
+# What each layer may import from guardproxy; the composition root (app, cli, admin,
+# feedback, ...) and demo/ may import anything.
+ALLOWED: dict[str, set[str]] = {
+    "transport": set(),
+    "tasks": set(),
+    "masking": set(),  # secrets out of reports, logs and errors: every layer that reports
+    "logs": {"masking"},
+    "policy": {"tasks", "masking"},
+    "payloads": {"policy"},
+    "sampling": {"payloads", "policy"},
+    "guards": {"transport", "payloads", "policy", "sampling"},
+    "breaker": {"policy", "tasks"},
+    "hotpath": {"transport", "guards", "payloads", "breaker", "policy", "tasks", "masking", "logs"},
+    "state": {"policy", "masking"},
+    "monitors": {"hotpath", "breaker", "policy", "state", "payloads", "tasks"},
+    "telemetry": {"transport", "hotpath", "breaker", "policy", "state", "guards", "tasks"},
+    "grpc": {"transport", "hotpath", "guards", "payloads", "breaker", "policy", "tasks"},
+}
+ROOT = "root"
+
+
+def layer_of(path: Path) -> str:
+    """The layer a module belongs to: its top folder, a layered root module, or the root."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    name = parts[0]
+    return name if name in ALLOWED else ROOT
+
+
+def imports_of(path: Path) -> Iterator[str]:
+    """The guardproxy modules a file imports (absolute imports: the package uses no others)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+def edges() -> dict[str, set[str]]:
+    """Layer -> layers it imports."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "generated" in path.parts:
+            continue
+        source = layer_of(path)
+        for module in imports_of(path):
+            if module == "guardproxy" or not module.startswith("guardproxy."):
+                continue
+            target = module.split(".")[1]
+            target = target if target in ALLOWED else ROOT
+            if target != source:
+                graph.setdefault(source, set()).add(target)
+    return graph
+
+
+def test_every_layer_imports_only_what_it_may() -> None:
+    wrong = {
+        layer: sorted(targets - ALLOWED[layer])
+        for layer, targets in edges().items()
+        if layer != ROOT and targets - ALLOWED[layer]
+    }
+    assert wrong == {}
+
+
+def test_no_layer_imports_the_composition_root_and_there_is_no_cycle() -> None:
+    graph = edges()
+    assert not any(ROOT in targets for layer, targets in graph.items() if layer != ROOT)
+    seen: set[str] = set()
+
+    def visit(layer: str, path: tuple[str, ...]) -> None:
+        assert layer not in path, f"cycle: {' -> '.join((*path, layer))}"
+        if layer in seen:
+            return
+        for target in graph.get(layer, ()):
+            visit(target, (*path, layer))
+        seen.add(layer)
+
+    for layer in graph:
+        visit(layer, ())
+
+
+def test_the_hot_path_loads_no_numpy_and_no_monitor() -> None:
+    probe = (
+        "import sys, guardproxy.hotpath.proxy; "
+        "print(sorted(m for m in sys.modules if m == 'numpy' or m.startswith("
+        "('guardproxy.monitors', 'guardproxy.state', 'guardproxy.telemetry'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_request_trust_paths_and_decoding_need_no_http_library() -> None:
+    # The data port's handler calls these with plain strings, bytes and header mappings.
+    for name in ("encoding", "paths", "trust"):
+        path = PACKAGE / "hotpath" / f"{name}.py"
+        roots = {module.split(".")[0] for module in imports_of(path)}
+        assert roots <= sys.stdlib_module_names | {"__future__"}, (name, roots)
