@@ -42,11 +42,15 @@ def layer_of(path: Path) -> str:
 
 
 def imports_of(path: Path) -> Iterator[str]:
-    """The guardproxy modules a file imports (absolute imports: the package uses no others)."""
+    """The modules a file imports, relative imports resolved (`from ..transport` in grpc/)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ["guardproxy", *path.relative_to(PACKAGE).parent.parts]
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1]
+            yield ".".join([*base, node.module] if node.module else base)
         elif isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
 

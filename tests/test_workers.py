@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from guardproxy.app import Runtime
+from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.settings import Settings
 from guardproxy.workers import reserve_port, worker_settings
 
@@ -21,3 +25,19 @@ def test_a_reserved_port_is_shared_not_taken() -> None:
     assert port > 0 and same == port
     reserved.close()
     again.close()
+
+
+def test_only_worker_0_serves_the_grpc_port() -> None:
+    base = Settings("http://u:1", grpc_listen=("0.0.0.0", 8091), grpc_upstream="127.0.0.1:8081")
+    first, second = (worker_settings(base, i, 8080) for i in (0, 1))
+    assert (first.grpc_listen, first.grpc_upstream) == (("0.0.0.0", 8091), "127.0.0.1:8081")
+    assert (second.grpc_listen, second.grpc_upstream) == (None, None)
+
+
+async def test_each_worker_keeps_to_its_share_of_the_sample_budget(tmp_path: Path) -> None:
+    settings = Settings("http://127.0.0.1:9", samples_dir=tmp_path, workers=4, worker=3)
+    runtime = Runtime(settings)
+    budget = runtime.store.table.default.policy.sampling.sink.max_total_bytes
+    sink = runtime.sample_writer.sink
+    assert isinstance(sink, JsonlSink)
+    assert sink.max_total_bytes == budget // 4 and sink.suffix == "-w3"

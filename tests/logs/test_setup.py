@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,22 @@ def test_a_record_keeps_the_message_of_when_it_was_logged() -> None:
     values[0] = "after"
     stop_logging()
     assert "['before']" in stream.getvalue()
+
+
+def test_a_forked_worker_writes_its_own_lines(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    with path.open("w", encoding="utf-8") as stream:
+        configure_logging(logging.INFO, "text", stream=stream)
+        logger = logging.getLogger("guardproxy.t")
+        logger.info("from the parent")
+        stop_logging()  # written and flushed: the child inherits nothing half-written
+        configure_logging(logging.INFO, "text", stream=stream)
+        pid = os.fork()
+        if pid == 0:  # the child: fork copied no writer thread, the at-fork hook made one
+            logger.info("from the child")
+            stop_logging()
+            os._exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        stop_logging()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [line.rpartition(" ")[2] for line in lines] == ["parent", "child"]

@@ -119,11 +119,14 @@ async def test_three_pipelined_requests_in_one_packet_are_answered_in_order() ->
 
 
 async def test_chunked_request_and_chunked_response() -> None:
+    sent: list[int] = []
+
     async def stream_back(request: Request, response: ResponseWriter) -> None:
         response.start(200, [(b"Content-Type", b"text/plain")])
         async for chunk in request.stream():
             await response.write(chunk.upper())
         response.end(b"!")
+        sent.append(response.sent)
 
     async with serving(stream_back) as running:
         client = await RawClient.open(running.port)
@@ -133,7 +136,7 @@ async def test_chunked_request_and_chunked_response() -> None:
         )
         answer = await client.answer()
     assert answer.chunked and answer.header(b"content-length") is None
-    assert answer.body == b"HELLO WORLD!"
+    assert answer.body == b"HELLO WORLD!" and sent == [12]  # body bytes, not chunk framing
 
 
 @pytest.mark.parametrize(
@@ -141,10 +144,13 @@ async def test_chunked_request_and_chunked_response() -> None:
     [(b"HEAD", 200, True), (b"GET", 204, False), (b"GET", 304, True), (b"HEAD", 404, True)],
 )
 async def test_head_204_304_have_no_body(method: bytes, status: int, has_length: bool) -> None:
+    sent: list[int] = []
+
     async def no_body(request: Request, response: ResponseWriter) -> None:
         response.start(status, [(b"Content-Length", b"42"), (b"ETag", b'"v"')])
         await response.write(b"ignored")
         response.end()
+        sent.append(response.sent)
 
     async with serving(no_body) as running:
         client = await RawClient.open(running.port)
@@ -156,7 +162,7 @@ async def test_head_204_304_have_no_body(method: bytes, status: int, has_length:
     assert first.status == status
     assert (first.header(b"content-length") == b"42") is has_length
     assert first.header(b"transfer-encoding") is None
-    assert second.status == status
+    assert second.status == status and sent == [0, 0]
 
 
 async def test_send_frames_with_its_own_length_and_drops_caller_framing() -> None:

@@ -1,0 +1,209 @@
+"""A guarded route's exchange: breaker admission, the guard chain both ways, the observers.
+
+`GuardedSteps` is the part of the data port's handler (`Proxy`) that runs once a request's
+path is a guarded model's; the handler supplies what the steps read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from time import perf_counter
+from typing import cast
+
+from guardproxy.breaker.board import BreakerBoard
+from guardproxy.breaker.state import CLOSED, Admission
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.exchange import Exchange, media_type
+from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
+from guardproxy.hotpath.bodies import guarded_headers, read_answer
+from guardproxy.hotpath.hooks import UpstreamTracer
+from guardproxy.hotpath.observation import Observation, observe, outcome_of
+from guardproxy.hotpath.relay import NO_BODY_STATUS, reason_of, relay
+from guardproxy.hotpath.replies import (
+    JSON,
+    ModelWire,
+    ModelWires,
+    ProxyCounts,
+    annotated,
+    breaker_open,
+    error_body,
+    header_name,
+)
+from guardproxy.hotpath.trust import Trust
+from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
+from guardproxy.policy.routes import path_version
+from guardproxy.policy.table import CompiledModel
+from guardproxy.transport import Request, ResponseWriter
+
+log = logging.getLogger("guardproxy.proxy")
+
+JSON_TYPES = frozenset({b"application/json", b"application/x-ndjson"})
+Observer = Callable[[Observation], None]
+
+
+class GuardedSteps:
+    """The steps of one guarded exchange; how it ended is returned as an access log outcome."""
+
+    upstream: Upstream
+    observers: tuple[Observer, ...]
+    breakers: BreakerBoard
+    fallbacks: Fallbacks
+    tracer: UpstreamTracer
+    trust: Trust
+    max_body: int
+    counts: ProxyCounts
+    wires: ModelWires
+
+    async def read_body(self, request: Request) -> tuple[bytes, bool]:
+        """A guarded request's body, decoded; True when it came encoded."""
+        raise NotImplementedError
+
+    async def _guarded(
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        request_id: str,
+        target: bytes,
+        model: CompiledModel,
+        path: str,
+    ) -> str:
+        """One guarded exchange; how it ended (an access log outcome)."""
+        breaker = self.breakers.get(model)
+        admission = breaker.admit()
+        wire = self.wires(model)
+        fallback = None
+        if admission is Admission.OPEN and breaker.open_action != "flag":
+            fallback = self.fallbacks.get(breaker)
+            if fallback is None:
+                self.breakers.rejected += 1
+                breaker_open(writer, request_id, model, breaker, wire.headers)
+                return "refused"
+        call = BreakerCall(Admitted(breaker, admission, fallback is not None))
+        try:
+            body, decoded = await self.read_body(request)
+            ex = Exchange(
+                request_id=request_id,
+                region=model.region,
+                model=model.name,
+                method=request.method.decode("latin-1"),
+                path=path,
+                headers=request.headers,
+                body=body,
+                started=perf_counter(),
+                version=path_version(path),
+            )
+            if breaker.state is not CLOSED:
+                mark(ex, breaker, admission, fallback is not None)
+            chain = cast(GuardChain, model.chain)
+            await chain.on_request(ex)
+            if ex.reply is not None:
+                await chain.observe(ex)
+                self._reply(writer, ex, call.admitted, wire)
+                return "blocked"
+            # A request the guards could not read is the client's doing, not the model's health.
+            call.counted = call.counted and not ex.errors
+            try:
+                upstream = fallback or self.upstream
+                return await self._ask(request, writer, ex, target, call, upstream, wire, decoded)
+            except UpstreamError as exc:
+                ex.status = exc.status
+                ex.errors.append(client_message(exc))
+                await chain.observe(ex)  # an errored exchange is always sampled
+                self._observe(ex, model, call.admitted)
+                raise
+        finally:
+            call.release()  # a probe that never reached the upstream gives its slot back
+
+    async def _ask(
+        self,
+        request: Request,
+        writer: ResponseWriter,
+        ex: Exchange,
+        target: bytes,
+        call: BreakerCall,
+        upstream: Upstream,
+        wire: ModelWire,
+        decoded: bool,
+    ) -> str:
+        """The upstream's answer through the guards (a non-JSON answer streams through)."""
+        rid = ex.request_id.encode("latin-1")
+        headers = guarded_headers(request, rid, self.trust.forwarded, decoded)
+        if upstream.authorization is not None:
+            upstream.authorize(headers)
+        span = self.tracer.upstream_call(request, headers)
+        began = perf_counter()
+        try:
+            response = await upstream.pool.request(
+                request.method, upstream.target(target), headers, ex.body, key=wire.pool_key
+            )
+        except UpstreamError as exc:
+            span.end(exc.status, exc.kind)
+            call.settle(None, perf_counter() - began)
+            raise
+        span.end(response.status)
+        call.settle(response.status, perf_counter() - began)
+        content_type = media_type(response.headers.get(b"content-type"))
+        if (
+            content_type not in JSON_TYPES
+            or response.status in NO_BODY_STATUS
+            or request.method == b"HEAD"
+        ):
+            self.counts.unguarded_streams += 1
+            await relay(request, writer, response, rid, self.counts)
+            return "streamed"
+        await read_answer(ex, response, self.max_body, content_type)
+        ex.upstream_seconds = perf_counter() - began
+        chain = cast(GuardChain, wire.model.chain)
+        if 200 <= ex.status < 300:
+            await chain.on_response(ex)
+        else:
+            await chain.observe(ex)
+        if ex.reply is not None:
+            self._reply(writer, ex, call.admitted, wire)
+            return "blocked"
+        self._answer(writer, ex, call.admitted, wire, reason_of(response))
+        return outcome_of(ex)
+
+    def _answer(
+        self,
+        writer: ResponseWriter,
+        ex: Exchange,
+        admitted: Admitted,
+        wire: ModelWire,
+        reason: bytes | None,
+    ) -> None:
+        body = ex.final_response_body()
+        headers = ex.response_headers
+        if ex.response_changed:
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        try:
+            writer.send(ex.status, annotated(headers, ex, wire.headers), body, reason)
+        finally:
+            self._observe(ex, wire.model, admitted)
+
+    def _reply(
+        self, writer: ResponseWriter, ex: Exchange, admitted: Admitted, wire: ModelWire
+    ) -> None:
+        reply = ex.reply
+        assert reply is not None
+        self.counts.blocked += 1
+        ex.status = reply.status
+        headers = [JSON, *((header_name(k), v.encode("latin-1")) for k, v in reply.headers.items())]
+        body = error_body(reply.error, ex.request_id, **reply.details)
+        try:
+            writer.send(reply.status, annotated(headers, ex, wire.headers), body)
+        finally:
+            self._observe(ex, wire.model, admitted)
+
+    def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
+        """Hand every observer the same immutable record; a failing observer is counted."""
+        observation = observe(ex, model, admitted)
+        for observer in self.observers:
+            try:
+                observer(observation)
+            except Exception:
+                name = getattr(observer, "__qualname__", type(observer).__name__)
+                errors = self.counts.observer_errors
+                errors[name] = errors.get(name, 0) + 1
+                log.exception("observer %s failed on %s", name, ex.request_id)
