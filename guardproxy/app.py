@@ -72,7 +72,9 @@ class Runtime:
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
         self.sample_writer = SampleWriter(self.samples, self._sample_sink(), gather=SAMPLE_GATHER)
         self.state = open_state(settings.state)
-        self.decision_key = DecisionKey(self.draws, self.state, settings.decision_key)
+        self.decision_key = DecisionKey(
+            self.draws, self.state, settings.decision_key, source=settings.decision_key_source
+        )
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(
             self.engine, settings.feedback_token, max_body=settings.max_body

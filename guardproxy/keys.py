@@ -24,9 +24,15 @@ class DecisionKey:
     """
 
     def __init__(
-        self, draws: Draws, state: StateBackend, secret: str | None, retry: float = 5.0
+        self,
+        draws: Draws,
+        state: StateBackend,
+        secret: str | None,
+        retry: float = 5.0,
+        source: str = "environment",
     ) -> None:
         self.draws, self.state, self.secret, self.retry = draws, state, secret, retry
+        self.source = source  # where a given secret came from
         self.errors = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -34,7 +40,7 @@ class DecisionKey:
     async def start(self) -> None:
         """Use the operator's key, or the shared one (retrying in the background on failure)."""
         if self.secret is not None:
-            self.draws.use(derive_key(self.secret), "environment")
+            self.draws.use(derive_key(self.secret), self.source)
             return
         self.draws.source = "generated (not shared yet)"
         if not await self._share():

@@ -7,7 +7,7 @@ from pathlib import Path
 from guardproxy.app import Runtime
 from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.settings import Settings
-from guardproxy.workers import reserve_port, worker_settings
+from guardproxy.workers import reserve_port, shared_decision_key, worker_settings
 
 
 def test_worker_i_serves_the_admin_api_on_the_admin_port_plus_i() -> None:
@@ -41,3 +41,14 @@ async def test_each_worker_keeps_to_its_share_of_the_sample_budget(tmp_path: Pat
     sink = runtime.sample_writer.sink
     assert isinstance(sink, JsonlSink)
     assert sink.max_total_bytes == budget // 4 and sink.suffix == "-w3"
+
+
+def test_workers_on_the_memory_state_share_one_decision_key() -> None:
+    shared = shared_decision_key(Settings("http://u:1", workers=2))
+    assert shared.decision_key is not None and len(shared.decision_key) == 64
+    assert "supervisor" in shared.decision_key_source
+    assert shared.decision_key in shared.secrets()  # masked like a configured key
+    configured = Settings("http://u:1", workers=2, decision_key="k" * 32)
+    assert shared_decision_key(configured) is configured
+    redis = Settings("http://u:1", workers=2, state="redis://127.0.0.1:6379/0")
+    assert shared_decision_key(redis).decision_key is None  # shared through Redis instead
