@@ -17,12 +17,12 @@ from guardproxy.policy.loader import (
     PolicyError,
     PolicyFiles,
     Problem,
-    deep_merge,
     format_problems,
     load_directory,
     load_files,
     validate_directory,
 )
+from guardproxy.policy.merge import deep_merge
 
 from .kubelet import atomic_write
 
