@@ -130,11 +130,12 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     from guardproxy.app import serve
     from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.sampling.sinks import SinkError
 
     settings = settings_from(args)
     try:
         run_async(serve(settings))
-    except GrpcUnavailable as exc:
+    except (GrpcUnavailable, SinkError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 
