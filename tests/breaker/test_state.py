@@ -267,13 +267,13 @@ def test_admit_is_a_few_microseconds() -> None:
 
 def test_rates_count_only_from_min_calls_calls_a_window() -> None:
     clock = FakeClock()
-    few = make(clock, min_calls=20)
-    for _ in range(19):
+    few = make(clock, min_calls=12)
+    for _ in range(11):
         few.record_upstream(500, 0.01)
     clock.now += 10
-    assert few.tick() == {"upstream.consecutive_5xx": 19.0}  # no rate from 19 calls
+    assert few.tick() == {"upstream.consecutive_5xx": 11.0}  # no rate from 11 calls
     assert few.state_name == "closed"
-    for _ in range(20):
+    for _ in range(12):
         few.record_upstream(500, 0.01)
     clock.now += 10
     assert few.tick()["upstream.error_rate"] == 1.0  # type: ignore[index]
