@@ -75,8 +75,8 @@ def tokens(pattern: str) -> tuple[str, ...]:
         if pattern.startswith("**", i):
             out.append(GLOBSTAR)
             i += 2
-            if i < len(pattern) and pattern[i] == "/" and out[-2:-1] == ["/"]:
-                i += 1  # "/a/**/b" matches "/a/b": the globstar owns its slash
+            if i < len(pattern) and pattern[i] == "/" and out[-2:-1] in (["/"], [GLOBSTAR]):
+                i += 1  # "/a/**/b" matches "/a/b": the globstar owns its slash (so "/**/**/b")
             continue
         out.append(STAR if pattern[i] == "*" else pattern[i])
         i += 1
