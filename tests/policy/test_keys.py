@@ -12,7 +12,6 @@ exist fails below (tests are found by parsing their files, never by importing th
 from __future__ import annotations
 
 import ast
-import types
 import typing
 from collections.abc import Iterator
 from functools import cache
@@ -161,9 +160,8 @@ def _models_in(annotation: object) -> Iterator[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
         return
-    if isinstance(annotation, type | types.GenericAlias) or typing.get_origin(annotation):
-        for argument in typing.get_args(annotation):
-            yield from _models_in(argument)
+    for argument in typing.get_args(annotation):
+        yield from _models_in(argument)
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
