@@ -96,13 +96,14 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, then drain and exit 0."""
     from guardproxy.app import serve
     from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.sampling.sinks import SinkError
     from guardproxy.telemetry import TelemetryError
 
     settings = settings_from(args)
     configure_logging(LEVELS[args.log_level], args.log_format, settings.secrets())
     try:
         run_async(serve(settings))
-    except (GrpcUnavailable, TelemetryError) as exc:
+    except (GrpcUnavailable, SinkError, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 

@@ -54,7 +54,6 @@ class Settings:
     admin_token: str | None = None
     feedback_token: str | None = None
     decision_key: str | None = None  # keys randomized decisions; shared via the state if None
-    queue_size: int = 10_000  # samples waiting to be written
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None

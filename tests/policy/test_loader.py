@@ -61,6 +61,17 @@ def test_every_example_policy_is_valid() -> None:
     assert loaded.sources["sg"] == (str(EXAMPLES / "default.yaml"), str(EXAMPLES / "sg.yaml"))
 
 
+def test_the_readme_policy_example_is_valid(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Policies") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start : section.index("```", start)]
+    write(tmp_path, {"default.yaml": (EXAMPLES / "default.yaml").read_text(), "sg.yaml": example})
+    assert validate_directory(tmp_path) == []
+    sg = load_directory(tmp_path).policies["sg"]
+    assert [m.name for m in sg.models] == ["adult", "credit", "fraud"]
+
+
 def test_example_regions_differ_where_documented() -> None:
     policies = load_directory(EXAMPLES).policies
     assert policies["sg"].decision.per_group == {"Female": 0.45}
