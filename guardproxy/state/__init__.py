@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from guardproxy.masking import mask_url
 from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_TTL,
@@ -49,7 +50,7 @@ def redis_location(spec: str) -> tuple[str, str]:
     parts = urlsplit(spec)
     if parts.scheme not in REDIS_SCHEMES:
         raise ValueError(
-            f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)"
+            f"unknown state backend {mask_url(spec)!r} (expected memory or redis://HOST:PORT/DB)"
         )
     from guardproxy.state.redis import DEFAULT_PREFIX
 
