@@ -349,3 +349,10 @@ def test_a_baseline_that_is_missing_or_does_not_fit_is_a_problem(tmp_path: Path)
     assert loaded.drift is not None and loaded.drift.reference.baseline == str(
         tmp_path / "base.json"
     )
+
+
+def test_an_unknown_key_in_a_model_lists_the_keys_a_model_takes(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": "region: default\nmodels:\n  - name: a\n    decisoin: {}\n"})
+    (problem,) = problems_of(tmp_path)
+    assert problem.startswith("default.yaml:4:5: model 'a': decisoin: unknown key")
+    assert "protocol, routes, score" in problem
