@@ -41,9 +41,16 @@ from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.policy.watch import PolicyStore, PolicyWatcher
-from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, SampleQueue, SampleWriter, Sink
+from guardproxy.sampling.sinks import (
+    JsonlSink,
+    RedisStreamSink,
+    SampleQueue,
+    SampleWriter,
+    Sink,
+    SinkError,
+)
 from guardproxy.settings import Settings
-from guardproxy.state import open_state
+from guardproxy.state import open_state, redis_location
 from guardproxy.telemetry import Telemetry, TelemetryConfig
 from guardproxy.telemetry.loop import GcPauses, LoopLag
 
@@ -63,13 +70,14 @@ class Runtime:
         self._background: set[asyncio.Task[object]] = set()
         self.upstream = Upstream(settings.upstream, settings.timeouts, settings.limits)
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
-        self.samples = SampleQueue(settings.queue_size)
+        self.samples = SampleQueue()  # sized below, from the default policy
         self.draws = Draws()
         self.guard_context = GuardContext(self.thresholds, self.samples, draws=self.draws)
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
+        self.samples.maxsize = self.store.table.default.policy.sampling.sink.queue
         self.sample_writer = SampleWriter(self.samples, self._sample_sink(), gather=SAMPLE_GATHER)
         self.state = open_state(settings.state)
         self.decision_key = DecisionKey(
@@ -143,8 +151,14 @@ class Runtime:
     def _sample_sink(self) -> Sink:
         """The process-wide sample sink, as the default region's policy names it."""
         spec = self.store.table.default.policy.sampling.sink
-        if spec.redis_stream and self.settings.state.startswith("redis://"):
-            return RedisStreamSink(self.settings.state, spec.redis_stream)
+        if spec.redis_stream:
+            if self.settings.state == "memory":
+                raise SinkError(
+                    "sampling.sink.redis_stream needs --state redis://HOST:PORT/DB: "
+                    "the stream is written to that Redis"
+                )
+            url, _ = redis_location(self.settings.state)  # the stream keeps its own name
+            return RedisStreamSink(url, spec.redis_stream)
         directory = spec.jsonl or self.settings.samples_dir
         # Workers share the directory: each writes, counts and deletes its own files, within
         # its share of the budget.

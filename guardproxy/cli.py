@@ -108,11 +108,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_workers(settings)
     from guardproxy.app import serve
     from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.sampling.sinks import SinkError
     from guardproxy.telemetry import TelemetryError
 
     try:
         run_async(serve(settings))
-    except (GrpcUnavailable, TelemetryError) as exc:
+    except (GrpcUnavailable, SinkError, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 

@@ -57,7 +57,6 @@ class Settings:
     feedback_token: str | None = None
     decision_key: str | None = None  # keys randomized decisions; shared via the state if None
     decision_key_source: str = "environment"  # where decision_key came from, for /status
-    queue_size: int = 10_000  # samples waiting to be written
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors
     otlp_endpoint: str | None = None
     service_name: str | None = None

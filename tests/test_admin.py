@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
@@ -67,3 +69,22 @@ async def test_admin_calls_need_the_token(
     good = {"Authorization": "Bearer admin-secret"}
     async with client.post(f"{proxy.admin_url}/admin/reload", headers=good) as response:
         assert response.status == 200
+
+
+async def test_status_shows_what_each_region_and_model_is_for(
+    tmp_path: Path, client: aiohttp.ClientSession, upstream_url: str
+) -> None:
+    (tmp_path / "default.yaml").write_text(
+        "region: default\ndescription: Base policy.\n"
+        "models: [{name: credit, description: 'Credit scoring, v3.'}, {name: fraud}]\n"
+    )
+    (tmp_path / "sg.yaml").write_text(
+        "region: sg\nextends: default\ndescription: 'Singapore; PDPA.'\n"
+    )
+    async with running_proxy(proxy_settings(upstream_url, policies=tmp_path)) as proxy:
+        async with client.get(f"{proxy.admin_url}/status") as response:
+            regions = (await response.json())["policies"]["regions"]
+    assert regions["default"]["description"] == "Base policy."
+    assert regions["sg"]["description"] == "Singapore; PDPA."
+    models = {"credit": "Credit scoring, v3.", "fraud": ""}
+    assert regions["default"]["models"] == regions["sg"]["models"] == models

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -17,8 +16,8 @@ from guardproxy.masking import Masker
 from guardproxy.policy.baselines import baseline_problems, resolve_baselines
 from guardproxy.policy.locate import locate
 from guardproxy.policy.marks import MarkedDoc, read_marked
-from guardproxy.policy.merge import deep_merge
-from guardproxy.policy.models import SECTIONS, Policy
+from guardproxy.policy.merge import merge_marked, models_as_list, models_by_name, with_defaults
+from guardproxy.policy.models import Policy
 from guardproxy.policy.problems import KeyPath, PolicyError, Problem, format_problems
 from guardproxy.policy.routes import overlap
 
@@ -27,7 +26,6 @@ __all__ = [
     "PolicyError",
     "PolicyFiles",
     "Problem",
-    "deep_merge",
     "format_problems",
     "load_directory",
     "load_files",
@@ -254,8 +252,8 @@ def _validate(
 ) -> Policy | None:
     merged = MarkedDoc({}, {})
     for name in reversed(chain):
-        merged = _merge(merged, _models_by_name(docs[name]))
-    merged = _models_as_list(_with_defaults(merged))
+        merged = merge_marked(merged, models_by_name(docs[name]))
+    merged = models_as_list(with_defaults(merged))
     if not directory.startswith("<"):  # the embedded default has no directory
         resolve_baselines(merged.data, directory)
     try:
@@ -296,73 +294,3 @@ def _route_mark(marks: Mapping[KeyPath, Problem], index: int) -> Problem:
         if path in marks:
             return marks[path]
     return marks[()]
-
-
-def _merge(base: MarkedDoc, over: MarkedDoc) -> MarkedDoc:
-    """Merged data; each key keeps the position of the file its value came from."""
-    data = deep_merge(base.data, over.data)
-    marks = {p: over.marks.get(p) or base.marks[p] for p in _paths(data, ())}
-    return MarkedDoc(data, marks)
-
-
-def _models_by_name(doc: MarkedDoc) -> MarkedDoc:
-    """`models` as a mapping by name, so that `extends` merges a model with its namesake."""
-    models = doc.data.get("models")
-    if not isinstance(models, list):
-        return doc
-    names = [_model_key(entry, i) for i, entry in enumerate(models)]
-    data = {**doc.data, "models": dict(zip(names, models, strict=True))}
-    marks = {_rekey(path, names): mark for path, mark in doc.marks.items()}
-    return MarkedDoc(data, marks)
-
-
-def _model_key(entry: object, index: int) -> str:
-    name = entry.get("name") if isinstance(entry, dict) else None
-    return name if isinstance(name, str) else f"#{index}"
-
-
-def _rekey(path: KeyPath, names: list[str]) -> KeyPath:
-    if len(path) > 1 and path[0] == "models" and isinstance(path[1], int):
-        return ("models", names[path[1]], *path[2:])
-    return path
-
-
-def _with_defaults(doc: MarkedDoc) -> MarkedDoc:
-    """Each model's sections merged over the region's: a model overrides only what it names."""
-    models = doc.data.get("models")
-    if not isinstance(models, dict):
-        return doc
-    defaults = {k: v for k, v in doc.data.items() if k in SECTIONS}
-    marks = dict(doc.marks)
-    merged: dict[str, Any] = {}
-    for name, entry in models.items():
-        if not isinstance(entry, dict):
-            merged[name] = entry
-            continue
-        merged[name] = deep_merge(defaults, entry)
-        for path in _paths(merged[name], ()):
-            own = ("models", name, *path)
-            if own not in marks and path and path in doc.marks:
-                marks[own] = doc.marks[path]
-    return MarkedDoc({**doc.data, "models": merged}, marks)
-
-
-def _models_as_list(doc: MarkedDoc) -> MarkedDoc:
-    """Back from the mapping by name to the list the schema expects, positions kept."""
-    models = doc.data.get("models")
-    if not isinstance(models, dict):
-        return doc
-    index = {name: i for i, name in enumerate(models)}
-    marks: dict[KeyPath, Problem] = {}
-    for path, mark in doc.marks.items():
-        if len(path) > 1 and path[0] == "models" and path[1] in index:
-            path = ("models", index[str(path[1])], *path[2:])
-        marks[path] = mark
-    return MarkedDoc({**doc.data, "models": list(models.values())}, marks)
-
-
-def _paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
-    yield path
-    if isinstance(value, dict | list):
-        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
-            yield from _paths(child, (*path, key))

@@ -8,7 +8,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from guardproxy.policy.models import Policy
+from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.problems import KeyPath, Problem, short
 
 
@@ -20,7 +20,8 @@ def locate(error: Any, data: dict[str, Any], marks: dict[KeyPath, Problem]) -> P
         target = _refine(loc, error["msg"], data, marks)
     mark = next(marks[target[:k]] for k in range(len(target), -1, -1) if target[:k] in marks)
     owner, inner = _owner(loc, data)
-    return Problem(mark.file, mark.line, mark.column, owner + _describe(error, inner))
+    root = ModelPolicy if owner else Policy
+    return Problem(mark.file, mark.line, mark.column, owner + _describe(error, inner, root))
 
 
 def _owner(loc: KeyPath, data: dict[str, Any]) -> tuple[str, KeyPath]:
@@ -67,13 +68,13 @@ def _get(data: Any, path: KeyPath) -> Any:
     return data
 
 
-def _describe(error: Any, loc: KeyPath) -> str:
+def _describe(error: Any, loc: KeyPath, root: type[BaseModel] = Policy) -> str:
     kind, message = error["type"], str(error["msg"])
     where = _dotted(loc)
     if kind == "missing":
         return f"{_dotted(loc[:-1]) or 'top level'}: missing required key {loc[-1]!r}"
     if kind == "extra_forbidden":
-        return f"{where}: unknown key (expected one of: {_allowed_keys(loc[:-1])})"
+        return f"{where}: unknown key (expected one of: {_allowed_keys(loc[:-1], root)})"
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         return f"{where}: {message}" if where else message
@@ -88,8 +89,8 @@ def _dotted(path: KeyPath) -> str:
     return text.lstrip(".")
 
 
-def _allowed_keys(path: KeyPath) -> str:
-    model: type[BaseModel] | None = Policy
+def _allowed_keys(path: KeyPath, root: type[BaseModel] = Policy) -> str:
+    model: type[BaseModel] | None = root
     for part in path:
         if model is not None and isinstance(part, str):
             field = model.model_fields.get(part)

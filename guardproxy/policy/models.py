@@ -23,7 +23,7 @@ from guardproxy.policy.guarding import (
     SinkSpec,
     SubjectSpec,
 )
-from guardproxy.policy.merge import deep_merge
+from guardproxy.policy.merge import SECTIONS, deep_merge
 from guardproxy.policy.monitoring import (
     TRIP_MONITORS,
     BreakerSpec,
@@ -108,7 +108,6 @@ DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "openai": ("/v1/chat/completions",),
     "jsonpath": (),
 }
-SECTIONS = ("groups", "decision", "labels", "sampling", "drift", "fairness", "breaker")
 
 
 class Sections(Strict):

@@ -105,7 +105,12 @@ class PolicyStore:
         """A JSON-able account of what is served and how reloads went."""
         table = self.table
         regions = {
-            name: {"version": entry.version, "sources": list(entry.sources)}
+            name: {
+                "version": entry.version,
+                "sources": list(entry.sources),
+                "description": entry.policy.description,
+                "models": {m.name: m.spec.description for m in entry.models},
+            }
             for name, entry in sorted(table.regions.items())
         }
         return {

@@ -13,9 +13,21 @@ from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.sampling.redact import Redactor
 
-__all__ = ["JsonlSink", "RedisStreamSink", "Sample", "SampleQueue", "SampleWriter", "Sink"]
+__all__ = [
+    "JsonlSink",
+    "RedisStreamSink",
+    "Sample",
+    "SampleQueue",
+    "SampleWriter",
+    "Sink",
+    "SinkError",
+]
 
 log = logging.getLogger("guardproxy.sinks")
+
+
+class SinkError(ValueError):
+    """The policy names a sink this process cannot write to."""
 
 
 @dataclass(slots=True)
@@ -65,23 +77,27 @@ class Sample:
 
 
 class SampleQueue:
-    """A bounded queue; offering never blocks, a full queue drops and counts."""
+    """A bounded queue; offering never blocks, a full queue drops and counts.
 
-    __slots__ = ("dropped", "offered", "queue")
+    The bound is a plain attribute: the process sizes it from the default policy's
+    `sampling.sink.queue` once that policy is compiled, after the guards hold the queue.
+    """
+
+    __slots__ = ("dropped", "maxsize", "offered", "queue")
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self.queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[Sample] = asyncio.Queue()
+        self.maxsize = maxsize
         self.offered = 0
         self.dropped = 0
 
     def offer(self, sample: Sample) -> bool:
         """Enqueue without waiting; False (and counted) when the queue is full."""
         self.offered += 1
-        try:
-            self.queue.put_nowait(sample)
-        except asyncio.QueueFull:
+        if self.queue.qsize() >= self.maxsize:
             self.dropped += 1
             return False
+        self.queue.put_nowait(sample)
         return True
 
 
@@ -167,6 +183,7 @@ class SampleWriter:
             "offered": self.queue.offered,
             "dropped": self.queue.dropped + self.dropped,
             "queue_full": self.queue.dropped,
+            "queue_size": self.queue.maxsize,
             "written": self.written,
             "errors": self.errors,
             "truncated": self.truncated,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from guardproxy.masking import mask_url
 from guardproxy.state.base import (
     DEFAULT_MAX_RECORDS,
     DEFAULT_TTL,
@@ -25,7 +26,11 @@ __all__ = [
     "StateBackend",
     "StateError",
     "open_state",
+    "redis_location",
 ]
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def open_state(
@@ -34,14 +39,22 @@ def open_state(
     """The backend a --state value names; a redis URL may carry `?prefix=...` for its keys."""
     if spec == "memory":
         return MemoryState(ttl, max_records)
+    from guardproxy.state.redis import RedisState
+
+    url, prefix = redis_location(spec)
+    return RedisState(url, prefix=prefix, ttl=ttl)
+
+
+def redis_location(spec: str) -> tuple[str, str]:
+    """A Redis --state value as (its URL without `prefix`, the key prefix); else ValueError."""
     parts = urlsplit(spec)
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme not in REDIS_SCHEMES:
         raise ValueError(
-            f"unknown state backend {spec!r} (expected memory or redis://HOST:PORT/DB)"
+            f"unknown state backend {mask_url(spec)!r} (expected memory or redis://HOST:PORT/DB)"
         )
-    from guardproxy.state.redis import DEFAULT_PREFIX, RedisState
+    from guardproxy.state.redis import DEFAULT_PREFIX
 
     query = parse_qsl(parts.query)
     prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return RedisState(urlunsplit(parts._replace(query=rest)), prefix=prefix, ttl=ttl)
+    return urlunsplit(parts._replace(query=rest)), prefix

@@ -267,13 +267,13 @@ def test_admit_is_a_few_microseconds() -> None:
 
 def test_rates_count_only_from_min_calls_calls_a_window() -> None:
     clock = FakeClock()
-    few = make(clock, min_calls=20)
-    for _ in range(19):
+    few = make(clock, min_calls=12)
+    for _ in range(11):
         few.record_upstream(500, 0.01)
     clock.now += 10
-    assert few.tick() == {"upstream.consecutive_5xx": 19.0}  # no rate from 19 calls
+    assert few.tick() == {"upstream.consecutive_5xx": 11.0}  # no rate from 11 calls
     assert few.state_name == "closed"
-    for _ in range(20):
+    for _ in range(12):
         few.record_upstream(500, 0.01)
     clock.now += 10
     assert few.tick()["upstream.error_rate"] == 1.0  # type: ignore[index]
@@ -331,3 +331,44 @@ def test_a_drift_trip_not_yet_disproved_reopens_at_max_seconds_despite_good_prob
     breaker.tick()
     assert breaker.state_name == "open"
     assert "drift.score.psi not shown healthy" in breaker.reason
+
+
+def test_the_upstream_window_and_slow_calls_are_as_long_as_the_policy_says() -> None:
+    clock = FakeClock()
+    breaker = make(
+        clock,
+        window="3s",
+        slow_call="250ms",
+        trip=[{"when": "upstream.slow_call_rate", "above": 0.6}],
+    )
+    for seconds in (0.1, 0.3, 0.2, 0.5):  # two of four slower than 250 ms
+        breaker.record_upstream(200, seconds)
+    clock.now += 2.9
+    assert breaker.tick() is None
+    clock.now += 0.1
+    assert breaker.tick() == {
+        "upstream.error_rate": 0.0,
+        "upstream.slow_call_rate": 0.5,
+        "upstream.consecutive_5xx": 0.0,
+    }
+    assert breaker.retry_after() == 3 and breaker.state_name == "closed"
+    for seconds in (0.3, 0.3, 0.2):
+        breaker.record_upstream(200, seconds)
+    clock.now += 3
+    breaker.tick()
+    assert breaker.state_name == "open" and "upstream.slow_call_rate>0.6" in breaker.reason
+
+
+@pytest.mark.parametrize("needed", [1, 3])
+def test_half_open_closes_after_as_many_healthy_windows_as_the_policy_says(needed: int) -> None:
+    clock = FakeClock()
+    breaker = make(clock, half_open={"probes": 5, "close_after_windows": needed})
+    trip(breaker)
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE
+    breaker.probe_done(ok=True)
+    for _ in range(needed - 1):
+        breaker.observe_window({"upstream.error_rate": 0.0})
+    assert breaker.state_name == "half_open"
+    breaker.observe_window({"upstream.error_rate": 0.0})
+    assert breaker.state_name == "closed"

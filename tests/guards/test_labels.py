@@ -91,3 +91,12 @@ async def test_label_failure_fail_closed() -> None:
     chain = chain_for({"on_error": "fail_closed"}, "openai")
     ex = await answer(chain, {"choices": [{"text": "legacy"}]})
     assert ex.reply is not None and ex.reply.status == 502 and "missing 'message'" in ex.reply.error
+
+
+async def test_the_output_the_policy_names_holds_the_labels() -> None:
+    names = {"name": "names", "shape": [1], "datatype": "BYTES", "data": ["ape"]}
+    doc = with_score(tagger(["cat", "gorilla"]), 1)
+    doc["outputs"].insert(0, names)  # the first BYTES output is not the labels
+    ex = await answer(chain_for({"action": "suppress", "output": "tags"}), doc)
+    outputs = {o["name"]: o["data"] for o in loads(ex.final_response_body())["outputs"]}
+    assert outputs["names"] == ["ape"] and outputs["tags"] == ["cat"]

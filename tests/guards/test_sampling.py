@@ -132,3 +132,19 @@ async def test_blocked_answer_is_still_sampled_by_the_chain() -> None:
     assert ex.reply is not None and ex.sampled
     sample = queue.queue.get_nowait()
     assert sample.status == 422 and sample.flags == ["blocked:gorilla"]
+
+
+async def test_samples_are_redacted_as_the_policy_says() -> None:
+    queue = SampleQueue(10)
+    sampling = {"rate": 1.0, "redact": ["account"], "detectors": ["email"]}
+    spec = policy({"score": {"output": "score"}}, sampling=sampling)
+    guards = chain(spec, GuardContext(samples=queue))
+    request = {"account": "ACC-991", "note": "write to ann@example.com or call +65 6123 4567"}
+    ex = exchange(request, v2_answer(0.8))
+    await guards.on_request(ex)
+    await guards.on_response(ex)
+    record = queue.queue.get_nowait().record()
+    assert record["request"] == {  # the field named, e-mail found, the phone detector not asked
+        "account": "[REDACTED:account]",
+        "note": "write to [REDACTED:email] or call +65 6123 4567",
+    }

@@ -146,3 +146,19 @@ async def test_group_count_mismatch_is_an_error() -> None:
     chain = chain_for({})
     ex = await run(chain, exchange(v2_request("male", "female"), v2_answer(0.1, 0.2, 0.3)))
     assert "2 groups for 3 scores" in ex.errors[0]
+
+
+async def test_the_policy_threshold_decides_for_groups_without_their_own() -> None:
+    ex = exchange(v2_request("female", "male", "other"), v2_answer(0.45, 0.65, 0.75))
+    await run(chain_for({"threshold": 0.7}), ex)
+    assert ex.annotations["X-Guard-Decision"] == "1,0,1"
+    assert ex.annotations["X-Guard-Threshold"] == "0.4,0.7,0.7"
+
+
+async def test_rewrite_replaces_the_output_the_policy_names() -> None:
+    answer = v2_answer(0.42, 0.42)
+    answer["outputs"].append({"name": "approved", "shape": [2], "datatype": "BOOL", "data": [0, 0]})
+    ex = exchange(v2_request("female", "male"), answer)
+    await run(chain_for({"annotate": "rewrite", "label_output": "approved"}), ex)
+    outputs = {o["name"]: o["data"] for o in loads(ex.final_response_body())["outputs"]}
+    assert outputs["approved"] == [1, 0] and outputs["predict"] == [0, 0]

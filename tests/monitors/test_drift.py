@@ -168,3 +168,70 @@ def test_docstring_examples() -> None:
     from guardproxy.monitors import drift
 
     assert doctest.testmod(drift).failed == 0
+
+
+def bank_of(clock: FakeClock | None = None, **spec: object) -> DriftBank:
+    """A bank on the score and a categorical sex, 500 rows of warm-up and per window."""
+    base: dict[str, object] = {
+        "reference": {"warmup": 500},
+        "window": 500,
+        "signals": ["score", {"input": "sex", "kind": "categorical"}],
+    }
+    return DriftBank(DriftSpec.model_validate({**base, **spec}), clock=clock or FakeClock())
+
+
+def shifted_window(**spec: object) -> dict[str, WindowResult]:
+    """The first window after warm-up, scores and sexes both moved a little, by signal."""
+    rng = np.random.default_rng(5)
+    bank = bank_of(**spec)
+    reference = [{"score": s, "sex": "f" if s < 0.5 else "m"} for s in rng.uniform(size=500)]
+    assert bank.observe(reference) == []
+    window = [{"score": s, "sex": "f" if s < 0.4 else "m"} for s in rng.uniform(0.05, 1, 500)]
+    return {r.signal: r for r in bank.observe(window) if r.group == "*"}
+
+
+def test_the_policy_chooses_the_drift_tests_and_their_bounds() -> None:
+    off = {"psi": None, "ks": None, "js": None, "chi2": None}
+    assert all(r.values == {} for r in shifted_window(tests=off).values())
+    only_js = shifted_window(tests={**off, "js": {"alarm": 0.5}})
+    assert set(only_js["score"].values) == set(only_js["sex"].values) == {"js"}
+    measured = shifted_window(tests={"js": {"alarm": 1.0}}, correction="none")
+    score, sex = measured["score"].values, measured["sex"].values
+    psi, js, ks_p, chi2_p = score["psi"], score["js"], score["ks_p"], sex["chi2_p"]
+    assert 0 < psi < 1 and 0 < js < 1 and 0 < ks_p < 0.5 and 0 < chi2_p < 0.5
+
+    def bounds(side: float) -> dict[str, object]:
+        return {
+            "psi": {"warn": psi * side, "alarm": psi * side},
+            "js": {"alarm": js * side},
+            "ks": {"p_value": ks_p / side},
+            "chi2": {"p_value": chi2_p / side},
+        }
+
+    strict = shifted_window(tests=bounds(0.9), correction="none")
+    lax = shifted_window(tests=bounds(1.1), correction="none")
+    assert strict["score"].alarms == {"psi": True, "js": True, "ks": True} and strict["score"].warn
+    assert lax["score"].alarms == {"psi": False, "js": False, "ks": False} and not lax["score"].warn
+    assert strict["sex"].alarms["chi2"] and not lax["sex"].alarms["chi2"]
+
+
+def test_bonferroni_divides_the_p_value_by_the_signals_unless_the_policy_says_none() -> None:
+    ks_p = shifted_window(correction="none")["score"].values["ks_p"]
+    tests = {"ks": {"p_value": ks_p * 1.5}}  # above p alone, below it once halved for 2 signals
+    assert shifted_window(tests=tests, correction="none")["score"].alarms["ks"]
+    assert not shifted_window(tests=tests, correction="bonferroni")["score"].alarms["ks"]
+
+
+def test_a_warm_up_reference_has_the_policys_number_of_bins() -> None:
+    bank = bank_of(bins=4, signals=["score"], reference={"warmup": 100})
+    bank.observe([{"score": i / 100} for i in range(100)])
+    assert bank.monitors[("*", "score")].reference.counts == (25.0, 25.0, 25.0, 25.0)
+
+
+def test_a_time_window_from_the_policy_closes_on_the_clock_not_the_count() -> None:
+    clock = FakeClock()
+    bank = bank_of(clock, window=10, window_seconds="60s", reference={"warmup": 10})
+    bank.observe([{"score": i / 10, "sex": "f"} for i in range(10)])
+    assert bank.observe([{"score": 0.5, "sex": "f"}] * 50) == []
+    clock.now = 60.0
+    assert [(r.signal, r.n) for r in bank.observe([])] == [("score", 50), ("sex", 50)]

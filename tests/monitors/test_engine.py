@@ -191,3 +191,90 @@ async def test_an_unreachable_state_is_counted_not_raised() -> None:
     assert result.status == "failed"
     assert engine.status()["state"]["state_errors"] == 2
     await engine.state.close()
+
+
+def adapted(adapt: dict[str, Any], fairness: int = 100, **model: Any) -> CompiledModel:
+    """A model of groups a and b whose thresholds adapt with no step limit, as `adapt` says."""
+    from guardproxy.policy.models import Policy
+    from guardproxy.policy.table import compile_policy
+
+    threshold = 50.0 if "score" in model else 0.5
+    policy = Policy.model_validate(
+        {
+            "region": "eu",
+            "models": [{"name": "m", **model}],
+            "groups": {"attribute": {"header": "X-Group", "trusted": True}, "values": ["a", "b"]},
+            "decision": {
+                "threshold": threshold,
+                "adapt": {"min_labels_per_group": 50, "max_step": 100.0, **adapt},
+            },
+            "fairness": {"bins": fairness},
+        }
+    )
+    return compile_policy(policy).models[0]
+
+
+async def noisy_replay(engine: FairnessEngine, entry: CompiledModel, scale: float = 1.0) -> None:
+    """Ten rows at each score; P(label 1) is the score for group a, its square for group b."""
+    observations, labels = [], []
+    for group, power in (("a", 1), ("b", 2)):
+        for i, s in enumerate(SCORES):
+            positives = round(10 * s**power)
+            for j in range(10):
+                rid = f"{group}{i}-{j}"
+                verdict = Verdict(group, s * scale, 0.5 * scale, int(s >= 0.5))
+                observations.append(exchange(entry, rid, [verdict]))
+                labels.append((rid, int(j < positives), 0.0))
+    await engine.consume(observations)  # type: ignore[misc]
+    await engine.join(labels)
+    await engine.refresh()
+
+
+async def fitted(entry: CompiledModel, scale: float = 1.0) -> dict[str, str]:
+    """The thresholds one calibration learns from the noisy replay, as X-Guard-Threshold shows."""
+    engine = engine_for(entry)
+    await noisy_replay(engine, entry, scale)
+    assert (await engine.calibrate(KEY)).status == "published"
+    table = engine.thresholds.current
+    return {g: table.rule(KEY, g).label for g in "ab"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("adapt", "expected"),
+    [
+        ({"constraint": "per_group"}, {"a": "0.45", "b": "0.67"}),  # each group's best accuracy
+        ({"constraint": "none"}, {"a": "0.59", "b": "0.59"}),  # one threshold for everyone
+        ({"constraint": "none", "objective": "balanced_accuracy"}, {"a": "0.55", "b": "0.55"}),
+        ({"constraint": "per_group", "objective": "cost", "cost": [0, 1, 5, 0]},
+         {"a": "0.15", "b": "0.39"}),  # a missed positive costs five false alarms: lower
+        ({"constraint": "per_group", "objective": "cost", "cost": [0, 5, 1, 0]},
+         {"a": "0.85", "b": "0.92"}),  # a false alarm costs five missed positives: higher
+        ({"constraint": "equal_opportunity"}, {"a": "0.55", "b": "0.67|0.74@0.04571"}),
+        ({"constraint": "equal_opportunity", "tolerance": 0.2}, {"a": "0.55", "b": "0.74"}),
+    ],
+)  # fmt: skip
+async def test_constraint_objective_cost_and_tolerance_choose_the_fit(
+    adapt: dict[str, Any], expected: dict[str, str]
+) -> None:
+    assert await fitted(adapted(adapt)) == expected
+
+
+async def test_max_step_from_the_policy_bounds_each_move() -> None:
+    entry = policy(max_step=0.1)
+    engine = engine_for(entry)
+    await replay(engine, entry, {"a": 0.3, "b": 0.7})
+    await engine.calibrate(KEY)
+    table = engine.thresholds.current
+    assert table.rule(KEY, "a").low == pytest.approx(0.4)  # type: ignore[union-attr]
+    assert table.rule(KEY, "b").low == pytest.approx(0.6)  # type: ignore[union-attr]
+
+
+async def test_histogram_bins_and_the_score_range_come_from_the_policy() -> None:
+    fine = await fitted(
+        adapted({"constraint": "per_group", "objective": "cost", "cost": [0, 1, 5, 0]})
+    )
+    coarse = adapted({"constraint": "per_group", "objective": "cost", "cost": [0, 1, 5, 0]}, 20)
+    assert fine == {"a": "0.15", "b": "0.39"}
+    assert await fitted(coarse) == {"a": "0.15", "b": "0.4"}  # thresholds on 0.05 steps
+    percent = adapted({"constraint": "per_group"}, score={"range": [0, 100]})
+    assert await fitted(percent, scale=100) == {"a": "45", "b": "67"}

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,6 +20,7 @@ from guardproxy.breaker.board import BreakerBoard
 from guardproxy.demo.model import adult_rows, load_model
 from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
+from guardproxy.monitors.baseline import baseline_command
 from guardproxy.monitors.drift import WindowResult
 from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, rounds
 from guardproxy.policy.models import FairnessSpec, Policy
@@ -27,6 +29,7 @@ from guardproxy.policy.thresholds import ModelKey, Snapshot
 from guardproxy.state.counts import GroupCounts
 from tests.factories import observation
 
+DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"
 ROWS = list(adult_rows())
 MODEL = load_model()
 COUNTRY = "native-country"
@@ -336,3 +339,17 @@ breaker:
     assert "fairness.disparate_impact<0.8x2 (0.25)" in breaker.reason
     status = watchdog.status()["models"]["default|adult|"]
     assert status["last"]["fairness.disparate_impact"] == 0.25
+
+
+async def test_a_baseline_file_replaces_the_warm_up_of_the_signals_it_holds(
+    tmp_path: Path,
+) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline_command(DATA, ["age", COUNTRY], categorical=[COUNTRY], out=baseline)
+    text = POLICY.replace("{warmup: 1000}", f"{{warmup: 1000, baseline: {baseline}}}")
+    watchdog, board, _ = setup(text)
+    await feed(watchdog, shifted(ROWS[:200], 15), adult(board.policies.current))
+    status = watchdog.status()["models"]["default|adult|"]
+    assert status["warming"] == {"score": 200}  # no baseline for the score: it warms up
+    assert status["signals"]["age"]["n"] == 200 and status["signals"]["age"]["alarms"]["psi"]
+    assert set(status["signals"]) == {"age", COUNTRY}

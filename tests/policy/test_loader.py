@@ -17,12 +17,12 @@ from guardproxy.policy.loader import (
     PolicyError,
     PolicyFiles,
     Problem,
-    deep_merge,
     format_problems,
     load_directory,
     load_files,
     validate_directory,
 )
+from guardproxy.policy.merge import deep_merge
 
 from .kubelet import atomic_write
 
@@ -59,6 +59,17 @@ def test_every_example_policy_is_valid() -> None:
     loaded = load_directory(EXAMPLES)
     assert set(loaded.policies) == {"default", "sg", "id", "th"}
     assert loaded.sources["sg"] == (str(EXAMPLES / "default.yaml"), str(EXAMPLES / "sg.yaml"))
+
+
+def test_the_readme_policy_example_is_valid(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Policies") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start : section.index("```", start)]
+    write(tmp_path, {"default.yaml": (EXAMPLES / "default.yaml").read_text(), "sg.yaml": example})
+    assert validate_directory(tmp_path) == []
+    sg = load_directory(tmp_path).policies["sg"]
+    assert [m.name for m in sg.models] == ["adult", "credit", "fraud"]
 
 
 def test_example_regions_differ_where_documented() -> None:
@@ -338,3 +349,10 @@ def test_a_baseline_that_is_missing_or_does_not_fit_is_a_problem(tmp_path: Path)
     assert loaded.drift is not None and loaded.drift.reference.baseline == str(
         tmp_path / "base.json"
     )
+
+
+def test_an_unknown_key_in_a_model_lists_the_keys_a_model_takes(tmp_path: Path) -> None:
+    write(tmp_path, {"default.yaml": "region: default\nmodels:\n  - name: a\n    decisoin: {}\n"})
+    (problem,) = problems_of(tmp_path)
+    assert problem.startswith("default.yaml:4:5: model 'a': decisoin: unknown key")
+    assert "protocol, routes, score" in problem

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from guardproxy.policy.models import AdaptSpec, BreakerSpec, DriftSpec, Policy, PsiSpec
+from guardproxy.policy.models import SECTIONS, AdaptSpec, BreakerSpec, DriftSpec, Policy, PsiSpec
 
 GROUPS = {"attribute": {"input": "sex"}, "values": ["Female", "Male"]}
 
@@ -147,3 +147,32 @@ def test_sample_sink_budget_must_hold_one_file() -> None:
         policy(sampling={"sink": {"max_bytes": 4096, "max_total_bytes": 2048}})
     sink = policy(sampling={"sink": {"retention": "7d"}}).sampling.sink
     assert sink.retention == 7 * 86400 and sink.max_total_bytes >= sink.max_bytes
+
+
+def test_a_model_overrides_only_the_section_keys_it_names() -> None:
+    region = {
+        "groups": {"attribute": {"input": "sex"}, "values": ["F", "M"], "telemetry": "hashed"},
+        "decision": {"threshold": 0.6, "annotate": "body"},
+        "labels": {"deny": ["ape"], "action": "flag"},
+        "sampling": {"rate": 0.1, "min_per_group": 5},
+        "drift": {"window": 100, "bins": 5},
+        "fairness": {"window": 50, "bins": 20},
+        "breaker": {"cooldown": "30s", "min_calls": 5},
+    }
+    own = {
+        "groups": {"telemetry": "none"},
+        "decision": {"threshold": 0.7},
+        "labels": {"action": "block"},
+        "sampling": {"rate": 0.2},
+        "drift": {"window": 200},
+        "fairness": {"window": 60},
+        "breaker": {"cooldown": 40.0},
+    }
+    models = [{"name": "own", **own}, {"name": "plain"}]
+    policy = Policy.model_validate({"region": "sg", **region, "models": models})
+    assert set(own) == set(SECTIONS)
+    for section, override in own.items():
+        defaults = getattr(policy, section).model_dump()
+        assert getattr(policy.model("plain"), section).model_dump() == defaults
+        mine = getattr(policy.model("own"), section).model_dump()
+        assert {k: v for k, v in mine.items() if v != defaults[k]} == override

@@ -62,6 +62,7 @@ def test_owner_names_the_model_whose_glob_matched() -> None:
         ("/v1/models/a:predict", "/v1/models/b*:predict", False),
         ("/a/**/b", "/a/x/y/b", True),
         ("/a/**", "/a", True),
+        ("/a", "/**/**/a", True),
         ("/invocations", "/invocations", True),
         ("/x*", "/*y", True),
     ],

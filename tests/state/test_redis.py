@@ -35,8 +35,9 @@ async def test_open_state_reads_the_prefix_from_the_url(redis_prefix: str) -> No
     state = open_state(f"{REDIS_URL}?prefix={redis_prefix}")
     assert isinstance(state, RedisState) and state.prefix == redis_prefix
     await state.close()
-    with pytest.raises(ValueError, match="unknown state backend"):
-        open_state("mongodb://x")
+    with pytest.raises(ValueError, match="unknown state backend") as caught:
+        open_state("mongodb://admin:hunter2@x/0")
+    assert "hunter2" not in str(caught.value) and "***@x" in str(caught.value)
 
 
 async def test_unreachable_redis_fails_fast_with_state_error() -> None:
