@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 MAX_REQUEST_ID = 128
@@ -22,12 +21,6 @@ class Trust:
     def region_key(self) -> bytes | None:
         """The trusted region header's name, lower-case bytes (as byte headers are looked up)."""
         return self.region_header.lower().encode("latin-1") if self.region_header else None
-
-    def region_of(self, headers: Mapping[str, str]) -> str | None:
-        """The region a request names, when a trusted header may name one."""
-        if self.region_header is None:
-            return None
-        return headers.get(self.region_header)
 
 
 class _Ids:

@@ -25,7 +25,6 @@ def test_no_id_gets_a_new_one_without_counting() -> None:
     assert not replaced and len(new) == 32
 
 
-def test_region_header_counts_only_when_trusted() -> None:
-    headers = {"X-Region": "sg"}
-    assert Trust().region_of(headers) is None
-    assert Trust(region_header="X-Region").region_of(headers) == "sg"
+def test_only_a_named_region_header_has_a_lookup_key() -> None:
+    assert Trust().region_key is None
+    assert Trust(region_header="X-Region").region_key == b"x-region"
