@@ -8,6 +8,8 @@ from typing import Protocol
 
 from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.guards.features import FeatureReader
+from guardproxy.payloads.binary_bodies import BinaryReads
+from guardproxy.payloads.chatstream import TermScanner
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import OnError
 
@@ -30,20 +32,26 @@ class Guard(Protocol):
 class GuardChain:
     """Runs guards in the policy's order; a failure follows the guard's on_error.
 
-    The `observer` (sampling) sees every final answer, even one a guard blocked.
+    The `observer` (sampling) sees every final answer, even one a guard blocked. `binary`
+    names what the policy reads of binary tensor bodies (OIP models); `terms` scans streamed
+    chat answers for the label guard's terms (OpenAI models with a deny list).
     """
 
-    __slots__ = ("errors", "features", "guards", "observer")
+    __slots__ = ("binary", "errors", "features", "guards", "observer", "terms")
 
     def __init__(
         self,
         guards: Sequence[Guard],
         observer: Guard | None = None,
         features: FeatureReader | None = None,
+        binary: BinaryReads | None = None,
+        terms: TermScanner | None = None,
     ) -> None:
         self.guards = tuple(guards)
         self.observer = observer
         self.features = features
+        self.binary = binary
+        self.terms = terms
         self.errors: dict[str, int] = {}
 
     async def on_request(self, ex: Exchange) -> None:
@@ -58,6 +66,11 @@ class GuardChain:
 
     async def on_response(self, ex: Exchange) -> None:
         """Run each guard's response hook until one replaces the answer, then the observer."""
+        await self.check_response(ex)
+        await self.observe(ex)
+
+    async def check_response(self, ex: Exchange) -> None:
+        """Run each guard's response hook until one replaces the answer (no observer yet)."""
         for guard in self.guards:
             if ex.reply is not None:
                 break
@@ -65,7 +78,13 @@ class GuardChain:
                 await guard.on_response(ex)
             except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
-        await self.observe(ex)
+
+    def failed(self, name: str, on_error: str, ex: Exchange, why: str) -> None:
+        """A guard that could not check a streamed answer: counted, and fail_closed answers."""
+        self.errors[name] = self.errors.get(name, 0) + 1
+        ex.errors.append(f"{name}: {why}")
+        if on_error == "fail_closed":
+            ex.reply = Reply(502, f"guard {name} could not check the answer: {why}")
 
     async def observe(self, ex: Exchange) -> None:
         """Show the final answer to the observer, including answers a guard replaced."""

@@ -14,6 +14,8 @@ from guardproxy.guards.labels import LabelGuard
 from guardproxy.guards.sampling import SamplingGuard
 from guardproxy.guards.thresholds import DecisionGuard
 from guardproxy.payloads import compile_payload
+from guardproxy.payloads.binary_bodies import binary_reads
+from guardproxy.payloads.chatstream import TermScanner
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import Snapshot, ThresholdTable
 from guardproxy.sampling.sinks import SampleQueue
@@ -44,7 +46,17 @@ def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext)
     if spec.labels.deny:
         guards.append(LabelGuard(spec.labels, payload))
     features = feature_reader(payload, [s.input for s in spec.signal_specs()])
+    binary, terms = binary_reads(spec), stream_terms(spec)
     if ctx.samples is None:
-        return GuardChain(guards, features=features)
+        return GuardChain(guards, features=features, binary=binary, terms=terms)
     sampling = SamplingGuard(spec.sampling, ctx.samples, version, ctx.clock, ctx.draws)
-    return GuardChain(guards, sampling, features)
+    return GuardChain(guards, sampling, features, binary, terms)
+
+
+def stream_terms(spec: ModelPolicy) -> TermScanner | None:
+    """The label guard's terms for streamed chat answers (flag: found and marked, not denied)."""
+    if spec.protocol != "openai" or not spec.labels.deny:
+        return None
+    if spec.labels.action == "flag":
+        return TermScanner((), flag=spec.labels.deny)
+    return TermScanner(spec.labels.deny)  # block, and suppress (a sent word cannot be masked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads
 from guardproxy.transport import HeaderList, Headers
 
@@ -62,6 +63,8 @@ class Exchange:
     _response_json: Any = _UNPARSED
     response_changed: bool = False
     decoded: bool = False  # the request (and answer) arrive as documents, not JSON bytes: gRPC
+    binary: BinaryBodies | None = None  # an OIP body in the binary tensor extension, either way
+    streamed: bool = False  # the answer is a stream (server-sent events), not one body
 
     @classmethod
     def from_documents(
@@ -89,34 +92,76 @@ class Exchange:
 
     def request_record(self) -> bytes | Any:
         """The request as a sample keeps it: the body, or the document it arrived as."""
-        return self._request_json if self.decoded else self.body
+        if self.decoded:
+            return self._request_json
+        binary = self.binary
+        if binary is not None and binary.request is not None:
+            return binary.request_record(self.body)
+        return self.body
 
     def response_record(self) -> bytes | Any:
         """The answer as a sample keeps it: the bytes, or the (changed or decoded) document."""
-        if self.response_changed or (self.decoded and self._response_json is not _UNPARSED):
+        binary = self.binary
+        if binary is not None and binary.response is not None:
+            return binary.response_record(self.response_body)
+        if (
+            self.response_changed
+            or self.streamed
+            or (self.decoded and self._response_json is not _UNPARSED)
+        ):
             return self._response_json
         return self.response_body
 
     def request_json(self) -> Any:
-        """The request body parsed once (raises ValueError on malformed JSON)."""
+        """The request body parsed once (ValueError on malformed JSON or binary framing)."""
         if self._request_json is _UNPARSED:
-            self._request_json = loads(self.body)
+            binary = self.binary
+            if binary is None or binary.request is None:
+                self._request_json = loads(self.body)
+            else:  # only the tensors the policy reads
+                self._request_json = binary.request_document(self.body)
         return self._request_json
 
+    def whole_request_json(self) -> Any:
+        """The request with every tensor decoded (a row's subject is all of its content)."""
+        document = self.request_json()
+        binary = self.binary
+        if binary is not None and binary.needs_whole():
+            document = self._request_json = binary.request_document(self.body, whole=True)
+        return document
+
     def response_json(self) -> Any:
-        """The response body parsed once (raises ValueError on malformed JSON)."""
+        """The response body parsed once (ValueError on malformed JSON or binary framing)."""
         if self._response_json is _UNPARSED:
-            self._response_json = loads(self.response_body)
+            binary = self.binary
+            if binary is None or binary.response is None:
+                self._response_json = loads(self.response_body)
+            else:  # only the outputs the policy reads
+                self._response_json = binary.response_document(self.response_body)
         return self._response_json
 
     def replace_response_json(self, document: Any) -> None:
-        """Mark the parsed response as changed; the proxy re-serialises it once."""
+        """Mark the parsed response as changed; the proxy re-serialises it once.
+
+        A binary answer is encoded here, so a value it cannot hold fails in the guard.
+        """
+        binary = self.binary
+        if binary is not None and binary.response is not None:
+            binary.encode(document)
         self._response_json = document
         self.response_changed = True
+
+    def set_stream_record(self, record: dict[str, Any]) -> None:
+        """What a streamed answer said, as its sample keeps it (the text, not the events)."""
+        self.streamed = True
+        self._response_json = record
 
     def final_response_body(self) -> bytes:
         """The bytes to send: the upstream's untouched, or the changed document."""
         if self.response_changed:
+            binary = self.binary
+            if binary is not None and binary.encoded is not None:
+                return binary.encoded.body
             return dumps(self._response_json)
         return self.response_body
 
@@ -129,6 +174,8 @@ def is_json_answer(ex: Exchange) -> bool:
         return ex._response_json is not _UNPARSED
     if not ex.response_body:
         return False
+    if ex.binary is not None and ex.binary.response is not None:
+        return True
     return not ex.response_type or b"json" in ex.response_type
 
 

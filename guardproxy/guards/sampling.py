@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from guardproxy.guards.draws import SAMPLING, Draws
 from guardproxy.guards.exchange import Exchange
@@ -79,7 +80,10 @@ class SamplingGuard:
         status = reply.status if reply is not None else ex.status
         response: object = ex.response_record()  # serialised by the writer, off the hot path
         if reply is not None:
-            response = {"error": reply.error, "details": reply.details}
+            error = {"error": reply.error, "details": reply.details}
+            # A stream ended by a guard: what it said until then, and why it ended.
+            record: Any = ex.response_record()
+            response = {**record, **error} if ex.streamed else error
         return Sample(
             request_id=ex.request_id,
             time=time.time(),

@@ -30,7 +30,7 @@ class Subjects:
             if value:
                 return indexed(b"h:" + value, rows)
             # No subject named: the row's content still keeps a client from re-rolling.
-        doc = ex.request_json()
+        doc = ex.whole_request_json()  # a binary request's every tensor: the row is all of them
         if self._path is not None:
             return self._from_path(doc, rows)
         keys = self._payload.row_keys(doc, rows)

@@ -82,19 +82,26 @@ class DecisionGuard:
     async def on_response(self, ex: Exchange) -> None:
         """Decide every row, then record and report all of it at once."""
         if not is_json_answer(ex):
+            if ex.streamed:  # a chat stream carries no score: said, counted, on_error applies
+                self._unscored(ex)
+                raise PayloadError("a streamed answer carries no score")
             return
         try:
             doc = ex.response_json()
             scores = self._payload.scores(doc)
         except (PayloadError, ValueError):
-            # Loud, not silent: the client sees it, and the model's unscored count grows.
-            ex.unscored = True
-            ex.annotations["X-Guard-Decision"] = "unscored"
+            self._unscored(ex)
             raise
         ex.version = version_label(self._payload.version(doc)) or ex.version
         groups, rules, thresholds, decisions = self.decide(ex, scores)
         self._report(ex, doc, decisions, rules)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))
+
+    @staticmethod
+    def _unscored(ex: Exchange) -> None:
+        # Loud, not silent: the client sees it, and the model's unscored count grows.
+        ex.unscored = True
+        ex.annotations["X-Guard-Decision"] = "unscored"
 
     def _report(
         self, ex: Exchange, doc: object, decisions: list[int], rules: list[ThresholdRule]

@@ -10,9 +10,15 @@ from guardproxy.hotpath.upstream import (
     forward_request_headers,
     forward_response_headers,
 )
+from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies
 from guardproxy.transport import HeaderList, Headers, Request, UpstreamError, UpstreamResponse
 
 IDENTITY = (b"Accept-Encoding", b"identity")
+BINARY_HEADER = b"Inference-Header-Content-Length"
+# A changed answer is framed anew: its encoding is gone, a binary one has a new JSON header.
+_CHANGED_SKIP = frozenset({b"content-encoding", HEADER_KEY})
+# A guarded stream may end early (a denied term): the upstream's length no longer holds.
+_STREAM_SKIP = frozenset({b"content-length"})
 # A guarded request's own Accept-Encoding is replaced: guards read the answer, and an encoded
 # one they cannot. Once its body is decoded, the headers describing the encoding go too.
 _GUARDED_SKIP = REQUEST_SKIP | {b"accept-encoding"}
@@ -68,3 +74,16 @@ async def read_answer(
         headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
     ex.response_headers = headers
     ex.response_body = body
+
+
+def changed_headers(headers: HeaderList, binary: BinaryBodies | None) -> HeaderList:
+    """A changed answer's headers: no Content-Encoding; a binary one's new header length."""
+    out = [(k, v) for k, v in headers if k.lower() not in _CHANGED_SKIP]
+    if binary is not None and binary.encoded is not None:
+        out.append((BINARY_HEADER, b"%d" % binary.encoded.header_length))
+    return out
+
+
+def stream_headers(headers: Headers) -> HeaderList:
+    """A guarded stream's headers: the upstream's, without its Content-Length."""
+    return [(k, v) for k, v in forward_response_headers(headers) if k.lower() not in _STREAM_SKIP]

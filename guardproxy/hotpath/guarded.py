@@ -16,7 +16,8 @@ from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
-from guardproxy.hotpath.bodies import guarded_headers, read_answer
+from guardproxy.hotpath.bodies import changed_headers, guarded_headers, read_answer, stream_headers
+from guardproxy.hotpath.chatrelay import EVENT_STREAM, ChatRelay
 from guardproxy.hotpath.hooks import UpstreamTracer
 from guardproxy.hotpath.observation import Observation, observe, outcome_of
 from guardproxy.hotpath.relay import NO_BODY_STATUS, reason_of, relay
@@ -32,9 +33,10 @@ from guardproxy.hotpath.replies import (
 )
 from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
+from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
 from guardproxy.policy.routes import path_version
 from guardproxy.policy.table import CompiledModel
-from guardproxy.transport import Request, ResponseWriter
+from guardproxy.transport import Request, ResponseWriter, UpstreamResponse
 
 log = logging.getLogger("guardproxy.proxy")
 
@@ -96,6 +98,9 @@ class GuardedSteps:
             if breaker.state is not CLOSED:
                 mark(ex, breaker, admission, fallback is not None)
             chain = cast(GuardChain, model.chain)
+            binary = request.headers.get(HEADER_KEY)  # the binary tensor extension (OIP)
+            if binary is not None and chain.binary is not None:
+                ex.binary = BinaryBodies(chain.binary, binary.decode("latin-1"))
             await chain.on_request(ex)
             if ex.reply is not None:
                 await chain.observe(ex)
@@ -126,7 +131,10 @@ class GuardedSteps:
         wire: ModelWire,
         decoded: bool,
     ) -> str:
-        """The upstream's answer through the guards (a non-JSON answer streams through)."""
+        """The upstream's answer through the guards (binary tensors and chat streams too).
+
+        Any other answer that is not JSON streams through unguarded, and is counted.
+        """
         rid = ex.request_id.encode("latin-1")
         headers = guarded_headers(request, rid, self.trust.forwarded, decoded)
         if upstream.authorization is not None:
@@ -143,18 +151,20 @@ class GuardedSteps:
             raise
         span.end(response.status)
         call.settle(response.status, perf_counter() - began)
+        chain = cast(GuardChain, wire.model.chain)
         content_type = media_type(response.headers.get(b"content-type"))
-        if (
-            content_type not in JSON_TYPES
-            or response.status in NO_BODY_STATUS
-            or request.method == b"HEAD"
-        ):
-            self.counts.unguarded_streams += 1
-            await relay(request, writer, response, rid, self.counts)
-            return "streamed"
+        binary = response.headers.get(HEADER_KEY) if chain.binary is not None else None
+        if response.status in NO_BODY_STATUS or request.method == b"HEAD":
+            return await self._unguarded(request, writer, response, rid)
+        if binary is not None:
+            ex.binary = ex.binary or BinaryBodies(cast(BinaryReads, chain.binary))
+            ex.binary.response = binary.decode("latin-1")
+        elif content_type not in JSON_TYPES:
+            if content_type == EVENT_STREAM and wire.model.spec.protocol == "openai":
+                return await self._chat(writer, ex, response, call.admitted, wire, began)
+            return await self._unguarded(request, writer, response, rid)
         await read_answer(ex, response, self.max_body, content_type)
         ex.upstream_seconds = perf_counter() - began
-        chain = cast(GuardChain, wire.model.chain)
         if 200 <= ex.status < 300:
             await chain.on_response(ex)
         else:
@@ -163,6 +173,46 @@ class GuardedSteps:
             self._reply(writer, ex, call.admitted, wire)
             return "blocked"
         self._answer(writer, ex, call.admitted, wire, reason_of(response))
+        return outcome_of(ex)
+
+    async def _unguarded(
+        self, request: Request, writer: ResponseWriter, response: UpstreamResponse, rid: bytes
+    ) -> str:
+        """An answer the guards cannot read (not JSON, binary tensors or a chat stream)."""
+        self.counts.unguarded_streams += 1
+        await relay(request, writer, response, rid, self.counts)
+        return "streamed"
+
+    async def _chat(
+        self,
+        writer: ResponseWriter,
+        ex: Exchange,
+        response: UpstreamResponse,
+        admitted: Admitted,
+        wire: ModelWire,
+        began: float,
+    ) -> str:
+        """A streamed chat answer through the label terms, event by event, then observed."""
+        chain, spec = cast(GuardChain, wire.model.chain), wire.model.spec
+        ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
+        ex.response_headers = stream_headers(response.headers)
+        if 200 <= ex.status < 300:
+            await chain.check_response(ex)  # a decision guard says: unscored
+        if ex.reply is not None:  # fail_closed: nothing of the stream was sent
+            response.release()
+            await chain.observe(ex)
+            self._reply(writer, ex, admitted, wire)
+            return "blocked"
+        headers = annotated(ex.response_headers, ex, wire.headers)
+        stream = ChatRelay(ex, chain, spec.labels, self.counts, self.max_body,
+                           spec.sampling.max_body_bytes)  # fmt: skip
+        try:
+            await stream.run(writer, response, headers, reason_of(response))
+        finally:
+            ex.upstream_seconds = perf_counter() - began
+            self.counts.blocked += ex.reply is not None
+            await chain.observe(ex)
+            self._observe(ex, wire.model, admitted)
         return outcome_of(ex)
 
     def _answer(
@@ -176,7 +226,7 @@ class GuardedSteps:
         body = ex.final_response_body()
         headers = ex.response_headers
         if ex.response_changed:
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+            headers = changed_headers(headers, ex.binary)
         try:
             writer.send(ex.status, annotated(headers, ex, wire.headers), body, reason)
         finally:
@@ -198,6 +248,8 @@ class GuardedSteps:
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
         """Hand every observer the same immutable record; a failing observer is counted."""
+        if ex.binary is not None:
+            self.counts.binary.count(ex.binary, ex.response_changed)
         observation = observe(ex, model, admitted)
         for observer in self.observers:
             try:

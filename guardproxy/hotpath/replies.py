@@ -12,6 +12,7 @@ from typing import Any
 from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.guards.exchange import Exchange, dumps
 from guardproxy.hotpath.trust import request_id_of
+from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.policy.table import CompiledModel
 from guardproxy.transport import HeaderList, HeaderPairs, Request, RequestError, ResponseWriter
 
@@ -42,6 +43,23 @@ class Refusal(RequestError):
 
 
 @dataclass(slots=True)
+class BinaryCounts:
+    """Guarded exchanges in the OIP binary tensor extension, for /status."""
+
+    requests: int = 0
+    answers: int = 0
+    reencoded: int = 0  # answers a guard changed, written back in the extension
+    malformed: int = 0  # a body whose framing or tensors disagreed (the guard's on_error)
+
+    def count(self, binary: BinaryBodies, changed: bool) -> None:
+        """Count one finished exchange with a binary request or answer."""
+        self.requests += binary.request is not None
+        self.answers += binary.response is not None
+        self.reencoded += changed and binary.encoded is not None
+        self.malformed += binary.malformed
+
+
+@dataclass(slots=True)
 class ProxyCounts:
     """Plain counters the admin port reports; ints, so no locks in a single event loop."""
 
@@ -54,7 +72,12 @@ class ProxyCounts:
     refused: dict[int, int] = field(default_factory=dict)  # bad requests: 400, 408, 413, 415
     aborted: int = 0
     blocked: int = 0
-    unguarded_streams: int = 0
+    unguarded_streams: int = 0  # a guarded route answered with a stream no guard reads
+    chat_streams: int = 0  # streamed chat answers relayed through the label terms
+    chat_streams_blocked: int = 0
+    chat_streams_flagged: int = 0
+    chat_stream_errors: int = 0  # an event that could not be read (the guard's on_error)
+    binary: BinaryCounts = field(default_factory=BinaryCounts)
     request_ids_replaced: int = 0
     internal_errors: int = 0
     client_gone: int = 0
@@ -73,6 +96,18 @@ class ProxyCounts:
             "aborted": self.aborted,
             "blocked": self.blocked,
             "unguarded_streams": self.unguarded_streams,
+            "chat_streams": {
+                "guarded": self.chat_streams,
+                "blocked": self.chat_streams_blocked,
+                "flagged": self.chat_streams_flagged,
+                "errors": self.chat_stream_errors,
+            },
+            "binary": {
+                "requests": self.binary.requests,
+                "answers": self.binary.answers,
+                "reencoded": self.binary.reencoded,
+                "malformed": self.binary.malformed,
+            },
             "request_ids_replaced": self.request_ids_replaced,
             "internal_errors": self.internal_errors,
             "client_gone": self.client_gone,

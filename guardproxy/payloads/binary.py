@@ -95,11 +95,16 @@ def decode_response(
 def decode(
     body: bytes, length: str | int | None, key: Key, only: Collection[str] | None = None
 ) -> BinaryBody:
-    """Decode a body; with `only`, other binary tensors keep their bytes and get no `data`."""
+    """Decode a body; with `only`, other binary tensors keep their bytes and get no `data`.
+
+    A tensor is decoded when `only` names it or one of its columns (a 2-D tabular tensor's
+    `columns` parameter, its own or the body's, as the JSON payloads read features).
+    """
     split = header_length(length, len(body))
     view = memoryview(body)
     doc = _header(view[:split])
     tensors = _tensors(doc, key)
+    shared = _columns(doc) if only is not None else []
     binary = view[split:]
     sections: dict[str, bytes] = {}
     pos = 0
@@ -115,7 +120,7 @@ def decode(
         raw = bytes(binary[pos : pos + size])
         sections[name] = raw
         pos += size
-        if only is None or name in only:
+        if only is None or name in only or _names_a_column(t, shared, only):
             _decoded(t, raw, where)
     if pos != len(binary):
         raise BinaryPayloadError(
@@ -123,6 +128,20 @@ def decode(
         )
     names = frozenset(t.get("name") for t in tensors if isinstance(t.get("name"), str))
     return BinaryBody(doc, key, sections, names, binary_new=bool(sections))
+
+
+def _columns(holder: dict[str, Any]) -> list[Any]:
+    """A tensor's (or a body's) column names: `parameters.columns`, else `columns`."""
+    params = holder.get("parameters")
+    names = params.get("columns") if isinstance(params, dict) else None
+    names = names if names is not None else holder.get("columns")
+    return names if isinstance(names, list) else []
+
+
+def _names_a_column(t: dict[str, Any], shared: list[Any], only: Collection[str]) -> bool:
+    """Whether one of the tensor's columns (else the body's) is wanted."""
+    columns = _columns(t) or shared
+    return any(isinstance(name, str) and name in only for name in columns)
 
 
 def _header(data: memoryview) -> dict[str, Any]:

@@ -33,4 +33,6 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if kind is dict:
         return {k: _plain(v) for k, v in value.items()}
+    if kind is bytes:  # a binary tensor's BYTES element that is not UTF-8
+        return {"bytes": value.hex()}
     return value

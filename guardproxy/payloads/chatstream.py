@@ -83,11 +83,14 @@ class TermScanner:
 
 
 class ChatStreamGuard:
-    """Parses and scans one streamed chat answer; bounded by max_event and max_answer."""
+    """Parses and scans one streamed chat answer; bounded by max_event and max_answer.
+
+    Without a scanner it only keeps the answer's text (for the sample) and releases events.
+    """
 
     def __init__(
         self,
-        scanner: TermScanner,
+        scanner: TermScanner | None,
         *,
         max_event: int = 1 << 20,
         max_answer: int = 1 << 20,
@@ -162,6 +165,8 @@ class ChatStreamGuard:
 
     def _scan_text(self, index: int, text: str) -> Scan:
         self._keep_text(index, text)
+        if self.scanner is None:
+            return PASS
         tail, found = self.scanner.scan(self._tails.get(index, ""), text)
         self._tails[index] = tail
         if not found:

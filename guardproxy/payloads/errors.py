@@ -9,3 +9,7 @@ class PayloadError(Exception):
 
 class MalformedJson(PayloadError, ValueError):
     """A body that is not JSON (a ValueError too, for callers that parse outside guards)."""
+
+
+class MalformedBinary(PayloadError, ValueError):
+    """A binary tensor body whose framing, sizes or tensors disagree."""

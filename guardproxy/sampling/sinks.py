@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from guardproxy.payloads.binary_bodies import RawBody
 from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.sampling.redact import Redactor
@@ -53,13 +54,8 @@ class Sample:
         redactor = self.redactor or fallback
         if redactor is None:
             raise ValueError("a sample needs a redactor before it is stored")
-        request, response = self.request, self.response
-        request = (
-            redactor.body(request) if isinstance(request, bytes) else redactor.document(request)
-        )
-        response = (
-            redactor.body(response) if isinstance(response, bytes) else redactor.bounded(response)
-        )
+        request = _redacted(redactor, self.request, bounded=False)
+        response = _redacted(redactor, self.response, bounded=True)
         return {
             "request_id": self.request_id,
             "time": datetime.fromtimestamp(self.time, UTC).isoformat(),
@@ -74,6 +70,15 @@ class Sample:
             "request": request,
             "response": response,
         }
+
+
+def _redacted(redactor: Redactor, body: bytes | Any, bounded: bool) -> Any:
+    """A body redacted: bytes as JSON or text, a binary tensor body decoded, a document walked."""
+    if isinstance(body, bytes):
+        return redactor.body(body)
+    if isinstance(body, RawBody):  # decoded here, off the hot path; cut like any answer
+        return redactor.bounded(body.document(redactor.max_bytes))
+    return redactor.bounded(body) if bounded else redactor.document(body)
 
 
 class SampleQueue:

@@ -1,0 +1,152 @@
+"""A guarded OpenAI chat stream: events forwarded as they complete, the label terms scanned.
+
+The upstream's head goes to the client at once; each chunk goes through `ChatStreamGuard`,
+and only the events it completes are forwarded, so nothing waits longer than its own event.
+A denied term ends the stream: the events of that chunk are dropped and the client gets
+`error_events` (an OpenAI-style error event, then `data: [DONE]`). An event that cannot be
+read follows the guard's `on_error`: fail_open forwards the rest of the stream unread,
+fail_closed ends it with an error event. The text of every choice (up to the sampling
+policy's `max_body_bytes` characters) becomes the exchange's stream record for its sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+from guardproxy.guards.base import GuardChain
+from guardproxy.guards.exchange import Exchange, Reply
+from guardproxy.hotpath.replies import ProxyCounts
+from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, error_events
+from guardproxy.payloads.sse import SSEError
+from guardproxy.policy.models import LabelsSpec
+from guardproxy.transport import (
+    ClientDisconnected,
+    HeaderList,
+    ResponseWriter,
+    UpstreamError,
+    UpstreamResponse,
+)
+
+log = logging.getLogger("guardproxy.proxy")
+
+EVENT_STREAM = b"text/event-stream"
+UNREADABLE = "the streamed answer could not be checked"
+
+
+class ChatRelay:
+    """One streamed chat answer, relayed through the model's label terms."""
+
+    __slots__ = ("chain", "counts", "ended", "ex", "guard", "labels", "reading")
+
+    def __init__(
+        self,
+        ex: Exchange,
+        chain: GuardChain,
+        labels: LabelsSpec,
+        counts: ProxyCounts,
+        max_event: int,
+        max_answer: int,
+    ) -> None:
+        self.ex, self.chain, self.labels, self.counts = ex, chain, labels, counts
+        self.guard = ChatStreamGuard(chain.terms, max_event=max_event, max_answer=max_answer)
+        self.ended = "complete"
+        self.reading = True  # False once an event could not be read (fail_open): bytes pass
+
+    async def run(
+        self,
+        writer: ResponseWriter,
+        response: UpstreamResponse,
+        headers: HeaderList,
+        reason: bytes | None,
+    ) -> None:
+        """Start the answer, forward it event by event, end it (or cut it) as the guard says."""
+        self.counts.chat_streams += 1
+        chunks = cast(AsyncGenerator[bytes, None], response.stream())
+        try:
+            writer.start(response.status, headers, reason)
+            async for chunk in chunks:
+                out = self._forwardable(chunk)
+                if out is None:  # the stream ends here, with the guard's last word
+                    writer.end(self._last_word())
+                    return
+                await writer.write(out)
+            writer.end(self.guard.rest() if self.reading else b"")
+        except UpstreamError as exc:
+            # The head is gone: a reset tells the client the truth, a clean end would lie.
+            self.ended = "upstream_failed"
+            self.ex.status = 502
+            self.ex.errors.append(f"upstream failed mid-stream: {exc.kind}")
+            self.counts.aborted += 1
+            log.warning("upstream failed mid-stream: %s", exc.kind)
+            writer.abort()
+        except ClientDisconnected:
+            self.ended = "client_gone"
+            raise
+        except BaseException:
+            self.ended = "interrupted"
+            raise
+        finally:
+            await chunks.aclose()
+            response.release()
+            self.finish()
+
+    def _forwardable(self, chunk: bytes) -> bytes | None:
+        """What of the chunk may go to the client now; None when the stream must end."""
+        if not self.reading:
+            return chunk
+        try:
+            scan = self.guard.feed(chunk)
+        except SSEError as exc:
+            return self._unreadable(str(exc))
+        if scan.action == "deny":
+            self._denied(scan)
+            return None
+        return self.guard.release()
+
+    def _unreadable(self, why: str) -> bytes | None:
+        """An event that cannot be read: on_error decides (fail_open: the rest passes unread)."""
+        self.counts.chat_stream_errors += 1
+        terms = self.chain.terms is not None
+        on_error = self.labels.on_error if terms else "fail_open"
+        self.chain.failed("labels" if terms else "stream", on_error, self.ex, why)
+        if self.ex.reply is not None:
+            self.ended = "unreadable"
+            return None
+        self.ended, self.reading = "passed_unread", False
+        return self.guard.rest()
+
+    def _denied(self, scan: Scan) -> None:
+        """A denied term: block and suppress alike end the stream (sent text cannot be masked)."""
+        self.counts.chat_streams_blocked += 1
+        self.ended = "blocked"
+        term = (scan.term or "").casefold()
+        self.ex.flags.append(f"blocked:{term}")
+        details = {"action": "block", "denied": 1, "stream": True}
+        self.ex.reply = Reply(self.labels.block.status, self.labels.block.message, details=details)
+
+    def _last_word(self) -> bytes:
+        reply = self.ex.reply
+        if reply is None or self.ended != "blocked":
+            return error_events(UNREADABLE, "guard_error")
+        return error_events(reply.error)
+
+    def finish(self) -> None:
+        """The flags the stream raised and its record, for the sample and the observers."""
+        ex, guard = self.ex, self.guard
+        if guard.flags:
+            self.counts.chat_streams_flagged += 1
+            ex.flags.extend(f"label:{term.casefold()}" for term in sorted(set(guard.flags)))
+        ex.set_stream_record(stream_record(guard, self.ended))
+
+
+def stream_record(guard: ChatStreamGuard, ended: str) -> dict[str, Any]:
+    """What a sample keeps of a stream: each choice's text, and how the stream ended."""
+    return {
+        "stream": True,
+        "choices": [{"index": i, "text": text} for i, text in guard.answers().items()],
+        "done": guard.done,
+        "truncated": guard.truncated,
+        "ended": ended,
+    }
