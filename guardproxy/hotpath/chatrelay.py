@@ -2,8 +2,9 @@
 
 The upstream's head goes to the client at once; each chunk goes through `ChatStreamGuard`,
 and only the events it completes are forwarded, so nothing waits longer than its own event.
-A denied term ends the stream: the events of that chunk are dropped and the client gets
-`error_events` (an OpenAI-style error event, then `data: [DONE]`). An event that cannot be
+A denied term ends the stream: the events before the one that completed the term are
+forwarded, that event and the rest are not, and the client gets `error_events` (an
+OpenAI-style error event, then `data: [DONE]`). An event that cannot be
 read follows the guard's `on_error`: fail_open forwards the rest of the stream unread,
 fail_closed ends it with an error event. The text of every choice (up to the sampling
 policy's `max_body_bytes` characters) becomes the exchange's stream record for its sample.
@@ -129,8 +130,8 @@ class ChatRelay:
     def _last_word(self) -> bytes:
         reply = self.ex.reply
         if reply is None or self.ended != "blocked":
-            return error_events(UNREADABLE, "guard_error")
-        return error_events(reply.error)
+            return self.guard.release() + error_events(UNREADABLE, "guard_error")
+        return self.guard.release() + error_events(reply.error)
 
     def finish(self) -> None:
         """The flags the stream raised and its record, for the sample and the observers."""

@@ -6,10 +6,11 @@ is kept as a tail of the longest term plus one character, so a term split across
 found and the whole stream costs linear time. Terms match as whole words, case-insensitively,
 as the label guard matches them in a complete answer. A term that ends exactly where the text
 so far ends counts at once: waiting for the next character would let it reach the client.
-After each `feed`, the caller forwards `release()` (the bytes of the events now complete) on
-`pass` or `flag`; on `deny` it sends `error_events(...)` instead and closes the stream, so the
-error always starts at an event boundary. At the upstream's end it forwards `rest()`.
-`answer()` is the accumulated text for the sample.
+After each `feed`, the caller forwards `release()` (the bytes of the events now complete);
+on `deny` that is only the events before the denied one, and the caller sends
+`error_events(...)` after it and closes the stream, so the error starts at an event
+boundary. At the upstream's end it forwards `rest()`. `answer()` is the accumulated text
+for the sample.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class ChatStreamGuard:
         self.flags: list[str] = []
         self._held = bytearray()  # bytes fed but not released: at most one partial event
         self._released = 0  # stream offset of _held[0]
+        self._releasable = 0  # stream offset up to which events may be released
         self._tails: dict[int, str] = {}
         self._parts: dict[int, list[str]] = {}
         self._size = 0
@@ -113,13 +115,23 @@ class ChatStreamGuard:
         """Scan a chunk of the upstream's body (SSEError on a malformed or oversized event)."""
         self._held += chunk
         result = PASS
+        start = self._releasable
         for event in self.parser.feed(chunk):
-            result = _worse(result, self.scan_event(event))
+            try:
+                scan = self.scan_event(event)
+            except SSEError:
+                self._releasable = start  # the events before an unreadable one may still go
+                raise
+            if scan.action == "deny":  # the events before it may still go
+                self._releasable = start
+                return scan
+            result, start = _worse(result, scan), event.end
+        self._releasable = self.parser.boundary
         return result
 
     def release(self) -> bytes:
-        """The bytes of every complete event fed and not yet released (forward them)."""
-        count = self.parser.boundary - self._released
+        """The bytes of the complete events fed and not yet released (before a denied one)."""
+        count = self._releasable - self._released
         out = bytes(self._held[:count])
         del self._held[:count]
         self._released += count

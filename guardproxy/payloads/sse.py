@@ -15,7 +15,7 @@ unterminated line) longer than `max_event` is an `SSEError`, never an unbounded 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["DONE", "Event", "EventParser", "SSEError"]
 
@@ -30,11 +30,15 @@ class SSEError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One dispatched event: its data (lines joined by newlines), type and last event id."""
+    """One dispatched event: its data (lines joined by newlines), type and last event id.
+
+    `end` is the stream offset just after the blank line that ended it (not compared).
+    """
 
     data: str
     event: str = "message"
     id: str | None = None
+    end: int = field(default=0, repr=False, compare=False)
 
 
 class EventParser:
@@ -140,7 +144,7 @@ class EventParser:
         self._reset()
         if not data:
             return None
-        return Event("\n".join(data), event or "message", self._id)
+        return Event("\n".join(data), event or "message", self._id, self.boundary)
 
     def _reset(self) -> None:
         self._data = []

@@ -237,3 +237,27 @@ def test_the_kept_answer_is_bounded() -> None:
 def test_a_scanner_needs_terms() -> None:
     with pytest.raises(ValueError, match="at least one"):
         TermScanner([], flag=[""])
+
+
+def test_a_deny_releases_the_events_before_the_one_that_completed_the_term() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    clean, denied = chunk_event({0: "a gor"}), chunk_event({0: "illa"})
+    assert guard.feed(clean + denied + chunk_event({0: "x"})) == Scan("deny", "gorilla", 0)
+    assert guard.release() == clean
+    assert guard.answer() == "a gorilla"  # the sample still holds the denied event's text
+
+
+def test_an_unreadable_event_releases_the_events_before_it() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    clean = chunk_event({0: "fine"})
+    with pytest.raises(SSEError, match="not JSON"):
+        guard.feed(clean + b"data: {oops\n\n" + chunk_event({0: "more"}))
+    assert guard.release() == clean
+
+
+def test_without_a_scanner_the_text_is_kept_and_events_released() -> None:
+    guard = ChatStreamGuard(None)
+    body = chunk_event({0: "a gorilla"}) + b"data: [DONE]\n\n"
+    assert guard.feed(body[:10]) == Scan("pass") and guard.release() == b""
+    assert guard.feed(body[10:]) == Scan("pass") and guard.release() == body
+    assert guard.answer() == "a gorilla" and guard.done

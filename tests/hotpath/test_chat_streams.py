@@ -1,0 +1,321 @@
+"""The official openai client streaming through a running proxy from an OpenAI-style upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+
+CHAT = "/v1/chat/completions"
+WITHHELD = "withheld by policy"
+POLICIES = {
+    "default.yaml": f"""
+region: default
+models:
+  - {{name: chat, protocol: openai}}
+  - {{name: events, protocol: kserve_v2, score: {{output: score}}}}
+labels: {{deny: [gorilla, new york], action: block, block: {{message: "{WITHHELD}"}}}}
+sampling: {{rate: 1.0}}
+""",
+    "flag.yaml": "region: flag\nextends: default\nlabels: {action: flag}\n",
+    "suppress.yaml": "region: suppress\nextends: default\nlabels: {action: suppress}\n",
+    "strict.yaml": "region: strict\nextends: default\nlabels: {on_error: fail_closed}\n",
+    "plain.yaml": "region: plain\nextends: default\nlabels: {deny: []}\n",
+    "scored.yaml": (
+        "region: scored\nextends: default\nmodels: [{name: chat, score: {path: '$.score'}}]\n"
+    ),
+    "refused.yaml": ("region: refused\nextends: scored\ndecision: {on_error: fail_closed}\n"),
+}
+GATE = "<gate>"  # the upstream stops here until the test opens the gate
+BROKEN = "<broken>"  # an event that is not JSON
+
+
+def event(doc: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+def chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
+    delta: dict[str, Any] = {"content": content}
+    if role:
+        delta["role"] = "assistant"
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return event({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                  "choices": [choice]})  # fmt: skip
+
+
+class ChatModel:
+    """Streams the last message's pieces ("a|b|c"), each its own event, `write` bytes at once."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()  # set while the upstream holds the rest at the gate
+        self.sent: list[bytes] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(CHAT, self.chat)
+        app.router.add_post("/v2/models/events/infer", self.events)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        doc = await request.json()
+        pieces = doc["messages"][-1]["content"].split("|")
+        if not doc.get("stream"):
+            message = {"role": "assistant", "content": "".join(pieces)}
+            return web.json_response({"id": "c1", "object": "chat.completion", "created": 1,
+                                      "model": "m", "choices": [{"index": 0, "message": message,
+                                      "finish_reason": "stop"}]})  # fmt: skip
+        step = int(request.query.get("write", "0"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._write(response, chunk("", role=True), step)
+        for piece in pieces:
+            if piece == GATE:
+                self.waiting.set()
+                await self.gate.wait()
+                self.waiting.clear()
+            elif piece == BROKEN:
+                await self._write(response, b"data: {not json\n\n", step)
+            else:
+                await self._write(response, chunk(piece), step)
+        await self._write(response, chunk(None, "stop") + b"data: [DONE]\n\n", step)
+        await response.write_eof()
+        return response
+
+    async def _write(self, response: web.StreamResponse, data: bytes, step: int) -> None:
+        self.sent.append(data)
+        for pos in range(0, len(data), step or len(data)):
+            await response.write(data[pos : pos + (step or len(data))])
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, ChatModel]]:
+    model = ChatModel()
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for name, text in POLICIES.items():
+        (policies / name).write_text(text)
+    async with serving(model.app()) as url:
+        settings = proxy_settings(
+            url, policies=policies, samples_dir=tmp_path / "samples", trust_region_header="X-Region"
+        )
+        async with running_proxy(settings) as proxy:
+            yield proxy, model
+
+
+@pytest.fixture
+async def chat(served: tuple[RunningProxy, ChatModel]) -> AsyncIterator[openai.AsyncOpenAI]:
+    proxy, _ = served
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    yield client
+    await client.close()
+
+
+async def stream_text(
+    chat: openai.AsyncOpenAI, pieces: str, region: str = "default", **extra: Any
+) -> list[str]:
+    """The content of every chunk the client reads (an error event raises APIError)."""
+    texts: list[str] = []
+    stream = await chat.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": pieces}], stream=True,
+        extra_headers={"X-Region": region}, **extra,
+    )  # fmt: skip
+    async for part in stream:
+        texts.extend(choice.delta.content for choice in part.choices if choice.delta.content)
+    return texts
+
+
+async def samples(proxy: RunningProxy, tmp_path: Path) -> list[dict[str, Any]]:
+    await proxy.runtime.sample_writer.stop(flush=True)
+    lines = "".join(p.read_text() for p in (tmp_path / "samples").glob("*.jsonl")).splitlines()
+    return [json.loads(line) for line in lines]
+
+
+async def test_the_first_token_arrives_while_the_upstream_holds_the_rest(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI
+) -> None:
+    proxy, model = served
+    stream = await chat.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": f"Hello|{GATE}| world"}], stream=True
+    )
+    parts = stream.__aiter__()
+    first = ""
+    while not first:  # the role chunk comes first; a generous bound only keeps a bug from hanging
+        part = await asyncio.wait_for(parts.__anext__(), timeout=30)
+        first = part.choices[0].delta.content or ""
+    assert first == "Hello" and model.waiting.is_set()  # the rest is still upstream
+    model.gate.set()
+    rest = [p.choices[0].delta.content or "" async for p in parts if p.choices]
+    assert "".join(rest) == " world"
+    assert proxy.runtime.proxy.counts.chat_streams == 1
+    assert proxy.runtime.proxy.counts.unguarded_streams == 0
+
+
+@pytest.mark.parametrize("write", [0, 1, 7])
+async def test_a_denied_term_split_across_chunks_ends_the_stream_with_an_error_event(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, write: int
+) -> None:
+    proxy, _ = served
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match=WITHHELD) as raised:
+        stream = await chat.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Here is a GO|Ril|LA. It eats."}],
+            stream=True, extra_query={"write": write},
+        )  # fmt: skip
+        async for part in stream:
+            received.extend(c.delta.content for c in part.choices if c.delta.content)
+    error = {"message": WITHHELD, "type": "guardproxy", "code": "content_filter"}
+    assert raised.value.body == error
+    assert "".join(received) == "Here is a GORil"  # the event that completed the term never left
+    counts = proxy.runtime.proxy.counts
+    assert (counts.chat_streams_blocked, counts.blocked, counts.unguarded_streams) == (1, 1, 0)
+
+
+async def test_a_blocked_stream_is_sampled_whole_and_counted_as_blocked(
+    served: tuple[RunningProxy, ChatModel],
+    chat: openai.AsyncOpenAI,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    proxy, _ = served
+    with pytest.raises(openai.APIError):
+        await stream_text(chat, "Mail ann@example.com about|the new| York office")
+    [record] = await samples(proxy, tmp_path)
+    response = record["response"]
+    assert response["choices"] == [
+        {"index": 0, "text": "Mail [REDACTED:email] aboutthe new York office"}
+    ]
+    assert (response["ended"], response["error"]) == ("blocked", WITHHELD)
+    assert record["flags"] == ["blocked:new york"]
+    async with client.get(proxy.admin_url + "/metrics") as r:
+        metrics = await r.text()
+    assert any(
+        'model="chat"' in line and 'outcome="blocked"' in line
+        for line in metrics.splitlines()
+        if line.startswith("guardproxy_decisions_total")
+    )
+
+
+async def test_a_clean_stream_passes_byte_for_byte_and_its_sample_holds_the_whole_answer(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    proxy, model = served
+    message = {"role": "user", "content": "Gorillas| are| apes"}
+    body = {"model": "m", "stream": True, "messages": [message]}
+    async with client.post(proxy.url + CHAT, json=body) as response:
+        received = await response.read()
+        assert response.headers["X-Guard-Model"] == "chat"
+        assert "Content-Length" not in response.headers
+    assert received == b"".join(model.sent)
+    [record] = await samples(proxy, tmp_path)
+    assert record["response"]["choices"] == [{"index": 0, "text": "Gorillas are apes"}]
+    assert (record["response"]["done"], record["response"]["ended"]) == (True, "complete")
+    assert record["status"] == 200 and record["flags"] == []
+
+
+async def test_flag_passes_the_stream_and_marks_it(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    assert "".join(await stream_text(chat, "a gori|lla and a Gorilla", "flag")) == (
+        "a gorilla and a Gorilla"
+    )
+    [record] = await samples(proxy, tmp_path)
+    assert record["flags"] == ["label:gorilla"]
+    assert proxy.runtime.proxy.counts.chat_streams_flagged == 1
+
+
+async def test_suppress_ends_a_stream_as_block_does(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    with pytest.raises(openai.APIError, match=WITHHELD):
+        await stream_text(chat, "one| gorilla| two", "suppress")
+    [record] = await samples(proxy, tmp_path)
+    assert record["flags"] == ["blocked:gorilla"] and record["response"]["ended"] == "blocked"
+
+
+async def test_without_terms_a_stream_is_still_sampled(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    assert "".join(await stream_text(chat, "a gorilla| here", "plain")) == "a gorilla here"
+    [record] = await samples(proxy, tmp_path)
+    assert record["response"]["choices"][0]["text"] == "a gorilla here"
+
+
+async def test_an_unreadable_event_passes_the_rest_unread_when_fail_open(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    proxy, model = served
+    body = {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": f"fine|{BROKEN}|a gorilla"}]}  # fmt: skip
+    async with client.post(proxy.url + CHAT, json=body) as response:
+        received = await response.read()
+    assert received == b"".join(model.sent)  # unread after the broken event, so not blocked
+    assert proxy.runtime.proxy.counts.chat_stream_errors == 1
+    [record] = await samples(proxy, tmp_path)
+    assert record["response"]["ended"] == "passed_unread" and record["errors"]
+
+
+async def test_an_unreadable_event_ends_the_stream_when_fail_closed(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
+) -> None:
+    proxy, _ = served
+    body = {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": f"fine|{BROKEN}|more"}]}  # fmt: skip
+    async with client.post(proxy.url + CHAT, json=body, headers={"X-Region": "strict"}) as r:
+        received = await r.read()
+    events = [e for e in received.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    error = json.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert (error["code"], error["type"]) == ("guard_error", "guardproxy")
+    assert b"more" not in received and b"not json" not in received
+
+
+async def test_a_decision_guard_marks_a_stream_unscored_or_refuses_it(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
+) -> None:
+    proxy, _ = served
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.post(proxy.url + CHAT, json=body, headers={"X-Region": "scored"}) as r:
+        assert (r.status, r.headers["X-Guard-Decision"]) == (200, "unscored")
+        assert b"[DONE]" in await r.read()
+    async with client.post(proxy.url + CHAT, json=body, headers={"X-Region": "refused"}) as r:
+        assert r.status == 502
+        assert "carries no score" in (await r.json())["error"]
+
+
+async def test_other_models_streams_still_pass_unguarded_and_counted(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
+) -> None:
+    proxy, _ = served
+    async with client.post(proxy.url + "/v2/models/events/infer", json={"inputs": []}) as r:
+        assert await r.read() == b"data: 1\n\n"
+    counts = proxy.runtime.proxy.counts
+    assert (counts.unguarded_streams, counts.chat_streams) == (1, 0)
+
+
+async def test_a_non_streamed_chat_answer_is_still_guarded_as_json(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI
+) -> None:
+    with pytest.raises(openai.UnprocessableEntityError):
+        await chat.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "a gorilla"}]
+        )
