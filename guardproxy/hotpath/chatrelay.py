@@ -100,14 +100,14 @@ class ChatRelay:
         try:
             scan = self.guard.feed(chunk)
         except SSEError as exc:
-            return self._unreadable(str(exc))
+            return self.unreadable(str(exc))
         if scan.action == "deny":
             self._denied(scan)
             return None
         return self.guard.release()
 
-    def _unreadable(self, why: str) -> bytes | None:
-        """An event that cannot be read: on_error decides (fail_open: the rest passes unread)."""
+    def unreadable(self, why: str) -> bytes | None:
+        """A stream that cannot be read: on_error decides (fail_open: the rest passes unread)."""
         self.counts.chat_stream_errors += 1
         terms = self.chain.terms is not None
         on_error = self.labels.on_error if terms else "fail_open"

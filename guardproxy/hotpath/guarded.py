@@ -16,7 +16,13 @@ from guardproxy.breaker.state import CLOSED, Admission
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
-from guardproxy.hotpath.bodies import changed_headers, guarded_headers, read_answer, stream_headers
+from guardproxy.hotpath.bodies import (
+    applied_codings,
+    changed_headers,
+    guarded_headers,
+    read_answer,
+    stream_headers,
+)
 from guardproxy.hotpath.chatrelay import EVENT_STREAM, ChatRelay
 from guardproxy.hotpath.hooks import UpstreamTracer
 from guardproxy.hotpath.observation import Observation, observe, outcome_of
@@ -196,7 +202,11 @@ class GuardedSteps:
         chain, spec = cast(GuardChain, wire.model.chain), wire.model.spec
         ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
         ex.response_headers = stream_headers(response.headers)
-        if 200 <= ex.status < 300:
+        stream = ChatRelay(ex, chain, spec.labels, self.counts, self.max_body,
+                           spec.sampling.max_body_bytes)  # fmt: skip
+        if applied_codings(response.headers):  # asked for identity, encoded all the same
+            stream.unreadable("a content-encoded stream cannot be read")
+        if 200 <= ex.status < 300 and ex.reply is None:
             await chain.check_response(ex)  # a decision guard says: unscored
         if ex.reply is not None:  # fail_closed: nothing of the stream was sent
             response.release()
@@ -204,8 +214,6 @@ class GuardedSteps:
             self._reply(writer, ex, admitted, wire)
             return "blocked"
         headers = annotated(ex.response_headers, ex, wire.headers)
-        stream = ChatRelay(ex, chain, spec.labels, self.counts, self.max_body,
-                           spec.sampling.max_body_bytes)  # fmt: skip
         try:
             await stream.run(writer, response, headers, reason_of(response))
         finally:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy, serving
 
 CHAT = "/v1/chat/completions"
 WITHHELD = "withheld by policy"
@@ -37,6 +40,7 @@ sampling: {{rate: 1.0}}
 }
 GATE = "<gate>"  # the upstream stops here until the test opens the gate
 BROKEN = "<broken>"  # an event that is not JSON
+RESET = "<reset>"  # the upstream drops the connection
 
 
 def event(doc: dict[str, Any]) -> bytes:
@@ -74,6 +78,10 @@ class ChatModel:
             return web.json_response({"id": "c1", "object": "chat.completion", "created": 1,
                                       "model": "m", "choices": [{"index": 0, "message": message,
                                       "finish_reason": "stop"}]})  # fmt: skip
+        if "gzip" in request.query:  # encoded though the proxy asked for identity
+            body = chunk("".join(pieces)) + b"data: [DONE]\n\n"
+            headers = {"Content-Type": "text/event-stream", "Content-Encoding": "gzip"}
+            return web.Response(body=gzip.compress(body), headers=headers)
         step = int(request.query.get("write", "0"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -83,6 +91,10 @@ class ChatModel:
                 self.waiting.set()
                 await self.gate.wait()
                 self.waiting.clear()
+            elif piece == RESET:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             elif piece == BROKEN:
                 await self._write(response, b"data: {not json\n\n", step)
             else:
@@ -289,6 +301,22 @@ async def test_an_unreadable_event_ends_the_stream_when_fail_closed(
     assert b"more" not in received and b"not json" not in received
 
 
+@pytest.mark.parametrize("region", ["default", "strict"])
+async def test_an_encoded_stream_cannot_be_read_and_follows_on_error(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, region: str
+) -> None:
+    proxy, _ = served
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "a gorilla"}]}
+    url = proxy.url + CHAT + "?gzip=1"
+    async with client.post(url, json=body, headers={"X-Region": region}) as r:
+        received = await r.read()
+    if region == "default":  # fail_open: passed as it came, unread, counted
+        assert r.status == 200 and b"gorilla" in gzip.decompress(received)
+    else:
+        assert r.status == 502 and "could not check" in json.loads(received)["error"]
+    assert proxy.runtime.proxy.counts.chat_stream_errors == 1
+
+
 async def test_a_decision_guard_marks_a_stream_unscored_or_refuses_it(
     served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
 ) -> None:
@@ -319,3 +347,41 @@ async def test_a_non_streamed_chat_answer_is_still_guarded_as_json(
         await chat.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "a gorilla"}]
         )
+
+
+async def test_an_upstream_failing_mid_stream_resets_the_client_and_is_sampled(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    with pytest.raises(openai.APIError):
+        await stream_text(chat, f"half an answer|{RESET}")
+    [record] = await samples(proxy, tmp_path)
+    assert record["status"] == 502 and record["response"]["ended"] == "upstream_failed"
+    assert record["response"]["choices"] == [{"index": 0, "text": "half an answer"}]
+    assert proxy.runtime.proxy.counts.aborted == 1
+
+
+async def test_a_client_leaving_mid_stream_releases_the_upstream_and_is_sampled(
+    served: tuple[RunningProxy, ChatModel], tmp_path: Path
+) -> None:
+    proxy, model = served
+    message = {"role": "user", "content": f"first|{GATE}|second"}
+    body = json.dumps({"model": "m", "stream": True, "messages": [message]}).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (CHAT.encode(), len(body), body)
+    )
+    received = b""
+    while b"first" not in received:
+        received += await reader.read(65536)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # a reset: the client is gone while the upstream holds the rest
+    await eventually(lambda: proxy.runtime.server.counters.open == 0)
+    model.gate.set()
+    await eventually(lambda: proxy.runtime.proxy.counts.client_gone == 1)
+    [record] = await samples(proxy, tmp_path)
+    assert record["response"]["ended"] == "client_gone"
+    assert record["response"]["choices"][0]["text"].startswith("first")
