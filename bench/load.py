@@ -16,10 +16,11 @@ LUA = """\
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local bodies = {{ {bodies} }}
+local headers = {{ {headers} }}
 local i = 0
 request = function()
     i = i % #bodies + 1
-    return wrk.format(nil, nil, nil, bodies[i])
+    return wrk.format(nil, nil, headers[i], bodies[i])
 end
 done = function(summary, latency, requests)
     local e = summary.errors
@@ -46,6 +47,18 @@ class LoadResult:
     def rps(self) -> float:
         """Completed requests per second."""
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One request body and the headers it needs besides Content-Type: application/json."""
+
+    data: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def all_headers(self) -> dict[str, str]:
+        """Every header to send with it."""
+        return {"Content-Type": "application/json", **dict(self.headers)}
 
 
 class LoadGenerator(Protocol):
@@ -91,17 +104,35 @@ def lua_string(text: str) -> str:
     return f"[{'=' * level}[{text}]{'=' * level}]"
 
 
+def lua_bytes(data: bytes) -> str:
+    """A quoted Lua string holding any bytes (a long bracket would rewrite line ends)."""
+    plain = {b for b in range(32, 127)} - {ord('"'), ord("\\")}
+    return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in data) + '"'
+
+
+def lua_request(body: Body) -> tuple[str, str]:
+    """A body and its headers table as Lua literals (text bodies as long brackets)."""
+    try:
+        literal = lua_string(body.data.decode("ascii"))
+    except UnicodeDecodeError:
+        literal = lua_bytes(body.data)
+    headers = ", ".join(f"[{lua_bytes(k.encode())}] = {lua_bytes(v.encode())}"
+                        for k, v in body.all_headers().items())  # fmt: skip
+    return literal, "{" + headers + "}"
+
+
 class Wrk:
     """wrk, one thread, the given connections; bodies rotate per request."""
 
     name = "wrk"
 
-    def __init__(self, bodies: list[bytes], workdir: Path, cpus: frozenset[int]) -> None:
+    def __init__(self, bodies: list[Body], workdir: Path, cpus: frozenset[int]) -> None:
         self.executable = shutil.which("wrk") or "wrk"
         self.cpus = cpus
         self.script = workdir / "post.lua"
-        literals = ", ".join(lua_string(b.decode()) for b in bodies)
-        self.script.write_text(LUA.format(bodies=literals))
+        literals = [lua_request(b) for b in bodies]
+        self.script.write_text(LUA.format(bodies=", ".join(b for b, _ in literals),
+                                          headers=", ".join(h for _, h in literals)))  # fmt: skip
 
     def run(self, url: str, connections: int, duration: float) -> LoadResult:
         """One wrk run (whole seconds, wrk's unit); latency percentiles from wrk's histogram."""
@@ -117,10 +148,11 @@ class PythonLoad:
 
     name = "python"
 
-    def __init__(self, bodies: list[bytes], workdir: Path, cpus: frozenset[int]) -> None:
+    def __init__(self, bodies: list[Body], workdir: Path, cpus: frozenset[int]) -> None:
         self.cpus = cpus
         self.bodies = workdir / "bodies.jsonl"
-        self.bodies.write_bytes(b"\n".join(bodies) + b"\n")
+        lines = [json.dumps({"body": b.data.hex(), "headers": b.all_headers()}) for b in bodies]
+        self.bodies.write_text("\n".join(lines) + "\n")
 
     def run(self, url: str, connections: int, duration: float) -> LoadResult:
         """One run of `python -m bench.loadgen`."""
@@ -136,7 +168,7 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def choose(kind: str, bodies: list[bytes], workdir: Path, cpus: frozenset[int]) -> LoadGenerator:
+def choose(kind: str, bodies: list[Body], workdir: Path, cpus: frozenset[int]) -> LoadGenerator:
     """The generator named `kind`: wrk, python, or auto (wrk when installed)."""
     if kind == "auto":
         kind = "wrk" if wrk_available() else "python"

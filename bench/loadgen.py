@@ -14,8 +14,6 @@ import aiohttp
 
 from .upstream import new_loop
 
-HEADERS = {"Content-Type": "application/json"}
-
 
 @dataclass
 class Tally:
@@ -33,14 +31,18 @@ class Tally:
         return ordered[rank] * 1e3
 
 
+Request = tuple[bytes, dict[str, str]]  # a body and its headers
+
+
 async def worker(
-    session: aiohttp.ClientSession, url: str, bodies: list[bytes], deadline: float, tally: Tally
+    session: aiohttp.ClientSession, url: str, bodies: list[Request], deadline: float, tally: Tally
 ) -> None:
     """Send requests back to back on one connection until the deadline."""
     i = 0
     while (start := time.perf_counter()) < deadline:
+        body, headers = bodies[i % len(bodies)]
         try:
-            async with session.post(url, data=bodies[i % len(bodies)], headers=HEADERS) as r:
+            async with session.post(url, data=body, headers=headers) as r:
                 await r.read()
                 ok = r.status < 400
         except aiohttp.ClientError:
@@ -53,7 +55,7 @@ async def worker(
 
 
 async def load(
-    url: str, bodies: list[bytes], connections: int, duration: float
+    url: str, bodies: list[Request], connections: int, duration: float
 ) -> dict[str, float]:
     """Run `connections` workers for `duration` seconds; the summary wrk's script also prints."""
     tally = Tally()
@@ -77,9 +79,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("url")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--bodies", type=Path, required=True, help="one JSON request body per line")
+    p.add_argument("--bodies", type=Path, required=True,
+                   help='one request per line: {"body": HEX, "headers": {...}}')  # fmt: skip
     args = p.parse_args(argv)
-    bodies = [line for line in args.bodies.read_bytes().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in args.bodies.read_text().splitlines() if line.strip()]
+    bodies = [(bytes.fromhex(doc["body"]), doc["headers"]) for doc in lines]
     loop = new_loop()
     try:
         summary = loop.run_until_complete(load(args.url, bodies, args.connections, args.duration))

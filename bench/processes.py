@@ -39,11 +39,13 @@ def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, str]
         conn.close()
 
 
-def post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str]]:
-    """POST a JSON body to 127.0.0.1:port/path; the status and the response headers."""
+def post(
+    port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
+    """POST a body (JSON unless headers say) to 127.0.0.1:port/path; status and headers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
     try:
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        conn.request("POST", path, body, headers or {"Content-Type": "application/json"})
         response = conn.getresponse()
         response.read()
         return response.status, dict(response.getheaders())

@@ -16,9 +16,10 @@ from typing import Any
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import v2_request
 from guardproxy.guards.exchange import dumps
+from guardproxy.payloads.binary import HEADER, BinaryBody, encode
 
 from .layout import LAYOUTS, Layout, make_layout
-from .load import LoadGenerator, choose
+from .load import Body, LoadGenerator, choose
 from .nginx import find_nginx
 from .processes import Service, pinned, post
 from .report import Sample, format_table, summarize, write_json
@@ -50,20 +51,48 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     return opts
 
 
-def request_bodies(count: int) -> list[bytes]:
+def request_documents(count: int) -> list[dict[str, Any]]:
     """Single-row KServe v2 requests for the first `count` rows of the bundled Adult subset."""
-    bodies = []
+    docs = []
     for raw in adult_rows():
         raw.pop("income", None)
-        bodies.append(dumps(v2_request([raw])))
-        if len(bodies) >= count:
+        docs.append(v2_request([raw]))
+        if len(docs) >= count:
             break
+    return docs
+
+
+def request_bodies(count: int) -> list[bytes]:
+    """The requests as JSON bodies."""
+    return [dumps(doc) for doc in request_documents(count)]
+
+
+def binary_bodies(count: int) -> list[Body]:
+    """The same requests in the binary tensor extension, every input and output binary."""
+    bodies = []
+    for doc in request_documents(count):
+        outputs = [{"name": n, "parameters": {"binary_data": True}} for n in ("score", "label")]
+        encoded = encode(BinaryBody({**doc, "outputs": outputs}, "inputs"))
+        headers = (("Content-Type", "application/octet-stream"),
+                   (HEADER, str(encoded.header_length)))  # fmt: skip
+        bodies.append(Body(encoded.body, headers))
     return bodies
 
 
-def measure(target: Target, service: Service, load: LoadGenerator, opts: Any, n: int) -> Sample:
+def bodies_of(kind: str, count: int) -> list[Body]:
+    """The requests a target of this kind gets."""
+    if kind == "binary":
+        return binary_bodies(count)
+    return [Body(data) for data in request_bodies(count)]
+
+
+Loads = dict[str, LoadGenerator]  # by the kind of requests they send
+
+
+def measure(target: Target, service: Service, loads: Loads, opts: Any, n: int) -> Sample:
     """Warm up, load at full concurrency (CPU of the server counted), then serially."""
     url = f"http://127.0.0.1:{service.port}{target.path}"
+    load = loads[target.kind]
     load.run(url, opts.connections, opts.warmup)
     before = service.cpu_seconds()
     loaded = load.run(url, opts.connections, opts.duration)
@@ -74,24 +103,26 @@ def measure(target: Target, service: Service, load: LoadGenerator, opts: Any, n:
                   serial.p50_ms, serial.p99_ms)  # fmt: skip
 
 
-def probe(targets: list[Target], services: dict[str, Service], body: bytes) -> dict[str, Any]:
+def probe(targets: list[Target], services: dict[str, Service]) -> dict[str, Any]:
     """One request per target: each must answer 200; note whether guards annotated the answer."""
     notes: dict[str, Any] = {}
     for target in targets:
-        status, headers = post(services[target.service].port, target.path, body)
+        body = bodies_of(target.kind, 1)[0]
+        port = services[target.service].port
+        status, headers = post(port, target.path, body.data, body.all_headers())
         if status != 200:
             raise RuntimeError(f"target {target.name} answered {status} to the probe")
         notes[target.name] = {"guard_decision": headers.get("X-Guard-Decision")}
     return notes
 
 
-def rounds(targets: list[Target], services: dict[str, Service], load: LoadGenerator,
+def rounds(targets: list[Target], services: dict[str, Service], loads: Loads,
            opts: Any) -> list[Sample]:  # fmt: skip
     """Every target once per round, round after round, so drift hits all alike."""
     samples = []
     for n in range(opts.rounds):
         for target in targets:
-            sample = measure(target, services[target.service], load, opts, n)
+            sample = measure(target, services[target.service], loads, opts, n)
             print(f"round {n + 1}/{opts.rounds} {target.name}: {sample.rps:.0f} req/s",
                   file=sys.stderr, flush=True)  # fmt: skip
             samples.append(sample)
@@ -138,28 +169,32 @@ def execute(opts: Any) -> tuple[dict[str, Any], list[Sample]]:
     """Start the services, probe, run the rounds, stop; the metadata and every sample."""
     layout = make_layout(opts.layout)
     targets = parse_targets(opts.targets, find_nginx() is not None)
-    bodies = request_bodies(opts.rows)
     own = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp:
         services = services_for(targets, layout, Path(tmp))
-        load = choose(opts.load, bodies, Path(tmp), layout.load)
+        loads: Loads = {}
+        for kind in dict.fromkeys(t.kind for t in targets):
+            (Path(tmp) / kind).mkdir()
+            bodies = bodies_of(kind, opts.rows)
+            loads[kind] = choose(opts.load, bodies, Path(tmp) / kind, layout.load)
         try:
             pinned(layout.load)  # this process only waits, but keep it off the server's CPU
             start(services)
-            notes = probe(targets, services, bodies[0])
-            samples = rounds(targets, services, load, opts)
+            notes = probe(targets, services)
+            samples = rounds(targets, services, loads, opts)
         finally:
             stop(services)
             os.sched_setaffinity(0, own)
-    return metadata(opts, layout, load, notes), samples
+    return metadata(opts, layout, next(iter(loads.values())), notes), samples
 
 
 def unguarded_note(notes: dict[str, Any]) -> str | None:
-    """A warning when the guarded target answered without a guard decision header."""
-    probe = notes.get("guardproxy-guarded")
-    if probe is None or probe["guard_decision"] is not None:
-        return None
-    return "# note: guardproxy-guarded answered without X-Guard-Decision (no guard chain ran)"
+    """A warning when a guarded target answered without a guard decision header."""
+    for name in ("guardproxy-guarded", "guardproxy-binary"):
+        probe = notes.get(name)
+        if probe is not None and probe["guard_decision"] in (None, "unscored"):
+            return f"# note: {name} answered without a decision (no guard chain ran or decided)"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

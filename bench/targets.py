@@ -1,4 +1,4 @@
-"""The five targets and the server processes behind them."""
+"""The targets and the server processes behind them."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Target:
     service: str
     path: str
     description: str
+    kind: str = "json"  # the requests it gets: json, or binary (OIP binary tensor extension)
 
 
 TARGETS = {
@@ -32,6 +33,7 @@ TARGETS = {
         Target("d", "guardproxy-pass", "guardproxy", UNGUARDED_PATH, "guardproxy, unguarded path"),
         Target("e", "guardproxy-guarded", "guardproxy", GUARDED_PATH, "guardproxy, guarded path"),
         Target("f", "transport-pass", "transport", GUARDED_PATH, "transport pass-through"),
+        Target("g", "guardproxy-binary", "guardproxy", GUARDED_PATH, "binary tensors", "binary"),
     )
 }
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from guardproxy.demo.model import LogisticModel, load_model
 from guardproxy.demo.server import v2_rows
 from guardproxy.guards.exchange import dumps, loads
+from guardproxy.payloads.binary import HEADER, BinaryBody, decode_request, encode
 
 GUARDED_PATH = "/v2/models/adult/infer"
 UNGUARDED_PATH = "/unguarded/v2/models/adult/infer"
@@ -23,9 +24,14 @@ async def ping(_: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.Response:
-    """Score every row of a v2 request; answer the score and the 0/1 label."""
-    scores = [request.app[MODEL].score(row) for row in v2_rows(loads(await request.read()))]
-    body = {
+    """Score every row of a v2 request; answer the score and the 0/1 label.
+
+    A request in the binary tensor extension gets its answer in it too, every output binary.
+    """
+    body, header = await request.read(), request.headers.get(HEADER)
+    doc = decode_request(body, header).doc if header is not None else loads(body)
+    scores = [request.app[MODEL].score(row) for row in v2_rows(doc)]
+    answer = {
         "model_name": "adult",
         "outputs": [
             {"name": "score", "shape": [len(scores)], "datatype": "FP32", "data": scores},
@@ -33,7 +39,11 @@ async def infer(request: web.Request) -> web.Response:
              "data": [int(s >= 0.5) for s in scores]},
         ],
     }  # fmt: skip
-    return web.Response(body=dumps(body), content_type="application/json")
+    if header is None:
+        return web.Response(body=dumps(answer), content_type="application/json")
+    encoded = encode(BinaryBody(answer, "outputs"))
+    headers = {HEADER: str(encoded.header_length), "Content-Type": "application/octet-stream"}
+    return web.Response(body=encoded.body, headers=headers)
 
 
 def build_app() -> web.Application:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from bench.layout import make_layout
-from bench.load import lua_string, parse_result
+from bench.load import Body, lua_bytes, lua_request, lua_string, parse_result
 from bench.processes import process_cpu_seconds, process_tree
 from bench.report import Sample, format_table, summarize
-from bench.run import main, request_bodies
+from bench.run import binary_bodies, main, request_bodies, request_documents
 from bench.targets import parse_targets
+from guardproxy.payloads.binary import HEADER, decode_request
 
 
 def sample(target: str, n: int, rps: float, p50: float = 1.0) -> Sample:
@@ -115,3 +116,29 @@ def test_access_log_micro_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> 
     assert [line.split(":")[0].strip() for line in lines] == [
         "access log off", "access log on, json", "records dropped"
     ]  # fmt: skip
+
+
+def test_binary_bodies_carry_the_json_requests_rows() -> None:
+    [body] = binary_bodies(1)
+    headers = body.all_headers()
+    doc = decode_request(body.data, headers[HEADER]).doc
+    assert doc["inputs"] == request_documents(1)[0]["inputs"]
+    assert all(o["parameters"] == {"binary_data": True} for o in doc["outputs"])
+    assert headers["Content-Type"] == "application/octet-stream"
+
+
+def test_lua_literals_hold_any_bytes() -> None:
+    assert lua_bytes(b'a"\\\r\n\x00\xff') == '"a\\034\\092\\013\\010\\000\\255"'
+    body, headers = lua_request(Body(b"{}", (("X-A", "1"),)))
+    assert body == "[[{}]]"
+    assert headers == '{["Content-Type"] = "application/json", ["X-A"] = "1"}'
+
+
+def test_quick_run_of_the_binary_target(tmp_path: Path) -> None:
+    output = tmp_path / "latest.json"  # wrk when installed: its Lua carries the binary bodies
+    argv = ["--quick", "--load", "auto", "--targets", "g", "--duration", "0.8",
+            "--connections", "4", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0  # a request the upstream could not read would be an error
+    doc = json.loads(output.read_text())
+    assert [r["target"] for r in doc["rows"]] == ["guardproxy-binary"]
+    assert doc["meta"]["probes"]["guardproxy-binary"]["guard_decision"] in ("0", "1")
