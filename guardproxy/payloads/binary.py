@@ -40,6 +40,7 @@ HEADER = "Inference-Header-Content-Length"
 _SIZE = "binary_data_size"
 
 Key = Literal["inputs", "outputs"]
+Section = bytes | memoryview  # a tensor's raw bytes: decoded sections are views of the body
 
 
 class BinaryPayloadError(TensorError):
@@ -52,7 +53,7 @@ class BinaryBody:
 
     doc: dict[str, Any]
     key: Key
-    sections: dict[str, bytes] = field(default_factory=dict)
+    sections: dict[str, Section] = field(default_factory=dict)
     names: frozenset[str] = frozenset()  # every tensor name of the original body
     binary_new: bool = True  # whether tensors added to doc[key] are written as binary
 
@@ -98,36 +99,46 @@ def decode(
     """Decode a body; with `only`, other binary tensors keep their bytes and get no `data`.
 
     A tensor is decoded when `only` names it or one of its columns (a 2-D tabular tensor's
-    `columns` parameter, its own or the body's, as the JSON payloads read features).
+    `columns` parameter, its own or the body's, as the JSON payloads read features). The
+    sections are views of `body`, not copies: a large tensor nobody reads costs nothing.
     """
     split = header_length(length, len(body))
     view = memoryview(body)
     doc = _header(view[:split])
     tensors = _tensors(doc, key)
-    shared = _columns(doc) if only is not None else []
-    binary = view[split:]
-    sections: dict[str, bytes] = {}
-    pos = 0
+    # Column names are rare: look for them only when the header mentions them at all.
+    columns = only is not None and body.find(b'"columns"', 0, split) >= 0
+    shared = _columns(doc) if columns else []
+    sections: dict[str, Section] = {}
+    names: list[str] = []
+    pos, end = split, len(body)
     for index, t in enumerate(tensors):
-        size = _binary_size(t, f"{key}[{index}]")
+        size = _binary_size(t, key, index)
+        name = t.get("name")
+        if isinstance(name, str):
+            names.append(name)
         if size is None:
             continue
-        name, where = t["name"], f"{key[:-1]} {t['name']!r}"
         if name in sections:
-            raise BinaryPayloadError(f"{where} appears twice")
-        if pos + size > len(binary):
-            raise BinaryPayloadError(f"{where}: binary data ends at {len(binary)} bytes")
-        raw = bytes(binary[pos : pos + size])
-        sections[name] = raw
+            raise BinaryPayloadError(f"{_where(key, name)} appears twice")
+        if pos + size > end:
+            raise BinaryPayloadError(
+                f"{_where(key, name)}: binary data ends at {end - split} bytes"
+            )
+        raw = sections[name] = view[pos : pos + size]
         pos += size
-        if only is None or name in only or _names_a_column(t, shared, only):
-            _decoded(t, raw, where)
-    if pos != len(binary):
+        if only is None or name in only or (columns and _names_a_column(t, shared, only)):
+            _decoded(t, raw, _where(key, name))
+    if pos != end:
         raise BinaryPayloadError(
-            f"binary_data_size values add up to {pos} bytes; the body has {len(binary)}"
+            f"binary_data_size values add up to {pos - split} bytes; the body has {end - split}"
         )
-    names = frozenset(t.get("name") for t in tensors if isinstance(t.get("name"), str))
-    return BinaryBody(doc, key, sections, names, binary_new=bool(sections))
+    return BinaryBody(doc, key, sections, frozenset(names), binary_new=bool(sections))
+
+
+def _where(key: Key, name: object) -> str:
+    """How errors name a tensor: `input 'age'`."""
+    return f"{key[:-1]} {name!r}"
 
 
 def _columns(holder: dict[str, Any]) -> list[Any]:
@@ -161,14 +172,29 @@ def _tensors(doc: dict[str, Any], key: Key) -> list[Any]:
     return tensors
 
 
-def _binary_size(t: Any, where: str) -> int | None:
+def _binary_size(t: Any, key: Key, index: int) -> int | None:
     """The tensor's binary_data_size, None for a JSON tensor; checks what decoding needs."""
     if not isinstance(t, dict):
-        raise BinaryPayloadError(f"{where} is not a JSON object")
+        raise BinaryPayloadError(f"{key}[{index}] is not a JSON object")
     params = t.get("parameters")
     size = params.get(_SIZE) if isinstance(params, dict) else None
     if size is None:
         return None
+    if (
+        type(size) is int
+        and size >= 0
+        and type(t.get("name")) is str
+        and t.get("datatype") in DATATYPES
+        and type(t.get("shape")) is list
+        and "data" not in t
+    ):
+        return size
+    _refuse(t, size, f"{key}[{index}]")  # the common case above, the reason below
+    return None
+
+
+def _refuse(t: dict[str, Any], size: Any, where: str) -> None:
+    """Raise the first reason a tensor's binary description is wrong."""
     if type(size) is not int or size < 0:
         raise BinaryPayloadError(f"{where}: binary_data_size must be a byte count, got {size!r}")
     if not isinstance(t.get("name"), str):
@@ -177,12 +203,10 @@ def _binary_size(t: Any, where: str) -> int | None:
         raise BinaryPayloadError(f"{where}: unknown datatype {t.get('datatype')!r}")
     if not isinstance(t.get("shape"), list):
         raise BinaryPayloadError(f"{where}: a binary tensor needs a shape")
-    if "data" in t:
-        raise BinaryPayloadError(f"{where}: has both data and binary_data_size")
-    return size
+    raise BinaryPayloadError(f"{where}: has both data and binary_data_size")
 
 
-def _decoded(t: dict[str, Any], raw: bytes, where: str) -> None:
+def _decoded(t: dict[str, Any], raw: Section, where: str) -> None:
     try:
         t["data"] = unpack(t["datatype"], t["shape"], raw, where)
     except BinaryPayloadError:
@@ -200,7 +224,7 @@ def encode(body: BinaryBody) -> Encoded:
     """The body for `body.doc` as it is now: unchanged tensors keep their original bytes."""
     tensors = _tensors(body.doc, body.key)
     header_tensors: list[Any] = []
-    parts: list[bytes] = []
+    parts: list[Section] = []
     for index, t in enumerate(tensors):
         entry, raw = _encoded(body, t, f"{body.key}[{index}]")
         header_tensors.append(entry)
@@ -210,7 +234,7 @@ def encode(body: BinaryBody) -> Encoded:
     return Encoded(b"".join((header, *parts)), len(header))
 
 
-def _encoded(body: BinaryBody, t: Any, where: str) -> tuple[Any, bytes | None]:
+def _encoded(body: BinaryBody, t: Any, where: str) -> tuple[Any, Section | None]:
     """The tensor's header entry and its binary section (None: it stays JSON)."""
     if not isinstance(t, dict):
         raise BinaryPayloadError(f"{where} is not a JSON object")
@@ -225,7 +249,7 @@ def _encoded(body: BinaryBody, t: Any, where: str) -> tuple[Any, bytes | None]:
     return _with_size(t, len(raw)), raw
 
 
-def _raw(t: Mapping[str, Any], original: bytes | None, where: str) -> bytes:
+def _raw(t: Mapping[str, Any], original: Section | None, where: str) -> Section:
     datatype, shape, data = t.get("datatype"), t.get("shape"), _flat(t["data"])
     if not isinstance(datatype, str) or not isinstance(shape, list):
         raise BinaryPayloadError(f"{where}: a binary tensor needs a datatype and a shape")

@@ -153,7 +153,7 @@ def _to_bf16(values: Sequence[Any], where: str) -> list[int]:
     return [w >> 16 for w in words]  # truncation, as a float32 -> bfloat16 cast of raw bits
 
 
-def same_values(datatype: str, shape: Sequence[int], values: Any, raw: bytes) -> bool:
+def same_values(datatype: str, shape: Sequence[int], values: Any, raw: bytes | memoryview) -> bool:
     """True when `values` are what `raw` already holds, so `raw` can be kept byte for byte."""
     if type(values) is not list:
         return False
