@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, NoReturn, cast
 
 import orjson
 
@@ -113,12 +113,22 @@ def decode(
     names: list[str] = []
     pos, end = split, len(body)
     for index, t in enumerate(tensors):
-        size = _binary_size(t, key, index)
-        name = t.get("name")
-        if isinstance(name, str):
+        if type(t) is not dict:
+            raise BinaryPayloadError(f"{key}[{index}] is not a JSON object")
+        name, params = t.get("name"), t.get("parameters")
+        if type(name) is str:
             names.append(name)
+        size = params.get(_SIZE) if type(params) is dict else None
         if size is None:
             continue
+        if type(name) is not str or not (  # what decoding needs, one test for the common case
+            type(size) is int
+            and size >= 0
+            and t.get("datatype") in DATATYPES
+            and type(t.get("shape")) is list
+            and "data" not in t
+        ):
+            _refuse(t, size, f"{key}[{index}]")
         if name in sections:
             raise BinaryPayloadError(f"{_where(key, name)} appears twice")
         if pos + size > end:
@@ -172,28 +182,7 @@ def _tensors(doc: dict[str, Any], key: Key) -> list[Any]:
     return tensors
 
 
-def _binary_size(t: Any, key: Key, index: int) -> int | None:
-    """The tensor's binary_data_size, None for a JSON tensor; checks what decoding needs."""
-    if not isinstance(t, dict):
-        raise BinaryPayloadError(f"{key}[{index}] is not a JSON object")
-    params = t.get("parameters")
-    size = params.get(_SIZE) if isinstance(params, dict) else None
-    if size is None:
-        return None
-    if (
-        type(size) is int
-        and size >= 0
-        and type(t.get("name")) is str
-        and t.get("datatype") in DATATYPES
-        and type(t.get("shape")) is list
-        and "data" not in t
-    ):
-        return size
-    _refuse(t, size, f"{key}[{index}]")  # the common case above, the reason below
-    return None
-
-
-def _refuse(t: dict[str, Any], size: Any, where: str) -> None:
+def _refuse(t: dict[str, Any], size: Any, where: str) -> NoReturn:
     """Raise the first reason a tensor's binary description is wrong."""
     if type(size) is not int or size < 0:
         raise BinaryPayloadError(f"{where}: binary_data_size must be a byte count, got {size!r}")
