@@ -17,11 +17,7 @@ from guardproxy import __version__
 from guardproxy.demo.model import adult_rows
 from guardproxy.telemetry.instruments import catalogue
 from guardproxy.testing import RunningProxy
-
-from .test_otlp import send_rows
-from .test_prometheus import clean_otel_env, needs_prometheus, post_labels, prometheus, proxy
-
-__all__ = ["clean_otel_env", "prometheus", "proxy"]  # fixtures shared with the Prometheus tests
+from tests.integration.traffic import needs_prometheus, post_labels, send_rows
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 # Prometheus naming: a base unit, spelled out and plural, as the name's suffix. Counts carry
@@ -61,7 +57,8 @@ async def drive(client: aiohttp.ClientSession, proxy: RunningProxy) -> None:
         assert response.status == 200
 
 
-async def test_every_family_has_help_and_names_its_unit(proxy: RunningProxy) -> None:
+async def test_every_family_has_help_and_names_its_unit(model_proxy: RunningProxy) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         _, text = await scrape(client, proxy)
@@ -84,8 +81,9 @@ async def test_every_family_has_help_and_names_its_unit(proxy: RunningProxy) -> 
 
 
 async def test_build_info_and_process_metrics_are_read_at_scrape_time(
-    proxy: RunningProxy,
+    model_proxy: RunningProxy,
 ) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         _, first = await scrape(client, proxy)
         await drive(client, proxy)
@@ -117,7 +115,8 @@ def samples_named(text: str, name: str) -> list[Any]:
     ]
 
 
-async def test_openmetrics_scrapers_get_units_as_metadata(proxy: RunningProxy) -> None:
+async def test_openmetrics_scrapers_get_units_as_metadata(model_proxy: RunningProxy) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         content_type, text = await scrape(client, proxy, OPENMETRICS)
@@ -130,7 +129,8 @@ async def test_openmetrics_scrapers_get_units_as_metadata(proxy: RunningProxy) -
 
 
 @needs_prometheus
-async def test_prometheus_reads_help_and_units(proxy: RunningProxy, prometheus: str) -> None:
+async def test_prometheus_reads_help_and_units(model_proxy: RunningProxy, prometheus: str) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         known: dict[str, Any] = {}
