@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import platform
 import re
 import time
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardproxy import __version__
 from guardproxy.demo.model import adult_rows
 from guardproxy.telemetry.instruments import catalogue
-from guardproxy.testing import RunningProxy
+from guardproxy.testing import RunningProxy, eventually
 from tests.integration.traffic import needs_prometheus, post_labels, send_rows
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -134,11 +133,12 @@ async def test_prometheus_reads_help_and_units(model_proxy: RunningProxy, promet
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         known: dict[str, Any] = {}
-        for _ in range(60):  # at most ~12 s: Prometheus starts, then scrapes every second
-            known = await metadata_of(client, prometheus)
-            if "http_server_request_duration_seconds" in known:
-                break
-            await asyncio.sleep(0.2)
+
+        async def scraped() -> bool:  # Prometheus starts, then scrapes every second
+            known.update(await metadata_of(client, prometheus))
+            return "http_server_request_duration_seconds" in known
+
+        await eventually(scraped, within=30, every=0.2)
     (duration,) = known["http_server_request_duration_seconds"]
     assert duration["unit"] == "seconds" and duration["type"] == "histogram"
     assert duration["help"] == "Duration of HTTP server requests on the data port."

@@ -15,6 +15,7 @@ from guardproxy.telemetry.instruments import OVERHEAD_BUCKETS
 from guardproxy.testing import (
     OtlpReceiver,
     attributes_of,
+    eventually,
     proxy_settings,
     running_proxy,
     serving,
@@ -133,11 +134,14 @@ async def test_a_silent_collector_neither_slows_requests_nor_goes_uncounted(
             times["without"] += await timed(client, without.url, 1)
             times["with"] += await timed(client, with_hole.url, 1)
         telemetry = with_hole.runtime.telemetry
-        for _ in range(50):
+
+        def both_failed() -> bool:
             counts = telemetry.status()
-            if counts["spans"]["export_failed"] and counts["metric_points"]["export_failed"]:
-                break
-            await asyncio.sleep(0.1)
+            spans, points = counts["spans"], counts["metric_points"]
+            return bool(spans["export_failed"] and points["export_failed"])
+
+        await eventually(both_failed, every=0.1)
+        counts = telemetry.status()
     print(
         f"\nserial GET p99: without exporter {p99(times['without']) * 1e3:.2f} ms, "
         f"with a black-hole collector {p99(times['with']) * 1e3:.2f} ms"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from itertools import islice
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.demo.model import adult_rows
-from guardproxy.testing import RunningProxy
+from guardproxy.testing import RunningProxy, eventually
 from tests.integration.traffic import needs_prometheus, post_labels, query, send_batches, send_rows
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -27,13 +26,12 @@ async def test_prometheus_scrapes_the_decision_counters(
     async with aiohttp.ClientSession() as client:
         sent = await send_batches(client, proxy.url, rows, size=2)
         expected = {key: float(count) for key, count in sent.items()}
-        found: dict[tuple[str, str], float] = {}
-        for _ in range(60):  # at most ~12 s: Prometheus starts, then scrapes every second
-            found = await query(client, prometheus, 'guardproxy_decisions_total{job="guardproxy"}')
-            if found == expected:
-                break
-            await asyncio.sleep(0.2)
-        assert found == expected
+        decisions = 'guardproxy_decisions_total{job="guardproxy"}'
+
+        async def scraped() -> bool:  # Prometheus starts, then scrapes every second
+            return await query(client, prometheus, decisions) == expected
+
+        await eventually(scraped, within=30, every=0.2)
 
 
 def samples(text: str) -> Samples:
