@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..payloads.tensors import TensorError, element_count, pack, same_values, unpack
+from ..payloads.tensors import TensorError, as_text, element_count, pack, same_values, unpack
 from .generated import grpc_predict_v2_pb2 as pb
 
 __all__ = ["apply_response", "parameters", "request_document", "response_document"]
@@ -111,15 +111,8 @@ def _typed(datatype: str, shape: list[int], contents: Any, where: str) -> list[A
     if len(values) != element_count(shape, where):
         raise TensorError(f"{where}: {len(values)} values for shape {shape}")
     if datatype == "BYTES":
-        return [_text(v) for v in values]
+        return [as_text(v) for v in values]
     return values
-
-
-def _text(data: bytes) -> str | bytes:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return data
 
 
 def _requested(t: Any) -> dict[str, Any]:

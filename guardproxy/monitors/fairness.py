@@ -133,32 +133,40 @@ def bound_checks(counts: Mapping[str, GroupCounts], bounds: FairnessSpec) -> dic
 def _ratio_check(pairs: Mapping[str, tuple[int, int]], min_ratio: float) -> dict[str, Any]:
     ends = _extremes(pairs)
     if ends is None or pairs[ends[1]][0] == 0:
-        return {"value": None, "bound": min_ratio, "violated": False, "significant": False}
+        return _unmeasured(min_ratio)
     low, high = pairs[ends[0]], pairs[ends[1]]
     value = (low[0] / low[1]) / (high[0] / high[1])
     interval = ratio_interval(low, high)
-    return {
-        "value": value,
-        "bound": min_ratio,
-        "groups": list(ends),
-        "ci95": list(interval),
-        "violated": value < min_ratio,
-        "significant": interval[1] < min_ratio,
-    }
+    return _check(value, min_ratio, ends, interval, value < min_ratio, interval[1] < min_ratio)
 
 
 def _difference_check(pairs: Mapping[str, tuple[int, int]], limit: float) -> dict[str, Any]:
     ends = _extremes(pairs)
     if ends is None:
-        return {"value": None, "bound": limit, "violated": False, "significant": False}
+        return _unmeasured(limit)
     low, high = pairs[ends[0]], pairs[ends[1]]
     value = high[0] / high[1] - low[0] / low[1]
     interval = difference_interval(high, low)
+    return _check(value, limit, ends, interval, value > limit, interval[0] > limit)
+
+
+def _unmeasured(bound: float) -> dict[str, Any]:
+    return {"value": None, "bound": bound, "violated": False, "significant": False}
+
+
+def _check(
+    value: float,
+    bound: float,
+    groups: tuple[str, str],
+    interval: tuple[float, float],
+    violated: bool,
+    significant: bool,
+) -> dict[str, Any]:
     return {
         "value": value,
-        "bound": limit,
-        "groups": list(ends),
+        "bound": bound,
+        "groups": list(groups),
         "ci95": list(interval),
-        "violated": value > limit,
-        "significant": interval[0] > limit,
+        "violated": violated,
+        "significant": significant,
     }

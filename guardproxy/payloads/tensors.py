@@ -99,14 +99,15 @@ def _unpack_bytes(raw: bytes | memoryview, count: int, where: str) -> list[Any]:
         end = pos + 4 + length
         if end > len(view):
             raise TensorError(f"{where}: BYTES element {len(values)} runs past the tensor")
-        values.append(_text(bytes(view[pos + 4 : end])))
+        values.append(as_text(bytes(view[pos + 4 : end])))
         pos = end
     if pos != len(view):
         raise TensorError(f"{where}: {len(view) - pos} bytes after {count} BYTES elements")
     return values
 
 
-def _text(data: bytes) -> str | bytes:
+def as_text(data: bytes) -> str | bytes:
+    """A BYTES element as text when it is UTF-8, else the bytes themselves (nothing lost)."""
     try:
         return data.decode()
     except UnicodeDecodeError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -253,16 +252,6 @@ def test_status_is_json_ready() -> None:
     assert status["streaks"]["drift.score.psi>0.25x3"] == 1
     assert status["open_action"] == "reject"
     assert breaker.retry_after() == 10
-
-
-def test_admit_is_a_few_microseconds() -> None:
-    breaker = make(FakeClock())
-    n = 100_000
-    start = time.perf_counter()
-    for _ in range(n):
-        breaker.admit()
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 5e-6
 
 
 def test_rates_count_only_from_min_calls_calls_a_window() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
+from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.testing import RecordingModel, RunningProxy, eventually
 from tests.integration.attacks import INFER, applicant, guarded, post
 
@@ -45,6 +46,13 @@ async def leave_midway(proxy: RunningProxy) -> None:
     writer.close()
 
 
+async def windows_closed(breaker: CircuitBreaker, count: int) -> None:
+    """Wait until `count` more upstream health windows have closed."""
+    for _ in range(count):
+        started = breaker.upstream.started
+        await eventually(lambda: breaker.upstream.started > started)  # noqa: B023
+
+
 async def test_requests_that_end_before_the_model_free_their_probe_slots(tmp_path: Path) -> None:
     model = RecordingModel(status=500)
     async with guarded(tmp_path, policy(), model, max_body=4096) as (proxy, _):
@@ -54,7 +62,9 @@ async def test_requests_that_end_before_the_model_free_their_probe_slots(tmp_pat
                 await post(session, proxy.url + INFER, applicant())
             await eventually(lambda: state(proxy) == "open")
             model.status = 200
-            await asyncio.sleep(0.35)  # the cooldown
+            breaker = proxy.runtime.breakers.breaker("default", "adult")
+            assert breaker is not None
+            await eventually(breaker.cooldown_over)
             huge = applicant(note="x" * 8192)
             for _ in range(4):  # every probe slot taken by a 413 or a 415, then given back
                 code, _, _ = await post(session, proxy.url + INFER, huge)
@@ -82,7 +92,7 @@ async def test_fewer_calls_than_min_calls_never_trip_the_error_rate(tmp_path: Pa
         breaker = proxy.runtime.breakers.breaker("default", "adult")
         assert breaker is not None
         await eventually(lambda: "upstream.consecutive_5xx" in breaker.last_values)
-        await asyncio.sleep(0.3)  # more windows close, none with a rate
+        await windows_closed(breaker, 2)  # more windows close, none with a rate
         assert state(proxy) == "closed" and "upstream.error_rate" not in breaker.last_values
 
 
@@ -94,7 +104,9 @@ async def test_a_flood_of_malformed_bodies_does_not_open_the_breaker(tmp_path: P
             for i in range(40):
                 code, _, _ = await post(session, proxy.url + INFER, b'{"inputs": [' + b"x" * i)
                 assert code == 500
-            await asyncio.sleep(1.2)  # a whole window closes
+            breaker = proxy.runtime.breakers.breaker("default", "adult")
+            assert breaker is not None
+            await windows_closed(breaker, 1)
             assert state(proxy) == "closed"
             for _ in range(10):  # the model failing on well-formed requests still counts
                 await post(session, proxy.url + INFER, applicant())

@@ -99,7 +99,9 @@ async def test_500s_trip_error_rate_and_half_open_admits_exactly_the_probe_cap(
             status, headers, body = await infer(session, proxy)
             assert status == 503 and "upstream.error_rate>0.5x1 (1)" in body["reason"]
             model.failing, model.calls, model.gate = False, 0, asyncio.Event()
-            await asyncio.sleep(0.35)  # the cooldown
+            breaker = proxy.runtime.breakers.breaker("default", "adult")
+            assert breaker is not None
+            await eventually(breaker.cooldown_over)
             pending = [asyncio.ensure_future(infer(session, proxy)) for _ in range(200)]
             await eventually(lambda: sum(f.done() for f in pending) == 195)
             model.gate.set()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,28 +11,27 @@ import aiohttp
 import pytest
 import redis
 
-from guardproxy.testing import RunningProxy, running_proxy
-
-from .test_fairness_compas import AUTH, compas_settings, scoring_upstream
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from guardproxy.testing import RunningProxy, eventually, running_proxy
+from tests.integration.compas import AUTH, compas_settings, scoring_upstream
 
 
 class RedisServer:
-    """A private redis-server that a test may stop and start again on the same port."""
+    """A private redis-server on a unix socket (no port to race for), stopped and restarted."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def url(self) -> str:
+        """The --state URL that reaches it."""
+        return f"unix://{self.socket}?db=0"
+
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen([*args, "--daemonize", "no"], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        args = ["redis-server", "--port", "0", "--unixsocket", str(self.socket)]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.2)
         for _ in range(100):
             try:
                 if client.ping():
@@ -51,8 +48,8 @@ class RedisServer:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis.sock")
     server.start()
     yield server
     server.stop()
@@ -72,7 +69,7 @@ async def label(session: aiohttp.ClientSession, proxy: RunningProxy, rid: str) -
 
 
 async def test_redis_outage_and_recovery(tmp_path: Path, private_redis: RedisServer) -> None:
-    state = f"redis://127.0.0.1:{private_redis.port}/0"
+    state = private_redis.url
     async with scoring_upstream() as upstream, aiohttp.ClientSession() as session:
         async with running_proxy(compas_settings(upstream, tmp_path, state=state)) as proxy:
             engine = proxy.runtime.engine
@@ -85,11 +82,15 @@ async def test_redis_outage_and_recovery(tmp_path: Path, private_redis: RedisSer
             assert errors >= 3 and engine.recorded == 1
             assert await label(session, proxy, "down0") == 503
             private_redis.start()
-            for i in range(20):
-                await predict(session, proxy, f"up{i}")
-                if engine.recorded > 1:
-                    break
-                await asyncio.sleep(0.05)
+            sent: list[str] = []
+
+            async def recorded_again() -> bool:
+                sent.append(f"up{len(sent)}")
+                await predict(session, proxy, sent[-1])
+                return engine.recorded > 1
+
+            await eventually(recorded_again, every=0.05)
+            i = len(sent) - 1
             assert engine.recorded == 2 and engine.last_error is None
             assert await label(session, proxy, f"up{i}") == 200
             async with session.get(f"{proxy.admin_url}/status") as r:

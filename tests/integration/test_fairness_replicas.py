@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from guardproxy.testing import RunningProxy, running_proxy
+from tests.integration.compas import AUTH, compas_settings, scoring_upstream
 
 from ..state.conftest import drop_prefix
-from .test_fairness_compas import AUTH, compas_settings, scoring_upstream
 
 KEY = ("default", "recidivism", "")
 ADAPT_POLICY = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import platform
 import re
 import time
@@ -16,12 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardproxy import __version__
 from guardproxy.demo.model import adult_rows
 from guardproxy.telemetry.instruments import catalogue
-from guardproxy.testing import RunningProxy
-
-from .test_otlp import send_rows
-from .test_prometheus import clean_otel_env, needs_prometheus, post_labels, prometheus, proxy
-
-__all__ = ["clean_otel_env", "prometheus", "proxy"]  # fixtures shared with the Prometheus tests
+from guardproxy.testing import RunningProxy, eventually
+from tests.integration.traffic import needs_prometheus, post_labels, send_rows
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 # Prometheus naming: a base unit, spelled out and plural, as the name's suffix. Counts carry
@@ -61,7 +56,8 @@ async def drive(client: aiohttp.ClientSession, proxy: RunningProxy) -> None:
         assert response.status == 200
 
 
-async def test_every_family_has_help_and_names_its_unit(proxy: RunningProxy) -> None:
+async def test_every_family_has_help_and_names_its_unit(model_proxy: RunningProxy) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         _, text = await scrape(client, proxy)
@@ -84,8 +80,9 @@ async def test_every_family_has_help_and_names_its_unit(proxy: RunningProxy) -> 
 
 
 async def test_build_info_and_process_metrics_are_read_at_scrape_time(
-    proxy: RunningProxy,
+    model_proxy: RunningProxy,
 ) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         _, first = await scrape(client, proxy)
         await drive(client, proxy)
@@ -117,7 +114,8 @@ def samples_named(text: str, name: str) -> list[Any]:
     ]
 
 
-async def test_openmetrics_scrapers_get_units_as_metadata(proxy: RunningProxy) -> None:
+async def test_openmetrics_scrapers_get_units_as_metadata(model_proxy: RunningProxy) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         content_type, text = await scrape(client, proxy, OPENMETRICS)
@@ -130,15 +128,17 @@ async def test_openmetrics_scrapers_get_units_as_metadata(proxy: RunningProxy) -
 
 
 @needs_prometheus
-async def test_prometheus_reads_help_and_units(proxy: RunningProxy, prometheus: str) -> None:
+async def test_prometheus_reads_help_and_units(model_proxy: RunningProxy, prometheus: str) -> None:
+    proxy = model_proxy
     async with aiohttp.ClientSession() as client:
         await drive(client, proxy)
         known: dict[str, Any] = {}
-        for _ in range(60):  # at most ~12 s: Prometheus starts, then scrapes every second
-            known = await metadata_of(client, prometheus)
-            if "http_server_request_duration_seconds" in known:
-                break
-            await asyncio.sleep(0.2)
+
+        async def scraped() -> bool:  # Prometheus starts, then scrapes every second
+            known.update(await metadata_of(client, prometheus))
+            return "http_server_request_duration_seconds" in known
+
+        await eventually(scraped, within=30, every=0.2)
     (duration,) = known["http_server_request_duration_seconds"]
     assert duration["unit"] == "seconds" and duration["type"] == "histogram"
     assert duration["help"] == "Duration of HTTP server requests on the data port."

@@ -3,54 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from itertools import islice
-from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.demo.model import adult_rows
-from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.monitors.records import row_id
+from guardproxy.demo.server import build_model_app
 from guardproxy.telemetry.instruments import OVERHEAD_BUCKETS
 from guardproxy.testing import (
     OtlpReceiver,
     attributes_of,
-    otlp_receiver,
+    eventually,
     proxy_settings,
     running_proxy,
     serving,
 )
+from tests.integration.traffic import (
+    CLIENT,
+    HISTOGRAMS,
+    SERVER,
+    by_kind,
+    otlp_decisions,
+    prometheus_counts,
+    prometheus_decisions,
+    send_batches,
+)
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
-INFER = "/v2/models/adult/infer"
-OUTCOMES = ("negative", "positive")
-HISTOGRAMS = ("http.server.request.duration", "http.client.request.duration", "guardproxy.overhead")
-SERVER, CLIENT = 2, 3  # opentelemetry.proto Span.SpanKind values
-
-
-@pytest.fixture(autouse=True)
-def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No OTEL_* from the machine leaks into these tests."""
-    for name in [n for n in os.environ if n.startswith("OTEL_")]:
-        monkeypatch.delenv(name)
-    yield
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[OtlpReceiver]:
-    """A real OTLP/HTTP receiver on a free port."""
-    async with otlp_receiver() as running:
-        yield running
-
-
-def by_kind(spans: list[Any], kind: int) -> list[Any]:
-    return [span for span in spans if span.kind == kind]
 
 
 async def test_an_incoming_trace_is_continued_and_sent_upstream(
@@ -116,63 +98,6 @@ async def test_guard_attributes_and_metric_values_match_the_traffic(
     assert point.start_time_unix_nano < point.time_unix_nano
 
 
-async def send_batches(
-    client: aiohttp.ClientSession, url: str, rows: list[dict[str, str]], size: int
-) -> Counter[tuple[str, str]]:
-    """Send rows in batches; count (group, outcome) from the proxy's decision headers."""
-    decided = await send_rows(client, url, rows, size)
-    return Counter(
-        (group, "positive" if decision else "negative") for _, group, decision in decided
-    )
-
-
-async def send_rows(
-    client: aiohttp.ClientSession, url: str, rows: list[dict[str, str]], size: int
-) -> list[tuple[str, str, int]]:
-    """Send rows in batches; (row id, group, decision) per row, from the response headers."""
-    decided = []
-    for start in range(0, len(rows), size):
-        batch = rows[start : start + size]
-        async with client.post(url + INFER, json=v2_request(batch)) as response:
-            assert response.status == 200, await response.text()
-            decisions = response.headers["X-Guard-Decision"].split(",")
-            request_id = response.headers["X-Request-Id"]
-        for i, (row, decision) in enumerate(zip(batch, decisions, strict=True)):
-            decided.append((row_id(request_id, i), row["sex"].strip(), int(decision)))
-    return decided
-
-
-def otlp_decisions(receiver: OtlpReceiver) -> Counter[tuple[str, str]]:
-    (metric,) = receiver.metrics("guardproxy.decisions")
-    counts: Counter[tuple[str, str]] = Counter()
-    for point in metric.sum.data_points:
-        attributes = attributes_of(point.attributes)
-        assert attributes["region"] == "default"
-        counts[(attributes["group"], attributes["outcome"])] += point.as_int
-    return counts
-
-
-def prometheus_decisions(text: str) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "guardproxy_decisions_total":
-                assert sample.labels["region"] == "default"
-                counts[(sample.labels["group"], sample.labels["outcome"])] += int(sample.value)
-    return counts
-
-
-def prometheus_counts(text: str, name: str) -> int:
-    """The summed _count of the histogram the OTel instrument `name` becomes in Prometheus."""
-    wanted = name.replace(".", "_") + "_seconds_count"
-    return sum(
-        int(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == wanted
-    )
-
-
 @pytest.fixture
 async def black_hole() -> AsyncIterator[str]:
     """An endpoint that accepts connections and never answers."""
@@ -209,11 +134,14 @@ async def test_a_silent_collector_neither_slows_requests_nor_goes_uncounted(
             times["without"] += await timed(client, without.url, 1)
             times["with"] += await timed(client, with_hole.url, 1)
         telemetry = with_hole.runtime.telemetry
-        for _ in range(50):
+
+        def both_failed() -> bool:
             counts = telemetry.status()
-            if counts["spans"]["export_failed"] and counts["metric_points"]["export_failed"]:
-                break
-            await asyncio.sleep(0.1)
+            spans, points = counts["spans"], counts["metric_points"]
+            return bool(spans["export_failed"] and points["export_failed"])
+
+        await eventually(both_failed, every=0.1)
+        counts = telemetry.status()
     print(
         f"\nserial GET p99: without exporter {p99(times['without']) * 1e3:.2f} ms, "
         f"with a black-hole collector {p99(times['with']) * 1e3:.2f} ms"

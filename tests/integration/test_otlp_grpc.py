@@ -17,20 +17,17 @@ from guardproxy.demo.server import build_model_app
 from guardproxy.telemetry import TelemetryError
 from guardproxy.telemetry.exporters import MODULES
 from guardproxy.testing import OtlpReceiver, attributes_of, proxy_settings, running_proxy, serving
-
-from .otlp_grpc import GrpcOtlpReceiver, grpc_otlp_receiver
-from .test_otlp import (
+from tests.integration.traffic import (
     CLIENT,
     HISTOGRAMS,
     SERVER,
     by_kind,
-    clean_otel_env,
     otlp_decisions,
-    receiver,
     send_batches,
 )
 
-__all__ = ["clean_otel_env", "receiver"]  # fixtures shared with the OTLP/HTTP tests
+from .otlp_grpc import GrpcOtlpReceiver, grpc_otlp_receiver
+
 CUMULATIVE = 2  # opentelemetry.proto AggregationTemporality
 
 

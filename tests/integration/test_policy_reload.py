@@ -10,7 +10,7 @@ import aiohttp
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.testing import proxy_settings, running_proxy, serving
+from guardproxy.testing import eventually, proxy_settings, running_proxy, serving
 from tests.policy.kubelet import atomic_write
 
 POLICIES = Path(__file__).parents[2] / "policies"
@@ -45,13 +45,20 @@ async def test_kubelet_swap_under_traffic(tmp_path: Path, client: aiohttp.Client
         )
         async with running_proxy(settings) as proxy:
             loads = [asyncio.create_task(traffic(proxy.url)) for _ in range(4)]
-            await asyncio.sleep(0.5)
+
+            async def answered(more: int) -> None:  # traffic keeps flowing meanwhile
+                count = len(seen)
+                await eventually(lambda: len(seen) >= count + more)
+
+            await answered(20)
             old_version = seen[-1][2]
             swapped_at = time.monotonic()
             atomic_write(mount, {"default.yaml": default, "sg.yaml": SG_NEW})
-            await asyncio.sleep(POLL * 4)
+            await eventually(lambda: seen[-1][2] != old_version)
+            await answered(20)
             atomic_write(mount, {"default.yaml": default, "sg.yaml": SG_BROKEN})
-            await asyncio.sleep(POLL * 4)
+            await eventually(lambda: proxy.runtime.store.reloads_failed == 1)
+            await answered(20)
             stop.set()
             await asyncio.gather(*loads)
             async with client.get(f"{proxy.admin_url}/status") as response:

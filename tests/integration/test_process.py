@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,16 +13,10 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from guardproxy.testing import PATTERN
+from guardproxy.testing import PATTERN, eventually
+from tests.children import drain, guardproxy_ports
 
 BODY_BYTES = 200 * 1024 * 1024
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -45,37 +38,21 @@ class ProxyProcess:
 
 @pytest.fixture
 async def proxy_process(upstream_url: str) -> AsyncIterator[ProxyProcess]:
-    port, admin = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "guardproxy.cli",
-        "serve",
-        "--upstream",
-        upstream_url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin",
-        f"127.0.0.1:{admin}",
-        "--drain-timeout",
-        "10",
-        "--log-level",
-        "WARNING",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    running = ProxyProcess(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(f"{running.admin_url}/healthz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    yield running
+        sys.executable, "-m", "guardproxy.cli", "serve", "--upstream", upstream_url,
+        "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--drain-timeout", "10",
+        "--log-level", "INFO",
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stderr is not None
+    log: list[bytes] = []
+    port, admin = await guardproxy_ports(process.stderr, log)
+    reader = asyncio.create_task(drain(process.stderr, log))
+    yield ProxyProcess(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
     if process.returncode is None:
         process.kill()
         await process.wait()
+    await reader
 
 
 async def stream_body(total: int) -> AsyncIterator[bytes]:
@@ -113,7 +90,12 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
             return response.status
 
     in_flight = [asyncio.create_task(slow_call()) for _ in range(20)]
-    await asyncio.sleep(0.3)
+
+    async def all_in_flight() -> bool:
+        async with client.get(f"{proxy_process.admin_url}/status") as response:
+            return bool((await response.json())["requests"]["in_flight"] == 20)
+
+    await eventually(all_in_flight)
     proxy_process.process.send_signal(signal.SIGTERM)
     statuses = await asyncio.gather(*in_flight)
     assert statuses == [200] * 20

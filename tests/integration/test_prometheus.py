@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import socket
-import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,93 +11,27 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardproxy.demo.model import adult_rows
-from guardproxy.demo.server import build_model_app
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, eventually
+from tests.integration.traffic import needs_prometheus, post_labels, query, send_batches, send_rows
 
-from .test_otlp import clean_otel_env, send_batches, send_rows
-
-__all__ = ["clean_otel_env"]  # a fixture shared with the OTLP tests
-
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-needs_prometheus = pytest.mark.skipif(
-    not Path(PROMETHEUS).exists(), reason="the prometheus server binary is not installed"
-)
-AUTH = {"Authorization": "Bearer feedback-secret"}  # guardproxy.testing.proxy_settings' token
-CELLS = {(1, 1): "tp", (1, 0): "fp", (0, 0): "tn", (0, 1): "fn"}  # (decision, label)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[RunningProxy]:
-    """A guarded proxy in front of the demo model server."""
-    async with serving(build_model_app()) as model_url:
-        async with running_proxy(proxy_settings(model_url)) as running:
-            yield running
-
-
-@pytest.fixture
-def prometheus(proxy: RunningProxy, tmp_path: Path) -> Iterator[str]:
-    """Prometheus scraping the proxy's admin port every second; yields its URL."""
-    target = proxy.admin_url.removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: guardproxy\n    static_configs: [{{targets: ['{target}']}}]\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-async def query(client: aiohttp.ClientSession, url: str, expr: str) -> dict[tuple[str, str], float]:
-    """An instant query: {(group, outcome): value}."""
-    try:
-        async with client.get(f"{url}/api/v1/query", params={"query": expr}) as response:
-            body = await response.json()
-    except aiohttp.ClientError:
-        return {}
-    return {
-        (r["metric"]["group"], r["metric"]["outcome"]): float(r["value"][1])
-        for r in body.get("data", {}).get("result", [])
-    }
 
 
 @needs_prometheus
 async def test_prometheus_scrapes_the_decision_counters(
-    proxy: RunningProxy, prometheus: str
+    model_proxy: RunningProxy, prometheus: str
 ) -> None:
+    proxy = model_proxy
     rows = list(islice(adult_rows(), 10))
     async with aiohttp.ClientSession() as client:
         sent = await send_batches(client, proxy.url, rows, size=2)
         expected = {key: float(count) for key, count in sent.items()}
-        found: dict[tuple[str, str], float] = {}
-        for _ in range(60):  # at most ~12 s: Prometheus starts, then scrapes every second
-            found = await query(client, prometheus, 'guardproxy_decisions_total{job="guardproxy"}')
-            if found == expected:
-                break
-            await asyncio.sleep(0.2)
-        assert found == expected
+        decisions = 'guardproxy_decisions_total{job="guardproxy"}'
+
+        async def scraped() -> bool:  # Prometheus starts, then scrapes every second
+            return await query(client, prometheus, decisions) == expected
+
+        await eventually(scraped, within=30, every=0.2)
 
 
 def samples(text: str) -> Samples:
@@ -126,21 +54,10 @@ def by_labels(found: Samples, name: str, *keys: str) -> dict[tuple[str, ...], fl
     return out
 
 
-async def post_labels(
-    client: aiohttp.ClientSession, url: str, decided: list[tuple[str, str, int]]
-) -> Counter[tuple[str, str, str]]:
-    """Label every decided row (alternating 1, 0, 0); the expected (region, group, cell) counts."""
-    labels = [int(i % 3 == 0) for i in range(len(decided))]
-    body = [{"request_id": rid, "label": y} for (rid, _, _), y in zip(decided, labels, strict=True)]
-    async with client.post(f"{url}/guardproxy/v1/feedback", json=body, headers=AUTH) as response:
-        assert (await response.json())["totals"]["joined"] == len(decided)
-    return Counter(
-        ("default", group, CELLS[(decision, y)])
-        for (_, group, decision), y in zip(decided, labels, strict=True)
-    )
-
-
-async def test_metrics_match_the_traffic_the_labels_and_the_status(proxy: RunningProxy) -> None:
+async def test_metrics_match_the_traffic_the_labels_and_the_status(
+    model_proxy: RunningProxy,
+) -> None:
+    proxy = model_proxy
     rows = list(islice(adult_rows(), 24))
     runtime = proxy.runtime
     async with aiohttp.ClientSession() as client:

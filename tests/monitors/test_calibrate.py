@@ -20,7 +20,7 @@ from guardproxy.monitors.calibrate import (
     fit_thresholds,
 )
 from guardproxy.monitors.histograms import ScoreHistogram
-from tests.monitors.test_fairness import DATA, compas_rows
+from tests.datasets import DATA, compas_rows
 
 CONSTRAINTS = ["none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"]
 

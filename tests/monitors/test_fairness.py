@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +13,7 @@ from guardproxy.monitors.histograms import ScoreHistogram
 from guardproxy.monitors.stats import wilson_interval
 from guardproxy.policy.models import FairnessSpec
 from guardproxy.state.counts import GroupCounts
-
-DATA = Path(__file__).parent.parent / "data"
-
-
-def compas_rows() -> list[dict[str, str]]:
-    """COMPAS rows after ProPublica's filter."""
-    with open(DATA / "compas_two_years.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [
-        r
-        for r in rows
-        if -30 <= int(r["days_b_screening_arrest"] or 999) <= 30
-        and r["is_recid"] != "-1"
-        and r["c_charge_degree"] != "O"
-        and r["score_text"] != "N/A"
-    ]
+from tests.datasets import compas_rows
 
 
 def compas_counts() -> dict[str, GroupCounts]:
