@@ -79,7 +79,7 @@ class GuardChain:
             except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
 
-    def failed(self, name: str, on_error: str, ex: Exchange, why: str) -> None:
+    def failed(self, name: str, on_error: OnError, ex: Exchange, why: str) -> None:
         """A guard that could not check a streamed answer: counted, and fail_closed answers."""
         self.errors[name] = self.errors.get(name, 0) + 1
         ex.errors.append(f"{name}: {why}")

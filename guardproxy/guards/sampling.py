@@ -78,12 +78,12 @@ class SamplingGuard:
     def _sample(self, ex: Exchange) -> Sample:
         reply = ex.reply
         status = reply.status if reply is not None else ex.status
-        response: object = ex.response_record()  # serialised by the writer, off the hot path
+        response: Any = ex.response_record()  # serialised by the writer, off the hot path
         if reply is not None:
             error = {"error": reply.error, "details": reply.details}
             # A stream ended by a guard: what it said until then, and why it ended.
-            record: Any = ex.response_record()
-            response = {**record, **error} if ex.streamed else error
+            streamed = ex.streamed and isinstance(response, dict)
+            response = {**response, **error} if streamed else error
         return Sample(
             request_id=ex.request_id,
             time=time.time(),

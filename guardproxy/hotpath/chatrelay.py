@@ -133,6 +133,12 @@ class ChatRelay:
             return self.guard.release() + error_events(UNREADABLE, "guard_error")
         return self.guard.release() + error_events(reply.error)
 
+    def refused(self) -> None:
+        """The stream was refused before it started (a fail_closed guard): its record."""
+        if self.ended == "complete":
+            self.ended = "refused"
+        self.finish()
+
     def finish(self) -> None:
         """The flags the stream raised and its record, for the sample and the observers."""
         ex, guard = self.ex, self.guard

@@ -161,14 +161,14 @@ class GuardedSteps:
         content_type = media_type(response.headers.get(b"content-type"))
         binary = response.headers.get(HEADER_KEY) if chain.binary is not None else None
         if response.status in NO_BODY_STATUS or request.method == b"HEAD":
-            return await self._unguarded(request, writer, response, rid)
+            return await self._unguarded(request, writer, response, ex)
         if binary is not None:
             ex.binary = ex.binary or BinaryBodies(cast(BinaryReads, chain.binary))
             ex.binary.response = binary.decode("latin-1")
         elif content_type not in JSON_TYPES:
             if content_type == EVENT_STREAM and wire.model.spec.protocol == "openai":
                 return await self._chat(writer, ex, response, call.admitted, wire, began)
-            return await self._unguarded(request, writer, response, rid)
+            return await self._unguarded(request, writer, response, ex)
         await read_answer(ex, response, self.max_body, content_type)
         ex.upstream_seconds = perf_counter() - began
         if 200 <= ex.status < 300:
@@ -182,11 +182,13 @@ class GuardedSteps:
         return outcome_of(ex)
 
     async def _unguarded(
-        self, request: Request, writer: ResponseWriter, response: UpstreamResponse, rid: bytes
+        self, request: Request, writer: ResponseWriter, response: UpstreamResponse, ex: Exchange
     ) -> str:
         """An answer the guards cannot read (not JSON, binary tensors or a chat stream)."""
         self.counts.unguarded_streams += 1
-        await relay(request, writer, response, rid, self.counts)
+        if ex.binary is not None:  # a binary request, all the same
+            self.counts.binary.count(ex.binary, False)
+        await relay(request, writer, response, ex.request_id.encode("latin-1"), self.counts)
         return "streamed"
 
     async def _chat(
@@ -210,6 +212,7 @@ class GuardedSteps:
             await chain.check_response(ex)  # a decision guard says: unscored
         if ex.reply is not None:  # fail_closed: nothing of the stream was sent
             response.release()
+            stream.refused()
             await chain.observe(ex)
             self._reply(writer, ex, admitted, wire)
             return "blocked"

@@ -215,6 +215,8 @@ async def test_a_blocked_stream_is_sampled_whole_and_counted_as_blocked(
     ]
     assert (response["ended"], response["error"]) == ("blocked", WITHHELD)
     assert record["flags"] == ["blocked:new york"]
+    model = proxy.runtime.store.table.regions["default"].model("chat")
+    assert model is not None and model.chain.errors == {}  # type: ignore[attr-defined]
     async with client.get(proxy.admin_url + "/metrics") as r:
         metrics = await r.text()
     assert any(
@@ -303,7 +305,10 @@ async def test_an_unreadable_event_ends_the_stream_when_fail_closed(
 
 @pytest.mark.parametrize("region", ["default", "strict"])
 async def test_an_encoded_stream_cannot_be_read_and_follows_on_error(
-    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, region: str
+    served: tuple[RunningProxy, ChatModel],
+    client: aiohttp.ClientSession,
+    region: str,
+    tmp_path: Path,
 ) -> None:
     proxy, _ = served
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "a gorilla"}]}
@@ -315,10 +320,13 @@ async def test_an_encoded_stream_cannot_be_read_and_follows_on_error(
     else:
         assert r.status == 502 and "could not check" in json.loads(received)["error"]
     assert proxy.runtime.proxy.counts.chat_stream_errors == 1
+    [record] = await samples(proxy, tmp_path)
+    ended = {"default": "passed_unread", "strict": "unreadable"}[region]
+    assert record["response"]["ended"] == ended and record["errors"]
 
 
 async def test_a_decision_guard_marks_a_stream_unscored_or_refuses_it(
-    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     proxy, _ = served
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -328,6 +336,10 @@ async def test_a_decision_guard_marks_a_stream_unscored_or_refuses_it(
     async with client.post(proxy.url + CHAT, json=body, headers={"X-Region": "refused"}) as r:
         assert r.status == 502
         assert "carries no score" in (await r.json())["error"]
+    unscored, refused = await samples(proxy, tmp_path)
+    assert unscored["response"]["ended"] == "complete" and unscored["status"] == 200
+    assert refused["response"]["ended"] == "refused" and refused["status"] == 502
+    assert "carries no score" in refused["response"]["error"]
 
 
 async def test_other_models_streams_still_pass_unguarded_and_counted(
