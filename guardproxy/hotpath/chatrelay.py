@@ -4,10 +4,10 @@ The upstream's head goes to the client at once; each chunk goes through `ChatStr
 and only the events it completes are forwarded, so nothing waits longer than its own event.
 A denied term ends the stream: the events before the one that completed the term are
 forwarded, that event and the rest are not, and the client gets `error_events` (an
-OpenAI-style error event, then `data: [DONE]`). An event that cannot be
-read follows the guard's `on_error`: fail_open forwards the rest of the stream unread,
-fail_closed ends it with an error event. The text of every choice (up to the sampling
-policy's `max_body_bytes` characters) becomes the exchange's stream record for its sample.
+OpenAI-style error event, then `data: [DONE]`). An event that cannot be read follows the
+guard's `on_error`: fail_open forwards the rest of the stream unread, fail_closed ends it
+with an error event. The text of every choice (up to the sampling policy's
+`max_body_bytes` characters) becomes the exchange's stream record for its sample.
 """
 
 from __future__ import annotations
