@@ -10,7 +10,7 @@ from guardproxy.hotpath.upstream import (
     forward_request_headers,
     forward_response_headers,
 )
-from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies
+from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
 from guardproxy.transport import HeaderList, Headers, Request, UpstreamError, UpstreamResponse
 
 IDENTITY = (b"Accept-Encoding", b"identity")
@@ -87,3 +87,16 @@ def changed_headers(headers: HeaderList, binary: BinaryBodies | None) -> HeaderL
 def stream_headers(headers: Headers) -> HeaderList:
     """A guarded stream's headers: the upstream's, without its Content-Length."""
     return [(k, v) for k, v in forward_response_headers(headers) if k.lower() not in _STREAM_SKIP]
+
+
+def binary_request(request: Request, reads: BinaryReads, value: bytes) -> BinaryBodies:
+    """A binary tensor request's state; 400 when its header length is not one plain number.
+
+    Two values, or one a lenient server reads as a number ("120, 100", "+120"), could split
+    the body one way for the guards and another for the model.
+    """
+    if not (value.isdigit() and len(value) <= 12):
+        raise Refusal(400, "Inference-Header-Content-Length is not a byte count")
+    if len(request.headers.getall(HEADER_KEY)) > 1:
+        raise Refusal(400, "Inference-Header-Content-Length given more than once")
+    return BinaryBodies(reads, value.decode("latin-1"))

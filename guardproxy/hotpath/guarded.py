@@ -18,6 +18,7 @@ from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
 from guardproxy.hotpath.bodies import (
     applied_codings,
+    binary_request,
     changed_headers,
     guarded_headers,
     read_answer,
@@ -106,7 +107,7 @@ class GuardedSteps:
             chain = cast(GuardChain, model.chain)
             binary = request.headers.get(HEADER_KEY)  # the binary tensor extension (OIP)
             if binary is not None and chain.binary is not None:
-                ex.binary = BinaryBodies(chain.binary, binary.decode("latin-1"))
+                ex.binary = binary_request(request, chain.binary, binary)
             await chain.on_request(ex)
             if ex.reply is not None:
                 await chain.observe(ex)

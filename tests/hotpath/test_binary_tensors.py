@@ -297,3 +297,19 @@ async def test_a_sample_holds_the_decoded_tensors_redacted(
     assert all(value.startswith("[REDACTED") for value in request["email"]["data"])
     answer = {t["name"]: t for t in record["response"]["outputs"]}
     assert answer["tags"]["data"][2:4] == ["cat", ""]  # the answer as the client got it
+
+
+@pytest.mark.parametrize("values", [["120", "100"], ["120, 100"], ["+120"], ["1" * 13]])
+async def test_a_header_length_read_two_ways_is_refused(
+    served: tuple[RunningProxy, Triton], values: list[str]
+) -> None:
+    proxy, model = served
+    body, length = triton.InferenceServerClient.generate_request_body(inputs(), outputs=outputs())
+    headers = [(HEADER, value.replace("120", str(length))) for value in values]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + PATH, data=body, headers=headers) as response,
+    ):
+        assert response.status == 400
+        assert "Inference-Header-Content-Length" in (await response.json())["error"]
+    assert model.received == []  # never forwarded
