@@ -28,7 +28,7 @@ from ..breaker.state import CLOSED, Admission, CircuitBreaker
 from ..guards.base import GuardChain
 from ..guards.exchange import Exchange, Reply
 from ..hotpath.admission import Admitted, mark, settle
-from ..hotpath.observation import Observation, observe
+from ..hotpath.observation import Observation, hand_over, observe
 from ..policy.routes import version_label
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
@@ -184,15 +184,8 @@ class PolicyHook:
         return Refuse(status_for(reply.status), reply.error, _metadata(ex, model))
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
-        """Hand every observer the same immutable record; a failing observer is counted."""
-        observation = observe(ex, model, admitted)
-        for observer in self.observers:
-            try:
-                observer(observation)
-            except Exception:
-                name = getattr(observer, "__qualname__", type(observer).__name__)
-                self.stats.observer_errors[name] += 1
-                log.exception("observer %s failed on %s", name, ex.request_id)
+        """Hand the observers the immutable record of the finished call."""
+        hand_over(observe(ex, model, admitted), self.observers, self.stats.observer_errors)
 
 
 def _unguarded(model: CompiledModel | None) -> str:

@@ -26,7 +26,7 @@ from guardproxy.hotpath.bodies import (
 )
 from guardproxy.hotpath.chatrelay import EVENT_STREAM, ChatRelay
 from guardproxy.hotpath.hooks import UpstreamTracer
-from guardproxy.hotpath.observation import Observation, observe, outcome_of
+from guardproxy.hotpath.observation import Observation, hand_over, observe, outcome_of
 from guardproxy.hotpath.relay import NO_BODY_STATUS, reason_of, relay
 from guardproxy.hotpath.replies import (
     JSON,
@@ -259,15 +259,7 @@ class GuardedSteps:
             self._observe(ex, wire.model, admitted)
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
-        """Hand every observer the same immutable record; a failing observer is counted."""
+        """Hand the observers the immutable record of the finished exchange."""
         if ex.binary is not None:
             self.counts.binary.count(ex.binary, ex.response_changed)
-        observation = observe(ex, model, admitted)
-        for observer in self.observers:
-            try:
-                observer(observation)
-            except Exception:
-                name = getattr(observer, "__qualname__", type(observer).__name__)
-                errors = self.counts.observer_errors
-                errors[name] = errors.get(name, 0) + 1
-                log.exception("observer %s failed on %s", name, ex.request_id)
+        hand_over(observe(ex, model, admitted), self.observers, self.counts.observer_errors)

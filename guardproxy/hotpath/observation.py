@@ -7,6 +7,8 @@ the request the guards already parsed.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import NamedTuple
 
 from guardproxy.breaker.state import Admission
@@ -18,6 +20,7 @@ from guardproxy.policy.table import CompiledModel
 BASE_SIZE = 400  # bytes an observation holds besides its rows, roughly
 ROW_SIZE = 120  # bytes per scored row (verdict and its features), roughly
 
+log = logging.getLogger("guardproxy.proxy")
 OUTCOMES = ("decided", "unscored", "blocked", "error", "passed")
 THRESHOLD_VERSION = "X-Guard-Threshold-Version"
 
@@ -94,3 +97,18 @@ def outcome_of(ex: Exchange) -> str:
     if ex.verdicts:
         return "decided"
     return "unscored" if ex.unscored else "passed"
+
+
+def hand_over(
+    observation: Observation,
+    observers: Sequence[Callable[[Observation], None]],
+    errors: MutableMapping[str, int],
+) -> None:
+    """Give every observer the same record; one that fails is counted and logged, never fatal."""
+    for observer in observers:
+        try:
+            observer(observation)
+        except Exception:
+            name = getattr(observer, "__qualname__", type(observer).__name__)
+            errors[name] = errors.get(name, 0) + 1
+            log.exception("observer %s failed on %s", name, observation.request_id)
