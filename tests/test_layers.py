@@ -114,5 +114,28 @@ def test_request_trust_paths_and_decoding_need_no_http_library() -> None:
     # The data port's handler calls these with plain strings, bytes and header mappings.
     for name in ("encoding", "paths", "trust"):
         path = PACKAGE / "hotpath" / f"{name}.py"
-        roots = {module.split(".")[0] for module in imports_of(path)}
-        assert roots <= sys.stdlib_module_names | {"__future__"}, (name, roots)
+        assert roots_of(path) <= sys.stdlib_module_names | {"__future__"}, name
+
+
+def roots_of(path: Path) -> set[str]:
+    """The top-level names a file imports."""
+    return {module.split(".")[0] for module in imports_of(path)}
+
+
+def test_the_transport_needs_only_the_standard_library_httptools_and_uvloop() -> None:
+    sources = sorted((PACKAGE / "transport").glob("*.py"))
+    assert len(sources) > 10
+    allowed = sys.stdlib_module_names | {"__future__", "httptools", "uvloop", "guardproxy"}
+    for path in sources:
+        assert roots_of(path) <= allowed, (path.name, roots_of(path) - allowed)
+
+
+def test_no_aiohttp_on_the_data_path() -> None:
+    data_path = [
+        *(PACKAGE / "hotpath").glob("*.py"),
+        *(PACKAGE / "guards").glob("*.py"),
+        *(PACKAGE / name for name in ("dataport.py", "feedback.py", "telemetry/tracing.py")),
+    ]
+    assert len(data_path) > 15
+    for path in data_path:
+        assert not roots_of(path) & {"aiohttp", "multidict", "yarl"}, path.name
