@@ -6,33 +6,19 @@ region key counts only when the operator named one, and the model comes from the
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 
+from ..hotpath.trust import new_request_id
+from ..hotpath.trust import request_id_of as checked_id
 from ..policy.table import CompiledModel, CompiledPolicy
 from ..transport import Headers
 from .hooks import InferCall, Metadata
 
-__all__ = [
-    "MAX_REQUEST_ID",
-    "REQUEST_ID",
-    "headers_of",
-    "metadata_value",
-    "model_of",
-    "new_request_id",
-    "request_id_of",
-]
+__all__ = ["REQUEST_ID", "headers_of", "metadata_value", "model_of", "request_id_of"]
 
 REQUEST_ID = "x-request-id"
-MAX_REQUEST_ID = 128
-_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def new_request_id() -> str:
-    """A random 128-bit id, hex encoded."""
-    return os.urandom(16).hex()
 
 
 def metadata_value(metadata: Metadata, key: str) -> str | None:
@@ -54,17 +40,9 @@ def request_id_of(call: InferCall) -> tuple[str, bool]:
     if call.method == "ModelInfer":
         candidates.insert(0, metadata_value(call.metadata, REQUEST_ID))
     for value in candidates:
-        if not value:
-            continue
-        if isinstance(value, str) and well_formed(value):
-            return value, False
-        return new_request_id(), True
+        if value:
+            return checked_id(value) if isinstance(value, str) else (new_request_id(), True)
     return new_request_id(), False
-
-
-def well_formed(value: str) -> bool:
-    """1-128 letters, digits or `._:-`."""
-    return len(value) <= MAX_REQUEST_ID and _WELL_FORMED.fullmatch(value) is not None
 
 
 def headers_of(metadata: Iterable[tuple[str, str | bytes]]) -> Headers:
