@@ -117,7 +117,10 @@ class Runtime:
         self.gc_pauses = GcPauses()
         self.grpc: GrpcPort | None = None
         if settings.grpc_listen is not None:
-            self.grpc = GrpcPort(settings, self.store.snapshot, self.breakers, self.proxy.observers)
+            self.grpc = GrpcPort(
+                settings, self.store.snapshot, self.breakers, self.proxy.observers,
+                self.telemetry.rpc,
+            )  # fmt: skip
 
     def build_telemetry(self) -> Telemetry:
         """Traces and metrics from OTEL_* and the --otlp-endpoint / --service-name flags."""

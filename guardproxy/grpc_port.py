@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.hotpath.observation import Observation
+from guardproxy.logs import AccessLog
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 from guardproxy.settings import Settings, parse_address
 
 if TYPE_CHECKING:
     from guardproxy.grpc import GrpcProxy
+    from guardproxy.grpc.calllog import CallTracer
     from guardproxy.grpc.guarding import PolicyHook
 
 MISSING = "--grpc-listen needs grpcio, the `grpc` extra: pip install 'guardproxy[grpc]' ({error})"
@@ -36,24 +38,27 @@ class GrpcPort:
         policies: Snapshot[PolicyTable],
         breakers: BreakerBoard,
         observers: Sequence[Callable[[Observation], None]],
+        tracer: CallTracer | None = None,
     ) -> None:
         if settings.grpc_listen is None or settings.grpc_upstream is None:
             raise ValueError("the gRPC port needs grpc_listen and grpc_upstream")
         try:
             from guardproxy.grpc import GrpcProxy
+            from guardproxy.grpc.calllog import NO_TRACER, CallLog, observed
             from guardproxy.grpc.guarding import PolicyHook
         except ImportError as exc:
             raise GrpcUnavailable(MISSING.format(error=exc)) from exc
         self.listen = settings.grpc_listen
         self.upstream = settings.grpc_upstream
         self.hook: PolicyHook = PolicyHook(
-            policies, breakers, observers, region_key=settings.trust_region_header
+            policies, breakers, (*observers, observed), region_key=settings.trust_region_header
         )
         self.proxy: GrpcProxy = GrpcProxy(
             settings.grpc_upstream,
             self.hook,
             max_message=settings.max_body,
             timeout=settings.timeouts.total,
+            calls=CallLog(AccessLog(settings.access_log), tracer or NO_TRACER),
         )
         self.port: int | None = None
         self._stopping: asyncio.Task[None] | None = None

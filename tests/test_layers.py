@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"policy", "masking"},
     "monitors": {"hotpath", "breaker", "policy", "state", "payloads", "tasks"},
     "telemetry": {"transport", "hotpath", "breaker", "policy", "state", "guards", "tasks"},
-    "grpc": {"transport", "hotpath", "guards", "payloads", "breaker", "policy", "tasks"},
+    "grpc": {"transport", "hotpath", "guards", "payloads", "breaker", "policy", "tasks", "logs"},
 }
 ROOT = "root"
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal, NoReturn
 
 import grpc
 from grpc import aio
 
+from .calllog import CallLog
 from .documents import apply_response, request_document, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import (
@@ -56,6 +57,21 @@ def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
     )
 
 
+def upstream_metadata(context: aio.ServicerContext[bytes, bytes], calls: CallLog) -> Metadata:
+    """The client's metadata as it goes upstream, naming the call's span as the trace parent."""
+    return calls.upstream(forwardable(context.invocation_metadata()))
+
+
+def ended(context: aio.ServicerContext[bytes, bytes], exc: BaseException) -> grpc.StatusCode:
+    """The status of a call that raised: the one it was aborted with, else why it was cut."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return cancelled(context)[0]
+    return grpc.StatusCode.UNKNOWN
+
+
 def cancelled(context: aio.ServicerContext[bytes, bytes]) -> tuple[grpc.StatusCode, str]:
     """Why gRPC cancelled a call: the client's deadline passed, or the client went away."""
     remaining = context.time_remaining()
@@ -73,9 +89,12 @@ class _Handler(grpc.GenericRpcHandler):
         proxy = self._proxy
         if method == INFER:
             return grpc.unary_unary_rpc_method_handler(proxy.infer)
-        if method == STREAM_INFER:
-            return grpc.stream_stream_rpc_method_handler(proxy.stream_infer)
-        return grpc.stream_stream_rpc_method_handler(functools.partial(proxy.forward, method))
+        inner = (
+            proxy.stream_infer
+            if method == STREAM_INFER
+            else functools.partial(proxy.forward, method)
+        )
+        return grpc.stream_stream_rpc_method_handler(functools.partial(proxy.logged, method, inner))
 
 
 class GrpcProxy:
@@ -91,8 +110,10 @@ class GrpcProxy:
         fail_closed: bool = False,
         max_pending: int = 1024,
         timeout: float | None = None,
+        calls: CallLog | None = None,
     ) -> None:
         self.upstream = upstream
+        self.calls = calls or CallLog()  # each call's access log line and span
         self.timeout = timeout  # longest unary upstream call, whatever the client's deadline
         self.hook: InferHook = hook or AllowAll()
         self.fail_closed = fail_closed
@@ -138,6 +159,43 @@ class GrpcProxy:
         return self._channel
 
     async def infer(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        """ModelInfer: one access log line and span around `_infer`."""
+        record = self.calls.begin(INFER, tuple(context.invocation_metadata() or ()))
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            answer = await self._infer(request, context)
+            record.sent, code = len(answer), grpc.StatusCode.OK
+            return answer
+        except BaseException as exc:
+            code = ended(context, exc)
+            raise
+        finally:
+            self.calls.end(record, code)
+
+    async def logged(
+        self,
+        method: str,
+        handler: Callable[
+            [AsyncIterator[bytes], aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]
+        ],
+        requests: AsyncIterator[bytes],
+        context: aio.ServicerContext[bytes, bytes],
+    ) -> AsyncIterator[bytes]:
+        """A streaming call: one access log line and span around its handler."""
+        record = self.calls.begin(method, tuple(context.invocation_metadata() or ()))
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            async for answer in handler(requests, context):
+                record.sent += len(answer)
+                yield answer
+            code = grpc.StatusCode.OK
+        except BaseException as exc:
+            code = ended(context, exc)
+            raise
+        finally:
+            self.calls.end(record, code)
+
+    async def _infer(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         """ModelInfer: hook before, forward, hook after (or told how the call failed)."""
         self.stats.calls["infer"] += 1
         self.stats.active += 1
@@ -149,10 +207,8 @@ class GrpcProxy:
                 await self.admit(call, context)
                 told = False
             unary: aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(INFER)
-            rpc = unary(
-                request, metadata=forwardable(context.invocation_metadata()),
-                timeout=self.deadline(context),
-            )  # fmt: skip
+            metadata = upstream_metadata(context, self.calls)
+            rpc = unary(request, metadata=metadata, timeout=self.deadline(context))
             try:
                 answer: bytes = await rpc
             except aio.AioRpcError as err:
@@ -200,7 +256,7 @@ class GrpcProxy:
         self.stats.active += 1
         streams: aio.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
         rpc = streams(
-            requests, metadata=forwardable(context.invocation_metadata()),
+            requests, metadata=upstream_metadata(context, self.calls),
             timeout=context.time_remaining(),
         )  # fmt: skip
         try:
@@ -292,6 +348,7 @@ class GrpcProxy:
 
     async def refuse(self, refusal: Refuse, context: aio.ServicerContext[bytes, bytes]) -> NoReturn:
         """End the call with the refusal's status (raises, as context.abort does)."""
+        self.calls.refused()
         self.stats.refused[refusal.code.name] += 1
         self.stats.status(refusal.code)
         await context.abort(refusal.code, refusal.message, refusal_trailers(refusal))

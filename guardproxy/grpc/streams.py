@@ -41,13 +41,13 @@ class StreamGuard:
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
-        from .proxy import STREAM_INFER, cancelled, forwardable
+        from .proxy import STREAM_INFER, cancelled, forwardable, upstream_metadata
 
         proxy, context = self.proxy, self.context
         streams: aio.StreamStreamMultiCallable[bytes, bytes]
         streams = proxy.channel.stream_stream(STREAM_INFER)
         rpc = streams(
-            self._admitted(requests), metadata=forwardable(context.invocation_metadata()),
+            self._admitted(requests), metadata=upstream_metadata(context, proxy.calls),
             timeout=context.time_remaining(),
         )  # fmt: skip
         ended = Failure(grpc.StatusCode.CANCELLED, "the stream ended before the answer")

@@ -40,6 +40,7 @@ from guardproxy.telemetry.instruments import (
     FleetSource,
     Instruments,
 )
+from guardproxy.telemetry.rpc import RpcTracer
 from guardproxy.telemetry.tracing import CURRENT, RequestTracer
 from guardproxy.transport import Handler
 
@@ -85,6 +86,7 @@ class Telemetry:
             tracer, self.instruments, upstream, self._sampler_reads_attributes()
         )
         self.observe = DecisionObserver(self.instruments, self.labels)
+        self.rpc = RpcTracer(tracer) if tracer is not None else None  # gRPC calls' spans
 
     def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]

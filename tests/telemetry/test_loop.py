@@ -23,7 +23,9 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     status = lag.status()
     lag.stop()
     assert status["recent_max_ms"] >= 40
-    assert status["max_busy"] > 0.5  # the loop's own thread was running: a long step
+    # The loop's own thread was running (a long step), if not all the time on a busy machine;
+    # a sleeping thread (below) scores near 0.
+    assert status["max_busy"] > 0.25
     assert status["over"]["5ms"] >= 1 and status["over"]["20ms"] >= 1
     ticks = lag.ticks
     await asyncio.sleep(0.03)
