@@ -5,6 +5,7 @@ Needs the `grpc` extra (`pip install 'guardproxy[grpc]'`).
 
 from __future__ import annotations
 
+from .context import INFER, STREAM_INFER, forwardable
 from .documents import apply_response, request_document, response_document
 from .hooks import (
     Allow,
@@ -16,7 +17,7 @@ from .hooks import (
     refusal_trailers,
     status_for,
 )
-from .proxy import INFER, STREAM_INFER, GrpcProxy, forwardable
+from .proxy import GrpcProxy
 
 __all__ = [
     "INFER",

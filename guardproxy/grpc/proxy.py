@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, NoReturn
 
 import grpc
 from grpc import aio
 
 from .calllog import CallLog
+from .context import INFER, STREAM_INFER, cancelled, ended, forwardable, upstream_metadata
 from .documents import apply_response, request_document, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import (
@@ -40,44 +41,6 @@ from .streams import StreamGuard
 __all__ = ["INFER", "STREAM_INFER", "GrpcProxy"]
 
 log = logging.getLogger("guardproxy.grpc")
-
-SERVICE = "/inference.GRPCInferenceService/"
-INFER = SERVICE + "ModelInfer"
-STREAM_INFER = SERVICE + "ModelStreamInfer"
-# Connection-level headers gRPC sets itself; all other metadata travels both ways.
-_HOP = frozenset({"content-type", "te", "user-agent", "host", "connection", "accept-encoding"})
-
-
-def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
-    """Metadata without pseudo-headers, reserved `grpc-*` keys and connection headers."""
-    return tuple(
-        (key, value)
-        for key, value in metadata or ()
-        if not key.startswith((":", "grpc-")) and key not in _HOP
-    )
-
-
-def upstream_metadata(context: aio.ServicerContext[bytes, bytes], calls: CallLog) -> Metadata:
-    """The client's metadata as it goes upstream, naming the call's span as the trace parent."""
-    return calls.upstream(forwardable(context.invocation_metadata()))
-
-
-def ended(context: aio.ServicerContext[bytes, bytes], exc: BaseException) -> grpc.StatusCode:
-    """The status of a call that raised: the one it was aborted with, else why it was cut."""
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return cancelled(context)[0]
-    return grpc.StatusCode.UNKNOWN
-
-
-def cancelled(context: aio.ServicerContext[bytes, bytes]) -> tuple[grpc.StatusCode, str]:
-    """Why gRPC cancelled a call: the client's deadline passed, or the client went away."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed"
-    return grpc.StatusCode.CANCELLED, "the client cancelled the call"
 
 
 class _Handler(grpc.GenericRpcHandler):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
+from .context import STREAM_INFER, cancelled, forwardable, upstream_metadata
 from .documents import apply_response, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import Allow, Failure, InferCall, Refuse
@@ -41,8 +42,6 @@ class StreamGuard:
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
-        from .proxy import STREAM_INFER, cancelled, forwardable, upstream_metadata
-
         proxy, context = self.proxy, self.context
         streams: aio.StreamStreamMultiCallable[bytes, bytes]
         streams = proxy.channel.stream_stream(STREAM_INFER)
