@@ -32,6 +32,7 @@ __all__ = [
     "decode",
     "decode_request",
     "decode_response",
+    "decode_rest",
     "encode",
     "header_length",
 ]
@@ -138,12 +139,21 @@ def decode(
         raw = sections[name] = view[pos : pos + size]
         pos += size
         if only is None or name in only or (columns and _names_a_column(t, shared, only)):
-            _decoded(t, raw, _where(key, name))
+            _decoded(t, raw, key, name)
     if pos != end:
         raise BinaryPayloadError(
             f"binary_data_size values add up to {pos - split} bytes; the body has {end - split}"
         )
     return BinaryBody(doc, key, sections, frozenset(names), binary_new=bool(sections))
+
+
+def decode_rest(body: BinaryBody) -> None:
+    """Decode, in place, every binary tensor that `decode(..., only=...)` left as bytes."""
+    sections = body.sections
+    for t in _tensors(body.doc, body.key):
+        name = t.get("name")
+        if "data" not in t and name in sections:
+            _decoded(t, sections[name], body.key, name)
 
 
 def _where(key: Key, name: object) -> str:
@@ -195,13 +205,13 @@ def _refuse(t: dict[str, Any], size: Any, where: str) -> NoReturn:
     raise BinaryPayloadError(f"{where}: has both data and binary_data_size")
 
 
-def _decoded(t: dict[str, Any], raw: Section, where: str) -> None:
+def _decoded(t: dict[str, Any], raw: Section, key: Key, name: str) -> None:
     try:
-        t["data"] = unpack(t["datatype"], t["shape"], raw, where)
-    except BinaryPayloadError:
-        raise
+        # The tensor's name stands for where it is; the full place is built only on an error.
+        t["data"] = unpack(t["datatype"], t["shape"], raw, name)
     except TensorError as exc:
-        raise BinaryPayloadError(str(exc)) from None
+        where = _where(key, name)
+        raise BinaryPayloadError(where + str(exc)[len(name) :]) from None
     params = {k: v for k, v in t["parameters"].items() if k != _SIZE}
     if params:
         t["parameters"] = params

@@ -18,6 +18,7 @@ from guardproxy.payloads.binary import (
     Encoded,
     Key,
     decode,
+    decode_rest,
     encode,
 )
 from guardproxy.payloads.errors import MalformedBinary
@@ -91,7 +92,9 @@ class RawBody:
 class BinaryBodies:
     """One exchange's binary request and answer: their headers, decoded forms, the re-encoding."""
 
-    __slots__ = ("_answer", "_partial", "encoded", "malformed", "reads", "request", "response")
+    __slots__ = (
+        "_answer", "_partial", "_request", "encoded", "malformed", "reads", "request", "response",
+    )  # fmt: skip
 
     def __init__(self, reads: BinaryReads, request: str | None = None) -> None:
         self.reads = reads
@@ -99,14 +102,28 @@ class BinaryBodies:
         self.response: str | None = None  # the answer's
         self.encoded: Encoded | None = None  # the answer as changed by the guards
         self._answer: BinaryBody | None = None
+        self._request: BinaryBody | None = None  # as last decoded (in part or whole)
         self._partial = False  # the request document lacks tensors the policy does not read
         self.malformed = False  # a body's framing, sizes or tensors disagreed
 
     def request_document(self, body: bytes, whole: bool = False) -> dict[str, Any]:
-        """The request's document: the tensors the policy reads, or every one (`whole`)."""
+        """The request's document: the tensors the policy reads, or every one (`whole`).
+
+        Asked for whole after a partial reading, it decodes only the tensors left as bytes.
+        """
+        partial = self._request
+        if whole and partial is not None and self._partial:
+            try:
+                decode_rest(partial)
+            except BinaryPayloadError as exc:
+                self.malformed = True
+                raise MalformedBinary(f"binary input: {exc}") from None
+            self._partial = False
+            return partial.doc
         only = None if whole else self.reads.inputs
         self._partial = only is not None
-        return self._decoded(body, self.request, "inputs", only).doc
+        self._request = self._decoded(body, self.request, "inputs", only)
+        return self._request.doc
 
     def needs_whole(self) -> bool:
         """Whether the request was decoded in part (a row's subject needs every input)."""

@@ -86,6 +86,10 @@ def test_a_request_decodes_only_what_the_policy_reads_until_a_subject_needs_all(
         list(range(12)), ["Female", "Male", "Female"], [20.0, 45.0, 70.0]
     ]  # fmt: skip
     assert not bodies.needs_whole()
+    # The partial reading is completed in place (its header is not parsed again), and ends
+    # where decoding every tensor at once would.
+    assert whole is doc and tensors["sex"]["data"] is whole["inputs"][1]["data"]
+    assert whole == decode_request(body, length).doc
 
 
 def test_a_tensor_whose_columns_hold_a_read_feature_is_decoded() -> None:
