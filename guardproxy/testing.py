@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ __all__ = [
     "running_proxy",
     "serving",
     "upstream_app",
+    "write_policies",
 ]
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of every byte value
@@ -189,6 +191,14 @@ class RecordingModel:
             {"name": "score", "shape": [rows], "datatype": "FP32", "data": [self.score] * rows}
         ]
         return web.json_response({"model_name": "m", "outputs": outputs}, status=self.status)
+
+
+def write_policies(directory: Path, files: Mapping[str, str]) -> Path:
+    """Policy files (name -> YAML text) in a directory, created when missing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
 
 
 def proxy_settings(upstream: str, **overrides: Any) -> Settings:

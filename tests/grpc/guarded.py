@@ -13,7 +13,14 @@ from grpc import aio
 from guardproxy.grpc import INFER, STREAM_INFER
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, upstream_app
+from guardproxy.testing import (
+    RunningProxy,
+    proxy_settings,
+    running_proxy,
+    serving,
+    upstream_app,
+    write_policies,
+)
 
 from .upstream import Model, start_model
 
@@ -88,10 +95,9 @@ async def guarded(
 ) -> AsyncIterator[Guarded]:
     """The model server, guardproxy's gRPC port before it (and an HTTP upstream for serve)."""
     server, model, port = await start_model()
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text(text or policy())
-    (policies / "sg.yaml").write_text(REGION)
+    policies = write_policies(
+        tmp_path / "policies", {"default.yaml": text or policy(), "sg.yaml": REGION}
+    )
     samples = tmp_path / "samples"
     try:
         async with serving(upstream_app()) as http_upstream:

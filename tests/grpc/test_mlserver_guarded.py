@@ -15,7 +15,13 @@ from grpc import aio
 from tritonclient.utils import InferenceServerException
 
 from guardproxy.grpc import INFER
-from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy
+from guardproxy.testing import (
+    RunningProxy,
+    eventually,
+    proxy_settings,
+    running_proxy,
+    write_policies,
+)
 
 from .guarded import ADMIN, FEEDBACK
 from .mlserver import mlserver
@@ -42,9 +48,7 @@ BATCH = 8
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text(POLICY)
+    policies = write_policies(tmp_path / "policies", {"default.yaml": POLICY})
     async with mlserver(tmp_path / "model") as server:
         settings = proxy_settings(
             server.http, policies=policies, samples_dir=tmp_path / "samples",

@@ -16,7 +16,7 @@ from aiohttp import web
 from tritonclient.utils import InferenceServerException
 
 from guardproxy.payloads.binary import HEADER, BinaryBody, decode_request, encode
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
 
 PATH = "/v2/models/adult/infer"
 POLICIES = {
@@ -103,10 +103,7 @@ class Triton:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Triton]]:
     model = Triton()
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / name).write_text(text)
+    policies = write_policies(tmp_path / "policies", POLICIES)
     async with serving(model.app()) as url:
         settings = proxy_settings(
             url, policies=policies, samples_dir=tmp_path / "samples", trust_region_header="X-Region"

@@ -16,7 +16,14 @@ import openai
 import pytest
 from aiohttp import web
 
-from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy, serving
+from guardproxy.testing import (
+    RunningProxy,
+    eventually,
+    proxy_settings,
+    running_proxy,
+    serving,
+    write_policies,
+)
 
 CHAT = "/v1/chat/completions"
 WITHHELD = "withheld by policy"
@@ -119,10 +126,7 @@ class ChatModel:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, ChatModel]]:
     model = ChatModel()
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / name).write_text(text)
+    policies = write_policies(tmp_path / "policies", POLICIES)
     async with serving(model.app()) as url:
         settings = proxy_settings(
             url, policies=policies, samples_dir=tmp_path / "samples", trust_region_header="X-Region"

@@ -11,7 +11,14 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from guardproxy.testing import RecordingModel, RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import (
+    RecordingModel,
+    RunningProxy,
+    proxy_settings,
+    running_proxy,
+    serving,
+    write_policies,
+)
 
 INFER = "/v2/models/adult/infer"
 
@@ -25,14 +32,6 @@ def applicant(age: int = 40, sex: str = "Female", note: str = "") -> dict[str, A
     if note:
         inputs.append({"name": "note", "shape": [1], "datatype": "BYTES", "data": [note]})
     return {"inputs": inputs}
-
-
-def write_policies(directory: Path, files: Mapping[str, str]) -> Path:
-    """Policy files in a fresh directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return directory
 
 
 @asynccontextmanager

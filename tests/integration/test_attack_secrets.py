@@ -17,8 +17,9 @@ from guardproxy.testing import (
     proxy_settings,
     running_proxy,
     serving,
+    write_policies,
 )
-from tests.integration.attacks import INFER, applicant, post, write_policies
+from tests.integration.attacks import INFER, applicant, post
 
 FALLBACK = "http://svc:fallback-pw-123@127.0.0.1:9/"
 SAMPLE_DIR_SECRET = "samples-secret-dir-789"

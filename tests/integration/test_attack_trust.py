@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from guardproxy.policy.loader import PolicyError, validate_directory
-from guardproxy.testing import proxy_settings, running_proxy
-from tests.integration.attacks import INFER, applicant, guarded, post, status, write_policies
+from guardproxy.testing import proxy_settings, running_proxy, write_policies
+from tests.integration.attacks import INFER, applicant, guarded, post, status
 
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 REGIONS = {p.name: p.read_text() for p in REPO_POLICIES.glob("*.yaml")}

@@ -17,7 +17,14 @@ from aiohttp import web
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy, serving
+from guardproxy.testing import (
+    RunningProxy,
+    eventually,
+    proxy_settings,
+    running_proxy,
+    serving,
+    write_policies,
+)
 
 ROWS = list(adult_rows())[:20]
 INFER = "/v2/models/adult/infer"
@@ -63,10 +70,9 @@ async def setup(tmp_path: Path, open_spec: str) -> AsyncIterator[tuple[RunningPr
     """Primary and fallback model servers; a proxy whose breaker falls back or rejects."""
     primary, fallback = Model(), Model()
     async with serving(primary.app) as primary_url, serving(fallback.app) as fallback_url:
-        policies = tmp_path / "policies"
-        policies.mkdir()
         spec = open_spec.replace("FALLBACK", fallback_url)
-        (policies / "default.yaml").write_text(POLICY.replace("OPEN", spec))
+        policy = POLICY.replace("OPEN", spec)
+        policies = write_policies(tmp_path / "policies", {"default.yaml": policy})
         settings = proxy_settings(primary_url, policies=policies, samples_dir=tmp_path / "s")
         async with running_proxy(settings) as proxy:
             proxy.runtime.breakers.interval = 0.05
@@ -231,9 +237,9 @@ async def two_models(
     """Both models behind one upstream app; a proxy guarding them under one policy."""
     models = Models()
     async with serving(models.app) as url:
-        policies = tmp_path / "policies"
-        policies.mkdir()
-        (policies / "default.yaml").write_text(TWO_MODELS.replace("DRIFT", drift))
+        policies = write_policies(
+            tmp_path / "policies", {"default.yaml": TWO_MODELS.replace("DRIFT", drift)}
+        )
         settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "s")
         async with running_proxy(settings) as proxy:
             proxy.runtime.breakers.interval = 0.05

@@ -20,7 +20,14 @@ from aiohttp import web
 from guardproxy.breaker.state import CircuitBreaker
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import v2_request
-from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy, serving
+from guardproxy.testing import (
+    RunningProxy,
+    eventually,
+    proxy_settings,
+    running_proxy,
+    serving,
+    write_policies,
+)
 
 ROWS = list(adult_rows())
 INFER = "/v2/models/churn/infer"
@@ -65,9 +72,7 @@ class Model:
 @asynccontextmanager
 async def guarded(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Model, CircuitBreaker]]:
     model = Model()
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text(POLICY)
+    policies = write_policies(tmp_path / "policies", {"default.yaml": POLICY})
     async with serving(model.app) as url:
         settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "samples")
         async with running_proxy(settings) as proxy:

@@ -16,7 +16,7 @@ import aiohttp
 
 from guardproxy.demo.model import FEATURES, adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
 
 ROWS = list(adult_rows())
 INFER = "/v2/models/adult/infer"
@@ -41,9 +41,7 @@ breaker:
 @asynccontextmanager
 async def guarded_model(tmp_path: Path, policy: str) -> AsyncIterator[RunningProxy]:
     """The demo model server behind a proxy serving `policy` as the default region."""
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text(policy)
+    policies = write_policies(tmp_path / "policies", {"default.yaml": policy})
     async with serving(build_model_app()) as model_url:
         settings = proxy_settings(model_url, policies=policies, samples_dir=tmp_path / "samples")
         async with running_proxy(settings) as proxy:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
 
 TAGGER = "/v1/models/tagger:predict"
 BROKEN = "/v1/models/broken:predict"
@@ -58,10 +58,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[RunningProxy]:
     app.router.add_post(TAGGER, tagger)
     app.router.add_post(BROKEN, broken)
     app.router.add_post(DROPPED, dropped)
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    for name, text in POLICIES.items():
-        (policies / name).write_text(text)
+    policies = write_policies(tmp_path / "policies", POLICIES)
     async with serving(app) as url:
         settings = proxy_settings(
             url,

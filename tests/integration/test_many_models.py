@@ -22,7 +22,7 @@ from aiohttp import web
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import v2_request
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving
+from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
 from guardproxy.top import top
 
 ROWS = list(adult_rows())[:300]
@@ -83,9 +83,9 @@ class Upstream:
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Upstream]]:
     upstream = Upstream()
     entries = "\n".join(f"  - {{name: {name}}}" for name in MODELS if name != "fair0")
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "default.yaml").write_text(POLICY.replace("MODELS", entries))
+    policies = write_policies(
+        tmp_path / "policies", {"default.yaml": POLICY.replace("MODELS", entries)}
+    )
     async with serving(upstream.app) as url:
         settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "samples")
         async with running_proxy(settings) as proxy:
