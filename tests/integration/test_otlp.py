@@ -146,7 +146,9 @@ async def test_a_silent_collector_neither_slows_requests_nor_goes_uncounted(
         f"\nserial GET p99: without exporter {p99(times['without']) * 1e3:.2f} ms, "
         f"with a black-hole collector {p99(times['with']) * 1e3:.2f} ms"
     )
-    assert p99(times["with"]) <= 2 * p99(times["without"]) + 0.005, (
+    # An exporter that blocked the loop would hold requests for its 300 s timeout; 50 ms of
+    # slack keeps a busy machine's scheduling noise from passing for one.
+    assert p99(times["with"]) <= 2 * p99(times["without"]) + 0.05, (
         p99(times["with"]),
         p99(times["without"]),
     )
