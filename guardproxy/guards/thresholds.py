@@ -33,6 +33,7 @@ class DecisionGuard:
     """
 
     name = "decision"
+    idle = frozenset({"request"})  # the chain skips this hook: it does nothing
 
     def __init__(
         self,
