@@ -17,7 +17,11 @@ log = logging.getLogger("guardproxy.guards")
 
 
 class Guard(Protocol):
-    """A small object with a request hook and a response hook; blocking sets ex.reply."""
+    """A small object with a request hook and a response hook; blocking sets ex.reply.
+
+    A guard may name the hooks that do nothing in a class attribute `idle` ("request",
+    "response"): the chain then never calls them.
+    """
 
     name: str
     on_error: OnError
@@ -29,6 +33,11 @@ class Guard(Protocol):
         """Inspect or change the upstream's answer before it goes to the client."""
 
 
+def _idle(guard: Guard) -> frozenset[str]:
+    idle: frozenset[str] = getattr(guard, "idle", frozenset())
+    return idle
+
+
 class GuardChain:
     """Runs guards in the policy's order; a failure follows the guard's on_error.
 
@@ -37,7 +46,16 @@ class GuardChain:
     chat answers for the label guard's terms (OpenAI models with a deny list).
     """
 
-    __slots__ = ("binary", "errors", "features", "guards", "observer", "terms")
+    __slots__ = (
+        "_on_request",
+        "_on_response",
+        "binary",
+        "errors",
+        "features",
+        "guards",
+        "observer",
+        "terms",
+    )
 
     def __init__(
         self,
@@ -48,6 +66,9 @@ class GuardChain:
         terms: TermScanner | None = None,
     ) -> None:
         self.guards = tuple(guards)
+        # A hook a guard names in `idle` does nothing: not awaited, a coroutine less each.
+        self._on_request = tuple(g for g in self.guards if "request" not in _idle(g))
+        self._on_response = tuple(g for g in self.guards if "response" not in _idle(g))
         self.observer = observer
         self.features = features
         self.binary = binary
@@ -56,7 +77,7 @@ class GuardChain:
 
     async def on_request(self, ex: Exchange) -> None:
         """Run each guard's request hook until one answers instead of the upstream."""
-        for guard in self.guards:
+        for guard in self._on_request:
             try:
                 await guard.on_request(ex)
             except Exception as exc:  # a guard never takes the proxy down
@@ -71,7 +92,7 @@ class GuardChain:
 
     async def check_response(self, ex: Exchange) -> None:
         """Run each guard's response hook until one replaces the answer (no observer yet)."""
-        for guard in self.guards:
+        for guard in self._on_response:
             if ex.reply is not None:
                 break
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 KEY_BYTES = 32
 THRESHOLD = b"gp.threshold"  # BLAKE2b personalisation: independent draws per purpose
@@ -24,19 +25,28 @@ def derive_key(secret: str) -> bytes:
 class Draws:
     """Uniform numbers in [0, 1) from a keyed hash: same subject, same number."""
 
-    __slots__ = ("_key", "source")
+    __slots__ = ("_key", "_keyed", "source")
 
     def __init__(self, key: bytes | None = None, source: str = "generated") -> None:
         self._key = key or os.urandom(KEY_BYTES)
         self.source = source
+        self._keyed: dict[bytes, Any] = {}
 
     def use(self, key: bytes, source: str) -> None:
         """Switch to another key (the fleet's shared one, once the state backend answers)."""
         if len(key) != KEY_BYTES:
             raise ValueError(f"a decision key has {KEY_BYTES} bytes, got {len(key)}")
-        self._key, self.source = key, source
+        self._key, self.source, self._keyed = key, source, {}
 
     def uniform(self, subject: bytes, purpose: bytes) -> float:
         """The number this subject draws for this purpose (THRESHOLD or SAMPLING)."""
-        digest = hashlib.blake2b(subject, digest_size=8, key=self._key, person=purpose).digest()
-        return int.from_bytes(digest, "big") / 2.0**64
+        # A keyed BLAKE2b hashes its key as a first block: copying a hasher that already has
+        # it gives the same digest for one compression less, and no parameter parsing.
+        keyed = self._keyed.get(purpose)
+        if keyed is None:
+            keyed = self._keyed[purpose] = hashlib.blake2b(
+                digest_size=8, key=self._key, person=purpose
+            )
+        hasher = keyed.copy()
+        hasher.update(subject)
+        return int.from_bytes(hasher.digest(), "big") / 2.0**64

@@ -31,6 +31,7 @@ class GroupGuard:
     """Resolves ex.groups from a header, a named input feature or a JSON path."""
 
     name = "groups"
+    idle = frozenset({"response"})  # the chain skips this hook: it does nothing
     on_error: OnError = "fail_open"
 
     def __init__(self, spec: GroupSpec, payload: Payload) -> None:

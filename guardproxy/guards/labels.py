@@ -13,6 +13,7 @@ class LabelGuard:
     """Applies the policy's deny list to the answer's labels or texts."""
 
     name = "labels"
+    idle = frozenset({"request"})  # the chain skips this hook: it does nothing
 
     def __init__(self, spec: LabelsSpec, payload: Payload) -> None:
         if not spec.deny:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from guardproxy.guards.draws import SAMPLING, Draws
@@ -11,6 +11,8 @@ from guardproxy.guards.exchange import Exchange
 from guardproxy.policy.models import OnError, SamplingSpec
 from guardproxy.sampling.redact import Redactor
 from guardproxy.sampling.sinks import Sample, SampleQueue
+
+ANY = ("*",)  # the group of a request no group guard named
 
 
 class SamplingGuard:
@@ -47,7 +49,8 @@ class SamplingGuard:
 
     async def on_response(self, ex: Exchange) -> None:
         """Decide on the final answer; offer the sample without waiting."""
-        groups = set(ex.groups) or {"*"}
+        rows = ex.groups
+        groups = (rows if len(rows) == 1 else set(rows)) or ANY  # one row: no set to build
         if self._minimum:
             self._roll_window()
         if not self.wanted(ex, groups):
@@ -57,7 +60,7 @@ class SamplingGuard:
             self._counts[group] = self._counts.get(group, 0) + 1
         self._queue.offer(self._sample(ex))
 
-    def wanted(self, ex: Exchange, groups: set[str]) -> bool:
+    def wanted(self, ex: Exchange, groups: Collection[str]) -> bool:
         """Flagged, failed and errored exchanges always; else by content or a group's minimum."""
         if ex.flags or ex.errors or ex.reply is not None or ex.status >= 500:
             return True
@@ -71,7 +74,7 @@ class SamplingGuard:
             self._counts.clear()
             self._window_start = now
 
-    def _below_minimum(self, groups: set[str]) -> bool:
+    def _below_minimum(self, groups: Collection[str]) -> bool:
         counts, minimum = self._counts, self._minimum
         return any(counts.get(group, 0) < minimum for group in groups)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from guardproxy.guards.draws import THRESHOLD, Draws
 from guardproxy.guards.exchange import Exchange, Verdict, is_json_answer
 from guardproxy.guards.subjects import Subjects
@@ -12,6 +14,15 @@ from guardproxy.policy.routes import version_label
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 
 Reported = float | str  # what a client is told: a threshold, or a mixed rule's label
+MAX_RULES = 4096  # (version, group) rules kept per threshold table
+
+
+class _Rule(NamedTuple):
+    """A group's rule with what is reported of it, built once per threshold table."""
+
+    rule: ThresholdRule
+    randomized: bool
+    label: str
 
 
 class DecisionGuard:
@@ -22,6 +33,7 @@ class DecisionGuard:
     """
 
     name = "decision"
+    idle = frozenset({"request"})  # the chain skips this hook: it does nothing
 
     def __init__(
         self,
@@ -42,13 +54,28 @@ class DecisionGuard:
         self._missing = missing_group
         self._draws = draws or Draws()
         self._subjects = Subjects(spec.subject, payload)
+        self._table: ThresholdTable | None = None
+        self._rules: dict[tuple[str, str], _Rule] = {}
 
     def rule(self, version: str, group: str) -> ThresholdRule:
         """The rule for a model version's group; a learned rule wins over the policy's."""
-        rule = self._snapshot.current.rule((*self._model, version), group)
-        if rule is not None:
-            return rule
-        return self._static.get(group, self._default)
+        return self._rule_in(self._snapshot.current, version, group).rule
+
+    def _rule_in(self, table: ThresholdTable, version: str, group: str) -> _Rule:
+        # Rules, labels and what body annotations report are built once per threshold table
+        # and (version, group), not per row: a table is immutable, a new one is a new object.
+        if table is not self._table:
+            self._table, self._rules = table, {}
+        found = self._rules.get((version, group))
+        if found is None:
+            rule = table.rule((*self._model, version), group)
+            if rule is None:
+                rule = self._static.get(group, self._default)
+            found = _Rule(rule, rule.randomized, rule.label)
+            if len(self._rules) >= MAX_RULES:  # bounded: versions come from the model's answers
+                self._rules.clear()
+            self._rules[(version, group)] = found
+        return found
 
     def _groups(self, ex: Exchange, rows: int) -> list[str]:
         groups = ex.groups or [self._missing]
@@ -62,17 +89,24 @@ class DecisionGuard:
         self, ex: Exchange, scores: list[float]
     ) -> tuple[list[str], list[ThresholdRule], list[float], list[int]]:
         """(groups, rules, thresholds, decisions) per row."""
+        groups, rules, thresholds, decisions = self._decide(ex, scores, self._snapshot.current)
+        return groups, [r.rule for r in rules], thresholds, decisions
+
+    def _decide(
+        self, ex: Exchange, scores: list[float], table: ThresholdTable
+    ) -> tuple[list[str], list[_Rule], list[float], list[int]]:
         groups = self._groups(ex, len(scores))
-        version = ex.version
-        rules = [self.rule(version, group) for group in groups]
-        if any(rule.randomized for rule in rules):  # only then is the request read for subjects
+        version, rule_in = ex.version, self._rule_in
+        rules = [rule_in(table, version, group) for group in groups]
+        if any(r.randomized for r in rules):  # only then is the request read for subjects
             draws = self._draws.uniform
             subjects = self._subjects.rows(ex, len(scores))
             thresholds = [
-                r.threshold_for(draws(s, THRESHOLD)) for r, s in zip(rules, subjects, strict=True)
+                r.rule.threshold_for(draws(s, THRESHOLD))
+                for r, s in zip(rules, subjects, strict=True)
             ]
         else:
-            thresholds = [rule.low for rule in rules]
+            thresholds = [r.rule.low for r in rules]
         decisions = [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)]
         return groups, rules, thresholds, decisions
 
@@ -93,8 +127,9 @@ class DecisionGuard:
             self._unscored(ex)
             raise
         ex.version = version_label(self._payload.version(doc)) or ex.version
-        groups, rules, thresholds, decisions = self.decide(ex, scores)
-        self._report(ex, doc, decisions, rules)
+        table = self._snapshot.current
+        groups, rules, thresholds, decisions = self._decide(ex, scores, table)
+        self._report(ex, doc, decisions, rules, table.version)
         ex.verdicts.extend(map(Verdict, groups, scores, thresholds, decisions))
 
     @staticmethod
@@ -104,16 +139,20 @@ class DecisionGuard:
         ex.annotations["X-Guard-Decision"] = "unscored"
 
     def _report(
-        self, ex: Exchange, doc: object, decisions: list[int], rules: list[ThresholdRule]
+        self, ex: Exchange, doc: object, decisions: list[int], rules: list[_Rule], version: str
     ) -> None:
         if self._annotate == "body":
-            reported: list[Reported] = [r.label if r.randomized else r.low for r in rules]
+            reported: list[Reported] = [r.label if r.randomized else r.rule.low for r in rules]
             self._payload.annotate(doc, decisions, reported)
             ex.replace_response_json(doc)
         elif self._annotate == "rewrite":
             self._payload.rewrite(doc, decisions)
             ex.replace_response_json(doc)
         annotations = ex.annotations
-        annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
-        annotations["X-Guard-Threshold"] = ",".join(rule.label for rule in rules)
-        annotations["X-Guard-Threshold-Version"] = self._snapshot.current.version
+        if len(rules) == 1:  # the usual single row: no joins
+            annotations["X-Guard-Decision"] = "1" if decisions[0] else "0"
+            annotations["X-Guard-Threshold"] = rules[0].label
+        else:
+            annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
+            annotations["X-Guard-Threshold"] = ",".join([r.label for r in rules])
+        annotations["X-Guard-Threshold-Version"] = version

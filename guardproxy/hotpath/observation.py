@@ -64,27 +64,28 @@ class Observation(NamedTuple):
 def observe(ex: Exchange, model: CompiledModel, admitted: Admitted) -> Observation:
     """The immutable record of a finished exchange."""
     verdicts = tuple(ex.verdicts)
-    chain = model.chain
-    reader = getattr(chain, "features", None)
+    reader = getattr(model.chain, "features", None)
     features = reader(ex, len(verdicts)) if reader is not None and verdicts else ()
+    reply = ex.reply
+    # Positional: a NamedTuple matches keywords to fields in Python, once per request.
     return Observation(
-        request_id=ex.request_id,
-        model=model,
-        version=ex.version,
-        method=ex.method,
-        path=ex.path,
-        status=ex.reply.status if ex.reply is not None else ex.status,
-        outcome=outcome_of(ex),
-        verdicts=verdicts,
-        features=features,
-        flags=tuple(ex.flags),
-        errors=len(ex.errors),
-        sampled=ex.sampled,
-        breaker=admitted.state,
-        fallback=admitted.fallback,
-        probe=admitted.admission is Admission.PROBE,
-        threshold_version=ex.annotations.get(THRESHOLD_VERSION, "static"),
-        upstream_seconds=ex.upstream_seconds,
+        ex.request_id,
+        model,
+        ex.version,
+        ex.method,
+        ex.path,
+        reply.status if reply is not None else ex.status,
+        outcome_of(ex),
+        verdicts,
+        features,
+        tuple(ex.flags),
+        len(ex.errors),
+        ex.sampled,
+        admitted.state,
+        admitted.fallback,
+        admitted.admission is Admission.PROBE,
+        ex.annotations.get(THRESHOLD_VERSION, "static"),
+        ex.upstream_seconds,
     )
 
 

@@ -53,6 +53,24 @@ class DriftBank:
             for group in self._groups(row):
                 for signal in self.kinds:
                     batches.setdefault((group, signal), []).append(row.get(signal))
+        return self._feed_all(batches)
+
+    def observe_columns(self, columns: Mapping[str, list[object]], rows: int) -> list[WindowResult]:
+        """Feed `rows` rows given as one list per signal (absent: None), all of group "*".
+
+        The same windows as `observe` with those rows, without a dict per row; only for a
+        bank that keeps no groups apart.
+        """
+        if self.group_key is not None:
+            raise ValueError("a bank keyed by group is fed rows")
+        batches: dict[tuple[str, str], list[object]] = {}
+        if rows:
+            for signal in self.kinds:
+                values = columns.get(signal)
+                batches[("*", signal)] = [None] * rows if values is None else values
+        return self._feed_all(batches)
+
+    def _feed_all(self, batches: dict[tuple[str, str], list[object]]) -> list[WindowResult]:
         results: list[WindowResult] = []
         for key, values in batches.items():
             results.extend(self._feed(key, values))

@@ -22,9 +22,14 @@ MAX_CATEGORIES = 100
 EXACT_KS_BUDGET = 10_000  # n_ref * n_window above which the KS p-value is asymptotic (cost O(n*m))
 
 
+_NUMBERS = (int, float, np.number)  # a tuple: `int | float | ...` builds a union per call
+
+
 def to_float(value: object) -> float | None:
     """A finite float from a numeric value, else None (bools and strings are not numbers)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+    if type(value) is float:  # scores and most features: no other check needed
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS):
         return None
     number = float(value)
     return number if math.isfinite(number) else None

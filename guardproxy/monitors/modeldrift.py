@@ -41,14 +41,31 @@ class ModelDrift:
                 row[name] = value
         return rows
 
+    def columns(self, observations: Sequence[Observation]) -> dict[str, list[object]]:
+        """Per signal, one value per verdict: the `rows` of every observation, column-wise."""
+        columns: dict[str, list[object]] = {}
+        if self.scored:
+            columns["score"] = [v.score for ob in observations for v in ob.verdicts]
+        for i, name in enumerate(self.inputs):
+            column: list[object] = []
+            for ob in observations:
+                n = len(ob.verdicts)
+                values = ob.features[i] if i < len(ob.features) else ()
+                column.extend(values[:n])
+                if len(values) < n:  # a row without the input reads as None
+                    column.extend([None] * (n - len(values)))
+            columns[name] = column
+        return columns
+
     def observe(self, observations: Sequence[Observation]) -> list[WindowResult]:
         """Feed the observations' rows; the windows they completed (may run in a thread)."""
-        rows = [row for ob in observations for row in self.rows(ob)]
-        self.rows_seen += len(rows)
+        rows = sum(len(ob.verdicts) for ob in observations)
+        columns = self.columns(observations)
+        self.rows_seen += rows
         for name in self.inputs:
             convert = to_float if self.bank.kinds[name] == "numeric" else to_category
-            self.valid[name] += sum(1 for row in rows if convert(row.get(name)) is not None)
-        return self.bank.observe(rows)
+            self.valid[name] += sum(1 for value in columns[name] if convert(value) is not None)
+        return self.bank.observe_columns(columns, rows)
 
     def missing_inputs(self) -> list[str]:
         """Watched inputs no request has carried, once a whole window of rows has passed."""

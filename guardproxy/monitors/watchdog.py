@@ -131,17 +131,26 @@ class Watchdog:
     def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
         """Group the batch's scored observations by model version; returns the drift work."""
         work: dict[ModelKey, tuple[ModelDrift, list[Observation]]] = {}
+        # A batch is mostly one model version: its drift and list are looked up when it changes.
+        model, version, drift, rows = None, "", None, None
         for ob in batch:
             if not ob.verdicts or ob.fallback:
                 continue  # the monitors watch the model's own answers only
-            drift = self._drift_of(ob.model, ob.version)
+            if ob.model is not model or ob.version != version:
+                model, version, rows = ob.model, ob.version, None
+                drift = self._drift_of(ob.model, ob.version)
             if drift is None:
                 continue
             if ob.probe:
                 drift.add_probes([ob])
                 self._probe_window(ob.model, drift)
-            else:
-                work.setdefault(drift.key, (drift, []))[1].append(ob)
+                continue
+            if rows is None:
+                entry = work.get(drift.key)
+                if entry is None:
+                    entry = work[drift.key] = (drift, [])
+                rows = entry[1]
+            rows.append(ob)
         return self._observe(list(work.values())) if work else None
 
     def _drift_of(self, model: CompiledModel, version: str) -> ModelDrift | None:

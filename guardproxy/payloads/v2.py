@@ -11,22 +11,33 @@ from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
 
+_UNNAMED: Any = object()
 
-def _tensor(t: Any, where: str) -> tuple[int, int, list[Any]]:
-    """(rows, width, flat row-major data) of a v2 tensor, data flat or nested."""
+
+def _tensor(t: Any, where: str, name: Any = _UNNAMED) -> tuple[int, int, list[Any]]:
+    """(rows, width, flat row-major data) of a v2 tensor, data flat or nested.
+
+    With a `name`, errors say `where name!r` (formatted only when there is an error).
+    """
     try:
         shape, data = t["shape"], t["data"]
         rows = shape[0]
         width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else math.prod(shape[1:])
     except (KeyError, TypeError, IndexError):
-        raise PayloadError(f"{where}: expected a tensor with shape and data") from None
+        raise PayloadError(
+            f"{_place(where, name)}: expected a tensor with shape and data"
+        ) from None
     if type(data) is not list:
-        raise PayloadError(f"{where}: data must be a list, got {type(data).__name__}")
+        raise PayloadError(f"{_place(where, name)}: data must be a list, got {type(data).__name__}")
     while data and type(data[0]) is list:
         data = [v for part in data for v in part]
     if type(rows) is not int or type(width) is not int or len(data) != rows * width:
-        raise PayloadError(f"{where}: {len(data)} values for shape {shape}")
+        raise PayloadError(f"{_place(where, name)}: {len(data)} values for shape {shape}")
     return rows, width, data
+
+
+def _place(where: str, name: Any) -> str:
+    return where if name is _UNNAMED else f"{where} {name!r}"
 
 
 class KServeV2(Payload):
@@ -44,11 +55,11 @@ class KServeV2(Payload):
         inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
         for t in inputs:
             if isinstance(t, dict) and t.get("name") == name:
-                return _tensor(t, f"input {name!r}")[2]
+                return _tensor(t, "input", name)[2]
         for t in inputs:
             columns = _columns(t, request_doc)
             if name in columns:
-                _, width, data = _tensor(t, f"input {t.get('name')!r}")
+                _, width, data = _tensor(t, "input", t.get("name"))
                 if width != len(columns):
                     raise PayloadError(
                         f"input {t.get('name')!r}: {width} columns, {len(columns)} names"
@@ -77,10 +88,14 @@ class KServeV2(Payload):
 
     def _scores(self, response_doc: Doc) -> list[float]:
         t = self._output(response_doc, self.output, "score")
-        _, width, data = _tensor(t, f"output {t.get('name')!r}")
+        _, width, data = _tensor(t, "output", t.get("name"))
         if self.index >= width:
             raise PayloadError(f"output {t.get('name')!r} has no column {self.index}")
-        return floats(data[self.index :: width], f"output {t.get('name')!r}")
+        values = data[self.index :: width]
+        try:
+            return floats(values, "")
+        except PayloadError:  # said again with its place, named only when it is needed
+            return floats(values, f"output {t.get('name')!r}")
 
     def _label_tensor(self, response_doc: Doc) -> Any:
         if self.labels_output is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from opentelemetry.trace import Span
 
@@ -16,6 +16,19 @@ GroupMode = Literal["label", "hashed", "none"]
 ALL_GROUPS = "all"  # what metrics carry when the policy says groups may not be named
 MAX_POLICY_VERSIONS = 64
 PATH_CACHE = 4096
+MAX_MODELS = 1024  # compiled models whose counter keys are kept (a reload builds new ones)
+MAX_KEYS = 4096  # counter keys kept per model: (group, decision) pairs
+
+
+class ModelKeys(NamedTuple):
+    """What one compiled model's observations are counted under, looked up once per model."""
+
+    model: object  # the CompiledModel itself: an id is reused once the model is gone
+    mode: GroupMode
+    region: str
+    name: str
+    route: str | None  # the route when the model has one, else matched per path
+    decided: dict[tuple[str, int], tuple[str, str, str, str]]  # (group, decision) -> key
 
 
 class GroupLabels:
@@ -48,29 +61,54 @@ class DecisionObserver:
         self.labels = labels
         self._routes: dict[int, tuple[object, tuple[tuple[RouteMatcher, str], ...]]] = {}
         self._by_path: dict[tuple[int, str], tuple[object, str]] = {}  # (spec, path) -> route
+        self._models: dict[int, ModelKeys] = {}
 
     def __call__(self, ob: Observation) -> None:
         """Observe one finished guarded exchange."""
-        mode: GroupMode = ob.model.spec.groups.telemetry
-        self._count(ob, mode)
+        keys = self._models.get(id(ob.model))
+        if keys is None or keys.model is not ob.model:
+            keys = self._keys_of(ob)
+        self._count(ob, keys)
         state = CURRENT.get()
         if state is None:
             return
-        state.route = self.route(ob)
-        state.upstream_seconds = max(state.upstream_seconds, ob.upstream_seconds)
+        route = state.route = keys.route if keys.route is not None else self.route(ob)
+        if ob.upstream_seconds > state.upstream_seconds:
+            state.upstream_seconds = ob.upstream_seconds
         span = state.span
         if span is not None and span.is_recording():
-            self._annotate(span, ob, mode, state.route)
+            self._annotate(span, ob, keys.mode, route)
 
-    def _count(self, ob: Observation, mode: GroupMode) -> None:
+    def _keys_of(self, ob: Observation) -> ModelKeys:
+        model = ob.model
+        spec = model.spec
+        routes = tuple(spec.routes)
+        route = routes[0] if len(routes) == 1 else None
+        keys = ModelKeys(model, spec.groups.telemetry, model.region, model.name, route, {})
+        if len(self._models) >= MAX_MODELS:
+            self._models.clear()
+        self._models[id(model)] = keys
+        return keys
+
+    def _count(self, ob: Observation, keys: ModelKeys) -> None:
         add = self.instruments.decisions.add_key
-        region, model = ob.model.region, ob.model.name
         if ob.outcome != "decided":
-            add((region, model, ALL_GROUPS, ob.outcome), max(1, len(ob.verdicts)))
+            add((keys.region, keys.name, ALL_GROUPS, ob.outcome), max(1, len(ob.verdicts)))
             return
+        decided = keys.decided
         for verdict in ob.verdicts:
-            outcome = "positive" if verdict.decision else "negative"
-            add((region, model, self.labels(verdict.group, mode), outcome))
+            key = decided.get((verdict.group, verdict.decision))
+            if key is None:
+                key = self._decided_key(keys, verdict.group, verdict.decision)
+            add(key)
+
+    def _decided_key(self, keys: ModelKeys, group: str, decision: int) -> tuple[str, str, str, str]:
+        outcome = "positive" if decision else "negative"
+        key = (keys.region, keys.name, self.labels(group, keys.mode), outcome)
+        if len(keys.decided) >= MAX_KEYS:  # bounded: groups may come from what clients send
+            keys.decided.clear()
+        keys.decided[(group, decision)] = key
+        return key
 
     def route(self, ob: Observation) -> str:
         """The route pattern the path matched (never the raw path)."""

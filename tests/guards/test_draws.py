@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from types import MappingProxyType
 from typing import Any
@@ -59,6 +60,19 @@ def test_draws_are_keyed_and_separated_by_purpose() -> None:
     )
     with pytest.raises(ValueError):
         KEY.use(b"short", "test")
+
+
+def test_a_draw_is_the_keyed_blake2b_of_the_subject_before_and_after_a_key_switch() -> None:
+    draws, key = Draws(derive_key("one key")), derive_key("the fleet's key")
+
+    def expected(subject: bytes, purpose: bytes, secret: bytes) -> float:
+        digest = hashlib.blake2b(subject, digest_size=8, key=secret, person=purpose).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
+    assert draws.uniform(b"row", SAMPLING) == expected(b"row", SAMPLING, derive_key("one key"))
+    draws.use(key, "state")
+    for subject in (b"", b"row", b"x" * 1000):
+        assert draws.uniform(subject, THRESHOLD) == expected(subject, THRESHOLD, key)
 
 
 async def test_the_mix_rate_holds_over_distinct_rows_within_a_binomial_bound() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.exchange import Exchange, dumps, is_json_answer
+from guardproxy.policy.models import OnError
 from guardproxy.sampling.sinks import SampleQueue
 from guardproxy.transport import Headers
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
@@ -65,3 +67,28 @@ def test_an_errored_decoded_exchange_has_no_answer_to_read() -> None:
     ex.status = 503
     assert not is_json_answer(ex)
     assert ex.response_record() == b""
+
+
+class Hooks:
+    """A guard recording which of its hooks ran; `idle` names those the chain may skip."""
+
+    name = "hooks"
+    on_error: OnError = "fail_open"
+
+    def __init__(self, idle: frozenset[str] = frozenset()) -> None:
+        self.idle, self.ran = idle, list[str]()
+
+    async def on_request(self, ex: Exchange) -> None:
+        self.ran.append("request")
+
+    async def on_response(self, ex: Exchange) -> None:
+        self.ran.append("response")
+
+
+async def test_a_chain_skips_only_the_hooks_a_guard_names_idle() -> None:
+    busy, quiet, deaf = Hooks(), Hooks(frozenset({"request"})), Hooks(frozenset({"response"}))
+    guards = GuardChain([busy, quiet, deaf])
+    ex = exchange(v2_request("female"), v2_answer(0.5))
+    await guards.on_request(ex)
+    await guards.on_response(ex)
+    assert (busy.ran, quiet.ran, deaf.ran) == (["request", "response"], ["response"], ["request"])

@@ -74,6 +74,22 @@ async def test_learned_rule_wins_over_policy() -> None:
     assert ex.annotations["X-Guard-Threshold-Version"] == "v7"
 
 
+async def test_a_newly_published_table_applies_to_the_next_request() -> None:
+    snapshot = Snapshot(ThresholdTable())
+    chain = chain_for({}, GuardContext(thresholds=snapshot))
+    first = await run(chain, exchange(v2_request("male"), v2_answer(0.35)))
+    rule = ThresholdRule(0.3)
+    snapshot.publish(ThresholdTable("v8", MappingProxyType({("sg", "adult", "", "male"): rule})))
+    second = await run(chain, exchange(v2_request("male"), v2_answer(0.35)))
+    assert (first.annotations["X-Guard-Decision"], first.annotations["X-Guard-Threshold"]) == (
+        "0",
+        "0.5",
+    )
+    assert second.annotations["X-Guard-Decision"] == "1"
+    assert second.annotations["X-Guard-Threshold"] == "0.3"
+    assert second.annotations["X-Guard-Threshold-Version"] == "v8"
+
+
 def applicant(age: int) -> dict[str, Any]:
     """A one-row v2 request; the age makes each applicant's row different."""
     request = v2_request("male")

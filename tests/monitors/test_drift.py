@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
+from guardproxy.guards.exchange import Verdict
 from guardproxy.monitors import stats
 from guardproxy.monitors.bank import DriftBank
 from guardproxy.monitors.drift import DriftMonitor, Reference, WindowResult
+from guardproxy.monitors.modeldrift import ModelDrift
 from guardproxy.policy.models import DriftSpec, DriftTests, JsSpec
+from tests.factories import compiled_model, observation
 
 DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"
 
@@ -235,3 +238,43 @@ def test_a_time_window_from_the_policy_closes_on_the_clock_not_the_count() -> No
     assert bank.observe([{"score": 0.5, "sex": "f"}] * 50) == []
     clock.now = 60.0
     assert [(r.signal, r.n) for r in bank.observe([])] == [("score", 50), ("sex", 50)]
+
+
+def test_columns_feed_a_bank_as_the_same_rows_would() -> None:
+    rng = np.random.default_rng(7)
+    rows: list[dict[str, object]] = [
+        {"score": float(s), "sex": "f" if s < 0.5 else "m"} for s in rng.uniform(size=1200)
+    ]
+    rows[3] = {"score": "oops"}  # no sex, and an invalid score
+    rows[700]["score"] = float("nan")
+    by_rows, by_columns = bank_of(), bank_of()
+    columns = {
+        "score": [row.get("score") for row in rows],
+        "sex": [row.get("sex") for row in rows],
+    }
+    expected = by_rows.observe(rows)
+    got = by_columns.observe_columns(columns, len(rows))
+    assert [(r.signal, r.n, r.invalid, r.values) for r in got] == [
+        (r.signal, r.n, r.invalid, r.values) for r in expected
+    ]
+    assert by_columns.observe_columns({}, 0) == by_rows.observe([]) == []
+    assert by_columns.observe_columns({"score": [0.5] * 3}, 3) == []  # sex: None, invalid
+    by_rows.observe([{"score": 0.5}] * 3)
+    assert by_columns.monitors[("*", "sex")].invalid == by_rows.monitors[("*", "sex")].invalid
+
+
+def test_a_models_columns_are_its_rows_read_by_signal() -> None:
+    drift = {"signals": ["score", {"input": "age"}, {"input": "sex", "kind": "categorical"}]}
+    model = compiled_model(drift=drift)
+    monitors = ModelDrift(model.spec, ("eu", "m", ""), FakeClock())
+    two = (Verdict("a", 0.25, 0.5, 0), Verdict("b", 0.75, 0.5, 1))
+    observations = [
+        observation(model, "r1", two, features=((30, 40), ("f", "m"))),
+        observation(model, "r2", two, features=((50,),)),  # a short input, a missing one
+        observation(model, "r3", two[:1], features=((60, 70), ("m", "f"))),  # longer: cut
+        observation(model, "r4", ()),
+    ]
+    rows = [row for ob in observations for row in monitors.rows(ob)]
+    columns = monitors.columns(observations)
+    assert columns == {s: [row.get(s) for row in rows] for s in ("score", "age", "sex")}
+    assert columns["age"] == [30, 40, 50, None, 60]
