@@ -2,8 +2,8 @@
 
 guardproxy's resident memory is read every 100,000 requests: whatever a request leaves behind
 (ids, records, samples, metric series) shows up as growth. The embedded memory state keeps
-up to 200,000 prediction records for the label join, so memory grows until that cap is
-reached and should stay flat after it.
+up to 200,000 prediction records for the label join in arrays allocated when it starts, so
+memory should stay flat from the first reading on.
 """
 
 from __future__ import annotations

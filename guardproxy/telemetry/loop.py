@@ -18,7 +18,11 @@ def _ms(seconds: float) -> float:
 
 
 class LoopLag:
-    """A ticker measuring how late the loop runs it: the longest pause, recent and overall."""
+    """A ticker measuring how late the loop runs it: the longest pause, recent and overall.
+
+    A late tick waited for the rest of the loop iteration in progress: one long step, or,
+    when every connection is busy, the iteration's whole batch of ready events.
+    """
 
     def __init__(self, interval: float = 0.025, window: float = 10.0) -> None:
         self.interval, self.window = interval, window
