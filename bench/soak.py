@@ -2,8 +2,8 @@
 
 guardproxy's resident memory is read every 100,000 requests: whatever a request leaves behind
 (ids, records, samples, metric series) shows up as growth. The embedded memory state keeps
-up to 200,000 prediction records for the label join, so memory grows until that cap is
-reached and should stay flat after it.
+up to 200,000 prediction records for the label join in arrays allocated when it starts, so
+memory should stay flat from the first reading on.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .upstream import GUARDED_PATH
 # Each request gets X-Request-Id "<run>-<chunk>-<n>": unique over the whole soak.
 UNIQUE = LUA.replace(
     "local i = 0\nrequest = function()\n    i = i % #bodies + 1\n"
-    "    return wrk.format(nil, nil, nil, bodies[i])\nend",
+    "    return wrk.format(nil, nil, headers[i], bodies[i])\nend",
     'local i = 0\nlocal prefix = "soak"\ninit = function(args) prefix = args[1] end\n'
     "request = function()\n    i = i + 1\n"
     '    local headers = {{["Content-Type"] = "application/json",'
@@ -85,7 +85,7 @@ class Soak:
         self.proxy = Service("guardproxy", argv, port, self.layout.server, log=workdir / "gp.log")
         literals = ", ".join(lua_string(b.decode()) for b in request_bodies(opts.rows))
         self.script = workdir / "soak.lua"
-        self.script.write_text(UNIQUE.format(bodies=literals))
+        self.script.write_text(UNIQUE.format(bodies=literals, headers=""))
         self.url = f"http://127.0.0.1:{port}{GUARDED_PATH}"
         self.run_id = f"{int(time.time())}"
 

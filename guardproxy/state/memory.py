@@ -1,13 +1,9 @@
-"""The embedded state backend: one process, records in a TTL cache, counters in dicts."""
+"""The embedded state backend: one process, records in fixed arrays, counters in dicts."""
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
-from operator import attrgetter
-from typing import Any
 
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
@@ -15,61 +11,10 @@ from guardproxy.state.base import (
     DEFAULT_TTL,
     GroupState,
     Joined,
-    Outcome,
     PredictionRecord,
-    record_key,
 )
 from guardproxy.state.counts import GroupCounts
-
-NO_LABEL = -1
-_VALUES = attrgetter(*(f.name for f in fields(PredictionRecord)))
-
-
-class RecordStore:
-    """Records in insertion order, which is expiry order since all share one TTL.
-
-    Entries are tuples of plain values, which the garbage collector stops tracking. With
-    200k records a TTLCache (a tracked link per key, plus record objects) made each full
-    collection stall the event loop for 30-75 ms; an OrderedDict of such tuples, ~4 ms.
-    """
-
-    __slots__ = ("_data", "max_records", "timer", "ttl")
-
-    def __init__(self, ttl: float, max_records: int, timer: Callable[[], float]) -> None:
-        self.ttl, self.max_records, self.timer = ttl, max_records, timer
-        self._data: OrderedDict[str, tuple[float, tuple[Any, ...], int]] = OrderedDict()
-
-    def put(self, record: PredictionRecord) -> bool:
-        """Keep a record, evicting the oldest first; False when its id is already recorded."""
-        now = self.timer()
-        self._expire(now)
-        data, key = self._data, record_key(record.request_id)
-        if key in data:
-            return False  # the first prediction under an id is the one its label joins
-        while len(data) >= self.max_records:
-            data.popitem(last=False)
-        data[key] = (now + self.ttl, _VALUES(record), NO_LABEL)
-        return True
-
-    def join(self, request_id: str, label: int) -> Joined:
-        """Attach a label once; a second label is a duplicate."""
-        key = record_key(request_id)
-        entry = self._data.get(key)
-        if entry is None or entry[0] <= self.timer():
-            return Joined(Outcome.UNKNOWN)
-        expires, fields, known = entry
-        if known != NO_LABEL:
-            return Joined(Outcome.DUPLICATE)
-        self._data[key] = (expires, fields, label)  # keeps its place in the order
-        return Joined(Outcome.JOINED, PredictionRecord(*fields))
-
-    def _expire(self, now: float) -> None:
-        data = self._data
-        while data and data[next(iter(data))][0] <= now:
-            data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+from guardproxy.state.recordstore import RecordStore
 
 
 class MemoryState:
@@ -90,7 +35,7 @@ class MemoryState:
 
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
         """Keep records for the label join; how many ids were already in use."""
-        return sum(not self._records.put(record) for record in records)
+        return self._records.put_all(records)
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
         """Attach a label to a record; a second label is a duplicate."""

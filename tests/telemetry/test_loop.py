@@ -53,6 +53,7 @@ def test_collections_are_counted_per_generation() -> None:
     status = pauses.status()
     assert status["collections"][2] >= 1 and status["collections"][0] >= 1
     assert status["longest_ms"][2] > 0
+    assert status["longest_cpu_ms"][2] > 0  # the collector's own work, off the wall clock
     assert len(status["thresholds"]) == 3
 
 
