@@ -136,7 +136,8 @@ async def test_prometheus_reads_help_and_units(model_proxy: RunningProxy, promet
 
         async def scraped() -> bool:  # Prometheus starts, then scrapes every second
             known.update(await metadata_of(client, prometheus))
-            return "http_server_request_duration_seconds" in known
+            # Metadata of one scrape may show up family by family: wait for both asked about.
+            return {"http_server_request_duration_seconds", "guardproxy_build"} <= known.keys()
 
         await eventually(scraped, within=30, every=0.2)
     (duration,) = known["http_server_request_duration_seconds"]
