@@ -33,7 +33,11 @@ TARGETS = {
         Target("d", "guardproxy-pass", "guardproxy", UNGUARDED_PATH, "guardproxy, unguarded path"),
         Target("e", "guardproxy-guarded", "guardproxy", GUARDED_PATH, "guardproxy, guarded path"),
         Target("f", "transport-pass", "transport", GUARDED_PATH, "transport pass-through"),
-        Target("g", "guardproxy-binary", "guardproxy", GUARDED_PATH, "binary tensors", "binary"),
+        # Its own process: the same rows as e, but FP32 in the binary answers, which the drift
+        # monitors learnt from e's float64 scores would see as a shift (and open its breaker).
+        Target(
+            "g", "guardproxy-binary", "guardproxy-binary", GUARDED_PATH, "binary tensors", "binary"
+        ),
     )
 }
 
@@ -63,7 +67,7 @@ def upstream(name: str, cpus: frozenset[int], workdir: Path) -> Service:
 
 
 def proxy_service(name: str, behind: Service, layout: Layout, workdir: Path) -> Service:
-    """The service `name` (bare, nginx, guardproxy, transport) in front of `behind`."""
+    """The service `name` (bare, nginx, guardproxy[-binary], transport) in front of `behind`."""
     port, url = free_port(), f"http://127.0.0.1:{behind.port}"
     log = workdir / f"{name}.log"
     if name == "bare":
@@ -79,7 +83,7 @@ def proxy_service(name: str, behind: Service, layout: Layout, workdir: Path) -> 
     argv = python(
         "guardproxy.cli", "serve", "--upstream", url, "--listen", f"127.0.0.1:{port}",
         "--admin", f"127.0.0.1:{free_port()}", "--log-level", "WARNING",
-        "--samples", str(workdir / "samples"),
+        "--samples", str(workdir / f"{name}-samples"),
     )  # fmt: skip
     return Service(name, argv, port, layout.server, log=log)
 
@@ -90,7 +94,9 @@ def services_for(targets: list[Target], layout: Layout, workdir: Path) -> dict[s
     services: dict[str, Service] = {}
     if "upstream-direct" in needed:
         services["upstream-direct"] = upstream("upstream-direct", layout.server, workdir)
-    proxies = [n for n in ("bare", "nginx", "guardproxy", "transport") if n in needed]
+    proxies = [
+        n for n in ("bare", "nginx", "guardproxy", "guardproxy-binary", "transport") if n in needed
+    ]
     if proxies:
         behind = upstream("upstream-behind", layout.upstream, workdir)
         services[behind.name] = behind
