@@ -24,6 +24,9 @@ from guardproxy.testing import serving
 
 INFER = "/v2/models/adult/infer"
 FEEDBACK_TOKEN = "demo-feedback-token"
+# A fixed key makes the randomized thresholds draw alike on every run, so the demo's figures
+# repeat; a real deployment sets its own secret (GUARDPROXY_DECISION_KEY) or lets one be made.
+DEMO_DECISION_KEY = "guardproxy-demo-decision-key"
 
 
 @dataclass
@@ -165,6 +168,8 @@ def demo_settings(upstream: str, scratch: Path) -> Settings:
         admin=("127.0.0.1", 0),
         samples_dir=scratch / "samples",
         feedback_token=FEEDBACK_TOKEN,
+        decision_key=DEMO_DECISION_KEY,
+        decision_key_source="demo",
     )
 
 
