@@ -19,9 +19,23 @@ from ..hotpath.observation import Observation
 from ..hotpath.trust import well_formed_id
 from ..logs import AccessLog
 from .calls import REQUEST_ID, metadata_value
+from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import Metadata, http_status
 
 __all__ = ["NO_TRACER", "CallLog", "CallRecord", "CallSpan", "CallTracer", "observed"]
+
+
+# What spans and metrics name a call by: the OIP service's methods and gRPC health's. A client
+# may call any name (it is forwarded); any other is _OTHER, so no series grows with them.
+_OIP = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+NAMED_METHODS = frozenset(
+    {
+        *(f"/{_OIP.full_name}/{m.name}" for m in _OIP.methods),
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    }
+)
+OTHER_METHOD = "_OTHER"
 
 
 class CallSpan(Protocol):
@@ -38,7 +52,7 @@ class CallTracer(Protocol):
     """Opens a span for each call."""
 
     def begin(self, method: str, metadata: Metadata) -> CallSpan:
-        """A span for a call of `method` (`/package.Service/Method`) with the client's metadata."""
+        """A span for a call of `method` (`/package.Service/Method`, or `_OTHER`)."""
 
 
 class _NoSpan:
@@ -94,7 +108,8 @@ class CallLog:
 
     def begin(self, method: str, metadata: Metadata) -> CallRecord:
         """Open the record of a call that starts now."""
-        record = CallRecord(method, perf_counter(), self.tracer.begin(method, metadata))
+        named = method if method in NAMED_METHODS else OTHER_METHOD
+        record = CallRecord(method, perf_counter(), self.tracer.begin(named, metadata))
         request_id = metadata_value(metadata, REQUEST_ID)
         if request_id is not None and well_formed_id(request_id):
             record.request_id = request_id

@@ -229,6 +229,7 @@ class GrpcProxy:
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
             self.stats.status(grpc.StatusCode.OK)
         except aio.AioRpcError as err:
+            rpc.cancel()  # stops reading the client's requests before its status is sent
             await self.fail_upstream(err, context)
         finally:
             rpc.cancel()  # no-op when done; stops the upstream call when the client went away

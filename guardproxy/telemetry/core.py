@@ -86,7 +86,7 @@ class Telemetry:
             tracer, self.instruments, upstream, self._sampler_reads_attributes()
         )
         self.observe = DecisionObserver(self.instruments, self.labels)
-        self.rpc = RpcTracer(tracer) if tracer is not None else None  # gRPC calls' spans
+        self.rpc = RpcTracer(tracer, self.instruments.rpc)  # gRPC calls' durations and spans
 
     def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]

@@ -26,6 +26,7 @@ OVERHEAD_BUCKETS = (
 )  # fmt: skip
 SERVER_KEYS = ("http.request.method", "http.response.status_code", "http.route")
 CLIENT_KEYS = ("http.request.method", "http.response.status_code")
+RPC_KEYS = ("rpc.method", "rpc.grpc.status_code")
 NO_ROUTE = ABSENT
 
 
@@ -133,6 +134,7 @@ class Instruments:
         self.server = Histograms(SERVER_KEYS, HTTP_BUCKETS)
         self.client = Histograms(CLIENT_KEYS, HTTP_BUCKETS)
         self.overhead = Histograms(SERVER_KEYS, OVERHEAD_BUCKETS)
+        self.rpc = Histograms(RPC_KEYS, HTTP_BUCKETS)
         self.decisions = Counters(("region", "model", "group", "outcome"))
         self.feedback = Counters(("region", "model", "group", "cell"))
         self.transitions = Counters(("region", "model", "to"))
@@ -145,6 +147,8 @@ class Instruments:
             HistogramSpec("guardproxy.overhead", "s",
                           "Time a request spent in the proxy, outside the upstream.",
                           self.overhead),
+            HistogramSpec("rpc.server.call.duration", "s",
+                          "Duration of gRPC calls on the gRPC port.", self.rpc),
         )  # fmt: skip
 
     def observe(self, meter: Meter) -> None:

@@ -1,4 +1,5 @@
-"""SERVER spans around gRPC calls, continuing the client's trace and parenting the upstream's.
+"""gRPC calls' durations, and SERVER spans continuing the client's trace and parenting the
+upstream's.
 
 The span is the request's current span while the call runs, so the decision observer
 annotates it as it annotates an HTTP request's (model, version, decisions, outcome).
@@ -7,9 +8,11 @@ annotates it as it annotates an HTTP request's (model, version, decisions, outco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import perf_counter
 
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
+from guardproxy.telemetry.aggregate import Histograms
 from guardproxy.telemetry.tracing import CURRENT, PROPAGATOR, RequestState, traceparent
 
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -17,24 +20,32 @@ TRACE_KEYS = ("traceparent", "tracestate")
 
 
 class RpcSpan:
-    """One call's SERVER span."""
+    """One call: its duration, and its SERVER span when tracing is on."""
 
-    __slots__ = ("name", "span")
+    __slots__ = ("durations", "method", "name", "span", "started")
 
-    def __init__(self, span: Span, name: str) -> None:
-        self.span, self.name = span, name
+    def __init__(self, span: Span | None, name: str, durations: Histograms) -> None:
+        self.span, self.name, self.durations = span, name, durations
+        self.method = name.rpartition("/")[2]
+        self.started = perf_counter()
 
     def upstream(self, metadata: Metadata) -> Metadata:
         """The metadata with this span as the upstream call's parent (when it records)."""
-        value = traceparent(self.span) if self.span.is_recording() else None
-        if value is None:  # unsampled: the client's own trace context goes on
+        span = self.span
+        value = traceparent(span) if span is not None and span.is_recording() else None
+        if value is None:  # no span, or unsampled: the client's own trace context goes on
             return metadata
         kept = tuple((k, v) for k, v in metadata if k not in TRACE_KEYS)
         return (*kept, ("traceparent", value))
 
     def end(self, code: int, name: str) -> None:
-        """Close the span with the gRPC status; any but OK marks it as an error."""
+        """Record the duration; close the span with the status (any but OK is an error)."""
+        # The method names a service of the proxy's own table or one the client called:
+        # bounded by the upstream's services, as HTTP routes are by the policy's.
+        self.durations.record_key((self.method, code), perf_counter() - self.started)
         span = self.span
+        if span is None:
+            return
         if span.is_recording():
             span.update_name(self.name)  # the decision observer names spans after HTTP routes
             span.set_attribute("rpc.grpc.status_code", code)
@@ -45,22 +56,24 @@ class RpcSpan:
 
 
 class RpcTracer:
-    """Opens a SERVER span for each gRPC call (`CallTracer` of guardproxy.grpc)."""
+    """Times each gRPC call and, when tracing, spans it (`CallTracer` of guardproxy.grpc)."""
 
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
+    def __init__(self, tracer: Tracer | None, durations: Histograms) -> None:
+        self.tracer, self.durations = tracer, durations
 
     def begin(self, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> RpcSpan:
         """A span named `package.Service/Method`, a child of the client's traceparent if any."""
+        name = method.lstrip("/")
+        if self.tracer is None:
+            return RpcSpan(None, name, self.durations)
         carrier = {k: v for k, v in metadata if k in TRACE_KEYS and isinstance(v, str)}
         parent = PROPAGATOR.extract(carrier) if carrier else None
-        name = method.lstrip("/")
         service, _, rpc_method = name.rpartition("/")
+        attributes = {"rpc.system": "grpc", "rpc.method": rpc_method}
+        if service:  # none for a method the proxy does not name (_OTHER)
+            attributes["rpc.service"] = service
         span = self.tracer.start_span(
-            name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         CURRENT.set(RequestState(span))
-        return RpcSpan(span, name)
+        return RpcSpan(span, name, self.durations)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,26 @@ async def test_every_call_is_one_access_line_with_what_it_became(
     assert (refused["status"], refused["outcome"], refused["request_id"]) == (
         503, "refused", "open-1",
     )  # fmt: skip
+
+
+async def test_call_durations_are_a_histogram_by_method_and_status(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g, aiohttp.ClientSession() as http:
+        await infer(g.target, rows())
+        async with aio.insecure_channel(g.target) as channel:
+            # Methods the proxy does not name, whatever a client calls: one series for all.
+            assert await channel.unary_unary("/test.Echo/Reverse")(b"abc") == b"cba"
+            assert await channel.unary_unary("/test.Echo/Reverse")(b"ab") == b"ba"
+            assert [m async for m in channel.unary_stream("/test.Echo/Count")(b"2")] == [b"0", b"1"]
+        async with http.get(g.proxy.admin_url + "/metrics") as response:
+            text = await response.text()
+    counts = {
+        re.sub(r'otel_scope_\w+="[^"]*",', "", line.split("{", 1)[1].split("}", 1)[0]): float(
+            line.rsplit(" ", 1)[1]
+        )
+        for line in text.splitlines()
+        if line.startswith("rpc_server_call_duration_seconds_count{")
+    }
+    assert counts == {
+        'rpc_grpc_status_code="0",rpc_method="ModelInfer"': 1.0,
+        'rpc_grpc_status_code="0",rpc_method="_OTHER"': 3.0,
+    }
