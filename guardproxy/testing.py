@@ -22,6 +22,7 @@ __all__ = [
     "RecordingModel",
     "RunningProxy",
     "eventually",
+    "proxy_before",
     "proxy_settings",
     "running_proxy",
     "serving",
@@ -199,6 +200,20 @@ def write_policies(directory: Path, files: Mapping[str, str]) -> Path:
     for name, text in files.items():
         (directory / name).write_text(text)
     return directory
+
+
+@asynccontextmanager
+async def proxy_before(
+    app: web.Application, tmp_path: Path, policies: Mapping[str, str], **overrides: Any
+) -> AsyncIterator[RunningProxy]:
+    """`app` on a free port and a proxy in front of it serving these policy files."""
+    async with serving(app) as url:
+        settings = proxy_settings(
+            url, policies=write_policies(tmp_path / "policies", policies),
+            samples_dir=tmp_path / "samples", **overrides,
+        )  # fmt: skip
+        async with running_proxy(settings) as proxy:
+            yield proxy
 
 
 def proxy_settings(upstream: str, **overrides: Any) -> Settings:

@@ -16,7 +16,10 @@ from aiohttp import web
 from tritonclient.utils import InferenceServerException
 
 from guardproxy.payloads.binary import HEADER, BinaryBody, decode_request, encode
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
+from guardproxy.testing import (
+    RunningProxy,
+    proxy_before,
+)
 
 PATH = "/v2/models/adult/infer"
 POLICIES = {
@@ -103,13 +106,8 @@ class Triton:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Triton]]:
     model = Triton()
-    policies = write_policies(tmp_path / "policies", POLICIES)
-    async with serving(model.app()) as url:
-        settings = proxy_settings(
-            url, policies=policies, samples_dir=tmp_path / "samples", trust_region_header="X-Region"
-        )
-        async with running_proxy(settings) as proxy:
-            yield proxy, model
+    async with proxy_before(model.app(), tmp_path, POLICIES, trust_region_header="X-Region") as p:
+        yield p, model
 
 
 def inputs(binary: bool = True, email: bool = False) -> list[triton.InferInput]:

@@ -19,10 +19,7 @@ from aiohttp import web
 from guardproxy.testing import (
     RunningProxy,
     eventually,
-    proxy_settings,
-    running_proxy,
-    serving,
-    write_policies,
+    proxy_before,
 )
 
 CHAT = "/v1/chat/completions"
@@ -126,13 +123,8 @@ class ChatModel:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, ChatModel]]:
     model = ChatModel()
-    policies = write_policies(tmp_path / "policies", POLICIES)
-    async with serving(model.app()) as url:
-        settings = proxy_settings(
-            url, policies=policies, samples_dir=tmp_path / "samples", trust_region_header="X-Region"
-        )
-        async with running_proxy(settings) as proxy:
-            yield proxy, model
+    async with proxy_before(model.app(), tmp_path, POLICIES, trust_region_header="X-Region") as p:
+        yield p, model
 
 
 @pytest.fixture

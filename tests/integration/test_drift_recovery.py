@@ -23,10 +23,7 @@ from guardproxy.demo.server import v2_request
 from guardproxy.testing import (
     RunningProxy,
     eventually,
-    proxy_settings,
-    running_proxy,
-    serving,
-    write_policies,
+    proxy_before,
 )
 
 ROWS = list(adult_rows())
@@ -72,14 +69,11 @@ class Model:
 @asynccontextmanager
 async def guarded(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Model, CircuitBreaker]]:
     model = Model()
-    policies = write_policies(tmp_path / "policies", {"default.yaml": POLICY})
-    async with serving(model.app) as url:
-        settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "samples")
-        async with running_proxy(settings) as proxy:
-            proxy.runtime.breakers.interval = 0.05
-            breaker = proxy.runtime.breakers.breaker("default", "churn")
-            assert breaker is not None
-            yield proxy, model, breaker
+    async with proxy_before(model.app, tmp_path, {"default.yaml": POLICY}) as proxy:
+        proxy.runtime.breakers.interval = 0.05
+        breaker = proxy.runtime.breakers.breaker("default", "churn")
+        assert breaker is not None
+        yield proxy, model, breaker
 
 
 async def send(

@@ -16,7 +16,10 @@ import aiohttp
 
 from guardproxy.demo.model import FEATURES, adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
+from guardproxy.testing import (
+    RunningProxy,
+    proxy_before,
+)
 
 ROWS = list(adult_rows())
 INFER = "/v2/models/adult/infer"
@@ -41,11 +44,8 @@ breaker:
 @asynccontextmanager
 async def guarded_model(tmp_path: Path, policy: str) -> AsyncIterator[RunningProxy]:
     """The demo model server behind a proxy serving `policy` as the default region."""
-    policies = write_policies(tmp_path / "policies", {"default.yaml": policy})
-    async with serving(build_model_app()) as model_url:
-        settings = proxy_settings(model_url, policies=policies, samples_dir=tmp_path / "samples")
-        async with running_proxy(settings) as proxy:
-            yield proxy
+    async with proxy_before(build_model_app(), tmp_path, {"default.yaml": policy}) as proxy:
+        yield proxy
 
 
 async def send(

@@ -10,7 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
+from guardproxy.testing import (
+    RunningProxy,
+    proxy_before,
+)
 
 TAGGER = "/v1/models/tagger:predict"
 BROKEN = "/v1/models/broken:predict"
@@ -58,17 +61,9 @@ async def guarded(tmp_path: Path) -> AsyncIterator[RunningProxy]:
     app.router.add_post(TAGGER, tagger)
     app.router.add_post(BROKEN, broken)
     app.router.add_post(DROPPED, dropped)
-    policies = write_policies(tmp_path / "policies", POLICIES)
-    async with serving(app) as url:
-        settings = proxy_settings(
-            url,
-            policies=policies,
-            samples_dir=tmp_path / "samples",
-            max_body=64 * 1024,
-            trust_region_header="X-Region",
-        )
-        async with running_proxy(settings) as proxy:
-            yield proxy
+    limits = {"max_body": 64 * 1024, "trust_region_header": "X-Region"}
+    async with proxy_before(app, tmp_path, POLICIES, **limits) as proxy:
+        yield proxy
 
 
 async def post(

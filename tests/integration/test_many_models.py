@@ -22,7 +22,10 @@ from aiohttp import web
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import v2_request
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy, serving, write_policies
+from guardproxy.testing import (
+    RunningProxy,
+    proxy_before,
+)
 from guardproxy.top import top
 
 ROWS = list(adult_rows())[:300]
@@ -83,13 +86,9 @@ class Upstream:
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[RunningProxy, Upstream]]:
     upstream = Upstream()
     entries = "\n".join(f"  - {{name: {name}}}" for name in MODELS if name != "fair0")
-    policies = write_policies(
-        tmp_path / "policies", {"default.yaml": POLICY.replace("MODELS", entries)}
-    )
-    async with serving(upstream.app) as url:
-        settings = proxy_settings(url, policies=policies, samples_dir=tmp_path / "samples")
-        async with running_proxy(settings) as proxy:
-            yield proxy, upstream
+    policy = {"default.yaml": POLICY.replace("MODELS", entries)}
+    async with proxy_before(upstream.app, tmp_path, policy) as proxy:
+        yield proxy, upstream
 
 
 async def replay(session: aiohttp.ClientSession, proxy: RunningProxy, name: str) -> list[Any]:
