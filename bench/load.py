@@ -111,11 +111,10 @@ def lua_bytes(data: bytes) -> str:
 
 
 def lua_request(body: Body) -> tuple[str, str]:
-    """A body and its headers table as Lua literals (text bodies as long brackets)."""
-    try:
-        literal = lua_string(body.data.decode("ascii"))
-    except UnicodeDecodeError:
-        literal = lua_bytes(body.data)
+    """A body and its headers table as Lua literals (printable text as long brackets)."""
+    text = body.data.decode("latin-1")
+    # A long bracket rewrites line ends, so binary that happens to be ASCII is quoted too.
+    literal = lua_string(text) if text.isascii() and text.isprintable() else lua_bytes(body.data)
     headers = ", ".join(f"[{lua_bytes(k.encode())}] = {lua_bytes(v.encode())}"
                         for k, v in body.all_headers().items())  # fmt: skip
     return literal, "{" + headers + "}"

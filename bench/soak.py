@@ -23,7 +23,7 @@ from typing import Any
 from .layout import make_layout
 from .load import LUA, lua_string, parse_result, run_pinned
 from .processes import Service, free_port, pinned
-from .run import request_bodies
+from .run import ROWS, request_bodies
 from .targets import python, upstream
 from .upstream import GUARDED_PATH
 
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1_000_000)
     p.add_argument("--every", type=int, default=100_000, help="requests between RSS readings")
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--rows", type=int, default=ROWS)
     p.add_argument(
         "--steady-from",
         type=int,

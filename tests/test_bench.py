@@ -132,6 +132,7 @@ def test_lua_literals_hold_any_bytes() -> None:
     body, headers = lua_request(Body(b"{}", (("X-A", "1"),)))
     assert body == "[[{}]]"
     assert headers == '{["Content-Type"] = "application/json", ["X-A"] = "1"}'
+    assert lua_request(Body(b"\r\n\x01"))[0] == '"\\013\\010\\001"'  # ASCII, not text
 
 
 def test_quick_run_of_the_binary_target(tmp_path: Path) -> None:
