@@ -35,6 +35,7 @@ from .hooks import (
     Refuse,
     refusal_trailers,
 )
+from .relay import Relay
 from .stats import GrpcStats
 from .streams import StreamGuard
 
@@ -217,11 +218,11 @@ class GrpcProxy:
         """Any other method: bytes both ways, metadata, deadline and status passed through."""
         self.stats.calls["forward"] += 1
         self.stats.active += 1
-        streams: aio.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
-        rpc = streams(
-            requests, metadata=upstream_metadata(context, self.calls),
-            timeout=context.time_remaining(),
+        relay = Relay(
+            self.channel, method, requests, upstream_metadata(context, self.calls),
+            context.time_remaining(),
         )  # fmt: skip
+        rpc = relay.call
         try:
             await context.send_initial_metadata(forwardable(await rpc.initial_metadata()))
             async for answer in rpc:
@@ -229,10 +230,10 @@ class GrpcProxy:
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
             self.stats.status(grpc.StatusCode.OK)
         except aio.AioRpcError as err:
-            rpc.cancel()  # stops reading the client's requests before its status is sent
+            relay.close()  # stops reading the client's requests before its status is sent
             await self.fail_upstream(err, context)
         finally:
-            rpc.cancel()  # no-op when done; stops the upstream call when the client went away
+            relay.close()  # stops the upstream call too when the client went away
             self.stats.active -= 1
 
     def decode_call(

@@ -23,6 +23,7 @@ from .context import STREAM_INFER, cancelled, forwardable, upstream_metadata
 from .documents import apply_response, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import Allow, Failure, InferCall, Refuse
+from .relay import Relay
 
 if TYPE_CHECKING:
     from .proxy import GrpcProxy
@@ -43,12 +44,11 @@ class StreamGuard:
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
         proxy, context = self.proxy, self.context
-        streams: aio.StreamStreamMultiCallable[bytes, bytes]
-        streams = proxy.channel.stream_stream(STREAM_INFER)
-        rpc = streams(
-            self._admitted(requests), metadata=upstream_metadata(context, proxy.calls),
-            timeout=context.time_remaining(),
+        relay = Relay(
+            proxy.channel, STREAM_INFER, self._admitted(requests),
+            upstream_metadata(context, proxy.calls), context.time_remaining(),
         )  # fmt: skip
+        rpc = relay.call
         ended = Failure(grpc.StatusCode.CANCELLED, "the stream ended before the answer")
         try:
             await context.send_initial_metadata(forwardable(await rpc.initial_metadata()))
@@ -61,12 +61,13 @@ class StreamGuard:
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
         except aio.AioRpcError as err:
             ended = Failure(err.code(), err.details() or "")
+            relay.close()  # stops reading the client's requests before its status is sent
             await proxy.fail_upstream(err, context)
         except asyncio.CancelledError:
             ended = Failure(*cancelled(context))
             raise
         finally:
-            rpc.cancel()
+            relay.close()
             await self._unanswered(ended)
 
     async def _unanswered(self, failure: Failure) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import grpc
@@ -161,6 +163,69 @@ async def test_unknown_methods_pass_through_unary_and_streaming(stack: Stack) ->
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert stack.hook.calls == []
     assert stack.proxy.status()["calls"]["forward"] == 4
+
+
+Outcome = tuple[str, str, str]  # status name, details, the x-trailer trailing metadata
+
+
+async def unary_outcome(call: Any) -> Outcome:
+    try:
+        await call
+    except aio.AioRpcError as err:
+        trailer = dict(err.trailing_metadata() or ()).get("x-trailer", "")
+        return err.code().name, err.details() or "", str(trailer)
+    return "OK", "", ""
+
+
+async def test_failed_forwarded_calls_keep_the_upstream_status(stack: Stack) -> None:
+    async with aio.insecure_channel(stack.target) as channel:
+        reverse = channel.unary_unary("/test.Echo/Reverse")
+        nothing = channel.unary_unary("/test.Nothing/Here")
+        outcomes = Counter(
+            [await unary_outcome(reverse(b"fail") if i % 2 else nothing(b"")) for i in range(300)]
+        )
+    assert outcomes == {
+        ("NOT_FOUND", "no such thing", "t"): 150,
+        ("UNIMPLEMENTED", "Method not found!", ""): 150,
+    }
+    assert stack.proxy.status()["upstream_errors"] == {"NOT_FOUND": 150, "UNIMPLEMENTED": 150}
+
+
+def streamed_outcomes(target: str, calls: list[tuple[str, list[bytes]]]) -> Counter[Outcome]:
+    """Client-streaming calls on grpc's sync stack, which reports the status a server sends
+    even when the server ends the call while requests are still being written."""
+    outcomes: Counter[Outcome] = Counter()
+    with grpc.insecure_channel(target) as channel:
+        for method, requests in calls:
+            try:
+                channel.stream_unary(method)(iter(requests))
+                outcomes["OK", "", ""] += 1
+            except grpc.RpcError as err:
+                assert isinstance(err, grpc.Call)
+                trailer = dict(err.trailing_metadata() or ()).get("x-trailer", "")
+                outcomes[err.code().name, err.details() or "", str(trailer)] += 1
+    return outcomes
+
+
+async def test_an_upstream_that_ends_a_call_before_its_requests_keeps_its_status(
+    stack: Stack,
+) -> None:
+    requests = [b"x" * 100] * 8  # still being written upstream when the upstream has answered
+    calls = [("/test.Nothing/Here", requests), ("/test.Echo/First", requests)] * 100
+    outcomes = await asyncio.to_thread(streamed_outcomes, stack.target, calls)
+    assert outcomes == {
+        ("UNIMPLEMENTED", "Method not found!", ""): 100,
+        ("FAILED_PRECONDITION", "one request is enough", "t"): 100,
+    }
+
+
+async def test_a_stream_the_upstream_fails_keeps_its_status(stack: Stack) -> None:
+    failing = one_row()
+    failing.parameters["fail"].string_param = "NOT_FOUND"
+    requests = [failing.SerializeToString(), *[one_row().SerializeToString()] * 7]
+    calls = [(STREAM_INFER, requests)] * 100
+    outcomes = await asyncio.to_thread(streamed_outcomes, stack.target, calls)
+    assert outcomes == {("NOT_FOUND", "asked to fail", ""): 100}
 
 
 async def test_a_broken_hook_fails_open_and_is_counted(stack: Stack) -> None:

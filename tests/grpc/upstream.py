@@ -88,6 +88,16 @@ async def echo_reverse(request: bytes, context: aio.ServicerContext[bytes, bytes
     return request[::-1]
 
 
+async def echo_first(
+    requests: AsyncIterator[bytes], context: aio.ServicerContext[bytes, bytes]
+) -> bytes:
+    """An unknown service's client-streaming method: fails as soon as the first request came."""
+    async for _ in requests:
+        break
+    context.set_trailing_metadata((("x-trailer", "t"),))
+    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "one request is enough")
+
+
 async def echo_count(request: bytes, context: Any) -> AsyncIterator[bytes]:
     """An unknown service's server-streaming method: n answers for b"n"."""
     for i in range(int(request)):
@@ -95,11 +105,14 @@ async def echo_count(request: bytes, context: Any) -> AsyncIterator[bytes]:
 
 
 class Unknown(grpc.GenericRpcHandler):
-    """test.Echo/Reverse (unary) and test.Echo/Count (server streaming), on raw bytes."""
+    """test.Echo/Reverse (unary), test.Echo/First (client streaming) and test.Echo/Count (server
+    streaming), on raw bytes."""
 
     def service(self, details: Any) -> Any:
         if details.method == "/test.Echo/Reverse":
             return grpc.unary_unary_rpc_method_handler(echo_reverse)
+        if details.method == "/test.Echo/First":
+            return grpc.stream_unary_rpc_method_handler(echo_first)
         if details.method == "/test.Echo/Count":
             return grpc.unary_stream_rpc_method_handler(echo_count)
         return None
