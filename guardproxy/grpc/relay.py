@@ -8,6 +8,7 @@ early all the time (an unknown method, a refusal before every request was read),
 relay writes through the call's core object instead and, when a write fails, stops: the
 upstream ended the call, and the status the call reports is the one it sent. A call without
 one (a channel with interceptors) is written through `write()` as grpc.aio would.
+(grpc/grpc#36066; once a grpcio release keeps the status, the requests can go back to it.)
 """
 
 from __future__ import annotations
