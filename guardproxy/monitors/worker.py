@@ -16,6 +16,10 @@ from guardproxy.tasks import cancel_and_wait
 log = logging.getLogger("guardproxy.monitors")
 
 DEFAULT_BUDGET = 16 * 1024 * 1024  # bytes of observations waiting at most
+# Observations per batch. No request is served while a consumer takes a batch (~10 µs an
+# observation), so a batch of 128 held a request up by ~1 ms every 50 ms, which one
+# connection's p99 showed; 16 hold it up by ~0.2 ms.
+BATCH_SIZE = 16
 
 
 class Consumer(Protocol):
@@ -32,7 +36,7 @@ class MonitorWorker:
     """
 
     def __init__(
-        self, budget: int = DEFAULT_BUDGET, batch_size: int = 128, interval: float = 0.05
+        self, budget: int = DEFAULT_BUDGET, batch_size: int = BATCH_SIZE, interval: float = 0.05
     ) -> None:
         self.budget, self.batch_size, self.interval = budget, batch_size, interval
         self.queue: deque[Observation] = deque()

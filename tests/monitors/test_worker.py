@@ -9,7 +9,7 @@ from typing import Any
 
 from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
-from guardproxy.monitors.worker import MonitorWorker
+from guardproxy.monitors.worker import BATCH_SIZE, MonitorWorker
 from guardproxy.testing import eventually
 from tests.factories import compiled_model, observation
 
@@ -84,6 +84,26 @@ async def test_batches_are_bounded_and_in_order() -> None:
     ids = [ob.request_id for batch in sink.batches for ob in batch]
     assert ids == [f"r{i}" for i in range(10)]
     assert max(len(b) for b in sink.batches) <= 4
+
+
+async def test_requests_run_between_the_batches_of_a_backlog() -> None:
+    worker = MonitorWorker(interval=0.0)  # the default batch size
+    sink = Collect()
+    worker.consumers.append(sink)
+    served: list[int] = []  # batches consumed when each "request" ran
+
+    async def requests() -> None:
+        while worker.processed < 100:
+            served.append(len(sink.batches))
+            await asyncio.sleep(0)
+
+    offer_all(worker, 100)
+    worker.start()
+    await asyncio.gather(requests(), eventually(lambda: worker.processed == 100))
+    await worker.stop()
+    assert max(len(b) for b in sink.batches) == BATCH_SIZE < 100
+    # A request ran between every two batches of the backlog, not only after all of them.
+    assert set(range(1, len(sink.batches))) <= set(served)
 
 
 async def test_a_failing_consumer_is_counted_and_others_still_run() -> None:
