@@ -70,6 +70,21 @@ class DriftBank:
                 batches[("*", signal)] = [None] * rows if values is None else values
         return self._feed_all(batches)
 
+    def due(self, rows: int) -> bool:
+        """Whether `rows` more rows of group "*" may close a window or complete a reference.
+
+        Those are the costly steps (the tests, the reference's quantiles); feeding is not.
+        """
+        for signal in self.kinds:
+            key = ("*", signal)
+            monitor = self.monitors.get(key)
+            if monitor is None:
+                if len(self.warmup.get(key, ())) + rows >= self.spec.reference.warmup:
+                    return True
+            elif monitor.due(rows):
+                return True
+        return False
+
     def _feed_all(self, batches: dict[tuple[str, str], list[object]]) -> list[WindowResult]:
         results: list[WindowResult] = []
         for key, values in batches.items():

@@ -201,6 +201,12 @@ class DriftMonitor:
         """The last completed window, if any."""
         return self._last
 
+    def due(self, count: int) -> bool:
+        """Whether `count` more values may close a window: the step that computes the tests."""
+        if self.window_seconds is not None:
+            return self._started is not None and self.clock() - self._started >= self.window_seconds
+        return len(self._buffer) + count >= self.window
+
     def update_many(self, values: Sequence[object] | NDArray[Any]) -> list[WindowResult]:
         """Add observations; return the windows they completed (invalid values are counted)."""
         results = self.tick()

@@ -67,6 +67,10 @@ class ModelDrift:
             self.valid[name] += sum(1 for value in columns[name] if convert(value) is not None)
         return self.bank.observe_columns(columns, rows)
 
+    def due(self, observations: Sequence[Observation]) -> bool:
+        """Whether feeding these observations may close a window or complete a reference."""
+        return self.bank.due(sum(len(ob.verdicts) for ob in observations))
+
     def missing_inputs(self) -> list[str]:
         """Watched inputs no request has carried, once a whole window of rows has passed."""
         if self.rows_seen < self.bank.spec.window:

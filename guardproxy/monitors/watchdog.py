@@ -187,7 +187,10 @@ class Watchdog:
             began = time.perf_counter()
             self._busy.add(drift.key)
             try:
-                if self.threaded:
+                # Feeding is cheap and runs here, between requests; a thread holding the GIL
+                # would make the loop wait up to the switch interval at every wakeup instead.
+                # Closing a window or a reference computes the tests: that goes to a thread.
+                if self.threaded and drift.due(observations):
                     results = await asyncio.to_thread(drift.observe, observations)
                 else:
                     results = drift.observe(observations)

@@ -240,6 +240,22 @@ def test_a_time_window_from_the_policy_closes_on_the_clock_not_the_count() -> No
     assert [(r.signal, r.n) for r in bank.observe([])] == [("score", 50), ("sex", 50)]
 
 
+def test_a_bank_is_due_exactly_when_a_feed_completes_its_reference_or_a_window() -> None:
+    clock = FakeClock()
+    bank = bank_of(clock, window=10, reference={"warmup": 10})
+    rows = [{"score": i / 10, "sex": "f"} for i in range(10)]
+    assert not bank.due(9) and bank.due(10)  # the reference
+    bank.observe(rows[:9])
+    assert not bank.due(0) and bank.due(1)
+    assert bank.observe(rows[9:]) == [] and not bank.due(9) and bank.due(10)  # a window
+    assert [r.n for r in bank.observe(rows)] == [10, 10]
+    timed = bank_of(clock, window=10, window_seconds="60s", reference={"warmup": 10})
+    timed.observe(rows + rows[:1])
+    assert not timed.due(100)
+    clock.now = 60.0
+    assert timed.due(0)
+
+
 def test_columns_feed_a_bank_as_the_same_rows_would() -> None:
     rng = np.random.default_rng(7)
     rows: list[dict[str, object]] = [

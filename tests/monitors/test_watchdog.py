@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.baseline import baseline_command
 from guardproxy.monitors.drift import WindowResult
+from guardproxy.monitors.modeldrift import ModelDrift
 from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, rounds
 from guardproxy.policy.models import FairnessSpec, Policy
 from guardproxy.policy.table import CompiledModel, PolicyTable, builtin_table, compile_policy
@@ -299,6 +301,27 @@ async def test_window_work_runs_off_the_loop_and_the_loop_keeps_ticking() -> Non
           f"longest window computation {watchdog.max_compute * 1000:.1f} ms")  # fmt: skip
     assert watchdog.status()["models"]["default|adult|"]["windows"] >= 15
     assert worst < 0.1  # unthreaded, the same windows hold the loop for ~330 ms
+
+
+async def test_only_batches_that_close_a_window_leave_the_loop(monkeypatch: Any) -> None:
+    watchdog, board, _ = setup(threaded=True)
+    ran: list[tuple[bool, int]] = []  # (on the loop's thread, windows completed)
+    observe = ModelDrift.observe
+
+    def recording(drift: ModelDrift, observations: Sequence[Observation]) -> list[WindowResult]:
+        results = observe(drift, observations)
+        ran.append((threading.current_thread() is threading.main_thread(), len(results)))
+        return results
+
+    monkeypatch.setattr(ModelDrift, "observe", recording)
+    rows = random.Random(4).choices(ROWS, k=1600)  # warm-up of 1,000 then windows of 200
+    for batch in batches(adult(board.policies.current), rows, per_request=1, per_batch=50):
+        pending = watchdog.consume(batch)
+        assert pending is not None
+        await pending
+    inline = [windows for on_loop, windows in ran if on_loop]
+    assert len(inline) == 32 - 1 - 3  # all but the one completing the reference, and 3 windows
+    assert sum(inline) == 0 and sum(w for _, w in ran) == 3 * 3  # three signals
 
 
 class Counts:
