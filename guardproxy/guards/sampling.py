@@ -101,4 +101,6 @@ class SamplingGuard:
             request=ex.request_record(),
             response=response,
             redactor=self.redactor,
+            # Streamed text and decoded (gRPC) documents are not the bytes: size unknown.
+            size=-1 if ex.streamed or ex.decoded else len(ex.body) + len(ex.response_body),
         )

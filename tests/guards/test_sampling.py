@@ -114,6 +114,7 @@ async def test_sample_carries_final_answer_and_context() -> None:
     assert (sample.request_id, sample.region, sample.policy) == ("x-1", "sg", "policy-abc")
     assert sample.groups == ["male"] and sample.decisions == [1] and sample.thresholds == [0.5]
     assert sample.request == ex.body
+    assert sample.size == len(ex.body) + len(ex.response_body) > 0  # the wire's, not the doc's
     assert isinstance(sample.response, dict)
     assert sample.response["outputs"][-2]["name"] == "guardproxy"  # the changed answer
 

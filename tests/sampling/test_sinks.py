@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +15,14 @@ import redis.asyncio as redis_asyncio
 
 from guardproxy.guards.exchange import dumps
 from guardproxy.sampling.redact import Redactor
-from guardproxy.sampling.sinks import JsonlSink, RedisStreamSink, Sample, SampleQueue, SampleWriter
+from guardproxy.sampling.sinks import (
+    INLINE_BYTES,
+    JsonlSink,
+    RedisStreamSink,
+    Sample,
+    SampleQueue,
+    SampleWriter,
+)
 from guardproxy.testing import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -174,6 +182,33 @@ async def test_redis_stream_sink_against_real_redis() -> None:
     finally:
         await client.delete(stream)
         await client.aclose()
+
+
+async def test_small_samples_are_redacted_between_requests_and_large_ones_in_a_thread(
+    tmp_path: Path,
+) -> None:
+    on_loop: list[tuple[int, bool]] = []  # (body bytes, redacted on the loop's thread)
+
+    class Watching(Redactor):
+        def body(self, body: bytes) -> Any:
+            if body:  # the request; these samples have no answer
+                on_loop.append((len(body), threading.current_thread() is threading.main_thread()))
+            return super().body(body)
+
+    redactor = Watching((), ("email",))
+    queue = SampleQueue(100)
+    writer = SampleWriter(queue, JsonlSink(tmp_path))
+    writer.start()
+    small, large = {"mail": "ana.lim@example.com"}, {"mail": "ana.lim@example.com " * 300}
+    for rid, request in (("s", small), ("l", large), ("u", small)):
+        offered = sample(request, redactor=redactor, rid=rid)
+        offered.size = -1 if rid == "u" else len(offered.request)  # "u": size not known
+        assert queue.offer(offered)
+    await writer.stop(flush=True)
+    assert [(n > INLINE_BYTES, loop) for n, loop in on_loop] == [
+        (False, True), (True, False), (False, False)
+    ]  # fmt: skip
+    assert "ana.lim@example.com" not in read_all(tmp_path) and len(lines(tmp_path)) == 3
 
 
 @pytest.mark.parametrize("flush", [True, False])
