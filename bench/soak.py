@@ -50,6 +50,7 @@ class Point:
     errors: int
     loop_lag_max_ms: float
     records: int
+    dropped: int  # observations the monitors could not take (their queue was full)
 
 
 def rss_mib(pid: int) -> float:
@@ -104,7 +105,7 @@ class Soak:
         doc = status(self.admin)
         lag = doc["loop"]["lag"]["max_ms"]
         return Point(done, round(rss_mib(self.proxy.pid), 1), errors, lag,
-                     doc["fairness"]["recorded"])  # fmt: skip
+                     doc["fairness"]["recorded"], doc["monitor"]["dropped"])  # fmt: skip
 
     def run(self) -> list[Point]:
         """Chunks of about `every` requests each, until `requests` are done."""
@@ -169,10 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(points: list[Point], opts: argparse.Namespace) -> None:
     """The RSS series as a table, then the JSON."""
     print(f"# python -m bench.soak --requests {opts.requests} --every {opts.every}")
-    print(f"{'requests':>10}  {'RSS MiB':>8}  {'records':>8}  {'loop lag max ms':>15}  errors")
+    print(f"{'requests':>10}  {'RSS MiB':>8}  {'records':>8}  {'dropped':>8}  "
+          f"{'loop lag max ms':>15}  errors")  # fmt: skip
     for point in points:
         print(f"{point.requests:>10,}  {point.rss_mib:>8.1f}  {point.records:>8,}  "
-              f"{point.loop_lag_max_ms:>15.1f}  {point.errors}")  # fmt: skip
+              f"{point.dropped:>8,}  {point.loop_lag_max_ms:>15.1f}  {point.errors}")  # fmt: skip
     change = growth(points, opts.every)
     steady = growth(points, opts.steady_from)
     for start, value in ((opts.every, change), (opts.steady_from, steady)):

@@ -86,24 +86,28 @@ async def test_batches_are_bounded_and_in_order() -> None:
     assert max(len(b) for b in sink.batches) <= 4
 
 
-async def test_requests_run_between_the_batches_of_a_backlog() -> None:
-    worker = MonitorWorker(interval=0.0)  # the default batch size
+async def test_at_a_modest_rate_batches_stay_small() -> None:
+    worker = MonitorWorker()  # the default gathering interval
     sink = Collect()
     worker.consumers.append(sink)
-    served: list[int] = []  # batches consumed when each "request" ran
-
-    async def requests() -> None:
-        while worker.processed < 100:
-            served.append(len(sink.batches))
-            await asyncio.sleep(0)
-
-    offer_all(worker, 100)
     worker.start()
-    await asyncio.gather(requests(), eventually(lambda: worker.processed == 100))
+    for i in range(100):  # ~500 a second: each batch is a request's pause, so keep it short
+        worker.offer(observation(MODEL, f"r{i}", (Verdict("*", 0.5, 0.5, 1),)))
+        await asyncio.sleep(0.002)
     await worker.stop()
-    assert max(len(b) for b in sink.batches) == BATCH_SIZE < 100
-    # A request ran between every two batches of the backlog, not only after all of them.
-    assert set(range(1, len(sink.batches))) <= set(served)
+    assert sum(len(b) for b in sink.batches) == 100
+    assert max(len(b) for b in sink.batches) <= 15  # gathering for 50 ms made ~25
+
+
+async def test_a_backlog_is_taken_in_batches_as_large_as_allowed() -> None:
+    worker = MonitorWorker(interval=0.0)
+    sink = Collect()
+    worker.consumers.append(sink)
+    offer_all(worker, BATCH_SIZE * 2 + 1)  # faster than the loop lets it work: it keeps up
+    worker.start()
+    await eventually(lambda: worker.processed == BATCH_SIZE * 2 + 1)
+    await worker.stop()
+    assert [len(b) for b in sink.batches] == [BATCH_SIZE, BATCH_SIZE, 1]
 
 
 async def test_a_failing_consumer_is_counted_and_others_still_run() -> None:
