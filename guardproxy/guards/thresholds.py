@@ -57,10 +57,6 @@ class DecisionGuard:
         self._table: ThresholdTable | None = None
         self._rules: dict[tuple[str, str], _Rule] = {}
 
-    def rule(self, version: str, group: str) -> ThresholdRule:
-        """The rule for a model version's group; a learned rule wins over the policy's."""
-        return self._rule_in(self._snapshot.current, version, group).rule
-
     def _rule_in(self, table: ThresholdTable, version: str, group: str) -> _Rule:
         # Rules, labels and what body annotations report are built once per threshold table
         # and (version, group), not per row: a table is immutable, a new one is a new object.
@@ -84,13 +80,6 @@ class DecisionGuard:
         if len(groups) == 1:
             return groups * rows
         raise PayloadError(f"{len(groups)} groups for {rows} scores")
-
-    def decide(
-        self, ex: Exchange, scores: list[float]
-    ) -> tuple[list[str], list[ThresholdRule], list[float], list[int]]:
-        """(groups, rules, thresholds, decisions) per row."""
-        groups, rules, thresholds, decisions = self._decide(ex, scores, self._snapshot.current)
-        return groups, [r.rule for r in rules], thresholds, decisions
 
     def _decide(
         self, ex: Exchange, scores: list[float], table: ThresholdTable

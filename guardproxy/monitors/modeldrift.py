@@ -30,7 +30,7 @@ class ModelDrift:
         self.inputs = [s.input for s in spec.signal_specs()]
         self.scored = "score" in self.bank.kinds
         self.rows_seen = 0
-        self.valid: dict[str, int] = dict.fromkeys(self.inputs, 0)
+        self.unseen = set(self.inputs)  # watched inputs no row has yet carried a valid value of
         self.probes: list[Row] = []
 
     def rows(self, ob: Observation) -> list[Row]:
@@ -62,9 +62,10 @@ class ModelDrift:
         rows = sum(len(ob.verdicts) for ob in observations)
         columns = self.columns(observations)
         self.rows_seen += rows
-        for name in self.inputs:
+        for name in [name for name in self.inputs if name in self.unseen]:
             convert = to_float if self.bank.kinds[name] == "numeric" else to_category
-            self.valid[name] += sum(1 for value in columns[name] if convert(value) is not None)
+            if any(convert(value) is not None for value in columns[name]):
+                self.unseen.discard(name)  # seen once is enough: no more checks per value
         return self.bank.observe_columns(columns, rows)
 
     def due(self, observations: Sequence[Observation]) -> bool:
@@ -75,7 +76,7 @@ class ModelDrift:
         """Watched inputs no request has carried, once a whole window of rows has passed."""
         if self.rows_seen < self.bank.spec.window:
             return []
-        return [name for name, n in self.valid.items() if n == 0]
+        return [name for name in self.inputs if name in self.unseen]
 
     def add_probes(self, observations: Sequence[Observation]) -> None:
         """Keep half-open probes' rows, which form the half-open window."""

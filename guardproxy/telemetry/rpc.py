@@ -40,8 +40,7 @@ class RpcSpan:
 
     def end(self, code: int, name: str) -> None:
         """Record the duration; close the span with the status (any but OK is an error)."""
-        # The method names a service of the proxy's own table or one the client called:
-        # bounded by the upstream's services, as HTTP routes are by the policy's.
+        # A method of the OIP or health service, or _OTHER (CallLog names it): bounded.
         self.durations.record_key((self.method, code), perf_counter() - self.started)
         span = self.span
         if span is None:
