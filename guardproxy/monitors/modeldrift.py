@@ -14,6 +14,7 @@ from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import ModelKey
 
 Row = dict[str, object]
+INLINE_ROWS = 256  # rows fed in one step on the event loop at most (~1 µs a value)
 
 
 class ModelDrift:
@@ -69,8 +70,10 @@ class ModelDrift:
         return self.bank.observe_columns(columns, rows)
 
     def due(self, observations: Sequence[Observation]) -> bool:
-        """Whether feeding these observations may close a window or complete a reference."""
-        return self.bank.due(sum(len(ob.verdicts) for ob in observations))
+        """Whether feeding these observations is costly: many rows, or a window or reference
+        they may complete."""
+        rows = sum(len(ob.verdicts) for ob in observations)
+        return rows > INLINE_ROWS or self.bank.due(rows)
 
     def missing_inputs(self) -> list[str]:
         """Watched inputs no request has carried, once a whole window of rows has passed."""

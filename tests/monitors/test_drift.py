@@ -13,7 +13,7 @@ from guardproxy.guards.exchange import Verdict
 from guardproxy.monitors import stats
 from guardproxy.monitors.bank import DriftBank
 from guardproxy.monitors.drift import DriftMonitor, Reference, WindowResult
-from guardproxy.monitors.modeldrift import ModelDrift
+from guardproxy.monitors.modeldrift import INLINE_ROWS, ModelDrift
 from guardproxy.policy.models import DriftSpec, DriftTests, JsSpec
 from tests.factories import compiled_model, observation
 
@@ -294,3 +294,13 @@ def test_a_models_columns_are_its_rows_read_by_signal() -> None:
     columns = monitors.columns(observations)
     assert columns == {s: [row.get(s) for row in rows] for s in ("score", "age", "sex")}
     assert columns["age"] == [30, 40, 50, None, 60]
+
+
+def test_a_model_feeds_many_rows_at_once_off_the_loop_even_with_no_window_due() -> None:
+    drift = {"signals": ["score"], "reference": {"warmup": 10}, "window": 10**6}
+    model = compiled_model(drift=drift)
+    monitors = ModelDrift(model.spec, ("eu", "m", ""), FakeClock())
+    monitors.observe([observation(model, "r", (Verdict("a", 0.5, 0.5, 1),) * 10)])
+    one = Verdict("a", 0.5, 0.5, 1)
+    assert not monitors.due([observation(model, "r", (one,) * INLINE_ROWS)])
+    assert monitors.due([observation(model, "r", (one,) * (INLINE_ROWS + 1))])

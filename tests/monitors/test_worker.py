@@ -9,7 +9,7 @@ from typing import Any
 
 from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
-from guardproxy.monitors.worker import BATCH_SIZE, MonitorWorker
+from guardproxy.monitors.worker import BATCH_ROWS, BATCH_SIZE, MonitorWorker
 from guardproxy.testing import eventually
 from tests.factories import compiled_model, observation
 
@@ -108,6 +108,20 @@ async def test_a_backlog_is_taken_in_batches_as_large_as_allowed() -> None:
     await eventually(lambda: worker.processed == BATCH_SIZE * 2 + 1)
     await worker.stop()
     assert [len(b) for b in sink.batches] == [BATCH_SIZE, BATCH_SIZE, 1]
+
+
+async def test_batches_are_bounded_in_rows_and_a_larger_request_goes_alone() -> None:
+    worker = MonitorWorker(interval=0.0)
+    sink = Collect()
+    worker.consumers.append(sink)
+    offer_all(worker, 5, rows=100)  # batch requests, a client's choice
+    offer_all(worker, 1, rows=BATCH_ROWS * 4)
+    offer_all(worker, 2, rows=1)
+    worker.start()
+    await eventually(lambda: worker.processed == 8)
+    await worker.stop()
+    rows = [sum(len(ob.verdicts) for ob in batch) for batch in sink.batches]
+    assert rows == [200, 200, 100, BATCH_ROWS * 4, 2]
 
 
 async def test_a_failing_consumer_is_counted_and_others_still_run() -> None:
