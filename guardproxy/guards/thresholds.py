@@ -15,6 +15,11 @@ from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 
 Reported = float | str  # what a client is told: a threshold, or a mixed rule's label
 MAX_RULES = 4096  # (version, group) rules kept per threshold table
+# Rows whose decisions and thresholds the headers carry at most. Past it they would outgrow
+# what proxies and clients accept (nginx buffers 4 KiB of an answer's headers by default,
+# aiohttp takes 8 KiB a field, gRPC 8 KiB of metadata): the body carries them, as
+# `annotate: body` puts them, and both headers say "body".
+HEADER_ROWS = 256
 
 
 class _Rule(NamedTuple):
@@ -130,17 +135,26 @@ class DecisionGuard:
     def _report(
         self, ex: Exchange, doc: object, decisions: list[int], rules: list[_Rule], version: str
     ) -> None:
-        if self._annotate == "body":
-            reported: list[Reported] = [r.label if r.randomized else r.rule.low for r in rules]
-            self._payload.annotate(doc, decisions, reported)
-            ex.replace_response_json(doc)
-        elif self._annotate == "rewrite":
+        if self._annotate == "rewrite":
             self._payload.rewrite(doc, decisions)
+        large = len(rules) > HEADER_ROWS
+        in_body = self._annotate == "body"
+        if in_body or large:
+            reported: list[Reported] = [r.label if r.randomized else r.rule.low for r in rules]
+            try:
+                self._payload.annotate(doc, decisions, reported)
+                in_body = True
+            except PayloadError:  # an answer with no room for them: the headers, as before
+                if in_body:
+                    raise
+        if in_body or self._annotate == "rewrite":
             ex.replace_response_json(doc)
         annotations = ex.annotations
         if len(rules) == 1:  # the usual single row: no joins
             annotations["X-Guard-Decision"] = "1" if decisions[0] else "0"
             annotations["X-Guard-Threshold"] = rules[0].label
+        elif large and in_body:
+            annotations["X-Guard-Decision"] = annotations["X-Guard-Threshold"] = "body"
         else:
             annotations["X-Guard-Decision"] = ",".join(map(str, decisions))
             annotations["X-Guard-Threshold"] = ",".join([r.label for r in rules])

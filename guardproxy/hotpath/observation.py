@@ -49,6 +49,24 @@ class Observation(NamedTuple):
     probe: bool  # a half-open probe of the model
     threshold_version: str
     upstream_seconds: float
+    first_row: int = 0  # a piece of a large request's rows (MonitorWorker): its first row
+
+    @property
+    def continued(self) -> bool:
+        """A later piece of a request already counted by its first piece."""
+        return self.first_row > 0
+
+    def split(self, rows: int) -> tuple[Observation, Observation]:
+        """The first `rows` rows and the rest, as two pieces of the same exchange."""
+        head = self._replace(
+            verdicts=self.verdicts[:rows], features=tuple(f[:rows] for f in self.features)
+        )
+        rest = self._replace(
+            verdicts=self.verdicts[rows:],
+            features=tuple(f[rows:] for f in self.features),
+            first_row=self.first_row + rows,
+        )
+        return head, rest
 
     @property
     def size(self) -> int:

@@ -53,6 +53,8 @@ class ModelHealth:
         """Count each observation's outcome under its model."""
         bucket = self._bucket()
         for ob in batch:
+            if ob.continued:
+                continue  # counted with the request's first piece
             key = (ob.model.region, ob.model.name)
             outcomes = self.models.get(key)
             if outcomes is None:

@@ -39,7 +39,7 @@ def decision_records(
             continue  # the fallback's answers say nothing about the model's fairness
         model = ob.model
         key = (model.region, model.name, ob.version)
-        for i, v in enumerate(ob.verdicts):
+        for i, v in enumerate(ob.verdicts, ob.first_row):
             records.append(
                 PredictionRecord(
                     row_id(ob.request_id, i), now, model.region, model.name, ob.version,

@@ -10,6 +10,7 @@ import pytest
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.exchange import Exchange, loads
+from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
 
@@ -62,6 +63,40 @@ async def test_rewrite_mode_replaces_predict() -> None:
     ex = exchange(v2_request("female", "male"), v2_answer(0.42, 0.42))
     await run(chain_for({"annotate": "rewrite"}), ex)
     assert loads(ex.final_response_body())["outputs"][1]["data"] == [1, 0]
+
+
+def batch(rows: int) -> Exchange:
+    """An exchange of `rows` rows, alternately female (decided 1) and male (decided 0)."""
+    sexes = ["female", "male"] * (rows // 2) + ["female"] * (rows % 2)
+    return exchange(v2_request(*sexes), v2_answer(*[0.45] * rows))
+
+
+async def test_the_headers_carry_the_rows_of_a_batch_up_to_a_bound() -> None:
+    ex = await run(chain_for({}), batch(HEADER_ROWS))
+    assert ex.annotations["X-Guard-Decision"] == ",".join(["1", "0"] * (HEADER_ROWS // 2))
+    assert ex.annotations["X-Guard-Threshold"].count(",") == HEADER_ROWS - 1
+    assert not ex.response_changed
+
+
+@pytest.mark.parametrize("mode", ["headers", "body", "rewrite"])
+async def test_past_the_bound_decisions_and_thresholds_go_in_the_body(mode: str) -> None:
+    rows = HEADER_ROWS + 1
+    ex = await run(chain_for({"annotate": mode}), batch(rows))
+    assert ex.annotations["X-Guard-Decision"] == ex.annotations["X-Guard-Threshold"] == "body"
+    outputs = {t["name"]: t["data"] for t in loads(ex.final_response_body())["outputs"]}
+    expected = ([1, 0] * rows)[:rows]
+    assert outputs["guardproxy"] == expected
+    assert outputs["guardproxy_threshold"] == ([0.4, 0.5] * rows)[:rows]
+    assert outputs["predict"] == (expected if mode == "rewrite" else [0] * rows)
+
+
+async def test_an_answer_with_no_room_for_them_keeps_them_in_the_headers() -> None:
+    rows = HEADER_ROWS + 1
+    spec = policy({"protocol": "jsonpath", "score": {"path": "$[*].score"}})
+    answer = [{"score": 0.7}] * rows  # a JSON list: nowhere to add the decisions
+    ex = await run(chain(spec), exchange({"rows": rows}, answer))
+    assert ex.annotations["X-Guard-Decision"] == ",".join(["1"] * rows)
+    assert not ex.response_changed
 
 
 async def test_learned_rule_wins_over_policy() -> None:

@@ -56,10 +56,10 @@ class Slow:
         self._spin()
 
 
-def offer_all(worker: MonitorWorker, n: int, rows: int = 1) -> None:
+def offer_all(worker: MonitorWorker, n: int, rows: int = 1, prefix: str = "r") -> None:
     verdicts = tuple(Verdict("*", 0.5, 0.5, 1) for _ in range(rows))
     for i in range(n):
-        worker.offer(observation(MODEL, f"r{i}", verdicts))
+        worker.offer(observation(MODEL, f"{prefix}{i}", verdicts))
 
 
 async def test_offer_never_blocks_and_the_queue_is_bounded_in_bytes() -> None:
@@ -110,18 +110,33 @@ async def test_a_backlog_is_taken_in_batches_as_large_as_allowed() -> None:
     assert [len(b) for b in sink.batches] == [BATCH_SIZE, BATCH_SIZE, 1]
 
 
-async def test_batches_are_bounded_in_rows_and_a_larger_request_goes_alone() -> None:
+async def test_batches_are_bounded_in_rows_and_a_larger_request_goes_in_pieces() -> None:
     worker = MonitorWorker(interval=0.0)
     sink = Collect()
     worker.consumers.append(sink)
     offer_all(worker, 5, rows=100)  # batch requests, a client's choice
-    offer_all(worker, 1, rows=BATCH_ROWS * 4)
+    offer_all(worker, 1, rows=BATCH_ROWS * 3 + 10, prefix="big")
     offer_all(worker, 2, rows=1)
     worker.start()
     await eventually(lambda: worker.processed == 8)
     await worker.stop()
     rows = [sum(len(ob.verdicts) for ob in batch) for batch in sink.batches]
-    assert rows == [200, 200, 100, BATCH_ROWS * 4, 2]
+    assert rows == [200, 200, 100, BATCH_ROWS, BATCH_ROWS, BATCH_ROWS, 10 + 2]
+    pieces = [ob for batch in sink.batches[3:] for ob in batch if ob.request_id == "big0"]
+    assert [ob.first_row for ob in pieces] == [0, BATCH_ROWS, 2 * BATCH_ROWS, 3 * BATCH_ROWS]
+    assert worker.queued_bytes == 0 and worker.processed == 8  # exchanges, not pieces
+
+
+def test_a_split_keeps_each_rows_features_and_its_place() -> None:
+    verdicts = tuple(Verdict("*", i / 10, 0.5, int(i >= 5)) for i in range(10))
+    ages = tuple(range(10))
+    whole = observation(MODEL, "big", verdicts, features=(ages, tuple("abcdefghij")))
+    head, rest = whole.split(4)
+    assert head.verdicts == verdicts[:4] and head.features == (ages[:4], tuple("abcd"))
+    assert rest.verdicts == verdicts[4:] and rest.features == (ages[4:], tuple("efghij"))
+    assert (head.first_row, rest.first_row, head.continued, rest.continued) == (0, 4, False, True)
+    again, last = rest.split(3)
+    assert (again.first_row, last.first_row, last.features[0]) == (4, 7, (7, 8, 9))
 
 
 async def test_a_failing_consumer_is_counted_and_others_still_run() -> None:

@@ -1,0 +1,54 @@
+"""A request with many rows through the running proxy: its decisions come in the body, the
+monitors take it in pieces, each row is still recorded under its own id, and the request is
+counted once."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from guardproxy.demo.model import adult_rows
+from guardproxy.demo.server import build_model_app, v2_request
+from guardproxy.hotpath.observation import Observation
+from guardproxy.monitors.worker import BATCH_ROWS
+from guardproxy.testing import proxy_settings, running_proxy, serving
+
+ROWS = list(adult_rows())[: BATCH_ROWS * 2 + 50]
+INFER = "/v2/models/adult/infer"
+FEEDBACK = {"Authorization": "Bearer feedback-secret"}
+
+
+class Batches:
+    """A consumer that keeps how many rows each batch it got had."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def consume(self, batch: list[Observation]) -> None:
+        self.rows.append(sum(len(ob.verdicts) for ob in batch))
+
+
+async def test_a_request_with_many_rows_is_monitored_in_pieces() -> None:
+    async with serving(build_model_app()) as model_url:
+        async with running_proxy(proxy_settings(model_url)) as proxy:
+            runtime, batches = proxy.runtime, Batches()
+            runtime.worker.consumers.append(batches)
+            async with aiohttp.ClientSession() as session:
+                headers = {"X-Request-Id": "big"}
+                body = v2_request(ROWS)
+                async with session.post(proxy.url + INFER, json=body, headers=headers) as r:
+                    assert r.status == 200 and r.headers["X-Guard-Decision"] == "body"
+                    outputs = {t["name"]: t["data"] for t in (await r.json())["outputs"]}
+                await runtime.worker.flush()
+                assert batches.rows == [BATCH_ROWS, BATCH_ROWS, 50]
+                assert runtime.worker.processed == 1
+                assert runtime.health.recent(("default", "adult"))["total"]["decided"] == 1
+                last = len(ROWS) - 1
+                labels = [{"request_id": i, "label": 1} for i in ("big", "big:256", f"big:{last}")]
+                url = proxy.url + "/guardproxy/v1/feedback"
+                async with session.post(url, data=json.dumps(labels), headers=FEEDBACK) as r:
+                    doc = await r.json()
+    assert len(outputs["guardproxy"]) == len(ROWS)
+    assert [item["status"] for item in doc["results"]] == ["joined"] * 3
+    assert runtime.engine.recorded == len(ROWS)
