@@ -72,7 +72,9 @@ class Runtime:
         self.thresholds: Snapshot[ThresholdTable] = Snapshot(ThresholdTable())
         self.samples = SampleQueue()  # sized below, from the default policy
         self.draws = Draws()
-        self.guard_context = GuardContext(self.thresholds, self.samples, draws=self.draws)
+        self.guard_context = GuardContext(
+            self.thresholds, self.samples, draws=self.draws, max_rows=settings.max_rows
+        )
         self.store = PolicyStore(
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )

@@ -219,6 +219,14 @@ SERVE_FLAGS = (
         "16777216 (16 MiB)",
         parse=size,
     ),
+    Flag(
+        "--max-rows",
+        "N",
+        "most rows one guarded request or answer may carry, else 413 (each row holds the "
+        "event loop ~1 µs)",
+        "10000",
+        parse=count,
+    ),
     Flag("--workers", "N", "processes serving the data port (see Workers)", "1", parse=count),
     Flag(
         "--poll-interval",

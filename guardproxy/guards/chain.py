@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from guardproxy.guards.base import Guard, GuardChain
 from guardproxy.guards.draws import Draws
+from guardproxy.guards.exchange import MAX_ROWS
 from guardproxy.guards.features import feature_reader
 from guardproxy.guards.groups import ANY, OTHER, GroupGuard
 from guardproxy.guards.labels import LabelGuard
@@ -29,6 +30,7 @@ class GuardContext:
     samples: SampleQueue | None = None
     clock: Callable[[], float] = time.monotonic
     draws: Draws = field(default_factory=Draws)
+    max_rows: int = MAX_ROWS
 
 
 def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext) -> GuardChain:
@@ -36,12 +38,14 @@ def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext)
     payload = compile_payload(spec)
     guards: list[Guard] = []
     if spec.groups.attribute is not None:
-        guards.append(GroupGuard(spec.groups, payload))
+        guards.append(GroupGuard(spec.groups, payload, ctx.max_rows))
     if spec.protocol != "openai" or spec.score.path is not None:
         missing = OTHER if spec.groups.attribute is not None else ANY
         key = (region, spec.name)
         guards.append(
-            DecisionGuard(spec.decision, payload, ctx.thresholds, key, missing, ctx.draws)
+            DecisionGuard(
+                spec.decision, payload, ctx.thresholds, key, missing, ctx.draws, ctx.max_rows
+            )
         )
     if spec.labels.deny:
         guards.append(LabelGuard(spec.labels, payload))

@@ -33,6 +33,17 @@ class Reply:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_ROWS = 10_000  # rows of one request or answer the guards take, by default
+
+
+def too_many_rows(ex: Exchange, rows: int, limit: int) -> bool:
+    """Refuse a batch over the row limit (413): each row's guarding holds the event loop."""
+    if rows <= limit:
+        return False
+    ex.reply = Reply(413, "too many rows in one request", details={"rows": rows, "limit": limit})
+    return True
+
+
 @dataclass(slots=True)
 class Exchange:
     """A guarded request and its response; guards read and annotate it."""

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from guardproxy.guards.exchange import Exchange
+from guardproxy.guards.exchange import MAX_ROWS, Exchange, too_many_rows
 from guardproxy.payloads import JsonPath, Payload
 from guardproxy.policy.models import GroupSpec, OnError
 
@@ -34,9 +34,10 @@ class GroupGuard:
     idle = frozenset({"response"})  # the chain skips this hook: it does nothing
     on_error: OnError = "fail_open"
 
-    def __init__(self, spec: GroupSpec, payload: Payload) -> None:
+    def __init__(self, spec: GroupSpec, payload: Payload, max_rows: int = MAX_ROWS) -> None:
         if spec.attribute is None:
             raise ValueError("GroupGuard needs groups.attribute")
+        self._max_rows = max_rows
         self._declared = {value: value for value in spec.values}
         self._resolve = self._resolver(spec, payload)
 
@@ -62,8 +63,9 @@ class GroupGuard:
 
     async def on_request(self, ex: Exchange) -> None:
         """Set ex.groups, one per row (or one for the whole request)."""
-        groups = [self.group_of(value) for value in self._resolve(ex)]
-        ex.groups = groups
+        values = self._resolve(ex)
+        if not too_many_rows(ex, len(values), self._max_rows):
+            ex.groups = [self.group_of(value) for value in values]
 
     async def on_response(self, ex: Exchange) -> None:
         """Nothing to do on the answer."""

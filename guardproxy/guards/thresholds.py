@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from guardproxy.guards.draws import THRESHOLD, Draws
-from guardproxy.guards.exchange import Exchange, Verdict, is_json_answer
+from guardproxy.guards.exchange import (
+    MAX_ROWS,
+    Exchange,
+    Verdict,
+    is_json_answer,
+    too_many_rows,
+)
 from guardproxy.guards.subjects import Subjects
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import PayloadError
@@ -48,8 +54,10 @@ class DecisionGuard:
         model: tuple[str, str],
         missing_group: str = "*",
         draws: Draws | None = None,
+        max_rows: int = MAX_ROWS,
     ) -> None:
         self.on_error = spec.on_error
+        self._max_rows = max_rows
         self._model = model
         self._payload = payload
         self._snapshot = thresholds
@@ -120,6 +128,8 @@ class DecisionGuard:
         except (PayloadError, ValueError):
             self._unscored(ex)
             raise
+        if too_many_rows(ex, len(scores), self._max_rows):
+            return
         ex.version = version_label(self._payload.version(doc)) or ex.version
         table = self._snapshot.current
         groups, rules, thresholds, decisions = self._decide(ex, scores, table)

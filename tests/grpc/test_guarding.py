@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.payloads.tensors import unpack
 from guardproxy.testing import eventually
@@ -129,6 +130,25 @@ async def test_body_annotation_adds_the_decision_outputs(tmp_path: Path) -> None
         assert output(answer, "guardproxy") == [1, 0]
         assert output(answer, "guardproxy_threshold") == pytest.approx([0.2, 0.5])
         assert initial["x-guard-decision"] == "1,0"
+
+
+async def test_a_large_batch_gets_its_decisions_as_outputs_not_metadata(tmp_path: Path) -> None:
+    n = HEADER_ROWS * 8  # per-row metadata (12 KB) would pass gRPC's 8 KiB limit
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, rows("echo", ["Female", "Male"] * (n // 2)))
+        assert output(answer, "guardproxy") == [1, 0] * (n // 2)
+        assert initial["x-guard-decision"] == initial["x-guard-threshold"] == "body"
+
+
+async def test_a_batch_over_max_rows_is_resource_exhausted(tmp_path: Path) -> None:
+    async with guarded(tmp_path, max_rows=4) as g:
+        calls = len(g.model.metadata)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows("echo", ["Female"] * 5))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(g.model.metadata) == calls  # the model was never asked
+        answer, _, _ = await infer(g.target, rows("echo", ["Female"] * 4))
+        assert output(answer, "score") == [0.25] * 4
 
 
 @pytest.mark.parametrize("action", ["reject", "fallback"])

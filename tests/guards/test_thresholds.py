@@ -99,6 +99,24 @@ async def test_an_answer_with_no_room_for_them_keeps_them_in_the_headers() -> No
     assert not ex.response_changed
 
 
+async def test_a_request_over_the_row_limit_is_refused_before_the_model_is_asked() -> None:
+    guards = chain_for({}, GuardContext(max_rows=4))
+    ex = batch(5)
+    await guards.on_request(ex)
+    assert ex.reply is not None and ex.reply.status == 413
+    assert ex.reply.details == {"rows": 5, "limit": 4} and ex.groups == []
+    assert (await run(guards, batch(4))).reply is None
+
+
+async def test_an_answer_over_the_row_limit_is_refused() -> None:
+    # No group guard reads the request: its rows are counted in the answer.
+    spec = policy(model={"score": {"output": "score"}}, decision={"threshold": 0.5})
+    guards = chain(spec, GuardContext(max_rows=4))
+    ex = await run(guards, exchange({"inputs": []}, v2_answer(*[0.7] * 5)))
+    assert ex.reply is not None and ex.reply.status == 413
+    assert ex.verdicts == [] and "X-Guard-Decision" not in ex.annotations
+
+
 async def test_learned_rule_wins_over_policy() -> None:
     table = ThresholdTable(
         "v7", MappingProxyType({("sg", "adult", "", "male"): ThresholdRule(0.3)})

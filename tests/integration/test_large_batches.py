@@ -5,8 +5,10 @@ counted once."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohttp import web
 
 from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
@@ -17,6 +19,7 @@ from guardproxy.testing import proxy_settings, running_proxy, serving
 ROWS = list(adult_rows())[: BATCH_ROWS * 2 + 50]
 INFER = "/v2/models/adult/infer"
 FEEDBACK = {"Authorization": "Bearer feedback-secret"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Batches:
@@ -52,3 +55,27 @@ async def test_a_request_with_many_rows_is_monitored_in_pieces() -> None:
     assert len(outputs["guardproxy"]) == len(ROWS)
     assert [item["status"] for item in doc["results"]] == ["joined"] * 3
     assert runtime.engine.recorded == len(ROWS)
+
+
+async def test_a_batch_over_max_rows_is_refused_and_the_model_never_asked() -> None:
+    model = build_model_app()
+    calls: list[str] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        calls.append(request.path)
+        return await handler(request)
+
+    model.middlewares.append(count)
+    async with serving(model) as model_url:
+        async with running_proxy(proxy_settings(model_url, max_rows=100)) as proxy:
+            async with aiohttp.ClientSession() as session:
+                over = v2_request(ROWS[:101])
+                async with session.post(proxy.url + INFER, json=over) as r:
+                    assert r.status == 413
+                    doc = await r.json()
+                async with session.post(proxy.url + INFER, json=v2_request(ROWS[:100])) as r:
+                    assert r.status == 200
+    assert (doc["error"], doc["rows"], doc["limit"]) == ("too many rows in one request", 101, 100)
+    assert calls == [INFER]  # only the batch within the limit reached the model
+    assert proxy.runtime.proxy.counts.blocked == 1
