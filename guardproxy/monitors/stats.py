@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+# np.unique (drift references, calibration, histograms) imports numpy.ma on first use: ~7 ms
+# holding the GIL, which would stall the event loop at the first drift window. Now, at start.
+import numpy.ma
 from numpy.typing import ArrayLike, NDArray
 
 Z95 = 1.959963984540054

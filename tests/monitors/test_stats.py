@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,9 @@ def test_intervals_match_statsmodels(a: tuple[int, int], b: tuple[int, int]) -> 
     method = "log-adjusted" if a[0] == 0 or b[0] == 0 else "log"
     ratio = confint_proportions_2indep(*a, *b, method=method, compare="ratio")
     assert stats.ratio_interval(a, b) == pytest.approx(ratio)
+
+
+def test_what_np_unique_imports_on_first_use_is_imported_with_the_monitors() -> None:
+    # np.unique imports numpy.ma on first use (~7 ms, GIL held): at start, not in a window.
+    code = "import sys, guardproxy.app; assert 'numpy.ma' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
