@@ -7,6 +7,7 @@ import gc
 import time
 
 import aiohttp
+import pytest
 
 from guardproxy.telemetry.loop import GcPauses, LoopLag
 from guardproxy.testing import RunningProxy, eventually
@@ -55,6 +56,19 @@ def test_collections_are_counted_per_generation() -> None:
     assert status["longest_ms"][2] > 0
     assert status["longest_cpu_ms"][2] > 0  # the collector's own work, off the wall clock
     assert len(status["thresholds"]) == 3
+
+
+def test_frozen_objects_are_counted_once_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses = GcPauses()
+    pauses.start()
+    counted = pauses.frozen
+    pauses.stop()
+
+    def walk() -> int:  # it walks every frozen object: never again for a /status
+        raise AssertionError("counted the frozen objects again")
+
+    monkeypatch.setattr(gc, "get_freeze_count", walk)
+    assert pauses.status()["frozen"] == counted
 
 
 async def test_status_reports_the_loop_and_the_collector(
