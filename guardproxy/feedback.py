@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from guardproxy.state.base import Joined, Outcome, StateError
 from guardproxy.transport import BodyTooLarge, Request, ResponseWriter
 
 MAX_ITEMS = 10_000
+# Labels validated and joined per event-loop step (~7 µs each): 10,000 in one step held
+# every request behind them for 75 ms.
+STEP = 200
 MAX_BODY = 16 * 1024 * 1024
 JSON = [(b"Content-Type", b"application/json")]
 MAX_ID_LENGTH = MAX_REQUEST_ID  # as the data port keeps a client's X-Request-Id
@@ -154,15 +158,24 @@ class FeedbackEndpoint:
             return self._error(str(exc), exc.status)
         except BodyTooLarge as exc:  # the connection closes after the answer: body unread
             return self._error(exc.message, 413)
-        checked = [validate(item, self.clock()) for item in raw]
-        items = [c for c in checked if isinstance(c, Item)]
-        try:
-            joined = await self.engine.join([(i.request_id, i.label, i.observed_at) for i in items])
-        except StateError as exc:
-            return self._error(f"labels could not be stored: {exc}", 503)
-        return 200, self._results(raw, checked, iter(joined))
+        results: list[dict[str, Any]] = []
+        totals = dict.fromkeys(TOTALS, 0)
+        for start in range(0, len(raw), STEP):
+            if start:
+                await asyncio.sleep(0)  # requests run between steps
+            chunk = raw[start : start + STEP]
+            checked = [validate(item, self.clock()) for item in chunk]
+            items = [(c.request_id, c.label, c.observed_at) for c in checked if isinstance(c, Item)]
+            try:
+                joined = await self.engine.join(items) if items else []
+            except StateError as exc:  # the steps before stay joined: a retry says duplicate
+                return self._error(f"labels could not be stored: {exc}", 503)
+            results += self._results(chunk, checked, iter(joined), totals)
+        return 200, {"results": results, "totals": totals}
 
-    def _results(self, raw: list[Any], checked: list[Item | str], joined: Any) -> dict[str, Any]:
+    def _results(
+        self, raw: list[Any], checked: list[Item | str], joined: Any, totals: dict[str, int]
+    ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for original, outcome in zip(raw, checked, strict=True):
             if isinstance(outcome, Item):
@@ -171,11 +184,10 @@ class FeedbackEndpoint:
             else:
                 rid = original.get("request_id") if isinstance(original, dict) else None
                 results.append({"request_id": rid, "status": "invalid", "reason": outcome})
-        totals = dict.fromkeys(TOTALS, 0)
         for entry in results:
             totals[entry["status"]] += 1
             self.counts[entry["status"]] += 1
-        return {"results": results, "totals": totals}
+        return results
 
     def _error(self, message: str, status: int) -> tuple[int, dict[str, Any]]:
         self.counts["rejected"] += 1

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guardproxy.feedback import MAX_ID_LENGTH, observed_time, prediction_id, validate
+from guardproxy.feedback import MAX_ID_LENGTH, STEP, observed_time, prediction_id, validate
 from guardproxy.guards.exchange import Verdict
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
 from tests.factories import observation
@@ -84,6 +84,28 @@ async def test_labels_reach_the_fairness_report(fed: RunningProxy) -> None:
     assert (female["decisions"], female["labeled"]) == (10, 10)
     assert female["positive_predictive_value"]["value"] == 0.5
     assert status["monitor"]["processed"] == 10
+
+
+async def test_a_large_batch_is_joined_in_steps_in_order(
+    fed: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = fed.runtime.engine
+    steps: list[int] = []
+    join = engine.join
+
+    async def counted(items: Any) -> Any:
+        steps.append(len(items))
+        return await join(items)
+
+    monkeypatch.setattr(engine, "join", counted)
+    items: list[Any] = [{"request_id": f"p{i}", "label": 1} for i in range(10)]
+    items += ["junk"] * STEP + [{"request_id": "nope", "label": 0}] * STEP + [items[0]]
+    status, doc = await post(fed, json.dumps(items))
+    assert status == 200
+    assert doc["totals"] == {"joined": 10, "unknown_id": STEP, "duplicate": 1, "invalid": STEP}
+    statuses = [r["status"] for r in doc["results"]]
+    assert statuses == ["joined"] * 10 + ["invalid"] * STEP + ["unknown_id"] * STEP + ["duplicate"]
+    assert steps == [10, STEP - 10, 11]  # at most STEP labels a step; a step of junk joins none
 
 
 async def test_batch_bound(fed: RunningProxy) -> None:
