@@ -15,6 +15,7 @@ import tritonclient.http as triton
 from aiohttp import web
 from tritonclient.utils import InferenceServerException
 
+from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.payloads.binary import HEADER, BinaryBody, decode_request, encode
 from guardproxy.testing import (
     RunningProxy,
@@ -308,3 +309,32 @@ async def test_a_header_length_read_two_ways_is_refused(
         assert response.status == 400
         assert "Inference-Header-Content-Length" in (await response.json())["error"]
     assert model.received == []  # never forwarded
+
+
+async def test_a_large_binary_batch_gets_its_decisions_as_binary_outputs(
+    served: tuple[RunningProxy, Triton],
+) -> None:
+    proxy, _ = served
+    n = HEADER_ROWS + 44
+    arrays = {
+        "age": np.array([20 + i % 60 for i in range(n)], dtype=np.int64),
+        "sex": np.array([b"Female", b"Male"] * (n // 2), dtype=np.object_),
+    }
+    tensors = []
+    for name, array in arrays.items():
+        tensor = triton.InferInput(name, [n], "INT64" if name == "age" else "BYTES")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+
+    def call() -> Any:
+        client = triton.InferenceServerClient(proxy.url.removeprefix("http://"))
+        try:
+            return client.infer("adult", tensors, outputs=outputs())
+        finally:
+            client.close()
+
+    result = await asyncio.to_thread(call)
+    scores = (arrays["age"] / 100).tolist()
+    expected = [int(s >= (0.3 if i % 2 == 0 else 0.5)) for i, s in enumerate(scores)]
+    assert result.as_numpy("guardproxy").tolist() == expected
+    assert result.get_response()["outputs"][-1]["name"] == "guardproxy_threshold"
