@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -174,12 +174,16 @@ class FeedbackEndpoint:
         return 200, {"results": results, "totals": totals}
 
     def _results(
-        self, raw: list[Any], checked: list[Item | str], joined: Any, totals: dict[str, int]
+        self,
+        raw: list[Any],
+        checked: list[Item | str],
+        joined: Iterator[Joined],
+        totals: dict[str, int],
     ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for original, outcome in zip(raw, checked, strict=True):
             if isinstance(outcome, Item):
-                result: Joined = next(joined)
+                result = next(joined)
                 results.append({"request_id": outcome.request_id, "status": STATUS[result.outcome]})
             else:
                 rid = original.get("request_id") if isinstance(original, dict) else None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 # np.unique (drift references, calibration, histograms) imports numpy.ma on first use: ~7 ms
-# holding the GIL, which would stall the event loop at the first drift window. Now, at start.
+# holding the GIL, which stalled the event loop at the first drift window. Imported at start.
 import numpy.ma
 from numpy.typing import ArrayLike, NDArray
 
