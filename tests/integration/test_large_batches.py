@@ -1,6 +1,6 @@
-"""A request with many rows through the running proxy: its decisions come in the body, the
-monitors take it in pieces, each row is still recorded under its own id, and the request is
-counted once."""
+"""Requests with many rows through the running proxy: decisions come in the body, the monitors
+take the rows in pieces (each recorded under its own id, the request counted once), and a
+batch over --max-rows is refused before the model is asked."""
 
 from __future__ import annotations
 
