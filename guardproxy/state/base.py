@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from guardproxy.policy.thresholds import ModelKey, ThresholdRule, ThresholdTable
 from guardproxy.state.counts import GroupCounts
@@ -29,9 +29,12 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One decided row, kept until its label arrives or its time to live ends."""
+class PredictionRecord(NamedTuple):
+    """One decided row, kept until its label arrives or its time to live ends.
+
+    A tuple: the monitors make one per decided row, and a frozen dataclass sets each field
+    through object.__setattr__ (~2 µs a record, against ~0.4).
+    """
 
     request_id: str
     time: float
@@ -52,7 +55,7 @@ class PredictionRecord:
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields, as stored in a Redis hash."""
-        return {k: str(v) for k, v in asdict(self).items()}
+        return {k: str(v) for k, v in self._asdict().items()}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> PredictionRecord:
