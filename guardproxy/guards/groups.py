@@ -50,8 +50,8 @@ class GroupGuard:
         if attribute.input is not None:
             name = attribute.input
             return lambda ex: payload.feature(ex.request_json(), name)
-        path = JsonPath(attribute.jsonpath or "$")
-        return lambda ex: path.find(ex.request_json()) or [None]
+        path, enough = JsonPath(attribute.jsonpath or "$"), self._max_rows + 1
+        return lambda ex: path.find(ex.request_json(), enough) or [None]
 
     def group_of(self, value: object) -> str:
         """The declared group a raw value names, else "other"."""

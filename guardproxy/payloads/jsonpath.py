@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 Doc = Any
@@ -28,15 +30,23 @@ class JsonPath:
         self.steps = _parse_path(text)
         self.label = _path_label(self.steps)
 
-    def find(self, doc: Doc) -> list[Any]:
-        """Every value the path selects (empty when nothing matches)."""
-        return [container[key] for container, key in self.slots(doc)]
+    def find(self, doc: Doc, limit: int | None = None) -> list[Any]:
+        """Every value the path selects (empty when nothing matches), or the first `limit`."""
+        return [container[key] for container, key in self.slots(doc, limit)]
 
-    def slots(self, doc: Doc) -> list[Slot]:
-        """(container, key) of every selected value, so callers can replace it."""
+    def slots(self, doc: Doc, limit: int | None = None) -> list[Slot]:
+        """(container, key) of every selected value, so callers can replace it.
+
+        With a `limit`, each step stops after that many: the work is bounded by the limit,
+        not by how many values a client's document holds.
+        """
         current: list[Slot] = [([doc], 0)]
         for kind, arg, value in self.steps:
-            current = [slot for c, k in current for slot in _step(kind, arg, value, c[k])]
+            if limit is None:
+                current = [slot for c, k in current for slot in _step(kind, arg, value, c[k])]
+            else:
+                found = (slot for c, k in current for slot in _steps(kind, arg, value, c[k]))
+                current = list(islice(found, limit))
         return current
 
 
@@ -86,3 +96,13 @@ def _step(kind: str, arg: Any, value: Any, node: Any) -> list[Slot]:
     if not isinstance(node, list):
         return []
     return [(node, i) for i, v in enumerate(node) if isinstance(v, dict) and v.get(arg) == value]
+
+
+def _steps(kind: str, arg: Any, value: Any, node: Any) -> Iterable[Slot]:
+    """What `_step` selects, one at a time: a limited search stops when it has enough."""
+    if kind == "wild" and isinstance(node, dict | list):
+        return ((node, k) for k in (node if isinstance(node, dict) else range(len(node))))
+    if kind == "filter" and isinstance(node, list):
+        rows = enumerate(node)
+        return ((node, i) for i, v in rows if isinstance(v, dict) and v.get(arg) == value)
+    return _step(kind, arg, value, node)

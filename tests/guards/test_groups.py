@@ -73,3 +73,15 @@ async def test_non_string_values_compare_as_text(value: object) -> None:
     ex = exchange({"g": value})
     await guards.on_request(ex)
     assert ex.groups == [str(value).lower()]
+
+
+async def test_a_path_group_over_the_row_limit_is_refused_counting_no_further() -> None:
+    spec = policy(
+        {"protocol": "jsonpath", "score": {"path": "$.scores[*]"}},
+        groups={**GROUPS, "attribute": {"jsonpath": "$.rows[*].sex"}},
+    )
+    guards = chain(spec, GuardContext(max_rows=4))
+    ex = exchange({"rows": [{"sex": "female"}] * 1000})
+    await guards.on_request(ex)
+    assert ex.reply is not None and ex.reply.status == 413
+    assert ex.reply.details == {"rows": 5, "limit": 4}  # it stopped counting past the limit

@@ -223,3 +223,23 @@ def test_jsonpath_subset() -> None:
     for bad in ("inputs", "$.inputs[", "$..x", "$.a[?x>1]"):
         with pytest.raises(ValueError, match="JSON path"):
             JsonPath(bad)
+
+
+class Counted(list[Any]):
+    """A list that counts how many of its items were read."""
+
+    reads = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        Counted.reads += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("path", ["$.rows[*].sex", "$.rows[?kind=='a'].sex", "$.d.*"])
+def test_a_limited_search_reads_no_more_than_it_needs(path: str) -> None:
+    rows = Counted({"kind": "a", "sex": "F"} for _ in range(1000))
+    doc = {"rows": rows, "d": {f"k{i}": i for i in range(1000)}}
+    Counted.reads = 0
+    found = JsonPath(path).find(doc, 3)
+    assert len(found) == 3 and Counted.reads <= 3
+    assert len(JsonPath(path).find(doc)) == 1000  # without a limit: every one
