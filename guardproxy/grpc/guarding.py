@@ -32,6 +32,7 @@ from ..hotpath.observation import Observation, hand_over, observe
 from ..policy.routes import version_label
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
+from ..transport import RequestError
 from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
 from .stats import GuardStats
@@ -116,7 +117,10 @@ class PolicyHook:
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, False)
         chain = cast(GuardChain, model.chain)
-        await chain.on_request(ex)
+        try:
+            await chain.on_request(ex)
+        except RequestError as exc:  # too many rows: refused as over HTTP, nothing observed
+            return self._refused(exc, ex, model)
         if ex.reply is not None:
             await chain.observe(ex)
             return self._blocked(ex, model, admitted)
@@ -135,7 +139,10 @@ class PolicyHook:
         ex.upstream_seconds = time.perf_counter() - pending.began
         ex.set_response_document(200, response)
         _settle(admitted, 200, ex.upstream_seconds)
-        await cast(GuardChain, model.chain).on_response(ex)
+        try:
+            await cast(GuardChain, model.chain).on_response(ex)
+        except RequestError as exc:
+            return self._refused(exc, ex, model)
         if ex.reply is not None:
             return self._blocked(ex, model, admitted)
         self._observe(ex, model, admitted)
@@ -182,6 +189,10 @@ class PolicyHook:
         ex.status = reply.status
         self._observe(ex, model, admitted)
         return Refuse(status_for(reply.status), reply.error, _metadata(ex, model))
+
+    def _refused(self, exc: RequestError, ex: Exchange, model: CompiledModel) -> Refuse:
+        self.stats.refused["too_many_rows"] += 1
+        return Refuse(status_for(exc.status), exc.message, _metadata(ex, model))
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:
         """Hand the observers the immutable record of the finished call."""

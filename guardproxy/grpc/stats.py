@@ -61,7 +61,7 @@ class GuardStats:
         self.unguarded: Counter[str] = Counter()  # by reason: undeclared_model, not_oip, ...
         self.unknown_region = 0
         self.request_ids_replaced = 0  # a client's malformed x-request-id or id
-        self.refused: Counter[str] = Counter()  # breaker_reject, breaker_fallback
+        self.refused: Counter[str] = Counter()  # breaker_reject, breaker_fallback, too_many_rows
         self.blocked = 0  # a guard answered instead of the model
         self.failures: Counter[str] = Counter()  # guarded calls without an answer, by status
         self.unpaired = 0  # answers with no guarded request waiting (decoupled models)

@@ -12,6 +12,7 @@ from guardproxy.payloads.binary_bodies import BinaryReads
 from guardproxy.payloads.chatstream import TermScanner
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.policy.models import OnError
+from guardproxy.transport import RequestError
 
 log = logging.getLogger("guardproxy.guards")
 
@@ -80,6 +81,8 @@ class GuardChain:
         for guard in self._on_request:
             try:
                 await guard.on_request(ex)
+            except RequestError:  # the client's request refused (too many rows): not a failure
+                raise
             except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
             if ex.reply is not None:
@@ -97,6 +100,8 @@ class GuardChain:
                 break
             try:
                 await guard.on_response(ex)
+            except RequestError:
+                raise
             except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads
-from guardproxy.transport import HeaderList, Headers
+from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = ["Exchange", "Reply", "Verdict", "dumps", "is_json_answer", "loads", "media_type"]
 
@@ -36,12 +36,20 @@ class Reply:
 MAX_ROWS = 10_000  # rows of one request or answer the guards take, by default
 
 
-def too_many_rows(ex: Exchange, rows: int, limit: int) -> bool:
-    """Refuse a batch over the row limit (413): each row's guarding holds the event loop."""
-    if rows <= limit:
-        return False
-    ex.reply = Reply(413, "too many rows in one request", details={"rows": rows, "limit": limit})
-    return True
+class TooManyRows(RequestError):
+    """A batch over the row limit: each row's guarding holds the event loop (413).
+
+    A refusal of the client's request, as a body too large is: not a guard's failure, so
+    no on_error applies, and nothing is observed or sampled.
+    """
+
+    status = 413
+
+
+def check_rows(rows: int, limit: int) -> None:
+    """Raise TooManyRows when a batch has more rows than the limit."""
+    if rows > limit:
+        raise TooManyRows(f"a batch of {rows} rows is over the limit of {limit}")
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from guardproxy.guards.exchange import MAX_ROWS, Exchange, too_many_rows
+from guardproxy.guards.exchange import MAX_ROWS, Exchange, check_rows
 from guardproxy.payloads import JsonPath, Payload
 from guardproxy.policy.models import GroupSpec, OnError
 
@@ -64,8 +64,8 @@ class GroupGuard:
     async def on_request(self, ex: Exchange) -> None:
         """Set ex.groups, one per row (or one for the whole request)."""
         values = self._resolve(ex)
-        if not too_many_rows(ex, len(values), self._max_rows):
-            ex.groups = [self.group_of(value) for value in values]
+        check_rows(len(values), self._max_rows)
+        ex.groups = [self.group_of(value) for value in values]
 
     async def on_response(self, ex: Exchange) -> None:
         """Nothing to do on the answer."""

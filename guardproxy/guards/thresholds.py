@@ -9,8 +9,8 @@ from guardproxy.guards.exchange import (
     MAX_ROWS,
     Exchange,
     Verdict,
+    check_rows,
     is_json_answer,
-    too_many_rows,
 )
 from guardproxy.guards.subjects import Subjects
 from guardproxy.payloads import Payload
@@ -128,8 +128,7 @@ class DecisionGuard:
         except (PayloadError, ValueError):
             self._unscored(ex)
             raise
-        if too_many_rows(ex, len(scores), self._max_rows):
-            return
+        check_rows(len(scores), self._max_rows)
         ex.version = version_label(self._payload.version(doc)) or ex.version
         table = self._snapshot.current
         groups, rules, thresholds, decisions = self._decide(ex, scores, table)

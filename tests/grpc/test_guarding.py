@@ -146,7 +146,10 @@ async def test_a_batch_over_max_rows_is_resource_exhausted(tmp_path: Path) -> No
         with pytest.raises(aio.AioRpcError) as raised:
             await infer(g.target, rows("echo", ["Female"] * 5))
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert raised.value.details() == "a batch of 5 rows is over the limit of 4"
         assert len(g.model.metadata) == calls  # the model was never asked
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["refused"] == {"too_many_rows": 1} and guards["blocked"] == 0
         answer, _, _ = await infer(g.target, rows("echo", ["Female"] * 4))
         assert output(answer, "score") == [0.25] * 4
 

@@ -9,7 +9,7 @@ import pytest
 
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext
-from guardproxy.guards.exchange import Exchange, loads
+from guardproxy.guards.exchange import Exchange, TooManyRows, loads
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
@@ -100,11 +100,12 @@ async def test_an_answer_with_no_room_for_them_keeps_them_in_the_headers() -> No
 
 
 async def test_a_request_over_the_row_limit_is_refused_before_the_model_is_asked() -> None:
-    guards = chain_for({}, GuardContext(max_rows=4))
+    guards = chain_for({"on_error": "fail_open"}, GuardContext(max_rows=4))
     ex = batch(5)
-    await guards.on_request(ex)
-    assert ex.reply is not None and ex.reply.status == 413
-    assert ex.reply.details == {"rows": 5, "limit": 4} and ex.groups == []
+    with pytest.raises(TooManyRows, match="a batch of 5 rows is over the limit of 4") as raised:
+        await guards.on_request(ex)
+    assert raised.value.status == 413  # the client's request refused, not a guard failure
+    assert ex.groups == [] and guards.errors == {}
     assert (await run(guards, batch(4))).reply is None
 
 
@@ -112,9 +113,10 @@ async def test_an_answer_over_the_row_limit_is_refused() -> None:
     # No group guard reads the request: its rows are counted in the answer.
     spec = policy(model={"score": {"output": "score"}}, decision={"threshold": 0.5})
     guards = chain(spec, GuardContext(max_rows=4))
-    ex = await run(guards, exchange({"inputs": []}, v2_answer(*[0.7] * 5)))
-    assert ex.reply is not None and ex.reply.status == 413
-    assert ex.verdicts == [] and "X-Guard-Decision" not in ex.annotations
+    ex = exchange({"inputs": []}, v2_answer(*[0.7] * 5))
+    with pytest.raises(TooManyRows, match="a batch of 5 rows"):
+        await run(guards, ex)
+    assert ex.verdicts == [] and "X-Guard-Decision" not in ex.annotations and not ex.sampled
 
 
 async def test_learned_rule_wins_over_policy() -> None:

@@ -76,6 +76,8 @@ async def test_a_batch_over_max_rows_is_refused_and_the_model_never_asked() -> N
                     doc = await r.json()
                 async with session.post(proxy.url + INFER, json=v2_request(ROWS[:100])) as r:
                     assert r.status == 200
-    assert (doc["error"], doc["rows"], doc["limit"]) == ("too many rows in one request", 101, 100)
+    assert doc["error"] == "a batch of 101 rows is over the limit of 100"
     assert calls == [INFER]  # only the batch within the limit reached the model
-    assert proxy.runtime.proxy.counts.blocked == 1
+    counts, worker = proxy.runtime.proxy.counts, proxy.runtime.worker
+    assert counts.refused == {413: 1} and counts.blocked == 0
+    assert worker.offered == 1 and proxy.runtime.samples.offered == 1  # the refusal: neither
