@@ -85,6 +85,7 @@ class GuardChain:
                 raise
             except Exception as exc:  # a guard never takes the proxy down
                 self._failed(guard, ex, exc)
+                ex.request_errors += 1
             if ex.reply is not None:
                 return
 

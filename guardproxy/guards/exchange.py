@@ -73,6 +73,7 @@ class Exchange:
     verdicts: list[Verdict] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    request_errors: int = 0  # of the errors, the request's: what the client sent
     annotations: dict[str, str] = field(default_factory=dict)
     reply: Reply | None = None
     sampled: bool = False

@@ -61,8 +61,13 @@ class SamplingGuard:
         self._queue.offer(self._sample(ex))
 
     def wanted(self, ex: Exchange, groups: Collection[str]) -> bool:
-        """Flagged, failed and errored exchanges always; else by content or a group's minimum."""
-        if ex.flags or ex.errors or ex.reply is not None or ex.status >= 500:
+        """Flagged, failed and errored exchanges always; else by content or a group's minimum.
+
+        A request the guards could not read is the client's doing, not the model's: it is
+        sampled as any request is, or a client could fill the samples with unreadable ones.
+        """
+        failed = len(ex.errors) > ex.request_errors
+        if ex.flags or failed or ex.reply is not None or ex.status >= 500:
             return True
         if self._rate and self._draws.uniform(ex.body, SAMPLING) < self._rate:
             return True

@@ -79,6 +79,25 @@ async def test_odd_exchanges_always_sampled() -> None:
     assert queue.offered == 4
 
 
+async def test_a_request_the_guards_cannot_read_is_sampled_at_the_rate_only() -> None:
+    queue = SampleQueue(100)
+    sections = {
+        "groups": {"values": ["f", "m"], "attribute": {"input": "sex"}},
+        "model": {"score": {"output": "score"}},
+        "sampling": {"rate": 0.0, "min_per_group": 0},
+    }
+    guards = chain(policy(**sections), GuardContext(samples=queue), "v1")
+    unreadable = exchange({"inputs": []}, v2_answer(0.7))  # no "sex" input: the client's
+    await guards.on_request(unreadable)
+    await guards.on_response(unreadable)
+    assert unreadable.errors and unreadable.request_errors == 1 and not unreadable.sampled
+    bad_answer = exchange(v2_request("f"), {"outputs": []})  # no score: the model's
+    await guards.on_request(bad_answer)
+    await guards.on_response(bad_answer)
+    assert bad_answer.errors and bad_answer.request_errors == 0 and bad_answer.sampled
+    assert queue.offered == 1
+
+
 async def test_stratified_minimum_for_a_rare_group() -> None:
     clock = FakeClock()
     g, _ = guard(clock, rate=0.01, min_per_group=3, window=10.0)
