@@ -26,13 +26,12 @@ import grpc
 from ..breaker.board import BreakerBoard
 from ..breaker.state import CLOSED, Admission, CircuitBreaker
 from ..guards.base import GuardChain
-from ..guards.exchange import Exchange, Reply
+from ..guards.exchange import Exchange, Reply, TooManyRows
 from ..hotpath.admission import Admitted, mark, settle
 from ..hotpath.observation import Observation, hand_over, observe
 from ..policy.routes import version_label
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
-from ..transport import RequestError
 from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
 from .stats import GuardStats
@@ -119,7 +118,7 @@ class PolicyHook:
         chain = cast(GuardChain, model.chain)
         try:
             await chain.on_request(ex)
-        except RequestError as exc:  # too many rows: refused as over HTTP, nothing observed
+        except TooManyRows as exc:  # refused as over HTTP: nothing observed
             return self._refused(exc, ex, model)
         if ex.reply is not None:
             await chain.observe(ex)
@@ -141,7 +140,7 @@ class PolicyHook:
         _settle(admitted, 200, ex.upstream_seconds)
         try:
             await cast(GuardChain, model.chain).on_response(ex)
-        except RequestError as exc:
+        except TooManyRows as exc:
             return self._refused(exc, ex, model)
         if ex.reply is not None:
             return self._blocked(ex, model, admitted)
@@ -190,7 +189,7 @@ class PolicyHook:
         self._observe(ex, model, admitted)
         return Refuse(status_for(reply.status), reply.error, _metadata(ex, model))
 
-    def _refused(self, exc: RequestError, ex: Exchange, model: CompiledModel) -> Refuse:
+    def _refused(self, exc: TooManyRows, ex: Exchange, model: CompiledModel) -> Refuse:
         self.stats.refused["too_many_rows"] += 1
         return Refuse(status_for(exc.status), exc.message, _metadata(ex, model))
 

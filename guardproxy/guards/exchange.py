@@ -9,7 +9,18 @@ from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads
 from guardproxy.transport import HeaderList, Headers, RequestError
 
-__all__ = ["Exchange", "Reply", "Verdict", "dumps", "is_json_answer", "loads", "media_type"]
+__all__ = [
+    "MAX_ROWS",
+    "Exchange",
+    "Reply",
+    "TooManyRows",
+    "Verdict",
+    "check_rows",
+    "dumps",
+    "is_json_answer",
+    "loads",
+    "media_type",
+]
 
 _UNPARSED: Any = object()
 

@@ -20,7 +20,7 @@ BATCH_SIZE = 128  # observations per batch at most
 # Rows per batch at most: the consumers take ~5 µs a row in one step, so neither many
 # requests nor one with many rows (taken in pieces of this many) make one long pause.
 BATCH_ROWS = 256
-# Seconds a batch gathers. No request is served while a consumer takes a batch (~10 µs an
+# Seconds a batch gathers. No request is served while a consumer takes a batch (~5 µs an
 # observation): gathering for 50 ms at 1,500 requests/s made batches that held one request
 # up by ~1 ms, every 50 ms; 10 ms keep them near 0.2 ms. Under a load the loop cannot keep
 # up with, the queue fills faster and batches grow to BATCH_SIZE, which keeps the worker
