@@ -50,7 +50,7 @@ def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext)
     if spec.labels.deny:
         guards.append(LabelGuard(spec.labels, payload))
     features = feature_reader(payload, [s.input for s in spec.signal_specs()])
-    binary, terms = binary_reads(spec), stream_terms(spec)
+    binary, terms = binary_reads(spec, ctx.max_rows), stream_terms(spec)
     if ctx.samples is None:
         return GuardChain(guards, features=features, binary=binary, terms=terms)
     sampling = SamplingGuard(spec.sampling, ctx.samples, version, ctx.clock, ctx.draws)

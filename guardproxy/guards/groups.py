@@ -6,8 +6,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from guardproxy.guards.exchange import MAX_ROWS, Exchange, check_rows
+from guardproxy.guards.exchange import MAX_ROWS, Exchange, TooManyRows, check_rows
 from guardproxy.payloads import JsonPath, Payload
+from guardproxy.payloads.errors import TooManyValues
 from guardproxy.policy.models import GroupSpec, OnError
 
 OTHER = "other"
@@ -63,7 +64,10 @@ class GroupGuard:
 
     async def on_request(self, ex: Exchange) -> None:
         """Set ex.groups, one per row (or one for the whole request)."""
-        values = self._resolve(ex)
+        try:
+            values = self._resolve(ex)
+        except TooManyValues as exc:  # a binary tensor refused before it was decoded
+            raise TooManyRows(str(exc)) from None
         check_rows(len(values), self._max_rows)
         ex.groups = [self.group_of(value) for value in values]
 

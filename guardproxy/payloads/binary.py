@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple, NoReturn, cast
 
 import orjson
 
+from .errors import TooManyValues
 from .tensors import DATATYPES, TensorError, element_count, pack, same_values, unpack
 
 __all__ = [
@@ -81,10 +82,13 @@ def header_length(value: str | int | None, body_length: int) -> int:
 
 
 def decode_request(
-    body: bytes, length: str | int | None, only: Collection[str] | None = None
+    body: bytes,
+    length: str | int | None,
+    only: Collection[str] | None = None,
+    max_rows: int | None = None,
 ) -> BinaryBody:
     """Decode a request body (its binary tensors are the inputs)."""
-    return decode(body, length, "inputs", only)
+    return decode(body, length, "inputs", only, max_rows)
 
 
 def decode_response(
@@ -95,13 +99,19 @@ def decode_response(
 
 
 def decode(
-    body: bytes, length: str | int | None, key: Key, only: Collection[str] | None = None
+    body: bytes,
+    length: str | int | None,
+    key: Key,
+    only: Collection[str] | None = None,
+    max_rows: int | None = None,
 ) -> BinaryBody:
     """Decode a body; with `only`, other binary tensors keep their bytes and get no `data`.
 
     A tensor is decoded when `only` names it or one of its columns (a 2-D tabular tensor's
     `columns` parameter, its own or the body's, as the JSON payloads read features). The
     sections are views of `body`, not copies: a large tensor nobody reads costs nothing.
+    With `max_rows`, a tensor `only` names that holds more rows (values per column) raises
+    TooManyValues before any of it is decoded: a BYTES element costs the loop ~0.4 µs.
     """
     split = header_length(length, len(body))
     view = memoryview(body)
@@ -138,7 +148,12 @@ def decode(
             )
         raw = sections[name] = view[pos : pos + size]
         pos += size
-        if only is None or name in only or (columns and _names_a_column(t, shared, only)):
+        if only is None:
+            _decoded(t, raw, key, name)
+        elif name in only or (columns and _names_a_column(t, shared, only)):
+            if max_rows is not None:  # a named input is read whole, a column row by row
+                width = 1 if name in only else len(_columns(t) or shared)
+                _check_rows(t["shape"], width, max_rows)
             _decoded(t, raw, key, name)
     if pos != end:
         raise BinaryPayloadError(
@@ -173,6 +188,16 @@ def _names_a_column(t: dict[str, Any], shared: list[Any], only: Collection[str])
     """Whether one of the tensor's columns (else the body's) is wanted."""
     columns = _columns(t) or shared
     return any(isinstance(name, str) and name in only for name in columns)
+
+
+def _check_rows(shape: list[Any], width: int, limit: int) -> None:
+    """Raise TooManyValues when a tensor holds more than `limit` rows of `width` values."""
+    try:
+        rows = element_count(shape, "") // max(1, width)
+    except TensorError:
+        return  # decoding names the fault
+    if rows > limit:
+        raise TooManyValues(rows, limit)
 
 
 def _header(data: memoryview) -> dict[str, Any]:

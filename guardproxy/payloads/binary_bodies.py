@@ -32,17 +32,18 @@ _REWRITTEN = ("label", "predict")  # the outputs annotate: rewrite replaces by d
 
 @dataclass(frozen=True, slots=True)
 class BinaryReads:
-    """The tensors of a binary body a model's policy reads; None: every one."""
+    """The tensors of a binary body a model's policy reads (None: every one); rows it takes."""
 
     inputs: frozenset[str] | None
     outputs: frozenset[str] | None
+    max_rows: int | None = None  # a request tensor read by name with more rows is refused
 
 
-def binary_reads(spec: ModelPolicy) -> BinaryReads | None:
+def binary_reads(spec: ModelPolicy, max_rows: int | None = None) -> BinaryReads | None:
     """What an OIP model's policy reads of binary bodies (None: not an OIP model)."""
     if spec.protocol != "kserve_v2":
         return None
-    return BinaryReads(_inputs(spec), _outputs(spec))
+    return BinaryReads(_inputs(spec), _outputs(spec), max_rows)
 
 
 def _inputs(spec: ModelPolicy) -> frozenset[str] | None:
@@ -122,7 +123,7 @@ class BinaryBodies:
             return partial.doc
         only = None if whole else self.reads.inputs
         self._partial = only is not None
-        self._request = self._decoded(body, self.request, "inputs", only)
+        self._request = self._decoded(body, self.request, "inputs", only, self.reads.max_rows)
         return self._request.doc
 
     def needs_whole(self) -> bool:
@@ -156,10 +157,15 @@ class BinaryBodies:
         return RawBody(body, self.response or "", "outputs")
 
     def _decoded(
-        self, body: bytes, header: str | None, key: Key, only: frozenset[str] | None
+        self,
+        body: bytes,
+        header: str | None,
+        key: Key,
+        only: frozenset[str] | None,
+        max_rows: int | None = None,
     ) -> BinaryBody:
         try:
-            return decode(body, header, key, only)
+            return decode(body, header, key, only, max_rows)
         except BinaryPayloadError as exc:
             self.malformed = True
             raise MalformedBinary(f"binary {key[:-1]}: {exc}") from None

@@ -13,3 +13,12 @@ class MalformedJson(PayloadError, ValueError):
 
 class MalformedBinary(PayloadError, ValueError):
     """A binary tensor body whose framing, sizes or tensors disagree."""
+
+
+class TooManyValues(PayloadError):
+    """A tensor the guards read holds more rows than they take: refused before decoding."""
+
+    def __init__(self, rows: int, limit: int) -> None:
+        super().__init__(f"a batch of {rows} rows is over the limit of {limit}")
+        self.rows = rows
+        self.limit = limit

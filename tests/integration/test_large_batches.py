@@ -14,6 +14,7 @@ from guardproxy.demo.model import adult_rows
 from guardproxy.demo.server import build_model_app, v2_request
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.worker import BATCH_ROWS
+from guardproxy.payloads.binary import HEADER, BinaryBody, encode
 from guardproxy.testing import proxy_settings, running_proxy, serving
 
 ROWS = list(adult_rows())[: BATCH_ROWS * 2 + 50]
@@ -76,8 +77,15 @@ async def test_a_batch_over_max_rows_is_refused_and_the_model_never_asked() -> N
                     doc = await r.json()
                 async with session.post(proxy.url + INFER, json=v2_request(ROWS[:100])) as r:
                     assert r.status == 200
-    assert doc["error"] == "a batch of 101 rows is over the limit of 100"
+                over_binary = encode(BinaryBody(over, "inputs"))  # every input a binary tensor
+                headers = {HEADER: str(over_binary.header_length)}
+                async with session.post(
+                    proxy.url + INFER, data=over_binary.body, headers=headers
+                ) as r:
+                    assert r.status == 413
+                    binary_doc = await r.json()
+    assert doc["error"] == binary_doc["error"] == "a batch of 101 rows is over the limit of 100"
     assert calls == [INFER]  # only the batch within the limit reached the model
     counts, worker = proxy.runtime.proxy.counts, proxy.runtime.worker
-    assert counts.refused == {413: 1} and counts.blocked == 0
+    assert counts.refused == {413: 2} and counts.blocked == 0
     assert worker.offered == 1 and proxy.runtime.samples.offered == 1  # the refusal: neither

@@ -20,6 +20,7 @@ from guardproxy.payloads.binary import (
     decode_response,
     encode,
 )
+from guardproxy.payloads.errors import TooManyValues
 from guardproxy.payloads.tensors import pack
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.testing import serving
@@ -252,3 +253,43 @@ def test_encoding_refuses_values_that_do_not_fit() -> None:
     answer.doc["outputs"][0]["data"] = [1.0] * 4
     with pytest.raises(BinaryPayloadError, match="do not fit INT8"):
         encode(answer)
+
+
+def request_of(*tensors: tuple[str, list[int], bytes]) -> tuple[bytes, str]:
+    """A binary request of BYTES tensors (name, shape, raw section), and its header length."""
+    described = [
+        {
+            "name": n,
+            "datatype": "BYTES",
+            "shape": shape,
+            "parameters": {"binary_data_size": len(raw)},
+        }
+        for n, shape, raw in tensors
+    ]
+    header = triton_json({"inputs": described, "parameters": {"columns": ["a", "b"]}})
+    return header + b"".join(raw for _, _, raw in tensors), str(len(header))
+
+
+def test_a_named_tensor_over_max_rows_is_refused_before_its_bytes_are_read() -> None:
+    # Sections that are not valid BYTES framing: refused by row count, never decoded.
+    body, length = request_of(("sex", [101], bytes(4)), ("image", [10**6], bytes(4)))
+    with pytest.raises(TooManyValues, match="a batch of 101 rows is over the limit of 100"):
+        decode_request(body, length, only={"sex"}, max_rows=100)
+    body, length = request_of(("sex", [1, 101], bytes(4)))
+    with pytest.raises(TooManyValues, match="101 rows"):  # a named input is read whole
+        decode_request(body, length, only={"sex"}, max_rows=100)
+    body, length = request_of(("table", [101, 2], bytes(4)))
+    with pytest.raises(TooManyValues, match="101 rows"):  # a column: one value per row
+        decode_request(body, length, only={"a"}, max_rows=100)
+
+
+def test_tensors_within_max_rows_or_not_read_are_decoded_as_before() -> None:
+    within = pack("BYTES", ["Male"] * 100, "sex")
+    body, length = request_of(("sex", [100], within), ("image", [10**6], bytes(4)))
+    doc = decode_request(body, length, only={"sex"}, max_rows=100).doc
+    assert doc["inputs"][0]["data"] == ["Male"] * 100 and "data" not in doc["inputs"][1]
+    table = pack("BYTES", ["x", "y"] * 100, "table")
+    body, length = request_of(("table", [100, 2], table))
+    assert (
+        len(decode_request(body, length, only={"a"}, max_rows=100).doc["inputs"][0]["data"]) == 200
+    )
