@@ -162,7 +162,8 @@ class PolicyHook:
         seconds = time.perf_counter() - pending.began
         ex.upstream_seconds = seconds
         self._record_failure(ex, failure, admitted, seconds)
-        await cast(GuardChain, model.chain).observe(ex)  # an errored exchange is always sampled
+        # an errored exchange is sampled (up to max_always a window)
+        await cast(GuardChain, model.chain).observe(ex)
         self._observe(ex, model, admitted)
         return _metadata(ex, model)
 

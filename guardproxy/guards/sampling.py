@@ -36,6 +36,8 @@ class SamplingGuard:
         self._rate = spec.rate
         self._draws = draws or Draws()
         self._minimum = spec.min_per_group
+        self._max_always = spec.max_always
+        self._always = 0  # exchanges sampled this window because they were odd
         self._window = spec.window
         self._queue = queue
         self._version = version
@@ -51,8 +53,7 @@ class SamplingGuard:
         """Decide on the final answer; offer the sample without waiting."""
         rows = ex.groups
         groups = (rows if len(rows) == 1 else set(rows)) or ANY  # one row: no set to build
-        if self._minimum:
-            self._roll_window()
+        self._roll_window()
         if not self.wanted(ex, groups):
             return
         ex.sampled = True
@@ -61,14 +62,19 @@ class SamplingGuard:
         self._queue.offer(self._sample(ex))
 
     def wanted(self, ex: Exchange, groups: Collection[str]) -> bool:
-        """Flagged, failed and errored exchanges always; else by content or a group's minimum.
+        """Odd exchanges first (up to max_always a window), then by content or group minimum.
 
-        A request the guards could not read is the client's doing, not the model's: it is
-        sampled as any request is, or a client could fill the samples with unreadable ones.
+        Odd: flagged, blocked, failed or errored. A request the guards could not read is the
+        client's doing, not the model's: it is sampled as any request is, or a client could
+        fill the samples with unreadable ones. A client that makes the model fail could still
+        force samples: hence the cap.
         """
         failed = len(ex.errors) > ex.request_errors
         if ex.flags or failed or ex.reply is not None or ex.status >= 500:
-            return True
+            if self._always < self._max_always:
+                self._always += 1
+                return True
+            self._queue.always_capped += 1
         if self._rate and self._draws.uniform(ex.body, SAMPLING) < self._rate:
             return True
         return bool(self._minimum) and self._below_minimum(groups)
@@ -77,6 +83,7 @@ class SamplingGuard:
         now = self._clock()
         if now - self._window_start >= self._window:
             self._counts.clear()
+            self._always = 0
             self._window_start = now
 
     def _below_minimum(self, groups: Collection[str]) -> bool:

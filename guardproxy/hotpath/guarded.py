@@ -121,7 +121,7 @@ class GuardedSteps:
             except UpstreamError as exc:
                 ex.status = exc.status
                 ex.errors.append(client_message(exc))
-                await chain.observe(ex)  # an errored exchange is always sampled
+                await chain.observe(ex)  # an errored exchange is sampled (to max_always)
                 self._observe(ex, model, call.admitted)
                 raise
         finally:

@@ -149,6 +149,8 @@ class SamplingSpec(Strict):
 
     rate: Rate = 0.0
     min_per_group: int = Field(default=0, ge=0)
+    # Flagged, blocked and errored exchanges kept per window; beyond it, sampled at `rate`.
+    max_always: int = Field(default=1000, ge=0)
     window: Duration = 60.0
     redact: tuple[str, ...] = ()  # field names or jsonpaths
     detectors: tuple[Literal["email", "phone", "card", "national_id"], ...] = (

@@ -94,13 +94,14 @@ class SampleQueue:
     `sampling.sink.queue` once that policy is compiled, after the guards hold the queue.
     """
 
-    __slots__ = ("dropped", "maxsize", "offered", "queue")
+    __slots__ = ("always_capped", "dropped", "maxsize", "offered", "queue")
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self.queue: asyncio.Queue[Sample] = asyncio.Queue()
         self.maxsize = maxsize
         self.offered = 0
         self.dropped = 0
+        self.always_capped = 0  # exchanges past a window's sampling.max_always
 
     def offer(self, sample: Sample) -> bool:
         """Enqueue without waiting; False (and counted) when the queue is full."""
@@ -189,12 +190,13 @@ class SampleWriter:
         self._closing = False
 
     def status(self) -> dict[str, Any]:
-        """Samples offered, dropped (queue full or sink failing), written, cut; the sink's own."""
+        """Samples offered, dropped, capped (max_always), written, cut; the sink's own."""
         return {
             "offered": self.queue.offered,
             "dropped": self.queue.dropped + self.dropped,
             "queue_full": self.queue.dropped,
             "queue_size": self.queue.maxsize,
+            "always_capped": self.queue.always_capped,
             "written": self.written,
             "errors": self.errors,
             "truncated": self.truncated,

@@ -79,6 +79,20 @@ async def test_odd_exchanges_always_sampled() -> None:
     assert queue.offered == 4
 
 
+async def test_odd_exchanges_past_max_always_are_sampled_at_the_rate_until_the_window_ends() -> (
+    None
+):
+    clock = FakeClock()
+    g, queue = guard(clock, rate=0.0, max_always=3, window=10.0)
+    failed = [await sampled(g, exchange({"i": i}, {}, status=500)) for i in range(5)]
+    assert failed == [True, True, True, False, False] and queue.always_capped == 2
+    clock.now = 10.0  # a new window: the cap starts again
+    assert await sampled(g, exchange({"i": 5}, {}, status=500))
+    every, every_queue = guard(clock, rate=1.0, max_always=0)
+    assert await sampled(every, exchange({}, {}, status=500))  # capped, but the rate takes it
+    assert every_queue.always_capped == 1
+
+
 async def test_a_request_the_guards_cannot_read_is_sampled_at_the_rate_only() -> None:
     queue = SampleQueue(100)
     sections = {

@@ -1,4 +1,4 @@
-"""A client cannot fill the disk with samples: the sink keeps within its byte budget."""
+"""A client cannot fill the disk with samples, nor force every exchange into them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiohttp
 
-from guardproxy.testing import eventually
+from guardproxy.testing import RecordingModel, eventually
 from tests.integration.attacks import INFER, applicant, guarded, post, status
 
 BUDGET = 16 * 1024
@@ -46,3 +46,24 @@ async def test_the_samples_directory_stays_within_its_byte_budget(tmp_path: Path
     assert report["sink"]["retention_seconds"] == 2 * 86400  # the policy's, in force
     assert report["truncated"] >= 15  # the oversized bodies were cut, and counted
     assert on_disk(directory) <= BUDGET
+
+
+FAILING = """
+region: default
+models: [{name: adult}]
+groups: {attribute: {input: sex}, values: [Female, Male]}
+sampling: {rate: 0.0, min_per_group: 0, max_always: 5, redact: []}
+"""
+
+
+async def test_a_model_that_fails_on_purpose_cannot_fill_the_samples(tmp_path: Path) -> None:
+    # A client that finds inputs the model fails on would otherwise have each one sampled.
+    failing = RecordingModel(status=500)
+    async with guarded(tmp_path, {"default.yaml": FAILING}, failing) as (proxy, _):
+        writer = proxy.runtime.sample_writer
+        async with aiohttp.ClientSession() as session:
+            for i in range(20):
+                assert (await post(session, proxy.url + INFER, applicant(i)))[0] == 500
+        await eventually(lambda: writer.written == 5)
+        report = (await status(proxy))["samples"]
+    assert report["offered"] == 5 and report["always_capped"] == 15

@@ -73,6 +73,7 @@ EFFECTS: dict[str, str] = {
     "sampling.rate": "tests/guards/test_sampling.py::test_rate_sampling_is_deterministic_by_content_and_near_rate",
     "sampling.min_per_group": "tests/guards/test_sampling.py::test_stratified_minimum_for_a_rare_group",
     "sampling.window": "tests/guards/test_sampling.py::test_stratified_minimum_for_a_rare_group",
+    "sampling.max_always": "tests/integration/test_attack_samples.py::test_a_model_that_fails_on_purpose_cannot_fill_the_samples",
     "sampling.redact": "tests/guards/test_sampling.py::test_samples_are_redacted_as_the_policy_says",
     "sampling.detectors": "tests/guards/test_sampling.py::test_samples_are_redacted_as_the_policy_says",
     "sampling.max_body_bytes": "tests/integration/test_attack_samples.py::test_the_samples_directory_stays_within_its_byte_budget",
