@@ -13,7 +13,13 @@ from typing import Any
 from ..payloads.tensors import TensorError, as_text, element_count, pack, same_values, unpack
 from .generated import grpc_predict_v2_pb2 as pb
 
-__all__ = ["apply_response", "parameters", "request_document", "response_document"]
+__all__ = [
+    "apply_response",
+    "parameters",
+    "request_document",
+    "request_header",
+    "response_document",
+]
 
 # datatype -> the InferTensorContents field that carries it (FP16 and BF16 only travel raw)
 _CONTENTS = {
@@ -59,10 +65,15 @@ def _set_parameter(target: pb.InferParameter, value: Any) -> None:
 def request_document(msg: pb.ModelInferRequest) -> dict[str, Any]:
     """The request as a JSON-protocol document (TensorError on sizes that disagree)."""
     raw = _raw(msg.raw_input_contents, len(msg.inputs), "raw_input_contents")
-    doc = _header(msg.model_name, msg.model_version, msg.id, msg.parameters)
+    doc = request_header(msg)
     doc["inputs"] = [_tensor(t, raw[i], f"input {t.name!r}") for i, t in enumerate(msg.inputs)]
     doc["outputs"] = [_requested(t) for t in msg.outputs]
     return doc
+
+
+def request_header(msg: pb.ModelInferRequest) -> dict[str, Any]:
+    """The request's document without its tensors: model, version, id, parameters."""
+    return _header(msg.model_name, msg.model_version, msg.id, msg.parameters)
 
 
 def response_document(msg: pb.ModelInferResponse) -> dict[str, Any]:

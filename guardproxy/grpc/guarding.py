@@ -112,6 +112,9 @@ class PolicyHook:
             headers_of(call.metadata), call.request, time.perf_counter(),
             version_label(call.model_version),
         )  # fmt: skip
+        if call.problem:  # the client's doing: the guards find no inputs, as over HTTP
+            ex.errors.append(call.problem)
+            ex.request_errors += 1
         admitted = Admitted(breaker, admission, False)
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, False)

@@ -119,6 +119,7 @@ class InferCall:
     request: dict[str, Any]  # the JSON-protocol document
     metadata: Metadata  # the client's metadata (keys lower case; -bin values are bytes)
     peer: str
+    problem: str = ""  # why its tensors could not be decoded (`request` holds the rest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,23 @@ async def test_an_undeclared_model_passes_unguarded_and_is_counted(tmp_path: Pat
         assert guards["guarded"] == 0
 
 
+async def test_a_request_whose_tensors_cannot_be_read_still_gets_a_guarded_answer(
+    tmp_path: Path,
+) -> None:
+    # A lenient model answers it (the extra raw entry is ignored): the answer is still decided.
+    malformed = rows()
+    malformed.raw_input_contents.append(b"extra")
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, malformed, [("x-request-id", "m-1")])
+        assert output(answer, "score") == [0.25, 0.25]
+        assert initial["x-guard-decision"] == "0,0"  # no group read: the policy's 0.5 for all
+        status = g.proxy.runtime.status()["grpc"]
+        assert status["calls"]["errors"] == {"decode_request": 1}
+        assert status["guards"]["guarded"] == 1
+        await g.proxy.runtime.worker.flush()
+        assert g.proxy.runtime.health.recent(("default", "echo"))["total"]["decided"] == 1
+
+
 async def test_a_label_block_is_failed_precondition_with_the_decision_metadata(
     tmp_path: Path,
 ) -> None:

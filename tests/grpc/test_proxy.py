@@ -244,11 +244,25 @@ async def test_a_broken_hook_fails_closed_when_asked(stack: Stack) -> None:
     assert raised.value.code() == grpc.StatusCode.INTERNAL
 
 
-async def test_a_malformed_request_goes_upstream_and_is_counted(stack: Stack) -> None:
+async def test_a_request_with_unreadable_tensors_goes_upstream_through_the_hook(
+    stack: Stack,
+) -> None:
     request = one_row()
+    request.id = "r-9"
     request.raw_input_contents[0] = b"\x00" * 3  # 3 bytes for two FP32 values
     answer, _, _ = await raw_infer(stack.target, request)
     assert answer.model_name == "echo"
+    [call] = stack.hook.calls  # guarded all the same: a lenient model may answer it
+    assert "3 bytes for 2 FP32 elements" in call.problem
+    assert call.request == {"model_name": "echo", "model_version": "", "id": "r-9"}
+    # The echo model sends the bad tensor back: the answer cannot be read either (fail open).
+    assert stack.proxy.status()["errors"] == {"decode_request": 1, "answer": 1}
+
+
+async def test_bytes_that_are_no_request_message_go_upstream_unhooked(stack: Stack) -> None:
+    async with aio.insecure_channel(stack.target) as channel:
+        with pytest.raises(aio.AioRpcError):  # the model cannot parse it either
+            await channel.unary_unary(INFER)(b"\xff\xff\xff")
     assert stack.hook.calls == []
     assert stack.proxy.status()["errors"] == {"decode_request": 1}
 
