@@ -7,13 +7,16 @@ with name, datatype, shape, optional parameters and a flat row-major `data` list
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError, as_text, element_count, pack, same_values, unpack
 from .generated import grpc_predict_v2_pb2 as pb
 
 __all__ = [
+    "MessageRecord",
     "apply_response",
     "parameters",
     "request_document",
@@ -62,13 +65,54 @@ def _set_parameter(target: pb.InferParameter, value: Any) -> None:
         target.string_param = str(value)
 
 
-def request_document(msg: pb.ModelInferRequest) -> dict[str, Any]:
-    """The request as a JSON-protocol document (TensorError on sizes that disagree)."""
-    raw = _raw(msg.raw_input_contents, len(msg.inputs), "raw_input_contents")
+def request_document(
+    msg: pb.ModelInferRequest,
+    only: Collection[str] | None = None,
+    max_rows: int | None = None,
+) -> dict[str, Any]:
+    """The request as a JSON-protocol document (TensorError on sizes that disagree).
+
+    With `only`, the other inputs are described without `data` (a tensor with named columns
+    is always decoded: a column may be what is read); with `max_rows`, an input `only` names
+    that holds more values raises TooManyValues before any of it is decoded.
+    """
+    raw = msg.raw_input_contents  # read only where decoded: each read copies the bytes
+    if raw and len(raw) != len(msg.inputs):
+        raise TensorError(f"raw_input_contents: {len(raw)} entries for {len(msg.inputs)} tensors")
     doc = request_header(msg)
-    doc["inputs"] = [_tensor(t, raw[i], f"input {t.name!r}") for i, t in enumerate(msg.inputs)]
+    columns = "columns" in msg.parameters
+    inputs = doc["inputs"] = []
+    for i, t in enumerate(msg.inputs):
+        named = only is not None and t.name in only
+        if named and max_rows is not None:
+            rows = element_count(t.shape, f"input {t.name!r}")
+            if rows > max_rows:
+                raise TooManyValues(rows, max_rows)
+        where = f"input {t.name!r}"
+        if only is None or named or columns or "columns" in t.parameters:
+            inputs.append(_tensor(t, raw[i] if raw else None, where))
+        else:
+            inputs.append(_tensor(t, None, where, decode=False))
     doc["outputs"] = [_requested(t) for t in msg.outputs]
     return doc
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A request message kept for a sample, decoded whole when the sample is written (off path)."""
+
+    message: pb.ModelInferRequest
+
+    def document(self, limit: int | None = None) -> dict[str, Any]:
+        """Every tensor decoded; over `limit` bytes the tensors without their data."""
+        size = self.message.ByteSize()
+        try:
+            if limit is None or size <= limit:
+                return request_document(self.message)
+            header = request_document(self.message, only=frozenset())
+        except TensorError as exc:
+            return {"malformed_tensors": str(exc), "bytes": size}
+        return {"truncated": True, "bytes": size, "data": "withheld", "header": header}
 
 
 def request_header(msg: pb.ModelInferRequest) -> dict[str, Any]:
@@ -103,10 +147,12 @@ def _raw(contents: Sequence[bytes], tensors: int, where: str) -> list[bytes | No
     return list(contents)
 
 
-def _tensor(t: Any, raw: bytes | None, where: str) -> dict[str, Any]:
+def _tensor(t: Any, raw: bytes | None, where: str, decode: bool = True) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
     if t.parameters:
         doc["parameters"] = parameters(t.parameters)
+    if not decode:
+        return doc
     if raw is not None:
         doc["data"] = unpack(t.datatype, doc["shape"], raw, where)
     elif t.HasField("contents"):

@@ -29,10 +29,13 @@ from ..guards.base import GuardChain
 from ..guards.exchange import Exchange, Reply, TooManyRows
 from ..hotpath.admission import Admitted, mark, settle
 from ..hotpath.observation import Observation, hand_over, observe
+from ..payloads.errors import TooManyValues
+from ..payloads.tensors import TensorError
 from ..policy.routes import version_label
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
 from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
+from .documents import MessageRecord, request_document
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
 from .stats import GuardStats
 
@@ -107,18 +110,29 @@ class PolicyHook:
             self.stats.refused["breaker_" + breaker.open_action] += 1
             return _breaker_open(request_id, model, breaker)
         self.stats.guarded += 1
+        chain = cast(GuardChain, model.chain)
+        document, problem, too_many = call.request, "", None
+        try:
+            document = self._document(call, chain)
+        except TooManyValues as exc:  # refused before any of it was decoded
+            too_many = TooManyRows(str(exc))
+        except TensorError as exc:  # the client's doing: the guards find no inputs, as over HTTP
+            problem = f"request tensors: {exc}"
+        record = MessageRecord(call.message) if call.message is not None else None
         ex = Exchange.from_documents(
             request_id, model.region, model.name, call.method, SERVICE + call.method,
-            headers_of(call.metadata), call.request, time.perf_counter(),
-            version_label(call.model_version),
+            headers_of(call.metadata), document, time.perf_counter(),
+            version_label(call.model_version), record,
         )  # fmt: skip
-        if call.problem:  # the client's doing: the guards find no inputs, as over HTTP
-            ex.errors.append(call.problem)
+        if too_many is not None:
+            return self._refused(too_many, ex, model)
+        if problem:
+            self.stats.undecodable += 1
+            ex.errors.append(problem)
             ex.request_errors += 1
         admitted = Admitted(breaker, admission, False)
         if breaker.state is not CLOSED:
             mark(ex, breaker, admission, False)
-        chain = cast(GuardChain, model.chain)
         try:
             await chain.on_request(ex)
         except TooManyRows as exc:  # refused as over HTTP: nothing observed
@@ -128,6 +142,14 @@ class PolicyHook:
             return self._blocked(ex, model, admitted)
         self._pending[call] = _Pending(request_id, ex, model, admitted, time.perf_counter())
         return None
+
+    @staticmethod
+    def _document(call: InferCall, chain: GuardChain) -> dict[str, Any]:
+        """The request with the tensors the policy reads decoded, the rest described."""
+        reads = chain.binary  # an OIP model's: the inputs its policy reads, the rows it takes
+        if call.message is None or reads is None:
+            return call.request
+        return request_document(call.message, reads.inputs, reads.max_rows)
 
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """Settle the breaker, run the answer guards, observe; the decision as metadata."""

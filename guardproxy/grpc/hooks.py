@@ -116,10 +116,10 @@ class InferCall:
     method: str  # "ModelInfer" or "ModelStreamInfer"
     model_name: str
     model_version: str
-    request: dict[str, Any]  # the JSON-protocol document
+    request: dict[str, Any]  # the JSON-protocol document's header: model, version, id, ...
     metadata: Metadata  # the client's metadata (keys lower case; -bin values are bytes)
     peer: str
-    problem: str = ""  # why its tensors could not be decoded (`request` holds the rest)
+    message: Any = None  # the ModelInferRequest: its tensors are decoded by whoever reads them
 
 
 @dataclass(frozen=True, slots=True)

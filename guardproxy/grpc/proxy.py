@@ -23,7 +23,7 @@ from grpc import aio
 
 from .calllog import CallLog
 from .context import INFER, STREAM_INFER, cancelled, ended, forwardable, upstream_metadata
-from .documents import apply_response, request_document, request_header, response_document
+from .documents import apply_response, request_header, response_document
 from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import (
     Allow,
@@ -239,26 +239,22 @@ class GrpcProxy:
     def decode_call(
         self, method: str, request: bytes, context: aio.ServicerContext[bytes, bytes]
     ) -> InferCall | None:
-        """The request as an InferCall; None (counted) when it is not a protobuf message.
+        """The request as an InferCall; None (counted) when it is not a request message.
 
-        A message whose tensors cannot be decoded is still guarded, with the reason as its
-        `problem`: a lenient model may answer it, and that answer must not pass unguarded.
+        Only the message's header is read here: its tensors are decoded by the hook, for a
+        guarded model, and then only those its policy reads (a large tensor holds the loop).
         """
-        problem = ""
         try:
             msg = pb.ModelInferRequest.FromString(request)
         except Exception as exc:  # the upstream cannot parse it either, and will say so
             self.stats.errors["decode_request"] += 1
             log.debug("cannot decode a %s request: %s", method, exc)
             return None
-        try:
-            doc = request_document(msg)
-        except Exception as exc:
-            self.stats.errors["decode_request"] += 1
-            doc, problem = request_header(msg), f"request tensors: {exc}"
         metadata = tuple(context.invocation_metadata() or ())
-        peer = context.peer()
-        return InferCall(method, msg.model_name, msg.model_version, doc, metadata, peer, problem)
+        return InferCall(
+            method, msg.model_name, msg.model_version, request_header(msg), metadata,
+            context.peer(), msg,
+        )  # fmt: skip
 
     async def admit(self, call: InferCall, context: aio.ServicerContext[bytes, bytes]) -> None:
         """Run the request hook; abort the call on a refusal (or a failure, fail-closed)."""

@@ -50,6 +50,7 @@ class GuardStats:
         "observer_errors",
         "refused",
         "request_ids_replaced",
+        "undecodable",
         "unguarded",
         "unknown_region",
         "unpaired",
@@ -63,6 +64,7 @@ class GuardStats:
         self.request_ids_replaced = 0  # a client's malformed x-request-id or id
         self.refused: Counter[str] = Counter()  # breaker_reject, breaker_fallback, too_many_rows
         self.blocked = 0  # a guard answered instead of the model
+        self.undecodable = 0  # guarded calls whose tensors could not be decoded
         self.failures: Counter[str] = Counter()  # guarded calls without an answer, by status
         self.unpaired = 0  # answers with no guarded request waiting (decoupled models)
         self.observer_errors: Counter[str] = Counter()
@@ -77,6 +79,7 @@ class GuardStats:
             "request_ids_replaced": self.request_ids_replaced,
             "refused": dict(self.refused),
             "blocked": self.blocked,
+            "undecodable": self.undecodable,
             "failures": dict(self.failures),
             "unpaired": self.unpaired,
             "observer_errors": dict(self.observer_errors),

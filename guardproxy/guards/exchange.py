@@ -96,6 +96,7 @@ class Exchange:
     decoded: bool = False  # the request (and answer) arrive as documents, not JSON bytes: gRPC
     binary: BinaryBodies | None = None  # an OIP body in the binary tensor extension, either way
     streamed: bool = False  # the answer is a stream (server-sent events), not one body
+    source: Any = None  # what a sample keeps of a decoded request, when not its document
 
     @classmethod
     def from_documents(
@@ -109,11 +110,16 @@ class Exchange:
         request: Any,
         started: float,
         version: str = "",
+        record: Any = None,
     ) -> Exchange:
-        """An exchange whose request arrived as a document (gRPC): no body bytes to parse."""
+        """An exchange whose request arrived as a document (gRPC): no body bytes to parse.
+
+        `record` is what a sample keeps of the request (else the document itself).
+        """
         ex = cls(request_id, region, model, method, path, headers, b"", started, version)
         ex._request_json = request
         ex.decoded = True
+        ex.source = record
         return ex
 
     def set_response_document(self, status: int, document: Any) -> None:
@@ -124,7 +130,7 @@ class Exchange:
     def request_record(self) -> bytes | Any:
         """The request as a sample keeps it: the body, or the document it arrived as."""
         if self.decoded:
-            return self._request_json
+            return self._request_json if self.source is None else self.source
         binary = self.binary
         if binary is not None and binary.request is not None:
             return binary.request_record(self.body)

@@ -7,9 +7,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from guardproxy.payloads.binary_bodies import RawBody
 from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.jsonl import JsonlSink
 from guardproxy.sampling.redact import Redactor
@@ -82,9 +81,17 @@ def _redacted(redactor: Redactor, body: bytes | Any, bounded: bool) -> Any:
     """A body redacted: bytes as JSON or text, a binary tensor body decoded, a document walked."""
     if isinstance(body, bytes):
         return redactor.body(body)
-    if isinstance(body, RawBody):  # decoded here, off the hot path; cut like any answer
+    if isinstance(body, Deferred):  # decoded here, off the hot path; cut like any answer
         return redactor.bounded(body.document(redactor.max_bytes))
     return redactor.bounded(body) if bounded else redactor.document(body)
+
+
+@runtime_checkable
+class Deferred(Protocol):
+    """A body kept undecoded (binary tensors, a gRPC message) until its sample is written."""
+
+    def document(self, limit: int | None = None) -> dict[str, Any]:
+        """The body decoded; over `limit` bytes only what describes it."""
 
 
 class SampleQueue:

@@ -102,9 +102,8 @@ async def test_a_request_whose_tensors_cannot_be_read_still_gets_a_guarded_answe
         answer, initial, _ = await infer(g.target, malformed, [("x-request-id", "m-1")])
         assert output(answer, "score") == [0.25, 0.25]
         assert initial["x-guard-decision"] == "0,0"  # no group read: the policy's 0.5 for all
-        status = g.proxy.runtime.status()["grpc"]
-        assert status["calls"]["errors"] == {"decode_request": 1}
-        assert status["guards"]["guarded"] == 1
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["guarded"] == guards["undecodable"] == 1
         await g.proxy.runtime.worker.flush()
         assert g.proxy.runtime.health.recent(("default", "echo"))["total"]["decided"] == 1
 
@@ -169,6 +168,29 @@ async def test_a_batch_over_max_rows_is_resource_exhausted(tmp_path: Path) -> No
         assert guards["refused"] == {"too_many_rows": 1} and guards["blocked"] == 0
         answer, _, _ = await infer(g.target, rows("echo", ["Female"] * 4))
         assert output(answer, "score") == [0.25] * 4
+
+
+async def test_a_tensor_over_max_rows_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    over = rows("echo", ["Female"] * 5)
+    over.raw_input_contents[0] = b"\xff" * 8  # no BYTES framing: never read
+    async with guarded(tmp_path, max_rows=4) as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, over)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert raised.value.details() == "a batch of 5 rows is over the limit of 4"
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["refused"] == {"too_many_rows": 1} and guards["undecodable"] == 0
+
+
+async def test_an_unguarded_models_tensors_are_never_decoded(tmp_path: Path) -> None:
+    other = rows("other", ["Female"] * 3)
+    other.raw_input_contents[1] = b"\x00" * 3  # unreadable age: nobody here reads it
+    async with guarded(tmp_path) as g:
+        answer, initial, _ = await infer(g.target, other)
+        assert answer.model_name == "other" and "x-guard-decision" not in initial
+        grpc_status = g.proxy.runtime.status()["grpc"]
+        assert grpc_status["guards"]["undecodable"] == 0
+        assert "decode_request" not in grpc_status["calls"]["errors"]
 
 
 @pytest.mark.parametrize("action", ["reject", "fallback"])
@@ -264,14 +286,15 @@ async def test_labels_fed_back_by_request_id_join_grpc_predictions(tmp_path: Pat
 async def test_grpc_observations_reach_sampling_drift_and_telemetry(tmp_path: Path) -> None:
     async with guarded(tmp_path) as g, aiohttp.ClientSession() as http:
         for i in range(6):
-            await infer(g.target, rows(), [("x-request-id", f"s-{i}")])
+            await infer(g.target, rows(tags=["a", "b"]), [("x-request-id", f"s-{i}")])
         runtime = g.proxy.runtime
         await eventually(lambda: runtime.sample_writer.written >= 6)
         await eventually(lambda: runtime.watchdog.status()["models"])
         lines = [json.loads(line) for f in sorted(g.samples.glob("*.jsonl")) for line in f.open()]
         sample = next(s for s in lines if s["request_id"] == "s-0")
         assert sample["decisions"] == [1, 0]
-        assert sample["request"]["inputs"][0]["data"] == ["Female", "Male"]
+        inputs = {t["name"]: t["data"] for t in sample["request"]["inputs"]}
+        assert inputs == {"sex": ["Female", "Male"], "age": [30.0, 31.0], "tags": ["a", "b"]}
         assert sample["response"]["outputs"][-1]["data"] == [0.25, 0.25]
         async with http.get(g.proxy.admin_url + "/metrics") as response:
             text = await response.text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
 
-from guardproxy.grpc import GrpcProxy, Refuse
+from guardproxy.grpc import GrpcProxy, Refuse, request_document
 
 from .conftest import RecordingHook
 from .mlserver import mlserver
@@ -46,7 +46,7 @@ async def test_mlserver_through_the_proxy(server: str) -> None:
         assert proba.shape == (2, 2) and proba[0, 1] > 0.5 > proba[1, 1]
         call, answer = hook.answers[0]
         assert call.model_name == "scorer"
-        assert call.request["inputs"][0]["data"] == rows.flatten().tolist()
+        assert request_document(call.message)["inputs"][0]["data"] == rows.flatten().tolist()
         output = answer["outputs"][0]
         assert (output["name"], output["shape"]) == ("predict_proba", [2, 2])
         assert output["data"] == pytest.approx(proba.flatten().tolist())

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from guardproxy.grpc import INFER, STREAM_INFER, Refuse
+from guardproxy.grpc import INFER, STREAM_INFER, Refuse, request_document
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 
@@ -53,8 +53,8 @@ async def test_the_hook_sees_request_and_answer_documents(stack: Stack) -> None:
     await triton_infer(stack.target, arrays, request_id="r-1")
     call = stack.hook.calls[0]
     assert (call.method, call.model_name) == ("ModelInfer", "echo")
-    assert call.request["id"] == "r-1"
-    inputs = {t["name"]: t for t in call.request["inputs"]}
+    assert call.request["id"] == "r-1" and "inputs" not in call.request  # the header only
+    inputs = {t["name"]: t for t in request_document(call.message)["inputs"]}
     for name, array in arrays.items():
         assert inputs[name]["data"] == flat(array), name
         assert inputs[name]["shape"] == list(array.shape)
@@ -252,11 +252,12 @@ async def test_a_request_with_unreadable_tensors_goes_upstream_through_the_hook(
     request.raw_input_contents[0] = b"\x00" * 3  # 3 bytes for two FP32 values
     answer, _, _ = await raw_infer(stack.target, request)
     assert answer.model_name == "echo"
-    [call] = stack.hook.calls  # guarded all the same: a lenient model may answer it
-    assert "3 bytes for 2 FP32 elements" in call.problem
+    [call] = stack.hook.calls  # the tensors are the hook's to decode (a lenient model answers)
     assert call.request == {"model_name": "echo", "model_version": "", "id": "r-9"}
-    # The echo model sends the bad tensor back: the answer cannot be read either (fail open).
-    assert stack.proxy.status()["errors"] == {"decode_request": 1, "answer": 1}
+    with pytest.raises(ValueError, match="3 bytes for 2 FP32 elements"):
+        request_document(call.message)
+    # The echo model sends the bad tensor back: the answer cannot be read (fail open).
+    assert stack.proxy.status()["errors"] == {"answer": 1}
 
 
 async def test_bytes_that_are_no_request_message_go_upstream_unhooked(stack: Stack) -> None:
