@@ -8,7 +8,6 @@ with name, datatype, shape, optional parameters and a flat row-major `data` list
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..payloads.errors import TooManyValues
@@ -97,11 +96,20 @@ def request_document(
     return doc
 
 
-@dataclass(frozen=True, slots=True)
 class MessageRecord:
     """A request message kept for a sample, decoded whole when the sample is written (off path)."""
 
-    message: pb.ModelInferRequest
+    __slots__ = ("_whole", "message")
+
+    def __init__(self, message: pb.ModelInferRequest) -> None:
+        self.message = message
+        self._whole: dict[str, Any] | None = None
+
+    def whole(self) -> dict[str, Any]:
+        """Every tensor decoded, once (a row's subject is all of its inputs); TensorError."""
+        if self._whole is None:
+            self._whole = request_document(self.message)
+        return self._whole
 
     def document(self, limit: int | None = None) -> dict[str, Any]:
         """Every tensor decoded; over `limit` bytes the tensors without their data."""

@@ -165,6 +165,8 @@ class Exchange:
         binary = self.binary
         if binary is not None and binary.needs_whole():
             document = self._request_json = binary.request_document(self.body, whole=True)
+        elif self.source is not None:  # a gRPC message: its policy's tensors were decoded
+            document = self._request_json = self.source.whole()
         return document
 
     def response_json(self) -> Any:

@@ -13,6 +13,7 @@ from grpc import aio
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.payloads.tensors import unpack
+from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
 from guardproxy.testing import eventually
 
 from .guarded import ADMIN, FEEDBACK, guarded, infer, parameters, policy, rows, stream
@@ -299,6 +300,23 @@ async def test_grpc_observations_reach_sampling_drift_and_telemetry(tmp_path: Pa
         async with http.get(g.proxy.admin_url + "/metrics") as response:
             text = await response.text()
         assert "guardproxy_decisions_total{" in text and 'model="echo"' in text
+
+
+async def test_a_randomized_rule_draws_from_every_input_of_the_row(tmp_path: Path) -> None:
+    rule = ThresholdRule(low=0.1, high=0.9, p_high=0.5)
+    async with guarded(tmp_path) as g:
+        runtime = g.proxy.runtime
+        runtime.thresholds.publish(ThresholdTable("r", {("default", "echo", "1", "Female"): rule}))
+        decisions = set()
+        for i in range(16):  # `tags` is no input the policy reads: decoded for the draw only
+            request = rows(sex=["Female"], tags=[f"t{i}"])
+            _, initial, _ = await infer(g.target, request, [("x-request-id", f"d-{i}")])
+            assert initial["x-guard-threshold"] == "0.1|0.9@0.5"
+            decisions.add(initial["x-guard-decision"])
+        assert decisions == {"0", "1"}  # the draw depends on the unread input
+        await eventually(lambda: runtime.sample_writer.written >= 16)
+    lines = [json.loads(line) for f in sorted(g.samples.glob("*.jsonl")) for line in f.open()]
+    assert [s["errors"] for s in lines] == [[]] * 16
 
 
 async def test_each_stream_message_is_guarded(tmp_path: Path) -> None:
