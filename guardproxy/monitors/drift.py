@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -127,10 +128,21 @@ class Reference:
             }
         return {"kind": self.kind, "categories": list(self.categories), "counts": list(self.counts)}
 
-    def histogram(self, values: Sequence[Any]) -> NDArray[np.float64]:
+    @cached_property
+    def edge_array(self) -> NDArray[np.float64]:
+        """The edges as an array, made once: every window is binned with them."""
+        return np.asarray(self.edges, dtype=np.float64)
+
+    @cached_property
+    def sample_array(self) -> NDArray[np.float64]:
+        """The sample as a sorted array, made once: every window's KS test reads it."""
+        return np.sort(np.asarray(self.sample, dtype=np.float64))
+
+    def histogram(self, values: Sequence[Any] | NDArray[Any]) -> NDArray[np.float64]:
         """Counts of already-validated values in the reference's bins."""
         if self.kind == "numeric":
-            idx = np.searchsorted(np.asarray(self.edges), np.asarray(values, dtype=float), "right")
+            numbers = np.asarray(values, dtype=np.float64)
+            idx = np.searchsorted(self.edge_array, numbers, "right")
             return np.bincount(idx, minlength=len(self.counts)).astype(np.float64)
         index = {c: i for i, c in enumerate(self.categories)}
         other = len(self.categories)
@@ -252,23 +264,26 @@ class DriftMonitor:
 
     def _compute(self, window: list[Any]) -> dict[str, float]:
         ref = np.asarray(self.reference.counts)
-        cur = self.reference.histogram(window)
+        numbers = np.asarray(window, dtype=np.float64) if self.reference.kind == "numeric" else None
+        cur = self.reference.histogram(window if numbers is None else numbers)  # converted once
         out: dict[str, float] = {}
         if self.tests.psi is not None:
             out["psi"] = stats.psi(ref, cur)
         if self.tests.js is not None:
             out["js"] = stats.js_distance(ref, cur)
-        if self.reference.kind == "numeric" and self.tests.ks is not None:
-            out["ks"], out["ks_p"] = self._ks(window, ref, cur)
+        if numbers is not None and self.tests.ks is not None:
+            out["ks"], out["ks_p"] = self._ks(numbers, ref, cur)
         if self.reference.kind == "categorical" and self.tests.chi2 is not None:
             out["chi2"], out["chi2_p"], _ = stats.chi2_test(ref, cur)
         return out
 
-    def _ks(self, window: list[float], ref: NDArray[Any], cur: NDArray[Any]) -> tuple[float, float]:
-        sample = self.reference.sample
-        if not sample:
+    def _ks(
+        self, window: NDArray[np.float64], ref: NDArray[Any], cur: NDArray[Any]
+    ) -> tuple[float, float]:
+        sample = self.reference.sample_array
+        if not sample.size:
             return stats.ks_from_histograms(ref, cur)
-        exact = len(sample) * len(window) <= EXACT_KS_BUDGET
+        exact = sample.size * window.size <= EXACT_KS_BUDGET
         return stats.ks_2samp(sample, window, method="auto" if exact else "asymp")
 
     def _alpha(self, p_value: float) -> float:
