@@ -71,15 +71,14 @@ def request_document(
 ) -> dict[str, Any]:
     """The request as a JSON-protocol document (TensorError on sizes that disagree).
 
-    With `only`, the other inputs are described without `data` (a tensor with named columns
-    is always decoded: a column may be what is read); with `max_rows`, an input `only` names
+    With `only`, the other inputs are described without `data` (a gRPC parameter is a
+    scalar, so no input names columns to read by); with `max_rows`, an input `only` names
     that holds more values raises TooManyValues before any of it is decoded.
     """
     raw = msg.raw_input_contents  # read only where decoded: each read copies the bytes
     if raw and len(raw) != len(msg.inputs):
         raise TensorError(f"raw_input_contents: {len(raw)} entries for {len(msg.inputs)} tensors")
     doc = request_header(msg)
-    columns = "columns" in msg.parameters
     inputs = doc["inputs"] = []
     for i, t in enumerate(msg.inputs):
         named = only is not None and t.name in only
@@ -88,7 +87,7 @@ def request_document(
             if rows > max_rows:
                 raise TooManyValues(rows, max_rows)
         where = f"input {t.name!r}"
-        if only is None or named or columns or "columns" in t.parameters:
+        if only is None or named:
             inputs.append(_tensor(t, raw[i] if raw else None, where))
         else:
             inputs.append(_tensor(t, None, where, decode=False))
