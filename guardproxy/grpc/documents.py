@@ -171,9 +171,10 @@ def _typed(datatype: str, shape: list[int], contents: Any, where: str) -> list[A
     field = _CONTENTS.get(datatype)
     if field is None:
         raise TensorError(f"{where}: {datatype} has no typed contents, only raw bytes")
-    values = list(getattr(contents, field))
-    if len(values) != element_count(shape, where):
-        raise TensorError(f"{where}: {len(values)} values for shape {shape}")
+    found = getattr(contents, field)
+    if len(found) != element_count(shape, where):  # before any value becomes a Python object
+        raise TensorError(f"{where}: {len(found)} values for shape {shape}")
+    values = list(found)
     if datatype == "BYTES":
         return [as_text(v) for v in values]
     return values
