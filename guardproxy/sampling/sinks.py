@@ -77,6 +77,14 @@ class Sample:
         }
 
 
+@runtime_checkable
+class Deferred(Protocol):
+    """A body kept undecoded (binary tensors, a gRPC message) until its sample is written."""
+
+    def document(self, limit: int | None = None) -> dict[str, Any]:
+        """The body decoded; over `limit` bytes only what describes it."""
+
+
 def _redacted(redactor: Redactor, body: bytes | Any, bounded: bool) -> Any:
     """A body redacted: bytes as JSON or text, a binary tensor body decoded, a document walked."""
     if isinstance(body, bytes):
@@ -84,14 +92,6 @@ def _redacted(redactor: Redactor, body: bytes | Any, bounded: bool) -> Any:
     if isinstance(body, Deferred):  # decoded here, off the hot path; cut like any answer
         return redactor.bounded(body.document(redactor.max_bytes))
     return redactor.bounded(body) if bounded else redactor.document(body)
-
-
-@runtime_checkable
-class Deferred(Protocol):
-    """A body kept undecoded (binary tensors, a gRPC message) until its sample is written."""
-
-    def document(self, limit: int | None = None) -> dict[str, Any]:
-        """The body decoded; over `limit` bytes only what describes it."""
 
 
 class SampleQueue:
