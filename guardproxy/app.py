@@ -79,7 +79,8 @@ class Runtime:
             settings.policies, default_region=settings.region, build_chain=self.build_chain
         )
         self.watcher = PolicyWatcher(self.store, settings.poll_interval)
-        self.samples.maxsize = self.store.table.default.policy.sampling.sink.queue
+        sink = self.store.table.default.policy.sampling.sink
+        self.samples.maxsize, self.samples.max_bytes = sink.queue, sink.queue_bytes
         self.sample_writer = SampleWriter(self.samples, self._sample_sink(), gather=SAMPLE_GATHER)
         self.state = open_state(settings.state)
         self.decision_key = DecisionKey(

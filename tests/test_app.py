@@ -87,6 +87,23 @@ async def test_the_sample_queue_holds_as_many_samples_as_the_policy_says(tmp_pat
     assert (report["queue_size"], report["queue_full"]) == (2, 1)
 
 
+async def test_the_sample_queue_holds_no_more_bytes_than_the_policy_says(tmp_path: Path) -> None:
+    async with guarded(tmp_path, policy("{queue_bytes: 100000}")) as (proxy, _):
+        runtime = proxy.runtime
+
+        def sample(size: int) -> Sample:
+            body = b"x" * max(size, 0)
+            return Sample("r", 0.0, "default", "v", [], [], [], [], [], 200, body, b"", size=size)
+
+        offered = [runtime.samples.offer(sample(n)) for n in (60_000, 60_000, 30_000)]
+        unsized = runtime.samples.offer(sample(-1))  # a gRPC document: counted as 64 KiB
+        held = runtime.samples.held  # before the writer can run
+        report = (await status(proxy))["samples"]
+        await eventually(lambda: runtime.samples.held == 0)  # written: the bytes are free again
+    assert offered == [True, False, True] and not unsized and held == 90_000
+    assert (report["queue_bytes"], report["queue_full"]) == (100_000, 2)
+
+
 async def test_samples_go_to_the_redis_stream_the_policy_names(tmp_path: Path) -> None:
     prefix = f"gp-test-{os.urandom(4).hex()}:"
     stream = f"{prefix}samples"

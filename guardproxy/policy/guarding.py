@@ -132,7 +132,8 @@ class SinkSpec(Strict):
     max_age: Duration = 3600.0  # per file, then rotate
     max_total_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)  # every file together
     retention: Duration = 7 * 86400.0  # files older than this are deleted
-    queue: int = Field(default=10_000, ge=1)
+    queue: int = Field(default=10_000, ge=1)  # samples waiting to be written, at most
+    queue_bytes: int = Field(default=64 * 1024 * 1024, ge=65536)  # and the bytes they hold
 
     @model_validator(mode="after")
     def _budget_holds_a_file(self) -> SinkSpec:

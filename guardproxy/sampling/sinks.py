@@ -29,6 +29,10 @@ log = logging.getLogger("guardproxy.sinks")
 # GIL makes the loop wait up to the switch interval at every wakeup. A larger one goes to a
 # thread, which cannot hold the loop for its whole redaction.
 INLINE_BYTES = 2048
+QUEUE_BYTES = 64 * 1024 * 1024  # bytes the waiting samples may hold, by default
+# What a sample whose size is not known (a gRPC document, streamed text) counts as: about
+# what its redacted record keeps, sampling.max_body_bytes by default.
+UNSIZED = 64 * 1024
 
 
 class SinkError(ValueError):
@@ -94,30 +98,44 @@ def _redacted(redactor: Redactor, body: bytes | Any, bounded: bool) -> Any:
     return redactor.bounded(body) if bounded else redactor.document(body)
 
 
-class SampleQueue:
-    """A bounded queue; offering never blocks, a full queue drops and counts.
+def held_bytes(sample: Sample) -> int:
+    """The bytes a waiting sample keeps alive: its bodies, or UNSIZED when not known."""
+    return sample.size if sample.size >= 0 else UNSIZED
 
-    The bound is a plain attribute: the process sizes it from the default policy's
-    `sampling.sink.queue` once that policy is compiled, after the guards hold the queue.
+
+class SampleQueue:
+    """A queue bounded in samples and in the bytes they hold; offering never blocks, a full
+    queue drops and counts.
+
+    The bounds are plain attributes: the process sizes them from the default policy's
+    `sampling.sink.queue` and `queue_bytes` once that policy is compiled, after the guards
+    hold the queue. Bytes stay counted until the writer has written (or dropped) the sample.
     """
 
-    __slots__ = ("always_capped", "dropped", "maxsize", "offered", "queue")
+    __slots__ = ("always_capped", "dropped", "held", "max_bytes", "maxsize", "offered", "queue")
 
-    def __init__(self, maxsize: int = 10_000) -> None:
+    def __init__(self, maxsize: int = 10_000, max_bytes: int = QUEUE_BYTES) -> None:
         self.queue: asyncio.Queue[Sample] = asyncio.Queue()
-        self.maxsize = maxsize
+        self.maxsize, self.max_bytes = maxsize, max_bytes
         self.offered = 0
         self.dropped = 0
+        self.held = 0  # bytes of the samples offered and not yet written
         self.always_capped = 0  # exchanges past a window's sampling.max_always
 
     def offer(self, sample: Sample) -> bool:
         """Enqueue without waiting; False (and counted) when the queue is full."""
         self.offered += 1
-        if self.queue.qsize() >= self.maxsize:
+        size = held_bytes(sample)
+        if self.queue.qsize() >= self.maxsize or self.held + size > self.max_bytes:
             self.dropped += 1
             return False
+        self.held += size
         self.queue.put_nowait(sample)
         return True
+
+    def release(self, batch: list[Sample]) -> None:
+        """The writer is done with these samples: their bytes are free again."""
+        self.held -= sum(map(held_bytes, batch))
 
 
 class Sink(Protocol):
@@ -203,6 +221,8 @@ class SampleWriter:
             "dropped": self.queue.dropped + self.dropped,
             "queue_full": self.queue.dropped,
             "queue_size": self.queue.maxsize,
+            "queue_bytes": self.queue.max_bytes,
+            "held_bytes": self.queue.held,
             "always_capped": self.queue.always_capped,
             "written": self.written,
             "errors": self.errors,
@@ -267,6 +287,8 @@ class SampleWriter:
         else:
             self.written += len(records)
             self.batches += 1
+        finally:
+            self.queue.release(batch)
 
     async def _records(self, batch: list[Sample]) -> list[dict[str, Any]]:
         records = []

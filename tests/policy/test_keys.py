@@ -86,6 +86,7 @@ EFFECTS: dict[str, str] = {
     "sampling.sink.max_total_bytes": "tests/integration/test_attack_samples.py::test_the_samples_directory_stays_within_its_byte_budget",
     "sampling.sink.redis_stream": "tests/test_app.py::test_samples_go_to_the_redis_stream_the_policy_names",
     "sampling.sink.queue": "tests/test_app.py::test_the_sample_queue_holds_as_many_samples_as_the_policy_says",
+    "sampling.sink.queue_bytes": "tests/test_app.py::test_the_sample_queue_holds_no_more_bytes_than_the_policy_says",
     # --- drift ---
     "drift": "tests/monitors/test_watchdog.py::test_age_shift_opens_the_models_breaker_after_two_windows",
     "drift.reference": "tests/monitors/test_drift.py::test_bank_warms_up_then_detects_real_drift_on_adult",
