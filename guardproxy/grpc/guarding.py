@@ -151,6 +151,11 @@ class PolicyHook:
             return call.request
         return request_document(call.message, reads.inputs, reads.max_rows)
 
+    def reads_answer(self, call: InferCall) -> bool:
+        """Only a guarded call's answer is decoded: an unguarded one only echoes its id."""
+        pending = self._pending.get(call)
+        return pending is not None and pending.ex is not None
+
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """Settle the breaker, run the answer guards, observe; the decision as metadata."""
         pending = self._pending.pop(call, None)

@@ -154,6 +154,9 @@ class InferHook(Protocol):
     async def on_request(self, call: InferCall) -> Refuse | None:
         """Before the upstream: None to go on, or a refusal (e.g. the breaker is open)."""
 
+    def reads_answer(self, call: InferCall) -> bool:
+        """Whether on_response reads the answer's document (else it gets an empty one)."""
+
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """After the upstream: the answer's document; allow (maybe changed) or refuse."""
 
@@ -167,6 +170,10 @@ class AllowAll:
     async def on_request(self, call: InferCall) -> Refuse | None:
         """Always go on."""
         return None
+
+    def reads_answer(self, call: InferCall) -> bool:
+        """Never: nothing is checked."""
+        return False
 
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         """Always allow, adding nothing."""

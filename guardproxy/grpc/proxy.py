@@ -270,10 +270,15 @@ class GrpcProxy:
     async def check(
         self, call: InferCall, answer: bytes, context: aio.ServicerContext[bytes, bytes]
     ) -> tuple[bytes, Metadata]:
-        """Run the answer hook: the (maybe changed) answer and the metadata to add."""
+        """Run the answer hook: the (maybe changed) answer and the metadata to add.
+
+        An answer the hook does not read (an unguarded model's) is not decoded at all.
+        """
+        msg, document = None, {}
         try:
-            msg = pb.ModelInferResponse.FromString(answer)
-            document = response_document(msg)
+            if self.hook.reads_answer(call):
+                msg = pb.ModelInferResponse.FromString(answer)
+                document = response_document(msg)
         except Exception as exc:
             added = await self.failed(call, grpc.StatusCode.OK, f"undecodable answer: {exc}")
             verdict = self._answer_failed(exc)
@@ -282,7 +287,7 @@ class GrpcProxy:
             return answer, added
         try:
             verdict = await self.hook.on_response(call, document)
-            if isinstance(verdict, Allow) and verdict.response is not None:
+            if isinstance(verdict, Allow) and verdict.response is not None and msg is not None:
                 apply_response(msg, verdict.response)
                 answer = msg.SerializeToString()
         except Exception as exc:

@@ -136,7 +136,7 @@ class StreamGuard:
             if call is None:
                 proxy.stats.errors["stream_unpaired"] += 1
                 return raw
-            document = response_document(answer)
+            document = response_document(answer) if proxy.hook.reads_answer(call) else {}
         except Exception as exc:
             await proxy.failed(call, grpc.StatusCode.OK, f"undecodable answer: {exc}")
             verdict: Allow | Refuse = proxy._answer_failed(exc)

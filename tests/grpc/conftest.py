@@ -31,6 +31,9 @@ class RecordingHook:
         self.calls.append(call)
         return self.refuse_request
 
+    def reads_answer(self, call: InferCall) -> bool:
+        return True
+
     async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
         self.answers.append((call, response))
         if self.fail:

@@ -185,13 +185,14 @@ async def test_a_tensor_over_max_rows_is_refused_before_it_is_decoded(tmp_path: 
 
 async def test_an_unguarded_models_tensors_are_never_decoded(tmp_path: Path) -> None:
     other = rows("other", ["Female"] * 3)
-    other.raw_input_contents[1] = b"\x00" * 3  # unreadable age: nobody here reads it
+    other.raw_input_contents[1] = b"\x00" * 3  # unreadable age, echoed back: nobody reads it
     async with guarded(tmp_path) as g:
-        answer, initial, _ = await infer(g.target, other)
+        answer, initial, _ = await infer(g.target, other, [("x-request-id", "u-2")])
         assert answer.model_name == "other" and "x-guard-decision" not in initial
+        assert initial["x-request-id"] == "u-2"
         grpc_status = g.proxy.runtime.status()["grpc"]
         assert grpc_status["guards"]["undecodable"] == 0
-        assert "decode_request" not in grpc_status["calls"]["errors"]
+        assert grpc_status["calls"]["errors"] == {}  # neither the request nor the answer
 
 
 @pytest.mark.parametrize("action", ["reject", "fallback"])
