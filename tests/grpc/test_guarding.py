@@ -320,6 +320,18 @@ async def test_a_randomized_rule_draws_from_every_input_of_the_row(tmp_path: Pat
     assert [s["errors"] for s in lines] == [[]] * 16
 
 
+async def test_a_grpc_sample_is_redacted_like_any_other(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        request = rows(tags=["mail alice@example.com", "ok"])  # an input the policy never reads
+        await infer(g.target, request, [("x-request-id", "pii-1")])
+        await eventually(lambda: g.proxy.runtime.sample_writer.written >= 1)
+    lines = [json.loads(line) for f in sorted(g.samples.glob("*.jsonl")) for line in f.open()]
+    sample = next(s for s in lines if s["request_id"] == "pii-1")
+    tags = next(t["data"] for t in sample["request"]["inputs"] if t["name"] == "tags")
+    assert tags == ["mail [REDACTED:email]", "ok"]
+    assert "alice@example.com" not in json.dumps(sample)
+
+
 async def test_each_stream_message_is_guarded(tmp_path: Path) -> None:
     async with guarded(tmp_path) as g:
         answers = await stream(
