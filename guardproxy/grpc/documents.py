@@ -75,9 +75,7 @@ def request_document(
     scalar, so no input names columns to read by); with `max_rows`, an input `only` names
     that holds more values raises TooManyValues before any of it is decoded.
     """
-    raw = msg.raw_input_contents  # read only where decoded: each read copies the bytes
-    if raw and len(raw) != len(msg.inputs):
-        raise TensorError(f"raw_input_contents: {len(raw)} entries for {len(msg.inputs)} tensors")
+    raw = _raw(msg.raw_input_contents, len(msg.inputs), "raw_input_contents")
     doc = request_header(msg)
     inputs = doc["inputs"] = []
     for i, t in enumerate(msg.inputs):
@@ -131,7 +129,9 @@ def response_document(msg: pb.ModelInferResponse) -> dict[str, Any]:
     """The answer as a JSON-protocol document (TensorError on sizes that disagree)."""
     raw = _raw(msg.raw_output_contents, len(msg.outputs), "raw_output_contents")
     doc = _header(msg.model_name, msg.model_version, msg.id, msg.parameters)
-    doc["outputs"] = [_tensor(t, raw[i], f"output {t.name!r}") for i, t in enumerate(msg.outputs)]
+    doc["outputs"] = [
+        _tensor(t, raw[i] if raw else None, f"output {t.name!r}") for i, t in enumerate(msg.outputs)
+    ]
     return doc
 
 
@@ -146,12 +146,14 @@ def _header(
     return doc
 
 
-def _raw(contents: Sequence[bytes], tensors: int, where: str) -> list[bytes | None]:
-    if not contents:
-        return [None] * tensors
-    if len(contents) != tensors:
+def _raw(contents: Sequence[bytes], tensors: int, where: str) -> Sequence[bytes]:
+    """The raw contents, checked against the tensors (empty when the contents are typed).
+
+    Not copied into a list: reading an entry copies its bytes, so only decoded ones are read.
+    """
+    if contents and len(contents) != tensors:
         raise TensorError(f"{where}: {len(contents)} entries for {tensors} tensors")
-    return list(contents)
+    return contents
 
 
 def _tensor(t: Any, raw: bytes | None, where: str, decode: bool = True) -> dict[str, Any]:

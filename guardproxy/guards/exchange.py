@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads
+from guardproxy.payloads.errors import over_limit
 from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = [
@@ -60,7 +61,7 @@ class TooManyRows(RequestError):
 def check_rows(rows: int, limit: int) -> None:
     """Raise TooManyRows when a batch has more rows than the limit."""
     if rows > limit:
-        raise TooManyRows(f"a batch of {rows} rows is over the limit of {limit}")
+        raise TooManyRows(over_limit(rows, limit))
 
 
 @dataclass(slots=True)
