@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.instructions import counted
 from bench.layout import make_layout
 from bench.load import Body, lua_bytes, lua_request, lua_string, parse_result
 from bench.processes import process_cpu_seconds, process_tree
@@ -143,3 +144,16 @@ def test_quick_run_of_the_binary_target(tmp_path: Path) -> None:
     doc = json.loads(output.read_text())
     assert [r["target"] for r in doc["rows"]] == ["guardproxy-binary"]
     assert doc["meta"]["probes"]["guardproxy-binary"]["guard_decision"] in ("0", "1")
+
+
+def test_instructions_are_summed_over_every_thread_of_a_callgrind_report() -> None:
+    report = (
+        b"PID 12692: python -m guardproxy.cli serve\n"
+        b"sending command status internal to pid 12692\n\n"
+        b"  Totals:           Ir \n"
+        b"   Th 1  4,531,607,018 \n"
+        b"   Th 2     16,790,660 \n"
+        b"   Th 5            498 \n"
+    )
+    assert counted(report) == 4_531_607_018 + 16_790_660 + 498
+    assert counted(b"Error: Callgrind task with PID 1 not detected\n") == 0
