@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = make_layout("split")
     targets = parse_targets(opts.targets, find_nginx() is not None)
     print(f"# python -m bench.instructions {' '.join(sys.argv[1:])}".rstrip())
-    print(f"# wrk or python load, {opts.connections} connections, {opts.duration:g} s measured")
+    print(f"# {opts.connections} connections: {opts.warmup:g} s warm-up, {opts.idle:g} s idle, "
+          f"{opts.duration:g} s measured")  # fmt: skip
     print(f"{'target':<22} {'requests':>9} {'instructions/request':>22}")
     for target in targets:
         requests, per_request = measure(target, opts, layout)
