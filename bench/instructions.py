@@ -39,8 +39,8 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     p.add_argument("--targets", default=DEFAULT_TARGETS, help="e.g. b,d,e,f (see README)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds of the measured load")
-    p.add_argument("--warmup", type=float, default=4.0, help="seconds of load first, discarded")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of the measured load")
+    p.add_argument("--warmup", type=float, default=15.0, help="seconds of load first, discarded")
     p.add_argument("--connections", type=int, default=4, help="concurrent connections")
     p.add_argument("--idle", type=float, default=3.0, help="seconds without load, subtracted")
     p.add_argument("--rows", type=int, default=1000, help="distinct Adult rows the requests rotate")

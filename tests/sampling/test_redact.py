@@ -9,7 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardproxy.sampling.redact import TRUNCATED, Redactor, luhn_valid, thai_id_valid
+from guardproxy.sampling.redact import (
+    CLEAN_CHARS,
+    CLEAN_STRINGS,
+    TRUNCATED,
+    Redactor,
+    luhn_valid,
+    thai_id_valid,
+)
 
 ALL = ("email", "phone", "card", "national_id")
 
@@ -174,3 +181,34 @@ def test_deep_documents_and_large_answers_stay_bounded() -> None:
     cut = Redactor((), ALL, max_bytes=4096).bounded(answer)
     assert cut["truncated"] is True and len(cut["text"]) <= 4096 + len(TRUNCATED)
     assert "ana.lim" not in cut["text"]
+
+
+@given(st.lists(st.text(alphabet="ab1@.", max_size=8), min_size=1, max_size=20))
+@settings(max_examples=200)
+def test_a_redactor_that_has_seen_values_masks_them_as_a_fresh_one(values: list[str]) -> None:
+    seasoned = Redactor((), ALL)
+    for value in values:
+        seasoned.text(value)
+    assert [seasoned.text(v) for v in values] == [Redactor((), ALL).text(v) for v in values]
+
+
+def test_the_clean_strings_a_redactor_remembers_are_bounded_and_never_hold_a_match() -> None:
+    redactor = Redactor((), ALL)
+    for n in range(CLEAN_STRINGS + 10):
+        value = "value-" + "".join("abcdefghij"[int(d)] for d in str(n))
+        assert redactor.text(value) == value
+    assert redactor.text("ana@example.com") == redactor.text("ana@example.com") != "ana@example.com"
+    assert redactor.text("x" * (CLEAN_CHARS + 1)) == "x" * (CLEAN_CHARS + 1)
+    remembered = redactor._clean
+    assert 0 < len(remembered) <= CLEAN_STRINGS
+    assert "ana@example.com" not in remembered and "x" * (CLEAN_CHARS + 1) not in remembered
+
+
+def test_large_integers_in_lists_and_objects_are_read_small_ones_kept() -> None:
+    redactor = Redactor((), ALL)
+    doc = {"n": 4111111111111111, "data": [7, 4111111111111111, True, None, 1.5], "k": [12]}
+    assert redactor.document(doc) == {
+        "n": "[REDACTED:card]",
+        "data": [7, "[REDACTED:card]", True, None, 1.5],
+        "k": [12],
+    }
