@@ -215,6 +215,7 @@ class Redactor:
         return node
 
     def _walk_list(self, node: list[Any]) -> list[Any]:
+        # A tensor's data: no call for a number, one for a string.
         walk, text = self._walk, self.text
         return [
             item
