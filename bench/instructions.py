@@ -28,7 +28,7 @@ from .layout import Layout, make_layout
 from .load import choose
 from .nginx import find_nginx
 from .processes import Service, process_tree
-from .run import bodies_of, probe, stop
+from .run import bodies_of, probe, start, stop
 from .targets import Target, parse_targets, services_for
 
 DEFAULT_TARGETS = "d,e,f"
@@ -107,10 +107,7 @@ def measure(target: Target, opts: argparse.Namespace, layout: Layout) -> tuple[i
         load = choose("auto", bodies_of(target.kind, opts.rows), Path(tmp) / "load", frozenset())
         url = f"http://127.0.0.1:{measured.port}{target.path}"
         try:
-            for service in services.values():
-                service.start()
-            for service in services.values():
-                service.wait_ready(timeout=300.0)
+            start(services, timeout=300.0)  # callgrind takes a minute to start a server
             probe([target], services)
             load.run(url, opts.connections, opts.warmup)
             idle = idle_rate(measured, opts.idle)

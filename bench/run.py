@@ -134,12 +134,12 @@ def rounds(targets: list[Target], services: dict[str, Service], loads: Loads,
     return samples
 
 
-def start(services: dict[str, Service]) -> None:
-    """Start every service, then wait for each to answer."""
+def start(services: dict[str, Service], timeout: float = 20.0) -> None:
+    """Start every service, then wait (up to `timeout` seconds each) for each to answer."""
     for service in services.values():
         service.start()
     for service in services.values():
-        service.wait_ready()
+        service.wait_ready(timeout)
 
 
 def stop(services: dict[str, Service]) -> None:

@@ -113,7 +113,7 @@ class MessageRecord:
         size = self.message.ByteSize()
         try:
             if limit is None or size <= limit:
-                return request_document(self.message)
+                return self.whole()
             header = request_document(self.message, only=frozenset())
         except TensorError as exc:
             return {"malformed_tensors": str(exc), "bytes": size}
