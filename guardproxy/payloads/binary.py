@@ -120,6 +120,8 @@ def decode(
     # Column names are rare: look for them only when the header mentions them at all.
     columns = only is not None and body.find(b'"columns"', 0, split) >= 0
     shared = _columns(doc) if columns else []
+    # Once per body, not per tensor: tensors x shared names would let a client hold the loop.
+    shared_wanted = only is not None and _wanted(shared, only)
     sections: dict[str, Section] = {}
     names: list[str] = []
     pos, end = split, len(body)
@@ -150,7 +152,7 @@ def decode(
         pos += size
         if only is None:
             _decoded(t, raw, key, name)
-        elif name in only or (columns and _names_a_column(t, shared, only)):
+        elif name in only or (columns and _names_a_column(t, shared_wanted, only)):
             if max_rows is not None:  # a named input is read whole, a column row by row
                 width = 1 if name in only else len(_columns(t) or shared)
                 _check_rows(t["shape"], width, max_rows)
@@ -184,9 +186,14 @@ def _columns(holder: dict[str, Any]) -> list[Any]:
     return names if isinstance(names, list) else []
 
 
-def _names_a_column(t: dict[str, Any], shared: list[Any], only: Collection[str]) -> bool:
-    """Whether one of the tensor's columns (else the body's) is wanted."""
-    columns = _columns(t) or shared
+def _names_a_column(t: dict[str, Any], shared_wanted: bool, only: Collection[str]) -> bool:
+    """Whether one of the tensor's columns (else, as said once, the body's) is wanted."""
+    own = _columns(t)
+    return _wanted(own, only) if own else shared_wanted
+
+
+def _wanted(columns: list[Any], only: Collection[str]) -> bool:
+    """Whether `only` names one of the columns."""
     return any(isinstance(name, str) and name in only for name in columns)
 
 

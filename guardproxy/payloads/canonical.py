@@ -6,11 +6,13 @@ so they must not change a draw either.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 
 _EXACT = 2**53  # integers up to here survive the trip through float unchanged
+SHORT = 64  # bytes: a subject this long is copied into each row's key, a longer one digested
 
 
 def canonical(value: Any) -> bytes:
@@ -19,8 +21,28 @@ def canonical(value: Any) -> bytes:
 
 
 def indexed(subject: bytes, rows: int) -> list[bytes]:
-    """One key per row from one subject: row 0 the subject itself, row i > 0 with "#i"."""
+    """One key per row from one subject: row 0 the subject itself, row i > 0 with "#i".
+
+    A subject longer than SHORT stands as its digest: a copy in each of thousands of rows'
+    keys would cost rows x its size.
+    """
+    if len(subject) > SHORT:
+        subject = _digest(subject)
     return [subject] + [subject + b"#%d" % i for i in range(1, rows)]
+
+
+def shared_suffix(whole: dict[str, Any]) -> bytes:
+    """What each row's key ends with for the content every row shares (b"" for none).
+
+    Its digest, computed once: a copy of it in each row's key would cost rows x its size,
+    in time and in memory. Canonical JSON never holds a raw NUL, so no row's own content
+    can end the way a suffix does.
+    """
+    return _digest(canonical(whole)) if whole else b""
+
+
+def _digest(content: bytes) -> bytes:
+    return b"\0" + hashlib.blake2b(content, digest_size=32).digest()
 
 
 def _plain(value: Any) -> Any:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
-from guardproxy.payloads.canonical import canonical
+from guardproxy.payloads.canonical import canonical, shared_suffix
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
 from guardproxy.payloads.jsonpath import Doc, Slot
@@ -40,7 +40,9 @@ class TFServing(Payload):
         """Per row, its values (by column name when the table names its columns)."""
         table, columns = self._table(request_doc)
         if columns is not None:
-            return [canonical(_column_row(columns, i, rows)) for i in range(rows)]
+            per_row = {k: c for k, c in columns.items() if isinstance(c, list) and len(c) == rows}
+            suffix = shared_suffix({k: c for k, c in columns.items() if k not in per_row})
+            return [canonical({k: c[i] for k, c in per_row.items()}) + suffix for i in range(rows)]
         names = self._names(request_doc)
         if len(table) != rows:
             raise PayloadError(f"{len(table)} rows in the request for {rows} scores")
@@ -178,14 +180,6 @@ class SeldonV1(TFServing):
         data.pop("tensor", None)
         data[key] = [[d] for d in decisions]
         data["names"] = [self.label_output or "decision"]
-
-
-def _column_row(columns: dict[str, Any], i: int, rows: int) -> dict[str, Any]:
-    """Row i of a columnar table: each column's i-th value (a column of another length whole)."""
-    return {
-        name: column[i] if isinstance(column, list) and len(column) == rows else column
-        for name, column in columns.items()
-    }
 
 
 def _named(row: Any, names: list[Any] | None) -> Any:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
-from guardproxy.payloads.canonical import canonical
+from guardproxy.payloads.canonical import canonical, shared_suffix
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
@@ -56,9 +56,12 @@ class KServeV2(Payload):
         for t in inputs:
             if isinstance(t, dict) and t.get("name") == name:
                 return _tensor(t, "input", name)[2]
+        shared = _named_columns(request_doc) or []
+        in_shared = name in shared  # once, not once per input: inputs x names holds the loop
         for t in inputs:
-            columns = _columns(t, request_doc)
-            if name in columns:
+            own = _named_columns(t)
+            columns = shared if own is None else own
+            if in_shared if own is None else name in own:
                 _, width, data = _tensor(t, "input", t.get("name"))
                 if width != len(columns):
                     raise PayloadError(
@@ -70,14 +73,21 @@ class KServeV2(Payload):
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
         """Per row, every input's slice for that row by input name (request ids left out)."""
         inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
+        shared = _named_columns(request_doc)
         columns: dict[str, Any] = {}
+        whole: dict[str, Any] = {}  # inputs that are not one slice per row: in every row's key
         for position, t in enumerate(inputs):
             n, width, data = _tensor(t, "request input")
             name = t.get("name")
             key = name if isinstance(name, str) else f"#{position}"
-            names = _columns(t, request_doc)
-            columns[key] = (n, width, data, names if len(names) == width > 1 else None)
-        return [canonical(_row(columns, i, rows)) for i in range(rows)]
+            if n != rows:
+                whole[key] = data
+                continue
+            own = _named_columns(t)
+            names = shared or [] if own is None else own
+            columns[key] = (width, data, names if len(names) == width > 1 else None)
+        suffix = shared_suffix(whole)
+        return [canonical(_row(columns, i)) + suffix for i in range(rows)]
 
     def _output(self, response_doc: Doc, name: str | None, what: str) -> Any:
         outputs = as_list(field(response_doc, "outputs", "answer"), "answer outputs")
@@ -156,23 +166,20 @@ class KServeV2(Payload):
         t["data"] = [str(d) for d in decisions] if text else decisions
 
 
-def _row(columns: dict[str, Any], i: int, rows: int) -> dict[str, Any]:
-    """Row i of every input: its slice when the input has one per row, else all of it."""
+def _row(columns: dict[str, Any], i: int) -> dict[str, Any]:
+    """Row i of every input that has one slice per row (by column name when it names them)."""
     out: dict[str, Any] = {}
-    for key, (n, width, data, names) in columns.items():
-        value = data[i * width : (i + 1) * width] if n == rows else data
-        out[key] = dict(zip(map(str, names), value, strict=True)) if names and n == rows else value
+    for key, (width, data, names) in columns.items():
+        value = data[i * width : (i + 1) * width]
+        out[key] = dict(zip(map(str, names), value, strict=True)) if names else value
     return out
 
 
-def _columns(t: Any, request_doc: Doc) -> list[Any]:
-    """Column names of a 2-D tabular input: its parameters, or the request's."""
-    for holder in (t, request_doc):
-        if not isinstance(holder, dict):
-            continue
-        params = holder.get("parameters")
-        names = params.get("columns") if isinstance(params, dict) else None
-        names = names if names is not None else holder.get("columns")
-        if isinstance(names, list):
-            return names
-    return []
+def _named_columns(holder: Any) -> list[Any] | None:
+    """The column names an input (or the request, for all of its inputs) gives, if any."""
+    if not isinstance(holder, dict):
+        return None
+    params = holder.get("parameters")
+    names = params.get("columns") if isinstance(params, dict) else None
+    names = names if names is not None else holder.get("columns")
+    return names if isinstance(names, list) else None
