@@ -31,7 +31,6 @@ from ..hotpath.admission import Admitted, mark, settle
 from ..hotpath.observation import Observation, hand_over, observe
 from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError
-from ..policy.routes import version_label
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
 from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
@@ -121,8 +120,7 @@ class PolicyHook:
         record = MessageRecord(call.message) if call.message is not None else None
         ex = Exchange.from_documents(
             request_id, model.region, model.name, call.method, SERVICE + call.method,
-            headers_of(call.metadata), document, time.perf_counter(),
-            version_label(call.model_version), record,
+            headers_of(call.metadata), document, time.perf_counter(), record,
         )  # fmt: skip
         if too_many is not None:
             return self._refused(too_many, ex, model)

@@ -76,7 +76,7 @@ class Exchange:
     headers: Headers  # the client's, as received (names and values are bytes)
     body: bytes
     started: float
-    version: str = ""  # the model version: the answer's, else the path's
+    version: str = ""  # the model version its answer names: never the client's path
     status: int = 0
     response_headers: HeaderList = field(default_factory=list)  # forwarded to the client
     response_type: bytes = b""  # the answer's media type, lower-cased, without parameters
@@ -110,14 +110,13 @@ class Exchange:
         headers: Headers,
         request: Any,
         started: float,
-        version: str = "",
         record: Any = None,
     ) -> Exchange:
         """An exchange whose request arrived as a document (gRPC): no body bytes to parse.
 
         `record` is what a sample keeps of the request (else the document itself).
         """
-        ex = cls(request_id, region, model, method, path, headers, b"", started, version)
+        ex = cls(request_id, region, model, method, path, headers, b"", started)
         ex._request_json = request
         ex.decoded = True
         ex.source = record

@@ -41,7 +41,6 @@ from guardproxy.hotpath.replies import (
 from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
 from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
-from guardproxy.policy.routes import path_version
 from guardproxy.policy.table import CompiledModel
 from guardproxy.transport import Request, ResponseWriter, UpstreamResponse
 
@@ -100,7 +99,6 @@ class GuardedSteps:
                 headers=request.headers,
                 body=body,
                 started=perf_counter(),
-                version=path_version(path),
             )
             if breaker.state is not CLOSED:
                 mark(ex, breaker, admission, fallback is not None)

@@ -50,11 +50,25 @@ class Observation(NamedTuple):
     threshold_version: str
     upstream_seconds: float
     first_row: int = 0  # a piece of a large request's rows (MonitorWorker): its first row
+    request_rows: int = 0  # the rows of the whole request, which its pieces share
 
     @property
     def continued(self) -> bool:
         """A later piece of a request already counted by its first piece."""
         return self.first_row > 0
+
+    def spread(self, limit: int) -> Observation | None:
+        """This piece's share of at most `limit` rows, evenly spaced over the whole request."""
+        total = self.request_rows or len(self.verdicts)
+        if total <= limit:
+            return self
+        stride = -(-total // limit)
+        start = -self.first_row % stride
+        verdicts = self.verdicts[start::stride]
+        if not verdicts:
+            return None
+        features = tuple(f[start::stride] for f in self.features)
+        return self._replace(verdicts=verdicts, features=features)
 
     def split(self, rows: int) -> tuple[Observation, Observation]:
         """The first `rows` rows and the rest, as two pieces of the same exchange."""
@@ -104,6 +118,8 @@ def observe(ex: Exchange, model: CompiledModel, admitted: Admitted) -> Observati
         admitted.admission is Admission.PROBE,
         ex.annotations.get(THRESHOLD_VERSION, "static"),
         ex.upstream_seconds,
+        0,
+        len(verdicts),
     )
 
 

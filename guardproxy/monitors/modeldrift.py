@@ -29,6 +29,7 @@ class ModelDrift:
         baseline = load_baseline(drift.reference.baseline) if drift.reference.baseline else None
         self.bank = DriftBank(drift, key[0], None, baseline, clock)
         self.inputs = [s.input for s in spec.signal_specs()]
+        self.rows_per_request = -(-drift.window // spec.breaker.min_calls)  # rounded up
         self.scored = "score" in self.bank.kinds
         self.rows_seen = 0
         self.unseen = set(self.inputs)  # watched inputs no row has yet carried a valid value of

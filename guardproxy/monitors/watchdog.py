@@ -141,8 +141,13 @@ class Watchdog:
                 drift = self._drift_of(ob.model, ob.version)
             if drift is None:
                 continue
-            if ob.probe:
-                drift.add_probes([ob])
+            # A request is at most 1/min_calls of a window and a probe one row: one batch can
+            # neither fill windows (and push the breaker) nor make a reference on its own.
+            share = ob.spread(1 if ob.probe else drift.rows_per_request)
+            if share is None:
+                continue
+            if share.probe:
+                drift.add_probes([share])
                 self._probe_window(ob.model, drift)
                 continue
             if rows is None:
@@ -150,7 +155,7 @@ class Watchdog:
                 if entry is None:
                     entry = work[drift.key] = (drift, [])
                 rows = entry[1]
-            rows.append(ob)
+            rows.append(share)
         return self._observe(list(work.values())) if work else None
 
     def _drift_of(self, model: CompiledModel, version: str) -> ModelDrift | None:

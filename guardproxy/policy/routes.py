@@ -125,14 +125,7 @@ def _steps(a: tuple[str, ...], b: tuple[str, ...], i: int, j: int) -> list[tuple
     return steps
 
 
-_VERSION = re.compile(r"/versions/([A-Za-z0-9._-]{1,64})(?:[/:]|$)")
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def path_version(path: str) -> str:
-    """The model version a path names (`.../versions/<v>/...`), else ""; clients choose it."""
-    match = _VERSION.search(path)
-    return match.group(1) if match else ""
 
 
 def version_label(version: str | None) -> str:

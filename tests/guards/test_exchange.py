@@ -24,7 +24,7 @@ SECTIONS = {
 def decoded(request: object) -> Exchange:
     return Exchange.from_documents(
         "r-1", "sg", "adult", "ModelInfer", "/inference.GRPCInferenceService/ModelInfer",
-        Headers([]), request, time.perf_counter(), "v1",
+        Headers([]), request, time.perf_counter(),
     )  # fmt: skip
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from guardproxy.breaker.state import CircuitBreaker
-from guardproxy.testing import RecordingModel, RunningProxy, eventually
+from guardproxy.demo.server import v2_request
+from guardproxy.testing import RecordingModel, RunningProxy, eventually, proxy_before
 from tests.integration.attacks import INFER, applicant, guarded, post
+from tests.integration.test_drift_recovery import ROWS, Model
 
 POLICY = """
 region: default
@@ -111,3 +114,63 @@ async def test_a_flood_of_malformed_bodies_does_not_open_the_breaker(tmp_path: P
             for _ in range(10):  # the model failing on well-formed requests still counts
                 await post(session, proxy.url + INFER, applicant())
             await eventually(lambda: state(proxy) == "open")
+
+
+async def test_a_client_cannot_name_the_model_version_its_requests_count_under(
+    tmp_path: Path,
+) -> None:
+    # A server that answers every versioned path without naming a version: were the path's
+    # version taken, each new one would start new monitors and fairness counters.
+    model = RecordingModel(lenient=True)
+    async with guarded(tmp_path, model=model) as (proxy, _), aiohttp.ClientSession() as session:
+        for i in range(30):
+            path = f"/v2/models/adult/versions/v{i}/infer"
+            assert (await post(session, proxy.url + path, applicant()))[0] == 200
+        await proxy.runtime.worker.flush()
+        await proxy.runtime.engine.refresh()
+        runtime = proxy.runtime
+    assert set(runtime.watchdog.drift) == {("default", "adult", "")}
+    assert runtime.engine.model_keys() == [("default", "adult", "")]
+
+
+DRIFT = """
+region: default
+models: [{name: churn}]
+drift:
+  reference: {warmup: 100}
+  window: 100
+  signals: [score]
+  tests: {psi: null, ks: {p_value: 0.01}}
+breaker:
+  trip: [{when: drift.score.ks, below: 0.001, windows: 1}]
+  open: {action: reject}
+  min_calls: 20
+"""
+
+
+async def test_one_batch_cannot_fill_the_drift_windows_that_open_the_breaker(
+    tmp_path: Path,
+) -> None:
+    model = Model()  # scores spread over [0, 1), squeezed into [0.6, 1) while shifted
+    url = "/v2/models/churn/infer"
+    async with proxy_before(model.app, tmp_path, {"default.yaml": DRIFT}) as proxy:
+        breaker = proxy.runtime.breakers.breaker("default", "churn")
+        assert breaker is not None
+        async with aiohttp.ClientSession() as session:
+
+            async def send(rows: list[dict[str, Any]]) -> None:
+                async with session.post(proxy.url + url, json=v2_request(rows)) as response:
+                    assert response.status == 200
+
+            for i in range(100):  # the reference: a hundred single rows
+                await send(ROWS[i : i + 1])
+            model.shifted = True
+            await send(ROWS[:2000])  # a window of 100 rows twenty times over, in one request
+            await proxy.runtime.worker.flush()
+            drift = proxy.runtime.watchdog.drift[("default", "churn", "")]
+            assert drift.rows_seen == 105  # of the batch, 100 / min_calls = 5 evenly spread rows
+            assert breaker.state_name == "closed" and proxy.runtime.watchdog.window_counts == {}
+            for i in range(95):  # the same shift from many requests is a window, and trips
+                await send(ROWS[i : i + 1])
+            await proxy.runtime.worker.flush()
+            await eventually(lambda: breaker.state_name == "open")

@@ -299,7 +299,8 @@ async def test_a_drift_window_reaches_only_the_drifting_models_breaker(tmp_path:
         async with aiohttp.ClientSession() as session:
             assert (await ask(session, proxy, FRAUD))[0] == 200
             older = [{**row, "age": str(int(row["age"]) + 30)} for row in ROWS[8:20]]
-            for body in (v2_request(ROWS[:8]), v2_request(older)):
+            # A request is at most one window's worth of rows over min_calls: ten here.
+            for body in (v2_request(ROWS[:8]), v2_request(older[:6]), v2_request(older[6:])):
                 async with session.post(proxy.url + CREDIT, json=body) as response:
                     assert response.status == 200
             await proxy.runtime.worker.flush()

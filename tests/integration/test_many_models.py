@@ -41,6 +41,7 @@ drift:  # windows this small need KS: PSI is biased upward in small samples
   signals: [score]
   tests: {psi: null, ks: {p_value: 0.001}}
 fairness: {disparate_impact: {min_ratio: 0.8}, equal_opportunity: null}
+breaker: {min_calls: 10}  # a request is at most window / min_calls rows: all ten count
 models:
 MODELS
   - {name: fair0, decision: {threshold: 0.7}}

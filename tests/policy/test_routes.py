@@ -12,7 +12,6 @@ from guardproxy.policy.routes import (
     RouteMatcher,
     glob_to_regex,
     overlap,
-    path_version,
     version_label,
 )
 
@@ -88,20 +87,6 @@ def test_globs_without_overlap_never_share_a_path(
     shared = [p for p in paths if a.fullmatch(p) and b.fullmatch(p)]
     if shared:
         assert overlap(first, second), shared
-
-
-@pytest.mark.parametrize(
-    ("path", "version"),
-    [
-        ("/v2/models/m/versions/3/infer", "3"),
-        ("/v1/models/m/versions/12:predict", "12"),
-        ("/v2/models/m/infer", ""),
-        ("/v2/models/m/versions/" + "9" * 65 + "/infer", ""),
-        ("/v2/models/m/versions/a%2Fb/infer", ""),
-    ],
-)
-def test_path_version(path: str, version: str) -> None:
-    assert path_version(path) == version
 
 
 def test_version_label_keeps_plain_versions_and_digests_the_rest() -> None:
