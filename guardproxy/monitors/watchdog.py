@@ -39,6 +39,9 @@ class DriftTelemetry(Protocol):
     def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
         """One statistic of a completed window."""
 
+    def forget_drift(self, key: ModelKey) -> None:
+        """A model version whose drift is no longer kept."""
+
 
 class FairnessCounts(Protocol):
     """The fairness engine's counters (cumulative; the fleet's with Redis)."""
@@ -180,6 +183,8 @@ class Watchdog:
             log.info("model %s/%s: version %r appeared, new drift references", *key)
         for old in siblings[: max(0, len(siblings) - VERSIONS_KEPT + 1)]:
             del self.drift[old]  # bounded: versions arrive from the model server's answers
+            if self.telemetry is not None:
+                self.telemetry.forget_drift(old)
         return ModelDrift(spec, key, self.clock)
 
     def _probe_window(self, model: CompiledModel, drift: ModelDrift) -> None:

@@ -180,7 +180,13 @@ class Telemetry:
 
     def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
         """The latest drift statistic of a model's window (psi, ks, js...) for a signal."""
-        self.instruments.drift[(key[0], key[1], signal, test)] = float(value)
+        self.instruments.drift[(*key, signal, test)] = float(value)
+
+    def forget_drift(self, key: ModelKey) -> None:
+        """A model version the monitors no longer keep: its drift gauges go too."""
+        drift = self.instruments.drift
+        for gauge in [g for g in drift if g[:3] == key]:
+            del drift[gauge]
 
     def watch_fairness(self, source: FairnessSource) -> None:
         """Where the fairness gauges read their latest values (FairnessEngine.gauges' shape)."""

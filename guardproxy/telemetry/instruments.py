@@ -127,7 +127,8 @@ class Instruments:
         self.fairness: FairnessSource = dict
         self.fleet: FleetSource = list
         self.label: Callable[[str, str, str], str] = lambda region, model, group: group
-        self.drift: dict[tuple[str, str, str, str], float] = {}  # region, model, signal, test
+        # region, model, version, signal, test: versions the monitors keep (forget_drift)
+        self.drift: dict[tuple[str, str, str, str, str], float] = {}
         self.breaker: dict[tuple[str, str], str] = {}  # (region, model) -> state
         self.totals: dict[str, Callable[[], int]] = {}
         self.reload_source: Callable[[], Mapping[str, int]] = dict
@@ -180,29 +181,32 @@ class Instruments:
 
     def _rate(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for (region, model, _), values in self.fairness().items():
+            for (region, model, version), values in self.fairness().items():
                 for group, rates in (values.get("groups") or {}).items():
                     value = rates.get(name)
                     if value is not None:
                         label = self.label(region, model, group)
-                        attributes = {"region": region, "model": model, "group": label}
+                        attributes = {
+                            "region": region, "model": model, "version": version, "group": label,
+                        }  # fmt: skip
                         yield Observation(float(value), attributes)
 
         return observe
 
     def _model(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for (region, model, _), values in self.fairness().items():
+            for (region, model, version), values in self.fairness().items():
                 value = (values.get("disparities") or {}).get(name)
                 if value is not None:
-                    yield Observation(float(value), {"region": region, "model": model})
+                    attributes = {"region": region, "model": model, "version": version}
+                    yield Observation(float(value), attributes)
 
         return observe
 
     def _drift(self, options: CallbackOptions) -> Iterable[Observation]:
-        for (region, model, signal, test), value in list(self.drift.items()):
-            attributes = {"region": region, "model": model, "signal": signal, "test": test}
-            yield Observation(value, attributes)
+        for (region, model, version, signal, test), value in list(self.drift.items()):
+            model_labels = {"region": region, "model": model, "version": version}
+            yield Observation(value, {**model_labels, "signal": signal, "test": test})
 
     def _health(self, options: CallbackOptions) -> Iterable[Observation]:
         for row in self.fleet():

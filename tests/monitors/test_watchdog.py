@@ -101,9 +101,13 @@ class Drift:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], list[float]] = {}
+        self.forgotten: list[ModelKey] = []
 
     def record_drift(self, key: ModelKey, signal: str, test: str, value: float) -> None:
         self.values.setdefault((signal, test), []).append(value)
+
+    def forget_drift(self, key: ModelKey) -> None:
+        self.forgotten.append(key)
 
 
 def setup(text: str = POLICY, threaded: bool = False) -> tuple[Watchdog, BreakerBoard, Drift]:
@@ -180,11 +184,13 @@ async def test_a_new_model_version_starts_new_references_and_is_an_event() -> No
 
 
 async def test_versions_kept_per_model_are_bounded() -> None:
-    watchdog, board, _ = setup()
+    watchdog, board, telemetry = setup()
     model = adult(board.policies.current)
     for version in range(20):
         await feed(watchdog, ROWS[:10], model, version=str(version))
     assert len(watchdog.drift) <= 8 and ("default", "adult", "19") in watchdog.drift
+    # so are their drift gauges: a version dropped here is dropped from the metrics
+    assert set(telemetry.forgotten) == {("default", "adult", str(v)) for v in range(12)}
 
 
 async def test_an_input_no_request_carries_is_reported_after_a_window() -> None:

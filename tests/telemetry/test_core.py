@@ -32,13 +32,15 @@ def test_counters_and_gauges_reach_prometheus_text() -> None:
     sg = {"region": "sg", "model": "credit"}
     assert found[key("guardproxy_feedback_total", **sg, group="female", cell="tp")] == 2
     assert found[key("guardproxy_policy_reloads_total", result="failed")] == 1
-    assert found[key("guardproxy_drift", **sg, signal="score", test="psi")] == 0.3
+    assert found[key("guardproxy_drift", **sg, version="3", signal="score", test="psi")] == 0.3
     assert found[key("guardproxy_breaker_transitions_total", **sg, to="open")] == 1
     assert found[key("guardproxy_breaker_state", **sg)] == 2
     assert found[key("guardproxy_queue_dropped_total")] == 7
-    rate = key("guardproxy_fairness_selection_rate", **sg, group="female")
+    rate = key("guardproxy_fairness_selection_rate", **sg, version="3", group="female")
     assert found[rate] == 0.4
-    assert found[key("guardproxy_fairness_demographic_parity_ratio", **sg)] == 0.8
+    assert found[key("guardproxy_fairness_demographic_parity_ratio", **sg, version="3")] == 0.8
+    telemetry.forget_drift(("sg", "credit", "3"))
+    assert not [name for name in samples(telemetry) if name[0] == "guardproxy_drift"]
 
 
 def test_bad_names_are_refused() -> None:
