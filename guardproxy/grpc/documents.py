@@ -11,7 +11,15 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..payloads.errors import TooManyValues
-from ..payloads.tensors import TensorError, as_text, element_count, pack, same_values, unpack
+from ..payloads.tensors import (
+    TensorError,
+    as_text,
+    element_count,
+    flatten,
+    pack,
+    same_values,
+    unpack,
+)
 from .generated import grpc_predict_v2_pb2 as pb
 
 __all__ = [
@@ -226,7 +234,8 @@ def _output(t: Any, index: int) -> pb.ModelInferResponse.InferOutputTensor:
 
 
 def _raw_bytes(tensor: Any, old: bytes | None, src: Mapping[str, Any]) -> bytes:
-    data, shape, where = _flat(src["data"]), list(tensor.shape), f"output {tensor.name!r}"
+    shape, where = list(tensor.shape), f"output {tensor.name!r}"
+    data = _flat(src["data"], where)
     if len(data) != element_count(shape, where):
         raise TensorError(f"{where}: {len(data)} values for shape {shape}")
     if old is not None and same_values(tensor.datatype, shape, data, old):
@@ -235,16 +244,14 @@ def _raw_bytes(tensor: Any, old: bytes | None, src: Mapping[str, Any]) -> bytes:
 
 
 def _fill_typed(tensor: Any, src: Mapping[str, Any]) -> None:
-    field, data = _CONTENTS[tensor.datatype], _flat(src["data"])
+    field, data = _CONTENTS[tensor.datatype], _flat(src["data"], f"output {tensor.name!r}")
     if tensor.datatype == "BYTES":
         data = [v.encode() if isinstance(v, str) else v for v in data]
     getattr(tensor.contents, field).extend(data)
 
 
-def _flat(data: list[Any]) -> list[Any]:
-    while data and isinstance(data[0], list):
-        data = [v for part in data for v in part]
-    return data
+def _flat(data: list[Any], where: str) -> list[Any]:
+    return flatten(data, lambda: TensorError(f"{where}: ragged nested data"))
 
 
 def _replace_parameters(target: Any, values: Mapping[str, Any]) -> None:

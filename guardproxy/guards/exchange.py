@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads
-from guardproxy.payloads.errors import over_limit
+from guardproxy.payloads.errors import MAX_ROWS, over_limit
 from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = [
@@ -43,9 +43,6 @@ class Reply:
     error: str
     headers: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-MAX_ROWS = 10_000  # rows of one request or answer the guards take, by default
 
 
 class TooManyRows(RequestError):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from guardproxy.guards.exchange import MAX_ROWS, Exchange, TooManyRows, check_rows
 from guardproxy.payloads import JsonPath, Payload
-from guardproxy.payloads.errors import TooManyValues
+from guardproxy.payloads.errors import TooManyValues, over_limit
 from guardproxy.policy.models import GroupSpec, OnError
 
 OTHER = "other"
@@ -57,17 +57,22 @@ class GroupGuard:
     def group_of(self, value: object) -> str:
         """The declared group a raw value names, else "other"."""
         if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, list) and len(value) == 1:
+            return self._declared.get(str(value).lower(), OTHER)
+        if isinstance(value, list) and len(value) == 1:
             value = value[0]
-        return self._declared.get(value if isinstance(value, str) else str(value), OTHER)
+        if isinstance(value, str):
+            return self._declared.get(value, OTHER)
+        if value is None or isinstance(value, int | float):
+            return self._declared.get(str(value), OTHER)
+        # Not rendered: a request may give every row the same large object (OpenAI's n).
+        return OTHER
 
     async def on_request(self, ex: Exchange) -> None:
         """Set ex.groups, one per row (or one for the whole request)."""
         try:
             values = self._resolve(ex)
-        except TooManyValues as exc:  # a binary tensor refused before it was decoded
-            raise TooManyRows(str(exc)) from None
+        except TooManyValues as exc:  # refused before its rows were built
+            raise TooManyRows(over_limit(exc.rows, min(exc.limit, self._max_rows))) from None
         check_rows(len(values), self._max_rows)
         ex.groups = [self.group_of(value) for value in values]
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, NoReturn, cast
+from typing import Any, Literal, NamedTuple, NoReturn
 
 import orjson
 
 from .errors import TooManyValues
-from .tensors import DATATYPES, TensorError, element_count, pack, same_values, unpack
+from .tensors import DATATYPES, TensorError, element_count, flatten, pack, same_values, unpack
 
 __all__ = [
     "HEADER",
@@ -281,7 +281,7 @@ def _encoded(body: BinaryBody, t: Any, where: str) -> tuple[Any, Section | None]
 
 
 def _raw(t: Mapping[str, Any], original: Section | None, where: str) -> Section:
-    datatype, shape, data = t.get("datatype"), t.get("shape"), _flat(t["data"])
+    datatype, shape, data = t.get("datatype"), t.get("shape"), _flat(t["data"], where)
     if not isinstance(datatype, str) or not isinstance(shape, list):
         raise BinaryPayloadError(f"{where}: a binary tensor needs a datatype and a shape")
     try:
@@ -296,12 +296,10 @@ def _raw(t: Mapping[str, Any], original: Section | None, where: str) -> Section:
         raise BinaryPayloadError(str(exc)) from None
 
 
-def _flat(data: Any) -> list[Any]:
+def _flat(data: Any, where: str) -> list[Any]:
     if not isinstance(data, list):
         raise BinaryPayloadError(f"data must be a list, got {type(data).__name__}")
-    while data and isinstance(data[0], list):
-        data = [v for part in data for v in part]
-    return cast(list[Any], data)
+    return flatten(data, lambda: BinaryPayloadError(f"{where}: ragged nested data"))
 
 
 def _with_size(t: Mapping[str, Any], size: int) -> dict[str, Any]:

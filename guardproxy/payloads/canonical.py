@@ -41,6 +41,19 @@ def shared_suffix(whole: dict[str, Any]) -> bytes:
     return _digest(canonical(whole)) if whole else b""
 
 
+def short_name(name: object) -> str:
+    """A name as each row's key holds it: its text, or past SHORT characters its digest.
+
+    Computed once per request: a long name copied into each of thousands of rows' keys would
+    cost rows x its length. A name that itself starts with NUL is digested too, so no name
+    can stand for a digest.
+    """
+    text = name if type(name) is str else str(name)
+    if len(text) <= SHORT and not text.startswith("\0"):
+        return text
+    return "\0" + hashlib.blake2b(text.encode(errors="surrogatepass"), digest_size=16).hexdigest()
+
+
 def _digest(content: bytes) -> bytes:
     return b"\0" + hashlib.blake2b(content, digest_size=32).digest()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guardproxy.payloads.base import Payload
+from guardproxy.payloads.errors import MAX_ROWS, TooManyValues
 from guardproxy.payloads.fields import as_list, field, label_row
 from guardproxy.payloads.jsonpath import Doc, Slot
 
@@ -15,9 +16,15 @@ class OpenAIChat(Payload):
 
     @staticmethod
     def _choices(request_doc: Doc) -> int:
-        """The number of choices asked for (n)."""
+        """The number of choices asked for (n); TooManyValues past the default row limit."""
         n = request_doc.get("n", 1) if isinstance(request_doc, dict) else 1
-        return n if isinstance(n, int) and n > 0 else 1
+        if not isinstance(n, int) or n < 1:
+            return 1
+        # Before a list of n rows is built: n is the client's to pick. The payload does not
+        # know --max-rows; the group guard then applies the lower of the two.
+        if n > MAX_ROWS:
+            raise TooManyValues(n, MAX_ROWS)
+        return n
 
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """A top-level request field or a metadata entry, the same for every choice."""

@@ -15,9 +15,14 @@ class MalformedBinary(PayloadError, ValueError):
     """A binary tensor body whose framing, sizes or tensors disagree."""
 
 
+MAX_ROWS = 10_000  # rows of one request or answer the guards take, by default (--max-rows)
+_SHOWN = 2**64  # a count past this is no real batch: never formatted (a huge int cannot be)
+
+
 def over_limit(rows: int, limit: int) -> str:
     """What a client is told of a batch over the row limit."""
-    return f"a batch of {rows} rows is over the limit of {limit}"
+    count = str(rows) if type(rows) is int and 0 <= rows < _SHOWN else f"more than {limit}"
+    return f"a batch of {count} rows is over the limit of {limit}"
 
 
 class TooManyValues(PayloadError):

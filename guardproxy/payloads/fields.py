@@ -77,7 +77,10 @@ def feature_rows(rows: list[Any], names: list[Any] | None, name: str, where: str
     if names is None or name not in names:
         raise PayloadError(f"{where}: no feature named {name!r}")
     column = names.index(name)
-    return [as_list(row, where)[column] for row in rows]
+    try:
+        return [as_list(row, where)[column] for row in rows]
+    except IndexError:
+        raise PayloadError(f"{where}: a row has no value for {name!r}") from None
 
 
 def singleton(values: list[Any]) -> list[Any]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
-from guardproxy.payloads.canonical import canonical, shared_suffix
+from guardproxy.payloads.canonical import canonical, shared_suffix, short_name
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
 from guardproxy.payloads.jsonpath import Doc, Slot
+from guardproxy.payloads.tensors import shape_size
 
 
 class TFServing(Payload):
@@ -42,11 +42,13 @@ class TFServing(Payload):
         if columns is not None:
             per_row = {k: c for k, c in columns.items() if isinstance(c, list) and len(c) == rows}
             suffix = shared_suffix({k: c for k, c in columns.items() if k not in per_row})
-            return [canonical({k: c[i] for k, c in per_row.items()}) + suffix for i in range(rows)]
+            keyed = [(short_name(k), c) for k, c in per_row.items()]  # once, not once per row
+            return [canonical({k: c[i] for k, c in keyed}) + suffix for i in range(rows)]
         names = self._names(request_doc)
         if len(table) != rows:
             raise PayloadError(f"{len(table)} rows in the request for {rows} scores")
-        return [canonical(_named(row, names)) for row in table]
+        short = [short_name(n) for n in names] if isinstance(names, list) else None
+        return [canonical(_named(row, short)) for row in table]
 
     def _answer(self, doc: Doc) -> tuple[Any, Any]:
         """(container, key) of the predictions, a list of rows or a dict of columns."""
@@ -182,10 +184,10 @@ class SeldonV1(TFServing):
         data["names"] = [self.label_output or "decision"]
 
 
-def _named(row: Any, names: list[Any] | None) -> Any:
+def _named(row: Any, names: list[str] | None) -> Any:
     """A list row with named columns as a mapping, so column order is not content."""
     if names is not None and isinstance(row, list) and len(row) == len(names):
-        return dict(zip(map(str, names), row, strict=True))
+        return dict(zip(names, row, strict=True))
     return row
 
 
@@ -195,7 +197,11 @@ def _seldon_rows(data: Any) -> list[Any]:
     tensor = field(data, "tensor", "data")
     shape = as_list(field(tensor, "shape", "data.tensor"), "data.tensor shape")
     values = as_list(field(tensor, "values", "data.tensor"), "data.tensor values")
-    width = math.prod(shape[1:])
-    if not shape or len(values) != shape[0] * width:
+    size = shape_size(shape, len(values), lambda why: PayloadError(f"data.tensor: {why}"))
+    rows = shape[0] if shape else 0
+    if not shape or size != len(values):
         raise PayloadError(f"data.tensor: {len(values)} values for shape {shape}")
-    return [values[i * width : (i + 1) * width] for i in range(shape[0])]
+    if size == 0 and rows > 0:  # rows no value backs: a few bytes of shape, millions of lists
+        raise PayloadError("data.tensor: rows of no values")
+    width = size // rows if rows else 0
+    return [values[i * width : (i + 1) * width] for i in range(rows)]

@@ -8,18 +8,20 @@ Values decode to the JSON protocol's Python forms: bool, int, float, and str for
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
     "DATATYPES",
+    "MAX_ELEMENTS",
     "TensorError",
     "element_count",
+    "flatten",
     "pack",
     "same_values",
+    "shape_size",
     "unpack",
 ]
 
@@ -57,12 +59,52 @@ _CAST = frozenset(
 )
 
 
-def element_count(shape: Sequence[int], where: str) -> int:
-    """The number of elements a shape holds (TensorError on a negative or non-int dim)."""
-    for dim in shape:
+# More elements than any body holds: a product past it stops growing into a huge integer.
+MAX_ELEMENTS = 2**62
+
+
+def shape_size(dims: Sequence[object], bound: int, error: Callable[[str], Exception]) -> int:
+    """The product of `dims`, each a non-negative int; error(reason) on a bad dim or past `bound`.
+
+    Never math.prod on a client's shape: a str or list dim repeats a sequence (a few bytes of
+    shape, gigabytes of memory), and thousands of huge dims make a quadratic integer product.
+    """
+    ints: list[int] = []
+    for dim in dims:
         if type(dim) is not int or dim < 0:
-            raise TensorError(f"{where}: shape {list(shape)} must hold non-negative integers")
-    return math.prod(shape)
+            raise error(f"shape dims must be non-negative integers, not {_brief(dim)}")
+        ints.append(dim)
+    if 0 in ints:  # the product is 0 however large the rest; else it only grows
+        return 0
+    size = 1
+    for dim in ints:
+        size *= dim
+        if size > bound:
+            raise error(f"shape holds more than {bound} elements")
+    return size
+
+
+def _brief(value: object) -> str:
+    """A dim as an error names it: a str or list one, or a huge int, only by its type."""
+    return repr(value) if type(value) is int and value.bit_length() < 64 else type(value).__name__
+
+
+def element_count(shape: Sequence[object], where: str, bound: int = MAX_ELEMENTS) -> int:
+    """The number of elements a shape holds (TensorError on a bad dim or more than `bound`)."""
+    return shape_size(shape, bound, lambda reason: TensorError(f"{where}: {reason}"))
+
+
+def flatten(data: list[Any], error: Callable[[], Exception]) -> list[Any]:
+    """Nested row-major data made flat, one level at a time (error() when it is ragged).
+
+    A level is taken only when every part is a list: a part that is not (a string, most
+    harmfully) would otherwise be iterated, or copied again at every deeper level.
+    """
+    while data and type(data[0]) is list:
+        if not all(type(part) is list for part in data):
+            raise error()
+        data = [v for part in data for v in part]
+    return data
 
 
 def unpack(datatype: str, shape: Sequence[int], raw: bytes | memoryview, where: str) -> list[Any]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from guardproxy.payloads.base import Payload
-from guardproxy.payloads.canonical import canonical, shared_suffix
+from guardproxy.payloads.canonical import canonical, shared_suffix, short_name
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
+from guardproxy.payloads.tensors import MAX_ELEMENTS, flatten, shape_size
 
 _UNNAMED: Any = object()
 
@@ -21,17 +21,18 @@ def _tensor(t: Any, where: str, name: Any = _UNNAMED) -> tuple[int, int, list[An
     """
     try:
         shape, data = t["shape"], t["data"]
-        rows = shape[0]
-        width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else math.prod(shape[1:])
-    except (KeyError, TypeError, IndexError):
-        raise PayloadError(
-            f"{_place(where, name)}: expected a tensor with shape and data"
-        ) from None
+    except (KeyError, TypeError):
+        shape = data = None
+    if type(shape) is not list or not shape:
+        raise PayloadError(f"{_place(where, name)}: expected a tensor with shape and data")
     if type(data) is not list:
         raise PayloadError(f"{_place(where, name)}: data must be a list, got {type(data).__name__}")
-    while data and type(data[0]) is list:
-        data = [v for part in data for v in part]
-    if type(rows) is not int or type(width) is not int or len(data) != rows * width:
+    data = flatten(data, lambda: PayloadError(f"{_place(where, name)}: ragged nested data"))
+    rows = shape[0]
+    width = shape_size(
+        shape[1:], MAX_ELEMENTS, lambda why: PayloadError(f"{_place(where, name)}: {why}")
+    )
+    if type(rows) is not int or rows < 0 or len(data) != rows * width:
         raise PayloadError(f"{_place(where, name)}: {len(data)} values for shape {shape}")
     return rows, width, data
 
@@ -73,18 +74,18 @@ class KServeV2(Payload):
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
         """Per row, every input's slice for that row by input name (request ids left out)."""
         inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
-        shared = _named_columns(request_doc)
+        shared = _short_names(_named_columns(request_doc))
         columns: dict[str, Any] = {}
         whole: dict[str, Any] = {}  # inputs that are not one slice per row: in every row's key
         for position, t in enumerate(inputs):
             n, width, data = _tensor(t, "request input")
             name = t.get("name")
-            key = name if isinstance(name, str) else f"#{position}"
-            if n != rows:
+            key = short_name(name) if isinstance(name, str) else f"#{position}"
+            if n != rows or width == 0:  # no slice of its own per row: a name alone is not one
                 whole[key] = data
                 continue
             own = _named_columns(t)
-            names = shared or [] if own is None else own
+            names = shared if own is None else _short_names(own)
             columns[key] = (width, data, names if len(names) == width > 1 else None)
         suffix = shared_suffix(whole)
         return [canonical(_row(columns, i)) + suffix for i in range(rows)]
@@ -171,8 +172,13 @@ def _row(columns: dict[str, Any], i: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, (width, data, names) in columns.items():
         value = data[i * width : (i + 1) * width]
-        out[key] = dict(zip(map(str, names), value, strict=True)) if names else value
+        out[key] = dict(zip(names, value, strict=True)) if names else value
     return out
+
+
+def _short_names(names: list[Any] | None) -> list[str]:
+    """Column names as each row's key holds them (a long one as its digest), made once."""
+    return [short_name(n) for n in names] if names is not None else []
 
 
 def _named_columns(holder: Any) -> list[Any] | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from guardproxy.grpc.documents import MessageRecord, request_document
+from guardproxy.grpc.documents import MessageRecord, apply_response, request_document
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.errors import TooManyValues
-from guardproxy.payloads.tensors import pack
+from guardproxy.payloads.tensors import TensorError, pack
+from tests.payloads.test_bounded_work import HUGE, NotIterable, deep
 
 
 def message(rows: int = 2, sex_raw: bytes | None = None) -> pb.ModelInferRequest:
@@ -52,3 +55,19 @@ def test_a_sample_keeps_the_whole_message_within_its_limit() -> None:
     broken = MessageRecord(message(sex_raw=b"\xff" * 5))
     assert "BYTES" in broken.document()["malformed_tensors"]
     assert record.whole() is record.whole()  # decoded once
+
+
+def test_an_absurd_shape_is_refused_without_its_big_int_product() -> None:
+    # 40,000 dims of 2**63 - 1 (a 360 KB message): a 2.7 s product, and a count of ~760,000
+    # digits that even the refusal could not format (ValueError).
+    msg = message()
+    msg.inputs[0].shape[:] = [1] + [HUGE] * 300
+    with pytest.raises(TensorError, match="input 'sex': shape holds more than"):
+        request_document(msg, only=frozenset({"sex"}), max_rows=2)
+
+
+def test_changed_outputs_with_ragged_data_are_refused_not_iterated() -> None:
+    data: list[Any] = [deep(50), NotIterable()]
+    doc = {"outputs": [{"name": "p", "datatype": "FP32", "shape": [1], "data": data}]}
+    with pytest.raises(TensorError, match="output 'p': ragged nested data"):
+        apply_response(pb.ModelInferResponse(model_name="m"), doc)

@@ -6,7 +6,8 @@ import pytest
 
 from guardproxy.guards.chain import GuardContext
 from guardproxy.guards.exchange import TooManyRows
-from guardproxy.guards.groups import telemetry_group
+from guardproxy.guards.groups import GroupGuard, telemetry_group
+from guardproxy.payloads import compile_payload
 from tests.guards.exchanges import chain, exchange, policy, v2_request
 
 GROUPS = {"values": ["female", "male"]}
@@ -85,3 +86,40 @@ async def test_a_path_group_over_the_row_limit_is_refused_counting_no_further() 
     ex = exchange({"rows": [{"sex": "female"}] * 1000})
     with pytest.raises(TooManyRows, match="a batch of 5 rows is over the limit of 4"):
         await guards.on_request(ex)  # 5, not 1000: it stopped counting past the limit
+
+
+class Rendered(dict[str, str]):
+    """A group value that is an object, counting how often it is rendered as text."""
+
+    renders = 0
+
+    def __repr__(self) -> str:
+        type(self).renders += 1
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+OPENAI = {"protocol": "openai", "labels": {"deny": ["x"]}}
+
+
+async def test_an_object_shared_by_every_row_maps_to_other_unrendered() -> None:
+    # OpenAI gives each of n rows the same value: a 200 KB object was rendered n times.
+    spec = policy(OPENAI, groups={**GROUPS, "attribute": {"input": "sex"}})
+    assert spec.groups is not None
+    payload = compile_payload(spec)
+    guard = GroupGuard(spec.groups, payload)
+    values = payload.feature({"metadata": {"sex": Rendered(k="x" * 1000)}, "n": 100}, "sex")
+    Rendered.renders = 0
+    assert [guard.group_of(v) for v in values] == ["other"] * 100
+    assert Rendered.renders == 0
+    scalars = [["female"], "male", None, 1.5, [True], True, b"female", ["female", "male"]]
+    assert [guard.group_of(v) for v in scalars] == ["female", "male"] + ["other"] * 6
+
+
+async def test_an_openai_n_past_the_limit_is_refused_as_too_many_rows() -> None:
+    spec = policy(OPENAI, groups={**GROUPS, "attribute": {"input": "sex"}})
+    guards = chain(spec, GuardContext(max_rows=4))
+    request = {"model": "m", "messages": [], "metadata": {"sex": "female"}, "n": 20_000}
+    with pytest.raises(TooManyRows, match="a batch of 20000 rows is over the limit of 4"):
+        await guards.on_request(exchange(request))
