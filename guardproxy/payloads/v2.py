@@ -27,11 +27,17 @@ def _tensor(t: Any, where: str, name: Any = _UNNAMED) -> tuple[int, int, list[An
         raise PayloadError(f"{_place(where, name)}: expected a tensor with shape and data")
     if type(data) is not list:
         raise PayloadError(f"{_place(where, name)}: data must be a list, got {type(data).__name__}")
-    data = flatten(data, lambda: PayloadError(f"{_place(where, name)}: ragged nested data"))
+    if data and type(data[0]) is list:
+        data = flatten(data, lambda: PayloadError(f"{_place(where, name)}: ragged nested data"))
     rows = shape[0]
-    width = shape_size(
-        shape[1:], MAX_ELEMENTS, lambda why: PayloadError(f"{_place(where, name)}: {why}")
-    )
+    if len(shape) == 1:  # the usual [N] and [N, k]: no product to bound
+        width = 1
+    elif len(shape) == 2 and type(shape[1]) is int and shape[1] >= 0:
+        width = shape[1]
+    else:
+        width = shape_size(
+            shape[1:], MAX_ELEMENTS, lambda why: PayloadError(f"{_place(where, name)}: {why}")
+        )
     if type(rows) is not int or rows < 0 or len(data) != rows * width:
         raise PayloadError(f"{_place(where, name)}: {len(data)} values for shape {shape}")
     return rows, width, data
