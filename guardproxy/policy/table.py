@@ -15,6 +15,8 @@ from guardproxy.policy.routes import RouteMatcher
 
 ChainFactory = Callable[[str, ModelPolicy, str], object]
 PATH_CACHE = 4096
+# A longer path is matched each time, not kept: 4,096 kept paths of 64 KiB would be 256 MiB.
+CACHED_PATH_CHARS = 256
 _MISS = object()
 BUILTIN_NAME = "default.yaml"
 
@@ -54,7 +56,7 @@ class CompiledPolicy:
             return found  # type: ignore[return-value]
         owner = self.routes.owner(path)
         model = None if owner is None else self.models[owner]
-        if len(self._by_path) < PATH_CACHE:  # bounded: clients choose the paths
+        if len(self._by_path) < PATH_CACHE and len(path) <= CACHED_PATH_CHARS:  # clients' paths
             self._by_path[path] = model
         return model
 

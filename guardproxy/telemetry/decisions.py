@@ -9,6 +9,7 @@ from opentelemetry.trace import Span
 from guardproxy.guards.groups import telemetry_group
 from guardproxy.hotpath.observation import Observation
 from guardproxy.policy.routes import RouteMatcher
+from guardproxy.policy.table import CACHED_PATH_CHARS
 from guardproxy.telemetry.instruments import Instruments
 from guardproxy.telemetry.tracing import CURRENT
 
@@ -129,7 +130,9 @@ class DecisionObserver:
         if known is not None and known[0] is spec:
             return known[1]
         route = next((p for matcher, p in routes if matcher.matches(ob.path)), "")
-        if len(self._by_path) >= PATH_CACHE:  # bounded: clients choose the paths
+        if len(ob.path) > CACHED_PATH_CHARS:  # bounded in count and size: clients choose paths
+            return route
+        if len(self._by_path) >= PATH_CACHE:
             self._by_path.clear()
         self._by_path[key] = (spec, route)
         return route

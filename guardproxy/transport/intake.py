@@ -19,6 +19,10 @@ from .response import ResponseWriter
 log = logging.getLogger("guardproxy.transport")
 
 FLOW, PIPELINE = 1, 2  # reasons to stop reading the socket
+# What a header line costs against the head limit besides its name and value: a line of a
+# few bytes still costs ~150 bytes as Python objects, so 60 KB of tiny lines cost ~18 times
+# what the limit says. At 64, a head of ordinary headers is charged a few KB more.
+HEADER_COST = 64
 
 
 class _Stop(Exception):
@@ -40,6 +44,8 @@ class Intake(asyncio.Protocol):
         self._head_size = 0
         self._head_raw = 0
         self._in_head = False
+        self._in_trailers = False  # after a chunk header no body followed: the last chunk's
+        self._body_read = 0  # body bytes of the read being parsed
         self._head_started = 0.0
         self._parsing: Request | None = None  # the request whose body is being parsed
         self._active: ResponseWriter | None = None  # the request being answered
@@ -81,14 +87,23 @@ class Intake(asyncio.Protocol):
         if self._discard:
             self._dropped += len(data)
             return
+        self._body_read = 0
         was_in_head = self._in_head
         self._feed(data)
         # A head still incomplete after a whole read was all head: bound it before the
-        # parser's callbacks see it (they only count complete header lines).
-        if was_in_head and self._in_head and not self._discard:
+        # parser's callbacks see it (they only count complete header lines). A read that
+        # ends in the trailer section counts its bytes but the body's: the parser keeps an
+        # unfinished trailer line, whose first bytes may share a read with the last chunk.
+        if self._discard:
+            return
+        if was_in_head and self._in_head:
             self._head_raw += len(data)
-            if self._head_raw > self._config.max_head_size:
-                self._refuse(431, "request head too large", "head_too_large")
+        elif self._in_trailers:
+            self._head_raw += len(data) - self._body_read
+        else:
+            return
+        if self._head_raw > self._config.max_head_size:
+            self._too_large()
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -121,6 +136,7 @@ class Intake(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = self._head_raw = 0
+        self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         """Part of the request target."""
@@ -130,11 +146,26 @@ class Intake(asyncio.Protocol):
             raise self._refuse(431, "request head too large", "head_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One header line, whole."""
-        self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
+        """One header line, whole; a trailer is counted against the same limit, and dropped."""
+        if self._in_head:
+            self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + HEADER_COST
         if self._head_size > self._config.max_head_size:
-            raise self._refuse(431, "request head too large", "head_too_large")
+            raise self._too_large()
+
+    def on_chunk_header(self) -> None:
+        """A chunk starts: until its data arrives, what follows may be the trailer section."""
+        self._in_trailers = True
+
+    def on_chunk_complete(self) -> None:
+        """A chunk (or, after the last one, the trailer section) ends."""
+        self._in_trailers = False
+
+    def _too_large(self) -> _Stop:
+        if self._in_head:
+            return self._refuse(431, "request head too large", "head_too_large")
+        self._malformed("request trailers too large")
+        return _Stop()
 
     def on_headers_complete(self) -> None:
         """The head is complete: make the request and run it, or queue it behind another."""
@@ -175,6 +206,8 @@ class Intake(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         """Part of the body."""
+        self._in_trailers = False
+        self._body_read += len(body)
         self._parsing.body.feed(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 from guardproxy.policy.loader import PolicyError, load_directory
 from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.table import (
+    CACHED_PATH_CHARS,
     PATH_CACHE,
     CompiledPolicy,
     PolicyTable,
@@ -93,6 +94,14 @@ def test_the_path_cache_is_bounded() -> None:
         entry.match(f"/junk/{i}")
     assert len(entry._by_path) == PATH_CACHE
     assert entry.match("/v2/models/m/infer") is entry.model("m")
+
+
+def test_long_paths_are_matched_not_kept() -> None:
+    # Kept, 4,096 paths of 60 KB would hold 240 MB.
+    entry = compile_table_of(Policy.model_validate({"region": "sg", "models": [{"name": "m"}]}))
+    long = "/junk/" + "x" * CACHED_PATH_CHARS
+    assert entry.match(long) is None and entry.match(long[:CACHED_PATH_CHARS]) is None
+    assert list(entry._by_path) == [long[:CACHED_PATH_CHARS]]
 
 
 def compile_table_of(policy: Policy) -> CompiledPolicy:

@@ -6,9 +6,11 @@ import pytest
 
 from guardproxy.guards.exchange import Verdict
 from guardproxy.guards.groups import telemetry_group
+from guardproxy.policy.table import CACHED_PATH_CHARS
 from guardproxy.policy.thresholds import Snapshot
 from guardproxy.telemetry import Telemetry, TelemetryConfig
-from guardproxy.telemetry.decisions import GroupLabels
+from guardproxy.telemetry.decisions import DecisionObserver, GroupLabels
+from guardproxy.telemetry.instruments import Instruments
 from tests.factories import compiled_table, observation
 
 from .conftest import samples
@@ -35,3 +37,13 @@ def test_the_policy_decides_which_group_the_counters_carry(mode: str, shown: str
     counters = ("guardproxy_decisions_total", "guardproxy_feedback_total")
     groups = {dict(labels)["group"] for name, labels in samples(telemetry) if name in counters}
     assert groups == {shown}
+
+
+def test_the_route_of_a_long_path_is_matched_not_kept() -> None:
+    table = compiled_table(name="m")
+    model = table.default.models[0]
+    observer = DecisionObserver(Instruments(), GroupLabels())
+    long = "/v2/models/m/versions/" + "9" * CACHED_PATH_CHARS + "/infer"
+    short = "/v2/models/m/versions/9/infer"
+    routes = [observer.route(observation(model)._replace(path=p)) for p in (long, short)]
+    assert routes[0] == routes[1] != "" and [p for _, p in observer._by_path] == [short]

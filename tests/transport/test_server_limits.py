@@ -116,7 +116,8 @@ async def test_head_over_the_limit_gets_431(pieces: int) -> None:
 
 
 async def test_a_head_under_the_limit_in_many_pieces_is_fine() -> None:
-    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(50))
+    # Thirty lines of 50-byte values: ~1.7 KB sent, charged ~3.5 KB (HEADER_COST each).
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(30))
     async with serving(ok, ServerConfig(max_head_size=4096)) as running:
         client = await RawClient.open(running.port)
         for i in range(0, len(head), 100):
@@ -318,3 +319,34 @@ async def test_shutdown_aborts_what_outlives_the_grace_period() -> None:
         await running.server.shutdown(0.1)
         assert await client.closed()
         assert running.server.counters.in_flight == 0
+
+
+async def test_trailers_count_against_the_head_limit_and_are_not_headers() -> None:
+    seen: list[bytes | None] = []
+
+    async def body_then_header(request: Request, response: ResponseWriter) -> None:
+        body = await request.read(1 << 20)
+        seen.append(request.headers.get(b"x-late"))
+        response.send(200, [], body)
+
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with serving(body_then_header, ServerConfig(max_head_size=4096)) as running:
+        client = await RawClient.open(running.port)
+        await client.send(head + b"5\r\nhello\r\n0\r\nX-Late: injected\r\n\r\n")
+        assert (await client.answer()).body == b"hello" and seen == [None]
+        # A trailer value that never ends: every read after the last chunk is counted.
+        client = await RawClient.open(running.port)
+        await client.send(head + b"5\r\nhello\r\n0\r\nX-T: ")
+        for _ in range(5):  # the fifth read passes the 4096 bytes; nothing is sent after it
+            await client.send(b"v" * 1000)
+        answer = await client.answer()
+        assert answer.status == 400 and b"trailers too large" in answer.body
+        assert await client.closed()
+
+
+async def test_many_tiny_header_lines_are_charged_what_they_cost() -> None:
+    # 10,000 three-byte lines are 50 KB on the wire but ~1.5 MB as Python objects.
+    head = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * 10_000 + b"\r\n"
+    async with serving(ok) as running:
+        status, body = await refused(running.port, head)
+    assert status == 431 and body["error"] == "request head too large"
