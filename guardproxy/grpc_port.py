@@ -16,6 +16,7 @@ from guardproxy.logs import AccessLog
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 from guardproxy.settings import Settings, parse_address
+from guardproxy.transport.limiter import KeyLimiter
 
 if TYPE_CHECKING:
     from guardproxy.grpc import GrpcProxy
@@ -53,12 +54,19 @@ class GrpcPort:
         self.hook: PolicyHook = PolicyHook(
             policies, breakers, (*observers, observed), region_key=settings.trust_region_header
         )
+        # The data port's bound on upstream requests, per model, applies to inference calls:
+        # --upstream-concurrency running, --upstream-queue waiting (its own slots, not shared).
+        # No `grpc.max_concurrent_streams` from them: it bounds a connection, which carries
+        # every model's calls (grpc clients share one), so a busy model would hold up the rest.
+        limits = settings.limits
         self.proxy: GrpcProxy = GrpcProxy(
             settings.grpc_upstream,
             self.hook,
             max_message=settings.max_body,
             timeout=settings.timeouts.total,
             calls=CallLog(AccessLog(settings.access_log), tracer or NO_TRACER),
+            limiter=KeyLimiter(limits.per_key, limits.queue, limits.queue_timeout),
+            slot_key=self.hook.slot_key,
         )
         self.port: int | None = None
         self._stopping: asyncio.Task[None] | None = None

@@ -13,6 +13,7 @@ import pytest
 from grpc import aio
 
 from guardproxy.app import Runtime, serve
+from guardproxy.hotpath.upstream import Limits
 from guardproxy.testing import eventually, proxy_settings, running_proxy, serving, upstream_app
 
 from .grpc.guarded import guarded, infer, rows
@@ -29,6 +30,37 @@ async def test_status_reports_the_grpc_port(tmp_path: Path) -> None:
         assert status["guards"]["guarded"] == 1
         async with http.get(g.proxy.admin_url + "/readyz") as response:
             assert response.status == 200
+
+
+async def test_the_upstream_limits_bound_inference_calls_per_model(tmp_path: Path) -> None:
+    limits = Limits(per_key=1, queue=1)  # --upstream-concurrency 1 --upstream-queue 1
+    async with guarded(tmp_path, limits=limits) as g, aiohttp.ClientSession() as http:
+        runtime = g.proxy.runtime
+        assert runtime.grpc is not None
+        slots = runtime.grpc.proxy.slots
+        first = asyncio.create_task(infer(g.target, rows(hold="1")))
+        await eventually(lambda: g.model.holding == 1)
+        second = asyncio.create_task(infer(g.target, rows(hold="1")))
+        await eventually(lambda: slots.status()["keys"]["default/echo"]["waiting"] == 1)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows())
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "(default/echo)" in (raised.value.details() or "")
+        answer, _, _ = await infer(g.target, rows("tagger", tags=["cat"]))  # guarded, own slots
+        assert answer.model_name == "tagger"
+        answer, _, _ = await infer(g.target, rows("plain"))  # unguarded: the one shared key
+        assert answer.model_name == "plain"
+        g.model.gate.set()
+        for call in (first, second):
+            answer, initial, _ = await call
+            assert answer.model_name == "echo" and "x-guard-decision" in initial
+        answer, _, _ = await infer(g.target, rows())  # the slots came back
+        assert answer.model_name == "echo"
+        async with http.get(g.proxy.admin_url + "/status") as response:
+            calls = (await response.json())["grpc"]["calls"]
+        assert calls["busy"] == {"default/echo": 1}
+        assert calls["statuses"]["RESOURCE_EXHAUSTED"] == 1
+        assert calls["slots"] == {"limit": 1, "queue": 1, "queue_timeout": 10.0, "keys": {}}
 
 
 async def test_without_the_flags_there_is_no_grpc_port() -> None:

@@ -36,6 +36,7 @@ from ..policy.thresholds import Snapshot
 from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
 from .documents import MessageRecord, request_document
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
+from .slots import UNGUARDED
 from .stats import GuardStats
 
 __all__ = ["FAILURES", "PolicyHook"]
@@ -90,16 +91,30 @@ class PolicyHook:
         stats.calls += 1
         request_id, replaced = request_id_of(call)
         stats.request_ids_replaced += replaced
-        region = metadata_value(call.metadata, self.region_key) if self.region_key else None
-        policy, known = self.policies.current.resolve(region)
+        model, known = self._model(call.model_name, call.model_version, call.metadata)
         stats.unknown_region += not known
-        model = model_of(policy, call.model_name, call.model_version)
         reason = _unguarded(model)
         if reason:
             stats.unguarded[reason] += 1
             self._pending[call] = _Pending(request_id)
             return None
         return await self._guard(call, request_id, cast(CompiledModel, model))
+
+    def slot_key(self, name: str, version: str, metadata: Metadata) -> str:
+        """The upstream slot key of a call to this model: region/model when the model is
+        guarded, as the HTTP path's pool key, else the one key of all unguarded calls."""
+        model, _ = self._model(name, version, metadata)
+        if model is None or _unguarded(model):
+            return UNGUARDED
+        return f"{model.region}/{model.name}"
+
+    def _model(
+        self, name: str, version: str, metadata: Metadata
+    ) -> tuple[CompiledModel | None, bool]:
+        """The model a call names in its region's policy, and whether the region is known."""
+        region = metadata_value(metadata, self.region_key) if self.region_key else None
+        policy, known = self.policies.current.resolve(region)
+        return model_of(policy, name, version), known
 
     async def _guard(self, call: InferCall, request_id: str, model: CompiledModel) -> Refuse | None:
         breaker = self.breakers.get(model)

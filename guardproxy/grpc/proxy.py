@@ -7,7 +7,8 @@ ways, which carries unary and streaming calls alike. Client metadata (`tracepare
 included) and the deadline go upstream (a unary ModelInfer's capped by `timeout`); the
 upstream's status, details, initial and trailing metadata come back. An answer or hook that
 fails follows `fail_closed`: pass untouched and count (default), or end the call INTERNAL.
-Every outcome is counted in `status()`.
+With a `limiter`, each inference call first takes an upstream slot for its model (slots.py):
+no slot in time is RESOURCE_EXHAUSTED. Every outcome is counted in `status()`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal, NoReturn
 import grpc
 from grpc import aio
 
+from ..transport.limiter import KeyLimiter
 from .calllog import CallLog
 from .context import INFER, STREAM_INFER, cancelled, ended, forwardable, upstream_metadata
 from .documents import apply_response, request_header, response_document
@@ -36,6 +38,7 @@ from .hooks import (
     refusal_trailers,
 )
 from .relay import Relay
+from .slots import CallSlots, SlotKey
 from .stats import GrpcStats
 from .streams import StreamGuard
 
@@ -75,6 +78,9 @@ class GrpcProxy:
         max_pending: int = 1024,
         timeout: float | None = None,
         calls: CallLog | None = None,
+        limiter: KeyLimiter | None = None,
+        slot_key: SlotKey | None = None,
+        max_calls: int | None = None,
     ) -> None:
         self.upstream = upstream
         self.calls = calls or CallLog()  # each call's access log line and span
@@ -84,6 +90,10 @@ class GrpcProxy:
         self.stream_answers = stream_answers  # Triton wraps stream answers; MLServer does not
         self.max_pending = max_pending
         self.stats = GrpcStats()
+        self.slots = CallSlots(limiter, slot_key, self.stats)  # upstream slots per model
+        # Calls of any method at once; more are refused RESOURCE_EXHAUSTED by grpc before
+        # their request is read (the slots can only refuse a call whose request has come).
+        self.max_calls = max_calls
         self.port: int | None = None
         self._options = [
             ("grpc.max_receive_message_length", max_message),
@@ -95,7 +105,10 @@ class GrpcProxy:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port); the port bound."""
         self._channel = aio.insecure_channel(self.upstream, options=self._options)
-        server = aio.server(options=[*self._options, ("grpc.so_reuseport", 0)])
+        server = aio.server(
+            options=[*self._options, ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=self.max_calls,
+        )
         server.add_generic_rpc_handlers((_Handler(self),))
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = server.add_insecure_port(address)
@@ -113,7 +126,12 @@ class GrpcProxy:
 
     def status(self) -> dict[str, Any]:
         """Counters and settings for /status."""
-        return {"upstream": self.upstream, "port": self.port, **self.stats.snapshot()}
+        return {
+            "upstream": self.upstream,
+            "port": self.port,
+            **self.stats.snapshot(),
+            "slots": self.slots.status(),
+        }
 
     @property
     def channel(self) -> aio.Channel:
@@ -160,12 +178,18 @@ class GrpcProxy:
             self.calls.end(record, code)
 
     async def _infer(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
-        """ModelInfer: hook before, forward, hook after (or told how the call failed)."""
+        """ModelInfer: a slot, hook before, forward, hook after (or told how the call failed)."""
         self.stats.calls["infer"] += 1
         self.stats.active += 1
         call: InferCall | None = None
         told = True  # whether the hook has heard how the call it admitted ended
+        held: str | None = None  # the key of the slot the call holds
         try:
+            key = self.slots.key_of(request, tuple(context.invocation_metadata() or ()))
+            busy = await self.slots.take(key)
+            if busy is not None:
+                await self.refuse(busy, context, hook=False)
+            held = key
             call = self.decode_call("ModelInfer", request, context)
             if call is not None:
                 await self.admit(call, context)
@@ -194,6 +218,8 @@ class GrpcProxy:
                 await self.failed(call, *cancelled(context))
             raise
         finally:
+            if held is not None:
+                self.slots.release(held)
             self.stats.active -= 1
 
     async def stream_infer(
@@ -322,10 +348,17 @@ class GrpcProxy:
     def _failed(self, message: str) -> Refuse | None:
         return Refuse(grpc.StatusCode.INTERNAL, message) if self.fail_closed else None
 
-    async def refuse(self, refusal: Refuse, context: aio.ServicerContext[bytes, bytes]) -> NoReturn:
-        """End the call with the refusal's status (raises, as context.abort does)."""
+    async def refuse(
+        self, refusal: Refuse, context: aio.ServicerContext[bytes, bytes], *, hook: bool = True
+    ) -> NoReturn:
+        """End the call with the refusal's status (raises, as context.abort does).
+
+        A refusal of the hook's is counted in `refused`; one of the slots (`hook=False`), in
+        `busy` already.
+        """
         self.calls.refused()
-        self.stats.refused[refusal.code.name] += 1
+        if hook:
+            self.stats.refused[refusal.code.name] += 1
         self.stats.status(refusal.code)
         await context.abort(refusal.code, refusal.message, refusal_trailers(refusal))
 

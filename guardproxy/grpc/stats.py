@@ -13,7 +13,7 @@ __all__ = ["GrpcStats", "GuardStats"]
 class GrpcStats:
     """Calls by kind, final statuses, refusals and every failure mode, counted."""
 
-    __slots__ = ("active", "calls", "errors", "refused", "statuses", "upstream")
+    __slots__ = ("active", "busy", "calls", "errors", "refused", "statuses", "upstream")
 
     def __init__(self) -> None:
         self.active = 0
@@ -21,6 +21,7 @@ class GrpcStats:
         self.statuses: Counter[str] = Counter()  # final status sent to clients, by name
         self.upstream: Counter[str] = Counter()  # non-OK statuses from the upstream
         self.refused: Counter[str] = Counter()  # hook refusals, by status
+        self.busy: Counter[str] = Counter()  # refused RESOURCE_EXHAUSTED: no slot, by key
         self.errors: Counter[str] = Counter()  # decode, hook, encode, unpaired, ...
 
     def status(self, code: grpc.StatusCode) -> None:
@@ -35,6 +36,7 @@ class GrpcStats:
             "statuses": dict(self.statuses),
             "upstream_errors": dict(self.upstream),
             "refused": dict(self.refused),
+            "busy": dict(self.busy),
             "errors": dict(self.errors),
         }
 

@@ -19,13 +19,25 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
 
     Model "slow" sleeps first (in streams too); model "broken" fails with a status and trailing
     metadata (in streams: an in-band error message). Any model obeys the request parameters
-    `sleep` (seconds, before answering) and `fail` (a status name to fail with).
+    `sleep` (seconds, before answering) and `fail` (a status name to fail with); a request
+    with the parameter `hold` waits until `gate` is set (`holding`: how many wait now).
     """
 
     def __init__(self) -> None:
         self.metadata: list[dict[str, Any]] = []
         self.deadlines: list[float | None] = []
         self.cancelled = 0
+        self.gate = asyncio.Event()
+        self.holding = 0
+
+    async def hold(self, request: Any) -> None:
+        """Wait for the gate when the request asks to be held."""
+        if "hold" in request.parameters:
+            self.holding += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.holding -= 1
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -42,6 +54,7 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
         if request.model_name == "broken":
             context.set_trailing_metadata((("x-upstream-reason", "out of memory"),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "model ran out of memory")
+        await self.hold(request)
         await obey(request, context)
         return answer(request)
 
@@ -54,6 +67,7 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
             if request.model_name == "broken":
                 yield pb.ModelStreamInferResponse(error_message="model is broken")
                 continue
+            await self.hold(request)
             await obey(request, context)
             yield pb.ModelStreamInferResponse(infer_response=answer(request))
 

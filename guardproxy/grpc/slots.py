@@ -1,0 +1,121 @@
+"""Upstream slots per model for inference calls, as the HTTP path bounds its upstream requests.
+
+Each unary ModelInfer call, and each ModelStreamInfer stream for each model its messages name,
+takes a slot of its key in a `KeyLimiter` (the `--upstream-concurrency` / `--upstream-queue`
+settings) before its request goes upstream, and gives it back when the call ends. A call that
+finds the queue full, or waits longer than the limiter's timeout, is refused RESOURCE_EXHAUSTED.
+The key is the hook's (`PolicyHook.slot_key`: region/model for a guarded model, `unguarded` for
+every other call), read from the request's first fields without decoding its tensors: a large
+request waits in the queue as the bytes gRPC received, not as a decoded message too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ..transport.errors import UpstreamError
+from ..transport.limiter import KeyLimiter
+from .hooks import Metadata, Refuse
+from .stats import GrpcStats
+
+__all__ = ["UNGUARDED", "CallSlots", "SlotKey", "request_target"]
+
+UNGUARDED = "unguarded"  # the key of calls no guarded model takes (the HTTP path's pool key)
+# The key of a call to model (name, version) with this client metadata.
+SlotKey = Callable[[str, str, Metadata], str]
+
+_NAME, _VERSION = 1, 2  # ModelInferRequest.model_name, .model_version: strings, written first
+_LEN = 2  # the wire type of strings and messages
+
+
+def request_target(request: bytes) -> tuple[str, str]:
+    """The model name and version of a serialized ModelInferRequest, its tensors not parsed.
+
+    Reads the top-level fields up to the first one past `model_version` (serializers write
+    fields in number order, so it is the whole header); ("", "") for bytes that are no request.
+    """
+    found = ["", ""]
+    view = memoryview(request)
+    pos, end = 0, len(request)
+    try:
+        while pos < end:
+            tag, pos = _varint(view, pos)
+            field, wire = tag >> 3, tag & 7
+            if field not in (_NAME, _VERSION):
+                break
+            if wire != _LEN:
+                return "", ""
+            size, pos = _varint(view, pos)
+            if pos + size > end:
+                return "", ""
+            found[field - 1] = bytes(view[pos : pos + size]).decode("utf-8")
+            pos += size
+    except (IndexError, UnicodeDecodeError):
+        return "", ""
+    return found[0], found[1]
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+def _unguarded(name: str, version: str, metadata: Metadata) -> str:
+    return UNGUARDED
+
+
+class CallSlots:
+    """The proxy's slots: a limiter (None: no bound) and the key each call takes."""
+
+    def __init__(self, limiter: KeyLimiter | None, key: SlotKey | None, stats: GrpcStats) -> None:
+        self.limiter = limiter
+        self.key = key or _unguarded
+        self.stats = stats
+
+    def key_of(self, request: bytes, metadata: Metadata) -> str:
+        """The key of the call this request belongs to."""
+        if self.limiter is None:
+            return UNGUARDED  # no slots to take: nothing to read
+        name, version = request_target(request)
+        return self.key(name, version, metadata)
+
+    async def take(self, key: str) -> Refuse | None:
+        """Wait for a slot of `key` (None: taken, release it), or the refusal (counted)."""
+        limiter = self.limiter
+        if limiter is None or limiter.try_acquire(key):
+            return None
+        try:
+            await limiter.acquire(key)
+        except UpstreamError as exc:
+            self.stats.busy[key] += 1
+            message = f"busy: {exc.message} ({key}); retry later"
+            return Refuse(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        return None
+
+    def release(self, key: str) -> None:
+        """Give back a slot `take` gave."""
+        if self.limiter is not None:
+            self.limiter.release(key)
+
+    def status(self) -> dict[str, Any]:
+        """The limits, and the calls running and waiting per key, for /status."""
+        limiter = self.limiter
+        if limiter is None:
+            return {"limit": None}
+        return {
+            "limit": limiter.limit,
+            "queue": limiter.queue,
+            "queue_timeout": limiter.timeout,
+            "keys": limiter.as_dict(),
+        }
