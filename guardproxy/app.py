@@ -113,6 +113,8 @@ class Runtime:
             trust=Trust(settings.trust_region_header, settings.trust_forwarded),
             max_body=settings.max_body,
             access=AccessLog(settings.access_log),
+            # Each worker keeps to its share (the proxy raises it to one whole body).
+            max_buffered=settings.max_buffered // settings.workers,
         )
         port = DataPort(self.telemetry.traced(self.proxy.handle), self.feedback.handle)
         self.server = data_server(port.handle, settings.header_timeout, settings.body_timeout)
@@ -252,6 +254,7 @@ class Runtime:
             },
             "draining": self.draining,
             "requests": self.proxy.counts.as_dict(),
+            "request_bodies": self.proxy.bodies.status(),
             "data_port": self.server.status(),
             "upstream_pool": self.upstream.status(),
             "loop": {"lag": self.loop_lag.status(), "gc": self.gc_pauses.status()},

@@ -54,6 +54,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         body_timeout=args.body_timeout,
         drain_timeout=args.drain_timeout,
         max_body=args.max_body,
+        max_buffered=args.max_buffered,
         max_rows=args.max_rows,
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),

@@ -220,6 +220,15 @@ SERVE_FLAGS = (
         parse=size,
     ),
     Flag(
+        "--max-buffered",
+        "BYTES",
+        "request body bytes guarded requests may hold at once, counted as they arrive, "
+        "else 503 with Retry-After; never below --max-body, shared out among --workers",
+        str(256 << 20),
+        "268435456 (256 MiB)",
+        parse=size,
+    ),
+    Flag(
         "--max-rows",
         "N",
         "most rows one guarded request or answer may carry, else 413 (each row holds the "

@@ -51,6 +51,7 @@ class Settings:
     body_timeout: float = 30.0  # longest silence while a client sends its body
     drain_timeout: float = 20.0
     max_body: int = 16 * 1024 * 1024
+    max_buffered: int = 256 * 1024 * 1024  # request body bytes guarded requests hold at once
     max_rows: int = 10_000  # rows of one guarded request or answer
     poll_interval: float = 2.0
     samples_dir: Path = Path("/tmp/guardproxy-samples")

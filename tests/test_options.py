@@ -89,6 +89,8 @@ def test_the_readme_table_matches_the_flags() -> None:
         ("READ_TIMEOUT", "-1", "seconds above 0"),
         ("DRAIN_TIMEOUT", "nan", "0 or more"),
         ("MAX_BODY", "0", "bytes above 0"),
+        ("MAX_BUFFERED", "0", "bytes above 0"),
+        ("MAX_BUFFERED", "256MiB", "from --max-buffered or GUARDPROXY_MAX_BUFFERED"),
         ("LOG_LEVEL", "loud", "unknown log level 'loud'"),
         ("LOG_FORMAT", "xml", "expected text or json"),
         ("WORKERS", "0", "whole number above 0"),
@@ -127,3 +129,17 @@ def test_values_are_parsed_from_flags_and_variables(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GUARDPROXY_ACCESS_LOG", "maybe")
     with pytest.raises(SystemExit, match="GUARDPROXY_ACCESS_LOG: expected true or false"):
         settings_from(parser().parse_args(["serve"]))
+
+
+def test_max_buffered_defaults_to_256_mib_and_reads_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    flag = next(flag for flag in SERVE_FLAGS if flag.name == "--max-buffered")
+    assert flag.env == "GUARDPROXY_MAX_BUFFERED" and flag.metavar == "BYTES"
+    assert flag.default_text == "268435456 (256 MiB)"
+    assert settings_from(parser().parse_args(["serve"])).max_buffered == 256 << 20
+    monkeypatch.setenv("GUARDPROXY_MAX_BUFFERED", "65536")
+    assert settings_from(parser().parse_args(["serve"])).max_buffered == 65536
+    args = parser().parse_args(["serve", "--max-buffered", "131072"])  # the flag wins
+    assert settings_from(args).max_buffered == 131072

@@ -11,7 +11,14 @@ from guardproxy.hotpath.upstream import (
     forward_response_headers,
 )
 from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
-from guardproxy.transport import HeaderList, Headers, Request, UpstreamError, UpstreamResponse
+from guardproxy.transport import (
+    BodyTooLarge,
+    HeaderList,
+    Headers,
+    Request,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 IDENTITY = (b"Accept-Encoding", b"identity")
 BINARY_HEADER = b"Inference-Header-Content-Length"
@@ -23,6 +30,66 @@ _STREAM_SKIP = frozenset({b"content-length"})
 # one they cannot. Once its body is decoded, the headers describing the encoding go too.
 _GUARDED_SKIP = REQUEST_SKIP | {b"accept-encoding"}
 _DECODED_SKIP = _GUARDED_SKIP | {name.lower().encode() for name in ENCODED_ONLY}
+BUDGET_FULL = "too many request bodies held by the proxy; retry later"
+RETRY_AFTER = (b"Retry-After", b"1")
+
+
+class BodyBudget:
+    """Bytes of guarded request bodies the process holds at once (--max-buffered).
+
+    Plain ints: one event loop changes them, so no locks; every step is O(1).
+    """
+
+    __slots__ = ("limit", "peak", "refused", "reserved")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reserved = 0  # bytes held by exchanges in progress
+        self.peak = 0
+        self.refused = 0  # requests answered 503 because their body did not fit
+
+    def status(self) -> dict[str, int]:
+        """JSON-able view for /status."""
+        return {
+            "budget": self.limit,
+            "reserved": self.reserved,
+            "peak": self.peak,
+            "refused": self.refused,
+        }
+
+
+class BudgetFull(Refusal):
+    """503: the request body does not fit in what is left of the process's budget."""
+
+    def __init__(self) -> None:
+        super().__init__(503, BUDGET_FULL, [RETRY_AFTER])
+
+
+class BodyHold:
+    """What one guarded exchange holds of the budget; released once, when the exchange ends."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def grow(self, size: int) -> None:
+        """Hold `size` more bytes; BudgetFull (503) when they do not fit."""
+        budget = self.budget
+        reserved = budget.reserved + size
+        if reserved > budget.limit:
+            budget.refused += 1
+            raise BudgetFull()
+        budget.reserved = reserved
+        self.held += size
+        if reserved > budget.peak:
+            budget.peak = reserved
+
+    def release(self) -> None:
+        """Give everything held back (again: nothing)."""
+        self.budget.reserved -= self.held
+        self.held = 0
 
 
 def applied_codings(headers: Headers) -> list[str]:
@@ -31,20 +98,51 @@ def applied_codings(headers: Headers) -> list[str]:
     return codings(value.decode("latin-1") for value in values) if values else []
 
 
-async def read_request_body(request: Request, limit: int) -> tuple[bytes, bool]:
+async def read_request_body(
+    request: Request, limit: int, hold: BodyHold | None = None
+) -> tuple[bytes, bool]:
     """The request body decoded from its Content-Encoding; True when it was encoded.
 
     BodyTooLarge (413) over the limit as sent; Refusal 413 when the decoded body is over it,
-    415 for an unknown coding, 400 when the bytes do not match their coding.
+    415 for an unknown coding, 400 when the bytes do not match their coding. With a hold,
+    the bytes are held in the budget as they arrive (BudgetFull, 503, once they do not fit),
+    a decoded body at its decoded size.
     """
-    raw = await request.read(limit)
+    raw = await (request.read(limit) if hold is None else _read_held(request, limit, hold))
     applied = applied_codings(request.headers)
     if not applied:
         return raw, False
     try:
-        return decode_body(raw, applied, limit), True
+        body = decode_body(raw, applied, limit)
     except EncodingError as exc:
         raise Refusal(exc.status, exc.message) from None
+    if hold is not None and len(body) > hold.held:
+        hold.grow(len(body) - hold.held)
+    return body, True
+
+
+async def _read_held(request: Request, limit: int, hold: BodyHold) -> bytes:
+    """The body as sent, each piece held in the budget as it arrives.
+
+    Never reserved ahead from a declared length: clients could then hold the whole budget
+    with heads alone. To hold it, they must send the bytes.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    if request.body.done:  # the usual small body, arrived with its head: held already
+        raw = await request.read(limit)
+        hold.grow(len(raw))
+        return raw
+    parts: list[bytes] = []
+    size = 0
+    async for data in request.stream():  # each piece: all that arrived since the last
+        size += len(data)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        hold.grow(len(data))
+        parts.append(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def guarded_headers(

@@ -17,6 +17,8 @@ from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
 from guardproxy.hotpath.bodies import (
+    BodyBudget,
+    BodyHold,
     applied_codings,
     binary_request,
     changed_headers,
@@ -60,11 +62,12 @@ class GuardedSteps:
     tracer: UpstreamTracer
     trust: Trust
     max_body: int
+    bodies: BodyBudget  # request body bytes held at once, across exchanges (--max-buffered)
     counts: ProxyCounts
     wires: ModelWires
 
-    async def read_body(self, request: Request) -> tuple[bytes, bool]:
-        """A guarded request's body, decoded; True when it came encoded."""
+    async def read_body(self, request: Request, hold: BodyHold) -> tuple[bytes, bool]:
+        """A guarded request's body, decoded, its bytes held; True when it came encoded."""
         raise NotImplementedError
 
     async def _guarded(
@@ -88,8 +91,9 @@ class GuardedSteps:
                 breaker_open(writer, request_id, model, breaker, wire.headers)
                 return "refused"
         call = BreakerCall(Admitted(breaker, admission, fallback is not None))
+        hold = BodyHold(self.bodies)
         try:
-            body, decoded = await self.read_body(request)
+            body, decoded = await self.read_body(request, hold)
             ex = Exchange(
                 request_id=request_id,
                 region=model.region,
@@ -124,6 +128,7 @@ class GuardedSteps:
                 raise
         finally:
             call.release()  # a probe that never reached the upstream gives its slot back
+            hold.release()  # however the exchange ended, its body leaves the budget
 
     async def _ask(
         self,

@@ -8,7 +8,7 @@ from time import monotonic, perf_counter
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.hotpath.admission import Fallbacks
-from guardproxy.hotpath.bodies import read_request_body
+from guardproxy.hotpath.bodies import BodyBudget, BodyHold, read_request_body
 from guardproxy.hotpath.guarded import GuardedSteps, Observer
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.paths import origin_form, route_path
@@ -30,6 +30,7 @@ log = logging.getLogger("guardproxy.proxy")
 
 UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 
 class Proxy(GuardedSteps):
@@ -46,6 +47,7 @@ class Proxy(GuardedSteps):
         trust: Trust | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         access: AccessLog | None = None,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self.upstream = upstream
         self.policies = policies
@@ -56,6 +58,7 @@ class Proxy(GuardedSteps):
         self.trust = trust or Trust()
         self.region_key = self.trust.region_key
         self.max_body = max_body
+        self.bodies = BodyBudget(max(max_buffered, max_body))  # one whole body always fits
         self.access = access or AccessLog()
         self.counts = ProxyCounts()
         self.wires = ModelWires()
@@ -90,7 +93,8 @@ class Proxy(GuardedSteps):
             self._upstream_failed(writer, request_id, exc)
         except RequestError as exc:  # too large, too slow, malformed, badly encoded: the client's
             counts.refused[exc.status] = counts.refused.get(exc.status, 0) + 1
-            fail(writer, exc.status, exc.message, request_id)
+            headers = exc.headers if isinstance(exc, Refusal) else None  # a 503's Retry-After
+            fail(writer, exc.status, exc.message, request_id, headers)
         except ClientDisconnected:  # nobody to answer, nothing to log
             counts.client_gone += 1
             writer.abort()
@@ -139,9 +143,12 @@ class Proxy(GuardedSteps):
             raise Refusal(400, "ambiguous encoding in a guarded path (%2F, %5C or %00)")
         return model, route.key
 
-    async def read_body(self, request: Request) -> tuple[bytes, bool]:
-        """A guarded request's body, decoded; True when it came encoded (413, 415, 400)."""
-        return await read_request_body(request, self.max_body)
+    async def read_body(self, request: Request, hold: BodyHold) -> tuple[bytes, bool]:
+        """A guarded request's body, decoded; True when it came encoded (413, 415, 400).
+
+        Its bytes are held in the process's budget first: 503 when they do not fit.
+        """
+        return await read_request_body(request, self.max_body, hold)
 
     def finished(
         self,

@@ -35,11 +35,12 @@ MAX_MODELS = 1024  # models whose constant headers are kept (policies are reload
 
 
 class Refusal(RequestError):
-    """A request the proxy answers itself before the upstream sees it (400, 413, 415)."""
+    """A request the proxy answers itself before the upstream sees it (400, 413, 415, 503)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: HeaderList | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers  # sent with the error answer (a 503's Retry-After)
 
 
 @dataclass(slots=True)
@@ -69,7 +70,8 @@ class ProxyCounts:
     in_flight: int = 0
     unknown_region: int = 0
     upstream_errors: dict[int, int] = field(default_factory=dict)
-    refused: dict[int, int] = field(default_factory=dict)  # bad requests: 400, 408, 413, 415
+    # bad requests (400, 408, 413, 415), and bodies over the --max-buffered budget (503)
+    refused: dict[int, int] = field(default_factory=dict)
     aborted: int = 0
     blocked: int = 0
     unguarded_streams: int = 0  # a guarded route answered with a stream no guard reads
@@ -142,12 +144,18 @@ def proxy_error(status: int, message: str, request: Request | None) -> tuple[Hea
     return [JSON, (REQUEST_ID, request_id.encode())], error_body(message, request_id)
 
 
-def fail(writer: ResponseWriter, status: int, message: str, request_id: str) -> None:
+def fail(
+    writer: ResponseWriter,
+    status: int,
+    message: str,
+    request_id: str,
+    headers: HeaderList | None = None,
+) -> None:
     """An error answer, or a reset when the answer's head is already out."""
     if writer.started:
         writer.abort()
     elif not writer.finished:
-        send_error(writer, status, message, request_id)
+        send_error(writer, status, message, request_id, headers)
 
 
 def header_name(name: str) -> bytes:
