@@ -64,6 +64,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         service_name=args.service_name or None,
         workers=args.workers,
         access_log=switched(args, "--access-log"),
+        grpc_max_calls=args.grpc_max_calls,
         **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
 

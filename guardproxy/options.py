@@ -291,6 +291,14 @@ SERVE_FLAGS = (
         "the model server's OIP gRPC port (HOST:PORT, not a URL)",
         shown="none",
     ),
+    Flag(
+        "--grpc-max-calls",
+        "N",
+        "gRPC calls (of every method and model) at once; more are refused RESOURCE_EXHAUSTED "
+        "before their message is read (each may hold up to --max-body)",
+        "64",
+        parse=count,
+    ),
 )
 
 

@@ -121,3 +121,15 @@ def test_the_grpc_flags_without_grpcio_are_a_clear_startup_error(tmp_path: Path)
     assert done.returncode == 1
     assert "--grpc-listen needs grpcio" in done.stderr
     assert "pip install 'guardproxy[grpc]'" in done.stderr
+
+
+async def test_calls_past_grpc_max_calls_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    async with guarded(tmp_path, grpc_max_calls=1) as g:
+        held = asyncio.create_task(infer(g.target, rows(hold="1")))
+        await eventually(lambda: g.model.holding == 1)
+        with pytest.raises(aio.AioRpcError) as raised:  # another model: the bound is the port's
+            await infer(g.target, rows("plain"))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        g.model.gate.set()
+        answer, _, _ = await held
+        assert answer.model_name == "echo"

@@ -118,10 +118,11 @@ def test_values_are_parsed_from_flags_and_variables(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GUARDPROXY_READ_TIMEOUT", "2.5")
     monkeypatch.setenv("GUARDPROXY_ACCESS_LOG", "Yes")
     monkeypatch.setenv("GUARDPROXY_MAX_ROWS", "500")
+    monkeypatch.setenv("GUARDPROXY_GRPC_MAX_CALLS", "8")
     args = parser().parse_args(["serve", "--log-level", "WARNING", "--max-body", "1024"])
     settings = settings_from(args)
     assert settings.timeouts.read == 2.5 and settings.max_body == 1024
-    assert settings.max_rows == 500
+    assert settings.max_rows == 500 and settings.grpc_max_calls == 8
     assert settings.access_log is True and args.log_level == "warning"
     monkeypatch.setenv("GUARDPROXY_ACCESS_LOG", "off")
     assert settings_from(parser().parse_args(["serve"])).access_log is False
