@@ -127,13 +127,13 @@ async def _read_held(request: Request, limit: int, hold: BodyHold) -> bytes:
     Never reserved ahead from a declared length: clients could then hold the whole budget
     with heads alone. To hold it, they must send the bytes.
     """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(limit)
     if request.body.done:  # the usual small body, arrived with its head: held already
         raw = await request.read(limit)
         hold.grow(len(raw))
         return raw
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
     parts: list[bytes] = []
     size = 0
     async for data in request.stream():  # each piece: all that arrived since the last
