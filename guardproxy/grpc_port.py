@@ -67,7 +67,7 @@ class GrpcPort:
             calls=CallLog(AccessLog(settings.access_log), tracer or NO_TRACER),
             limiter=KeyLimiter(limits.per_key, limits.queue, limits.queue_timeout),
             slot_key=self.hook.slot_key,
-            max_calls=settings.grpc_max_calls,
+            max_calls=settings.grpc_max_calls or None,
         )
         self.port: int | None = None
         self._stopping: asyncio.Task[None] | None = None

@@ -294,10 +294,10 @@ SERVE_FLAGS = (
     Flag(
         "--grpc-max-calls",
         "N",
-        "gRPC calls (of every method and model) at once; more are refused RESOURCE_EXHAUSTED "
-        "before their message is read (each may hold up to --max-body)",
-        "64",
-        parse=count,
+        "gRPC calls (of every method and model) at once, 0 for no bound; more are refused "
+        "RESOURCE_EXHAUSTED before their message is read (each may hold up to --max-body)",
+        "0",
+        parse=count_or_zero,
     ),
 )
 

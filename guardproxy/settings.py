@@ -66,7 +66,7 @@ class Settings:
     worker: int = 0  # this process's index among them
     grpc_listen: tuple[str, int] | None = None  # the gRPC port; set with grpc_upstream
     grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
-    grpc_max_calls: int = 64  # gRPC calls at once, refused before their message is read
+    grpc_max_calls: int = 0  # gRPC calls at once (0: no bound), refused before being read
     access_log: bool = False  # every request at info level (else at debug)
 
     def secrets(self) -> tuple[str, ...]:
