@@ -32,6 +32,10 @@ _GUARDED_SKIP = REQUEST_SKIP | {b"accept-encoding"}
 _DECODED_SKIP = _GUARDED_SKIP | {name.lower().encode() for name in ENCODED_ONLY}
 BUDGET_FULL = "too many request bodies held by the proxy; retry later"
 RETRY_AFTER = (b"Retry-After", b"1")
+# Of each body, what the budget does not count: as much as the transport buffers for any
+# connection anyway. Clients who fill the budget with large bodies then hold up only other
+# large bodies, never the usual small request.
+UNCOUNTED = 64 * 1024
 
 
 class BodyBudget:
@@ -68,21 +72,26 @@ class BudgetFull(Refusal):
 class BodyHold:
     """What one guarded exchange holds of the budget; released once, when the exchange ends."""
 
-    __slots__ = ("budget", "held")
+    __slots__ = ("budget", "held", "size")
 
     def __init__(self, budget: BodyBudget) -> None:
         self.budget = budget
-        self.held = 0
+        self.size = 0  # bytes of the body held in memory
+        self.held = 0  # of them, those the budget counts: past the first UNCOUNTED
 
     def grow(self, size: int) -> None:
-        """Hold `size` more bytes; BudgetFull (503) when they do not fit."""
+        """The body holds `size` more bytes; BudgetFull (503) when they do not fit."""
+        self.size += size
+        more = self.size - UNCOUNTED - self.held
+        if more <= 0:
+            return
         budget = self.budget
-        reserved = budget.reserved + size
+        reserved = budget.reserved + more
         if reserved > budget.limit:
             budget.refused += 1
             raise BudgetFull()
         budget.reserved = reserved
-        self.held += size
+        self.held += more
         if reserved > budget.peak:
             budget.peak = reserved
 
@@ -116,8 +125,8 @@ async def read_request_body(
         body = decode_body(raw, applied, limit)
     except EncodingError as exc:
         raise Refusal(exc.status, exc.message) from None
-    if hold is not None and len(body) > hold.held:
-        hold.grow(len(body) - hold.held)
+    if hold is not None and len(body) > hold.size:
+        hold.grow(len(body) - hold.size)
     return body, True
 
 

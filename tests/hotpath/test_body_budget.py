@@ -3,8 +3,10 @@
 Clients that trickle large bodies once held a full --max-body buffer each, before any slot
 was taken: 60 of them took a real proxy up ~940 MiB. Now a body's bytes are held in the
 budget as they arrive (never reserved ahead from a declared length, which would let heads
-alone hold it), a decoded body at its decoded size; a request whose bytes do not fit gets a
-503 with Retry-After, and whatever way an exchange ends, its bytes go back.
+alone hold it), a decoded body at its decoded size, each past its first 64 KiB (which the
+transport buffers for any connection anyway, so a small request never waits on it); a
+request whose bytes do not fit gets a 503 with Retry-After, and whatever way an exchange
+ends, its bytes go back.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import pytest
 
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange
+from guardproxy.hotpath.bodies import UNCOUNTED
 from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy
 from tests.integration.attacks import INFER, applicant, guarded, post
 from tests.transport.support import Answer, RawClient, port_of
 
 MAX_BODY = 256 * 1024
-HELD = MAX_BODY - 8 * 1024  # what each trickling client holds: 16 KiB of the budget stay free
+HELD = MAX_BODY - 8 * 1024  # what each trickling client sends
+CHARGED = HELD - UNCOUNTED  # what the budget counts of it
+BUDGET = 2 * CHARGED + 16 * 1024  # two trickling clients leave 16 KiB of it
 
 
 def reserved(proxy: RunningProxy) -> int:
@@ -82,22 +87,22 @@ def assert_budget_refusal(answer: Answer) -> None:
 async def test_trickling_clients_hold_the_budget_and_a_large_body_gets_503(
     tmp_path: Path, client: aiohttp.ClientSession
 ) -> None:
-    async with guarded(tmp_path, max_body=MAX_BODY, max_buffered=2 * MAX_BODY) as (proxy, model):
+    async with guarded(tmp_path, max_body=MAX_BODY, max_buffered=BUDGET) as (proxy, model):
         async with trickling(proxy):
-            await eventually(lambda: reserved(proxy) == 2 * HELD)
+            await eventually(lambda: reserved(proxy) == 2 * CHARGED)
 
             # A declared length does not hold the budget, its bytes do: refused once they come.
             large = await RawClient.open(port_of(proxy.url))
-            await large.send(head(MAX_BODY // 2) + b"x")
-            await eventually(lambda: reserved(proxy) == 2 * HELD + 1)
+            await large.send(head(MAX_BODY) + b"x" * (UNCOUNTED + 1))
+            await eventually(lambda: reserved(proxy) == 2 * CHARGED + 1)
             await large.send(b"x" * 20_000)
             assert_budget_refusal(await large.answer())
             # A chunked body: refused once it grows past what is left.
             grown = await RawClient.open(port_of(proxy.url))
-            await grown.send(head(None) + chunk(b"x" * 10_000) + chunk(b"x" * 10_000))
+            await grown.send(head(None) + chunk(b"x" * 50_000) + chunk(b"x" * 40_000))
             assert_budget_refusal(await grown.answer())
             # A small gzip body whose decoded size does not fit.
-            bomb = gzip.compress(padded(64 * 1024))
+            bomb = gzip.compress(padded(UNCOUNTED + 20_000))
             assert len(bomb) < 4096
             packed = await RawClient.open(port_of(proxy.url))
             await packed.send(head(len(bomb), b"Content-Encoding: gzip\r\n") + bomb)
@@ -105,7 +110,7 @@ async def test_trickling_clients_hold_the_budget_and_a_large_body_gets_503(
             for each in (large, grown, packed):
                 each.close()
 
-            # A small body fits in what is left, and is answered as ever.
+            # A small body needs none of the budget: answered as ever.
             code, headers, doc = await post(client, proxy.url + INFER, applicant())
             assert code == 200 and headers["X-Guard-Decision"] == "1", doc
             assert len(model.bodies) == 1
@@ -113,12 +118,12 @@ async def test_trickling_clients_hold_the_budget_and_a_large_body_gets_503(
             status = proxy.runtime.status()
             assert status["requests"]["refused"] == {"503": 3}
             assert status["request_bodies"] == {
-                "budget": 2 * MAX_BODY,
-                "reserved": 2 * HELD,
+                "budget": BUDGET,
+                "reserved": 2 * CHARGED,
                 "peak": status["request_bodies"]["peak"],
                 "refused": 3,
             }
-            assert status["request_bodies"]["peak"] >= 2 * HELD
+            assert status["request_bodies"]["peak"] >= 2 * CHARGED
 
         # The trickling clients leave: their bytes go back, and a large body fits again.
         await eventually(lambda: reserved(proxy) == 0)
@@ -156,7 +161,7 @@ async def test_the_budget_is_released_however_the_exchange_ends(
         await eventually(lambda: reserved(proxy) == 0)
 
         gone = await RawClient.open(port_of(proxy.url))  # the client leaves mid-body
-        await gone.send(head(None) + chunk(b"x" * 50_000))
+        await gone.send(head(None) + chunk(b"x" * (UNCOUNTED + 50_000)))
         await eventually(lambda: reserved(proxy) == 50_000)
         gone.close()
         await eventually(lambda: reserved(proxy) == 0)
@@ -176,7 +181,7 @@ async def test_the_budget_is_released_however_the_exchange_ends(
         assert await answered(full) == 200  # the whole budget is there still
         refused = proxy.runtime.status()["requests"]["refused"]
         assert refused == {"413": 2, "400": 1, "408": 1}
-        assert proxy.runtime.proxy.bodies.peak == MAX_BODY
+        assert proxy.runtime.proxy.bodies.peak == MAX_BODY - UNCOUNTED
 
 
 async def test_an_upstream_error_releases_the_budget(
