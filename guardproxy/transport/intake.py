@@ -44,7 +44,7 @@ class Intake(asyncio.Protocol):
         self._head_size = 0
         self._head_raw = 0
         self._in_head = False
-        self._in_trailers = False  # after a chunk header no body followed: the last chunk's
+        self._in_trailers = False  # a chunk header with no data after it yet: trailers may follow
         self._body_read = 0  # body bytes of the read being parsed
         self._head_started = 0.0
         self._parsing: Request | None = None  # the request whose body is being parsed
