@@ -144,7 +144,7 @@ class ChatRelay:
         ex, guard = self.ex, self.guard
         if guard.flags:
             self.counts.chat_streams_flagged += 1
-            ex.flags.extend(f"label:{term.casefold()}" for term in sorted(set(guard.flags)))
+            ex.flags.extend(f"label:{term.casefold()}" for term in sorted(guard.flags))
         ex.set_stream_record(stream_record(guard, self.ended))
 
 

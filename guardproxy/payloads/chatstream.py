@@ -66,19 +66,26 @@ class TermScanner:
         self.scanned = 0  # characters searched, all texts together: the cost, for tests
 
     def scan(self, tail: str, text: str) -> tuple[str, list[Scan]]:
-        """The new tail, and the matches that end inside `text` (up to the first deny)."""
+        """The new tail, and the terms matched in `text`: each flag once, up to the first deny.
+
+        Once per term, not per match: text that repeats a flagged term would otherwise keep
+        an object per match (a model can be asked to say a word a million times).
+        """
         window = tail + text
         old = len(tail)
         pos = max(0, old + 1 - self._longest)  # a match ending in `text` starts here or later
         self.scanned += len(window) - pos
         found: list[Scan] = []
+        flagged: set[str] = set()
         while (match := self._pattern.search(window, pos)) is not None:
             if match.end() > old:
                 term = self._terms.get(match.group(0).casefold(), match.group(0))
-                deny = term.casefold() in self._deny
-                found.append(Scan("deny" if deny else "flag", term))
-                if deny:
+                if term.casefold() in self._deny:
+                    found.append(Scan("deny", term))
                     break
+                if term not in flagged:
+                    flagged.add(term)
+                    found.append(Scan("flag", term))
             pos = match.start() + 1  # overlapping terms: look again just after this start
         return window[-self._keep :], found
 
@@ -103,7 +110,7 @@ class ChatStreamGuard:
         self.max_choices = max_choices
         self.done = False  # `data: [DONE]` seen
         self.truncated = False  # the answer kept for the sample stopped at max_answer
-        self.flags: list[str] = []
+        self.flags: set[str] = set()  # the flagged terms the answer said
         self._held = bytearray()  # bytes fed but not released: at most one partial event
         self._released = 0  # stream offset of _held[0]
         self._releasable = 0  # stream offset up to which events may be released
@@ -183,7 +190,7 @@ class ChatStreamGuard:
         self._tails[index] = tail
         if not found:
             return PASS
-        self.flags.extend(s.term for s in found if s.action == "flag" and s.term is not None)
+        self.flags.update(s.term for s in found if s.action == "flag" and s.term is not None)
         last = found[-1] if found[-1].action == "deny" else found[0]
         return Scan(last.action, last.term, index)
 

@@ -120,12 +120,12 @@ def unpack(datatype: str, shape: Sequence[int], raw: bytes | memoryview, where: 
         raise TensorError(
             f"{where}: {len(raw)} bytes for {count} {datatype} elements ({count * size} expected)"
         )
+    if datatype == "BF16":
+        return _from_bf16(raw, count)
     if fmt in _CAST:
         view: Any = memoryview(raw)  # the format is a runtime str, which the stubs cannot type
-        values: list[Any] = view.cast(fmt).tolist()
-    else:
-        values = list(struct.unpack(f"<{count}{fmt}", raw))
-    return _from_bf16(values) if datatype == "BF16" else values
+        return view.cast(fmt).tolist()  # type: ignore[no-any-return]
+    return list(struct.unpack(f"<{count}{fmt}", raw))
 
 
 def _unpack_bytes(raw: bytes | memoryview, count: int, where: str) -> list[Any]:
@@ -156,9 +156,19 @@ def as_text(data: bytes) -> str | bytes:
         return data
 
 
-def _from_bf16(halves: list[Any]) -> list[Any]:
-    words = struct.pack(f"<{len(halves)}I", *(h << 16 for h in halves))
-    return list(struct.unpack(f"<{len(halves)}f", words))
+def _from_bf16(raw: bytes | memoryview, count: int) -> list[Any]:
+    """BF16 values as floats: each the upper half of a little-endian FP32.
+
+    Widened byte by byte, not through a Python int per value (which held ~47 times the
+    body's size at once).
+    """
+    view = memoryview(raw)
+    words = bytearray(4 * count)
+    words[2::4] = view[0::2]
+    words[3::4] = view[1::2]
+    if "f" in _CAST:
+        return memoryview(words).cast("f").tolist()
+    return list(struct.unpack(f"<{count}f", words))
 
 
 def pack(datatype: str, values: Sequence[Any], where: str) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -9,7 +11,7 @@ import pytest
 
 from guardproxy.payloads.binary import BinaryBody, BinaryPayloadError, decode_request, encode
 from guardproxy.payloads.errors import MAX_ROWS, PayloadError, TooManyValues, over_limit
-from guardproxy.payloads.tensors import TensorError, element_count, flatten, shape_size
+from guardproxy.payloads.tensors import TensorError, element_count, flatten, shape_size, unpack
 from tests.payloads.test_payloads import preset
 
 HUGE = 2**63 - 1  # the largest dim an int64 shape holds
@@ -132,3 +134,25 @@ def test_openai_n_past_the_row_limit_is_refused_before_its_rows_are_built() -> N
         preset("openai").feature(doc, "sex")
     doc["n"] = MAX_ROWS
     assert len(preset("openai").feature(doc, "sex")) == MAX_ROWS
+
+
+def test_bf16_widens_to_the_fp32_whose_upper_half_it_is() -> None:
+    # Every one of the 65,536 BF16 bit patterns, as the FP32 with those upper 16 bits; byte by
+    # byte, where a Python int per value once held ~47 times the body's size at once.
+    halves = list(range(1 << 16))
+    raw = struct.pack(f"<{len(halves)}H", *halves)
+    got = unpack("BF16", [len(halves)], raw, "input 'x'")
+    want = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in halves]
+    assert struct.pack(f"<{len(got)}d", *got) == struct.pack(f"<{len(want)}d", *want)
+
+
+def test_bf16_decoding_holds_what_its_floats_take() -> None:
+    raw = bytes(range(256)) * 2048  # 512 KiB: 262,144 values
+    tracemalloc.start()
+    try:
+        values = unpack("BF16", [len(raw) // 2], raw, "input 'x'")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The floats and their list take 16 times the body; the ints per value took 47 times.
+    assert len(values) == len(raw) // 2 and peak < 24 * len(raw)
