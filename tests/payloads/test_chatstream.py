@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -275,3 +276,20 @@ def test_a_repeated_flagged_term_is_kept_once() -> None:
     assert guard.flags == {"ape"}
     _, found = scanner.scan("", "ape ape gorilla ape")
     assert found == [Scan("flag", "ape"), Scan("deny", "gorilla")]
+
+
+def test_a_text_streamed_a_character_at_a_time_is_kept_in_runs() -> None:
+    # One object a token held ~60 bytes a character of the kept answer: 1.2 MB here.
+    text = "abcdefghij" * 2_000
+    events = [chunk_event({0: character}) for character in text]
+    tracemalloc.start()
+    try:
+        guard = ChatStreamGuard(None, max_answer=1 << 20)
+        for event in events:
+            guard.feed(event)
+            guard.release()  # forwarded, as the relay does
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert guard.answer() == text and guard.answers() == {0: text}
+    assert held < 5 * len(text)
