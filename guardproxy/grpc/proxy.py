@@ -7,7 +7,7 @@ ways, which carries unary and streaming calls alike. Client metadata (`tracepare
 included) and the deadline go upstream (a unary ModelInfer's capped by `timeout`); the
 upstream's status, details, initial and trailing metadata come back. An answer or hook that
 fails follows `fail_closed`: pass untouched and count (default), or end the call INTERNAL.
-With a `limiter`, each inference call first takes an upstream slot for its model (slots.py):
+With a `limiter`, each unary inference call first takes an upstream slot for its model (slots.py):
 no slot in time is RESOURCE_EXHAUSTED. Every outcome is counted in `status()`.
 """
 

@@ -1,8 +1,8 @@
 """Upstream slots per model for inference calls, as the HTTP path bounds its upstream requests.
 
-Each unary ModelInfer call, and each ModelStreamInfer stream for each model its messages name,
-takes a slot of its key in a `KeyLimiter` (the `--upstream-concurrency` / `--upstream-queue`
-settings) before its request goes upstream, and gives it back when the call ends. A call that
+Each unary ModelInfer call takes a slot of its key in a `KeyLimiter` (the
+`--upstream-concurrency` / `--upstream-queue` settings) before its request goes upstream, and
+gives it back when the call ends; streams take none (an idle one would hold it). A call that
 finds the queue full, or waits longer than the limiter's timeout, is refused RESOURCE_EXHAUSTED.
 The key is the hook's (`PolicyHook.slot_key`: region/model for a guarded model, `unguarded` for
 every other call), read from the request's first fields without decoding its tensors: a large

@@ -7,10 +7,6 @@ is); MLServer sends bare ModelInferResponse messages (`stream_answers="mlserver"
 ends the whole stream with its status; `Allow.metadata` becomes string `parameters` of the
 answer it belongs to. Every admitted request whose answer never came (the stream failed or
 ended first, too many were pending, its id was reused) is reported to `hook.on_failure`.
-
-Before a message goes upstream, the stream takes an upstream slot for its model (the first
-message for each model waits for one; the stream keeps it until it ends); a message that gets
-none ends the stream RESOURCE_EXHAUSTED, as a refusal does.
 """
 
 from __future__ import annotations
@@ -42,9 +38,6 @@ class StreamGuard:
         self.proxy = proxy
         self.context = context
         self.refusal: Refuse | None = None
-        self.busy = False  # the refusal is the slots' (no upstream slot), not the hook's
-        self._held: set[str] = set()  # the keys of the slots the stream holds
-        self._closed = False
         self._by_id: dict[str, InferCall] = {}
         self._in_order: deque[InferCall] = deque()
 
@@ -64,7 +57,7 @@ class StreamGuard:
                     break
                 yield await self._checked(answer)
             if self.refusal is not None:
-                await proxy.refuse(self.refusal, context, hook=not self.busy)
+                await proxy.refuse(self.refusal, context)
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
         except aio.AioRpcError as err:
             ended = Failure(err.code(), err.details() or "")
@@ -75,31 +68,7 @@ class StreamGuard:
             raise
         finally:
             relay.close()
-            self._release()
             await self._unanswered(ended)
-
-    def _release(self) -> None:
-        """Give back every slot the stream holds; none is taken after this."""
-        self._closed = True
-        for key in self._held:
-            self.proxy.slots.release(key)
-        self._held.clear()
-
-    async def _slot(self, raw: bytes) -> Refuse | None:
-        """Hold a slot for the model of this request message, or the refusal."""
-        slots = self.proxy.slots
-        if slots.limiter is None:
-            return None
-        key = slots.key_of(raw, tuple(self.context.invocation_metadata() or ()))
-        if key in self._held:
-            return None
-        busy = await slots.take(key)
-        if busy is None:
-            if self._closed:  # the stream ended while this message waited
-                slots.release(key)
-                return Refuse(grpc.StatusCode.CANCELLED, "the stream ended")
-            self._held.add(key)
-        return busy
 
     async def _unanswered(self, failure: Failure) -> None:
         """Tell the hook about every admitted request whose answer never came."""
@@ -113,10 +82,6 @@ class StreamGuard:
         """The client's requests that the hook admits; the first refusal ends the stream."""
         async for raw in requests:
             self.proxy.stats.calls["stream_message"] += 1
-            busy = await self._slot(raw)
-            if busy is not None:
-                self.refusal, self.busy = busy, True  # half-close upstream; run() ends the call
-                return
             call = self.proxy.decode_call("ModelStreamInfer", raw, self.context)
             if call is not None:
                 refusal = await self._admit(call)
