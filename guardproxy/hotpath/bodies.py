@@ -107,17 +107,15 @@ def applied_codings(headers: Headers) -> list[str]:
     return codings(value.decode("latin-1") for value in values) if values else []
 
 
-async def read_request_body(
-    request: Request, limit: int, hold: BodyHold | None = None
-) -> tuple[bytes, bool]:
+async def read_request_body(request: Request, limit: int, hold: BodyHold) -> tuple[bytes, bool]:
     """The request body decoded from its Content-Encoding; True when it was encoded.
 
     BodyTooLarge (413) over the limit as sent; Refusal 413 when the decoded body is over it,
-    415 for an unknown coding, 400 when the bytes do not match their coding. With a hold,
-    the bytes are held in the budget as they arrive (BudgetFull, 503, once they do not fit),
-    a decoded body at its decoded size.
+    415 for an unknown coding, 400 when the bytes do not match their coding. The bytes are
+    held in the budget as they arrive (BudgetFull, 503, once they do not fit), a decoded
+    body at its decoded size.
     """
-    raw = await (request.read(limit) if hold is None else _read_held(request, limit, hold))
+    raw = await _read_held(request, limit, hold)
     applied = applied_codings(request.headers)
     if not applied:
         return raw, False
@@ -125,7 +123,7 @@ async def read_request_body(
         body = decode_body(raw, applied, limit)
     except EncodingError as exc:
         raise Refusal(exc.status, exc.message) from None
-    if hold is not None and len(body) > hold.size:
+    if len(body) > hold.size:
         hold.grow(len(body) - hold.size)
     return body, True
 

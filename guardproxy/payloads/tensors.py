@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "DATATYPES",
@@ -69,15 +69,13 @@ def shape_size(dims: Sequence[object], bound: int, error: Callable[[str], Except
     Never math.prod on a client's shape: a str or list dim repeats a sequence (a few bytes of
     shape, gigabytes of memory), and thousands of huge dims make a quadratic integer product.
     """
-    ints: list[int] = []
     for dim in dims:
         if type(dim) is not int or dim < 0:
             raise error(f"shape dims must be non-negative integers, not {_brief(dim)}")
-        ints.append(dim)
-    if 0 in ints:  # the product is 0 however large the rest; else it only grows
+    if 0 in dims:  # the product is 0 however large the rest; else it only grows
         return 0
     size = 1
-    for dim in ints:
+    for dim in cast(Sequence[int], dims):
         size *= dim
         if size > bound:
             raise error(f"shape holds more than {bound} elements")
@@ -89,9 +87,9 @@ def _brief(value: object) -> str:
     return repr(value) if type(value) is int and value.bit_length() < 64 else type(value).__name__
 
 
-def element_count(shape: Sequence[object], where: str, bound: int = MAX_ELEMENTS) -> int:
-    """The number of elements a shape holds (TensorError on a bad dim or more than `bound`)."""
-    return shape_size(shape, bound, lambda reason: TensorError(f"{where}: {reason}"))
+def element_count(shape: Sequence[object], where: str) -> int:
+    """The number of elements a shape holds (TensorError on a bad dim or past MAX_ELEMENTS)."""
+    return shape_size(shape, MAX_ELEMENTS, lambda reason: TensorError(f"{where}: {reason}"))
 
 
 def flatten(data: list[Any], error: Callable[[], Exception]) -> list[Any]:

@@ -91,7 +91,7 @@ def test_a_product_of_huge_dims_stops_at_its_bound() -> None:
     with pytest.raises(PayloadError, match="more than 4611686018427387904 elements"):
         preset("kserve_v2").feature(v2_input(shape, []), "sex")
     with pytest.raises(TensorError, match="more than 100 elements"):
-        element_count([11, 10], "t", bound=100)
+        shape_size([11, 10], 100, lambda reason: TensorError(f"t: {reason}"))
     assert element_count([HUGE] * 300 + [0], "t") == 0  # a zero dim: empty, however large
     assert shape_size([3, 4], 12, TensorError) == 12
 
