@@ -117,7 +117,7 @@ class Runtime:
             max_buffered=settings.max_buffered // settings.workers,
         )
         port = DataPort(self.telemetry.traced(self.proxy.handle), self.feedback.handle)
-        self.server = data_server(port.handle, settings.header_timeout, settings.body_timeout)
+        self.server = data_server(port.handle, settings)
         self.loop_lag = LoopLag()
         self.gc_pauses = GcPauses()
         self.grpc: GrpcPort | None = None

@@ -52,6 +52,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         limits=Limits(args.upstream_concurrency, args.upstream_queue),
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        body_min_rate=args.body_min_rate,
         drain_timeout=args.drain_timeout,
         max_body=args.max_body,
         max_buffered=args.max_buffered,

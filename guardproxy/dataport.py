@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from guardproxy.hotpath.paths import origin_form
 from guardproxy.hotpath.replies import proxy_error, send_error
 from guardproxy.hotpath.trust import request_id_of
+from guardproxy.settings import Settings
 from guardproxy.transport import Handler, Request, ResponseWriter, Server, ServerConfig
 
 RESERVED = b"/guardproxy/"
@@ -40,15 +41,15 @@ class DataPort:
         send_error(writer, 404, "no such endpoint under /guardproxy/", request_id)
 
 
-def data_server(
-    handler: Handler, header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
-) -> Server:
+def data_server(handler: Handler, settings: Settings) -> Server:
     """The transport server of the data port, with its slow-client timeouts.
 
     What the server answers by itself (431, 400, 408...) is JSON naming the request, as the
     proxy's own errors are.
     """
     config = ServerConfig(
-        max_head_size=max_head, header_timeout=header_timeout, body_timeout=body_timeout
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
     )
     return Server(handler, config, proxy_error)

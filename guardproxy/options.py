@@ -36,6 +36,14 @@ def wait(text: str) -> float:
     return value
 
 
+def rate(text: str) -> float:
+    """A rate per second, zero or more."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a number per second, 0 or more")
+    return value
+
+
 def size(text: str) -> int:
     """A size in bytes, greater than zero."""
     value = int(text)
@@ -202,6 +210,14 @@ SERVE_FLAGS = (
         "longest silence while a client sends its body, else 408",
         "30",
         parse=seconds,
+    ),
+    Flag(
+        "--body-min-rate",
+        "BYTES/S",
+        "bytes a second a body must average once it has taken --body-timeout (pauses while "
+        "the proxy is not reading excluded), else 408; 0: no minimum",
+        "1024",
+        parse=rate,
     ),
     Flag(
         "--drain-timeout",

@@ -97,6 +97,7 @@ def test_the_readme_table_matches_the_flags() -> None:
         ("UPSTREAM_CONCURRENCY", "many", "from --upstream-concurrency or GUARDPROXY_UPSTREAM_"),
         ("UPSTREAM_QUEUE", "-1", "whole number, 0 or more"),
         ("BODY_TIMEOUT", "-1", "seconds above 0"),
+        ("BODY_MIN_RATE", "-5", "a number per second, 0 or more"),
     ],
 )
 def test_a_bad_variable_is_one_clear_line(
@@ -119,8 +120,10 @@ def test_values_are_parsed_from_flags_and_variables(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GUARDPROXY_ACCESS_LOG", "Yes")
     monkeypatch.setenv("GUARDPROXY_MAX_ROWS", "500")
     monkeypatch.setenv("GUARDPROXY_GRPC_MAX_CALLS", "8")
+    monkeypatch.setenv("GUARDPROXY_BODY_MIN_RATE", "0")
     args = parser().parse_args(["serve", "--log-level", "WARNING", "--max-body", "1024"])
     settings = settings_from(args)
+    assert settings.body_min_rate == 0.0
     assert settings.timeouts.read == 2.5 and settings.max_body == 1024
     assert settings.max_rows == 500 and settings.grpc_max_calls == 8
     assert settings.access_log is True and args.log_level == "warning"

@@ -24,6 +24,9 @@ class ServerConfig:
     max_head_size: int = 64 * 1024  # request line + headers; over it: 431
     header_timeout: float = 10.0  # from the first byte of a request to the end of its head
     body_timeout: float = 30.0  # longest silence while a request body is being received
+    # Bytes a second a body must average once it has taken body_timeout (0: no minimum):
+    # without it, a client sending a byte now and then holds its request open forever.
+    body_min_rate: float = 0.0
     keepalive_timeout: float = 75.0  # an idle connection between requests is closed after it
     write_timeout: float = 60.0  # longest a response waits for a client that does not read
     high_water: int = 64 * 1024  # body bytes buffered before the socket stops being read
@@ -39,6 +42,8 @@ class ServerConfig:
             high_water=self.high_water,
             max_pipelined=self.max_pipelined,
         )
+        if self.body_min_rate < 0:
+            raise ValueError(f"body_min_rate must not be negative, got {self.body_min_rate}")
 
     @property
     def tick(self) -> float:

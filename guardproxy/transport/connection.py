@@ -33,6 +33,8 @@ class ServerConnection(Intake):
         self._drain: asyncio.Future[None] | None = None
         self._idle_since = self._last_data
         self._linger_until = 0.0
+        self._checked = self._last_data  # when the deadline sweep last looked
+        self._receiving = 0.0  # seconds the active request's body was awaited, pauses excluded
         self.closed = False
 
     # asyncio.Protocol
@@ -100,6 +102,7 @@ class ServerConnection(Intake):
     def _start(self, request: Request) -> None:
         writer = ResponseWriter(self, request)
         self._active = writer
+        self._receiving = 0.0
         shared = self._shared
         shared.counters.requests += 1
         task = self._loop.create_task(self._run(request, writer))
@@ -254,6 +257,7 @@ class ServerConnection(Intake):
     def check(self, now: float) -> None:
         """Close the connection if one of its deadlines passed."""
         config = self._config
+        step, self._checked = now - self._checked, now
         if self._linger_until and not self.closed:
             if now > self._linger_until or self._dropped > LINGER_BYTES:
                 self._close()
@@ -280,9 +284,17 @@ class ServerConnection(Intake):
         if request.expects_continue and not request.continued:
             return
         if now - self._last_data > config.body_timeout:
-            self._counters.count("body_timeout")
-            self._stop()
-            body.fail(counted(RequestTimeout("request body not received in time")))
+            self._time_out_body(body, "body_timeout", "request body not received in time")
+            return
+        self._receiving += step
+        rate = config.body_min_rate
+        if rate and self._receiving > config.body_timeout + body.received / rate:
+            self._time_out_body(body, "body_too_slow", "request body arriving too slowly")
+
+    def _time_out_body(self, body: BodyBuffer, kind: str, message: str) -> None:
+        self._counters.count(kind)
+        self._stop()
+        body.fail(counted(RequestTimeout(message)))
 
     def _timed_out_head(self) -> None:
         self._counters.count("header_timeout")

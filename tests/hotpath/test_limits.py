@@ -110,6 +110,34 @@ async def test_a_client_silent_mid_body_gets_408() -> None:
         await eventually(lambda: uploads.running == 0 and keys(proxy) == {})
 
 
+async def test_uploads_trickling_below_the_minimum_rate_give_their_slots_back() -> None:
+    limits = Limits(per_key=2, queue=0)
+    async with model_and_uploads(limits=limits, body_timeout=0.3, body_min_rate=1000) as (
+        proxy,
+        uploads,
+    ):
+        slow = await slow_uploads(proxy, 2)
+        await eventually(lambda: keys(proxy).get("unguarded") == {"active": 2, "waiting": 0})
+
+        async def trickle(client: RawClient) -> None:
+            while True:  # a byte every 0.1 s: never silent for the body timeout
+                await client.send(b"x")
+                await asyncio.sleep(0.1)
+
+        sending = [asyncio.create_task(trickle(each)) for each in slow]
+        answers = [await each.answer() for each in slow]
+        for task in sending:
+            task.cancel()
+        assert [a.status for a in answers] == [408, 408]
+        assert all(b"arriving too slowly" in a.body for a in answers)
+        status = proxy.runtime.status()
+        assert status["data_port"]["errors"] == {"body_too_slow": 2}
+        await eventually(lambda: uploads.running == 0 and keys(proxy) == {})
+        client = await RawClient.open(port_of(proxy.url))
+        await client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        assert (await client.answer()).status == 200  # the slots are free again
+
+
 async def test_a_client_silent_mid_head_gets_408() -> None:
     async with model_and_uploads(header_timeout=0.3) as (proxy, _):
         slow = await RawClient.open(port_of(proxy.url))

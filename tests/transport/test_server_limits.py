@@ -166,6 +166,41 @@ async def test_slow_body_is_timed_out_with_408() -> None:
         assert running.server.counters.errors == {"body_timeout": 1}
 
 
+async def trickle(client: RawClient, data: bytes, every: float) -> None:
+    """Send `data` a byte at a time, `every` seconds apart."""
+    for i in range(len(data)):
+        client.writer.write(data[i : i + 1])
+        await asyncio.sleep(every)
+
+
+async def test_a_body_trickling_below_the_minimum_rate_gets_408() -> None:
+    # Each byte arrives well within body_timeout, so only the rate can end it.
+    config = ServerConfig(body_timeout=0.3, body_min_rate=20)
+    async with serving(ok, config) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+        sending = asyncio.create_task(trickle(client, b"x" * 1000, 0.1))
+        answer = await client.answer()
+        sending.cancel()
+        assert answer.status == 408
+        assert json.loads(answer.body)["error"] == "request body arriving too slowly"
+        assert running.server.counters.errors == {"body_too_slow": 1}
+
+
+async def test_a_body_at_the_minimum_rate_is_received_whole() -> None:
+    # Half a second of a body sent at twice the minimum rate outlasts the body timeout.
+    config = ServerConfig(body_timeout=0.2, body_min_rate=100)
+    async with serving(ok, config) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 200\r\n\r\n")
+        for _ in range(10):
+            await client.send(b"x" * 20)
+            await asyncio.sleep(0.05)
+        answer = await client.answer()
+        assert (answer.status, answer.body) == (200, b"x" * 200)
+        assert running.server.counters.errors == {}
+
+
 async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> None:
     release = asyncio.Event()
 
@@ -176,12 +211,14 @@ async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> N
             size += len(chunk)
         response.send(200, [], b"%d" % size)
 
-    config = ServerConfig(body_timeout=0.2, high_water=1024)
+    # With reading paused, neither the silence nor the rate (any body falls short of this
+    # one until it is whole) counts against the client.
+    config = ServerConfig(body_timeout=0.3, body_min_rate=1e9, high_water=1024)
     async with serving(lagging, config) as running:
         client = await RawClient.open(running.port)
         # Written without waiting for the server to read it: it will not, for a while.
         client.writer.write(b"POST / HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000)
-        await asyncio.sleep(0.5)  # longer than the body timeout, with reading paused
+        await asyncio.sleep(0.6)  # longer than the body timeout, with reading paused
         release.set()
         assert (await client.answer()).body == b"300000"
         assert running.server.counters.errors == {}
