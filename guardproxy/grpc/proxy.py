@@ -76,6 +76,7 @@ class GrpcProxy:
         stream_answers: Literal["triton", "mlserver"] = "triton",
         fail_closed: bool = False,
         max_pending: int = 1024,
+        max_pending_bytes: int = 64 << 20,
         timeout: float | None = None,
         calls: CallLog | None = None,
         limiter: KeyLimiter | None = None,
@@ -88,7 +89,8 @@ class GrpcProxy:
         self.hook: InferHook = hook or AllowAll()
         self.fail_closed = fail_closed
         self.stream_answers = stream_answers  # Triton wraps stream answers; MLServer does not
-        self.max_pending = max_pending
+        self.max_pending = max_pending  # unanswered requests of one stream, at most
+        self.max_pending_bytes = max_pending_bytes  # and their bytes (one may be larger)
         self.stats = GrpcStats()
         self.slots = CallSlots(limiter, slot_key, self.stats)  # upstream slots per model
         # Calls of any method at once; more are refused RESOURCE_EXHAUSTED by grpc before

@@ -6,7 +6,12 @@ Triton wraps each answer in a ModelStreamInferResponse (an `error_message` answe
 is); MLServer sends bare ModelInferResponse messages (`stream_answers="mlserver"`). A refusal
 ends the whole stream with its status; `Allow.metadata` becomes string `parameters` of the
 answer it belongs to. Every admitted request whose answer never came (the stream failed or
-ended first, too many were pending, its id was reused) is reported to `hook.on_failure`.
+ended first) is reported to `hook.on_failure`.
+
+A client's next request is held back, and with it the rest of its stream (grpc's flow control
+then stops the client), while the stream has `max_pending` requests or `max_pending_bytes` of
+them unanswered, and while an earlier request with the same id has no final answer: two
+answers of one id could not be told apart, and one would pass unguarded.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from grpc import aio
@@ -31,6 +36,13 @@ if TYPE_CHECKING:
 __all__ = ["StreamGuard"]
 
 
+class _Sent(NamedTuple):
+    """An admitted request waiting for its answer, and its size on the wire."""
+
+    call: InferCall
+    size: int
+
+
 class StreamGuard:
     """One ModelStreamInfer call: requests in, answers out, both through the proxy's hook."""
 
@@ -38,8 +50,10 @@ class StreamGuard:
         self.proxy = proxy
         self.context = context
         self.refusal: Refuse | None = None
-        self._by_id: dict[str, InferCall] = {}
-        self._in_order: deque[InferCall] = deque()
+        self._by_id: dict[str, _Sent] = {}
+        self._in_order: deque[_Sent] = deque()
+        self._bytes = 0  # of the requests waiting for an answer
+        self._room = asyncio.Event()  # set when an answer came (or the stream ended)
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
@@ -72,9 +86,11 @@ class StreamGuard:
 
     async def _unanswered(self, failure: Failure) -> None:
         """Tell the hook about every admitted request whose answer never came."""
-        calls = [*self._by_id.values(), *self._in_order]
+        calls = [sent.call for sent in (*self._by_id.values(), *self._in_order)]
         self._by_id.clear()
         self._in_order.clear()
+        self._bytes = 0
+        self._room.set()
         for call in calls:
             await self.proxy.failed(call, failure.code, failure.message)
 
@@ -84,12 +100,32 @@ class StreamGuard:
             self.proxy.stats.calls["stream_message"] += 1
             call = self.proxy.decode_call("ModelStreamInfer", raw, self.context)
             if call is not None:
+                await self._room_for(call, len(raw))
                 refusal = await self._admit(call)
                 if refusal is not None:
                     self.refusal = refusal  # half-close upstream; run() ends the call
                     return
-                await self._remember(call)
+                self._remember(_Sent(call, len(raw)))
             yield raw
+
+    async def _room_for(self, call: InferCall, size: int) -> None:
+        """Wait until this request may go upstream (see the module's docstring)."""
+        request_id = call.request.get("id")
+        if not self._held(request_id, size):
+            return
+        self.proxy.stats.calls["stream_held"] += 1
+        while self._held(request_id, size):
+            self._room.clear()
+            await self._room.wait()
+
+    def _held(self, request_id: str | None, size: int) -> bool:
+        if request_id and request_id in self._by_id:
+            return True
+        waiting = len(self._by_id) + len(self._in_order)
+        proxy = self.proxy
+        return waiting > 0 and (
+            waiting >= proxy.max_pending or self._bytes + size > proxy.max_pending_bytes
+        )
 
     async def _admit(self, call: InferCall) -> Refuse | None:
         try:
@@ -98,31 +134,28 @@ class StreamGuard:
             self.proxy.stats.errors["hook"] += 1
             return self.proxy._failed("the guard could not check the request")
 
-    async def _remember(self, call: InferCall) -> None:
-        request_id = call.request.get("id")
-        lost: list[InferCall] = []  # their answers can no longer be paired with them
+    def _remember(self, sent: _Sent) -> None:
+        request_id = sent.call.request.get("id")
         if request_id:
-            if request_id in self._by_id:
-                lost.append(self._by_id.pop(request_id))
-            self._by_id[request_id] = call
+            self._by_id[request_id] = sent
         else:
-            self._in_order.append(call)
-        if len(self._by_id) + len(self._in_order) > self.proxy.max_pending:
-            self.proxy.stats.errors["stream_pending_dropped"] += 1
-            if self._in_order:
-                lost.append(self._in_order.popleft())
-            else:
-                lost.append(self._by_id.pop(next(iter(self._by_id))))
-        for old in lost:
-            await self.proxy.failed(old, grpc.StatusCode.CANCELLED, "no longer paired")
+            self._in_order.append(sent)
+        self._bytes += sent.size
 
     def _paired(self, answer: pb.ModelInferResponse) -> InferCall | None:
+        sent: _Sent | None = None
         if answer.id and answer.id in self._by_id:
             final = answer.parameters.get("triton_final_response")
-            if final is None or final.bool_param:
-                return self._by_id.pop(answer.id)
-            return self._by_id[answer.id]
-        return self._in_order.popleft() if self._in_order else None
+            if final is not None and not final.bool_param:
+                return self._by_id[answer.id].call
+            sent = self._by_id.pop(answer.id)
+        elif self._in_order:
+            sent = self._in_order.popleft()
+        if sent is None:
+            return None
+        self._bytes -= sent.size
+        self._room.set()
+        return sent.call
 
     async def _checked(self, raw: bytes) -> bytes:
         """The answer to send: as it came, or with the hook's metadata and changes."""

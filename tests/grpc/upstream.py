@@ -141,3 +141,39 @@ async def start_model() -> tuple[aio.Server, Model, int]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, model, port
+
+
+class Eager(pb_grpc.GRPCInferenceServiceServicer):
+    """A stream that reads every request as it comes (as Triton queues them) and answers
+    them, in order, once `gate` is set; `received` counts the requests read."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.gate = asyncio.Event()
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def read() -> None:
+            async for request in requests:
+                self.received += 1
+                queue.put_nowait(request)
+            queue.put_nowait(None)
+
+        reading = asyncio.create_task(read())
+        await self.gate.wait()
+        while (request := await queue.get()) is not None:
+            yield pb.ModelStreamInferResponse(infer_response=answer(request))
+        await reading
+
+
+async def start_eager() -> tuple[aio.Server, Eager, int]:
+    """The eager stream server on a free loopback port."""
+    model = Eager()
+    server = aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, model, port

@@ -1,0 +1,107 @@
+"""ModelStreamInfer's pairing of answers with requests, and its bound on unanswered ones."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from grpc import aio
+
+from guardproxy.grpc import STREAM_INFER, GrpcProxy
+from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
+from guardproxy.payloads.tensors import pack
+
+from .conftest import RecordingHook, eventually
+from .upstream import Eager, start_eager
+
+
+def request(value: float, request_id: str = "", pad: int = 0) -> pb.ModelInferRequest:
+    """One row whose input `x` is [value]; `pad` bytes of an unread parameter make it larger."""
+    msg = pb.ModelInferRequest(model_name="echo", id=request_id)
+    msg.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    msg.raw_input_contents.append(pack("FP32", [value], "x"))
+    if pad:
+        msg.parameters["pad"].string_param = "p" * pad
+    return msg
+
+
+@asynccontextmanager
+async def eager_stream(**limits: Any) -> AsyncIterator[tuple[Eager, RecordingHook, Any, GrpcProxy]]:
+    """A stream open through a proxy to the eager model (whose gate is shut)."""
+    server, model, port = await start_eager()
+    hook = RecordingHook()
+    proxy = GrpcProxy(f"127.0.0.1:{port}", hook, **limits)
+    bound = await proxy.start("127.0.0.1", 0)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{bound}") as channel:
+            stream = channel.stream_stream(
+                STREAM_INFER,
+                pb.ModelInferRequest.SerializeToString,
+                pb.ModelStreamInferResponse.FromString,
+            )
+            yield model, hook, stream(), proxy
+    finally:
+        await proxy.stop(1.0)
+        await server.stop(1.0)
+
+
+async def test_requests_beyond_the_pending_bound_wait_and_keep_their_pairing() -> None:
+    async with eager_stream(max_pending=3) as (model, hook, call, proxy):
+        for i in range(10):
+            await call.write(request(float(i)))
+        await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
+        assert model.received == 3  # the rest wait in the proxy, then in the client
+        model.gate.set()
+        answers = [await call.read() for _ in range(10)]
+        await call.done_writing()
+    assert [a.infer_response.outputs[0].name for a in answers] == ["x"] * 10
+    assert [answer["outputs"][0]["data"] for _, answer in hook.answers] == [
+        [float(i)] for i in range(10)
+    ]
+    assert [c.message.raw_input_contents[0] for c, _ in hook.answers] == [
+        pack("FP32", [float(i)], "x") for i in range(10)
+    ]
+    assert hook.failures == [] and proxy.status()["errors"] == {}
+
+
+async def test_requests_beyond_the_pending_bytes_wait() -> None:
+    size = len(request(0.0, pad=100_000).SerializeToString())
+    async with eager_stream(max_pending_bytes=3 * size) as (model, hook, call, proxy):
+        for i in range(6):
+            await call.write(request(float(i), pad=100_000))
+        await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
+        assert model.received == 3
+        model.gate.set()
+        for _ in range(6):
+            await call.read()
+        await call.done_writing()
+    assert len(hook.answers) == 6 and proxy.status()["errors"] == {}
+
+
+async def test_a_request_larger_than_the_pending_bytes_still_goes_alone() -> None:
+    async with eager_stream(max_pending_bytes=1000) as (model, hook, call, _):
+        model.gate.set()
+        await call.write(request(1.0, pad=5000))
+        assert (await call.read()).infer_response.outputs[0].name == "x"
+        await call.done_writing()
+    assert len(hook.answers) == 1
+
+
+async def test_a_reused_id_waits_for_the_answer_of_its_namesake() -> None:
+    # Sent at once, the second answer could not be told from the first, and one would pass
+    # without the guards.
+    async with eager_stream() as (model, hook, call, proxy):
+        await call.write(request(1.0, "same"))
+        await call.write(request(2.0, "same"))
+        await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
+        assert model.received == 1
+        model.gate.set()
+        answers = [await call.read() for _ in range(2)]
+        await call.done_writing()
+    assert [a.infer_response.id for a in answers] == ["same", "same"]
+    assert [answer["outputs"][0]["data"] for _, answer in hook.answers] == [[1.0], [2.0]]
+    assert [c.message.raw_input_contents[0] for c, _ in hook.answers] == [
+        pack("FP32", [v], "x") for v in (1.0, 2.0)
+    ]
+    assert hook.failures == [] and proxy.status()["errors"] == {}
