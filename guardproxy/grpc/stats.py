@@ -17,7 +17,7 @@ class GrpcStats:
 
     def __init__(self) -> None:
         self.active = 0
-        self.calls: Counter[str] = Counter()  # infer, stream, stream_message, forward
+        self.calls: Counter[str] = Counter()  # infer, stream, stream_message, stream_held, forward
         self.statuses: Counter[str] = Counter()  # final status sent to clients, by name
         self.upstream: Counter[str] = Counter()  # non-OK statuses from the upstream
         self.refused: Counter[str] = Counter()  # hook refusals, by status
