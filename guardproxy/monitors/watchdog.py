@@ -7,9 +7,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from guardproxy.breaker.board import BreakerBoard
+from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.drift import Clock, WindowResult
 from guardproxy.monitors.fairness import fairness_report
@@ -68,33 +69,59 @@ def rounds(results: Sequence[WindowResult]) -> list[dict[str, float]]:
 
 
 class FairnessWindows:
-    """A window closes after `window` decisions (parity) or `window` labels (opportunity)."""
+    """A model version's fairness windows for its breaker.
 
-    def __init__(self, spec: FairnessSpec, groups: Sequence[str]) -> None:
-        self.spec, self.window, self.groups = spec, spec.window, set(groups)
-        self.decided: dict[str, GroupCounts] | None = None
+    Parity closes after `window` decisions, counted here from the monitors' observations with
+    at most `window / min_calls` rows of one request (evenly spaced), so one batch cannot
+    fill a window; opportunity closes after `window` labels, from the engine's counts.
+    """
+
+    def __init__(self, policy: ModelPolicy) -> None:
+        spec = cast(FairnessSpec, policy.fairness)
+        self.policy, self.window, self.groups = policy, spec.window, set(policy.groups.values)
+        self.rows_per_request = -(-spec.window // policy.breaker.min_calls)  # rounded up
+        self.decided: dict[str, GroupCounts] = {}
+        self.decisions = 0
         self.labeled: dict[str, GroupCounts] | None = None
 
-    def update(self, counts: Mapping[str, GroupCounts]) -> list[dict[str, float]]:
-        """Windows completed since the last update, as breaker values."""
+    def decide(self, verdicts: Sequence[Verdict]) -> dict[str, float] | None:
+        """Count a request's share of decisions; the parity values when a window closes."""
+        groups, decided = self.groups, self.decided
+        for verdict in verdicts:
+            if groups and verdict.group not in groups:
+                continue
+            counts = decided.get(verdict.group)
+            if counts is None:
+                counts = decided[verdict.group] = GroupCounts()
+            counts.decisions += 1
+            counts.selected += verdict.decision
+            self.decisions += 1
+        if self.decisions < self.window:
+            return None
+        values = _values(decided, DECISION_VALUES)
+        self.decided, self.decisions = {}, 0
+        return values or None
+
+    def update(self, counts: Mapping[str, GroupCounts]) -> dict[str, float] | None:
+        """The opportunity values when a label window has closed since the last update."""
         counts = {  # copies: the source may keep counting into its own objects
             g: GroupCounts(**c.to_dict())
             for g, c in counts.items()
             if not self.groups or g in self.groups
         }
-        if self.decided is None or self.labeled is None:
-            self.decided = self.labeled = dict(counts)
-            return []
-        out: list[dict[str, float]] = []
-        delta = _delta(counts, self.decided)
-        if sum(c.decisions for c in delta.values()) >= self.window:
-            self.decided = dict(counts)
-            out.append(_values(delta, DECISION_VALUES))
+        if self.labeled is None:
+            self.labeled = counts
+            return None
         delta = _delta(counts, self.labeled)
-        if sum(c.labeled() for c in delta.values()) >= self.window:
-            self.labeled = dict(counts)
-            out.append(_values(delta, LABEL_VALUES))
-        return [values for values in out if values]
+        if sum(c.labeled() for c in delta.values()) < self.window:
+            return None
+        self.labeled = counts
+        return _values(delta, LABEL_VALUES) or None
+
+
+def _fairness_terms(policy: ModelPolicy) -> tuple[Any, ...]:
+    """What a model's fairness windows depend on: a reload that changes them starts afresh."""
+    return (policy.fairness, policy.groups.values, policy.breaker.min_calls)
 
 
 def _delta(
@@ -135,13 +162,16 @@ class Watchdog:
         """Group the batch's scored observations by model version; returns the drift work."""
         work: dict[ModelKey, tuple[ModelDrift, list[Observation]]] = {}
         # A batch is mostly one model version: its drift and list are looked up when it changes.
-        model, version, drift, rows = None, "", None, None
+        model, version, drift, rows, fairness = None, "", None, None, None
         for ob in batch:
             if not ob.verdicts or ob.fallback:
                 continue  # the monitors watch the model's own answers only
             if ob.model is not model or ob.version != version:
                 model, version, rows = ob.model, ob.version, None
                 drift = self._drift_of(ob.model, ob.version)
+                fairness = self._fairness_of(ob.model, ob.version)
+            if fairness is not None:
+                self._decide(fairness, ob)
             if drift is None:
                 continue
             # A request is at most 1/min_calls of a window and a probe one row: one batch can
@@ -160,6 +190,29 @@ class Watchdog:
                 rows = entry[1]
             rows.append(share)
         return self._observe(list(work.values())) if work else None
+
+    def _fairness_of(self, model: CompiledModel, version: str) -> FairnessWindows | None:
+        spec = model.spec
+        if spec.fairness is None:
+            return None
+        return self._fairness_windows((model.region, model.name, version), spec)
+
+    def _fairness_windows(self, key: ModelKey, spec: ModelPolicy) -> FairnessWindows:
+        windows = self.fairness_windows.get(key)
+        if windows is not None and windows.policy is not spec:
+            if _fairness_terms(windows.policy) != _fairness_terms(spec):
+                windows = None
+            else:
+                windows.policy = spec
+        if windows is None:
+            windows = self.fairness_windows[key] = FairnessWindows(spec)
+        return windows
+
+    def _decide(self, windows: FairnessWindows, ob: Observation) -> None:
+        share = ob.spread(1 if ob.probe else windows.rows_per_request)
+        values = windows.decide(share.verdicts) if share is not None else None
+        if values:
+            self._feed((ob.model.region, ob.model.name, ob.version), values)
 
     def _drift_of(self, model: CompiledModel, version: str) -> ModelDrift | None:
         spec = model.spec
@@ -257,11 +310,8 @@ class Watchdog:
             if model is None or spec is None:
                 self.fairness_windows.pop(key, None)
                 continue
-            windows = self.fairness_windows.get(key)
-            if windows is None or windows.spec != spec:
-                windows = FairnessWindows(spec, model.spec.groups.values)
-                self.fairness_windows[key] = windows
-            for values in windows.update(source.counts(key)):
+            values = self._fairness_windows(key, model.spec).update(source.counts(key))
+            if values:
                 self._feed(key, values)
 
     def status(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class FairnessSpec(Strict):
     disparate_impact: MinRatio | None = MinRatio()
     equal_opportunity: MaxDifference | None = MaxDifference()
     bins: int = Field(default=100, ge=10, le=10_000)  # score histogram resolution
-    window: int = Field(default=1000, ge=10)  # labeled decisions per fairness window
+    window: int = Field(default=1000, ge=10)  # decisions (parity), labels (opportunity) a window
 
 
 TRIP_MONITORS = re.compile(

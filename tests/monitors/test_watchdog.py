@@ -25,7 +25,7 @@ from guardproxy.monitors.baseline import baseline_command
 from guardproxy.monitors.drift import WindowResult
 from guardproxy.monitors.modeldrift import ModelDrift
 from guardproxy.monitors.watchdog import FairnessWindows, Watchdog, rounds
-from guardproxy.policy.models import FairnessSpec, Policy
+from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledModel, PolicyTable, builtin_table, compile_policy
 from guardproxy.policy.thresholds import ModelKey, Snapshot
 from guardproxy.state.counts import GroupCounts
@@ -214,21 +214,42 @@ def test_rounds_merge_the_nth_window_of_each_signal() -> None:
     assert merged == [{"drift.age.psi": 0.1, "drift.score.psi": 0.2}, {"drift.age.psi": 0.3}]
 
 
+FAIRNESS = """
+region: default
+models: [{name: adult}]
+groups: {attribute: {input: sex}, values: [f, m]}
+fairness: {window: 100}
+breaker:
+  trip: [{when: fairness.disparate_impact, below: 0.8, windows: 2}]
+"""
+
+
+def decisions(group: str, n: int, selected: int) -> tuple[Verdict, ...]:
+    """n verdicts of one group, the first `selected` of them positive."""
+    return tuple(Verdict(group, 0.5, 0.5, int(i < selected)) for i in range(n))
+
+
 def test_fairness_windows_close_on_decisions_and_on_labels() -> None:
-    windows = FairnessWindows(FairnessSpec(window=100), ["f", "m"])
+    windows = FairnessWindows(adult(table_of(FAIRNESS)).spec)
+    assert windows.rows_per_request == 5  # window 100 / min_calls 20
+    assert windows.decide(decisions("other", 500, 500)) is None  # undeclared: not counted
+    assert windows.decide(decisions("f", 50, 5)) is None
+    out = windows.decide(decisions("m", 50, 20))
+    assert out == {
+        "fairness.disparate_impact": 0.25,
+        "fairness.demographic_parity_difference": approx(0.3),
+    }
+    assert windows.decisions == 0  # the next window starts empty
 
     def report(f: GroupCounts, m: GroupCounts) -> dict[str, GroupCounts]:
-        return {"f": f, "m": m, "other": GroupCounts(500, 500)}
+        return {"f": f, "m": m, "other": GroupCounts(500, 500, 500)}
 
-    assert windows.update(report(GroupCounts(10, 5), GroupCounts(10, 5))) == []
-    out = windows.update(report(GroupCounts(60, 10), GroupCounts(60, 25)))
-    assert out == [
-        {"fairness.disparate_impact": 0.25, "fairness.demographic_parity_difference": approx(0.3)}
-    ]
+    assert windows.update(report(GroupCounts(10, 5), GroupCounts(10, 5))) is None  # the mark
     labeled = windows.update(
         report(GroupCounts(60, 10, 5, 5, 40, 10), GroupCounts(60, 25, 20, 5, 25, 0))
     )
-    assert labeled[0]["fairness.equal_opportunity_difference"] == 1 - 5 / 15
+    assert labeled is not None
+    assert labeled["fairness.equal_opportunity_difference"] == 1 - 5 / 15
 
 
 def bootstrap(windows: int, seed: int) -> list[dict[str, Any]]:
@@ -330,11 +351,44 @@ async def test_only_batches_that_close_a_window_leave_the_loop(monkeypatch: Any)
     assert sum(inline) == 0 and sum(w for _, w in ran) == 3 * 3  # three signals
 
 
+def fairness_watchdog() -> tuple[Watchdog, BreakerBoard, CompiledModel]:
+    """A watchdog with only the FAIRNESS policy's windows."""
+    board = BreakerBoard(Snapshot(table_of(FAIRNESS)))
+    return Watchdog(board, threaded=False), board, adult(board.policies.current)
+
+
+def test_fairness_windows_of_single_rows_trip_disparate_impact() -> None:
+    watchdog, board, model = fairness_watchdog()
+    batch = []
+    for i in range(100):  # two windows, each of 50 women (10% accepted) and 50 men (40%)
+        batch.append(observation(model, f"f{i}", decisions("f", 1, int(i % 10 < 1))))
+        batch.append(observation(model, f"m{i}", decisions("m", 1, int(i % 10 < 4))))
+    assert watchdog.consume(batch) is None  # no drift: nothing left to await
+    breaker = board.breaker("default", "adult")
+    assert breaker is not None and breaker.state_name == "open"
+    assert "fairness.disparate_impact<0.8x2 (0.25)" in breaker.reason
+    status = watchdog.status()["models"]["default|adult|"]
+    assert status["last"]["fairness.disparate_impact"] == 0.25
+
+
+def test_one_batch_is_at_most_window_over_min_calls_rows_of_a_fairness_window() -> None:
+    # 4,000 rows in one request, every woman refused and every man accepted: were each row
+    # counted, they would fill forty windows and open the breaker for every client.
+    watchdog, board, model = fairness_watchdog()
+    rows = decisions("f", 2000, 0) + decisions("m", 2000, 2000)
+    watchdog.consume([observation(model, "batch", rows)])
+    windows = watchdog.fairness_windows[("default", "adult", "")]
+    assert windows.decisions == 5
+    assert {g: c.decisions for g, c in windows.decided.items()} == {"f": 3, "m": 2}
+    breaker = board.breaker("default", "adult")
+    assert breaker is not None and breaker.state_name == "closed"
+
+
 class Counts:
     """A fairness source with settable cumulative counts, as the engine keeps them."""
 
     def __init__(self) -> None:
-        self.groups = {"Female": GroupCounts(), "Male": GroupCounts()}
+        self.groups = {"f": GroupCounts(), "m": GroupCounts()}
 
     def model_keys(self) -> list[ModelKey]:
         return [KEY]
@@ -343,31 +397,22 @@ class Counts:
         return dict(self.groups)
 
 
-async def test_fairness_windows_from_the_engine_trip_disparate_impact() -> None:
-    text = """
-region: default
-models: [{name: adult}]
-groups: {attribute: {input: sex}, values: [Female, Male]}
-fairness: {window: 100}
-breaker:
-  trip: [{when: fairness.disparate_impact, below: 0.8, windows: 2}]
-"""
+async def test_label_windows_from_the_engine_trip_equal_opportunity() -> None:
+    text = FAIRNESS.replace(
+        "fairness.disparate_impact, below: 0.8", "fairness.equal_opportunity_difference, above: 0.2"
+    )
     source = Counts()
     board = BreakerBoard(Snapshot(table_of(text)))
     watchdog = Watchdog(board, fairness=source, threaded=False)
     board.tickers.append(watchdog.tick)
     board.tick()  # first look: the counts so far are the starting mark
     for _ in range(2):
-        source.groups["Female"].decisions += 50
-        source.groups["Female"].selected += 5
-        source.groups["Male"].decisions += 50
-        source.groups["Male"].selected += 20
+        source.groups["f"] = source.groups["f"].merge(GroupCounts(50, 10, 10, 0, 0, 40))
+        source.groups["m"] = source.groups["m"].merge(GroupCounts(50, 40, 40, 0, 0, 10))
         board.tick()
     breaker = board.breaker("default", "adult")
     assert breaker is not None and breaker.state_name == "open"
-    assert "fairness.disparate_impact<0.8x2 (0.25)" in breaker.reason
-    status = watchdog.status()["models"]["default|adult|"]
-    assert status["last"]["fairness.disparate_impact"] == 0.25
+    assert "fairness.equal_opportunity_difference>0.2x2 (0.6)" in breaker.reason
 
 
 async def test_a_baseline_file_replaces_the_warm_up_of_the_signals_it_holds(

@@ -110,7 +110,7 @@ EFFECTS: dict[str, str] = {
     "drift.tests.chi2.p_value": "tests/monitors/test_drift.py::test_the_policy_chooses_the_drift_tests_and_their_bounds",
     "drift.correction": "tests/monitors/test_drift.py::test_bonferroni_divides_the_p_value_by_the_signals_unless_the_policy_says_none",
     # --- fairness ---
-    "fairness": "tests/monitors/test_watchdog.py::test_fairness_windows_from_the_engine_trip_disparate_impact",
+    "fairness": "tests/monitors/test_watchdog.py::test_fairness_windows_of_single_rows_trip_disparate_impact",
     "fairness.disparate_impact": "tests/monitors/test_fairness.py::test_bounds_come_from_the_policy_and_a_gap_within_noise_is_not_significant",
     "fairness.disparate_impact.min_ratio": "tests/monitors/test_fairness.py::test_bounds_come_from_the_policy_and_a_gap_within_noise_is_not_significant",
     "fairness.equal_opportunity": "tests/monitors/test_fairness.py::test_bounds_come_from_the_policy_and_a_gap_within_noise_is_not_significant",
