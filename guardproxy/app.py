@@ -21,6 +21,7 @@ from guardproxy import __version__
 from guardproxy.admin import build_admin_app
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.dataport import DataPort, data_server
+from guardproxy.feedback import MAX_BODY as FEEDBACK_BODY
 from guardproxy.feedback import FeedbackEndpoint
 from guardproxy.grpc_port import GrpcPort
 from guardproxy.guards.base import GuardChain
@@ -88,7 +89,7 @@ class Runtime:
         )
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
         self.feedback = FeedbackEndpoint(
-            self.engine, settings.feedback_token, max_body=settings.max_body
+            self.engine, settings.feedback_token, max_body=min(settings.max_body, FEEDBACK_BODY)
         )
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ MAX_ITEMS = 10_000
 # Labels validated and joined per event-loop step (~7 µs each): 10,000 in one step held
 # every request behind them for 75 ms.
 STEP = 200
-MAX_BODY = 16 * 1024 * 1024
+# 10,000 labels of up to ~200 bytes; a larger body would only hold the loop while it parses.
+MAX_BODY = 2 * 1024 * 1024
+SHOWN = 40  # characters of a rejected value an answer repeats
 JSON = [(b"Content-Type", b"application/json")]
 MAX_ID_LENGTH = MAX_REQUEST_ID  # as the data port keeps a client's X-Request-Id
 MAX_ROW_DIGITS = 10  # a batch row's label names "<request id>:<row>"
 STATUS = {Outcome.JOINED: "joined", Outcome.UNKNOWN: "unknown_id", Outcome.DUPLICATE: "duplicate"}
 TOTALS = ("joined", "unknown_id", "duplicate", "invalid")
+
+log = logging.getLogger("guardproxy.feedback")
 
 
 class BadBody(ValueError):
@@ -53,7 +58,7 @@ def parse_body(body: bytes, limit: int = MAX_ITEMS) -> list[Any]:
     try:
         doc = loads(text)
     except ValueError:
-        return _ndjson(text, limit)
+        return ndjson_items(text, limit)
     items = doc if isinstance(doc, list) else [doc]
     if not isinstance(doc, list | dict):
         raise BadBody("expected a JSON object, a JSON array, or NDJSON lines")
@@ -62,10 +67,14 @@ def parse_body(body: bytes, limit: int = MAX_ITEMS) -> list[Any]:
     return items
 
 
-def _ndjson(text: bytes, limit: int) -> list[Any]:
-    lines = [line for line in text.split(b"\n") if line.strip()]
-    if len(lines) > limit:
-        raise BadBody(f"{len(lines)} items in one request; the limit is {limit}", 413)
+def ndjson_items(text: bytes, limit: int = MAX_ITEMS) -> list[Any]:
+    """The items of NDJSON lines (a malformed line as `_Malformed`); BadBody over `limit`."""
+    # Split at most twice the limit: millions of short lines would make millions of objects
+    # before they could be counted. Whatever is left over is more items (or blank lines).
+    pieces = text.split(b"\n", 2 * limit)
+    lines = [line for line in pieces if line.strip()]
+    if len(lines) > limit or (len(pieces) > 2 * limit and pieces[-1].strip()):
+        raise BadBody(f"over {limit} items in one request; the limit is {limit}", 413)
     items: list[Any] = []
     for line in lines:
         try:
@@ -96,11 +105,20 @@ def validate(raw: Any, now: float) -> Item | str:
         )
     label = raw.get("label")
     if label not in (0, 1) or isinstance(label, float):
-        return f"label must be 0, 1, true or false, not {label!r}"
+        return f"label must be 0, 1, true or false, not {shown(label)}"
     observed = observed_time(raw.get("observed_at"), now)
     if observed is None:
-        return f"observed_at must be ISO-8601 or epoch seconds, not {raw['observed_at']!r}"
+        return f"observed_at must be ISO-8601 or epoch seconds, not {shown(raw['observed_at'])}"
     return Item(request_id, int(label), observed)
+
+
+def shown(value: Any) -> str:
+    """A rejected value as an answer repeats it: a short scalar in full, else its beginning
+    or its kind (a client's megabytes are not sent back, nor rendered first)."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    text = repr(value[: SHOWN + 1] if isinstance(value, str) else value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
 
 
 def prediction_id(value: str) -> bool:
@@ -139,7 +157,7 @@ class FeedbackEndpoint:
     ) -> None:
         self.engine, self.token, self.limit, self.clock = engine, token, limit, clock
         self.max_body = max_body
-        self.counts = dict.fromkeys(("requests", "rejected", *TOTALS), 0)
+        self.counts = dict.fromkeys(("requests", "rejected", "state_errors", *TOTALS), 0)
 
     async def handle(self, request: Request, writer: ResponseWriter) -> None:
         """Join a batch of labels; per-item results in order, plus totals."""
@@ -169,7 +187,9 @@ class FeedbackEndpoint:
             try:
                 joined = await self.engine.join(items) if items else []
             except StateError as exc:  # the steps before stay joined: a retry says duplicate
-                return self._error(f"labels could not be stored: {exc}", 503)
+                log.warning("feedback: labels could not be stored: %s", exc)
+                self.counts["state_errors"] += 1
+                return self._error("labels could not be stored: the state backend failed", 503)
             results += self._results(chunk, checked, iter(joined), totals)
         return 200, {"results": results, "totals": totals}
 
@@ -187,6 +207,8 @@ class FeedbackEndpoint:
                 results.append({"request_id": outcome.request_id, "status": STATUS[result.outcome]})
             else:
                 rid = original.get("request_id") if isinstance(original, dict) else None
+                if not isinstance(rid, str) or len(rid) > MAX_ID_LENGTH + MAX_ROW_DIGITS + 1:
+                    rid = None  # an answer repeats ids, not what a client put in their place
                 results.append({"request_id": rid, "status": "invalid", "reason": outcome})
         for entry in results:
             totals[entry["status"]] += 1

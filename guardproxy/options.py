@@ -230,7 +230,7 @@ SERVE_FLAGS = (
         "--max-body",
         "BYTES",
         "largest body on a guarded route, request (413) or answer (502), as sent or decoded; "
-        "also the feedback body",
+        "also the feedback body, up to 2 MiB",
         str(16 << 20),
         "16777216 (16 MiB)",
         parse=size,

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import json
+import socket
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from guardproxy.feedback import MAX_ID_LENGTH, STEP, observed_time, prediction_id, validate
+from guardproxy.feedback import (
+    MAX_BODY,
+    MAX_ID_LENGTH,
+    STEP,
+    BadBody,
+    ndjson_items,
+    observed_time,
+    prediction_id,
+    validate,
+)
 from guardproxy.guards.exchange import Verdict
 from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
 from tests.factories import observation
 
 AUTH = {"Authorization": "Bearer feedback-secret"}
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 @pytest.fixture
@@ -182,3 +201,51 @@ async def test_an_invalid_id_is_answered_invalid_and_the_rest_still_join(
     status, doc = await post(fed, body)
     assert status == 200
     assert [r["status"] for r in doc["results"]] == ["invalid", "joined"]
+
+
+def test_an_answer_repeats_no_more_than_the_start_of_a_rejected_value() -> None:
+    nested = validate({"request_id": "a", "label": [[1]] * 100_000}, 0.0)
+    assert nested == "label must be 0, 1, true or false, not a JSON array"
+    long = validate({"request_id": "a", "label": 1, "observed_at": "x" * 1_000_000}, 0.0)
+    assert isinstance(long, str) and len(long) < 120 and long.endswith("...")
+
+
+def test_millions_of_ndjson_lines_are_refused_before_they_are_split() -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadBody, match="limit is 10000") as refused:
+            ndjson_items(b"ab\n" * 600_000)  # 1.8 MB: under the body limit
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == 413
+    assert peak < 10_000_000  # 600,000 lines as objects: over 25 MB
+
+
+async def test_a_body_over_the_feedback_limit_is_413_whatever_max_body_says(
+    fed: RunningProxy,
+) -> None:
+    assert fed.runtime.settings.max_body > MAX_BODY
+    body = json.dumps([{"request_id": "p1", "label": 1, "pad": "x" * MAX_BODY}])
+    status, doc = await post(fed, body)
+    assert status == 413 and "error" in doc
+    assert fed.runtime.engine.labels_joined == 0
+
+
+async def test_an_invalid_item_is_answered_without_what_it_held(fed: RunningProxy) -> None:
+    body = json.dumps([{"request_id": "r" * 100_000, "label": 1}, {"request_id": ["x"] * 9}])
+    status, doc = await post(fed, body)
+    assert status == 200
+    assert [r["request_id"] for r in doc["results"]] == [None, None]
+    assert len(json.dumps(doc)) < 1000
+
+
+async def test_a_failing_state_backend_is_a_503_that_names_no_address(
+    upstream_url: str,
+) -> None:
+    settings = proxy_settings(upstream_url, state=f"redis://:pw@127.0.0.1:{closed_port()}/9")
+    async with running_proxy(settings) as proxy:
+        status, doc = await post(proxy, json.dumps({"request_id": "p1", "label": 1}))
+        assert status == 503
+        assert doc == {"error": "labels could not be stored: the state backend failed"}
+        assert proxy.runtime.feedback.counts["state_errors"] == 1
