@@ -27,8 +27,13 @@ SHOWN = 40  # characters of a rejected value an answer repeats
 JSON = [(b"Content-Type", b"application/json")]
 MAX_ID_LENGTH = MAX_REQUEST_ID  # as the data port keeps a client's X-Request-Id
 MAX_ROW_DIGITS = 10  # a batch row's label names "<request id>:<row>"
-STATUS = {Outcome.JOINED: "joined", Outcome.UNKNOWN: "unknown_id", Outcome.DUPLICATE: "duplicate"}
-TOTALS = ("joined", "unknown_id", "duplicate", "invalid")
+STATUS = {
+    Outcome.JOINED: "joined",
+    Outcome.UNKNOWN: "unknown_id",
+    Outcome.DUPLICATE: "duplicate",
+    Outcome.CONTESTED: "contested",
+}
+TOTALS = ("joined", "unknown_id", "duplicate", "contested", "invalid")
 
 log = logging.getLogger("guardproxy.feedback")
 

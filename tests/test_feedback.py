@@ -65,7 +65,13 @@ async def test_one_object(fed: RunningProxy) -> None:
     status, doc = await post(fed, json.dumps({"request_id": "p1", "label": 1}))
     assert status == 200
     assert doc["results"] == [{"request_id": "p1", "status": "joined"}]
-    assert doc["totals"] == {"joined": 1, "unknown_id": 0, "duplicate": 0, "invalid": 0}
+    assert doc["totals"] == {
+        "joined": 1,
+        "unknown_id": 0,
+        "duplicate": 0,
+        "contested": 0,
+        "invalid": 0,
+    }
 
 
 async def test_array_with_every_outcome_in_order(fed: RunningProxy) -> None:
@@ -121,7 +127,13 @@ async def test_a_large_batch_is_joined_in_steps_in_order(
     items += ["junk"] * STEP + [{"request_id": "nope", "label": 0}] * STEP + [items[0]]
     status, doc = await post(fed, json.dumps(items))
     assert status == 200
-    assert doc["totals"] == {"joined": 10, "unknown_id": STEP, "duplicate": 1, "invalid": STEP}
+    assert doc["totals"] == {
+        "joined": 10,
+        "unknown_id": STEP,
+        "duplicate": 1,
+        "contested": 0,
+        "invalid": STEP,
+    }
     statuses = [r["status"] for r in doc["results"]]
     assert statuses == ["joined"] * 10 + ["invalid"] * STEP + ["unknown_id"] * STEP + ["duplicate"]
     assert steps == [10, STEP - 10, 11]  # at most STEP labels a step; a step of junk joins none

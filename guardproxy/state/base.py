@@ -27,6 +27,12 @@ class Outcome(StrEnum):
     JOINED = "joined"
     UNKNOWN = "unknown"
     DUPLICATE = "duplicate"
+    CONTESTED = "contested"  # the id was given to two different predictions: no label joins
+
+
+# The fields a retry of a prediction repeats: another value under the same id is another
+# prediction, and contests the id.
+PREDICTION_IDENTITY = ("region", "model", "version", "group", "score", "decision")
 
 
 class PredictionRecord(NamedTuple):
@@ -99,7 +105,9 @@ class StateBackend(Protocol):
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
         """Keep records for the label join; an id already recorded keeps its first record.
 
-        Returns how many records were not kept because their id was in use (a reused id).
+        A record under a kept id that is another prediction (model, version, group, score or
+        decision differ; not a retry) makes the id contested: no label joins it, for the
+        label's sender cannot have meant both. Returns how many records reused an id.
         """
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from guardproxy.state.base import Joined, Outcome, PredictionRecord
 
 EMPTY = -1  # a table position holding no slot
-NO_LABEL = -1
+NO_LABEL, CONTESTED = -1, -2  # label values besides 0 and 1
 Names = tuple[str, str, str, str, str, str]  # region, model, version, group, policy, thresholds
 
 
@@ -139,7 +139,9 @@ class RecordStore:
                     break
                 position = (position + 1) & mask
             if slot != EMPTY:
-                reused += 1  # the first prediction under an id is the one its label joins
+                reused += 1
+                if self._differs(slot, record):
+                    self._label[slot] = CONTESTED
                 continue
             if self._count >= self.max_records:
                 self._evict()
@@ -162,11 +164,21 @@ class RecordStore:
              record.policy_version, record.threshold_version)
         )  # fmt: skip
 
+    def _differs(self, slot: int, record: PredictionRecord) -> bool:
+        """Whether a prediction reusing a kept id is another one, not a retry of it."""
+        region, model, version, group, _, _ = self._names[self._name_of[slot]]
+        return (region, model, version, group, self._score[slot], self._decision[slot]) != (
+            record.region, record.model, record.version, record.group, record.score,
+            record.decision,
+        )  # fmt: skip
+
     def join(self, request_id: str, label: int) -> Joined:
         """Attach a label once; a second label is a duplicate."""
         _, slot = self._find(*id_hash(request_id))
         if slot == EMPTY or self._expires[slot] <= self.timer():
             return Joined(Outcome.UNKNOWN)
+        if self._label[slot] == CONTESTED:
+            return Joined(Outcome.CONTESTED)
         if self._label[slot] != NO_LABEL:
             return Joined(Outcome.DUPLICATE)
         self._label[slot] = label

@@ -14,6 +14,7 @@ from guardproxy.masking import mask_url
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
+    PREDICTION_IDENTITY,
     GroupState,
     Joined,
     Outcome,
@@ -34,6 +35,7 @@ SEP = "|"  # group names may hold ":", field names never hold "|"
 # Claims the label slot with HSETNX so that two replicas racing on one id join it once.
 JOIN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if redis.call('HEXISTS', KEYS[1], 'contested') == 1 then return {3} end
 if redis.call('HSETNX', KEYS[1], 'label', ARGV[1]) == 0 then return {2} end
 redis.call('HSET', KEYS[1], 'observed_at', ARGV[2])
 local fields = redis.call('HGETALL', KEYS[1])
@@ -41,13 +43,32 @@ table.insert(fields, 1, 1)
 return fields
 """
 
-# The first prediction under an id is kept: a reused id never overwrites it.
-RECORD_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+# Many records in one call: KEYS one per record, ARGV the TTL, then each record's field
+# names and values (FIELDS of them). The first prediction under an id is kept: a reused id
+# never overwrites it, and makes it contested when its prediction is another one.
+FIELDS = PredictionRecord._fields
+IDENTITY = [FIELDS.index(name) for name in PREDICTION_IDENTITY]  # what a retry repeats
+RECORD_SCRIPT = f"""
+local ttl, width, reused = ARGV[1], {2 * len(FIELDS)}, 0
+for i, key in ipairs(KEYS) do
+  local base = 1 + (i - 1) * width
+  if redis.call('EXISTS', key) == 1 then
+    reused = reused + 1
+    for _, j in ipairs({{{", ".join(map(str, IDENTITY))}}}) do
+      local at = base + 2 * j + 1
+      if redis.call('HGET', key, ARGV[at]) ~= ARGV[at + 1] then
+        redis.call('HSET', key, 'contested', 1)
+        break
+      end
+    end
+  else
+    redis.call('HSET', key, unpack(ARGV, base + 1, base + width))
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return reused
 """
+RECORDS_A_CALL = 256
 
 
 class RedisState:
@@ -85,16 +106,21 @@ class RedisState:
             raise StateError(f"redis {mask_url(self.url)}: {mask_url(str(exc))}") from exc
 
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
-        """Write records as expiring hashes in one pipeline; how many ids were already in use."""
+        """Write records as expiring hashes, RECORDS_A_CALL to a script call, in one pipeline;
+        how many ids were already in use."""
         if not records:
             return 0
         pipe = self._redis.pipeline(transaction=False)
-        for record in records:
-            fields = [v for pair in record.to_fields().items() for v in pair]
-            keys = [self._key("pred", record_key(record.request_id))]
-            await self._record(keys=keys, args=[self.ttl, *fields], client=pipe)
+        for start in range(0, len(records), RECORDS_A_CALL):
+            chunk = records[start : start + RECORDS_A_CALL]
+            keys = [self._key("pred", record_key(r.request_id)) for r in chunk]
+            args: list[Any] = [self.ttl]
+            for record in chunk:
+                for name, value in zip(FIELDS, record, strict=True):
+                    args += (name, str(value))
+            await self._record(keys=keys, args=args, client=pipe)
         replies = await self._call(pipe.execute())
-        return sum(1 for reply in replies if int(reply) == 0)
+        return sum(int(reply) for reply in replies)
 
     async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
         """Attach a label atomically (Lua): unknown, duplicate, or joined with its record."""
@@ -184,6 +210,8 @@ def _joined(reply: Any) -> Joined:
         return Joined(Outcome.UNKNOWN)
     if code == 2:
         return Joined(Outcome.DUPLICATE)
+    if code == 3:
+        return Joined(Outcome.CONTESTED)
     fields = dict(zip(reply[1::2], reply[2::2], strict=True))
     return Joined(Outcome.JOINED, PredictionRecord.from_fields(fields))
 

@@ -23,7 +23,13 @@ async def test_thresholds_learned_from_labels_close_the_tpr_gap(tmp_path: Path) 
         f"{after.equal_opportunity_difference():.3f}; accuracy {before.accuracy():.3f} -> "
         f"{after.accuracy():.3f}"
     )
-    assert result.feedback == {"joined": 1500, "unknown_id": 0, "duplicate": 0, "invalid": 0}
+    assert result.feedback == {
+        "joined": 1500,
+        "unknown_id": 0,
+        "duplicate": 0,
+        "contested": 0,
+        "invalid": 0,
+    }
     assert before.equal_opportunity_difference() > BOUND
     assert after.equal_opportunity_difference() < BOUND
     assert after.accuracy() > before.accuracy() - 0.02

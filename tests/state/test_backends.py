@@ -42,13 +42,40 @@ async def test_concurrent_labels_for_one_id_join_once(state: StateBackend) -> No
     assert sum(r.outcome is Outcome.DUPLICATE for r in results) == 19
 
 
-async def test_a_reused_id_keeps_its_first_prediction(state: StateBackend) -> None:
-    assert await state.record_predictions([record("r1", "a", 0.9, 1)]) == 0
-    assert await state.record_predictions([record("r1", "b", 0.1, 0), record("r2")]) == 1
+async def test_a_retried_prediction_keeps_its_first_record_and_its_label(
+    state: StateBackend,
+) -> None:
+    first = record("r1", "a", 0.9, 1)
+    assert await state.record_predictions([first]) == 0
+    retry = first._replace(time=9.0, threshold_version="v2")  # the same prediction, later
+    assert await state.record_predictions([retry, record("r2")]) == 1
     joined = await state.join_label("r1", 1, 0.0)
-    assert joined.record == record("r1", "a", 0.9, 1)  # the label joins the first prediction
+    assert joined.record == first  # the label joins the first prediction
     for _ in range(2):
         assert (await state.join_label("r1", 1, 0.0)).outcome is Outcome.DUPLICATE
+
+
+async def test_an_id_given_to_another_prediction_joins_no_label(state: StateBackend) -> None:
+    # Whoever sent an id first, a label cannot tell which prediction it was meant for.
+    await state.record_predictions([record("r1", "a", 0.9, 1), record("r2"), record("r3")])
+    others = [record("r1", "b", 0.9, 1), record("r2", score=0.71), record("r3", decision=0)]
+    assert await state.record_predictions(others) == 3
+    for rid in ("r1", "r2", "r3"):
+        for _ in range(2):
+            contested = await state.join_label(rid, 1, 0.0)
+            assert contested.outcome is Outcome.CONTESTED and contested.record is None
+    await state.record_predictions([record("r4")])
+    assert (await state.join_label("r4", 1, 0.0)).outcome is Outcome.JOINED
+    await state.record_predictions([record("r4", "b")])  # contested after its label
+    assert (await state.join_label("r4", 1, 0.0)).outcome is Outcome.CONTESTED
+
+
+async def test_records_are_written_in_calls_of_many(state: StateBackend) -> None:
+    records = [record(f"m{i}", score=i / 1000) for i in range(600)]
+    assert await state.record_predictions(records) == 0
+    assert await state.record_predictions(records[::7]) == len(records[::7])  # retries
+    joined = await state.join_labels([(f"m{i}", 1, 0.0) for i in (0, 255, 256, 599)])
+    assert [j.record for j in joined] == [records[i] for i in (0, 255, 256, 599)]
 
 
 async def test_long_ids_are_stored_under_a_fixed_size_key(state: StateBackend) -> None:

@@ -36,29 +36,35 @@ async def test_records_match_an_ordered_dict_through_evictions_and_expiry() -> N
     rng = random.Random(7)
     now = [0.0]
     state = MemoryState(ttl=50.0, max_records=13, timer=lambda: now[0])
-    model: OrderedDict[str, tuple[float, PredictionRecord, bool]] = OrderedDict()
+    # id: (expires, record, labeled, contested)
+    model: OrderedDict[str, tuple[float, PredictionRecord, bool, bool]] = OrderedDict()
     for step in range(20_000):
         now[0] += rng.choice((0.0, 0.0, 0.5, 3.0))
         rid = f"r{rng.randrange(60)}"
         if rng.random() < 0.6:
             while model and next(iter(model.values()))[0] <= now[0]:
                 model.popitem(last=False)  # a put drops what has expired
-            kept = record(rid, group=f"g{step % 3}", score=rng.random())
+            kept = record(rid, group=f"g{step % 3}", score=rng.choice((0.25, 0.5)))
             reused = await state.record_predictions([kept])
             assert reused == (rid in model)
-            if rid not in model:
+            if rid in model:
+                expires, first, labeled, contested = model[rid]
+                model[rid] = (expires, first, labeled, contested or first != kept)
+            else:
                 while len(model) >= 13:
                     model.popitem(last=False)
-                model[rid] = (now[0] + 50.0, kept, False)
+                model[rid] = (now[0] + 50.0, kept, False, False)
         else:
             joined = await state.join_label(rid, 1, 0.0)
             if rid not in model or model[rid][0] <= now[0]:
                 assert joined.outcome is Outcome.UNKNOWN
+            elif model[rid][3]:
+                assert joined.outcome is Outcome.CONTESTED
             elif model[rid][2]:
                 assert joined.outcome is Outcome.DUPLICATE
             else:
                 assert joined.outcome is Outcome.JOINED and joined.record == model[rid][1]
-                model[rid] = (*model[rid][:2], True)
+                model[rid] = (*model[rid][:2], True, False)
         assert len(state) == len(model)
 
 
