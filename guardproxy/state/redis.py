@@ -11,6 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from guardproxy.masking import mask_url
+from guardproxy.payloads.codec import dumps
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
@@ -43,26 +44,31 @@ table.insert(fields, 1, 1)
 return fields
 """
 
-# Many records in one call: KEYS one per record, ARGV the TTL, then each record's field
-# names and values (FIELDS of them). The first prediction under an id is kept: a reused id
-# never overwrites it, and makes it contested when its prediction is another one.
+# Many records in one call: KEYS one per record, ARGV the TTL, then each record's values as a
+# JSON array of strings (one argument a record: packing arguments is most of the client's
+# cost). The first prediction under an id is kept: a reused id never overwrites it, and
+# makes it contested when its prediction is another one.
 FIELDS = PredictionRecord._fields
-IDENTITY = [FIELDS.index(name) for name in PREDICTION_IDENTITY]  # what a retry repeats
+IDENTITY = [FIELDS.index(name) + 1 for name in PREDICTION_IDENTITY]  # what a retry repeats
 RECORD_SCRIPT = f"""
-local ttl, width, reused = ARGV[1], {2 * len(FIELDS)}, 0
+local ttl, reused = ARGV[1], 0
+local names = {{{", ".join(f"'{name}'" for name in FIELDS)}}}
 for i, key in ipairs(KEYS) do
-  local base = 1 + (i - 1) * width
+  local values = cjson.decode(ARGV[i + 1])
   if redis.call('EXISTS', key) == 1 then
     reused = reused + 1
     for _, j in ipairs({{{", ".join(map(str, IDENTITY))}}}) do
-      local at = base + 2 * j + 1
-      if redis.call('HGET', key, ARGV[at]) ~= ARGV[at + 1] then
+      if redis.call('HGET', key, names[j]) ~= values[j] then
         redis.call('HSET', key, 'contested', 1)
         break
       end
     end
   else
-    redis.call('HSET', key, unpack(ARGV, base + 1, base + width))
+    local fields = {{}}
+    for j, name in ipairs(names) do
+      fields[2 * j - 1], fields[2 * j] = name, values[j]
+    end
+    redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ttl)
   end
 end
@@ -114,10 +120,7 @@ class RedisState:
         for start in range(0, len(records), RECORDS_A_CALL):
             chunk = records[start : start + RECORDS_A_CALL]
             keys = [self._key("pred", record_key(r.request_id)) for r in chunk]
-            args: list[Any] = [self.ttl]
-            for record in chunk:
-                for name, value in zip(FIELDS, record, strict=True):
-                    args += (name, str(value))
+            args: list[bytes | int] = [self.ttl, *(dumps([str(v) for v in r]) for r in chunk)]
             await self._record(keys=keys, args=args, client=pipe)
         replies = await self._call(pipe.execute())
         return sum(int(reply) for reply in replies)
