@@ -81,11 +81,14 @@ class ServerConnection(Intake):
         self._write_paused_at = self._loop.time()
 
     def resume_writing(self) -> None:
-        """The transport's buffer drained."""
+        """The transport's buffer drained: wake writers, or take the request held back."""
         self._write_paused = False
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self._next_held:
+            self._next_held = False
+            self._next()
 
     def _answer_owed(self) -> None:
         """Nothing is in flight: send the owed error, or just close."""
@@ -152,6 +155,15 @@ class ServerConnection(Intake):
         if writer.closes or not writer.request.body.done:
             self._close(linger=not writer.request.body.done)
             return
+        if self._write_paused:
+            # A client that does not read its answers gets no more of them made: pipelined
+            # requests would each add an answer to the transport's buffer.
+            self._next_held = True
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """Nothing is being answered: start the next request, or wait for one."""
         if self._queue:
             request = self._queue.popleft()
             if not self._queue and self._owed_error is None:

@@ -50,6 +50,7 @@ class Intake(asyncio.Protocol):
         self._parsing: Request | None = None  # the request whose body is being parsed
         self._active: ResponseWriter | None = None  # the request being answered
         self._queue: deque[Request] = deque()  # parsed, waiting for their turn
+        self._next_held = False  # the next request waits for the client to read (connection)
         self._pauses = 0
         self._last_data = self._loop.time()
         self._stopped = False  # no further request will be parsed
@@ -184,7 +185,7 @@ class Intake(asyncio.Protocol):
         self._parsing = request
         if not keep_alive:
             self._stop()
-        if self._active is None:
+        if self._active is None and not self._next_held:
             self._start(request)
         elif len(self._queue) < self._config.max_pipelined:
             self._queue.append(request)

@@ -387,3 +387,24 @@ async def test_many_tiny_header_lines_are_charged_what_they_cost() -> None:
     async with serving(ok) as running:
         status, body = await refused(running.port, head)
     assert status == 431 and body["error"] == "request head too large"
+
+
+async def test_a_client_that_does_not_read_gets_no_further_answers_made() -> None:
+    handled = 0
+    big = b"x" * (8 << 20)
+
+    async def large(request: Request, response: ResponseWriter) -> None:
+        nonlocal handled
+        handled += 1
+        response.send(200, [], big)
+
+    async with serving(large) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"GET / HTTP/1.1\r\n\r\n" * 10)
+        await eventually(lambda: handled >= 1)
+        await asyncio.sleep(0.3)  # time enough to make the rest, were they made
+        # Each answer made would sit in the server's buffer until the client read it.
+        assert handled <= 2
+        for _ in range(10):
+            assert (await client.answer(within=30)).body == big
+        assert handled == 10
