@@ -238,9 +238,9 @@ SERVE_FLAGS = (
     Flag(
         "--max-buffered",
         "BYTES",
-        "request body bytes guarded requests may hold at once, counted as they arrive past "
-        "each body's first 64 KiB, else 503 with Retry-After; never below --max-body, shared "
-        "out among --workers",
+        "bytes of guarded bodies held at once (requests as they arrive, answers once read, "
+        "until the client has read the answer), past each exchange's first 64 KiB, else 503 "
+        "with Retry-After; never below --max-body, shared out among --workers",
         str(256 << 20),
         "268435456 (256 MiB)",
         parse=size,

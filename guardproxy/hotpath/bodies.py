@@ -30,7 +30,7 @@ _STREAM_SKIP = frozenset({b"content-length"})
 # one they cannot. Once its body is decoded, the headers describing the encoding go too.
 _GUARDED_SKIP = REQUEST_SKIP | {b"accept-encoding"}
 _DECODED_SKIP = _GUARDED_SKIP | {name.lower().encode() for name in ENCODED_ONLY}
-BUDGET_FULL = "too many request bodies held by the proxy; retry later"
+BUDGET_FULL = "too many bodies held by the proxy; retry later"
 RETRY_AFTER = (b"Retry-After", b"1")
 # Of each body, what the budget does not count: as much as the transport buffers for any
 # connection anyway. Clients who fill the budget with large bodies then hold up only other
@@ -39,7 +39,8 @@ UNCOUNTED = 64 * 1024
 
 
 class BodyBudget:
-    """Bytes of guarded request bodies the process holds at once (--max-buffered).
+    """Bytes of guarded bodies the process holds at once (--max-buffered): requests as they
+    arrive, answers once read, both until the client has read the answer.
 
     Plain ints: one event loop changes them, so no locks; every step is O(1).
     """
@@ -63,7 +64,7 @@ class BodyBudget:
 
 
 class BudgetFull(Refusal):
-    """503: the request body does not fit in what is left of the process's budget."""
+    """503: a body does not fit in what is left of the process's budget."""
 
     def __init__(self) -> None:
         super().__init__(503, BUDGET_FULL, [RETRY_AFTER])
@@ -163,10 +164,12 @@ def guarded_headers(
 
 
 async def read_answer(
-    ex: Exchange, response: UpstreamResponse, limit: int, media_type: bytes
+    ex: Exchange, response: UpstreamResponse, limit: int, media_type: bytes, hold: BodyHold
 ) -> None:
-    """The upstream's answer into the exchange, decoded if it came encoded all the same."""
+    """The upstream's answer into the exchange, decoded if it came encoded all the same, and
+    held in the budget (BudgetFull, 503, when it does not fit)."""
     body = await response.read(limit)
+    hold.grow(len(body))
     ex.status = response.status
     ex.response_type = media_type
     headers = forward_response_headers(response.headers)
@@ -177,6 +180,7 @@ async def read_answer(
         except EncodingError:
             raise UpstreamError(502, "encoding", "upstream answer could not be decoded") from None
         headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        hold.grow(len(body))
     ex.response_headers = headers
     ex.response_body = body
 

@@ -44,7 +44,7 @@ from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
 from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
 from guardproxy.policy.table import CompiledModel
-from guardproxy.transport import Request, ResponseWriter, UpstreamResponse
+from guardproxy.transport import ClientDisconnected, Request, ResponseWriter, UpstreamResponse
 
 log = logging.getLogger("guardproxy.proxy")
 
@@ -119,13 +119,22 @@ class GuardedSteps:
             call.counted = call.counted and not ex.errors
             try:
                 upstream = fallback or self.upstream
-                return await self._ask(request, writer, ex, target, call, upstream, wire, decoded)
+                outcome = await self._ask(
+                    request, writer, ex, target, call, upstream, wire, decoded, hold
+                )
             except UpstreamError as exc:
                 ex.status = exc.status
                 ex.errors.append(client_message(exc))
                 await chain.observe(ex)  # an errored exchange is sampled (to max_always)
                 self._observe(ex, model, call.admitted)
                 raise
+            # The bodies stay in the budget until the client has read the answer: one that
+            # does not read holds them in the transport's buffer until the write timeout.
+            try:
+                await writer.delivered()
+            except ClientDisconnected:
+                self.counts.client_gone += 1
+            return outcome
         finally:
             call.release()  # a probe that never reached the upstream gives its slot back
             hold.release()  # however the exchange ended, its body leaves the budget
@@ -140,6 +149,7 @@ class GuardedSteps:
         upstream: Upstream,
         wire: ModelWire,
         decoded: bool,
+        hold: BodyHold,
     ) -> str:
         """The upstream's answer through the guards (binary tensors and chat streams too).
 
@@ -173,7 +183,7 @@ class GuardedSteps:
             if content_type == EVENT_STREAM and wire.model.spec.protocol == "openai":
                 return await self._chat(writer, ex, response, call.admitted, wire, began)
             return await self._unguarded(request, writer, response, ex)
-        await read_answer(ex, response, self.max_body, content_type)
+        await read_answer(ex, response, self.max_body, content_type, hold)
         ex.upstream_seconds = perf_counter() - began
         if 200 <= ex.status < 300:
             await chain.on_response(ex)

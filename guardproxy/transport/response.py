@@ -204,6 +204,12 @@ class ResponseWriter:
         self.finished = True
         sink.response_done(self)
 
+    async def delivered(self) -> None:
+        """Wait until the client has read what was written, to the transport's high-water
+        mark (ClientDisconnected if it went away first)."""
+        if self._sink.write_paused:
+            await self._sink.drain()
+
     def abort(self) -> None:
         """Reset the connection so the client cannot take a partial answer as complete."""
         if not self.finished:

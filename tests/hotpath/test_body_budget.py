@@ -20,11 +20,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange
 from guardproxy.hotpath.bodies import UNCOUNTED
-from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy
+from guardproxy.testing import (
+    RecordingModel,
+    RunningProxy,
+    eventually,
+    proxy_settings,
+    running_proxy,
+)
 from tests.integration.attacks import INFER, applicant, guarded, post
 from tests.transport.support import Answer, RawClient, port_of
 
@@ -80,7 +87,7 @@ def assert_budget_refusal(answer: Answer) -> None:
     assert answer.status == 503
     assert answer.header(b"retry-after") == b"1"
     doc = json.loads(answer.body)
-    assert doc["error"] == "too many request bodies held by the proxy; retry later"
+    assert doc["error"] == "too many bodies held by the proxy; retry later"
     assert doc["request_id"] and answer.header(b"x-request-id") == doc["request_id"].encode()
 
 
@@ -181,7 +188,8 @@ async def test_the_budget_is_released_however_the_exchange_ends(
         assert await answered(full) == 200  # the whole budget is there still
         refused = proxy.runtime.status()["requests"]["refused"]
         assert refused == {"413": 2, "400": 1, "408": 1}
-        assert proxy.runtime.proxy.bodies.peak == MAX_BODY - UNCOUNTED
+        peak = proxy.runtime.proxy.bodies.peak  # the largest body, and the model's answer
+        assert MAX_BODY - UNCOUNTED < peak < MAX_BODY - UNCOUNTED + 1000
 
 
 async def test_an_upstream_error_releases_the_budget(
@@ -200,3 +208,45 @@ async def test_each_worker_keeps_to_its_share(tmp_path: Path) -> None:
     settings: dict[str, Any] = {"max_body": 1000, "max_buffered": 10_000, "workers": 4}
     async with guarded(tmp_path, **settings) as (proxy, _):
         assert proxy.runtime.status()["request_bodies"]["budget"] == 2500
+
+
+class LargeAnswers(RecordingModel):
+    """A model whose answers carry `pad` bytes besides the score."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(INFER, self._large)
+        return app
+
+    async def _large(self, request: web.Request) -> web.Response:
+        await request.read()
+        outputs = [{"name": "score", "shape": [1], "datatype": "FP32", "data": [0.7]}]
+        return web.json_response({"model_name": "m", "outputs": outputs, "pad": "x" * self.pad})
+
+
+async def test_answers_are_held_in_the_budget_until_the_client_has_read_them(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    # 8 MiB answers: more than the kernel (a 4 MiB send buffer at most, and a small receive
+    # buffer) and the client's reader take in before the client reads.
+    model = LargeAnswers(8 << 20)
+    async with guarded(tmp_path, model=model, max_body=9 << 20, max_buffered=12 << 20) as (
+        proxy,
+        _,
+    ):
+        request = json.dumps(applicant()).encode()
+        slow = await RawClient.open(port_of(proxy.url), receive_buffer=4096)
+        await slow.send(head(len(request)) + request)  # and reads nothing, for now
+        await eventually(lambda: reserved(proxy) > (8 << 20) - UNCOUNTED)
+        code, headers, doc = await post(client, proxy.url + INFER, applicant())
+        assert code == 503 and headers["Retry-After"] == "1"  # its answer does not fit
+        assert doc["error"] == "too many bodies held by the proxy; retry later"
+        answer = await slow.answer(within=30)
+        assert answer.status == 200 and len(answer.body) > 8 << 20
+        await eventually(lambda: reserved(proxy) == 0)
+        code, _, doc = await post(client, proxy.url + INFER, applicant())
+        assert code == 200 and len(doc["pad"]) == 8 << 20

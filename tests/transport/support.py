@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -73,9 +74,17 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int) -> RawClient:
-        """Connect to 127.0.0.1:port."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    async def open(cls, port: int, receive_buffer: int | None = None) -> RawClient:
+        """Connect to 127.0.0.1:port; with `receive_buffer`, the socket takes in at most
+        about that much (and the reader 128 KiB) while the client does not read."""
+        if receive_buffer is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            return cls(reader, writer)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
