@@ -47,9 +47,11 @@ def data_server(handler: Handler, settings: Settings) -> Server:
     What the server answers by itself (431, 400, 408...) is JSON naming the request, as the
     proxy's own errors are.
     """
+    connections = settings.max_connections
     config = ServerConfig(
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         body_min_rate=settings.body_min_rate,
+        max_connections=max(1, connections // settings.workers) if connections else None,
     )
     return Server(handler, config, proxy_error)

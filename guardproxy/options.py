@@ -246,6 +246,14 @@ SERVE_FLAGS = (
         parse=size,
     ),
     Flag(
+        "--max-connections",
+        "N",
+        "client connections open at once on the data port, shared out among --workers; more "
+        "are closed as soon as they are accepted; 0: no limit",
+        "4096",
+        parse=count_or_zero,
+    ),
+    Flag(
         "--max-rows",
         "N",
         "most rows one guarded request or answer may carry, else 413 (each row holds the "

@@ -52,7 +52,8 @@ class Settings:
     body_min_rate: float = 1024.0  # bytes/s a body must average after body_timeout; 0: none
     drain_timeout: float = 20.0
     max_body: int = 16 * 1024 * 1024
-    max_buffered: int = 256 * 1024 * 1024  # request body bytes guarded requests hold at once
+    max_buffered: int = 256 * 1024 * 1024  # guarded body bytes held at once, both ways
+    max_connections: int = 4096  # data port connections open at once; 0: no limit
     max_rows: int = 10_000  # rows of one guarded request or answer
     poll_interval: float = 2.0
     samples_dir: Path = Path("/tmp/guardproxy-samples")

@@ -11,6 +11,8 @@ import pytest
 
 from guardproxy import __version__
 from guardproxy.cli import main, parse_cost, parser, settings_from
+from guardproxy.dataport import data_server
+from guardproxy.transport import Request, ResponseWriter
 
 POLICIES = Path(__file__).parent.parent / "policies"
 
@@ -54,6 +56,21 @@ def test_limit_timeout_and_worker_flags_reach_the_settings(
     assert (settings.header_timeout, settings.body_timeout) == (3.0, 7.0)
     assert (settings.limits.per_key, settings.limits.queue) == (5, 9)
     assert settings.workers == 2
+
+
+@pytest.mark.parametrize(("flag", "workers", "each"), [("10", 1, 10), ("10", 4, 2), ("0", 2, None)])
+def test_max_connections_are_shared_out_among_workers(
+    flag: str, workers: int, each: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    args = parser().parse_args(["serve", "--max-connections", flag, "--workers", str(workers)])
+    server = data_server(ok, settings_from(args))
+    assert server.config.max_connections == each
+
+
+async def ok(request: Request, writer: ResponseWriter) -> None:
+    """A handler that answers 200."""
+    writer.send(200, [])
 
 
 def test_an_upstream_other_than_plain_http_is_a_clear_error() -> None:

@@ -98,6 +98,7 @@ def test_the_readme_table_matches_the_flags() -> None:
         ("UPSTREAM_QUEUE", "-1", "whole number, 0 or more"),
         ("BODY_TIMEOUT", "-1", "seconds above 0"),
         ("BODY_MIN_RATE", "-5", "a number per second, 0 or more"),
+        ("MAX_CONNECTIONS", "-1", "whole number, 0 or more"),
     ],
 )
 def test_a_bad_variable_is_one_clear_line(

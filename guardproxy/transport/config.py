@@ -31,6 +31,9 @@ class ServerConfig:
     write_timeout: float = 60.0  # longest a response waits for a client that does not read
     high_water: int = 64 * 1024  # body bytes buffered before the socket stops being read
     max_pipelined: int = 16  # requests parsed ahead of the one being answered
+    # Connections open at once (None: no limit); more are closed as soon as they are accepted.
+    # Each may hold a head and the first part of a body that no other budget counts.
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         _positive(
@@ -41,6 +44,7 @@ class ServerConfig:
             write_timeout=self.write_timeout,
             high_water=self.high_water,
             max_pipelined=self.max_pipelined,
+            max_connections=self.max_connections,
         )
         if self.body_min_rate < 0:
             raise ValueError(f"body_min_rate must not be negative, got {self.body_min_rate}")

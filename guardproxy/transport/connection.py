@@ -43,6 +43,12 @@ class ServerConnection(Intake):
         """Register with the server."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        limit = self._config.max_connections
+        if limit is not None and len(self._shared.connections) >= limit:
+            self._counters.count("connection_limit")
+            self.closed = self._stopped = self._discard = True
+            transport.close()
+            return
         self.peer = transport.get_extra_info("peername")
         self._shared.connections.add(self)
         self._shared.gone.clear()
@@ -61,6 +67,8 @@ class ServerConnection(Intake):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Wake everything waiting on this connection."""
+        if self not in self._shared.connections:
+            return  # closed as it was accepted: over the connection limit
         self.closed = True
         self._stopped = self._discard = True
         shared = self._shared

@@ -408,3 +408,20 @@ async def test_a_client_that_does_not_read_gets_no_further_answers_made() -> Non
         for _ in range(10):
             assert (await client.answer(within=30)).body == big
         assert handled == 10
+
+
+async def test_connections_over_the_limit_are_closed_as_they_are_accepted() -> None:
+    async with serving(ok, ServerConfig(max_connections=2)) as running:
+        first, second = [await RawClient.open(running.port) for _ in range(2)]
+        await eventually(lambda: running.server.connections == 2)
+        third = await RawClient.open(running.port)
+        assert await third.closed()
+        assert running.server.counters.errors == {"connection_limit": 1}
+        assert running.server.counters.open == 2
+        await first.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await first.answer()).status == 200  # those within the limit are served
+        second.close()
+        await eventually(lambda: running.server.connections == 1)
+        fourth = await RawClient.open(running.port)
+        await fourth.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await fourth.answer()).status == 200
