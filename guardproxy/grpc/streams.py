@@ -143,16 +143,27 @@ class StreamGuard:
         self._bytes += sent.size
 
     def _paired(self, answer: pb.ModelInferResponse) -> InferCall | None:
-        sent: _Sent | None = None
         if answer.id and answer.id in self._by_id:
             final = answer.parameters.get("triton_final_response")
             if final is not None and not final.bool_param:
                 return self._by_id[answer.id].call
-            sent = self._by_id.pop(answer.id)
-        elif self._in_order:
-            sent = self._in_order.popleft()
-        if sent is None:
-            return None
+            return self._answered(self._by_id.pop(answer.id))
+        return self._answered(self._in_order.popleft()) if self._in_order else None
+
+    def _errored(self, outer: Any) -> InferCall | None:
+        """The request an in-band error answers: the one of its id, else the one it can only
+        be (None, counted, when several could be)."""
+        request_id = outer.infer_response.id if outer.HasField("infer_response") else ""
+        if request_id in self._by_id:
+            return self._answered(self._by_id.pop(request_id))
+        if self._in_order and not self._by_id:
+            return self._answered(self._in_order.popleft())
+        if len(self._by_id) == 1 and not self._in_order:
+            return self._answered(self._by_id.pop(next(iter(self._by_id))))
+        self.proxy.stats.errors["stream_unpaired_error"] += 1
+        return None
+
+    def _answered(self, sent: _Sent) -> InferCall:
         self._bytes -= sent.size
         self._room.set()
         return sent.call
@@ -163,8 +174,10 @@ class StreamGuard:
         call: InferCall | None = None
         try:
             outer, answer = self._parse(raw)
-            if answer is None:
-                return raw  # Triton reporting one request's error in-band
+            if answer is None:  # Triton reporting one request's error in-band
+                message = f"the model answered an error: {outer.error_message}"
+                await proxy.failed(self._errored(outer), grpc.StatusCode.UNKNOWN, message)
+                return raw
             call = self._paired(answer)
             if call is None:
                 proxy.stats.errors["stream_unpaired"] += 1

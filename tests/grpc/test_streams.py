@@ -12,7 +12,7 @@ from guardproxy.grpc import STREAM_INFER, GrpcProxy
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 
-from .conftest import RecordingHook, eventually
+from .conftest import RecordingHook, Stack, eventually
 from .upstream import Eager, start_eager
 
 
@@ -51,7 +51,7 @@ async def test_requests_beyond_the_pending_bound_wait_and_keep_their_pairing() -
         for i in range(10):
             await call.write(request(float(i)))
         await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
-        assert model.received == 3  # the rest wait in the proxy, then in the client
+        await eventually(lambda: model.received == 3)  # the rest wait in the proxy, then the client
         model.gate.set()
         answers = [await call.read() for _ in range(10)]
         await call.done_writing()
@@ -71,7 +71,7 @@ async def test_requests_beyond_the_pending_bytes_wait() -> None:
         for i in range(6):
             await call.write(request(float(i), pad=100_000))
         await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
-        assert model.received == 3
+        await eventually(lambda: model.received == 3)
         model.gate.set()
         for _ in range(6):
             await call.read()
@@ -95,7 +95,7 @@ async def test_a_reused_id_waits_for_the_answer_of_its_namesake() -> None:
         await call.write(request(1.0, "same"))
         await call.write(request(2.0, "same"))
         await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
-        assert model.received == 1
+        await eventually(lambda: model.received == 1)
         model.gate.set()
         answers = [await call.read() for _ in range(2)]
         await call.done_writing()
@@ -105,3 +105,38 @@ async def test_a_reused_id_waits_for_the_answer_of_its_namesake() -> None:
         pack("FP32", [v], "x") for v in (1.0, 2.0)
     ]
     assert hook.failures == [] and proxy.status()["errors"] == {}
+
+
+def one(model: str, value: float, request_id: str = "") -> pb.ModelInferRequest:
+    """A one-row request of `model` (the test server's "broken" answers an in-band error)."""
+    msg = request(value, request_id)
+    msg.model_name = model
+    return msg
+
+
+async def test_an_in_band_error_answers_its_own_request(stack: Stack) -> None:
+    async with aio.insecure_channel(stack.target) as channel:
+        call = channel.stream_stream(
+            STREAM_INFER,
+            pb.ModelInferRequest.SerializeToString,
+            pb.ModelStreamInferResponse.FromString,
+        )()
+        for msg in (one("broken", 0.0), one("echo", 1.0), one("echo", 2.0)):
+            await call.write(msg)
+        answers = [await call.read() for _ in range(3)]
+        # Its id reused once the error came: it goes through, and pairs with its own answer.
+        await call.write(one("broken", 3.0, "x"))
+        await call.write(one("echo", 4.0, "x"))
+        answers += [await call.read() for _ in range(2)]
+        await call.done_writing()
+    assert [a.error_message for a in answers] == ["model is broken", "", "", "model is broken", ""]
+    assert [c.model_name for c, _ in stack.hook.failures] == ["broken", "broken"]
+    assert [answer["outputs"][0]["data"] for _, answer in stack.hook.answers] == [
+        [1.0],
+        [2.0],
+        [4.0],
+    ]
+    assert [c.message.raw_input_contents[0] for c, _ in stack.hook.answers] == [
+        pack("FP32", [v], "x") for v in (1.0, 2.0, 4.0)
+    ]
+    assert stack.proxy.status()["errors"] == {}
