@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 from guardproxy.breaker.board import BreakerBoard
-from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.drift import Clock, WindowResult
 from guardproxy.monitors.fairness import fairness_report
@@ -84,10 +83,10 @@ class FairnessWindows:
         self.decisions = 0
         self.labeled: dict[str, GroupCounts] | None = None
 
-    def decide(self, verdicts: Sequence[Verdict]) -> dict[str, float] | None:
+    def decide(self, share: Observation) -> dict[str, float] | None:
         """Count a request's share of decisions; the parity values when a window closes."""
         groups, decided = self.groups, self.decided
-        for verdict in verdicts:
+        for verdict in share.verdicts:
             if groups and verdict.group not in groups:
                 continue
             counts = decided.get(verdict.group)
@@ -210,7 +209,7 @@ class Watchdog:
 
     def _decide(self, windows: FairnessWindows, ob: Observation) -> None:
         share = ob.spread(1 if ob.probe else windows.rows_per_request)
-        values = windows.decide(share.verdicts) if share is not None else None
+        values = windows.decide(share) if share is not None else None
         if values:
             self._feed((ob.model.region, ob.model.name, ob.version), values)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from guardproxy.masking import mask_url
-from guardproxy.payloads.codec import dumps
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
 from guardproxy.state.base import (
     DEFAULT_TTL,
@@ -120,7 +120,10 @@ class RedisState:
         for start in range(0, len(records), RECORDS_A_CALL):
             chunk = records[start : start + RECORDS_A_CALL]
             keys = [self._key("pred", record_key(r.request_id)) for r in chunk]
-            args: list[bytes | int] = [self.ttl, *(dumps([str(v) for v in r]) for r in chunk)]
+            args: list[bytes | int] = [
+                self.ttl,
+                *(orjson.dumps([str(v) for v in r]) for r in chunk),
+            ]
             await self._record(keys=keys, args=args, client=pipe)
         replies = await self._call(pipe.execute())
         return sum(int(reply) for reply in replies)

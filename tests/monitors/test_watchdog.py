@@ -230,11 +230,13 @@ def decisions(group: str, n: int, selected: int) -> tuple[Verdict, ...]:
 
 
 def test_fairness_windows_close_on_decisions_and_on_labels() -> None:
-    windows = FairnessWindows(adult(table_of(FAIRNESS)).spec)
+    model = adult(table_of(FAIRNESS))
+    windows = FairnessWindows(model.spec)
     assert windows.rows_per_request == 5  # window 100 / min_calls 20
-    assert windows.decide(decisions("other", 500, 500)) is None  # undeclared: not counted
-    assert windows.decide(decisions("f", 50, 5)) is None
-    out = windows.decide(decisions("m", 50, 20))
+    undeclared = observation(model, "o", decisions("other", 500, 500))
+    assert windows.decide(undeclared) is None  # not counted
+    assert windows.decide(observation(model, "f", decisions("f", 50, 5))) is None
+    out = windows.decide(observation(model, "m", decisions("m", 50, 20)))
     assert out == {
         "fairness.disparate_impact": 0.25,
         "fairness.demographic_parity_difference": approx(0.3),
