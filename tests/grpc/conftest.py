@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from grpc import aio
 
-from guardproxy.grpc import Allow, Failure, GrpcProxy, InferCall, Refuse
+from guardproxy.grpc import STREAM_INFER, Allow, Failure, GrpcProxy, InferCall, Refuse
+from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 
 from .upstream import Model, start_model
 
@@ -80,3 +82,10 @@ async def eventually(check: Callable[[], bool], limit: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+def stream_infer(channel: aio.Channel) -> Any:
+    """ModelStreamInfer on a channel, its messages protobuf both ways."""
+    return channel.stream_stream(
+        STREAM_INFER, pb.ModelInferRequest.SerializeToString, pb.ModelStreamInferResponse.FromString
+    )

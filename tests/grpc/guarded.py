@@ -10,7 +10,7 @@ from typing import Any
 
 from grpc import aio
 
-from guardproxy.grpc import INFER, STREAM_INFER
+from guardproxy.grpc import INFER
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 from guardproxy.testing import (
@@ -22,6 +22,7 @@ from guardproxy.testing import (
     write_policies,
 )
 
+from .conftest import stream_infer
 from .upstream import Model, start_model
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -154,11 +155,7 @@ async def stream(
 ) -> list[pb.ModelStreamInferResponse]:
     """One ModelStreamInfer call: every answer, in order."""
     async with aio.insecure_channel(target) as channel:
-        call = channel.stream_stream(
-            STREAM_INFER,
-            pb.ModelInferRequest.SerializeToString,
-            pb.ModelStreamInferResponse.FromString,
-        )(iter(requests))
+        call = stream_infer(channel)(iter(requests))
         return [answer async for answer in call]
 
 

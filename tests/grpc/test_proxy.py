@@ -19,7 +19,7 @@ from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 
 from ..payloads.tritons import flat, same, tensors
-from .conftest import Stack, eventually
+from .conftest import Stack, eventually, stream_infer
 
 
 def triton_inputs(arrays: dict[str, np.ndarray[Any, Any]]) -> list[triton.InferInput]:
@@ -359,11 +359,7 @@ async def test_a_client_that_cancels_is_reported_once(stack: Stack) -> None:
 
 async def test_a_request_whose_stream_answer_never_came_is_reported(stack: Stack) -> None:
     async with aio.insecure_channel(stack.target) as channel:
-        stream = channel.stream_stream(
-            STREAM_INFER,
-            pb.ModelInferRequest.SerializeToString,
-            pb.ModelStreamInferResponse.FromString,
-        )
+        stream = stream_infer(channel)
         call = stream()
         await call.write(one_row())
         first = await call.read()

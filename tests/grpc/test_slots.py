@@ -10,13 +10,13 @@ import grpc
 import pytest
 from grpc import aio
 
-from guardproxy.grpc import INFER, STREAM_INFER, GrpcProxy, Refuse
+from guardproxy.grpc import INFER, GrpcProxy, Refuse
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.grpc.hooks import Metadata
 from guardproxy.grpc.slots import UNGUARDED, request_target
 from guardproxy.transport.limiter import KeyLimiter
 
-from .conftest import RecordingHook, Stack, eventually
+from .conftest import RecordingHook, Stack, eventually, stream_infer
 from .test_proxy import one_row
 from .upstream import start_model
 
@@ -51,12 +51,6 @@ def held(model: str = "echo") -> pb.ModelInferRequest:
 def unary(channel: aio.Channel) -> Any:
     return channel.unary_unary(
         INFER, pb.ModelInferRequest.SerializeToString, pb.ModelInferResponse.FromString
-    )
-
-
-def streams(channel: aio.Channel) -> Any:
-    return channel.stream_stream(
-        STREAM_INFER, pb.ModelInferRequest.SerializeToString, pb.ModelStreamInferResponse.FromString
     )
 
 
@@ -158,7 +152,7 @@ async def test_a_stream_takes_no_slot_an_idle_one_would_hold() -> None:
     # A stream may idle as long as its client likes: holding slots, a few idle streams would
     # shut a model's calls out. Streams take none; each unary call takes one while it runs.
     async with limited(1, 0) as s, aio.insecure_channel(s.target) as channel:
-        stream = streams(channel)()
+        stream = stream_infer(channel)()
         await stream.write(one_row())
         assert (await stream.read()).infer_response.model_name == "echo"
         assert keys(s) == {}

@@ -8,11 +8,11 @@ from typing import Any
 
 from grpc import aio
 
-from guardproxy.grpc import STREAM_INFER, GrpcProxy
+from guardproxy.grpc import GrpcProxy
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.payloads.tensors import pack
 
-from .conftest import RecordingHook, Stack, eventually
+from .conftest import RecordingHook, Stack, eventually, stream_infer
 from .upstream import Eager, start_eager
 
 
@@ -35,11 +35,7 @@ async def eager_stream(**limits: Any) -> AsyncIterator[tuple[Eager, RecordingHoo
     bound = await proxy.start("127.0.0.1", 0)
     try:
         async with aio.insecure_channel(f"127.0.0.1:{bound}") as channel:
-            stream = channel.stream_stream(
-                STREAM_INFER,
-                pb.ModelInferRequest.SerializeToString,
-                pb.ModelStreamInferResponse.FromString,
-            )
+            stream = stream_infer(channel)
             yield model, hook, stream(), proxy
     finally:
         await proxy.stop(1.0)
@@ -116,11 +112,7 @@ def one(model: str, value: float, request_id: str = "") -> pb.ModelInferRequest:
 
 async def test_an_in_band_error_answers_its_own_request(stack: Stack) -> None:
     async with aio.insecure_channel(stack.target) as channel:
-        call = channel.stream_stream(
-            STREAM_INFER,
-            pb.ModelInferRequest.SerializeToString,
-            pb.ModelStreamInferResponse.FromString,
-        )()
+        call = stream_infer(channel)()
         for msg in (one("broken", 0.0), one("echo", 1.0), one("echo", 2.0)):
             await call.write(msg)
         answers = [await call.read() for _ in range(3)]
