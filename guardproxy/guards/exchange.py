@@ -119,6 +119,12 @@ class Exchange:
         ex.source = record
         return ex
 
+    def forget_bodies(self) -> None:
+        """Drop the answer and both parsed documents, once the answer is handed to the
+        client: while a slow client reads it, the transport's copy is the one kept."""
+        self.response_body = b""
+        self._request_json = self._response_json = _UNPARSED
+
     def set_response_document(self, status: int, document: Any) -> None:
         """The upstream's answer, already decoded (gRPC): guards read it without parsing."""
         self.status = status

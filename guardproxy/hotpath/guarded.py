@@ -130,6 +130,7 @@ class GuardedSteps:
                 raise
             # The bodies stay in the budget until the client has read the answer: one that
             # does not read holds them in the transport's buffer until the write timeout.
+            ex.forget_bodies()
             try:
                 await writer.delivered()
             except ClientDisconnected:

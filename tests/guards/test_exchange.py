@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from guardproxy.guards.base import GuardChain
@@ -92,3 +93,13 @@ async def test_a_chain_skips_only_the_hooks_a_guard_names_idle() -> None:
     await guards.on_request(ex)
     await guards.on_response(ex)
     assert (busy.ran, quiet.ran, deaf.ran) == (["request", "response"], ["response"], ["request"])
+
+
+def test_an_answered_exchange_forgets_its_answer_and_documents() -> None:
+    # A client slow to read a large answer then keeps only the transport's copy of it alive.
+    ex = exchange(v2_request("female"), v2_answer(0.7))
+    answer, request_doc, answer_doc = ex.response_body, ex.request_json(), ex.response_json()
+    held = [sys.getrefcount(x) for x in (answer, request_doc, answer_doc)]
+    ex.forget_bodies()
+    assert ex.response_body == b""
+    assert [sys.getrefcount(x) for x in (answer, request_doc, answer_doc)] == [n - 1 for n in held]
