@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from guardproxy.payloads.codec import dumps
+from guardproxy.sampling.redact import encoded
 
 PREFIX, SUFFIX = "samples-", ".jsonl"
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
@@ -70,7 +70,7 @@ class JsonlSink:
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
         """Serialise and append records (blocking: run it in a thread)."""
-        self.write_lines([dumps(r) + b"\n" for r in records])
+        self.write_lines([encoded(r) + b"\n" for r in records])
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Append lines, rotating and deleting the oldest files to stay within the budget."""

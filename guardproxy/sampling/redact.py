@@ -39,6 +39,9 @@ _PHONE = re.compile(
 _FOUR_DIGITS = re.compile(r"\d\D*\d\D*\d\D*\d")
 # Values no detector reads; tensors are long lists of them, not worth a call each.
 _INERT = frozenset({float, bool, type(None)})
+# What a body nested deeper than a review needs becomes: parsing takes 1,024 levels, writing
+# JSON only 255, and Python's recursion ~1,000.
+TOO_DEEP = "[REDACTED:too deep]"
 # The clean strings a redactor remembers: how many, and how long each at most.
 CLEAN_STRINGS = 4096
 CLEAN_CHARS = 64
@@ -141,7 +144,7 @@ class Redactor:
         try:
             doc = self._walk(doc)
         except RecursionError:  # nested deeper than a review needs; nothing of it is kept
-            return "[REDACTED:too deep]"
+            return TOO_DEEP
         for path in self._paths:
             mask = f"[REDACTED:{path.label}]"
             filtered = bool(path.steps) and path.steps[-1][0] == "filter"
@@ -163,11 +166,15 @@ class Redactor:
     def bounded(self, doc: Any) -> Any:
         """A parsed answer redacted, then cut to max_bytes (cutting redacted text is safe)."""
         redacted = self.document(doc)
-        size = len(dumps(redacted))
+        try:
+            encoded = dumps(redacted)
+        except TypeError:  # deeper than JSON is written
+            return TOO_DEEP
+        size = len(encoded)
         if size <= self.max_bytes:
             return redacted
         self.truncated += 1
-        text = dumps(redacted)[: self.max_bytes].decode("utf-8", errors="ignore")
+        text = encoded[: self.max_bytes].decode("utf-8", errors="ignore")
         return {"truncated": True, "bytes": size, "text": text + TRUNCATED}
 
     def _oversized(self, body: bytes) -> dict[str, Any]:
@@ -244,6 +251,23 @@ class Redactor:
         if isinstance(name, str) and name in fields and "data" in node:
             out["data"] = _masked(node["data"], f"[REDACTED:{name}]", False)  # a v2 tensor
         return out
+
+
+def encoded(record: dict[str, Any]) -> bytes:
+    """A sample record as JSON; a part nested too deep to be written becomes TOO_DEEP (one
+    such body once made its whole batch of samples fail)."""
+    try:
+        return dumps(record)
+    except TypeError:
+        return dumps({k: v if _writable(v) else TOO_DEEP for k, v in record.items()})
+
+
+def _writable(value: Any) -> bool:
+    try:
+        dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _cut(text: str, limit: int) -> str:

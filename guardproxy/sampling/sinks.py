@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from guardproxy.payloads.codec import dumps
 from guardproxy.sampling.jsonl import JsonlSink
-from guardproxy.sampling.redact import Redactor
+from guardproxy.sampling.redact import Redactor, encoded
 
 __all__ = [
     "JsonlSink",
@@ -169,7 +168,7 @@ class RedisStreamSink:
         async with self._redis.pipeline(transaction=False) as pipe:
             for record in records:
                 pipe.xadd(
-                    self.stream, {"sample": dumps(record)}, maxlen=self.maxlen, approximate=True
+                    self.stream, {"sample": encoded(record)}, maxlen=self.maxlen, approximate=True
                 )
             await pipe.execute()
 

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from guardproxy.guards.exchange import dumps
-from guardproxy.sampling.redact import Redactor
+from guardproxy.sampling.redact import TOO_DEEP, Redactor
 from guardproxy.sampling.sinks import (
     INLINE_BYTES,
     JsonlSink,
@@ -250,3 +251,39 @@ async def test_an_idle_writer_deletes_files_past_retention(tmp_path: Path) -> No
     await eventually(lambda: not list(tmp_path.glob("samples-*.jsonl")))
     await writer.stop()
     assert writer.status()["sink"]["deleted_files"] == 1
+
+
+@pytest.mark.parametrize("sink_kind", ["jsonl", "redis"])
+async def test_a_body_nested_deeper_than_json_is_written_costs_only_itself(
+    tmp_path: Path, sink_kind: str
+) -> None:
+    # Parsing takes 1,024 levels, writing 255: one such body made the whole batch fail.
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    stream = f"guardproxy-test:samples:{uuid.uuid4().hex}"
+    sink = JsonlSink(tmp_path) if sink_kind == "jsonl" else RedisStreamSink(REDIS_URL, stream)
+    queue = SampleQueue(100)
+    writer = SampleWriter(queue, sink, gather=0.2)
+    writer.start()
+    redactor = Redactor((), ("email",))
+    bodies = [{"x": 0}, {"y": 0}], [{}, {}], [{"x": 2}, {}]
+    for i, (request, answer) in enumerate(bodies):
+        made = sample(request, answer, redactor, rid=f"r-{i}")
+        if i == 1:
+            made = replace(made, request=deep, response=deep, size=2 * len(deep))
+        assert queue.offer(made)
+    await eventually(lambda: writer.written == 3)
+    await writer.stop(flush=True)
+    assert (writer.errors, writer.dropped) == (0, 0)
+    if sink_kind == "jsonl":
+        records = lines(tmp_path)
+    else:
+        client = redis_asyncio.from_url(REDIS_URL)
+        entries = await client.xrange(stream)
+        await client.delete(stream)
+        await client.aclose()
+        records = [json.loads(fields[b"sample"]) for _, fields in entries]
+    assert [(r["request_id"], r["request"], r["response"]) for r in records] == [
+        ("r-0", {"x": 0}, {"y": 0}),
+        ("r-1", TOO_DEEP, TOO_DEEP),
+        ("r-2", {"x": 2}, {}),
+    ]
