@@ -26,7 +26,7 @@ import grpc
 from ..breaker.board import BreakerBoard
 from ..breaker.state import CLOSED, Admission, CircuitBreaker
 from ..guards.base import GuardChain
-from ..guards.exchange import Exchange, Reply, TooManyRows
+from ..guards.exchange import Exchange, Refused, Reply, TooManyRows
 from ..hotpath.admission import Admitted, mark, settle
 from ..hotpath.observation import Observation, hand_over, observe
 from ..payloads.errors import TooManyValues
@@ -148,7 +148,7 @@ class PolicyHook:
             mark(ex, breaker, admission, False)
         try:
             await chain.on_request(ex)
-        except TooManyRows as exc:  # refused as over HTTP: nothing observed
+        except Refused as exc:  # refused as over HTTP: nothing observed
             return self._refused(exc, ex, model)
         if ex.reply is not None:
             await chain.observe(ex)
@@ -183,7 +183,7 @@ class PolicyHook:
         _settle(admitted, 200, ex.upstream_seconds)
         try:
             await cast(GuardChain, model.chain).on_response(ex)
-        except TooManyRows as exc:
+        except Refused as exc:
             return self._refused(exc, ex, model)
         if ex.reply is not None:
             return self._blocked(ex, model, admitted)
@@ -233,8 +233,8 @@ class PolicyHook:
         self._observe(ex, model, admitted)
         return Refuse(status_for(reply.status), reply.error, _metadata(ex, model))
 
-    def _refused(self, exc: TooManyRows, ex: Exchange, model: CompiledModel) -> Refuse:
-        self.stats.refused["too_many_rows"] += 1
+    def _refused(self, exc: Refused, ex: Exchange, model: CompiledModel) -> Refuse:
+        self.stats.refused[exc.kind] += 1
         return Refuse(status_for(exc.status), exc.message, _metadata(ex, model))
 
     def _observe(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> None:

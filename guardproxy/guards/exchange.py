@@ -12,7 +12,9 @@ from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = [
     "MAX_ROWS",
+    "AmbiguousRequest",
     "Exchange",
+    "Refused",
     "Reply",
     "TooManyRows",
     "Verdict",
@@ -45,14 +47,27 @@ class Reply:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class TooManyRows(RequestError):
-    """A batch over the row limit: each row's guarding holds the event loop (413).
+class Refused(RequestError):
+    """A refusal of the client's request, as a body too large is: not a guard's failure, so
+    no on_error applies, and nothing is observed or sampled."""
 
-    A refusal of the client's request, as a body too large is: not a guard's failure, so
-    no on_error applies, and nothing is observed or sampled.
-    """
+    kind = "refused"
+
+
+class TooManyRows(Refused):
+    """A batch over the row limit: each row's guarding holds the event loop (413)."""
 
     status = 413
+    kind = "too_many_rows"
+
+
+class AmbiguousRequest(Refused):
+    """A request the guards and the model could read differently (400): an input the policy
+    reads given twice, or a group value per row for a different number of scores. Passed on
+    under `on_error: fail_open`, its client would choose which group's threshold applies."""
+
+    status = 400
+    kind = "ambiguous"
 
 
 def check_rows(rows: int, limit: int) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 from guardproxy.guards.exchange import Exchange
 from guardproxy.payloads import Payload
-from guardproxy.payloads.errors import PayloadError
 
 # Per watched input: one value per scored row (None where the request had none).
 Features = tuple[tuple[object, ...], ...]
@@ -30,7 +29,7 @@ def feature_reader(payload: Payload, names: Sequence[str]) -> FeatureReader | No
 def _values(payload: Payload, ex: Exchange, name: str, rows: int) -> tuple[object, ...]:
     try:
         values = payload.feature(ex.request_json(), name)
-    except (PayloadError, ValueError):
+    except Exception:  # a body can be shaped to break any reader: the value is then missing
         return (None,) * rows  # counted as a missing value by the drift monitor
     return tuple(map(_kept, values)) if len(values) == rows else (None,) * rows
 

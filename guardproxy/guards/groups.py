@@ -6,9 +6,15 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from guardproxy.guards.exchange import MAX_ROWS, Exchange, TooManyRows, check_rows
+from guardproxy.guards.exchange import (
+    MAX_ROWS,
+    AmbiguousRequest,
+    Exchange,
+    TooManyRows,
+    check_rows,
+)
 from guardproxy.payloads import JsonPath, Payload
-from guardproxy.payloads.errors import TooManyValues, over_limit
+from guardproxy.payloads.errors import AmbiguousInput, TooManyValues, over_limit
 from guardproxy.policy.models import GroupSpec, OnError
 
 OTHER = "other"
@@ -73,6 +79,8 @@ class GroupGuard:
             values = self._resolve(ex)
         except TooManyValues as exc:  # refused before its rows were built
             raise TooManyRows(over_limit(exc.rows, min(exc.limit, self._max_rows))) from None
+        except AmbiguousInput as exc:
+            raise AmbiguousRequest(str(exc)) from None
         check_rows(len(values), self._max_rows)
         ex.groups = [self.group_of(value) for value in values]
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 from guardproxy.guards.draws import THRESHOLD, Draws
 from guardproxy.guards.exchange import (
     MAX_ROWS,
+    AmbiguousRequest,
     Exchange,
     Verdict,
     check_rows,
@@ -92,7 +93,7 @@ class DecisionGuard:
             return groups
         if len(groups) == 1:
             return groups * rows
-        raise PayloadError(f"{len(groups)} groups for {rows} scores")
+        raise AmbiguousRequest(f"the request names {len(groups)} groups for {rows} scores")
 
     def _decide(
         self, ex: Exchange, scores: list[float], table: ThresholdTable

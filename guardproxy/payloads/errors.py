@@ -15,6 +15,11 @@ class MalformedBinary(PayloadError, ValueError):
     """A binary tensor body whose framing, sizes or tensors disagree."""
 
 
+class AmbiguousInput(PayloadError):
+    """An input the guards read is named twice: the guards and the model could each read a
+    different one (servers disagree on which wins)."""
+
+
 MAX_ROWS = 10_000  # rows of one request or answer the guards take, by default (--max-rows)
 _SHOWN = 2**64  # a count past this is no real batch: never formatted (a huge int cannot be)
 

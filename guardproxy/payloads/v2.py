@@ -6,7 +6,7 @@ from typing import Any
 
 from guardproxy.payloads.base import Payload
 from guardproxy.payloads.canonical import canonical, shared_suffix, short_name
-from guardproxy.payloads.errors import PayloadError
+from guardproxy.payloads.errors import AmbiguousInput, PayloadError
 from guardproxy.payloads.fields import as_list, field, floats, label_row
 from guardproxy.payloads.jsonpath import Doc
 from guardproxy.payloads.tensors import MAX_ELEMENTS, flatten, shape_size
@@ -60,12 +60,16 @@ class KServeV2(Payload):
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """An input named `name` ([N] or [N,1]), or a column of a 2-D input with named columns."""
         inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
-        for t in inputs:
-            if isinstance(t, dict) and t.get("name") == name:
-                return _tensor(t, "input", name)[2]
+        named = [t for t in inputs if isinstance(t, dict) and t.get("name") == name]
+        if len(named) > 1:
+            raise AmbiguousInput(f"input {name!r} is given more than once")
+        if named:
+            return _tensor(named[0], "input", name)[2]
         shared = _named_columns(request_doc) or []
         in_shared = name in shared  # once, not once per input: inputs x names holds the loop
         for t in inputs:
+            if not isinstance(t, dict):
+                continue
             own = _named_columns(t)
             columns = shared if own is None else own
             if in_shared if own is None else name in own:

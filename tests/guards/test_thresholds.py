@@ -9,7 +9,7 @@ import pytest
 
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext
-from guardproxy.guards.exchange import Exchange, TooManyRows, loads
+from guardproxy.guards.exchange import AmbiguousRequest, Exchange, TooManyRows, loads
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
@@ -213,10 +213,12 @@ async def test_failed_rewrite_leaves_no_partial_change() -> None:
     assert ex.verdicts == [] and ex.annotations == {}
 
 
-async def test_group_count_mismatch_is_an_error() -> None:
+async def test_a_group_count_that_is_not_the_score_count_refuses_the_request() -> None:
+    # Not a guard's failure, which fail_open would pass undecided: the client's request.
     chain = chain_for({})
-    ex = await run(chain, exchange(v2_request("male", "female"), v2_answer(0.1, 0.2, 0.3)))
-    assert "2 groups for 3 scores" in ex.errors[0]
+    with pytest.raises(AmbiguousRequest, match="2 groups for 3 scores") as refused:
+        await run(chain, exchange(v2_request("male", "female"), v2_answer(0.1, 0.2, 0.3)))
+    assert refused.value.status == 400
 
 
 async def test_the_policy_threshold_decides_for_groups_without_their_own() -> None:

@@ -82,3 +82,42 @@ async def test_a_client_cannot_pick_an_id_that_is_never_reviewed(tmp_path: Path)
                     headers = {"X-Request-Id": f"dodge-{body_index}-{attempt}"}
                     await post(session, proxy.url + INFER, applicant(age), headers)
                 assert offered.offered - before in (0, 25)  # the body decides: all or none
+
+
+PER_GROUP = """
+region: default
+models: [{name: adult}]
+groups: {attribute: {input: sex}, values: [Female, Male]}
+decision: {threshold: 0.5, per_group: {Male: 0.9}}
+"""
+
+
+async def test_a_group_the_guards_and_the_model_could_read_differently_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Given twice, the guards read one value of `sex` and a model may read the other; given
+    # for two rows of a one-row request, the decision would be skipped (fail_open): either
+    # way the client, not the policy, would choose the threshold of its row.
+    twice = applicant(41, "Male")
+    twice["inputs"].insert(
+        0, {"name": "sex", "shape": [1], "datatype": "BYTES", "data": ["Female"]}
+    )
+    two_groups = applicant(41, "Male")
+    two_groups["inputs"][1] = {
+        "name": "sex",
+        "shape": [2],
+        "datatype": "BYTES",
+        "data": ["Male"] * 2,
+    }
+    model = RecordingModel(score=0.7)
+    async with guarded(tmp_path, {"default.yaml": PER_GROUP}, model) as (proxy, _):
+        async with aiohttp.ClientSession() as session:
+            code, _, doc = await post(session, proxy.url + INFER, twice)
+            assert (code, doc["error"]) == (400, "input 'sex' is given more than once")
+            assert len(model.bodies) == 0  # refused before the model was asked
+            code, headers, doc = await post(session, proxy.url + INFER, two_groups)
+            assert (code, doc["error"]) == (400, "the request names 2 groups for 1 scores")
+            assert "X-Guard-Decision" not in headers
+            code, headers, _ = await post(session, proxy.url + INFER, applicant(41, "Male"))
+            assert (code, headers["X-Guard-Decision"]) == (200, "0")  # 0.7 under Male's 0.9
+        assert proxy.runtime.status()["requests"]["refused"] == {"400": 2}

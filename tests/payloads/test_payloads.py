@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from guardproxy.payloads import JsonPath, Payload, compile_payload
-from guardproxy.payloads.errors import PayloadError
+from guardproxy.payloads.errors import AmbiguousInput, PayloadError
 from guardproxy.policy.models import ModelPolicy
 
 
@@ -64,6 +64,16 @@ def test_v2_rows_features_and_columns() -> None:
     assert payload.feature(V2_REQUEST, "capital") == [2174, 0, 0]
     with pytest.raises(PayloadError, match="no input or column named 'race'"):
         payload.feature(V2_REQUEST, "race")
+
+
+def test_v2_features_of_odd_inputs_are_errors_the_guards_read() -> None:
+    payload = preset("kserve_v2")
+    twice = {"inputs": [*V2_REQUEST["inputs"], V2_REQUEST["inputs"][0]]}
+    with pytest.raises(AmbiguousInput, match="'age' is given more than once"):
+        payload.feature(twice, "age")
+    not_objects = {"parameters": {"columns": ["age", "sex"]}, "inputs": [5, "x"]}
+    with pytest.raises(PayloadError, match="no input or column named 'age'"):
+        payload.feature(not_objects, "age")  # once an AttributeError: a 500 and a lost row
 
 
 def test_v2_scores_by_output_and_column() -> None:
