@@ -12,7 +12,7 @@ from grpc import aio
 
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.hotpath.upstream import Timeouts
-from guardproxy.payloads.tensors import unpack
+from guardproxy.payloads.tensors import pack, unpack
 from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
 from guardproxy.testing import eventually
 
@@ -169,6 +169,20 @@ async def test_a_batch_over_max_rows_is_resource_exhausted(tmp_path: Path) -> No
         assert guards["refused"] == {"too_many_rows": 1} and guards["blocked"] == 0
         answer, _, _ = await infer(g.target, rows("echo", ["Female"] * 4))
         assert output(answer, "score") == [0.25] * 4
+
+
+async def test_a_group_input_given_twice_is_invalid_argument(tmp_path: Path) -> None:
+    twice = rows("echo", ["Male"])
+    twice.inputs.add(name="sex", datatype="BYTES", shape=[1])  # which one would the model read?
+    twice.raw_input_contents.append(pack("BYTES", ["Female"], "sex"))
+    async with guarded(tmp_path) as g:
+        calls = len(g.model.metadata)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, twice)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.details() == "input 'sex' is given more than once"
+        assert len(g.model.metadata) == calls  # the model was never asked
+        assert g.proxy.runtime.status()["grpc"]["guards"]["refused"] == {"ambiguous": 1}
 
 
 async def test_a_tensor_over_max_rows_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
