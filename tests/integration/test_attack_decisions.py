@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import MappingProxyType
@@ -121,3 +122,27 @@ async def test_a_group_the_guards_and_the_model_could_read_differently_is_refuse
             code, headers, _ = await post(session, proxy.url + INFER, applicant(41, "Male"))
             assert (code, headers["X-Guard-Decision"]) == (200, "0")  # 0.7 under Male's 0.9
         assert proxy.runtime.status()["requests"]["refused"] == {"400": 2}
+
+
+async def test_json_in_another_encoding_than_utf8_is_refused(tmp_path: Path) -> None:
+    # Python's json.loads, behind many model servers, reads these; the guards do not, and
+    # would give the row the "other" group's threshold where the model scores a Male.
+    text = json.dumps(applicant(41, "Male"))
+    bodies = [
+        b"\xef\xbb\xbf" + text.encode(),
+        text.encode("utf-16"),
+        text.encode("utf-16-le"),
+        text.encode("utf-32"),
+    ]
+    model = RecordingModel(score=0.7)
+    async with guarded(tmp_path, {"default.yaml": PER_GROUP}, model) as (proxy, _):
+        async with aiohttp.ClientSession() as session:
+            for body in bodies:
+                code, _, doc = await post(session, proxy.url + INFER, body)
+                assert code == 400
+                assert doc["error"] == (
+                    "a guarded request body must be UTF-8 JSON without a byte order mark"
+                )
+            assert len(model.bodies) == 0
+            code, headers, _ = await post(session, proxy.url + INFER, text.encode())
+            assert (code, headers["X-Guard-Decision"]) == (200, "0")
