@@ -43,6 +43,7 @@ _INERT = frozenset({float, bool, type(None)})
 # What a body nested deeper than a review needs becomes: parsing takes 1,024 levels, writing
 # JSON only 255, and Python's recursion ~1,000.
 TOO_DEEP = "[REDACTED:too deep]"
+WALKED = 4  # a parsed answer up to this many times max_bytes is walked, then cut
 # The clean strings a redactor remembers: how many, and how long each at most.
 CLEAN_STRINGS = 4096
 CLEAN_CHARS = 64
@@ -171,9 +172,16 @@ class Redactor:
             return self.text(body.decode("utf-8", errors="replace"))
 
     def bounded(self, doc: Any) -> Any:
-        """A parsed answer redacted, then cut to max_bytes (cutting redacted text is safe)."""
-        redacted = self.document(doc)
+        """A parsed answer redacted, then cut to max_bytes (cutting redacted text is safe).
+
+        One far over max_bytes is cut as a body is, without walking it whole: the walk of a
+        16 MB answer held the interpreter, and the event loop with it, for seconds.
+        """
         try:
+            raw = dumps(doc)
+            if len(raw) > WALKED * self.max_bytes:
+                return self._oversized(raw)
+            redacted = self.document(doc)
             encoded = dumps(redacted)
         except TypeError:  # deeper than JSON is written
             return TOO_DEEP

@@ -227,3 +227,23 @@ def test_long_runs_of_digits_cost_what_other_digits_do(unit: str) -> None:
     plain = _seconds(redactor, ("1234 5678 " * size)[:size], 3)
     runs = _seconds(redactor, (unit * size)[:size], 3)
     assert runs < 2 * plain, f"{runs / plain:.1f}x the time of plain digits"
+
+
+class Walks(Redactor):
+    """A redactor that counts the documents it walks."""
+
+    walked = 0
+
+    def document(self, doc: Any) -> Any:
+        self.walked += 1
+        return super().document(doc)
+
+
+def test_an_answer_far_over_the_cut_is_cut_as_bytes_without_a_walk() -> None:
+    # A guard's changed answer is kept as a document: a 16 MB one was walked whole.
+    answer = {"outputs": [{"name": "t", "data": ["ana.lim@example.com " * 10] * 100}]}
+    near, far = Walks((), ALL, max_bytes=10_000), Walks((), ALL, max_bytes=4096)
+    assert near.bounded(answer)["truncated"] is True and near.walked == 1  # 20 KB: walked
+    cut = far.bounded(answer)
+    assert far.walked == 0 and cut["truncated"] is True
+    assert "ana.lim" not in cut["text"] and "[REDACTED:email]" in cut["text"]
