@@ -39,7 +39,8 @@ _PHONE_LOCAL = re.compile(r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-
 # text with neither is returned as it is, without running each pattern over it.
 _FOUR_DIGITS = re.compile(r"\d\D*\d\D*\d\D*\d")
 # Values no detector reads; tensors are long lists of them, not worth a call each.
-_INERT = frozenset({float, bool, type(None)})
+_INERT = frozenset({bool, type(None)})
+_NUMBERS = frozenset({int, float})  # read only when long enough to be an account or a card
 # What a body nested deeper than a review needs becomes: parsing takes 1,024 levels, writing
 # JSON only 255, and Python's recursion ~1,000.
 TOO_DEEP = "[REDACTED:too deep]"
@@ -122,7 +123,7 @@ class Redactor:
     ) -> None:
         items = list(fields_and_paths)
         self._paths = tuple(JsonPath(item) for item in items if item.startswith("$"))
-        self._fields = frozenset(item for item in items if not item.startswith("$"))
+        self._fields = frozenset(item.lower() for item in items if not item.startswith("$"))
         self._rules = detector_rules(detectors)
         self.max_bytes = max_bytes
         self.truncated = 0  # bodies and strings cut to max_bytes (an int: one writer thread)
@@ -218,7 +219,7 @@ class Redactor:
             return self._walk_list(node)
         if kind is str:
             return self.text(node)
-        if kind is int and -_LONG_NUMBER < node < _LONG_NUMBER:
+        if (kind is int or kind is float) and -_LONG_NUMBER < node < _LONG_NUMBER:
             return node
         return self._walk_other(node)
 
@@ -231,6 +232,9 @@ class Redactor:
             return self.text(node)
         if isinstance(node, bytes):  # a binary BYTES element of a gRPC tensor: kept out
             return f"[BINARY:{len(node)} bytes]"
+        if isinstance(node, float) and node.is_integer():  # 4111111111111111.0 is a card too
+            masked = self.text(str(int(node)))
+            return node if masked == str(int(node)) else masked
         if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= _LONG_NUMBER:
             masked = self.text(str(node))
             return node if masked == str(node) else masked
@@ -241,7 +245,8 @@ class Redactor:
         walk, text = self._walk, self.text
         return [
             item
-            if type(item) in _INERT or (type(item) is int and -_LONG_NUMBER < item < _LONG_NUMBER)
+            if (type(item) in _NUMBERS and -_LONG_NUMBER < item < _LONG_NUMBER)
+            or type(item) in _INERT
             else text(item)
             if type(item) is str
             else walk(item)
@@ -253,7 +258,7 @@ class Redactor:
         out = {}
         for k, v in node.items():
             kind = type(v)
-            if k in fields:
+            if fields and type(k) is str and k.lower() in fields:
                 v = f"[REDACTED:{k}]"
             elif kind is str:
                 v = text(v)
@@ -261,9 +266,9 @@ class Redactor:
                 v = self._walk_list(v)
             elif kind not in _INERT:
                 v = walk(v)
-            out[k] = v
+            out[text(k) if type(k) is str else k] = v  # a key can be an address too
         name = node.get("name")
-        if isinstance(name, str) and name in fields and "data" in node:
+        if isinstance(name, str) and name.lower() in fields and "data" in node:
             out["data"] = _masked(node["data"], f"[REDACTED:{name}]", False)  # a v2 tensor
         return out
 

@@ -247,3 +247,24 @@ def test_an_answer_far_over_the_cut_is_cut_as_bytes_without_a_walk() -> None:
     cut = far.bounded(answer)
     assert far.walked == 0 and cut["truncated"] is True
     assert "ana.lim" not in cut["text"] and "[REDACTED:email]" in cut["text"]
+
+
+def test_keys_field_names_in_any_case_and_whole_floats_are_read() -> None:
+    doc = {
+        "ana.lim@example.com": 1,
+        "Phone_Number": "9123 4567",
+        "card": 4111111111111111.0,
+        "ratio": 0.25,
+        "big": 1.5e9,
+        "inputs": [{"name": "SSN", "data": ["1"]}],
+    }
+    redacted = Redactor(("phone_number", "ssn"), ALL).document(doc)
+    assert redacted == {
+        "[REDACTED:email]": 1,
+        "Phone_Number": "[REDACTED:Phone_Number]",
+        "card": "[REDACTED:card]",
+        "ratio": 0.25,
+        "big": 1.5e9,  # a number that is no card, phone or id number is kept
+        "inputs": [{"name": "SSN", "data": ["[REDACTED:SSN]"]}],
+    }
+    assert Redactor((), ALL).document([4111111111111111.0, 0.5]) == ["[REDACTED:card]", 0.5]
