@@ -56,7 +56,7 @@ class GroupGuard:
             return lambda ex: [_text(ex.headers.get(header))]
         if attribute.input is not None:
             name = attribute.input
-            return lambda ex: payload.feature(ex.request_json(), name)
+            return lambda ex: payload.group_feature(ex.request_json(), name)
         path, enough = JsonPath(attribute.jsonpath or "$"), self._max_rows + 1
         return lambda ex: path.find(ex.request_json(), enough) or [None]
 

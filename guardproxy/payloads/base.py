@@ -31,6 +31,11 @@ class Payload:
         """A named input feature, one value per row."""
         raise PayloadError(f"{self.protocol} requests have no named features")
 
+    def group_feature(self, request_doc: Doc, name: str) -> list[object]:
+        """The feature the group is read from: as `feature`, but AmbiguousInput where the
+        guards and a model could each read another input of that name."""
+        return self.feature(request_doc, name)
+
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
         """One canonical byte string per scored row (what a randomized decision draws from).
 

@@ -60,11 +60,9 @@ class KServeV2(Payload):
     def feature(self, request_doc: Doc, name: str) -> list[object]:
         """An input named `name` ([N] or [N,1]), or a column of a 2-D input with named columns."""
         inputs = as_list(field(request_doc, "inputs", "request"), "request inputs")
-        named = [t for t in inputs if isinstance(t, dict) and t.get("name") == name]
-        if len(named) > 1:
-            raise AmbiguousInput(f"input {name!r} is given more than once")
-        if named:
-            return _tensor(named[0], "input", name)[2]
+        for t in inputs:
+            if isinstance(t, dict) and t.get("name") == name:
+                return _tensor(t, "input", name)[2]
         shared = _named_columns(request_doc) or []
         in_shared = name in shared  # once, not once per input: inputs x names holds the loop
         for t in inputs:
@@ -80,6 +78,16 @@ class KServeV2(Payload):
                     )
                 return data[columns.index(name) :: width]
         raise PayloadError(f"request has no input or column named {name!r}")
+
+    def group_feature(self, request_doc: Doc, name: str) -> list[object]:
+        """As `feature`; an input of that name given twice is AmbiguousInput (servers
+        disagree on which one wins)."""
+        inputs = request_doc.get("inputs") if isinstance(request_doc, dict) else None
+        if isinstance(inputs, list):
+            named = sum(1 for t in inputs if isinstance(t, dict) and t.get("name") == name)
+            if named > 1:
+                raise AmbiguousInput(f"input {name!r} is given more than once")
+        return self.feature(request_doc, name)
 
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
         """Per row, every input's slice for that row by input name (request ids left out)."""

@@ -70,7 +70,8 @@ def test_v2_features_of_odd_inputs_are_errors_the_guards_read() -> None:
     payload = preset("kserve_v2")
     twice = {"inputs": [*V2_REQUEST["inputs"], V2_REQUEST["inputs"][0]]}
     with pytest.raises(AmbiguousInput, match="'age' is given more than once"):
-        payload.feature(twice, "age")
+        payload.group_feature(twice, "age")
+    assert payload.feature(twice, "age") == [39, 50, 38]  # drift reads the first: no threshold
     not_objects = {"parameters": {"columns": ["age", "sex"]}, "inputs": [5, "x"]}
     with pytest.raises(PayloadError, match="no input or column named 'age'"):
         payload.feature(not_objects, "age")  # once an AttributeError: a 500 and a lost row
