@@ -6,6 +6,7 @@ import re
 
 from guardproxy.guards.exchange import Exchange, Reply, is_json_answer
 from guardproxy.payloads import Payload
+from guardproxy.payloads.terms import term_pattern, visible
 from guardproxy.policy.models import LabelsSpec
 
 
@@ -23,10 +24,7 @@ class LabelGuard:
         self._action = spec.action
         self._block = spec.block
         self._deny = frozenset(label.casefold() for label in spec.deny)
-        words = sorted(spec.deny, key=len, reverse=True)
-        self._words = re.compile(
-            r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE
-        )
+        self._words = term_pattern(spec.deny)
 
     async def on_request(self, ex: Exchange) -> None:
         """Nothing to do before the upstream answers."""
@@ -58,7 +56,8 @@ class LabelGuard:
         return [label.casefold() for row in rows for label in row if label.casefold() in deny]
 
     def _denied_texts(self, rows: list[list[str]]) -> list[str]:
-        return [m.casefold() for row in rows for text in row for m in self._words.findall(text)]
+        find = self._words.findall
+        return [visible(m).casefold() for row in rows for text in row for m in find(text)]
 
     def _suppressed(self, rows: list[list[str]]) -> list[list[str]]:
         if self._payload.texts:

@@ -15,7 +15,6 @@ for the sample.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import orjson
 
 from .sse import DONE, Event, EventParser, SSEError
+from .terms import longest_span, term_pattern, visible
 
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
@@ -58,11 +58,10 @@ class TermScanner:
             raise ValueError("TermScanner needs at least one deny or flag term")
         self._terms = {t.casefold(): t for t in (*flag, *deny)}
         self._deny = frozenset(t.casefold() for t in deny)
-        words = sorted(self._terms.values(), key=len, reverse=True)
-        alternation = "|".join(map(re.escape, words))
-        self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
-        self._longest = len(words[0])
-        self._keep = self._longest + 1  # the longest term and the character before it
+        words = list(self._terms.values())
+        self._pattern = term_pattern(words)
+        self._longest = longest_span(words)
+        self._keep = self._longest + 1  # the longest match and the character before it
         self.scanned = 0  # characters searched, all texts together: the cost, for tests
 
     def scan(self, tail: str, text: str) -> tuple[str, list[Scan]]:
@@ -79,7 +78,8 @@ class TermScanner:
         flagged: set[str] = set()
         while (match := self._pattern.search(window, pos)) is not None:
             if match.end() > old:
-                term = self._terms.get(match.group(0).casefold(), match.group(0))
+                seen = visible(match.group(0))
+                term = self._terms.get(seen.casefold(), seen)
                 if term.casefold() in self._deny:
                     found.append(Scan("deny", term))
                     break

@@ -87,6 +87,14 @@ async def test_openai_text_masks_whole_words() -> None:
     assert ex.annotations["X-Guard-Labels"] == "suppressed=2"
 
 
+async def test_a_term_hidden_by_invisible_characters_is_masked_whole() -> None:
+    chain = chain_for({"action": "suppress"}, "openai")
+    ex = await answer(chain, chat("a gor\u200billa and a go\u00adrilla"))
+    texts = [c["message"]["content"] for c in loads(ex.final_response_body())["choices"]]
+    assert texts == ["a ******** and a ********"]  # the hidden characters are masked too
+    assert ex.flags == ["suppressed:gorilla"]
+
+
 async def test_label_failure_fail_closed() -> None:
     chain = chain_for({"on_error": "fail_closed"}, "openai")
     ex = await answer(chain, {"choices": [{"text": "legacy"}]})

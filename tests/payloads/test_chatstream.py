@@ -14,6 +14,7 @@ from aiohttp import web
 
 from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, TermScanner, error_events
 from guardproxy.payloads.sse import SSEError
+from guardproxy.payloads.terms import longest_span
 from guardproxy.testing import serving
 
 REFUSED = "the answer was refused by policy"
@@ -172,6 +173,15 @@ def test_every_split_of_a_term_is_found_in_the_chunk_that_completes_it() -> None
         assert all(s.action == "pass" for s in scans[:deny_at])
 
 
+def test_a_term_hidden_by_invisible_characters_is_found_in_every_split() -> None:
+    text = "the go\u200bri\u00adl\u200d\u2060la went"  # reads as "the gorilla went"
+    for cut in range(1, len(text)):
+        _, scans = feed_pieces([text[:cut], text[cut:]])
+        assert Scan("deny", "gorilla", 0) in scans, cut
+    _, scans = feed_pieces(["go\u200b\u200b\u200b\u200brilla"])  # four apart: not a term
+    assert [s.action for s in scans] == ["pass"]
+
+
 def test_byte_splits_inside_events_and_characters() -> None:
     body = chunk_event({0: "caf\u00e9 Gori"}) + chunk_event({0: "lla"})
     for cut in range(len(body)):
@@ -200,8 +210,8 @@ def test_scanning_is_linear_in_the_text_whatever_the_chunking() -> None:
             text = ("word " * n)[:n]
             guard, _ = feed_pieces([text[i : i + size] for i in range(0, n, size)])
             costs.append(guard.scanner.scanned)
-            assert guard.scanner.scanned <= n + (n // size + 1) * len("new york")
-        assert costs[1] <= 4 * costs[0] + 100
+            assert guard.scanner.scanned <= n + (n // size + 1) * longest_span(["new york"])
+        assert costs[1] <= 4 * costs[0] + 100 * longest_span(["new york"])
 
 
 def test_only_complete_events_are_released() -> None:
