@@ -6,7 +6,7 @@ from typing import Any
 
 from guardproxy.payloads.base import Payload
 from guardproxy.payloads.canonical import canonical, shared_suffix, short_name
-from guardproxy.payloads.errors import PayloadError
+from guardproxy.payloads.errors import AmbiguousInput, PayloadError
 from guardproxy.payloads.fields import as_list, feature_rows, field, floats, pick, singleton
 from guardproxy.payloads.jsonpath import Doc, Slot
 from guardproxy.payloads.tensors import shape_size
@@ -35,6 +35,15 @@ class TFServing(Payload):
         if columns is not None:
             return singleton(as_list(field(columns, name, "request inputs"), f"input {name!r}"))
         return feature_rows(rows, self._names(request_doc), name, "request")
+
+    def group_feature(self, request_doc: Doc, name: str) -> list[object]:
+        """As `feature`; a column named twice is AmbiguousInput (which one a model reads is
+        up to its server)."""
+        values = self.feature(request_doc, name)
+        names = self._names(request_doc)
+        if isinstance(names, list) and names.count(name) > 1:
+            raise AmbiguousInput(f"column {name!r} is given more than once")
+        return values
 
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:
         """Per row, its values (by column name when the table names its columns)."""

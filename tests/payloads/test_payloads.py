@@ -162,6 +162,17 @@ def test_tfserving_rewrite_and_annotate() -> None:
     assert answer["predictions"] == [0, 1]
 
 
+def test_a_group_column_named_twice_is_ambiguous() -> None:
+    split = {"dataframe_split": {"columns": ["sex", "sex"], "data": [["Female", "Male"]]}}
+    with pytest.raises(AmbiguousInput, match="column 'sex' is given more than once"):
+        preset("mlflow").group_feature(split, "sex")
+    seldon = {"data": {"names": ["sex", "age", "sex"], "ndarray": [["Female", 3, "Male"]]}}
+    with pytest.raises(AmbiguousInput):
+        preset("seldon_v1").group_feature(seldon, "sex")
+    once = {"data": {"names": ["sex"], "ndarray": [["M"]]}}
+    assert preset("seldon_v1").group_feature(once, "sex") == ["M"]
+
+
 def test_mlflow_dataframe_split_records_and_bare_list() -> None:
     payload = preset("mlflow")
     split = {"dataframe_split": {"columns": ["age", "sex"], "data": [[39, "Male"], [50, "Female"]]}}
