@@ -23,19 +23,30 @@ _LONGEST_TOKEN = 512
 # where a token starts (a lookbehind) or at a fixed character, and every repetition is
 # bounded, so the work per starting position is a constant. RFC 5321 bounds the parts of
 # an address: 64 characters before the "@", 63 per domain label.
-_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+# "%40" is an "@" as a URL or a form body writes it.
+_EMAIL = re.compile(r"(?<![\w.+%-])[\w.+%-]{1,64}(?:@|%40)[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
+# Never the digits after a decimal point (0.4111111111111111 is a score), here and in the
+# national id numbers.
+_CARD = re.compile(r"(?<![\w-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?![\w-])")
+# Groups split by dots (4111.1111.1111.1111): at least two dots, so a decimal never matches,
+# and never 13 digits in an IPv4 address.
+_CARD_DOTS = re.compile(r"(?<![\w.-])\d{2,7}(?:\.\d{2,7}){2,5}(?![\w-]|\.\d)")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _NRIC = re.compile(r"\b[STFGM]\d{7}[A-Z]\b", re.IGNORECASE)
-_NIK = re.compile(r"\b\d{6}(?:[0-6]\d|7[01])(?:0[1-9]|1[0-2])\d{6}\b")
-_THAI = re.compile(r"\b\d(?:-?\d){12}\b")
+_NIK = re.compile(r"\b(?<!\d\.)\d{6}(?:[0-6]\d|7[01])(?:0[1-9]|1[0-2])\d{6}\b")
+_THAI = re.compile(r"\b(?<!\d\.)\d(?:-?\d){12}\b")
 # An international number: "+", then digits and separators ending in a digit; its digits
 # are counted after the match (E.164: at most 15). Pieces of digits matched one by one
 # (`\d{1,4}(?:[ .-]?\d{2,4}){1,4}`) split a long run every possible way before failing:
 # 64 KiB of "+" and 24 digits took 141 ms.
 _PHONE_INTL = re.compile(r"\+(?:\(\d{1,4}\)|\d)[\d .()-]{4,21}\d(?!\d)")
-_PHONE_LOCAL = re.compile(r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b")
-# Every detector needs an "@" (email) or at least four digits (the shortest phone number):
+# North American forms; a national number after its trunk "0" (0812-3456-7890, 020 7946
+# 0958, 03-1234-5678); a Singapore number, eight digits from 6, 8 or 9 (9123 4567).
+_PHONE_LOCAL = re.compile(
+    r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b"
+    r"|\b0\d{1,4}[ .-]\d{3,4}[ .-]\d{3,4}\b|\b[689]\d{3}[ -]\d{4}\b"
+)
+# Every detector needs an "@" or "%40" (email) or at least four digits (a phone number):
 # text with neither is returned as it is, without running each pattern over it.
 _FOUR_DIGITS = re.compile(r"\d\D*\d\D*\d\D*\d")
 # Values no detector reads; tensors are long lists of them, not worth a call each.
@@ -69,6 +80,10 @@ def thai_id_valid(digits: str) -> bool:
     return (11 - total % 11) % 10 == int(digits[12])
 
 
+def _card_digits(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
 def phone_digits(digits: str) -> bool:
     """True for as many digits as an international phone number has (7 to 15)."""
     return 7 <= len(digits) <= 15
@@ -96,6 +111,7 @@ def detector_rules(detectors: Iterable[str]) -> tuple[Rule, ...]:
     table: list[tuple[str, Rule]] = [
         ("email", _plain(_EMAIL, "[REDACTED:email]")),
         ("card", _checked(_CARD, luhn_valid, "[REDACTED:card]")),
+        ("card", _checked(_CARD_DOTS, _card_digits, "[REDACTED:card]")),
         ("national_id", _checked(_THAI, thai_id_valid, national)),
         ("national_id", _plain(_NIK, national)),  # the pattern checks its birth date
         ("national_id", _plain(_SSN, national)),
@@ -139,7 +155,7 @@ class Redactor:
         if cut:
             self.truncated += 1
             text = _cut(text, self.max_bytes)
-        if "@" in text or _FOUR_DIGITS.search(text) is not None:
+        if "@" in text or "%40" in text or _FOUR_DIGITS.search(text) is not None:
             for rule in self._rules:
                 text = rule(text)
         elif len(text) <= CLEAN_CHARS:  # bounded: a client may send endless distinct values
@@ -270,7 +286,33 @@ class Redactor:
         name = node.get("name")
         if isinstance(name, str) and name.lower() in fields and "data" in node:
             out["data"] = _masked(node["data"], f"[REDACTED:{name}]", False)  # a v2 tensor
+        if fields:
+            self._mask_columns(out)
         return out
+
+    def _mask_columns(self, table: dict[str, Any]) -> None:
+        """Masks the named fields of a table whose columns are named apart from its rows:
+        `columns` + `data` (pandas split, MLflow), `names` + `ndarray` or `tensor` (Seldon)."""
+        names = table.get("columns", table.get("names"))
+        if type(names) is not list:
+            return
+        masks = {
+            i: f"[REDACTED:{n}]"
+            for i, n in enumerate(names)
+            if type(n) is str and n.lower() in self._fields
+        }
+        if not masks:
+            return
+        for key in ("data", "ndarray"):
+            rows = table.get(key)
+            if type(rows) is list:
+                _mask_positions([row for row in rows if type(row) is list] or [rows], masks)
+        tensor = table.get("tensor")
+        if type(tensor) is dict and type(tensor.get("values")) is list:
+            values, width = tensor["values"], len(names)
+            rows = [values[i : i + width] for i in range(0, len(values), width)]
+            _mask_positions(rows, masks)
+            tensor["values"] = [value for row in rows for value in row]
 
 
 def encoded(record: dict[str, Any]) -> bytes:
@@ -299,6 +341,13 @@ def _cut(text: str, limit: int) -> str:
     separators = [match.start() for match in _SEPARATOR.finditer(window)]
     # No separator near the end: the whole tail could be one token, so none of it is kept.
     return head[: len(head) - len(window) + (separators[-1] if separators else 0)]
+
+
+def _mask_positions(rows: list[list[Any]], masks: dict[int, str]) -> None:
+    for row in rows:
+        for i, mask in masks.items():
+            if i < len(row):
+                row[i] = mask
 
 
 def _masked(value: Any, mask: str, keep_metadata: bool) -> Any:
