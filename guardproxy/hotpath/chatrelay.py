@@ -152,7 +152,10 @@ def stream_record(guard: ChatStreamGuard, ended: str) -> dict[str, Any]:
     """What a sample keeps of a stream: each choice's text, and how the stream ended."""
     return {
         "stream": True,
-        "choices": [{"index": i, "text": text} for i, text in guard.answers().items()],
+        "choices": [
+            {"index": i, "text": texts.pop("content", ""), **texts}
+            for i, texts in guard.texts().items()
+        ],
         "done": guard.done,
         "truncated": guard.truncated,
         "ended": ended,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from guardproxy.payloads.base import Payload
 from guardproxy.payloads.errors import MAX_ROWS, TooManyValues
 from guardproxy.payloads.fields import as_list, field, label_row
@@ -9,7 +11,7 @@ from guardproxy.payloads.jsonpath import Doc, Slot
 
 
 class OpenAIChat(Payload):
-    """OpenAI chat completions: the choices' message content is the text to guard."""
+    """OpenAI chat completions: the choices' message texts are what is guarded."""
 
     protocol = "openai"
     texts = True
@@ -34,7 +36,7 @@ class OpenAIChat(Payload):
         return [field(request_doc, name, "request")] * self._choices(request_doc)
 
     def labels(self, response_doc: Doc) -> list[list[str]]:
-        """Each choice's message content (no content, e.g. a tool call: no text)."""
+        """Each text of each choice's message (no content, e.g. a tool call: no text)."""
         return [
             [] if c[k] is None else label_row(c[k], "content")
             for c, k in self._label_slots(response_doc)
@@ -48,5 +50,30 @@ class OpenAIChat(Payload):
         for choice in choices:
             message = field(choice, "message", "choice")
             field(message, "content", "message")
-            slots.append((message, "content"))
+            slots += _text_slots(message)
         return slots
+
+
+def _text_slots(message: dict[str, Any]) -> list[Slot]:
+    """Where a client reads a message's text: its content (a string, or the text of each
+    part), its refusal, and the arguments of each tool or function call."""
+    content = message["content"]
+    if isinstance(content, list):
+        slots: list[Slot] = [(p, "text") for p in content if isinstance(p, dict) and "text" in p]
+    else:
+        slots = [(message, "content")]
+    if message.get("refusal") is not None:
+        slots.append((message, "refusal"))
+    calls = message.get("tool_calls")
+    functions = (
+        [call.get("function") for call in calls if isinstance(call, dict)]
+        if isinstance(calls, list)
+        else []
+    )
+    functions.append(message.get("function_call"))
+    slots += [
+        (f, "arguments")
+        for f in functions
+        if isinstance(f, dict) and f.get("arguments") is not None
+    ]
+    return slots

@@ -1,7 +1,8 @@
 """A streamed OpenAI chat answer (`stream: true`), guarded as it passes.
 
 `ChatStreamGuard.feed(chunk)` parses the chunk's server-sent events, appends each choice's
-`delta.content` to that choice's text and scans only what is new: the text already scanned
+`delta.content` (and `refusal`, and each tool call's arguments) to that text and scans only
+what is new: the text already scanned
 is kept as a tail of the longest term plus one character, so a term split across chunks is
 found and the whole stream costs linear time. Terms match as whole words, case-insensitively,
 as the label guard matches them in a complete answer. A term that ends exactly where the text
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -27,6 +28,9 @@ from .terms import longest_span, term_pattern, visible
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
 Action = Literal["pass", "deny", "flag"]
+Part = tuple[int, str]  # a choice's index and which of its texts: content, refusal, a tool call
+CONTENT = "content"
+MAX_TOOL_CALLS = 128  # per choice: each keeps a text and a tail of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +118,8 @@ class ChatStreamGuard:
         self._held = bytearray()  # bytes fed but not released: at most one partial event
         self._released = 0  # stream offset of _held[0]
         self._releasable = 0  # stream offset up to which events may be released
-        self._tails: dict[int, str] = {}
-        self._parts: dict[int, _Text] = {}
+        self._tails: dict[Part, str] = {}
+        self._parts: dict[Part, _Text] = {}
         self._size = 0
 
     def feed(self, chunk: bytes) -> Scan:
@@ -166,54 +170,89 @@ class ChatStreamGuard:
             result = _worse(result, found)
         return result
 
-    def _deltas(self, doc: Any) -> list[tuple[int, str]]:
+    def _deltas(self, doc: Any) -> list[tuple[Part, str]]:
         choices = doc.get("choices") if isinstance(doc, dict) else None
         if not isinstance(choices, list):
             return []  # an error or usage event: no text
         out = []
         for choice in choices:
             delta = choice.get("delta") if isinstance(choice, dict) else None
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if not isinstance(text, str) or not text:
+            texts = _delta_texts(delta) if isinstance(delta, dict) else []
+            if not texts:
                 continue
             index = choice.get("index", 0)
             if type(index) is not int or not 0 <= index < self.max_choices:
                 raise SSEError(f"choice index {index!r} outside 0..{self.max_choices - 1}")
-            out.append((index, text))
+            out += [((index, part), text) for part, text in texts]
         return out
 
-    def _scan_text(self, index: int, text: str) -> Scan:
-        self._keep_text(index, text)
+    def _scan_text(self, part: Part, text: str) -> Scan:
+        self._keep_text(part, text)
         if self.scanner is None:
             return PASS
-        tail, found = self.scanner.scan(self._tails.get(index, ""), text)
-        self._tails[index] = tail
+        tail, found = self.scanner.scan(self._tails.get(part, ""), text)
+        self._tails[part] = tail
         if not found:
             return PASS
         self.flags.update(s.term for s in found if s.action == "flag" and s.term is not None)
         last = found[-1] if found[-1].action == "deny" else found[0]
-        return Scan(last.action, last.term, index)
+        return Scan(last.action, last.term, part[0])
 
-    def _keep_text(self, index: int, text: str) -> None:
+    def _keep_text(self, part: Part, text: str) -> None:
         room = self.max_answer - self._size
         if len(text) > room:
             self.truncated = True
             text = text[:room]
         if text:
-            parts = self._parts.get(index)
+            parts = self._parts.get(part)
             if parts is None:
-                parts = self._parts[index] = _Text()
+                parts = self._parts[part] = _Text()
             parts.add(text)
             self._size += len(text)
 
     def answer(self, index: int = 0) -> str:
-        """The text of one choice so far (cut at max_answer characters for all choices)."""
-        parts = self._parts.get(index)
+        """The content of one choice so far (cut at max_answer characters for all texts)."""
+        parts = self._parts.get((index, CONTENT))
         return parts.text() if parts is not None else ""
 
     def answers(self) -> dict[int, str]:
-        """Every choice's text so far, by choice index."""
-        return {index: parts.text() for index, parts in sorted(self._parts.items())}
+        """Every choice's content so far, by choice index."""
+        return {
+            i: self.answer(i) for i in sorted({i for i, part in self._parts if part == CONTENT})
+        }
+
+    def texts(self) -> dict[int, dict[str, str]]:
+        """Every text of every choice so far: content, refusal, each tool call's arguments."""
+        out: dict[int, dict[str, str]] = {}
+        for (index, part), parts in sorted(self._parts.items()):
+            out.setdefault(index, {})[part] = parts.text()
+        return out
+
+
+def _delta_texts(delta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The texts of a delta a client reads: content, refusal and tool-call arguments.
+
+    A tool call's arguments arrive in pieces keyed by the call's index, scanned as one text.
+    """
+    out = [(key, text) for key in (CONTENT, "refusal") if _is_text(text := delta.get(key))]
+    calls = delta.get("tool_calls")
+    for position, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if _is_text(arguments):
+            index = call.get("index", position)
+            if type(index) is not int or not 0 <= index < MAX_TOOL_CALLS:
+                raise SSEError(f"tool call index {index!r} outside 0..{MAX_TOOL_CALLS - 1}")
+            out.append((f"tool_calls[{index}]", arguments))
+    legacy = delta.get("function_call")
+    arguments = legacy.get("arguments") if isinstance(legacy, dict) else None
+    if _is_text(arguments):
+        out.append(("function_call", arguments))
+    return out
+
+
+def _is_text(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value)
 
 
 class _Text:

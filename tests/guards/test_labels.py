@@ -95,6 +95,32 @@ async def test_a_term_hidden_by_invisible_characters_is_masked_whole() -> None:
     assert ex.flags == ["suppressed:gorilla"]
 
 
+async def test_every_text_a_client_reads_in_a_chat_message_is_masked() -> None:
+    message = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "a gorilla"}, {"type": "image_url", "image_url": {}}],
+        "refusal": "no ape talk",
+        "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": "f", "arguments": '{"q": "Ape"}'}}
+        ],
+        "function_call": {"name": "g", "arguments": '{"q": "gorilla"}'},
+    }
+    doc = {
+        "choices": [{"index": 0, "message": message}, {"index": 1, "message": {"content": None}}]
+    }
+    ex = await answer(chain_for({"action": "suppress"}, "openai"), doc)
+    out = loads(ex.final_response_body())["choices"][0]["message"]
+    assert out["content"][0]["text"] == "a *******" and out["refusal"] == "no *** talk"
+    assert out["tool_calls"][0]["function"]["arguments"] == '{"q": "***"}'
+    assert out["function_call"]["arguments"] == '{"q": "*******"}'
+    assert ex.annotations["X-Guard-Labels"] == "suppressed=4"
+    blocked = await answer(
+        chain_for({"action": "block"}, "openai"),
+        {"choices": [{"message": {"content": None, "refusal": "an ape"}}]},
+    )
+    assert blocked.reply is not None and blocked.reply.details == {"action": "block", "denied": 1}
+
+
 async def test_label_failure_fail_closed() -> None:
     chain = chain_for({"on_error": "fail_closed"}, "openai")
     ex = await answer(chain, {"choices": [{"text": "legacy"}]})

@@ -45,14 +45,19 @@ sampling: {{rate: 1.0}}
 GATE = "<gate>"  # the upstream stops here until the test opens the gate
 BROKEN = "<broken>"  # an event that is not JSON
 RESET = "<reset>"  # the upstream drops the connection
+TOOL = "<tool>"  # the rest of the piece is a piece of a tool call's arguments
 
 
 def event(doc: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
-def chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
+def chunk(
+    content: str | None, finish: str | None = None, role: bool = False, tool: str | None = None
+) -> bytes:
     delta: dict[str, Any] = {"content": content}
+    if tool is not None:
+        delta["tool_calls"] = [{"index": 0, "function": {"arguments": tool}}]
     if role:
         delta["role"] = "assistant"
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -101,6 +106,8 @@ class ChatModel:
                 return response
             elif piece == BROKEN:
                 await self._write(response, b"data: {not json\n\n", step)
+            elif piece.startswith(TOOL):
+                await self._write(response, chunk(None, tool=piece.removeprefix(TOOL)), step)
             else:
                 await self._write(response, chunk(piece), step)
         await self._write(response, chunk(None, "stop") + b"data: [DONE]\n\n", step)
@@ -220,6 +227,19 @@ async def test_a_blocked_stream_is_sampled_whole_and_counted_as_blocked(
         for line in metrics.splitlines()
         if line.startswith("guardproxy_decisions_total")
     )
+
+
+async def test_a_denied_term_in_streamed_tool_call_arguments_ends_the_stream(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    with pytest.raises(openai.APIError, match=WITHHELD):
+        await stream_text(chat, f'Calling.|{TOOL}{{"q": "a gor|{TOOL}illa"}}')
+    [record] = await samples(proxy, tmp_path)
+    assert record["response"]["choices"] == [
+        {"index": 0, "text": "Calling.", "tool_calls[0]": '{"q": "a gorilla"}'}
+    ]
+    assert record["flags"] == ["blocked:gorilla"]
 
 
 async def test_a_clean_stream_passes_byte_for_byte_and_its_sample_holds_the_whole_answer(

@@ -303,3 +303,43 @@ def test_a_text_streamed_a_character_at_a_time_is_kept_in_runs() -> None:
         tracemalloc.stop()
     assert guard.answer() == text and guard.answers() == {0: text}
     assert held < 5 * len(text)
+
+
+def delta_event(delta: dict[str, Any], index: int = 0) -> bytes:
+    return (
+        b"data: " + json.dumps({"choices": [{"index": index, "delta": delta}]}).encode() + b"\n\n"
+    )
+
+
+def tool_delta(call: int, arguments: str) -> dict[str, Any]:
+    return {"tool_calls": [{"index": call, "function": {"arguments": arguments}}]}
+
+
+def test_refusals_and_tool_call_arguments_are_scanned_each_as_its_own_text() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    # Two calls' arguments interleaved: each call's pieces are one text, not the other's.
+    events = [tool_delta(0, '{"q": "gor'), tool_delta(1, '{"q": "x'), tool_delta(0, 'illa"}')]
+    scans = [guard.feed(delta_event(d)) for d in events]
+    assert [s.action for s in scans] == ["pass", "pass", "deny"]
+    refusal = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    assert refusal.feed(delta_event({"refusal": "an ape"}, 1)) == Scan("flag", "ape", 1)
+    legacy = ChatStreamGuard(TermScanner(["gorilla"]))
+    assert legacy.feed(delta_event({"function_call": {"arguments": "gorilla"}})).action == "deny"
+    assert guard.texts() == {0: {"tool_calls[0]": '{"q": "gorilla"}', "tool_calls[1]": '{"q": "x'}}
+    assert guard.answers() == {} and refusal.texts() == {1: {"refusal": "an ape"}}
+
+
+def test_content_and_tool_calls_of_one_choice_do_not_join_into_a_term() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    scans = [
+        guard.feed(delta_event({"content": "gor"})),
+        guard.feed(delta_event(tool_delta(0, "illa"))),
+    ]
+    assert [s.action for s in scans] == ["pass", "pass"]
+
+
+@pytest.mark.parametrize("call", [-1, 128, "0", None])
+def test_a_tool_call_index_out_of_bounds_is_an_error(call: Any) -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    with pytest.raises(SSEError, match="tool call index"):
+        guard.feed(delta_event(tool_delta(call, "x")))
