@@ -53,6 +53,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         body_min_rate=args.body_min_rate,
+        write_timeout=args.write_timeout,
         drain_timeout=args.drain_timeout,
         max_body=args.max_body,
         max_buffered=args.max_buffered,

@@ -52,6 +52,7 @@ def data_server(handler: Handler, settings: Settings) -> Server:
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         body_min_rate=settings.body_min_rate,
+        write_timeout=settings.write_timeout,
         max_connections=max(1, connections // settings.workers) if connections else None,
     )
     return Server(handler, config, proxy_error)

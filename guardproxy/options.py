@@ -220,6 +220,14 @@ SERVE_FLAGS = (
         parse=rate,
     ),
     Flag(
+        "--write-timeout",
+        "S",
+        "longest a client may leave an answer unread (its model's slot held meanwhile), "
+        "else the connection is reset",
+        "60",
+        parse=seconds,
+    ),
+    Flag(
         "--drain-timeout",
         "S",
         "on SIGTERM, seconds allowed for in-flight requests to finish",

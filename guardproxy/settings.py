@@ -50,6 +50,7 @@ class Settings:
     header_timeout: float = 10.0  # a client's request head must arrive within this
     body_timeout: float = 30.0  # longest silence while a client sends its body
     body_min_rate: float = 1024.0  # bytes/s a body must average after body_timeout; 0: none
+    write_timeout: float = 60.0  # longest an answer waits for a client that does not read
     drain_timeout: float = 20.0
     max_body: int = 16 * 1024 * 1024
     max_buffered: int = 256 * 1024 * 1024  # guarded body bytes held at once, both ways

@@ -39,6 +39,15 @@ class Uploads:
         finally:
             self.running -= 1
 
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        """Streams 64 MiB, 64 KiB at a time, for as long as the reader takes it."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(1024):
+            await response.write(bytes(65536))
+        await response.write_eof()
+        return response
+
 
 @asynccontextmanager
 async def model_and_uploads(**settings: Any) -> AsyncIterator[tuple[RunningProxy, Uploads]]:
@@ -46,6 +55,7 @@ async def model_and_uploads(**settings: Any) -> AsyncIterator[tuple[RunningProxy
     uploads = Uploads()
     app = build_model_app()
     app.router.add_post("/upload", uploads.handle)
+    app.router.add_get("/download", uploads.download)
     async with serving(app) as url, running_proxy(proxy_settings(url, **settings)) as proxy:
         yield proxy, uploads
 
@@ -157,3 +167,19 @@ async def test_a_guarded_body_over_the_limit_is_413_json(client: aiohttp.ClientS
         assert response.status == 413
         assert doc["request_id"] == "big-1" and "1000 bytes" in doc["error"]
         assert proxy.runtime.proxy.counts.refused == {413: 1}
+
+
+async def test_an_unread_streamed_answer_is_cut_off_after_the_write_timeout() -> None:
+    async with model_and_uploads(limits=Limits(per_key=1, queue=0), write_timeout=0.5) as (
+        proxy,
+        _,
+    ):
+        reader = await RawClient.open(port_of(proxy.url), receive_buffer=16384)
+        await reader.send(b"GET /download HTTP/1.1\r\nHost: t\r\n\r\n")  # and reads nothing
+        await eventually(lambda: keys(proxy).get("unguarded") == {"active": 1, "waiting": 0})
+        status = proxy.runtime.status
+        await eventually(lambda: status()["data_port"]["errors"].get("write_timeout") == 1)
+        await eventually(lambda: keys(proxy) == {})  # the slot is free again
+        client = await RawClient.open(port_of(proxy.url))
+        await client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        assert (await client.answer()).status == 200
