@@ -113,6 +113,7 @@ class Runtime:
             tracer=self.telemetry.tracer,
             trust=Trust(settings.trust_region_header, settings.trust_forwarded),
             max_body=settings.max_body,
+            max_rows=settings.max_rows,
             access=AccessLog(settings.access_log),
             # Each worker keeps to its share (the proxy raises it to one whole body).
             max_buffered=settings.max_buffered // settings.workers,

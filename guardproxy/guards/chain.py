@@ -48,7 +48,7 @@ def build_chain(region: str, spec: ModelPolicy, version: str, ctx: GuardContext)
             )
         )
     if spec.labels.deny:
-        guards.append(LabelGuard(spec.labels, payload))
+        guards.append(LabelGuard(spec.labels, payload, ctx.max_rows))
     features = feature_reader(payload, [s.input for s in spec.signal_specs()])
     binary, terms = binary_reads(spec, ctx.max_rows), stream_terms(spec)
     if ctx.samples is None:

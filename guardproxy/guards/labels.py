@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from guardproxy.guards.exchange import Exchange, Reply, is_json_answer
+from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
 from guardproxy.payloads import Payload
+from guardproxy.payloads.errors import MAX_ROWS
 from guardproxy.payloads.terms import term_pattern, visible
 from guardproxy.policy.models import LabelsSpec
 
@@ -14,20 +15,34 @@ class LabelGuard:
     """Applies the policy's deny list to the answer's labels or texts."""
 
     name = "labels"
-    idle = frozenset({"request"})  # the chain skips this hook: it does nothing
+    idle = frozenset({"request"})  # the chain skips this hook: it does nothing (but for chat)
 
-    def __init__(self, spec: LabelsSpec, payload: Payload) -> None:
+    def __init__(self, spec: LabelsSpec, payload: Payload, max_rows: int = MAX_ROWS) -> None:
         if not spec.deny:
             raise ValueError("LabelGuard needs labels.deny")
         self.on_error = spec.on_error
         self._payload = payload
+        self._max_rows = max_rows
+        if payload.texts:
+            self.idle = frozenset()  # a chat request's choices are counted
         self._action = spec.action
         self._block = spec.block
         self._deny = frozenset(label.casefold() for label in spec.deny)
         self._words = term_pattern(spec.deny)
 
     async def on_request(self, ex: Exchange) -> None:
-        """Nothing to do before the upstream answers."""
+        """Chat: more choices asked for (`n`) than --max-rows is refused, as a batch is.
+
+        Every choice of an answer is scanned, streamed or not; a stream keeps a text for
+        each, which the row limit bounds.
+        """
+        try:
+            doc = ex.request_json()
+        except ValueError:
+            return  # the model's to refuse; no answer of it can be read either
+        n = doc.get("n", 1) if isinstance(doc, dict) else 1
+        if type(n) is int:
+            check_rows(n, self._max_rows)
 
     async def on_response(self, ex: Exchange) -> None:
         """Find denied labels; act on them only when there are some."""

@@ -5,9 +5,12 @@ and only the events it completes are forwarded, so nothing waits longer than its
 A denied term ends the stream: the events before the one that completed the term are
 forwarded, that event and the rest are not, and the client gets `error_events` (an
 OpenAI-style error event, then `data: [DONE]`). An event that cannot be read follows the
-guard's `on_error`: fail_open forwards the rest of the stream unread, fail_closed ends it
-with an error event. The text of every choice (up to the sampling policy's
-`max_body_bytes` characters) becomes the exchange's stream record for its sample.
+guard's `on_error`: fail_open forwards it unread and reads on, fail_closed ends the stream
+with an error event; a stream that cannot be read at all (content-encoded, an event over
+`max_event`) is forwarded unread with fail_open. An event the upstream leaves without its
+blank line is scanned at the end, and withheld on a deny. The text of every choice (up to
+the sampling policy's `max_body_bytes` characters) becomes the exchange's stream record for
+its sample.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.hotpath.replies import ProxyCounts
 from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, error_events
+from guardproxy.payloads.errors import MAX_ROWS
 from guardproxy.payloads.sse import SSEError
 from guardproxy.policy.models import LabelsSpec
 from guardproxy.transport import (
@@ -39,7 +43,7 @@ UNREADABLE = "the streamed answer could not be checked"
 class ChatRelay:
     """One streamed chat answer, relayed through the model's label terms."""
 
-    __slots__ = ("chain", "counts", "ended", "ex", "guard", "labels", "reading")
+    __slots__ = ("chain", "counts", "ended", "ex", "guard", "labels", "reading", "unread_noted")
 
     def __init__(
         self,
@@ -49,11 +53,18 @@ class ChatRelay:
         counts: ProxyCounts,
         max_event: int,
         max_answer: int,
+        max_choices: int = MAX_ROWS,
     ) -> None:
         self.ex, self.chain, self.labels, self.counts = ex, chain, labels, counts
-        self.guard = ChatStreamGuard(chain.terms, max_event=max_event, max_answer=max_answer)
+        # fail_open passes an event that cannot be read and reads on; fail_closed ends there.
+        skip = chain.terms is None or labels.on_error == "fail_open"
+        self.guard = ChatStreamGuard(
+            chain.terms, max_event=max_event, max_answer=max_answer, max_choices=max_choices,
+            skip_unreadable=skip,
+        )  # fmt: skip
         self.ended = "complete"
-        self.reading = True  # False once an event could not be read (fail_open): bytes pass
+        self.reading = True  # False once the stream could not be read (fail_open): bytes pass
+        self.unread_noted = False
 
     async def run(
         self,
@@ -73,7 +84,7 @@ class ChatRelay:
                     writer.end(self._last_word())
                     return
                 await writer.write(out)
-            writer.end(self.guard.rest() if self.reading else b"")
+            writer.end(self._ending())
         except UpstreamError as exc:
             # The head is gone: a reset tells the client the truth, a clean end would lie.
             self.ended = "upstream_failed"
@@ -101,10 +112,35 @@ class ChatRelay:
             scan = self.guard.feed(chunk)
         except SSEError as exc:
             return self.unreadable(str(exc))
+        self._note_unread()
         if scan.action == "deny":
             self._denied(scan)
             return None
         return self.guard.release()
+
+    def _ending(self) -> bytes:
+        """The upstream has ended: what followed its last complete event, scanned first."""
+        if not self.reading:
+            return b""
+        try:
+            scan = self.guard.end()
+        except SSEError as exc:
+            out = self.unreadable(str(exc))
+            return self._last_word() if out is None else out
+        self._note_unread()
+        if scan.action == "deny":
+            self._denied(scan)
+            return self._last_word()
+        return self.guard.rest()
+
+    def _note_unread(self) -> None:
+        """Events passed unread (fail_open): the first one counts and fails the guard once."""
+        if self.guard.unread_events and not self.unread_noted:
+            self.counts.chat_stream_errors += 1
+            terms = self.chain.terms is not None
+            self.chain.failed("labels" if terms else "stream", "fail_open", self.ex,
+                              self.guard.unread[0])  # fmt: skip
+            self.unread_noted = True
 
     def unreadable(self, why: str) -> bytes | None:
         """A stream that cannot be read: on_error decides (fail_open: the rest passes unread)."""
@@ -158,5 +194,6 @@ def stream_record(guard: ChatStreamGuard, ended: str) -> dict[str, Any]:
         ],
         "done": guard.done,
         "truncated": guard.truncated,
+        "unread_events": guard.unread_events,
         "ended": ended,
     }

@@ -62,6 +62,7 @@ class GuardedSteps:
     tracer: UpstreamTracer
     trust: Trust
     max_body: int
+    max_rows: int
     bodies: BodyBudget  # request body bytes held at once, across exchanges (--max-buffered)
     counts: ProxyCounts
     wires: ModelWires
@@ -220,7 +221,7 @@ class GuardedSteps:
         ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
         ex.response_headers = stream_headers(response.headers)
         stream = ChatRelay(ex, chain, spec.labels, self.counts, self.max_body,
-                           spec.sampling.max_body_bytes)  # fmt: skip
+                           spec.sampling.max_body_bytes, self.max_rows)  # fmt: skip
         if applied_codings(response.headers):  # asked for identity, encoded all the same
             stream.unreadable("a content-encoded stream cannot be read")
         if 200 <= ex.status < 300 and ex.reply is None:

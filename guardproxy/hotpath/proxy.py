@@ -22,6 +22,7 @@ from guardproxy.hotpath.upstream import (
     forward_request_headers,
 )
 from guardproxy.logs import AccessLog
+from guardproxy.payloads.errors import MAX_ROWS
 from guardproxy.policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from guardproxy.policy.thresholds import Snapshot
 from guardproxy.transport import ClientDisconnected, Request, RequestError, ResponseWriter
@@ -46,6 +47,7 @@ class Proxy(GuardedSteps):
         tracer: UpstreamTracer = NO_TRACER,
         trust: Trust | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        max_rows: int = MAX_ROWS,
         access: AccessLog | None = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
@@ -58,6 +60,7 @@ class Proxy(GuardedSteps):
         self.trust = trust or Trust()
         self.region_key = self.trust.region_key
         self.max_body = max_body
+        self.max_rows = max_rows  # choices of a chat stream, each scanned on its own
         self.bodies = BodyBudget(max(max_buffered, max_body))  # one whole body always fits
         self.access = access or AccessLog()
         self.counts = ProxyCounts()

@@ -16,12 +16,14 @@ for the sample.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
 import orjson
 
+from .errors import MAX_ROWS
 from .sse import DONE, Event, EventParser, SSEError
 from .terms import longest_span, term_pattern, visible
 
@@ -31,6 +33,8 @@ Action = Literal["pass", "deny", "flag"]
 Part = tuple[int, str]  # a choice's index and which of its texts: content, refusal, a tool call
 CONTENT = "content"
 MAX_TOOL_CALLS = 128  # per choice: each keeps a text and a tail of its own
+# What a delta says as text: its content, a refusal, a reasoning model's reasoning (vLLM).
+_DELTA_TEXTS = (CONTENT, "refusal", "reasoning_content", "reasoning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +110,15 @@ class ChatStreamGuard:
         *,
         max_event: int = 1 << 20,
         max_answer: int = 1 << 20,
-        max_choices: int = 16,
+        max_choices: int = MAX_ROWS,
+        skip_unreadable: bool = False,
     ) -> None:
         self.scanner = scanner
+        # An event that is not JSON, or not a chat chunk, passes unread and the events after
+        # it are still read (fail_open); without it, feed raises SSEError (fail_closed).
+        self.skip_unreadable = skip_unreadable
+        self.unread: list[str] = []  # why events passed unread, the first 16
+        self.unread_events = 0
         self.parser = EventParser(max_event)
         self.max_answer = max_answer
         self.max_choices = max_choices
@@ -130,15 +140,43 @@ class ChatStreamGuard:
         for event in self.parser.feed(chunk):
             try:
                 scan = self.scan_event(event)
-            except SSEError:
-                self._releasable = start  # the events before an unreadable one may still go
-                raise
+            except SSEError as exc:
+                if not self.skip_unreadable:
+                    self._releasable = start  # the events before an unreadable one may go
+                    raise
+                self._skipped(str(exc))
+                scan = PASS
             if scan.action == "deny":  # the events before it may still go
                 self._releasable = start
                 return scan
             result, start = _worse(result, scan), event.end
         self._releasable = self.parser.boundary
         return result
+
+    def end(self) -> Scan:
+        """At the upstream's end: the event it left without its blank line, scanned.
+
+        Clients differ on it (the standard drops it; a client reading lines shows it), so it
+        is read as if ended, and on a deny it is not forwarded (`release` never gives it).
+        """
+        result = PASS
+        for event in self.parser.feed(b"\n\n"):
+            try:
+                scan = self.scan_event(event)
+            except SSEError as exc:
+                if not self.skip_unreadable:
+                    raise
+                self._skipped(str(exc))
+                continue
+            if scan.action == "deny":
+                return scan
+            result = _worse(result, scan)
+        return result
+
+    def _skipped(self, why: str) -> None:
+        if len(self.unread) < 16:
+            self.unread.append(why)
+        self.unread_events += 1
 
     def release(self) -> bytes:
         """The bytes of the complete events fed and not yet released (before a denied one)."""
@@ -157,17 +195,13 @@ class ChatStreamGuard:
 
     def scan_event(self, event: Event) -> Scan:
         """Scan one event: every choice's new content (deny beats flag)."""
-        if event.data == DONE:
+        if event.data.strip() == DONE:
             self.done = True
             return PASS
-        try:
-            doc = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise SSEError("a chat stream event is not JSON") from None
         result = PASS
-        for index, text in self._deltas(doc):  # every choice, so each answer stays whole
-            found = self._scan_text(index, text)
-            result = _worse(result, found)
+        for doc in _documents(event.data):
+            for part, text in self._deltas(doc):  # every choice, so each answer stays whole
+                result = _worse(result, self._scan_text(part, text))
         return result
 
     def _deltas(self, doc: Any) -> list[tuple[Part, str]]:
@@ -176,14 +210,15 @@ class ChatStreamGuard:
             return []  # an error or usage event: no text
         out = []
         for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            texts = _delta_texts(delta) if isinstance(delta, dict) else []
-            if not texts:
+            if not isinstance(choice, dict):
                 continue
-            index = choice.get("index", 0)
-            if type(index) is not int or not 0 <= index < self.max_choices:
-                raise SSEError(f"choice index {index!r} outside 0..{self.max_choices - 1}")
-            out += [((index, part), text) for part, text in texts]
+            delta, text = choice.get("delta"), choice.get("text")  # chat; completions
+            texts = _delta_texts(delta) if isinstance(delta, dict) else []
+            if _is_text(text):
+                texts.append((CONTENT, text))
+            if texts:
+                index = _index(choice.get("index", 0), self.max_choices, "choice")
+                out += [((index, part), text) for part, text in texts]
         return out
 
     def _scan_text(self, part: Part, text: str) -> Scan:
@@ -229,20 +264,52 @@ class ChatStreamGuard:
         return out
 
 
+def _documents(data: str) -> list[Any]:
+    """An event's JSON: orjson's reading, else Python's (which takes NaN, 1e400 and lone
+    surrogates, as a client may), else each data line's own (as a client reading lines
+    does); SSEError when none is JSON."""
+    try:
+        return [orjson.loads(data)]
+    except orjson.JSONDecodeError:
+        pass
+    docs = _lenient([data]) or ("\n" in data and _lenient(data.split("\n"))) or None
+    if docs is None:
+        raise SSEError("a chat stream event is not JSON")
+    return docs
+
+
+def _lenient(texts: list[str]) -> list[Any]:
+    out = []
+    for text in texts:
+        try:
+            out.append(json.loads(text))
+        except (ValueError, RecursionError):
+            continue
+    return out
+
+
+def _index(value: Any, limit: int, what: str) -> int:
+    """A choice's or tool call's index as a client reads it: 0, 0.0 and "0" alike."""
+    whole = type(value) is float and value.is_integer()
+    if whole or (type(value) is str and value.isascii() and value.isdigit() and len(value) < 8):
+        value = int(value)
+    if type(value) is not int or not 0 <= value < limit:
+        raise SSEError(f"{what} index {repr(value)[:20]} outside 0..{limit - 1}")
+    return value
+
+
 def _delta_texts(delta: dict[str, Any]) -> list[tuple[str, str]]:
-    """The texts of a delta a client reads: content, refusal and tool-call arguments.
+    """The texts of a delta a client reads: content, refusal, reasoning, tool-call arguments.
 
     A tool call's arguments arrive in pieces keyed by the call's index, scanned as one text.
     """
-    out = [(key, text) for key in (CONTENT, "refusal") if _is_text(text := delta.get(key))]
+    out = [(key, text) for key in _DELTA_TEXTS if _is_text(text := delta.get(key))]
     calls = delta.get("tool_calls")
     for position, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
         arguments = function.get("arguments") if isinstance(function, dict) else None
         if _is_text(arguments):
-            index = call.get("index", position)
-            if type(index) is not int or not 0 <= index < MAX_TOOL_CALLS:
-                raise SSEError(f"tool call index {index!r} outside 0..{MAX_TOOL_CALLS - 1}")
+            index = _index(call.get("index", position), MAX_TOOL_CALLS, "tool call")
             out.append((f"tool_calls[{index}]", arguments))
     legacy = delta.get("function_call")
     arguments = legacy.get("arguments") if isinstance(legacy, dict) else None

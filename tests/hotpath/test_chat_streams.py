@@ -290,7 +290,7 @@ async def test_without_terms_a_stream_is_still_sampled(
     assert record["response"]["choices"][0]["text"] == "a gorilla here"
 
 
-async def test_an_unreadable_event_passes_the_rest_unread_when_fail_open(
+async def test_an_unreadable_event_passes_and_the_rest_is_read_when_fail_open(
     served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     proxy, model = served
@@ -298,10 +298,16 @@ async def test_an_unreadable_event_passes_the_rest_unread_when_fail_open(
             "messages": [{"role": "user", "content": f"fine|{BROKEN}|a gorilla"}]}  # fmt: skip
     async with client.post(proxy.url + CHAT, json=body) as response:
         received = await response.read()
-    assert received == b"".join(model.sent)  # unread after the broken event, so not blocked
+    assert b"{not json" in received and b"gorilla" not in received
+    assert (
+        json.loads(received.split(b"\n\n")[-3].removeprefix(b"data: "))["error"]["message"]
+        == WITHHELD
+    )
     assert proxy.runtime.proxy.counts.chat_stream_errors == 1
     [record] = await samples(proxy, tmp_path)
-    assert record["response"]["ended"] == "passed_unread" and record["errors"]
+    response_record = record["response"]
+    assert (response_record["ended"], response_record["unread_events"]) == ("blocked", 1)
+    assert record["errors"] and record["flags"] == ["blocked:gorilla"]
 
 
 async def test_an_unreadable_event_ends_the_stream_when_fail_closed(
@@ -413,3 +419,15 @@ async def test_a_client_leaving_mid_stream_releases_the_upstream_and_is_sampled(
     [record] = await samples(proxy, tmp_path)
     assert record["response"]["ended"] == "client_gone"
     assert record["response"]["choices"][0]["text"].startswith("first")
+
+
+async def test_more_choices_than_the_row_limit_are_refused_before_the_model_is_asked(
+    served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession
+) -> None:
+    proxy, model = served
+    message = {"role": "user", "content": "a gorilla"}
+    body = {"model": "m", "stream": True, "n": 10_001, "messages": [message]}
+    async with client.post(proxy.url + CHAT, json=body) as response:
+        assert response.status == 413
+        assert "over the limit of 10000" in (await response.json())["error"]
+    assert model.sent == []

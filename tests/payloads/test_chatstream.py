@@ -235,7 +235,57 @@ def test_huge_events_and_bad_json_are_errors() -> None:
     with pytest.raises(SSEError, match="not JSON"):
         ChatStreamGuard(TermScanner(["x"])).feed(b"data: {nope\n\n")
     with pytest.raises(SSEError, match="choice index"):
-        ChatStreamGuard(TermScanner(["x"])).feed(chunk_event({99: "x"}))
+        ChatStreamGuard(TermScanner(["x"]), max_choices=16).feed(chunk_event({16: "x"}))
+    assert ChatStreamGuard(TermScanner(["x"])).feed(chunk_event({9_999: "x"})).action == "deny"
+
+
+def event_of(data: str) -> bytes:
+    return b"data: " + data.encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"choices": [{"index": 0, "delta": {"content": "gorilla"}, "logprobs": -Infinity}]}',
+        '{"choices": [{"index": 0, "delta": {"content": "gorilla \\udc00"}}]}',
+        '{"choices": [{"index": 0.0, "delta": {"content": "gorilla"}}]}',
+        '{"choices": [{"index": "0", "delta": {"reasoning_content": "gorilla"}}]}',
+        '{"choices": [{"index": 0, "text": "a gorilla"}]}',  # a completions stream
+        '{"choices": [{"delta": {"content": "x "}}]}\ndata: {"choices": [{"delta": {"content": "gorilla"}}]}',
+    ],
+)
+def test_what_a_client_reads_in_an_event_orjson_refuses_is_still_scanned(data: str) -> None:
+    for skip in (False, True):
+        guard = ChatStreamGuard(TermScanner(["gorilla"]), skip_unreadable=skip)
+        assert guard.feed(event_of(data)).action == "deny"
+
+
+def test_fail_open_passes_an_unreadable_event_and_reads_on() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), skip_unreadable=True, max_choices=16)
+    body = (
+        event_of("{nope")
+        + event_of("[DONE] ")
+        + chunk_event({16: "x"})
+        + chunk_event({0: "gorilla"})
+    )
+    assert guard.feed(body) == Scan("deny", "gorilla", 0)
+    assert guard.unread_events == 2 and guard.done
+    assert guard.unread == ["a chat stream event is not JSON", "choice index 16 outside 0..15"]
+
+
+def test_an_event_left_without_its_blank_line_is_scanned_at_the_end() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    assert (
+        guard.feed(
+            chunk_event({0: "fine "}) + b'data: {"choices": [{"delta": {"content": "gorilla"}}]}\n'
+        ).action
+        == "pass"
+    )
+    assert guard.release() == chunk_event({0: "fine "})
+    assert guard.end() == Scan("deny", "gorilla", 0) and guard.release() == b""
+    clean = ChatStreamGuard(TermScanner(["gorilla"]))
+    clean.feed(b'data: {"choices": [{"delta": {"content": "ok"}}]}')
+    assert clean.end().action == "pass" and clean.rest().endswith(b'ok"}}]}')
 
 
 def test_the_kept_answer_is_bounded() -> None:
@@ -260,7 +310,7 @@ def test_a_deny_releases_the_events_before_the_one_that_completed_the_term() -> 
 
 def test_an_unreadable_event_releases_the_events_before_it() -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]))
-    clean = chunk_event({0: "fine"})
+    clean = chunk_event({0: "fine "})
     with pytest.raises(SSEError, match="not JSON"):
         guard.feed(clean + b"data: {oops\n\n" + chunk_event({0: "more"}))
     assert guard.release() == clean
@@ -338,7 +388,7 @@ def test_content_and_tool_calls_of_one_choice_do_not_join_into_a_term() -> None:
     assert [s.action for s in scans] == ["pass", "pass"]
 
 
-@pytest.mark.parametrize("call", [-1, 128, "0", None])
+@pytest.mark.parametrize("call", [-1, 128, "x", 0.5, None])
 def test_a_tool_call_index_out_of_bounds_is_an_error(call: Any) -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]))
     with pytest.raises(SSEError, match="tool call index"):
