@@ -293,7 +293,7 @@ async def test_without_terms_a_stream_is_still_sampled(
 async def test_an_unreadable_event_passes_and_the_rest_is_read_when_fail_open(
     served: tuple[RunningProxy, ChatModel], client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    proxy, model = served
+    proxy, _ = served
     body = {"model": "m", "stream": True,
             "messages": [{"role": "user", "content": f"fine|{BROKEN}|a gorilla"}]}  # fmt: skip
     async with client.post(proxy.url + CHAT, json=body) as response:

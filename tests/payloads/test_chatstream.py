@@ -251,7 +251,8 @@ def event_of(data: str) -> bytes:
         '{"choices": [{"index": 0.0, "delta": {"content": "gorilla"}}]}',
         '{"choices": [{"index": "0", "delta": {"reasoning_content": "gorilla"}}]}',
         '{"choices": [{"index": 0, "text": "a gorilla"}]}',  # a completions stream
-        '{"choices": [{"delta": {"content": "x "}}]}\ndata: {"choices": [{"delta": {"content": "gorilla"}}]}',
+        '{"choices": [{"delta": {"content": "x "}}]}\n'  # two data lines, each JSON
+        'data: {"choices": [{"delta": {"content": "gorilla"}}]}',
     ],
 )
 def test_what_a_client_reads_in_an_event_orjson_refuses_is_still_scanned(data: str) -> None:
