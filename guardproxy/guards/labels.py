@@ -7,7 +7,7 @@ import re
 from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import MAX_ROWS
-from guardproxy.payloads.terms import term_pattern, visible
+from guardproxy.payloads.terms import fold, folded_positions, term_key, term_pattern
 from guardproxy.policy.models import LabelsSpec
 
 
@@ -29,6 +29,7 @@ class LabelGuard:
         self._block = spec.block
         self._deny = frozenset(label.casefold() for label in spec.deny)
         self._words = term_pattern(spec.deny)
+        self._names = {term_key(t): t.casefold() for t in spec.deny}  # a match's, as listed
 
     async def on_request(self, ex: Exchange) -> None:
         """Chat: more choices asked for (`n`) than --max-rows is refused, as a batch is.
@@ -71,15 +72,31 @@ class LabelGuard:
         return [label.casefold() for row in rows for label in row if label.casefold() in deny]
 
     def _denied_texts(self, rows: list[list[str]]) -> list[str]:
-        find = self._words.findall
-        return [visible(m).casefold() for row in rows for text in row for m in find(text)]
+        find, names = self._words.findall, self._names
+        keys = [term_key(m) for row in rows for text in row for m in find(fold(text))]
+        return [names.get(key, key) for key in keys]
 
     def _suppressed(self, rows: list[list[str]]) -> list[list[str]]:
         if self._payload.texts:
-            mask = self._mask
-            return [[self._words.sub(mask, text) for text in row] for row in rows]
+            return [[self._masked(text) for text in row] for row in rows]
         deny = self._deny
         return [[label for label in row if label.casefold() not in deny] for row in rows]
+
+    def _masked(self, text: str) -> str:
+        """The text with every character of each term found in its folded form masked."""
+        if text.isascii():
+            return self._words.sub(self._mask, text)
+        folded, origins = folded_positions(text)
+        spans = [m.span() for m in self._words.finditer(folded)]
+        if not spans:  # a term only the whole text's folding shows: the folded text masked
+            return self._words.sub(self._mask, fold(text))
+        chars = list(text)
+        for start, end in spans:
+            # From the term's first letter to just before what follows its last one, so the
+            # hidden characters and marks between and over its letters go too.
+            stop = origins[end] if end < len(origins) else len(chars)
+            chars[origins[start] : stop] = "*" * (stop - origins[start])
+        return "".join(chars)
 
     @staticmethod
     def _mask(match: re.Match[str]) -> str:

@@ -7,6 +7,7 @@ in guardproxy.monitors.constraints; this module validates input and reports the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
@@ -210,14 +211,20 @@ def apply_guard_rails(
 ) -> dict[str, tuple[float, float | None, float]]:
     """(low, high, p_high) per group of `current`: proposals moved at most max_step.
 
-    A pinned group, a group with fewer than min_labels labels, or one without a proposal
-    keeps its current threshold. Both thresholds of a mix are clamped to the step.
+    A pinned group, a group with fewer than min_labels labels, or one without a finite
+    proposal keeps its current threshold. Both thresholds of a mix are clamped to the step.
     """
     frozen = set(pinned)
     out: dict[str, tuple[float, float | None, float]] = {}
     for group, now in current.items():
         rule = proposed.groups.get(group)
-        if rule is None or group in frozen or label_counts.get(group, 0) < min_labels:
+        if (
+            rule is None
+            or group in frozen
+            or label_counts.get(group, 0) < min_labels
+            or not math.isfinite(rule.threshold)  # never published: NaN never compares again
+            or not math.isfinite(rule.threshold_high if rule.threshold_high is not None else 0)
+        ):
             out[group] = (now, None, 0.0)
             continue
         low = float(np.clip(rule.threshold, now - max_step, now + max_step))

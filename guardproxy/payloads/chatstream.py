@@ -25,7 +25,7 @@ import orjson
 
 from .errors import MAX_ROWS
 from .sse import DONE, Event, EventParser, SSEError
-from .terms import longest_span, term_pattern, visible
+from .terms import fold, longest_span, term_key, term_pattern
 
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
@@ -64,8 +64,8 @@ class TermScanner:
         deny, flag = [t for t in deny if t], [t for t in flag if t]
         if not deny and not flag:
             raise ValueError("TermScanner needs at least one deny or flag term")
-        self._terms = {t.casefold(): t for t in (*flag, *deny)}
-        self._deny = frozenset(t.casefold() for t in deny)
+        self._terms = {term_key(t): t for t in (*flag, *deny)}
+        self._deny = frozenset(term_key(t) for t in deny)
         words = list(self._terms.values())
         self._pattern = term_pattern(words)
         self._longest = longest_span(words)
@@ -78,7 +78,7 @@ class TermScanner:
         Once per term, not per match: text that repeats a flagged term would otherwise keep
         an object per match (a model can be asked to say a word a million times).
         """
-        window = tail + text
+        window = tail + fold(text)
         old = len(tail)
         pos = max(0, old + 1 - self._longest)  # a match ending in `text` starts here or later
         self.scanned += len(window) - pos
@@ -86,9 +86,9 @@ class TermScanner:
         flagged: set[str] = set()
         while (match := self._pattern.search(window, pos)) is not None:
             if match.end() > old:
-                seen = visible(match.group(0))
-                term = self._terms.get(seen.casefold(), seen)
-                if term.casefold() in self._deny:
+                seen = term_key(match.group(0))
+                term = self._terms.get(seen, seen)
+                if seen in self._deny:
                     found.append(Scan("deny", term))
                     break
                 if term not in flagged:

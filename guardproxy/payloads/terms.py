@@ -1,34 +1,118 @@
-"""Deny and flag terms as one pattern: whole words, any case, hidden characters allowed."""
+"""Deny and flag terms as one pattern: whole words, any case, found as a client reads them.
+
+Text is folded before a term is looked for in it: case folded, compatibility letters
+(full-width, ligatures, mathematical, circled) as the letters they show, and characters that
+render as nothing or marks drawn over a letter taken out, wherever and however many a model
+was talked into writing. Terms are folded alike, so `café` is found in `cafe` written with a
+combining accent. Terms in scripts written without spaces between words are found inside a
+run of text. ASCII text is read as it is, without a copy.
+
+The pattern is a trie of the folded terms: at each position it follows one path of letters,
+so its cost depends on the text and the longest term, not on how many terms there are.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
-# Format characters that render as nothing (soft hyphen, zero-width space and joiners,
-# direction marks, word joiner, byte order mark): a model can be talked into writing them
-# inside a term, which then reads the same and matches nothing.
-HIDDEN = "\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"
-GAP = 3  # hidden characters allowed between two letters of a term
-_HIDDEN = re.compile(f"[{HIDDEN}]")
+# Characters that render as nothing (soft hyphen, zero-width space and joiners, direction
+# marks, embeddings and isolates, word joiner, variation selectors, fillers, tags, byte
+# order mark) and the combining marks drawn over Latin, Greek and Cyrillic letters.
+HIDDEN = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u2069\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\U0001bca0-\U0001bca3\U000e0000-\U000e007f\U000e0100-\U000e01ef"
+    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+)
+_HIDDEN = re.compile(f"[{HIDDEN}]+")
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer), and
+# Hangul, whose particles join the noun: a term's edge in them needs no word boundary.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff\u3130-\u318f"
+    "\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff65-\uffdc"
+    "\U00020000-\U0003134f]"
+)
+# A word boundary where "_" counts as a space: Markdown shows _term_ as the word in italics.
+_BEFORE = r"(?<![^\W_])"
+_AFTER = r"(?![^\W_])"
+_END = ""  # the trie's mark of a whole term
+
+
+def fold(text: str) -> str:
+    """The text as terms are looked for in it (ASCII text as it is: the pattern ignores case)."""
+    if text.isascii():
+        return text
+    return _HIDDEN.sub("", unicodedata.normalize("NFKD", text.casefold()))
+
+
+def term_key(text: str) -> str:
+    """What a term, or a match of one, reads as: the same for every spelling of a term."""
+    return fold(text).casefold()
+
+
+def folded_positions(text: str) -> tuple[str, list[int]]:
+    """The folded text, and for each of its characters the index in `text` it came from."""
+    parts, origins = [], []
+    for i, char in enumerate(text):
+        folded = _fold_char(char)
+        parts.append(folded)
+        origins += [i] * len(folded)
+    return "".join(parts), origins
+
+
+@lru_cache(maxsize=4096)
+def _fold_char(char: str) -> str:
+    return fold(char)
 
 
 def term_pattern(terms: Sequence[str]) -> re.Pattern[str]:
-    """Any of the terms, as a whole word in any case, its letters maybe GAP hidden ones apart.
-
-    Linear time: between two fixed letters only one bounded class repeats.
-    """
-    gap = f"[{HIDDEN}]{{0,{GAP}}}"
-    words = sorted(terms, key=len, reverse=True)
-    alternation = "|".join(gap.join(map(re.escape, word)) for word in words)
-    return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+    """Any of the terms as a whole word (or inside unspaced text), in folded text, any case."""
+    root = _trie(terms)
+    if not root:
+        raise ValueError("term_pattern needs at least one term")
+    first = "".join(re.escape(char) for char in sorted(root))
+    branches = "|".join(
+        _edge(char) + re.escape(char) + _branch(char, root[char]) for char in sorted(root)
+    )
+    # The lookahead rejects most positions on one character test before any branch is tried.
+    return re.compile(f"(?=[{first}])(?:{branches})", re.IGNORECASE)
 
 
 def longest_span(terms: Sequence[str]) -> int:
-    """The most characters a match of `term_pattern(terms)` can take."""
-    return max(len(t) + GAP * (len(t) - 1) for t in terms)
+    """The most characters of folded text a match of `term_pattern(terms)` can take."""
+    return max(len(fold(t)) for t in terms)
 
 
-def visible(text: str) -> str:
-    """The text without its hidden characters (what a match reads as)."""
-    return _HIDDEN.sub("", text)
+def _trie(terms: Sequence[str]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for term in terms:
+        node = root
+        for char in fold(term).casefold():
+            node = node.setdefault(char, {})
+        if node is not root:
+            node[_END] = {}
+    return root
+
+
+def _branch(char: str, node: dict[str, Any]) -> str:
+    """The rest of every term that goes on from `char`: longer ones first."""
+    chain = ""
+    while _END not in node and len(node) == 1:  # one way on: no group
+        ((char, node),) = node.items()
+        chain += re.escape(char)
+    alternatives = [re.escape(c) + _branch(c, node[c]) for c in sorted(node) if c != _END]
+    if _END in node:
+        alternatives.append(_edge(char, after=True))
+    if len(alternatives) == 1:
+        return chain + alternatives[0]
+    return chain + "(?:" + "|".join(alternatives) + ")"
+
+
+def _edge(char: str, after: bool = False) -> str:
+    if _UNSPACED.match(char):
+        return ""
+    return _AFTER if after else _BEFORE

@@ -25,13 +25,15 @@ def parse_duration(value: object) -> object:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+MAX_DURATION = 366 * 86400.0  # a year: past it, a wait is a mistake (and 1e308 s overflows)
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Protocol = Literal["kserve_v2", "tfserving", "mlflow", "seldon_v1", "openai", "jsonpath"]
 OnError = Literal["fail_open", "fail_closed"]
 
 
 class Strict(BaseModel):
-    """Base for every policy section: immutable, unknown keys are errors."""
+    """Base for every policy section: immutable, unknown keys and non-finite numbers are
+    errors (an infinite score range made every learned threshold NaN)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -112,6 +112,10 @@ class BlockSpec(Strict):
     message: str = "the answer was withheld by policy"
 
 
+MAX_TERMS = 10_000  # labels.deny: terms (or labels) in one list
+MAX_TERM = 100  # characters of one
+
+
 class LabelsSpec(Strict):
     """Output label guard: labels that must not reach the client."""
 
@@ -121,6 +125,18 @@ class LabelsSpec(Strict):
     path: str | None = None  # jsonpath to the labels, for the jsonpath protocol
     block: BlockSpec = BlockSpec()
     on_error: OnError = "fail_open"
+
+    @field_validator("deny")
+    @classmethod
+    def _terms(cls, deny: tuple[str, ...]) -> tuple[str, ...]:
+        if len(deny) > MAX_TERMS:
+            raise ValueError(f"{len(deny)} terms; at most {MAX_TERMS}")
+        for term in deny:
+            if not term.strip():
+                raise ValueError("an empty term matches nothing")
+            if len(term) > MAX_TERM:
+                raise ValueError(f"a term of {len(term)} characters; at most {MAX_TERM}")
+        return deny
 
 
 class SinkSpec(Strict):

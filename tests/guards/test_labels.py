@@ -121,6 +121,15 @@ async def test_every_text_a_client_reads_in_a_chat_message_is_masked() -> None:
     assert blocked.reply is not None and blocked.reply.details == {"action": "block", "denied": 1}
 
 
+async def test_terms_written_to_slip_past_are_masked_in_an_answer() -> None:
+    chain = chain_for({"action": "suppress"}, "openai")
+    wide = "".join(chr(ord(c) + 0xFEE0) for c in "gorilla")  # full-width letters
+    ex = await answer(chain, chat(f"a {wide} and an _ape_", "a gor\u202ailla"))
+    texts = [c["message"]["content"] for c in loads(ex.final_response_body())["choices"]]
+    assert texts == ["a ******* and an _***_", "a ********"]
+    assert ex.flags == ["suppressed:ape", "suppressed:gorilla"]
+
+
 async def test_label_failure_fail_closed() -> None:
     chain = chain_for({"on_error": "fail_closed"}, "openai")
     ex = await answer(chain, {"choices": [{"text": "legacy"}]})

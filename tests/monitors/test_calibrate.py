@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import time
 import warnings
@@ -187,6 +188,9 @@ def test_guard_rails() -> None:
     assert rails["pinned"] == (0.3, None, 0.0) and rails["few"] == (0.5, None, 0.0)
     wide = apply_guard_rails(current, proposed, counts, 200, 1.0, [])
     assert wide["a"] == (0.2, 0.8, pytest.approx(0.5))
+    nan = dataclasses.replace(result.groups["b"], threshold=float("nan"))
+    broken = dataclasses.replace(proposed, groups={**proposed.groups, "b": nan})
+    assert apply_guard_rails(current, broken, counts, 200, 0.05)["b"] == (0.5, None, 0.0)
 
 
 def write(path: Path, text: str) -> str:

@@ -67,6 +67,13 @@ def test_defaults_are_valid_and_frozen() -> None:
         ({"model": {"protocol": "jsonpath"}}, "needs routes"),
         ({"region": "s g"}, "should match pattern"),
         ({"sampling": {"rate": 0.1, "rat": 1}}, "Extra inputs are not permitted"),
+        ({"model": {"score": {"range": [0, float("inf")]}}}, "finite number"),
+        ({"decision": {"threshold": float("nan")}}, "finite number"),
+        ({"breaker": {"cooldown": float("inf")}}, "finite number"),
+        ({"breaker": {"cooldown": 1e308}}, "less than or equal to 31622400"),
+        ({"labels": {"deny": ["ape", " "]}}, "an empty term matches nothing"),
+        ({"labels": {"deny": ["x" * 101]}}, "a term of 101 characters; at most 100"),
+        ({"labels": {"deny": [f"t{i}" for i in range(10_001)]}}, "10001 terms; at most 10000"),
     ],
 )
 def test_out_of_range_values_are_rejected(sections: dict[str, Any], fragment: str) -> None:
