@@ -31,6 +31,8 @@ log = logging.getLogger("guardproxy.proxy")
 
 UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+AMBIGUOUS = "\0ambiguous"  # a region header given more than once: no region is a name of it
+AMBIGUOUS_REGION = "the region header is given more than once"
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 
@@ -71,7 +73,8 @@ class Proxy(GuardedSteps):
         """Forward one request, guarded when any reading of its path is a guarded route."""
         started = perf_counter()
         request_id = self.request_id_of(request)
-        policy, known = self.policies.current.resolve(self.region_of(request))
+        region = self.region_of(request)
+        policy, known = self.policies.current.resolve(None if region is AMBIGUOUS else region)
         counts = self.counts
         counts.requests += 1
         counts.unknown_region += not known
@@ -79,6 +82,8 @@ class Proxy(GuardedSteps):
         model: CompiledModel | None = None
         outcome = UNGUARDED
         try:
+            if region is AMBIGUOUS:
+                raise RequestError(AMBIGUOUS_REGION)
             target = request.target
             if not target.startswith(b"/"):  # absolute form: the upstream gets path and query
                 target = origin_form(target.decode("latin-1")).encode("latin-1")
@@ -120,12 +125,20 @@ class Proxy(GuardedSteps):
         return request_id
 
     def region_of(self, request: Request) -> str | None:
-        """The region a request names, when the operator trusts a header to name one."""
+        """The region a request names, when the operator trusts a header to name one.
+
+        AMBIGUOUS when it is given twice or as a list: a gateway that appends its header,
+        rather than replacing the client's, would otherwise let the client's copy choose.
+        """
         key = self.region_key
         if key is None:
             return None
-        region = request.headers.get(key)
-        return region.decode("latin-1") if region is not None else None
+        values = request.headers.getall(key)
+        if not values:
+            return None
+        if len(values) > 1 or b"," in values[0]:
+            return AMBIGUOUS
+        return values[0].decode("latin-1")
 
     def guarded_model(
         self, policy: CompiledPolicy, target: bytes

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from guardproxy.testing import (
@@ -59,7 +60,8 @@ async def post(
 ) -> tuple[int, Any, Any]:
     """POST JSON (or raw bytes): status, headers and the parsed (or raw) answer."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    sent = {"Content-Type": "application/json", **(headers or {})}
+    sent = CIMultiDict({"Content-Type": "application/json"})
+    sent.extend(headers or {})  # a header given twice stays twice
     async with session.post(url, data=data, headers=sent) as response:
         raw = await response.read()
         try:

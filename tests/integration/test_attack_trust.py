@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from guardproxy.policy.loader import PolicyError, validate_directory
 from guardproxy.testing import proxy_settings, running_proxy, write_policies
@@ -32,6 +33,18 @@ async def test_region_header_is_ignored_unless_the_operator_trusts_it(tmp_path: 
         async with guarded(tmp_path / "gw", REGIONS, **trusting) as (proxy, _):
             _, headers, _ = await post(session, proxy.url + INFER, applicant(), {"X-Region": "sg"})
             assert headers["X-Guard-Region"] == "sg"
+
+
+async def test_a_trusted_region_header_given_twice_is_refused(tmp_path: Path) -> None:
+    # A gateway that appends its own header leaves the client's first: neither may choose.
+    trusting = {"region": "id", "trust_region_header": "X-Region"}
+    async with aiohttp.ClientSession() as session:
+        async with guarded(tmp_path / "gw", REGIONS, **trusting) as (proxy, _):
+            twice = CIMultiDict([("X-Region", "th"), ("X-Region", "sg")])
+            for headers in (twice, {"X-Region": "th, sg"}):
+                code, _, body = await post(session, proxy.url + INFER, applicant(), headers)
+                assert code == 400 and "region header is given more than once" in body["error"]
+            assert proxy.runtime.status()["requests"]["refused"] == {"400": 2}
 
 
 async def test_a_group_header_the_operator_does_not_trust_is_refused(tmp_path: Path) -> None:
