@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from pydantic import ValidationError
 
-from guardproxy.masking import Masker
+from guardproxy.masking import MASK, MIN_SECRET_LENGTH, Masker
 from guardproxy.policy.baselines import baseline_problems, resolve_baselines
 from guardproxy.policy.locate import locate
 from guardproxy.policy.marks import MarkedDoc, read_marked
@@ -145,7 +145,30 @@ def load_files(raw: PolicyFiles, env: Mapping[str, str] | None = None) -> Loaded
 def _masked(problems: list[Problem], secrets: set[str]) -> list[Problem]:
     """Problems whose messages never show a value that came from the environment."""
     masker = Masker(secrets)
-    return [replace(p, message=masker.text(p.message)) for p in problems]
+    return [replace(p, message=_hidden(masker.text(p.message), secrets)) for p in problems]
+
+
+def _hidden(message: str, secrets: set[str]) -> str:
+    """A message without a secret as a value's repr shows it (escaped) or cuts it ("...").
+
+    A message shows a value as `short()` writes it: a backslash, newline or non-ASCII
+    character escaped, and past 57 characters cut: masking the value as it was missed both.
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) < MIN_SECRET_LENGTH:
+            continue
+        shown = repr(secret)[1:-1]
+        *cut, last = message.replace(shown, MASK).split("...")
+        message = "...".join([*(_cut_head(part, shown) for part in cut), last])
+    return message
+
+
+def _cut_head(before: str, shown: str) -> str:
+    """`before` without the longest head of `shown` it ends with (of MIN_SECRET_LENGTH or more)."""
+    for size in range(len(shown) - 1, MIN_SECRET_LENGTH - 1, -1):
+        if before.endswith(shown[:size]):
+            return before[:-size] + MASK
+    return before
 
 
 def _parse_all(

@@ -320,6 +320,19 @@ def test_values_from_the_environment_are_remembered_and_masked_in_problems() -> 
     assert loaded.secrets == frozenset({env["FALLBACK"]})
 
 
+@pytest.mark.parametrize(
+    "secret",
+    ["k" * 88, "pa\\ss-W0rd-42", "line\nbreak-secret", "s\u00e9same-secret-value"],
+    ids=["cut", "backslash", "newline", "non-ascii"],
+)
+def test_a_secret_is_masked_however_a_problem_shows_it(secret: str) -> None:
+    broken = b"region: default\nsampling: {rate: '${KEY}'}\n"
+    with pytest.raises(PolicyError) as caught:
+        load_files(PolicyFiles("<t>", {"default.yaml": broken}), {"KEY": secret})
+    text = str(caught.value)
+    assert "***" in text and secret[:6] not in text and repr(secret)[1:7] not in text
+
+
 def baseline_doc(signals: dict[str, str]) -> str:
     groups = {"*": {name: {"kind": kind, "counts": [1, 1]} for name, kind in signals.items()}}
     return json.dumps({"version": 1, "groups": groups})
