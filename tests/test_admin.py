@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -69,6 +70,13 @@ async def test_admin_calls_need_the_token(
     good = {"Authorization": "Bearer admin-secret"}
     async with client.post(f"{proxy.admin_url}/admin/reload", headers=good) as response:
         assert response.status == 200
+    # A token that is not UTF-8 is a wrong token, never a 500.
+    host, port = proxy.admin_url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /admin/reload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \xff\xfe\r\n"
+                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert (await reader.read()).startswith(b"HTTP/1.1 401")
+    writer.close()
 
 
 async def test_status_shows_what_each_region_and_model_is_for(
