@@ -62,6 +62,9 @@ class DecisionGuard:
         self._model = model
         self._payload = payload
         self._snapshot = thresholds
+        # Learned thresholds count only while the policy adapts: once `adapt` is taken out,
+        # the policy's own thresholds serve again (a learned one had outlived its policy).
+        self._learned = spec.adapt is not None
         self._static = {group: ThresholdRule(value) for group, value in spec.per_group.items()}
         self._default = ThresholdRule(spec.threshold)
         self._annotate = spec.annotate
@@ -78,7 +81,7 @@ class DecisionGuard:
             self._table, self._rules = table, {}
         found = self._rules.get((version, group))
         if found is None:
-            rule = table.rule((*self._model, version), group)
+            rule = table.rule((*self._model, version), group) if self._learned else None
             if rule is None:
                 rule = self._static.get(group, self._default)
             found = _Rule(rule, rule.randomized, rule.label)

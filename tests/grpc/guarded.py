@@ -58,6 +58,7 @@ groups:
 decision:
   threshold: 0.5
   per_group: {Female: 0.2}
+  adapt: {}  # learned thresholds (tests publish them) serve only a policy that adapts
 sampling: {rate: 1.0}
 drift:
   reference: {warmup: 10}

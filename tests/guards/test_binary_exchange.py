@@ -109,7 +109,8 @@ async def test_a_randomized_rule_draws_from_every_input_the_same_as_json() -> No
     rule = ThresholdRule(low=0.2, high=0.8, p_high=0.5)
     rules = {("sg", "adult", "3", g): rule for g in ("female", "male", "other")}
     ctx = GuardContext(thresholds=Snapshot(ThresholdTable("r", rules)))
-    guards = chain(spec(labels={}), ctx)
+    adapting = {"threshold": 0.5, "per_group": {"female": 0.3}, "adapt": {}}
+    guards = chain(spec(labels={}, decision=adapting), ctx)
     plain = await run(guards, exchange(request(), answer()))
     binary = await run(guards, binary_exchange(guards))
     assert binary.verdicts == plain.verdicts

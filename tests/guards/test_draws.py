@@ -30,6 +30,7 @@ def chain(rule: ThresholdRule | None = MIX, draws: Draws = KEY, **decision: Any)
     ctx = GuardContext(
         thresholds=Snapshot(ThresholdTable("t1", MappingProxyType(rules))), draws=draws
     )
+    decision = {"adapt": {}, **decision}  # learned rules serve only a policy that adapts
     spec = policy({"score": {"output": "score"}}, groups=HEADER_GROUPS, decision=decision)
     return build_chain("sg", spec, "v1", ctx)
 

@@ -15,6 +15,7 @@ from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
 
 GROUPS = {"values": ["female", "male"], "attribute": {"input": "sex"}}
+ADAPT = {"adapt": {}}  # learned thresholds count only while the policy adapts
 
 
 def chain_for(decision: dict[str, Any], ctx: GuardContext | None = None) -> GuardChain:
@@ -124,14 +125,17 @@ async def test_learned_rule_wins_over_policy() -> None:
         "v7", MappingProxyType({("sg", "adult", "", "male"): ThresholdRule(0.3)})
     )
     ctx = GuardContext(thresholds=Snapshot(table))
-    ex = await run(chain_for({}, ctx), exchange(v2_request("male"), v2_answer(0.35)))
+    ex = await run(chain_for(ADAPT, ctx), exchange(v2_request("male"), v2_answer(0.35)))
     assert ex.annotations["X-Guard-Decision"] == "1"
     assert ex.annotations["X-Guard-Threshold-Version"] == "v7"
+    # Without adapt, the policy's threshold serves, whatever was learned before.
+    ex = await run(chain_for({}, ctx), exchange(v2_request("male"), v2_answer(0.35)))
+    assert (ex.annotations["X-Guard-Decision"], ex.annotations["X-Guard-Threshold"]) == ("0", "0.5")
 
 
 async def test_a_newly_published_table_applies_to_the_next_request() -> None:
     snapshot = Snapshot(ThresholdTable())
-    chain = chain_for({}, GuardContext(thresholds=snapshot))
+    chain = chain_for(ADAPT, GuardContext(thresholds=snapshot))
     first = await run(chain, exchange(v2_request("male"), v2_answer(0.35)))
     rule = ThresholdRule(0.3)
     snapshot.publish(ThresholdTable("v8", MappingProxyType({("sg", "adult", "", "male"): rule})))
@@ -157,7 +161,7 @@ async def test_randomized_rule_is_deterministic_by_row_whatever_the_request_id()
     ctx = GuardContext(
         thresholds=Snapshot(ThresholdTable("r", {("sg", "adult", "", "male"): rule}))
     )
-    chain = chain_for({}, ctx)
+    chain = chain_for(ADAPT, ctx)
     seen: dict[int, set[str]] = {}
     for attempt in range(3):
         for age in range(40):
