@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _SUFFIXES = (".yaml", ".yml")
+DATA_LINK = "..data"  # a mounted ConfigMap's link to the version of its files in force
+_READS = 3  # reads of a ConfigMap whose ..data keeps moving, before the last is taken
 _ENV = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -59,12 +61,36 @@ class LoadedPolicies:
 
 
 def read_policy_files(path: str | os.PathLike[str]) -> PolicyFiles:
-    """Read every top-level *.yaml/*.yml (following symlinks, skipping hidden names)."""
+    """Read every top-level *.yaml/*.yml (following symlinks, skipping hidden names).
+
+    A mounted ConfigMap (its files are links into `..data`, a link the kubelet swaps to a
+    new directory on each update) is read from the one directory `..data` names, and read
+    again if the link moved meanwhile: file by file through the links, a swap in between
+    gave a mix of the old and the new policies that was never published.
+    """
     directory = Path(path)
+    for _ in range(_READS):
+        data = _data_directory(directory)
+        files = _read_directory(directory, data)
+        if data == _data_directory(directory):
+            break
+    return files
+
+
+def _data_directory(directory: Path) -> Path | None:
+    """Where a ConfigMap's `..data` link points now; None for a plain directory."""
+    link = directory / DATA_LINK
+    return Path(os.path.realpath(link)) if link.is_symlink() else None
+
+
+def _read_directory(directory: Path, data: Path | None) -> PolicyFiles:
+    """The policy files of a directory, or of the one version `..data` names: its names and
+    their contents alike (the top-level links for a new file may not exist yet)."""
     files: dict[str, bytes] = {}
     problems: list[Problem] = []
+    source = data or directory
     try:
-        entries = sorted(directory.iterdir())
+        entries = sorted(source.iterdir())
     except OSError as exc:
         problems.append(Problem(str(directory), 0, 0, f"cannot read directory: {exc.strerror}"))
         entries = []

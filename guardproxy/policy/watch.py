@@ -160,6 +160,8 @@ class PolicyWatcher:
         self.store = store
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._reads = 0  # checks begun, each numbered when it starts reading
+        self._committed = 0  # the number of the last check whose result was committed
 
     @property
     def running(self) -> bool:
@@ -177,12 +179,21 @@ class PolicyWatcher:
         await cancel_and_wait(task)
 
     async def check(self, force: bool = False) -> ReloadResult:
-        """Read and compile in a thread when the content changed (or forced); swap on the loop."""
+        """Read and compile in a thread when the content changed (or forced); swap on the loop.
+
+        The poller, SIGHUP and the admin endpoint may check at once: a check that read before
+        one already committed is dropped, so an older read never replaces a newer one.
+        """
         store = self.store
+        self._reads += 1
+        number = self._reads
         files = await asyncio.to_thread(store.read)
         if not force and not store.changed(files):
             return store.unchanged()
         built = await asyncio.to_thread(store.build, files)
+        if number < self._committed:
+            return store.unchanged()
+        self._committed = number
         return store.commit(files, built)
 
     async def _run(self) -> None:

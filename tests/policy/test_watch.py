@@ -184,3 +184,43 @@ async def test_builtin_store_has_nothing_to_watch() -> None:
     assert store.status()["regions"]["default"]["sources"] == ["<builtin>/default.yaml"]
     with pytest.raises(ValueError):
         PolicyWatcher(store, interval=0)
+
+
+def test_a_configmap_is_read_from_the_one_version_data_names(tmp_path: Path) -> None:
+    # The kubelet between two steps: ..data names the new version, whose new file has no
+    # top-level link yet. Read through the links, that was the new default without the new
+    # region: a set of policies never published.
+    atomic_write(tmp_path, {"default.yaml": DEFAULT})
+    new = tmp_path / "..2026_11_30_00_00_00.1"
+    new.mkdir()
+    (new / "default.yaml").write_text(DEFAULT.replace("0.5", "0.6"))
+    (new / "sg.yaml").write_text(SG)
+    os.symlink(new.name, tmp_path / "..data_tmp")
+    os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+    store = PolicyStore(tmp_path)
+    assert (threshold(store, "default"), threshold(store, "sg")) == (0.6, 0.4)
+
+
+async def test_reloads_apply_in_the_order_they_read(tmp_path: Path) -> None:
+    atomic_write(tmp_path, {"default.yaml": DEFAULT})
+    store = PolicyStore(tmp_path)
+    watcher = PolicyWatcher(store, INTERVAL)
+    release, building = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    build = store.build
+
+    def slow_first(files: PolicyFiles) -> PolicyTable | list[str]:
+        if b"0.6" in files.files["default.yaml"]:  # the first reload waits to be released
+            loop.call_soon_threadsafe(building.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return build(files)
+
+    store.build = slow_first  # type: ignore[method-assign]
+    atomic_write(tmp_path, {"default.yaml": DEFAULT.replace("0.5", "0.6")})
+    first = asyncio.create_task(watcher.check(force=True))
+    await building.wait()
+    atomic_write(tmp_path, {"default.yaml": DEFAULT.replace("0.5", "0.7")})
+    assert (await watcher.check(force=True)).status == "ok"  # read 0.7 and committed it
+    release.set()
+    assert (await first).status == "unchanged"  # read before: dropped
+    assert threshold(store, "default") == 0.7  # the newer read is served, not the older
