@@ -19,7 +19,7 @@ from guardproxy.policy.marks import MarkedDoc, read_marked
 from guardproxy.policy.merge import merge_marked, models_as_list, models_by_name, with_defaults
 from guardproxy.policy.models import Policy
 from guardproxy.policy.problems import KeyPath, PolicyError, Problem, format_problems
-from guardproxy.policy.routes import overlap
+from guardproxy.policy.routes import overlapping_pairs
 
 __all__ = [
     "LoadedPolicies",
@@ -318,23 +318,24 @@ def _validate(
 
 def overlapping_routes(policy: Policy, marks: Mapping[KeyPath, Problem]) -> list[Problem]:
     """A problem at each model whose routes can match a path another model's routes match."""
-    problems: list[Problem] = []
     models = policy.models
-    for i, first in enumerate(models):
-        for j in range(i + 1, len(models)):
-            second = models[j]
-            pair = next(
-                ((a, b) for a in first.routes for b in second.routes if overlap(a, b)), None
-            )
-            if pair is None:
-                continue
-            here, there = _route_mark(marks, i), _route_mark(marks, j)
-            message = (
-                f"routes of models {first.name!r} ({pair[0]}) and {second.name!r} ({pair[1]}) "
-                f"overlap; {second.name!r} is at {there.file}:{there.line}:{there.column} "
-                "(expected each path to name one model)"
-            )
-            problems.append(Problem(here.file, here.line, here.column, message))
+    routes = [(i, route) for i, model in enumerate(models) for route in model.routes]
+    owners = [i for i, _ in routes]
+    first_pair: dict[tuple[int, int], tuple[int, int]] = {}
+    for a, b in overlapping_pairs([route for _, route in routes], owners):
+        # Each pair of models is reported once, at its first overlapping routes in order.
+        pair = (owners[a], owners[b])
+        first_pair[pair] = min(first_pair.get(pair, (a, b)), (a, b))
+    problems: list[Problem] = []
+    for (i, j), (a, b) in sorted(first_pair.items()):
+        first, second = models[i], models[j]
+        here, there = _route_mark(marks, i), _route_mark(marks, j)
+        message = (
+            f"routes of models {first.name!r} ({routes[a][1]}) and {second.name!r} "
+            f"({routes[b][1]}) overlap; {second.name!r} is at "
+            f"{there.file}:{there.line}:{there.column} (expected each path to name one model)"
+        )
+        problems.append(Problem(here.file, here.line, here.column, message))
     return problems
 
 
