@@ -1,9 +1,9 @@
 """Route globs: `*` is one path segment (or part of one), `**` any number of segments.
 
-One compiled regex per region resolves a path to its model in a single match, and
-`overlap` tells whether two globs can match a common path (two models may not share one);
-`overlapping_pairs` finds every such pair of many globs, comparing only globs whose literal
-leading segments agree, so a pod with a thousand models is checked in near-linear time.
+A trie of literal leading segments resolves a path to its model by matching only the few
+globs filed along its segments. `overlap` tells whether two globs can match a common path
+(two models may not share one); `overlapping_pairs` finds every such pair of many globs,
+comparing only globs whose literal leading segments agree: near-linear in the globs.
 """
 
 from __future__ import annotations
@@ -15,29 +15,85 @@ from collections.abc import Iterable, Iterator, Sequence
 STAR, GLOBSTAR = "\0*", "\0**"  # glob tokens; every other token is one literal character
 
 
-class RouteMatcher:
-    """Globs of several owners compiled to one regex; `owner(path)` names the one that matches."""
+class _Node:
+    """One literal segment of the route trie: the globs whose literal prefix ends here."""
 
-    __slots__ = ("_owners", "_regex", "patterns")
+    __slots__ = ("children", "globs")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.globs: list[tuple[int, re.Pattern[str]]] = []
+
+
+class RouteMatcher:
+    """Globs of several owners; `owner(path)` names the one whose glob matches first.
+
+    Globs without a wildcard are found by one dict lookup of the whole path; the others are
+    filed in a trie under their literal leading segments, so a path is matched only against
+    the few globs filed along its own leading segments, however many models there are (one
+    regex alternation of every glob took 2-4 ms a path at 1,000 models).
+    """
+
+    __slots__ = ("_depth", "_exact", "_owners", "_root", "patterns")
 
     def __init__(self, patterns: Iterable[str], owners: Sequence[int] | None = None) -> None:
         self.patterns = tuple(patterns)
         self._owners = tuple(owners) if owners is not None else (0,) * len(self.patterns)
-        alternatives = "|".join(f"({glob_to_regex(p)})" for p in self.patterns)
-        self._regex = re.compile(alternatives) if self.patterns else None
+        self._root = _Node()
+        self._depth = 0
+        literal: list[tuple[int, str]] = []
+        for index, pattern in enumerate(self.patterns):
+            if "*" not in pattern:
+                literal.append((index, pattern))
+                continue
+            prefix = literal_prefix(pattern)
+            node = self._root
+            for segment in prefix:
+                node = node.children.setdefault(segment, _Node())
+            node.globs.append((index, re.compile(glob_to_regex(pattern))))
+            self._depth = max(self._depth, len(prefix))
+        # A path that is a literal glob gets its answer in one lookup, settled here: the
+        # literal glob's index unless an earlier wildcard glob matches it too.
+        self._exact: dict[str, int] = {}
+        for index, pattern in literal:
+            if pattern not in self._exact:
+                found = self._first(pattern)
+                self._exact[pattern] = index if found is None or index < found else found
+
+    def candidates(self, path: str) -> list[tuple[int, re.Pattern[str]]]:
+        """The wildcard globs that may match the path: those filed along its leading segments."""
+        found: list[tuple[int, re.Pattern[str]]] = []
+        node = self._root
+        # Only the trie's depth of segments is split off: a long path costs one scan.
+        for segment in path.split("/", self._depth)[: self._depth]:
+            if node.globs:
+                found += node.globs
+            child = node.children.get(segment)
+            if child is None:
+                return found
+            node = child
+        return found + node.globs
+
+    def index(self, path: str) -> int | None:
+        """The index of the first glob that matches the whole path, else None."""
+        found = self._exact.get(path)
+        return found if found is not None else self._first(path)
+
+    def _first(self, path: str) -> int | None:
+        best: int | None = None
+        for index, regex in self.candidates(path):
+            if (best is None or index < best) and regex.fullmatch(path) is not None:
+                best = index
+        return best
 
     def owner(self, path: str) -> int | None:
         """The owner index of the first glob that matches the whole path, else None."""
-        if self._regex is None:
-            return None
-        match = self._regex.fullmatch(path)
-        if match is None:
-            return None
-        return self._owners[match.lastindex - 1 if match.lastindex else 0]
+        index = self.index(path)
+        return None if index is None else self._owners[index]
 
     def matches(self, path: str) -> bool:
         """Whether any glob matches the whole path."""
-        return self.owner(path) is not None
+        return self.index(path) is not None
 
     def __repr__(self) -> str:
         return f"RouteMatcher({list(self.patterns)!r})"

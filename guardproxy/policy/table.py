@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +15,7 @@ from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.routes import RouteMatcher
 
 ChainFactory = Callable[[str, ModelPolicy, str], object]
-PATH_CACHE = 4096
+PATH_CACHE = 4096  # paths kept per region, least recently used dropped first
 # A longer path is matched each time, not kept: 4,096 kept paths of 64 KiB would be 256 MiB.
 CACHED_PATH_CHARS = 256
 _MISS = object()
@@ -47,17 +48,24 @@ class CompiledPolicy:
     sources: tuple[str, ...]
     models: tuple[CompiledModel, ...]
     routes: RouteMatcher
-    _by_path: dict[str, CompiledModel | None] = field(default_factory=dict, compare=False)
+    _by_path: OrderedDict[str, CompiledModel | None] = field(
+        default_factory=OrderedDict, compare=False
+    )
 
     def match(self, path: str) -> CompiledModel | None:
         """The model whose routes match the path (hot path: a dict hit for a path seen before)."""
-        found = self._by_path.get(path, _MISS)
+        cache = self._by_path
+        found = cache.get(path, _MISS)
         if found is not _MISS:
+            cache.move_to_end(path)
             return found  # type: ignore[return-value]
         owner = self.routes.owner(path)
         model = None if owner is None else self.models[owner]
-        if len(self._by_path) < PATH_CACHE and len(path) <= CACHED_PATH_CHARS:  # clients' paths
-            self._by_path[path] = model
+        if len(path) <= CACHED_PATH_CHARS:
+            # Clients choose paths: the least recently used goes, so junk cannot pin the cache.
+            cache[path] = model
+            if len(cache) > PATH_CACHE:
+                cache.popitem(last=False)
         return model
 
     def model(self, name: str) -> CompiledModel | None:

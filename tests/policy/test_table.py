@@ -96,6 +96,21 @@ def test_the_path_cache_is_bounded() -> None:
     assert entry.match("/v2/models/m/infer") is entry.model("m")
 
 
+def test_the_path_cache_drops_the_least_recently_used_path() -> None:
+    # Kept until full and never dropped, a client's junk paths pinned the cache for good.
+    entry = compile_table_of(Policy.model_validate({"region": "sg", "models": [{"name": "m"}]}))
+    for i in range(PATH_CACHE):
+        entry.match(f"/junk/{i}")
+    hot = "/v2/models/m/infer"
+    assert entry.match(hot) is entry.model("m") and hot in entry._by_path
+    assert "/junk/0" not in entry._by_path and len(entry._by_path) == PATH_CACHE
+    for i in range(2 * PATH_CACHE):
+        entry.match(f"/more/{i}")
+        if i % 1000 == 0:
+            entry.match(hot)  # in use: kept while junk comes and goes
+    assert hot in entry._by_path and len(entry._by_path) == PATH_CACHE
+
+
 def test_long_paths_are_matched_not_kept() -> None:
     # Kept, 4,096 paths of 60 KB would hold 240 MB.
     entry = compile_table_of(Policy.model_validate({"region": "sg", "models": [{"name": "m"}]}))
