@@ -51,6 +51,12 @@ class CompiledPolicy:
     _by_path: OrderedDict[str, CompiledModel | None] = field(
         default_factory=OrderedDict, compare=False
     )
+    _by_name: Mapping[str, CompiledModel] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # By name in one lookup: the monitors and every gauge series ask per model.
+        by_name = MappingProxyType({m.name: m for m in self.models})
+        object.__setattr__(self, "_by_name", by_name)
 
     def match(self, path: str) -> CompiledModel | None:
         """The model whose routes match the path (hot path: a dict hit for a path seen before)."""
@@ -70,7 +76,7 @@ class CompiledPolicy:
 
     def model(self, name: str) -> CompiledModel | None:
         """A model by name."""
-        return next((m for m in self.models if m.name == name), None)
+        return self._by_name.get(name)
 
 
 def policy_version(policy: Policy) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.table import (
     CACHED_PATH_CHARS,
     PATH_CACHE,
+    CompiledModel,
     CompiledPolicy,
     PolicyTable,
     builtin_table,
@@ -109,6 +111,30 @@ def test_the_path_cache_drops_the_least_recently_used_path() -> None:
         if i % 1000 == 0:
             entry.match(hot)  # in use: kept while junk comes and goes
     assert hot in entry._by_path and len(entry._by_path) == PATH_CACHE
+
+
+class CountedModels(tuple):  # type: ignore[type-arg]
+    """A tuple of models that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[CompiledModel]:
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_a_model_by_name_is_one_lookup_however_many_models() -> None:
+    # The monitors and every gauge series ask per model: a walk each was quadratic.
+    specs = [{"name": f"m{i}"} for i in range(1000)]
+    compiled = compile_table_of(Policy.model_validate({"region": "sg", "models": specs}))
+    models = CountedModels(compiled.models)
+    entry = CompiledPolicy(
+        compiled.region, compiled.version, compiled.policy, (), models, compiled.routes
+    )
+    CountedModels.walks = 0
+    found = [entry.model(f"m{i}") for i in range(1000)]
+    assert [m.name for m in found if m is not None] == [f"m{i}" for i in range(1000)]
+    assert entry.model("nobody") is None and CountedModels.walks == 0
 
 
 def test_long_paths_are_matched_not_kept() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from guardproxy.breaker.state import Transition
@@ -41,6 +44,39 @@ def test_counters_and_gauges_reach_prometheus_text() -> None:
     assert found[key("guardproxy_fairness_demographic_parity_ratio", **sg, version="3")] == 0.8
     telemetry.forget_drift(("sg", "credit", "3"))
     assert not [name for name in samples(telemetry) if name[0] == "guardproxy_drift"]
+
+
+def test_a_scrape_reads_the_fairness_reports_and_the_fleet_once() -> None:
+    # Eight fairness gauges each recomputed every model's report: ~1 ms a model a scrape.
+    telemetry = Telemetry(TelemetryConfig(), "http://127.0.0.1:1")
+    reads = {"fairness": 0, "fleet": 0}
+
+    def fairness() -> dict[tuple[str, str, str], dict[str, Any]]:
+        reads["fairness"] += 1
+        return {
+            ("sg", f"m{reads['fairness']}", ""): {
+                "groups": {"female": {"selection_rate": 0.4, "true_positive_rate": 0.5}},
+                "disparities": {"demographic_parity_ratio": 0.8},
+            }
+        }
+
+    def fleet() -> list[SimpleNamespace]:
+        reads["fleet"] += 1
+        problem = SimpleNamespace(kind="drift", severity=40.0)
+        return [SimpleNamespace(region="sg", model="m", score=40, problems=[problem])]
+
+    telemetry.watch_fairness(fairness)
+    telemetry.watch_fleet(fleet)
+    found = samples(telemetry)
+    assert reads == {"fairness": 1, "fleet": 1}
+    sg = {"region": "sg", "model": "m1", "version": ""}
+    assert found[key("guardproxy_fairness_selection_rate", **sg, group="female")] == 0.4
+    assert found[key("guardproxy_fairness_true_positive_rate", **sg, group="female")] == 0.5
+    assert found[key("guardproxy_fairness_demographic_parity_ratio", **sg)] == 0.8
+    assert found[key("guardproxy_model_problem", region="sg", model="m", kind="drift")] == 40
+    found = samples(telemetry)  # the next scrape reads afresh
+    assert reads == {"fairness": 2, "fleet": 2}
+    assert key("guardproxy_fairness_demographic_parity_ratio", **sg) not in found
 
 
 def test_bad_names_are_refused() -> None:
