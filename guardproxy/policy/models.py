@@ -41,6 +41,7 @@ from guardproxy.policy.monitoring import (
     SignalSpec,
     TripRule,
 )
+from guardproxy.policy.routes import unmatchable
 
 __all__ = [
     "DEFAULT_ROUTES",
@@ -153,7 +154,18 @@ class ModelPolicy(Sections):
         for route in routes:
             if not route.startswith("/"):
                 raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
+            why = unmatchable(route)
+            if why is not None:
+                raise ValueError(f"route {route!r} can never match: {why}")
         return routes
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_segment(cls, name: str) -> str:
+        # Its default routes would read /v2/models/../infer: resolved away, never matched.
+        if name in (".", ".."):
+            raise ValueError(f"model name {name!r} is a dot segment (expected a name like m1)")
+        return name
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelPolicy:

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from collections.abc import Iterable, Iterator, Sequence
 
 STAR, GLOBSTAR = "\0*", "\0**"  # glob tokens; every other token is one literal character
+RESERVED_PREFIX = "/guardproxy/"  # the data port answers these paths itself
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_REFUSED_ESCAPES = frozenset({"%2F", "%5C", "%00"})  # a guarded path holding one gets a 400
 
 
 class _Node:
@@ -212,6 +217,33 @@ def _steps(a: tuple[str, ...], b: tuple[str, ...], i: int, j: int) -> list[tuple
     if x is not None and x == y and x not in (STAR, GLOBSTAR):
         steps.append((i + 1, j + 1))
     return steps
+
+
+def unmatchable(route: str) -> str | None:
+    """Why no request could ever match the route, as the proxy reads paths; None if one can.
+
+    Paths are matched after their query is dropped, unreserved escapes decoded (others in
+    upper case), repeated slashes collapsed and dot segments resolved (hotpath/paths.py):
+    a route spelled otherwise validated and left its model's traffic unguarded.
+    """
+    if "?" in route or "#" in route:
+        return "paths are matched without their query (expected the path alone)"
+    segments = route.split("/")[1:]
+    if "" in segments[:-1]:
+        return "paths are matched with repeated slashes collapsed (expected one /)"
+    if "." in segments or ".." in segments:
+        return "paths are matched with . and .. segments resolved (expected the resolved path)"
+    for match in _ESCAPE.finditer(route):
+        escape, char = match.group(0), chr(int(match.group(1), 16))
+        if char in _UNRESERVED:
+            return f"paths are matched with {escape} decoded (expected {char!r})"
+        if escape.upper() in _REFUSED_ESCAPES:
+            return f"a guarded path holding {escape.upper()} is refused (expected no {escape})"
+        if escape != escape.upper():
+            return f"paths are matched with escapes in upper case (expected {escape.upper()})"
+    if route.startswith(RESERVED_PREFIX):
+        return f"the proxy answers {RESERVED_PREFIX} itself (expected a model server's path)"
+    return None
 
 
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -131,6 +131,36 @@ def test_routes_must_be_absolute() -> None:
     rejects("must start with /", model={"routes": ["v2/models/*/infer"]})
 
 
+@pytest.mark.parametrize(
+    ("route", "fragment"),
+    [
+        ("/v2//infer", "repeated slashes collapsed"),
+        ("/v2/./infer", ". and .. segments resolved"),
+        ("/v2/models/x/..", ". and .. segments resolved"),
+        ("/v2/%41", "%41 decoded (expected 'A')"),
+        ("/v2/a%3ab", "upper case (expected %3A)"),
+        ("/v2/a%2Fb", "holding %2F is refused"),
+        ("/v2/x?y=1", "without their query"),
+        ("/guardproxy/v1/x", "the proxy answers /guardproxy/ itself"),
+    ],
+)
+def test_routes_no_path_can_match_are_refused(route: str, fragment: str) -> None:
+    # Each validated, and its model's requests went through unguarded.
+    rejects(f"route {route!r} can never match: ", model={"routes": [route]})
+    rejects(fragment, model={"routes": [route]})
+
+
+def test_routes_that_paths_can_match_are_kept() -> None:
+    routes = ["/v2/x/", "/v2/a%3Ab", "/v1/models/m:predict", "/a/**", "/guardproxyish/x", "/"]
+    assert policy({"routes": routes}).models[0].routes == tuple(routes)
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_model_name_may_not_be_a_dot_segment(name: str) -> None:
+    with pytest.raises(ValidationError, match="is a dot segment"):
+        Policy.model_validate({"region": "sg", "models": [{"name": name}]})
+
+
 def test_group_values_must_be_distinct() -> None:
     rejects("empty or repeated", groups={"values": ["Female", "Female"]})
 
