@@ -95,7 +95,7 @@ def _read_directory(directory: Path, data: Path | None) -> PolicyFiles:
         problems.append(Problem(str(directory), 0, 0, f"cannot read directory: {exc.strerror}"))
         entries = []
     for entry in entries:
-        if entry.name.startswith(".") or entry.suffix not in _SUFFIXES:
+        if entry.name.startswith(".") or entry.suffix.lower() not in _SUFFIXES:
             continue
         _read_entry(entry, files, problems)
     return PolicyFiles(str(directory), files, tuple(problems), _hash(files, problems))

@@ -183,15 +183,25 @@ class ModelPolicy(Sections):
         return self
 
     def _check_trip_rules(self) -> None:
-        signals = {"score"} | {s.input for s in self.signal_specs()}
+        kinds = {"score": "numeric"} | {s.input: s.kind for s in self.signal_specs()}
         for rule in self.breaker.trip:
             parts = rule.when.split(".")
-            if parts[0] == "drift" and self.drift is None:
-                raise ValueError(f"breaker rule {rule.when!r} needs a drift section")
-            if parts[0] == "drift" and ".".join(parts[1:-1]) not in signals:
-                raise ValueError(f"breaker rule {rule.when!r} names no drift signal")
+            if parts[0] == "drift":
+                self._check_drift_rule(rule.when, kinds.get(".".join(parts[1:-1])), parts[-1])
             if parts[0] == "fairness" and self.fairness is None:
                 raise ValueError(f"breaker rule {rule.when!r} needs a fairness section")
+
+    def _check_drift_rule(self, when: str, kind: str | None, test: str) -> None:
+        """A drift rule must name a test that runs on its signal, or it could never fire."""
+        if self.drift is None:
+            raise ValueError(f"breaker rule {when!r} needs a drift section")
+        if kind is None:
+            raise ValueError(f"breaker rule {when!r} names no drift signal")
+        if getattr(self.drift.tests, test) is None:
+            raise ValueError(f"breaker rule {when!r} needs drift.tests.{test}, which is off")
+        runs_on = {"ks": "numeric", "chi2": "categorical"}.get(test, kind)
+        if runs_on != kind:
+            raise ValueError(f"breaker rule {when!r}: {test} runs on {runs_on} signals only")
 
     def signal_specs(self) -> list[SignalSpec]:
         """The drift section's input signals."""

@@ -86,11 +86,17 @@ class PolicyStore:
     def build(self, files: PolicyFiles) -> PolicyTable | list[str]:
         """A new table, or the problems; touches no state, so it may run in a thread."""
         try:
-            return self._compile(files)
+            table = self._compile(files)
         except PolicyError as exc:
             return [str(p) for p in exc.problems]
         except Exception as exc:  # a chain factory that rejects a policy must not kill reload
             return [f"cannot build the guard chain: {exc!r}"]
+        region = self.default_region
+        if region in self.table.regions and region not in table.regions:
+            # The pod would fall back to the default policy without a word: a file renamed
+            # or deleted by mistake is a failed reload, not a silent change of policy.
+            return [f"the pod's region {region!r} is no longer in the policies"]
+        return table
 
     def commit(self, files: PolicyFiles, built: PolicyTable | list[str]) -> ReloadResult:
         """Swap in a built table, or record why the last good one stays."""

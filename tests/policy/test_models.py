@@ -72,6 +72,20 @@ def test_defaults_are_valid_and_frozen() -> None:
         ({"breaker": {"cooldown": float("inf")}}, "finite number"),
         ({"breaker": {"cooldown": 1e308}}, "less than or equal to 31622400"),
         ({"labels": {"deny": ["ape", " "]}}, "an empty term matches nothing"),
+        (
+            {
+                "drift": {"window": 100},
+                "breaker": {"trip": [{"when": "drift.score.js", "above": 0.2}]},
+            },
+            "tests.js, which is off",
+        ),
+        (
+            {
+                "drift": {"window": 100},
+                "breaker": {"trip": [{"when": "drift.score.chi2", "below": 0.01}]},
+            },
+            "categorical signals only",
+        ),
         ({"groups": {"attribute": {"jsonpath": "$.a["}}}, "JSON path '$.a[': cannot read"),
         ({"decision": {"subject": {"jsonpath": "$..x"}}}, "JSON path '$..x': cannot read"),
         ({"sampling": {"redact": ["email", "$.a[?b==]"]}}, "JSON path '$.a[?b==]'"),

@@ -79,11 +79,14 @@ async def test_broken_update_keeps_serving_the_last_good_table(
 async def test_renamed_and_removed_keys(mounted: Mounted) -> None:
     directory, store, _ = mounted
     th = SG.replace("region: sg", "region: th")
-    atomic_write(directory, {"default.yaml": DEFAULT, "th.yaml": th})
+    atomic_write(directory, {"default.yaml": DEFAULT, "sg.yaml": SG, "th.yaml": th})
     await eventually(lambda: store.reloads_ok == 1)
-    assert set(store.table.regions) == {"default", "th"}
-    assert not (directory / "sg.yaml").exists()
-    assert store.table.default_region == "default"  # the pod's region sg is gone
+    assert set(store.table.regions) == {"default", "sg", "th"}
+    atomic_write(directory, {"default.yaml": DEFAULT, "sg.yaml": SG})
+    await eventually(lambda: store.reloads_ok == 2)
+    assert set(store.table.regions) == {"default", "sg"}
+    assert not (directory / "th.yaml").exists()
+    assert store.table.default_region == "sg"
 
 
 async def test_plain_directory_edits(tmp_path: Path) -> None:
@@ -224,3 +227,17 @@ async def test_reloads_apply_in_the_order_they_read(tmp_path: Path) -> None:
     release.set()
     assert (await first).status == "unchanged"  # read before: dropped
     assert threshold(store, "default") == 0.7  # the newer read is served, not the older
+
+
+async def test_a_reload_that_drops_the_pods_region_is_refused(mounted: Mounted) -> None:
+    directory, store, _ = mounted  # the pod's region is sg
+    atomic_write(directory, {"default.yaml": DEFAULT})  # sg.yaml deleted by mistake
+    result = store.reload()
+    assert result.status == "failed" and "region 'sg' is no longer" in result.problems[0]
+    assert threshold(store, "sg") == 0.4 and store.status()["reloads_failed"] == 1
+
+
+def test_policy_files_are_found_whatever_the_case_of_their_suffix(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text(DEFAULT)
+    (tmp_path / "sg.YAML").write_text(SG)
+    assert threshold(PolicyStore(tmp_path), "sg") == 0.4
