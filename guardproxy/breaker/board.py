@@ -62,7 +62,9 @@ class BreakerBoard:
         self.ticker_errors = 0
         self.table_listeners: list[Callable[[PolicyTable], None]] = []
         self.breakers: dict[Key, CircuitBreaker] = {}
-        self.forced: dict[str, tuple[OperatorState, str]] = {}  # region-wide operator states
+        # Operator states by region, or by "region/model": a breaker rebuilt on a policy swap
+        # is born in its model's state, else its region's (a forced model used to reopen).
+        self.forced: dict[str, tuple[OperatorState, str]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._table: PolicyTable | None = None
         self._spare = CircuitBreaker(BreakerSpec(), clock, region="-", model="-")
@@ -96,7 +98,7 @@ class BreakerBoard:
         breaker = CircuitBreaker(
             model.spec.breaker, self.clock, self.listeners, model.region, model=model.name
         )
-        forced = self.forced.get(model.region)
+        forced = self.forced.get(f"{model.region}/{model.name}") or self.forced.get(model.region)
         if forced is not None:
             breaker.force(*forced)
         elif self.telemetry is not None:
@@ -120,10 +122,13 @@ class BreakerBoard:
         if model is not None and not chosen:
             raise KeyError(f"region {region!r} has no model {model!r}")
         operator_state: OperatorState = state  # type: ignore[assignment]
-        if model is None:
-            self.forced.pop(region, None)
-            if state != "closed":
-                self.forced[region] = (operator_state, reason or "no reason given")
+        key = region if model is None else f"{region}/{model}"
+        if model is None:  # a region's state replaces its models' own
+            for name in [k for k in self.forced if k.startswith(f"{region}/")]:
+                del self.forced[name]
+        self.forced.pop(key, None)
+        if state != "closed":
+            self.forced[key] = (operator_state, reason or "no reason given")
         for breaker in chosen:
             breaker.force(operator_state, reason or "no reason given")
         return {f"{b.region}/{b.model}": b.status() for b in chosen}

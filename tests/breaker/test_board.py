@@ -162,6 +162,21 @@ def test_model_force_touches_one_breaker() -> None:
     assert board.breaker("sg", "credit").state_name == "closed"  # type: ignore[union-attr]
 
 
+def test_a_forced_model_stays_forced_when_its_breaker_is_rebuilt() -> None:
+    snapshot = Snapshot(table(sg={}))
+    board = BreakerBoard(snapshot)
+    board.force("sg", "forced_open", "bad release", model="fraud")
+    snapshot.publish(table(sg={"cooldown": 7}))  # a new spec: every breaker is rebuilt
+    board.tick()
+    fraud = board.breaker("sg", "fraud")
+    assert fraud is not None and fraud.spec.cooldown == 7 and fraud.state_name == "forced_open"
+    assert board.status()["forced"] == {
+        "sg/fraud": {"state": "forced_open", "reason": "bad release"}
+    }
+    board.force("sg", "closed", "fixed", model="fraud")
+    assert board.status()["forced"] == {} and fraud.state_name == "closed"
+
+
 def test_a_removed_model_loses_its_breaker() -> None:
     snapshot = Snapshot(table(sg={}))
     board = BreakerBoard(snapshot)
