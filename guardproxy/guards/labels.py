@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
 from guardproxy.payloads import Payload
@@ -84,20 +85,28 @@ class LabelGuard:
 
     def _masked(self, text: str) -> str:
         """The text with every character of each term found in its folded form masked."""
-        if text.isascii():
-            return self._words.sub(self._mask, text)
+        if text.isascii():  # lower-cased only: the spans are the original's
+            spans = [m.span() for m in self._words.finditer(text.lower())]
+            return _masked_spans(text, spans, range(len(text)))
         folded, origins = folded_positions(text)
         spans = [m.span() for m in self._words.finditer(folded)]
         if not spans:  # a term only the whole text's folding shows: the folded text masked
             return self._words.sub(self._mask, fold(text))
-        chars = list(text)
-        for start, end in spans:
-            # From the term's first letter to just before what follows its last one, so the
-            # hidden characters and marks between and over its letters go too.
-            stop = origins[end] if end < len(origins) else len(chars)
-            chars[origins[start] : stop] = "*" * (stop - origins[start])
-        return "".join(chars)
+        return _masked_spans(text, spans, origins)
 
     @staticmethod
     def _mask(match: re.Match[str]) -> str:
         return "*" * len(match.group(0))
+
+
+def _masked_spans(text: str, spans: list[tuple[int, int]], origins: Sequence[int]) -> str:
+    """`text` with the characters behind each span of its folded form masked: from a term's
+    first letter to just before what follows its last one, so the hidden characters and
+    marks between and over its letters go too."""
+    if not spans:
+        return text
+    chars = list(text)
+    for start, end in spans:
+        stop = origins[end] if end < len(origins) else len(chars)
+        chars[origins[start] : stop] = "*" * (stop - origins[start])
+    return "".join(chars)

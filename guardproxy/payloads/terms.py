@@ -5,7 +5,7 @@ Text is folded before a term is looked for in it: case folded, compatibility let
 render as nothing or marks drawn over a letter taken out, wherever and however many a model
 was talked into writing. Terms are folded alike, so `café` is found in `cafe` written with a
 combining accent. Terms in scripts written without spaces between words are found inside a
-run of text. ASCII text is read as it is, without a copy.
+run of text. ASCII text is only lower-cased, so a match's span is the same in the original.
 
 The pattern is a trie of the folded terms: at each position it follows one path of letters,
 so its cost depends on the text and the longest term, not on how many terms there are.
@@ -43,15 +43,15 @@ _END = ""  # the trie's mark of a whole term
 
 
 def fold(text: str) -> str:
-    """The text as terms are looked for in it (ASCII text as it is: the pattern ignores case)."""
+    """The text as terms are looked for in it: ASCII text lower-cased (as long as it was)."""
     if text.isascii():
-        return text
+        return text.lower()
     return _HIDDEN.sub("", unicodedata.normalize("NFKD", text.casefold()))
 
 
 def term_key(text: str) -> str:
     """What a term, or a match of one, reads as: the same for every spelling of a term."""
-    return fold(text).casefold()
+    return fold(text)
 
 
 def folded_positions(text: str) -> tuple[str, list[int]]:
@@ -70,16 +70,23 @@ def _fold_char(char: str) -> str:
 
 
 def term_pattern(terms: Sequence[str]) -> re.Pattern[str]:
-    """Any of the terms as a whole word (or inside unspaced text), in folded text, any case."""
+    """Any of the terms as a whole word (or inside unspaced text), in folded text."""
     root = _trie(terms)
     if not root:
         raise ValueError("term_pattern needs at least one term")
     first = "".join(re.escape(char) for char in sorted(root))
-    branches = "|".join(
-        _edge(char) + re.escape(char) + _branch(char, root[char]) for char in sorted(root)
-    )
-    # The lookahead rejects most positions on one character test before any branch is tried.
-    return re.compile(f"(?=[{first}])(?:{branches})", re.IGNORECASE)
+    spaced = [c for c in sorted(root) if not _UNSPACED.match(c)]
+    unspaced = [c for c in sorted(root) if _UNSPACED.match(c)]
+    groups = [_BEFORE + _choice(spaced, root)] if spaced else []
+    groups += [_choice(unspaced, root)] if unspaced else []
+    # The lookahead rejects most positions on one character test, and the word boundary is
+    # tested once, before any branch is tried. Text is folded to lower case first: a branch
+    # that starts with a plain literal is skipped on one comparison, an ignore-case one is not.
+    return re.compile(f"(?=[{first}])(?:{'|'.join(groups)})")
+
+
+def _choice(chars: list[str], node: dict[str, Any]) -> str:
+    return "(?:" + "|".join(re.escape(c) + _branch(c, node[c]) for c in chars) + ")"
 
 
 def longest_span(terms: Sequence[str]) -> int:
@@ -91,7 +98,7 @@ def _trie(terms: Sequence[str]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for term in terms:
         node = root
-        for char in fold(term).casefold():
+        for char in fold(term):
             node = node.setdefault(char, {})
         if node is not root:
             node[_END] = {}
