@@ -14,6 +14,7 @@ from guardproxy.eventloop import run_async
 from guardproxy.hotpath.upstream import Limits, Timeouts
 from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
 from guardproxy.options import HelpFormatter, add_flags, switched
+from guardproxy.policy.problems import Problem
 from guardproxy.settings import Settings, parse_address, secret_from_env
 
 MIN_DECISION_KEY = 16
@@ -135,12 +136,32 @@ def run_validate(args: argparse.Namespace) -> int:
     """Exit 0 when every policy is valid, else print `file:line:column: problem` lines."""
     from guardproxy.policy.loader import format_problems, validate_directory
 
-    problems = validate_directory(Path(args.directory))
+    problems = validate_directory(Path(args.directory)) or chain_problems(Path(args.directory))
     if problems:
         print(format_problems(problems))
         return 1
     print(f"{args.directory}: all policies valid")
     return 0
+
+
+def chain_problems(directory: Path) -> list[Problem]:
+    """What `serve` would refuse of valid policies: each model's guards built as serve builds
+    them (a JSON path that does not compile passed validation, then stopped serve)."""
+    from guardproxy.guards.chain import GuardContext, build_chain
+    from guardproxy.policy.loader import load_directory
+    from guardproxy.sampling.redact import Redactor
+
+    loaded, context, problems = load_directory(directory), GuardContext(), []
+    for region, policy in sorted(loaded.policies.items()):
+        source = (loaded.sources.get(region) or (str(directory),))[-1]
+        for model in policy.models:
+            try:
+                build_chain(region, model, "validate", context)
+                sampling = model.sampling  # the chain builds its redactor only with a sink
+                Redactor(sampling.redact, sampling.detectors, sampling.max_body_bytes)
+            except Exception as exc:  # whatever serve would stop on
+                problems.append(Problem(source, 0, 0, f"model {model.name!r}: {exc}"))
+    return problems
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

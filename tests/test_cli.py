@@ -32,6 +32,23 @@ def test_validate_broken_directory_lists_problems(
     assert "rate" in out
 
 
+@pytest.mark.parametrize(
+    ("section", "fragment"),
+    [
+        ("groups: {attribute: {jsonpath: '$.a['}, values: [a, b]}", "JSON path '$.a['"),
+        ("decision: {subject: {jsonpath: '$..x'}}", "JSON path '$..x'"),
+        ("sampling: {redact: [email, '$.a[?b==]']}", "JSON path '$.a[?b==]'"),
+    ],
+)
+def test_validate_refuses_what_serve_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, fragment: str
+) -> None:
+    (tmp_path / "default.yaml").write_text(f"region: default\nmodels: [{{name: m}}]\n{section}\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "default.yaml: model 'm':" in out and fragment in out
+
+
 def test_serve_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
     monkeypatch.setenv("GUARDPROXY_LISTEN", "127.0.0.1:18080")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -28,24 +28,6 @@ def parse_duration(value: object) -> object:
 MAX_DURATION = 366 * 86400.0  # a year: past it, a wait is a mistake (and 1e308 s overflows)
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-def json_path(value: str) -> str:
-    """A JSON path as the guards will compile it: checked here, so `guardproxy validate`
-    refuses what `serve` would (it used to pass, and serve then stopped at start)."""
-    from guardproxy.payloads.jsonpath import JsonPath  # here: payloads import the policy
-
-    JsonPath(value)
-    return value
-
-
-def field_or_path(value: str) -> str:
-    """A field name, or a JSON path (starting with "$") that compiles."""
-    return json_path(value) if value.startswith("$") else value
-
-
-JsonPathText = Annotated[str, AfterValidator(json_path)]
-FieldOrPath = Annotated[str, AfterValidator(field_or_path)]
 Protocol = Literal["kserve_v2", "tfserving", "mlflow", "seldon_v1", "openai", "jsonpath"]
 OnError = Literal["fail_open", "fail_closed"]
 

@@ -6,14 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from guardproxy.policy.basics import (
-    Duration,
-    FieldOrPath,
-    JsonPathText,
-    OnError,
-    Rate,
-    Strict,
-)
+from guardproxy.policy.basics import Duration, OnError, Rate, Strict
 
 
 def _trusted_header(where: str, header: str | None, trusted: bool) -> None:
@@ -32,7 +25,7 @@ class GroupAttribute(Strict):
 
     header: str | None = None
     input: str | None = None
-    jsonpath: JsonPathText | None = None
+    jsonpath: str | None = None
     trusted: bool = False  # a header group needs it: the operator vouches for the header
 
     @model_validator(mode="after")
@@ -48,7 +41,7 @@ class SubjectSpec(Strict):
     """Who a randomized decision is about: a trusted header or a JSON path of the request."""
 
     header: str | None = None
-    jsonpath: JsonPathText | None = None
+    jsonpath: str | None = None
     trusted: bool = False
 
     @model_validator(mode="after")
@@ -129,7 +122,7 @@ class LabelsSpec(Strict):
     deny: tuple[str, ...] = ()
     action: Literal["suppress", "block", "flag"] = "suppress"
     output: str | None = None  # output or field holding the labels
-    path: JsonPathText | None = None  # jsonpath to the labels, for the jsonpath protocol
+    path: str | None = None  # jsonpath to the labels, for the jsonpath protocol
     block: BlockSpec = BlockSpec()
     on_error: OnError = "fail_open"
 
@@ -176,7 +169,7 @@ class SamplingSpec(Strict):
     # Flagged, blocked and errored exchanges kept per window; beyond it, sampled at `rate`.
     max_always: int = Field(default=1000, ge=0)
     window: Duration = 60.0
-    redact: tuple[FieldOrPath, ...] = ()  # field names or jsonpaths
+    redact: tuple[str, ...] = ()  # field names or jsonpaths
     detectors: tuple[Literal["email", "phone", "card", "national_id"], ...] = (
         "email",
         "phone",

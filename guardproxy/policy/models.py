@@ -6,7 +6,6 @@ from pydantic import Field, field_validator, model_validator
 
 from guardproxy.policy.basics import (
     Duration,
-    JsonPathText,
     OnError,
     Protocol,
     Rate,
@@ -90,7 +89,7 @@ class ScoreSpec(Strict):
 
     output: str | None = None  # named output (v2 outputs[].name, a tfserving/mlflow column)
     index: int = Field(default=0, ge=0)  # column of a 2-D output, e.g. 1 for predict_proba
-    path: JsonPathText | None = None  # jsonpath protocol: "$.predictions[*].score"
+    path: str | None = None  # jsonpath protocol: "$.predictions[*].score"
     range: tuple[float, float] = (0.0, 1.0)
 
     @model_validator(mode="after")
