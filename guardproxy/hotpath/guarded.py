@@ -52,6 +52,11 @@ JSON_TYPES = frozenset({b"application/json", b"application/x-ndjson"})
 Observer = Callable[[Observation], None]
 
 
+# The largest server-sent event of a chat stream read: a token's delta is a few hundred
+# bytes; each stream holds up to about twice this while an event arrives.
+MAX_EVENT = 1 << 20
+
+
 class GuardedSteps:
     """The steps of one guarded exchange; how it ended is returned as an access log outcome."""
 
@@ -220,7 +225,7 @@ class GuardedSteps:
         chain, spec = cast(GuardChain, wire.model.chain), wire.model.spec
         ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
         ex.response_headers = stream_headers(response.headers)
-        stream = ChatRelay(ex, chain, spec.labels, self.counts, self.max_body,
+        stream = ChatRelay(ex, chain, spec.labels, self.counts, min(self.max_body, MAX_EVENT),
                            spec.sampling.max_body_bytes, self.max_rows)  # fmt: skip
         if applied_codings(response.headers):  # asked for identity, encoded all the same
             stream.unreadable("a content-encoded stream cannot be read")

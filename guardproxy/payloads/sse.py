@@ -51,6 +51,7 @@ class EventParser:
         "_data",
         "_event",
         "_id",
+        "_lines_of_data",
         "_size",
         "_started",
         "boundary",
@@ -63,7 +64,10 @@ class EventParser:
         self._buf = bytearray()  # the unterminated last line, never more than max_event
         self._cr = False  # the last chunk ended in CR: a LF that starts the next one is its pair
         self._started = False
-        self._data: list[str] = []
+        # The data lines joined as they come, as bytes: a list of a million short lines held
+        # fifty bytes of objects for each byte counted against max_event.
+        self._data = bytearray()
+        self._lines_of_data = 0
         self._size = 0  # bytes of the event being built
         self._event = ""
         self._id: str | None = None
@@ -127,26 +131,31 @@ class EventParser:
         name, _, value = line.partition(b":")
         if value.startswith(b" "):
             value = value[1:]
-        self._field(name, value.decode(errors="replace"))
+        self._field(name, value)
         return None
 
-    def _field(self, name: bytes, value: str) -> None:
+    def _field(self, name: bytes, value: bytes) -> None:
         if name == b"data":
-            self._data.append(value)
+            if self._lines_of_data:
+                self._data += b"\n"
+            self._data += value
+            self._lines_of_data += 1
         elif name == b"event":
-            self._event = value
-        elif name == b"id" and "\0" not in value:
-            self._id = value
+            self._event = value.decode(errors="replace")
+        elif name == b"id" and b"\0" not in value:
+            self._id = value.decode(errors="replace")
         # `retry` and unknown fields change nothing a proxy forwards
 
     def _dispatch(self) -> Event | None:
-        data, event = self._data, self._event
+        data, lines, event = self._data, self._lines_of_data, self._event
         self._reset()
-        if not data:
+        if not lines:
             return None
-        return Event("\n".join(data), event or "message", self._id, self.boundary)
+        text = data.decode(errors="replace")
+        return Event(text, event or "message", self._id, self.boundary)
 
     def _reset(self) -> None:
-        self._data = []
+        self._data = bytearray()
+        self._lines_of_data = 0
         self._event = ""
         self._size = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +116,17 @@ def test_any_events_in_any_chunking(sent: list[Event], cuts: list[int]) -> None:
         pos += cut
     chunks.append(body[pos:])
     assert parse(chunks) == sent
+
+
+def test_an_event_of_many_short_lines_holds_about_its_bytes() -> None:
+    # A million one-byte data lines were a million strings: ~50 bytes held for each counted.
+    parser = EventParser(max_event=2 << 20)
+    chunk = b"data: x\n" * 8192
+    tracemalloc.start()
+    for _ in range(16):  # 1 MiB of lines, one event not yet ended
+        parser.feed(chunk)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 1 << 20, held  # 256 KiB of data; as strings, over 6 MiB
+    [event] = parser.feed(b"\n")
+    assert event.data == "\n".join(["x"] * 8192 * 16)
