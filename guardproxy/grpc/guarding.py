@@ -27,7 +27,7 @@ from ..breaker.board import BreakerBoard
 from ..breaker.state import CLOSED, Admission, CircuitBreaker
 from ..guards.base import GuardChain
 from ..guards.exchange import Exchange, Refused, Reply, TooManyRows
-from ..hotpath.admission import Admitted, mark, settle
+from ..hotpath.admission import Admitted, BreakerCall, mark
 from ..hotpath.observation import Observation, hand_over, observe
 from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError
@@ -60,7 +60,7 @@ class _Pending:
     request_id: str
     ex: Exchange | None = None  # None: unguarded, only the request id to echo
     model: CompiledModel | None = None
-    admitted: Admitted | None = None
+    breaker: BreakerCall | None = None
     began: float = 0.0
 
 
@@ -124,6 +124,18 @@ class PolicyHook:
             self.stats.refused["breaker_" + breaker.open_action] += 1
             return _breaker_open(request_id, model, breaker)
         self.stats.guarded += 1
+        outcome = BreakerCall(Admitted(breaker, admission, False))
+        try:
+            return await self._screen(call, request_id, model, outcome)
+        finally:
+            if call not in self._pending:  # refused, blocked or broken before the upstream
+                outcome.release()  # a probe that never reached the model frees its slot
+
+    async def _screen(
+        self, call: InferCall, request_id: str, model: CompiledModel, outcome: BreakerCall
+    ) -> Refuse | None:
+        """Run the request guards; None (the call is pending) to go upstream, or a refusal."""
+        breaker = outcome.admitted.breaker
         chain = cast(GuardChain, model.chain)
         document, problem, too_many = call.request, "", None
         try:
@@ -143,17 +155,16 @@ class PolicyHook:
             self.stats.undecodable += 1
             ex.errors.append(problem)
             ex.request_errors += 1
-        admitted = Admitted(breaker, admission, False)
         if breaker.state is not CLOSED:
-            mark(ex, breaker, admission, False)
+            mark(ex, breaker, outcome.admitted.admission, False)
         try:
             await chain.on_request(ex)
         except Refused as exc:  # refused as over HTTP: nothing observed
             return self._refused(exc, ex, model)
         if ex.reply is not None:
             await chain.observe(ex)
-            return self._blocked(ex, model, admitted)
-        self._pending[call] = _Pending(request_id, ex, model, admitted, time.perf_counter())
+            return self._blocked(ex, model, outcome.admitted)
+        self._pending[call] = _Pending(request_id, ex, model, outcome, time.perf_counter())
         return None
 
     @staticmethod
@@ -175,19 +186,19 @@ class PolicyHook:
         if pending is None:  # a decoupled model's later answers: the first one was guarded
             self.stats.unpaired += 1
             return Allow()
-        ex, model, admitted = pending.ex, pending.model, pending.admitted
-        if ex is None or model is None or admitted is None:
+        ex, model, breaker = pending.ex, pending.model, pending.breaker
+        if ex is None or model is None or breaker is None:
             return Allow(((REQUEST_ID, pending.request_id),))
         ex.upstream_seconds = time.perf_counter() - pending.began
         ex.set_response_document(200, response)
-        _settle(admitted, 200, ex.upstream_seconds)
+        breaker.settle(200, ex.upstream_seconds)
         try:
             await cast(GuardChain, model.chain).on_response(ex)
         except Refused as exc:
             return self._refused(exc, ex, model)
         if ex.reply is not None:
-            return self._blocked(ex, model, admitted)
-        self._observe(ex, model, admitted)
+            return self._blocked(ex, model, breaker.admitted)
+        self._observe(ex, model, breaker.admitted)
         changed = ex.response_json() if ex.response_changed else None
         return Allow(_metadata(ex, model), changed)
 
@@ -196,35 +207,38 @@ class PolicyHook:
         pending = self._pending.pop(call, None)
         if pending is None:
             return ()
-        ex, model, admitted = pending.ex, pending.model, pending.admitted
-        if ex is None or model is None or admitted is None:
+        ex, model, breaker = pending.ex, pending.model, pending.breaker
+        if ex is None or model is None or breaker is None:
             return ((REQUEST_ID, pending.request_id),)
         self.stats.failures[failure.code.name] += 1
-        if failure.code is grpc.StatusCode.CANCELLED:
-            return ()  # the client left (or the stream ended first): nobody to answer
-        seconds = time.perf_counter() - pending.began
-        ex.upstream_seconds = seconds
-        self._record_failure(ex, failure, admitted, seconds)
-        # an errored exchange is sampled (up to max_always a window)
-        await cast(GuardChain, model.chain).observe(ex)
-        self._observe(ex, model, admitted)
-        return _metadata(ex, model)
+        try:
+            if failure.code is grpc.StatusCode.CANCELLED:
+                return ()  # the client left (or the stream ended first): nobody to answer
+            seconds = time.perf_counter() - pending.began
+            ex.upstream_seconds = seconds
+            self._record_failure(ex, failure, breaker, seconds)
+            # an errored exchange is sampled (up to max_always a window)
+            await cast(GuardChain, model.chain).observe(ex)
+            self._observe(ex, model, breaker.admitted)
+            return _metadata(ex, model)
+        finally:
+            breaker.release()  # no outcome counted (cancelled, the client's deadline): slot back
 
     def _record_failure(
-        self, ex: Exchange, failure: Failure, admitted: Admitted, seconds: float
+        self, ex: Exchange, failure: Failure, breaker: BreakerCall, seconds: float
     ) -> None:
         if failure.code is grpc.StatusCode.OK:  # answered, but not a ModelInferResponse we read
             ex.status, ex.unscored = 200, True
             ex.errors.append("the answer could not be decoded")
-            _settle(admitted, 200, seconds)
+            breaker.settle(200, seconds)
             return
         ex.status = http_status(failure.code)
         ex.errors.append(f"upstream: {failure.code.name}")
         deadline = failure.code is grpc.StatusCode.DEADLINE_EXCEEDED
-        if deadline and seconds < admitted.breaker.spec.slow_call:
+        if deadline and seconds < breaker.admitted.breaker.spec.slow_call:
             return  # the client's own deadline, shorter than a slow call: not the model's fault
         # Only FAILURES count against the model; any other status is an answer (e.g. 400).
-        _settle(admitted, FAILURES.get(failure.code) or min(ex.status, 499), seconds)
+        breaker.settle(FAILURES.get(failure.code) or min(ex.status, 499), seconds)
 
     def _blocked(self, ex: Exchange, model: CompiledModel, admitted: Admitted) -> Refuse:
         reply: Reply = ex.reply  # type: ignore[assignment]
@@ -249,10 +263,6 @@ def _unguarded(model: CompiledModel | None) -> str:
     if model.spec.protocol != "kserve_v2":
         return "not_oip"
     return "no_guards" if model.chain is None else ""
-
-
-def _settle(admitted: Admitted, status: int, seconds: float) -> None:
-    settle(admitted.breaker, status, seconds, admitted.admission is Admission.PROBE)
 
 
 def _metadata(ex: Exchange, model: CompiledModel) -> tuple[tuple[str, str], ...]:
