@@ -69,6 +69,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         workers=args.workers,
         access_log=switched(args, "--access-log"),
         grpc_max_calls=args.grpc_max_calls,
+        grpc_stream_answers=args.grpc_stream_answers,
         **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.hotpath.observation import Observation
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from guardproxy.grpc import GrpcProxy
     from guardproxy.grpc.calllog import CallTracer
     from guardproxy.grpc.guarding import PolicyHook
+    from guardproxy.grpc.streams import StreamAnswers
 
 MISSING = "--grpc-listen needs grpcio, the `grpc` extra: pip install 'guardproxy[grpc]' ({error})"
 
@@ -68,6 +69,7 @@ class GrpcPort:
             limiter=KeyLimiter(limits.per_key, limits.queue, limits.queue_timeout),
             slot_key=self.hook.slot_key,
             max_calls=settings.grpc_max_calls or None,
+            stream_answers=cast("StreamAnswers", settings.grpc_stream_answers),
         )
         self.port: int | None = None
         self._stopping: asyncio.Task[None] | None = None

@@ -60,6 +60,19 @@ def count(text: str) -> int:
     return value
 
 
+STREAM_ANSWERS = ("auto", "triton", "mlserver")
+
+
+def stream_answers(text: str) -> str:
+    """auto, triton or mlserver, in any case; else ValueError."""
+    value = text.strip().lower()
+    if value not in STREAM_ANSWERS:
+        raise ValueError(
+            f"unknown stream answer format {text!r}: expected auto, triton or mlserver"
+        )
+    return value
+
+
 def count_or_zero(text: str) -> int:
     """A whole number, zero or more."""
     value = int(text)
@@ -331,6 +344,15 @@ SERVE_FLAGS = (
         "RESOURCE_EXHAUSTED before their message is read (each may hold up to --max-body)",
         "0",
         parse=count_or_zero,
+    ),
+    Flag(
+        "--grpc-stream-answers",
+        "FORMAT",
+        "how the model server sends ModelStreamInfer answers: triton (each wrapped in a "
+        "ModelStreamInferResponse), mlserver (bare ModelInferResponse) or auto (told apart by "
+        "each answer's fields); an answer of another form ends a stream with guarded requests",
+        "auto",
+        parse=stream_answers,
     ),
 )
 

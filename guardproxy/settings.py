@@ -70,6 +70,7 @@ class Settings:
     grpc_listen: tuple[str, int] | None = None  # the gRPC port; set with grpc_upstream
     grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
     grpc_max_calls: int = 0  # gRPC calls at once (0: no bound), refused before being read
+    grpc_stream_answers: str = "auto"  # ModelStreamInfer answers: auto, triton or mlserver
     access_log: bool = False  # every request at info level (else at debug)
 
     def secrets(self) -> tuple[str, ...]:

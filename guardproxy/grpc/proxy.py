@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -40,7 +40,7 @@ from .hooks import (
 from .relay import Relay
 from .slots import CallSlots, SlotKey
 from .stats import GrpcStats
-from .streams import StreamGuard
+from .streams import StreamAnswers, StreamGuard
 
 __all__ = ["INFER", "STREAM_INFER", "GrpcProxy"]
 
@@ -73,7 +73,7 @@ class GrpcProxy:
         hook: InferHook | None = None,
         *,
         max_message: int = 16 << 20,
-        stream_answers: Literal["triton", "mlserver"] = "triton",
+        stream_answers: StreamAnswers = "auto",
         fail_closed: bool = False,
         max_pending: int = 1024,
         max_pending_bytes: int = 64 << 20,
@@ -355,8 +355,8 @@ class GrpcProxy:
     ) -> NoReturn:
         """End the call with the refusal's status (raises, as context.abort does).
 
-        A refusal of the hook's is counted in `refused`; one of the slots (`hook=False`), in
-        `busy` already.
+        A refusal of the hook's is counted in `refused`; the proxy's own (`hook=False`: no
+        slot, an unreadable stream answer) where it was decided.
         """
         self.calls.refused()
         if hook:

@@ -3,7 +3,9 @@
 Answers are paired with their request by `id` when the request has one (a decoupled model's
 answers stay paired until one says `triton_final_response: false` no more), else in order.
 Triton wraps each answer in a ModelStreamInferResponse (an `error_message` answer passes as it
-is); MLServer sends bare ModelInferResponse messages (`stream_answers="mlserver"`). A refusal
+is); MLServer sends bare ModelInferResponse messages. `stream_answers` says which (`auto`: each
+answer is read as the one whose fields it has); an answer of neither form is no answer the
+guards can read: while a guarded request waits, it ends the stream INTERNAL. A refusal
 ends the whole stream with its status; `Allow.metadata` becomes string `parameters` of the
 answer it belongs to. Every admitted request whose answer never came (the stream failed or
 ended first) is reported to `hook.on_failure`.
@@ -17,11 +19,14 @@ answers of one id could not be told apart, and one would pass unguarded.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc import aio
 
 from .context import STREAM_INFER, cancelled, forwardable, upstream_metadata
@@ -33,7 +38,48 @@ from .relay import Relay
 if TYPE_CHECKING:
     from .proxy import GrpcProxy
 
-__all__ = ["StreamGuard"]
+__all__ = ["StreamAnswers", "StreamGuard", "parse_answer"]
+
+log = logging.getLogger("guardproxy.grpc")
+
+# How the model server sends stream answers: Triton wraps them, MLServer does not.
+StreamAnswers = Literal["auto", "triton", "mlserver"]
+UNREADABLE = "the model's stream answer could not be read"
+
+
+def parse_answer(raw: bytes, form: StreamAnswers) -> tuple[Any, pb.ModelInferResponse | None]:
+    """A stream answer: the message to serialize back, and the answer in it (None: Triton's
+    in-band error). ValueError when it is no answer of `form`.
+
+    Either message parses from many bytes of the other (both begin with string fields), so an
+    answer is taken for one only when it has no field that one lacks: a bare answer's
+    outputs are unknown to a ModelStreamInferResponse.
+    """
+    if form != "mlserver":
+        outer = _strictly(pb.ModelStreamInferResponse, raw)
+        if outer is not None:
+            if outer.error_message or not outer.HasField("infer_response"):
+                return outer, None
+            return outer, outer.infer_response
+        if form == "triton":
+            raise ValueError("not a ModelStreamInferResponse (see --grpc-stream-answers)")
+    answer = _strictly(pb.ModelInferResponse, raw)
+    if answer is None:
+        raise ValueError(
+            f"not a {'' if form == 'mlserver' else 'stream answer nor a '}"
+            "ModelInferResponse (see --grpc-stream-answers)"
+        )
+    return answer, answer
+
+
+def _strictly(kind: Any, raw: bytes) -> Any:
+    """The message of type `kind` these bytes are, None when they do not parse or have fields
+    it does not know."""
+    try:
+        msg = kind.FromString(raw)
+    except DecodeError:
+        return None
+    return None if len(UnknownFieldSet(msg)) else msg
 
 
 class _Sent(NamedTuple):
@@ -173,7 +219,10 @@ class StreamGuard:
         proxy = self.proxy
         call: InferCall | None = None
         try:
-            outer, answer = self._parse(raw)
+            outer, answer = parse_answer(raw, proxy.stream_answers)
+        except ValueError as exc:
+            return await self._unreadable(raw, exc)
+        try:
             if answer is None:  # Triton reporting one request's error in-band
                 message = f"the model answered an error: {outer.error_message}"
                 await proxy.failed(self._errored(outer), grpc.StatusCode.UNKNOWN, message)
@@ -199,14 +248,16 @@ class StreamGuard:
                 return raw
         await proxy.refuse(verdict, self.context)
 
-    def _parse(self, raw: bytes) -> tuple[Any, pb.ModelInferResponse | None]:
-        if self.proxy.stream_answers == "mlserver":
-            answer = pb.ModelInferResponse.FromString(raw)
-            return answer, answer
-        outer = pb.ModelStreamInferResponse.FromString(raw)
-        if outer.error_message or not outer.HasField("infer_response"):
-            return outer, None
-        return outer, outer.infer_response
+    async def _unreadable(self, raw: bytes, exc: ValueError) -> bytes:
+        """An answer of no form the proxy reads: passed while only unguarded requests wait,
+        else the end of the stream (it may answer a guarded request: which, none can tell)."""
+        proxy = self.proxy
+        proxy.stats.errors["stream_unreadable"] += 1
+        log.debug("cannot read a stream answer: %s", exc)
+        waiting = (*self._by_id.values(), *self._in_order)
+        if not any(proxy.hook.reads_answer(sent.call) for sent in waiting):
+            return raw
+        await proxy.refuse(Refuse(grpc.StatusCode.INTERNAL, UNREADABLE), self.context, hook=False)
 
     def _annotated(
         self, raw: bytes, outer: Any, answer: pb.ModelInferResponse, verdict: Allow

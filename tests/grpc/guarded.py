@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from grpc import aio
 
@@ -23,7 +23,7 @@ from guardproxy.testing import (
 )
 
 from .conftest import stream_infer
-from .upstream import Model, start_model
+from .upstream import Model, Script, start_model
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 FEEDBACK = {"Authorization": "Bearer feedback-secret"}
@@ -93,10 +93,11 @@ def policy(open_action: str = "reject", extra: str = "") -> str:
 
 @asynccontextmanager
 async def guarded(
-    tmp_path: Path, text: str | None = None, **settings: Any
+    tmp_path: Path, text: str | None = None, script: Script | None = None, **settings: Any
 ) -> AsyncIterator[Guarded]:
-    """The model server, guardproxy's gRPC port before it (and an HTTP upstream for serve)."""
-    server, model, port = await start_model()
+    """The model server, guardproxy's gRPC port before it (and an HTTP upstream for serve);
+    with a `script`, the server's streams send what it gives."""
+    server, model, port = await start_model(script)
     policies = write_policies(
         tmp_path / "policies", {"default.yaml": text or policy(), "sg.yaml": REGION}
     )
@@ -158,6 +159,11 @@ async def stream(
     async with aio.insecure_channel(target) as channel:
         call = stream_infer(channel)(iter(requests))
         return [answer async for answer in call]
+
+
+def grpc_status(g: Guarded) -> dict[str, Any]:
+    """The gRPC port's section of /status."""
+    return cast(dict[str, Any], g.proxy.runtime.status()["grpc"])
 
 
 def parameters(answer: pb.ModelInferResponse) -> dict[str, str]:

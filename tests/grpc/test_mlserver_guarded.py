@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
@@ -14,7 +14,7 @@ import tritonclient.grpc.service_pb2 as service
 from grpc import aio
 from tritonclient.utils import InferenceServerException
 
-from guardproxy.grpc import INFER
+from guardproxy.grpc import INFER, STREAM_INFER
 from guardproxy.testing import (
     RunningProxy,
     eventually,
@@ -112,15 +112,41 @@ async def test_grpc_and_http_decide_every_row_alike(stack: RunningProxy) -> None
     assert guards["guarded"] == 6
 
 
+def scorer_request(rows: Any, request_id: str = "") -> Any:
+    """A ModelInferRequest of the scorer, its rows as raw FP64 contents."""
+    request = service.ModelInferRequest(model_name="scorer", id=request_id)
+    request.inputs.add(name="x", datatype="FP64", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.astype("<f8").tobytes())
+    request.outputs.add(name="predict_proba")
+    return request
+
+
+@pytest.mark.timeout(240)
+async def test_every_stream_answer_of_mlserver_is_guarded(stack: RunningProxy) -> None:
+    assert stack.grpc_target is not None
+    group, rows = batches()[0]
+    header, _ = await over_http(stack, group, rows)
+    requests = [scorer_request(rows, "s-0")]  # the sklearn runtime answers a stream's first
+    async with aio.insecure_channel(stack.grpc_target) as channel:
+        streams = channel.stream_stream(
+            STREAM_INFER, service.ModelInferRequest.SerializeToString,
+            service.ModelInferResponse.FromString,
+        )  # fmt: skip
+        call = streams(iter(requests), metadata=(("x-group", group),))
+        answers = [answer async for answer in call]  # bare ModelInferResponse, as MLServer sends
+    assert [a.id for a in answers] == ["s-0"]
+    assert answers[0].parameters["x-guard-decision"].string_param == header
+    assert "guardproxy" in [o.name for o in answers[0].outputs]  # annotate: body
+    grpc_status = cast(dict[str, Any], stack.runtime.status()["grpc"])
+    assert grpc_status["guards"]["guarded"] == 1 and grpc_status["calls"]["errors"] == {}
+
+
 @pytest.mark.timeout(240)
 async def test_metadata_of_a_real_call_carries_the_http_headers(stack: RunningProxy) -> None:
     assert stack.grpc_target is not None
     group, rows = batches()[0]
     header, _ = await over_http(stack, group, rows)
-    request = service.ModelInferRequest(model_name="scorer")
-    request.inputs.add(name="x", datatype="FP64", shape=list(rows.shape))
-    request.raw_input_contents.append(rows.astype("<f8").tobytes())
-    request.outputs.add(name="predict_proba")
+    request = scorer_request(rows)
     async with aio.insecure_channel(stack.grpc_target) as channel:
         infer = channel.unary_unary(
             INFER, service.ModelInferRequest.SerializeToString,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -132,11 +132,64 @@ class Unknown(grpc.GenericRpcHandler):
         return None
 
 
-async def start_model() -> tuple[aio.Server, Model, int]:
-    """The model server on a free loopback port."""
+SERVICE = "inference.GRPCInferenceService"
+# The raw answer messages a scripted stream sends for one request (none, one or several).
+Script = Callable[[Any], Sequence[bytes]]
+
+
+def bare(request: Any, **changes: Any) -> bytes:
+    """The echo answer to a request as MLServer streams it: a ModelInferResponse, unwrapped.
+
+    `changes` set fields of the answer (`id`), and `final=False` marks it not the last one.
+    """
+    out = answer(request)
+    final = changes.pop("final", None)
+    for name, value in changes.items():
+        setattr(out, name, value)
+    if final is not None:
+        out.parameters["triton_final_response"].bool_param = final
+    return out.SerializeToString()
+
+
+def wrapped(request: Any, **changes: Any) -> bytes:
+    """The same answer as Triton streams it, in a ModelStreamInferResponse."""
+    inner = pb.ModelInferResponse.FromString(bare(request, **changes))
+    return pb.ModelStreamInferResponse(infer_response=inner).SerializeToString()
+
+
+class Scripted:
+    """ModelStreamInfer on raw bytes: each request answered with what `script` gives for it
+    (bare or wrapped answers, several, none, or bytes that are no message at all)."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    async def stream(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for raw in requests:
+            for message in self.script(pb.ModelInferRequest.FromString(raw)):
+                yield message
+
+
+async def start_model(script: Script | None = None) -> tuple[aio.Server, Model, int]:
+    """The model server on a free loopback port (its streams answered by `script`, if given)."""
     model = Model()
     server = aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
+    if script is None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
+    else:  # one handler per service name is asked: ModelInfer the model's, streams scripted
+        infer = grpc.unary_unary_rpc_method_handler(
+            model.ModelInfer,
+            pb.ModelInferRequest.FromString,
+            pb.ModelInferResponse.SerializeToString,
+        )
+        stream: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
+            Scripted(script).stream
+        )
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "ModelInfer": infer,
+            "ModelStreamInfer": stream,
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_generic_rpc_handlers((Unknown(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
