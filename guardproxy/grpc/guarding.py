@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import grpc
@@ -62,6 +62,7 @@ class _Pending:
     model: CompiledModel | None = None
     breaker: BreakerCall | None = None
     began: float = 0.0
+    answers: int = 0  # a decoupled model's answers so far
 
 
 class PolicyHook:
@@ -180,15 +181,26 @@ class PolicyHook:
         pending = self._pending.get(call)
         return pending is not None and pending.ex is not None
 
-    async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
-        """Settle the breaker, run the answer guards, observe; the decision as metadata."""
-        pending = self._pending.pop(call, None)
-        if pending is None:  # a decoupled model's later answers: the first one was guarded
+    async def on_response(
+        self, call: InferCall, response: dict[str, Any], final: bool = True
+    ) -> Allow | Refuse:
+        """Settle the breaker, run the answer guards, observe; the decision as metadata.
+
+        Each answer of a decoupled model's is guarded and observed as an exchange of its own;
+        an empty last answer (Triton's end marker) only ends the call.
+        """
+        pending = self._pending.pop(call, None) if final else self._pending.get(call)
+        if pending is None:  # the proxy pairs every answer it passes: a hook used otherwise
             self.stats.unpaired += 1
             return Allow()
         ex, model, breaker = pending.ex, pending.model, pending.breaker
         if ex is None or model is None or breaker is None:
             return Allow(((REQUEST_ID, pending.request_id),))
+        pending.answers += 1
+        if final and pending.answers > 1 and not response.get("outputs"):
+            return Allow(((REQUEST_ID, pending.request_id),))
+        if not final or pending.answers > 1:
+            ex = _fresh(ex)  # the request's exchange, before any answer's guards ran on it
         ex.upstream_seconds = time.perf_counter() - pending.began
         ex.set_response_document(200, response)
         breaker.settle(200, ex.upstream_seconds)
@@ -263,6 +275,15 @@ def _unguarded(model: CompiledModel | None) -> str:
     if model.spec.protocol != "kserve_v2":
         return "not_oip"
     return "no_guards" if model.chain is None else ""
+
+
+def _fresh(ex: Exchange) -> Exchange:
+    """A copy of a request's exchange for one more answer: what the answer guards change
+    (verdicts, flags, errors, annotations, the reply) starts from the request's."""
+    return replace(
+        ex, verdicts=list(ex.verdicts), flags=list(ex.flags), errors=list(ex.errors),
+        annotations=dict(ex.annotations), groups=list(ex.groups),
+    )  # fmt: skip
 
 
 def _metadata(ex: Exchange, model: CompiledModel) -> tuple[tuple[str, str], ...]:

@@ -1,7 +1,9 @@
 """What the gRPC proxy asks the guards, and how their answers become gRPC statuses.
 
 For each ModelInfer call (and each message of a ModelStreamInfer stream) the proxy calls
-`hook.on_request(call)` before the upstream and `hook.on_response(call, answer)` after it.
+`hook.on_request(call)` before the upstream and `hook.on_response(call, answer, final)` after
+it (a stream's decoupled model may answer one request several times: `final` is False for all
+but its last answer).
 `on_request` returns None (go on) or a `Refuse`; `on_response` returns `Allow` (with
 metadata to add and, optionally, a changed answer document) or a `Refuse`. A call that
 `on_request` let through and that ends without an answer document for `on_response` (the
@@ -157,8 +159,11 @@ class InferHook(Protocol):
     def reads_answer(self, call: InferCall) -> bool:
         """Whether on_response reads the answer's document (else it gets an empty one)."""
 
-    async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
-        """After the upstream: the answer's document; allow (maybe changed) or refuse."""
+    async def on_response(
+        self, call: InferCall, response: dict[str, Any], final: bool = True
+    ) -> Allow | Refuse:
+        """After the upstream: an answer's document (more follow unless `final`); allow
+        (maybe changed) or refuse."""
 
     async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
         """The call ended without an answer to check; metadata for a unary call's trailers."""
@@ -175,7 +180,9 @@ class AllowAll:
         """Never: nothing is checked."""
         return False
 
-    async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
+    async def on_response(
+        self, call: InferCall, response: dict[str, Any], final: bool = True
+    ) -> Allow | Refuse:
         """Always allow, adding nothing."""
         return Allow()
 

@@ -1,7 +1,10 @@
 """ModelStreamInfer through the hook: each request admitted, each answer paired and checked.
 
-Answers are paired with their request by `id` when the request has one (a decoupled model's
-answers stay paired until one says `triton_final_response: false` no more), else in order.
+Answers are paired with their request by `id` when the request has one, else in order; a
+decoupled model's answers (`triton_final_response: false`) all go to their request, each through
+the hook, until its final one. In a stream that carried a guarded request, an answer that pairs
+with no request waiting (a second answer to a request, an id the model made up) ends the stream
+INTERNAL: it may be a guarded request's answer, and would pass unguarded.
 Triton wraps each answer in a ModelStreamInferResponse (an `error_message` answer passes as it
 is); MLServer sends bare ModelInferResponse messages. `stream_answers` says which (`auto`: each
 answer is read as the one whose fields it has); an answer of neither form is no answer the
@@ -45,6 +48,7 @@ log = logging.getLogger("guardproxy.grpc")
 # How the model server sends stream answers: Triton wraps them, MLServer does not.
 StreamAnswers = Literal["auto", "triton", "mlserver"]
 UNREADABLE = "the model's stream answer could not be read"
+UNPAIRED = "the model's stream answer answers no request waiting"
 
 
 def parse_answer(raw: bytes, form: StreamAnswers) -> tuple[Any, pb.ModelInferResponse | None]:
@@ -100,6 +104,7 @@ class StreamGuard:
         self._in_order: deque[_Sent] = deque()
         self._bytes = 0  # of the requests waiting for an answer
         self._room = asyncio.Event()  # set when an answer came (or the stream ended)
+        self._guarded = False  # whether a guarded request went upstream on this stream
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
@@ -152,6 +157,7 @@ class StreamGuard:
                     self.refusal = refusal  # half-close upstream; run() ends the call
                     return
                 self._remember(_Sent(call, len(raw)))
+                self._guarded = self._guarded or self.proxy.hook.reads_answer(call)
             yield raw
 
     async def _room_for(self, call: InferCall, size: int) -> None:
@@ -188,13 +194,32 @@ class StreamGuard:
             self._in_order.append(sent)
         self._bytes += sent.size
 
-    def _paired(self, answer: pb.ModelInferResponse) -> InferCall | None:
+    def _paired(self, answer: pb.ModelInferResponse) -> tuple[InferCall, bool] | None:
+        """The request an answer answers, and whether it is its last answer; None: none waits.
+
+        An id no request waits with pairs in order: MLServer gives a request without one its
+        own (the answer is guarded all the same, as the request's model says).
+        """
+        flag = answer.parameters.get("triton_final_response")
+        final = flag is None or flag.bool_param
         if answer.id and answer.id in self._by_id:
-            final = answer.parameters.get("triton_final_response")
-            if final is not None and not final.bool_param:
-                return self._by_id[answer.id].call
-            return self._answered(self._by_id.pop(answer.id))
-        return self._answered(self._in_order.popleft()) if self._in_order else None
+            if not final:
+                return self._by_id[answer.id].call, False
+            return self._answered(self._by_id.pop(answer.id)), True
+        if not self._in_order:
+            return None
+        if not final:
+            return self._in_order[0].call, False
+        return self._answered(self._in_order.popleft()), True
+
+    def _forget(self, call: InferCall) -> None:
+        """Stop waiting for a request's answers (its later ones are then unpaired)."""
+        for key, sent in list(self._by_id.items()):
+            if sent.call is call:
+                self._answered(self._by_id.pop(key))
+        for sent in [s for s in self._in_order if s.call is call]:
+            self._in_order.remove(sent)
+            self._answered(sent)
 
     def _errored(self, outer: Any) -> InferCall | None:
         """The request an in-band error answers: the one of its id, else the one it can only
@@ -217,29 +242,29 @@ class StreamGuard:
     async def _checked(self, raw: bytes) -> bytes:
         """The answer to send: as it came, or with the hook's metadata and changes."""
         proxy = self.proxy
-        call: InferCall | None = None
         try:
             outer, answer = parse_answer(raw, proxy.stream_answers)
         except ValueError as exc:
             return await self._unreadable(raw, exc)
+        if answer is None:  # Triton reporting one request's error in-band
+            message = f"the model answered an error: {outer.error_message}"
+            await proxy.failed(self._errored(outer), grpc.StatusCode.UNKNOWN, message)
+            return raw
+        paired = self._paired(answer)
+        if paired is None:
+            return await self._unpaired(raw)
+        call, final = paired
         try:
-            if answer is None:  # Triton reporting one request's error in-band
-                message = f"the model answered an error: {outer.error_message}"
-                await proxy.failed(self._errored(outer), grpc.StatusCode.UNKNOWN, message)
-                return raw
-            call = self._paired(answer)
-            if call is None:
-                proxy.stats.errors["stream_unpaired"] += 1
-                return raw
             document = response_document(answer) if proxy.hook.reads_answer(call) else {}
         except Exception as exc:
+            self._forget(call)  # the hook is told now: no later answer may pass as its
             await proxy.failed(call, grpc.StatusCode.OK, f"undecodable answer: {exc}")
             verdict: Allow | Refuse = proxy._answer_failed(exc)
             if isinstance(verdict, Allow):
                 return raw
             await proxy.refuse(verdict, self.context)
         try:
-            verdict = await proxy.hook.on_response(call, document)
+            verdict = await proxy.hook.on_response(call, document, final)
             if isinstance(verdict, Allow):
                 return self._annotated(raw, outer, answer, verdict)
         except Exception as exc:
@@ -247,6 +272,15 @@ class StreamGuard:
             if isinstance(verdict, Allow):
                 return raw
         await proxy.refuse(verdict, self.context)
+
+    async def _unpaired(self, raw: bytes) -> bytes:
+        """An answer no waiting request can take: passed (counted) on a stream that never
+        carried a guarded request, else the end of the stream."""
+        proxy = self.proxy
+        proxy.stats.errors["stream_unpaired"] += 1
+        if not self._guarded:
+            return raw
+        await proxy.refuse(Refuse(grpc.StatusCode.INTERNAL, UNPAIRED), self.context, hook=False)
 
     async def _unreadable(self, raw: bytes, exc: ValueError) -> bytes:
         """An answer of no form the proxy reads: passed while only unguarded requests wait,

@@ -36,7 +36,9 @@ class RecordingHook:
     def reads_answer(self, call: InferCall) -> bool:
         return True
 
-    async def on_response(self, call: InferCall, response: dict[str, Any]) -> Allow | Refuse:
+    async def on_response(
+        self, call: InferCall, response: dict[str, Any], final: bool = True
+    ) -> Allow | Refuse:
         self.answers.append((call, response))
         if self.fail:
             raise RuntimeError("the hook broke")
