@@ -5,8 +5,8 @@ Each unary ModelInfer call takes a slot of its key in a `KeyLimiter` (the
 gives it back when the call ends; streams take none (an idle one would hold it). A call that
 finds the queue full, or waits longer than the limiter's timeout, is refused RESOURCE_EXHAUSTED.
 The key is the hook's (`PolicyHook.slot_key`: region/model for a guarded model, `unguarded` for
-every other call), read from the request's first fields without decoding its tensors: a large
-request waits in the queue as the bytes gRPC received, not as a decoded message too.
+every other call), read from the request's model name and version without decoding its tensors:
+a large request waits in the queue as the bytes gRPC received, not as a decoded message too.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ..transport.errors import UpstreamError
 from ..transport.limiter import KeyLimiter
+from .generated import grpc_predict_v2_pb2 as pb
 from .hooks import Metadata, Refuse
 from .stats import GrpcStats
 
@@ -27,48 +29,22 @@ UNGUARDED = "unguarded"  # the key of calls no guarded model takes (the HTTP pat
 # The key of a call to model (name, version) with this client metadata.
 SlotKey = Callable[[str, str, Metadata], str]
 
-_NAME, _VERSION = 1, 2  # ModelInferRequest.model_name, .model_version: strings, written first
-_LEN = 2  # the wire type of strings and messages
-
 
 def request_target(request: bytes) -> tuple[str, str]:
-    """The model name and version of a serialized ModelInferRequest, its tensors not parsed.
+    """The model name and version of a serialized ModelInferRequest, its tensors not decoded.
 
-    Reads the top-level fields up to the first one past `model_version` (serializers write
-    fields in number order, so it is the whole header); ("", "") for bytes that are no request.
+    Read as protobuf reads the whole request, the last `model_name` and `model_version` winning
+    wherever they are: a request that named one model first and another last would otherwise
+    take the first one's slots while the guards (and the model) served the last. A
+    ModelMetadataRequest has the same two fields (name 1, version 2) and nothing else: it
+    parses them in C and passes over the tensors as unknown fields, dropped at once.
+    ("", "") for bytes that are no request.
     """
-    found = ["", ""]
-    view = memoryview(request)
-    pos, end = 0, len(request)
     try:
-        while pos < end:
-            tag, pos = _varint(view, pos)
-            field, wire = tag >> 3, tag & 7
-            if field not in (_NAME, _VERSION):
-                break
-            if wire != _LEN:
-                return "", ""
-            size, pos = _varint(view, pos)
-            if pos + size > end:
-                return "", ""
-            found[field - 1] = bytes(view[pos : pos + size]).decode("utf-8")
-            pos += size
-    except (IndexError, UnicodeDecodeError):
+        header = pb.ModelMetadataRequest.FromString(request)
+    except DecodeError:
         return "", ""
-    return found[0], found[1]
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
+    return header.name, header.version
 
 
 def _unguarded(name: str, version: str, metadata: Metadata) -> str:

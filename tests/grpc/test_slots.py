@@ -71,6 +71,32 @@ def test_the_model_is_read_from_the_request_header_alone() -> None:
     assert request_target(b"\x08\x01") == ("", "")  # model_name is no varint
 
 
+def disguised(request: pb.ModelInferRequest, first: str) -> bytes:
+    """The request's bytes behind another model_name: protobuf keeps the last one."""
+    head = pb.ModelInferRequest(model_name=first, id="x").SerializeToString()
+    tail = pb.ModelInferRequest(model_name=request.model_name).SerializeToString()
+    return head + request.SerializeToString() + tail
+
+
+def test_the_model_is_the_last_one_the_request_names_as_protobuf_reads_it() -> None:
+    raw = disguised(one_row("echo"), "other")
+    assert pb.ModelInferRequest.FromString(raw).model_name == "echo"
+    assert request_target(raw) == ("echo", "")
+
+
+async def test_a_call_naming_another_model_first_takes_the_slots_of_the_one_it_calls() -> None:
+    async with limited(1, 0) as s, aio.insecure_channel(s.target) as channel:
+        first = unary(channel)(held())
+        await eventually(lambda: s.model.holding == 1)
+        raw: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INFER)
+        with pytest.raises(aio.AioRpcError) as raised:
+            await raw(disguised(held(), "other"))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert s.model.holding == 1 and s.proxy.status()["busy"] == {"echo": 1}
+        s.model.gate.set()
+        assert (await first).model_name == "echo"
+
+
 async def test_a_call_beyond_the_queue_is_refused_while_other_models_pass() -> None:
     async with limited(1, 1) as s, aio.insecure_channel(s.target) as channel:
         infer = unary(channel)
