@@ -19,20 +19,32 @@ INFER = SERVICE + "ModelInfer"
 STREAM_INFER = SERVICE + "ModelStreamInfer"
 # Connection-level headers gRPC sets itself; all other metadata travels both ways.
 _HOP = frozenset({"content-type", "te", "user-agent", "host", "connection", "accept-encoding"})
+# A failed call's rich status (google.rpc.Status): the only reserved key an application sets.
+DETAILS = "grpc-status-details-bin"
+REQUEST_ID = "x-request-id"
 
 
-def forwardable(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
-    """Metadata without pseudo-headers, reserved `grpc-*` keys and connection headers."""
+def forwardable(metadata: Iterable[tuple[str, Any]] | None, details: bool = False) -> Metadata:
+    """Metadata without pseudo-headers, reserved `grpc-*` keys and connection headers; with
+    `details`, a failure's `grpc-status-details-bin` kept."""
     return tuple(
         (key, value)
         for key, value in metadata or ()
-        if not key.startswith((":", "grpc-")) and key not in _HOP
+        if (details and key == DETAILS) or (not key.startswith((":", "grpc-")) and key not in _HOP)
     )
 
 
-def upstream_metadata(context: aio.ServicerContext[bytes, bytes], calls: CallLog) -> Metadata:
-    """The client's metadata as it goes upstream, naming the call's span as the trace parent."""
-    return calls.upstream(forwardable(context.invocation_metadata()))
+def upstream_metadata(
+    context: aio.ServicerContext[bytes, bytes], calls: CallLog, request_id: str | None = None
+) -> Metadata:
+    """The client's metadata as it goes upstream, naming the call's span as the trace parent;
+    with the `request_id` the proxy settled on in place of every `x-request-id` the client
+    sent (a malformed one, or two, must not reach the model's logs)."""
+    metadata = forwardable(context.invocation_metadata())
+    if request_id is not None:
+        kept = tuple((key, value) for key, value in metadata if key != REQUEST_ID)
+        metadata = (*kept, (REQUEST_ID, request_id))
+    return calls.upstream(metadata)
 
 
 def ended(context: aio.ServicerContext[bytes, bytes], exc: BaseException) -> grpc.StatusCode:

@@ -176,6 +176,11 @@ class PolicyHook:
             return call.request
         return request_document(call.message, reads.inputs, reads.max_rows)
 
+    def request_id(self, call: InferCall) -> str | None:
+        """The id of an admitted call: echoed to the client, sent upstream, joined by labels."""
+        pending = self._pending.get(call)
+        return None if pending is None else pending.request_id
+
     def reads_answer(self, call: InferCall) -> bool:
         """Only a guarded call's answer is decoded: an unguarded one only echoes its id."""
         pending = self._pending.get(call)

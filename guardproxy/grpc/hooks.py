@@ -159,6 +159,9 @@ class InferHook(Protocol):
     def reads_answer(self, call: InferCall) -> bool:
         """Whether on_response reads the answer's document (else it gets an empty one)."""
 
+    def request_id(self, call: InferCall) -> str | None:
+        """The id the hook settled on for an admitted call (sent upstream), None for none."""
+
     async def on_response(
         self, call: InferCall, response: dict[str, Any], final: bool = True
     ) -> Allow | Refuse:
@@ -179,6 +182,10 @@ class AllowAll:
     def reads_answer(self, call: InferCall) -> bool:
         """Never: nothing is checked."""
         return False
+
+    def request_id(self, call: InferCall) -> str | None:
+        """None: the client's metadata goes upstream as it came."""
+        return None
 
     async def on_response(
         self, call: InferCall, response: dict[str, Any], final: bool = True

@@ -197,7 +197,8 @@ class GrpcProxy:
                 await self.admit(call, context)
                 told = False
             unary: aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(INFER)
-            metadata = upstream_metadata(context, self.calls)
+            request_id = self.hook.request_id(call) if call is not None else None
+            metadata = upstream_metadata(context, self.calls, request_id)
             rpc = unary(request, metadata=metadata, timeout=self.deadline(context))
             try:
                 answer: bytes = await rpc
@@ -374,5 +375,5 @@ class GrpcProxy:
         code = err.code()
         self.stats.upstream[code.name] += 1
         self.stats.status(code)
-        trailers = (*forwardable(err.trailing_metadata()), *added)
+        trailers = (*forwardable(err.trailing_metadata(), details=True), *added)
         await context.abort(code, err.details() or "", trailers)

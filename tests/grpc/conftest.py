@@ -36,6 +36,9 @@ class RecordingHook:
     def reads_answer(self, call: InferCall) -> bool:
         return True
 
+    def request_id(self, call: InferCall) -> str | None:
+        return None
+
     async def on_response(
         self, call: InferCall, response: dict[str, Any], final: bool = True
     ) -> Allow | Refuse:

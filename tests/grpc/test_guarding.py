@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from guardproxy.guards.thresholds import HEADER_ROWS
@@ -359,3 +360,31 @@ async def test_each_stream_message_is_guarded(tmp_path: Path) -> None:
         assert set(parameters(third)) == {"x-request-id"}  # unguarded: the id only
         guards = g.proxy.runtime.status()["grpc"]["guards"]
         assert (guards["guarded"], guards["pending"]) == (2, 0)
+
+
+async def test_the_models_rich_error_details_reach_the_client(tmp_path: Path) -> None:
+    async with guarded(tmp_path) as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await infer(g.target, rows(details="age"))
+        err = raised.value
+        assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "bad input")
+        trailers = dict(err.trailing_metadata())
+        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        violation = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(violation)
+        assert violation.field_violations[0].field == "age"
+        assert trailers["x-guard-model"] == "echo"  # the guard's trailers as well
+
+
+@pytest.mark.parametrize(
+    "sent", [[("x-request-id", "r" * 200)], [("x-request-id", "one"), ("x-request-id", "two")]]
+)
+async def test_the_model_gets_the_request_id_the_proxy_settled_on(
+    tmp_path: Path, sent: list[tuple[str, str]]
+) -> None:
+    async with guarded(tmp_path) as g:
+        for model in ("echo", "other"):  # guarded or not
+            _, initial, _ = await infer(g.target, rows(model), sent)
+            upstream = [v for k, v in g.model.metadata_lists[-1] if k == "x-request-id"]
+            assert upstream == [initial["x-request-id"]]
+            assert initial["x-request-id"] == (sent[0][1] if len(sent) == 2 else upstream[0])

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
@@ -19,12 +21,14 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
 
     Model "slow" sleeps first (in streams too); model "broken" fails with a status and trailing
     metadata (in streams: an in-band error message). Any model obeys the request parameters
-    `sleep` (seconds, before answering) and `fail` (a status name to fail with); a request
+    `sleep` (seconds, before answering), `fail` (a status name to fail with) and `details`
+    (fail INVALID_ARGUMENT with a google.rpc.Status naming it, as a rich error); a request
     with the parameter `hold` waits until `gate` is set (`holding`: how many wait now).
     """
 
     def __init__(self) -> None:
         self.metadata: list[dict[str, Any]] = []
+        self.metadata_lists: list[list[tuple[str, Any]]] = []  # every key, repeated ones too
         self.deadlines: list[float | None] = []
         self.cancelled = 0
         self.gate = asyncio.Event()
@@ -44,6 +48,7 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         self.metadata.append(dict(context.invocation_metadata()))
+        self.metadata_lists.append(list(context.invocation_metadata()))
         self.deadlines.append(context.time_remaining())
         if request.model_name == "slow":
             try:
@@ -79,6 +84,21 @@ async def obey(request: Any, context: Any) -> None:
         await asyncio.sleep(params["sleep"].double_param)
     if "fail" in params:
         await context.abort(grpc.StatusCode[params["fail"].string_param], "asked to fail")
+    if "details" in params:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "bad input",
+            rich_details(params["details"].string_param),
+        )
+
+
+def rich_details(field: str) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata of a rich INVALID_ARGUMENT: a google.rpc.Status with a BadRequest."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description="bad")
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(code=3, message="bad input", details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def answer(request: Any) -> pb.ModelInferResponse:
