@@ -46,6 +46,15 @@ __all__ = ["INFER", "STREAM_INFER", "GrpcProxy"]
 
 log = logging.getLogger("guardproxy.grpc")
 
+# How soon the upstream channel tries again after a failed connection. gRPC's default backoff
+# grows to 120 s: once the model was down a while, every call failed UNAVAILABLE for up to
+# two minutes after it came back, while /readyz (a plain TCP connect) said ready.
+RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class _Handler(grpc.GenericRpcHandler):
     def __init__(self, proxy: GrpcProxy) -> None:
@@ -106,7 +115,7 @@ class GrpcProxy:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port); the port bound."""
-        self._channel = aio.insecure_channel(self.upstream, options=self._options)
+        self._channel = aio.insecure_channel(self.upstream, options=[*self._options, *RECONNECT])
         server = aio.server(
             options=[*self._options, ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=self.max_calls,
