@@ -11,22 +11,12 @@ from grpc import aio
 
 from guardproxy.grpc import INFER, GrpcProxy
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
-from guardproxy.grpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from .conftest import eventually
 from .test_proxy import one_row
-from .upstream import Model, start_model
+from .upstream import start_model
 
 OUTAGE = 6.0  # seconds of failing calls: gRPC's default backoff would have grown past 4 s
-
-
-async def serve_on(port: int) -> aio.Server:
-    """The model server again, on the port it had."""
-    server = aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Model(), server)
-    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-    await server.start()
-    return server
 
 
 async def keep_calling(infer: Any, answered: list[str]) -> None:
@@ -56,7 +46,7 @@ async def test_calls_succeed_within_a_second_or_so_of_the_model_returning() -> N
                 except aio.AioRpcError as err:
                     assert err.code() == grpc.StatusCode.UNAVAILABLE
                 await asyncio.sleep(0.2)
-            server = await serve_on(port)
+            server, _, _ = await start_model(port=port)  # back, on the port it had
             answered: list[str] = []
             calling = asyncio.create_task(keep_calling(infer, answered))
             try:

@@ -190,8 +190,9 @@ class Scripted:
                 yield message
 
 
-async def start_model(script: Script | None = None) -> tuple[aio.Server, Model, int]:
-    """The model server on a free loopback port (its streams answered by `script`, if given)."""
+async def start_model(script: Script | None = None, port: int = 0) -> tuple[aio.Server, Model, int]:
+    """The model server on a loopback port (0: a free one), its streams answered by `script`
+    if given."""
     model = Model()
     server = aio.server()
     if script is None:
@@ -211,7 +212,7 @@ async def start_model(script: Script | None = None) -> tuple[aio.Server, Model, 
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_generic_rpc_handlers((Unknown(),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, model, port
 
