@@ -126,7 +126,7 @@ class Runtime:
         if settings.grpc_listen is not None:
             self.grpc = GrpcPort(
                 settings, self.store.snapshot, self.breakers, self.proxy.observers,
-                self.telemetry.rpc,
+                self.telemetry.rpc, self.proxy.bodies,
             )  # fmt: skip
 
     def build_telemetry(self) -> Telemetry:

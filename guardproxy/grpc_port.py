@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from guardproxy.breaker.board import BreakerBoard
+from guardproxy.hotpath.bodies import BodyBudget
 from guardproxy.hotpath.observation import Observation
 from guardproxy.logs import AccessLog
 from guardproxy.policy.table import PolicyTable
@@ -41,6 +42,7 @@ class GrpcPort:
         breakers: BreakerBoard,
         observers: Sequence[Callable[[Observation], None]],
         tracer: CallTracer | None = None,
+        budget: BodyBudget | None = None,
     ) -> None:
         if settings.grpc_listen is None or settings.grpc_upstream is None:
             raise ValueError("the gRPC port needs grpc_listen and grpc_upstream")
@@ -69,6 +71,7 @@ class GrpcPort:
             limiter=KeyLimiter(limits.per_key, limits.queue, limits.queue_timeout),
             slot_key=self.hook.slot_key,
             max_calls=settings.grpc_max_calls or None,
+            budget=budget,
             stream_answers=cast("StreamAnswers", settings.grpc_stream_answers),
         )
         self.port: int | None = None

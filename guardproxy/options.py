@@ -341,7 +341,8 @@ SERVE_FLAGS = (
         "--grpc-max-calls",
         "N",
         "gRPC calls (of every method and model) at once, 0 for no bound; more are refused "
-        "RESOURCE_EXHAUSTED before their message is read (each may hold up to --max-body)",
+        "RESOURCE_EXHAUSTED before their message is read (gRPC holds each, up to --max-body, "
+        "before the proxy parses it and counts it in --max-buffered)",
         "0",
         parse=count_or_zero,
     ),

@@ -8,7 +8,9 @@ included) and the deadline go upstream (a unary ModelInfer's capped by `timeout`
 upstream's status, details, initial and trailing metadata come back. An answer or hook that
 fails follows `fail_closed`: pass untouched and count (default), or end the call INTERNAL.
 With a `limiter`, each unary inference call first takes an upstream slot for its model (slots.py):
-no slot in time is RESOURCE_EXHAUSTED. Every outcome is counted in `status()`.
+no slot in time is RESOURCE_EXHAUSTED. With a `budget`, each parsed inference request counts
+against it while it lasts (held.py): one that does not fit is RESOURCE_EXHAUSTED too. Every
+outcome is counted in `status()`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any, NoReturn
 import grpc
 from grpc import aio
 
+from ..hotpath.bodies import BodyBudget, BodyHold, BudgetFull
 from ..transport.limiter import KeyLimiter
 from .calllog import CallLog
 from .context import INFER, STREAM_INFER, cancelled, ended, forwardable, upstream_metadata
 from .documents import apply_response, request_header, response_document
 from .generated import grpc_predict_v2_pb2 as pb
+from .held import BUDGET_REFUSAL, held_bytes, hold, room_for
 from .hooks import (
     Allow,
     AllowAll,
@@ -54,6 +58,17 @@ RECONNECT = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+def _untrace(exc: BaseException) -> None:
+    """Drop the frames an abort was raised through (re-raised, it keeps only the outer ones).
+
+    grpc keeps a call's abort in a reference cycle, and the abort's traceback keeps each frame
+    it left with its locals: a parsed request (up to 16 times its bytes) lived on after its
+    call was refused, until the collector's next full pass.
+    """
+    if isinstance(exc, aio.AbortError):
+        exc.with_traceback(None)
 
 
 class _Handler(grpc.GenericRpcHandler):
@@ -91,6 +106,7 @@ class GrpcProxy:
         limiter: KeyLimiter | None = None,
         slot_key: SlotKey | None = None,
         max_calls: int | None = None,
+        budget: BodyBudget | None = None,
     ) -> None:
         self.upstream = upstream
         self.calls = calls or CallLog()  # each call's access log line and span
@@ -105,6 +121,8 @@ class GrpcProxy:
         # Calls of any method at once; more are refused RESOURCE_EXHAUSTED by grpc before
         # their request is read (the slots can only refuse a call whose request has come).
         self.max_calls = max_calls
+        # Parsed requests count against the body budget while their call (or answer) lasts.
+        self.budget = budget
         self.port: int | None = None
         self._options = [
             ("grpc.max_receive_message_length", max_message),
@@ -161,6 +179,7 @@ class GrpcProxy:
             return answer
         except BaseException as exc:
             code = ended(context, exc)
+            _untrace(exc)
             raise
         finally:
             self.calls.end(record, code)
@@ -184,6 +203,7 @@ class GrpcProxy:
             code = grpc.StatusCode.OK
         except BaseException as exc:
             code = ended(context, exc)
+            _untrace(exc)
             raise
         finally:
             self.calls.end(record, code)
@@ -195,13 +215,17 @@ class GrpcProxy:
         call: InferCall | None = None
         told = True  # whether the hook has heard how the call it admitted ended
         held: str | None = None  # the key of the slot the call holds
+        memory: BodyHold | None = None  # what its parsed request holds of the body budget
         try:
             key = self.slots.key_of(request, tuple(context.invocation_metadata() or ()))
             busy = await self.slots.take(key)
             if busy is not None:
                 await self.refuse(busy, context, hook=False)
             held = key
+            if not self.room_for(len(request)):
+                await self.refuse(BUDGET_REFUSAL, context, hook=False)
             call = self.decode_call("ModelInfer", request, context)
+            memory = await self.held(call, len(request), context)
             if call is not None:
                 await self.admit(call, context)
                 told = False
@@ -232,6 +256,8 @@ class GrpcProxy:
         finally:
             if held is not None:
                 self.slots.release(held)
+            if memory is not None:
+                memory.release()
             self.stats.active -= 1
 
     async def stream_infer(
@@ -293,6 +319,36 @@ class GrpcProxy:
             method, msg.model_name, msg.model_version, request_header(msg), metadata,
             context.peer(), msg,
         )  # fmt: skip
+
+    async def held(
+        self, call: InferCall | None, wire: int, context: aio.ServicerContext[bytes, bytes]
+    ) -> BodyHold | None:
+        """What a parsed request holds of the body budget until released; the call is
+        refused RESOURCE_EXHAUSTED (counted in `busy`) when it does not fit."""
+        try:
+            return self.hold_message(call, wire)
+        except BudgetFull:
+            pass  # refused outside the handler: chained to it, the parse lived on in a cycle
+        await self.refuse(BUDGET_REFUSAL, context, hook=False)
+
+    def room_for(self, wire: int) -> bool:
+        """Whether a request of `wire` bytes may be parsed now (not: counted in `busy`)."""
+        if room_for(self.budget, wire):
+            return True
+        assert self.budget is not None
+        self.budget.refused += 1
+        self.stats.busy["request_bodies"] += 1
+        return False
+
+    def hold_message(self, call: InferCall | None, wire: int) -> BodyHold | None:
+        """The budget's hold for one parsed request message; BudgetFull (counted) if full."""
+        if call is None or call.message is None:
+            return None
+        try:
+            return hold(self.budget, held_bytes(call.message, wire))
+        except BudgetFull:
+            self.stats.busy["request_bodies"] += 1
+            raise
 
     async def admit(self, call: InferCall, context: aio.ServicerContext[bytes, bytes]) -> None:
         """Run the request hook; abort the call on a refusal (or a failure, fail-closed)."""

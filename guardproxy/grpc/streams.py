@@ -32,9 +32,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc import aio
 
+from ..hotpath.bodies import BodyHold, BudgetFull
 from .context import STREAM_INFER, cancelled, forwardable, upstream_metadata
 from .documents import apply_response, response_document
 from .generated import grpc_predict_v2_pb2 as pb
+from .held import BUDGET_REFUSAL
 from .hooks import Allow, Failure, InferCall, Refuse
 from .relay import Relay
 
@@ -87,10 +89,11 @@ def _strictly(kind: Any, raw: bytes) -> Any:
 
 
 class _Sent(NamedTuple):
-    """An admitted request waiting for its answer, and its size on the wire."""
+    """An admitted request waiting for its answer, its size on the wire and budget held."""
 
     call: InferCall
     size: int
+    held: BodyHold | None = None
 
 
 class StreamGuard:
@@ -137,7 +140,8 @@ class StreamGuard:
 
     async def _unanswered(self, failure: Failure) -> None:
         """Tell the hook about every admitted request whose answer never came."""
-        calls = [sent.call for sent in (*self._by_id.values(), *self._in_order)]
+        waiting = (*self._by_id.values(), *self._in_order)
+        calls = [self._answered(sent) for sent in waiting]
         self._by_id.clear()
         self._in_order.clear()
         self._bytes = 0
@@ -149,14 +153,24 @@ class StreamGuard:
         """The client's requests that the hook admits; the first refusal ends the stream."""
         async for raw in requests:
             self.proxy.stats.calls["stream_message"] += 1
+            if not self.proxy.room_for(len(raw)):
+                self.refusal = BUDGET_REFUSAL
+                return
             call = self.proxy.decode_call("ModelStreamInfer", raw, self.context)
             if call is not None:
                 await self._room_for(call, len(raw))
+                try:
+                    held = self.proxy.hold_message(call, len(raw))
+                except BudgetFull:
+                    self.refusal = BUDGET_REFUSAL
+                    return
                 refusal = await self._admit(call)
                 if refusal is not None:
+                    if held is not None:
+                        held.release()
                     self.refusal = refusal  # half-close upstream; run() ends the call
                     return
-                self._remember(_Sent(call, len(raw)))
+                self._remember(_Sent(call, len(raw), held))
                 self._guarded = self._guarded or self.proxy.hook.reads_answer(call)
             yield raw
 
@@ -235,6 +249,8 @@ class StreamGuard:
         return None
 
     def _answered(self, sent: _Sent) -> InferCall:
+        if sent.held is not None:
+            sent.held.release()
         self._bytes -= sent.size
         self._room.set()
         return sent.call
