@@ -29,6 +29,7 @@ from ..guards.base import GuardChain
 from ..guards.exchange import Exchange, Refused, Reply, TooManyRows
 from ..hotpath.admission import Admitted, BreakerCall, mark
 from ..hotpath.observation import Observation, hand_over, observe
+from ..hotpath.trust import AMBIGUOUS_REGION
 from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError
 from ..policy.table import CompiledModel, PolicyTable
@@ -92,6 +93,9 @@ class PolicyHook:
         stats.calls += 1
         request_id, replaced = request_id_of(call)
         stats.request_ids_replaced += replaced
+        if self.region_key and _given_twice(call.metadata, self.region_key):
+            stats.refused["ambiguous_region"] += 1
+            return Refuse(grpc.StatusCode.INVALID_ARGUMENT, AMBIGUOUS_REGION)
         model, known = self._model(call.model_name, call.model_version, call.metadata)
         stats.unknown_region += not known
         reason = _unguarded(model)
@@ -314,3 +318,10 @@ def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker
     return Refuse(
         grpc.StatusCode.UNAVAILABLE, "circuit breaker open", metadata, breaker.retry_after()
     )
+
+
+def _given_twice(metadata: Metadata, key: str) -> bool:
+    """Whether the trusted region key comes more than once, or as a list: a gateway that
+    appends its own, rather than replacing the client's, would let the client's choose."""
+    values = [value for name, value in metadata if name == key]
+    return len(values) > 1 or (len(values) == 1 and "," in str(values[0]))

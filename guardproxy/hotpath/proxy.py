@@ -14,7 +14,7 @@ from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.paths import origin_form, route_path
 from guardproxy.hotpath.relay import relay, request_body
 from guardproxy.hotpath.replies import ModelWires, ProxyCounts, Refusal, fail
-from guardproxy.hotpath.trust import Trust, request_id_of
+from guardproxy.hotpath.trust import AMBIGUOUS_REGION, Trust, request_id_of
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
@@ -32,7 +32,6 @@ log = logging.getLogger("guardproxy.proxy")
 UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 AMBIGUOUS = "\0ambiguous"  # a region header given more than once: no region is a name of it
-AMBIGUOUS_REGION = "the region header is given more than once"
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 MAX_REQUEST_ID = 128
+AMBIGUOUS_REGION = "the region header is given more than once"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 

@@ -67,6 +67,17 @@ async def test_the_region_key_chooses_the_region_policy(tmp_path: Path) -> None:
         assert g.proxy.runtime.status()["grpc"]["guards"]["unknown_region"] == 1
 
 
+async def test_a_region_key_given_twice_is_refused(tmp_path: Path) -> None:
+    async with guarded(tmp_path, trust_region_header="X-Region") as g:
+        for metadata in ([("x-region", "th"), ("x-region", "sg")], [("x-region", "th,sg")]):
+            with pytest.raises(aio.AioRpcError) as raised:
+                await infer(g.target, rows(sex=["Male"]), metadata)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details() == "the region header is given more than once"
+        assert g.proxy.runtime.status()["grpc"]["guards"]["refused"] == {"ambiguous_region": 2}
+        assert len(g.model.metadata) == 0  # the model was never asked
+
+
 async def test_the_region_key_is_only_the_one_the_operator_named(tmp_path: Path) -> None:
     async with guarded(tmp_path, trust_region_header="X-Trusted-Region") as g:
         _, ignored, _ = await infer(g.target, rows(sex=["Male"]), [("x-region", "sg")])
