@@ -48,6 +48,9 @@ class OpenAIChat(Payload):
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
+            if isinstance(choice, dict) and "message" not in choice and "text" in choice:
+                slots.append((choice, "text"))  # a completions answer
+                continue
             message = field(choice, "message", "choice")
             field(message, "content", "message")
             slots += _text_slots(message)

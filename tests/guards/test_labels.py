@@ -130,9 +130,15 @@ async def test_terms_written_to_slip_past_are_masked_in_an_answer() -> None:
     assert ex.flags == ["suppressed:ape", "suppressed:gorilla"]
 
 
+async def test_a_completions_answer_is_read_by_its_text() -> None:
+    chain = chain_for({"action": "suppress"}, "openai")
+    ex = await answer(chain, {"object": "text_completion", "choices": [{"text": "a gorilla"}]})
+    assert loads(ex.final_response_body())["choices"][0]["text"] == "a *******"
+
+
 async def test_label_failure_fail_closed() -> None:
     chain = chain_for({"on_error": "fail_closed"}, "openai")
-    ex = await answer(chain, {"choices": [{"text": "legacy"}]})
+    ex = await answer(chain, {"choices": [{"delta": {"content": "a chunk"}}]})
     assert ex.reply is not None and ex.reply.status == 502 and "missing 'message'" in ex.reply.error
 
 
