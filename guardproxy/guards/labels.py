@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 
 from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
 from guardproxy.payloads import Payload
@@ -87,19 +87,19 @@ class LabelGuard:
         """The text with every character of each term found in its folded form masked."""
         if text.isascii():  # lower-cased only: the spans are the original's
             spans = [m.span() for m in self._words.finditer(text.lower())]
-            return _masked_spans(text, spans, range(len(text)))
-        folded, origins = folded_positions(text)
+            return _masked_spans(text, spans, _same)
+        folded, origin = folded_positions(text)
         spans = [m.span() for m in self._words.finditer(folded)]
         if not spans:  # a term only the whole text's folding shows: the folded text masked
             return self._words.sub(self._mask, fold(text))
-        return _masked_spans(text, spans, origins)
+        return _masked_spans(text, spans, origin)
 
     @staticmethod
     def _mask(match: re.Match[str]) -> str:
         return "*" * len(match.group(0))
 
 
-def _masked_spans(text: str, spans: list[tuple[int, int]], origins: Sequence[int]) -> str:
+def _masked_spans(text: str, spans: list[tuple[int, int]], origin: Callable[[int], int]) -> str:
     """`text` with the characters behind each span of its folded form masked: from a term's
     first letter to just before what follows its last one, so the hidden characters and
     marks between and over its letters go too."""
@@ -107,6 +107,10 @@ def _masked_spans(text: str, spans: list[tuple[int, int]], origins: Sequence[int
         return text
     chars = list(text)
     for start, end in spans:
-        stop = origins[end] if end < len(origins) else len(chars)
-        chars[origins[start] : stop] = "*" * (stop - origins[start])
+        first, stop = origin(start), origin(end)
+        chars[first:stop] = "*" * (stop - first)
     return "".join(chars)
+
+
+def _same(index: int) -> int:
+    return index

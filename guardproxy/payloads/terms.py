@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -54,14 +54,26 @@ def term_key(text: str) -> str:
     return fold(text)
 
 
-def folded_positions(text: str) -> tuple[str, list[int]]:
-    """The folded text, and for each of its characters the index in `text` it came from."""
-    parts, origins = [], []
-    for i, char in enumerate(text):
-        folded = _fold_char(char)
-        parts.append(folded)
-        origins += [i] * len(folded)
-    return "".join(parts), origins
+def folded_positions(text: str) -> tuple[str, Callable[[int], int]]:
+    """The text folded, and where in `text` a folded index comes from.
+
+    In C whatever the text: each distinct character is folded once, and a folded index is
+    mapped back by a search in the running total of what each character folded to (hidden
+    ones to none, a ligature to two), read through a table of code points.
+    """
+    folded = fold(text)
+    sizes = {ord(char): len(_fold_char(char)) for char in set(text)}
+    if all(size == 1 for size in sizes.values()):
+        return folded, lambda k: k
+    import numpy as np  # here: the hot path loads numpy only for a text that needs it
+
+    table = np.zeros(max(sizes) + 1, dtype=np.int64)
+    table[list(sizes)] = list(sizes.values())
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    ends = np.cumsum(table[codes])  # int64, searched as it is: a cast would copy it a call
+    if ends[-1] != len(folded):  # the text folded whole differs: fold it as the map does
+        folded = "".join(_fold_char(char) for char in text)
+    return folded, lambda k: int(np.searchsorted(ends, np.int64(k), side="right"))
 
 
 @lru_cache(maxsize=4096)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardproxy.payloads.chatstream import ChatStreamGuard, TermScanner
-from guardproxy.payloads.terms import fold, longest_span, term_key, term_pattern
+from guardproxy.payloads.terms import (
+    fold,
+    folded_positions,
+    longest_span,
+    term_key,
+    term_pattern,
+)
 from tests.payloads.test_chatstream import chunk_event
 
 TERMS = ["gorilla", "café", "straße", "大猩猩", "สถาบันกษัตริย์", "고릴라"]
@@ -71,3 +79,13 @@ async def test_a_match_is_named_as_the_policy_lists_the_term() -> None:
     chain = chain_for({"action": "flag", "deny": ["Café"]}, "openai")
     ex = await answer(chain, chat("un cafe\u0301 noir, un CAFÉ"))
     assert ex.flags == ["label:café"] and ex.annotations["X-Guard-Flag"] == "labels=2"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab \u200b\u0332\ufb01\u00df\u00e9\u5927\uff47\u00ad", max_size=30))
+def test_a_folded_index_maps_back_to_the_character_it_came_from(text: str) -> None:
+    folded, origin = folded_positions(text)
+    parts = [fold(char) for char in text]
+    assert folded == "".join(parts)
+    expected = [i for i, part in enumerate(parts) for _ in part] + [len(text)]
+    assert [origin(k) for k in range(len(folded) + 1)] == expected
