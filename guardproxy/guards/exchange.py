@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from guardproxy.payloads.binary_bodies import BinaryBodies
-from guardproxy.payloads.codec import dumps, loads
-from guardproxy.payloads.errors import MAX_ROWS, over_limit
+from guardproxy.payloads.codec import dumps, loads, repeats_a_key
+from guardproxy.payloads.errors import MAX_ROWS, REPEATED_KEY, AmbiguousInput, over_limit
 from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "is_json_answer",
     "loads",
     "media_type",
+    "read_request",
 ]
 
 _UNPARSED: Any = object()
@@ -110,6 +111,7 @@ class Exchange:
     binary: BinaryBodies | None = None  # an OIP body in the binary tensor extension, either way
     streamed: bool = False  # the answer is a stream (server-sent events), not one body
     source: Any = None  # what a sample keeps of a decoded request, when not its document
+    request_checked: bool = False  # read_request found no key repeated in the request
 
     @classmethod
     def from_documents(
@@ -221,6 +223,26 @@ class Exchange:
                 return binary.encoded.body
             return dumps(self._response_json)
         return self.response_body
+
+
+def read_request(ex: Exchange, whole: bool = False) -> Any:
+    """The request as a guard that decides from it reads it (a group, a row's subject).
+
+    AmbiguousRequest (400) when one of its JSON objects names a key twice: orjson keeps the
+    last, RapidJSON (Triton) and others the first, so a client could show the guards one
+    group and the model another. A binary request's JSON header is checked as it is decoded.
+    """
+    try:
+        doc = ex.whole_request_json() if whole else ex.request_json()
+    except AmbiguousInput as exc:  # a key repeated in a binary request's JSON header
+        raise AmbiguousRequest(str(exc)) from None
+    if not ex.request_checked:
+        binary = ex.binary
+        json_body = not ex.decoded and (binary is None or binary.request is None)
+        if json_body and repeats_a_key(ex.body, doc):
+            raise AmbiguousRequest(REPEATED_KEY)
+        ex.request_checked = True
+    return doc
 
 
 def is_json_answer(ex: Exchange) -> bool:

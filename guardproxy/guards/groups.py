@@ -12,6 +12,7 @@ from guardproxy.guards.exchange import (
     Exchange,
     TooManyRows,
     check_rows,
+    read_request,
 )
 from guardproxy.payloads import JsonPath, Payload
 from guardproxy.payloads.errors import AmbiguousInput, TooManyValues, over_limit
@@ -56,9 +57,9 @@ class GroupGuard:
             return lambda ex: [_text(ex.headers.get(header))]
         if attribute.input is not None:
             name = attribute.input
-            return lambda ex: payload.group_feature(ex.request_json(), name)
+            return lambda ex: payload.group_feature(read_request(ex), name)
         path, enough = JsonPath(attribute.jsonpath or "$"), self._max_rows + 1
-        return lambda ex: path.find(ex.request_json(), enough) or [None]
+        return lambda ex: path.find(read_request(ex), enough) or [None]
 
     def group_of(self, value: object) -> str:
         """The declared group a raw value names, else "other"."""

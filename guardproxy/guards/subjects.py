@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardproxy.guards.exchange import Exchange
+from guardproxy.guards.exchange import Exchange, read_request
 from guardproxy.payloads import JsonPath, Payload
 from guardproxy.payloads.canonical import canonical, indexed
 from guardproxy.payloads.errors import PayloadError
@@ -30,7 +30,7 @@ class Subjects:
             if value:
                 return indexed(b"h:" + value, rows)
             # No subject named: the row's content still keeps a client from re-rolling.
-        doc = ex.whole_request_json()  # a binary request's every tensor: the row is all of them
+        doc = read_request(ex, whole=True)  # a binary request's every tensor: the whole row
         if self._path is not None:
             return self._from_path(doc, rows)
         keys = self._payload.row_keys(doc, rows)

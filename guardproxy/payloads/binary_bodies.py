@@ -21,7 +21,7 @@ from guardproxy.payloads.binary import (
     decode_rest,
     encode,
 )
-from guardproxy.payloads.errors import MalformedBinary
+from guardproxy.payloads.errors import MalformedBinary, RepeatedKey
 from guardproxy.policy.models import ModelPolicy
 
 __all__ = ["HEADER_KEY", "BinaryBodies", "BinaryReads", "RawBody", "binary_reads"]
@@ -85,7 +85,7 @@ class RawBody:
             if limit is None or size <= limit:
                 return decode(self.body, self.header, self.key).doc
             header = decode(self.body, self.header, self.key, only=frozenset()).doc
-        except BinaryPayloadError as exc:
+        except (BinaryPayloadError, RepeatedKey) as exc:
             return {"malformed_binary": str(exc), "bytes": size}
         return {"truncated": True, "bytes": size, "binary_data": "withheld", "header": header}
 

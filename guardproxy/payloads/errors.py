@@ -37,3 +37,14 @@ class TooManyValues(PayloadError):
         super().__init__(over_limit(rows, limit))
         self.rows = rows
         self.limit = limit
+
+
+REPEATED_KEY = "a JSON object of the request names a key more than once"
+
+
+class RepeatedKey(AmbiguousInput):
+    """A request whose JSON names a key twice in one object: orjson keeps the last, RapidJSON
+    (Triton) and others the first, so the guards and the model would read two requests."""
+
+    def __init__(self) -> None:
+        super().__init__(REPEATED_KEY)

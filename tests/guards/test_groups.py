@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guardproxy.guards.chain import GuardContext
-from guardproxy.guards.exchange import TooManyRows
+from guardproxy.guards.exchange import AmbiguousRequest, TooManyRows
 from guardproxy.guards.groups import GroupGuard, telemetry_group
 from guardproxy.payloads import compile_payload
 from tests.guards.exchanges import chain, exchange, policy, v2_request
@@ -123,3 +123,35 @@ async def test_an_openai_n_past_the_limit_is_refused_as_too_many_rows() -> None:
     request = {"model": "m", "messages": [], "metadata": {"sex": "female"}, "n": 20_000}
     with pytest.raises(TooManyRows, match="a batch of 20000 rows is over the limit of 4"):
         await guards.on_request(exchange(request))
+
+
+MALE = '{"name":"sex","shape":[1],"datatype":"BYTES","data":["male"]}'
+FEMALE = MALE.replace("male", "female")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"inputs":[{"name":"sex","shape":[1],"datatype":"BYTES","data":["male"],'
+        '"data":["female"]}]}',
+        '{"inputs":[' + MALE + '],"inputs":[' + FEMALE + "]}",
+        '{"inputs":[{"name":"sex","name":"race","shape":[1],"datatype":"BYTES","data":["male"]},'
+        '{"name":"race","name":"sex","shape":[1],"datatype":"BYTES","data":["female"]}]}',
+        '{"inputs":[{"name":"sex","shape":[1],"datatype":"BYTES","d\\u0061ta":["male"],'
+        '"data":["female"]}]}',
+    ],
+    ids=["data twice", "inputs twice", "names swapped", "an escaped key"],
+)
+async def test_a_request_that_repeats_a_key_is_refused(body: str) -> None:
+    # orjson keeps the last of a repeated key, RapidJSON (Triton) the first: the guards would
+    # read female where the model reads male, and the client would choose its threshold.
+    for attribute in ({"input": "sex"}, {"jsonpath": "$.inputs[?name=='sex'].data[0]"}):
+        guards = chain(policy(groups={**GROUPS, "attribute": attribute}))
+        ex = exchange(None)
+        ex.body = body.encode()
+        with pytest.raises(AmbiguousRequest, match="names a key more than once"):
+            await guards.on_request(ex)
+    honest = exchange(None)
+    honest.body = ('{"inputs":[' + MALE + "]}").encode()
+    await chain(policy(groups={**GROUPS, "attribute": {"input": "sex"}})).on_request(honest)
+    assert honest.groups == ["male"]

@@ -146,3 +146,42 @@ async def test_json_in_another_encoding_than_utf8_is_refused(tmp_path: Path) -> 
             assert len(model.bodies) == 0
             code, headers, _ = await post(session, proxy.url + INFER, text.encode())
             assert (code, headers["X-Guard-Decision"]) == (200, "0")
+
+
+def twice(key: str) -> bytes:
+    """A Male applicant whose JSON names `key` again, for Female, where orjson reads it."""
+    female = '{"name":"sex","shape":[1],"datatype":"BYTES","data":["Female"]}'
+    if key == "data":
+        sex = '{"name":"sex","shape":[1],"datatype":"BYTES","data":["Male"],"data":["Female"]}'
+        return ('{"inputs":[' + sex + "]}").encode()
+    male = '{"name":"sex","shape":[1],"datatype":"BYTES","data":["Male"]}'
+    return ('{"inputs":[' + male + '],"inputs":[' + female + "]}").encode()
+
+
+def binary_twice() -> tuple[bytes, str]:
+    """The same in the binary extension: two `inputs` in the JSON header."""
+    male, female = b"\x04\x00\x00\x00Male", b"\x06\x00\x00\x00Female"
+    sex = '{"name":"sex","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}'
+    header = '{"inputs":[' + sex % len(male) + '],"inputs":[' + sex % len(female) + "]}"
+    return header.encode() + male + female, str(len(header))
+
+
+async def test_a_request_that_names_a_key_twice_is_refused(tmp_path: Path) -> None:
+    # RapidJSON (Triton) and others keep the first of a repeated key, orjson the last: the
+    # model would score a Male at the threshold the guards chose for a Female.
+    model = RecordingModel(score=0.7)
+    async with guarded(tmp_path, {"default.yaml": PER_GROUP}, model) as (proxy, _):
+        async with aiohttp.ClientSession() as session:
+            for body in (twice("data"), twice("inputs")):
+                code, headers, doc = await post(session, proxy.url + INFER, body)
+                assert code == 400 and "X-Guard-Decision" not in headers
+                assert doc["error"] == "a JSON object of the request names a key more than once"
+            body, length = binary_twice()
+            sent = {"Inference-Header-Content-Length": length}
+            code, _, doc = await post(session, proxy.url + INFER, body, sent)
+            assert (code, doc["error"]) == (
+                400,
+                "a JSON object of the request names a key more than once",
+            )
+            assert len(model.bodies) == 0  # refused before the model was asked
+        assert proxy.runtime.status()["requests"]["refused"] == {"400": 3}
