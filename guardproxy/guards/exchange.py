@@ -7,7 +7,14 @@ from typing import Any, NamedTuple
 
 from guardproxy.payloads.binary_bodies import BinaryBodies
 from guardproxy.payloads.codec import dumps, loads, repeats_a_key
-from guardproxy.payloads.errors import MAX_ROWS, REPEATED_KEY, AmbiguousInput, over_limit
+from guardproxy.payloads.errors import (
+    MAX_ROWS,
+    REPEATED_KEY,
+    AmbiguousInput,
+    MalformedBinary,
+    MalformedJson,
+    over_limit,
+)
 from guardproxy.transport import HeaderList, Headers, RequestError
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "Refused",
     "Reply",
     "TooManyRows",
+    "UnreadableRequest",
     "Verdict",
     "check_rows",
     "dumps",
@@ -69,6 +77,16 @@ class AmbiguousRequest(Refused):
 
     status = 400
     kind = "ambiguous"
+
+
+class UnreadableRequest(Refused):
+    """A request the guards that decide from it cannot parse (400): JSON orjson refuses but
+    Python's json.loads, behind many model servers, reads (NaN, 1e400, a lone surrogate,
+    nesting past 1,024 levels), or binary framing that does not add up. Passed on, the
+    model would score it at a threshold no group chose."""
+
+    status = 400
+    kind = "unreadable"
 
 
 def check_rows(rows: int, limit: int) -> None:
@@ -231,11 +249,14 @@ def read_request(ex: Exchange, whole: bool = False) -> Any:
     AmbiguousRequest (400) when one of its JSON objects names a key twice: orjson keeps the
     last, RapidJSON (Triton) and others the first, so a client could show the guards one
     group and the model another. A binary request's JSON header is checked as it is decoded.
+    UnreadableRequest (400) when the guards cannot parse it at all.
     """
     try:
         doc = ex.whole_request_json() if whole else ex.request_json()
     except AmbiguousInput as exc:  # a key repeated in a binary request's JSON header
         raise AmbiguousRequest(str(exc)) from None
+    except (MalformedJson, MalformedBinary) as exc:
+        raise UnreadableRequest(f"the guards cannot read the request: {exc}") from None
     if not ex.request_checked:
         binary = ex.binary
         json_body = not ex.decoded and (binary is None or binary.request is None)

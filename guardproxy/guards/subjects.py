@@ -23,6 +23,10 @@ class Subjects:
         self._header = header.lower().encode("latin-1") if header else None
         self._path = JsonPath(spec.jsonpath) if spec is not None and spec.jsonpath else None
 
+    def from_content(self, ex: Exchange) -> bool:
+        """Whether the subject is read from the request's content (no trusted header set)."""
+        return self._header is None or not ex.headers.get(self._header)
+
     def rows(self, ex: Exchange, rows: int) -> list[bytes]:
         """The subject of each of `rows` scored rows (PayloadError when the request has none)."""
         if self._header is not None:

@@ -12,6 +12,7 @@ from guardproxy.guards.exchange import (
     Verdict,
     check_rows,
     is_json_answer,
+    read_request,
 )
 from guardproxy.guards.subjects import Subjects
 from guardproxy.payloads import Payload
@@ -45,7 +46,6 @@ class DecisionGuard:
     """
 
     name = "decision"
-    idle = frozenset({"request"})  # the chain skips this hook: it does nothing
 
     def __init__(
         self,
@@ -73,6 +73,7 @@ class DecisionGuard:
         self._subjects = Subjects(spec.subject, payload)
         self._table: ThresholdTable | None = None
         self._rules: dict[tuple[str, str], _Rule] = {}
+        self._mixes: tuple[ThresholdTable | None, bool] = (None, False)
 
     def _rule_in(self, table: ThresholdTable, version: str, group: str) -> _Rule:
         # Rules, labels and what body annotations report are built once per threshold table
@@ -116,8 +117,21 @@ class DecisionGuard:
         decisions = [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)]
         return groups, rules, thresholds, decisions
 
+    def _may_draw(self) -> bool:
+        """Whether a learned rule of this model mixes two thresholds (a draw reads the row)."""
+        table = self._snapshot.current
+        seen, mixes = self._mixes
+        if table is not seen:  # once per table: a table is immutable, a new one a new object
+            model = self._model
+            mixes = any(r.randomized for key, r in table.rules.items() if key[:2] == model)
+            self._mixes = (table, mixes)
+        return mixes
+
     async def on_request(self, ex: Exchange) -> None:
-        """Nothing to do before the upstream answers."""
+        """Read the request now when a draw may read it: one the guards cannot read (or
+        that repeats a key) is refused before the model is asked, not drawn for at random."""
+        if self._may_draw() and self._subjects.from_content(ex):
+            read_request(ex, whole=True)
 
     async def on_response(self, ex: Exchange) -> None:
         """Decide every row, then record and report all of it at once."""

@@ -44,7 +44,13 @@ from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
 from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
 from guardproxy.policy.table import CompiledModel
-from guardproxy.transport import ClientDisconnected, Request, ResponseWriter, UpstreamResponse
+from guardproxy.transport import (
+    ClientDisconnected,
+    Request,
+    RequestError,
+    ResponseWriter,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("guardproxy.proxy")
 
@@ -116,7 +122,12 @@ class GuardedSteps:
             binary = request.headers.get(HEADER_KEY)  # the binary tensor extension (OIP)
             if binary is not None and chain.binary is not None:
                 ex.binary = binary_request(request, chain.binary, binary)
-            await chain.on_request(ex)
+            try:
+                await chain.on_request(ex)
+            except RequestError:  # refused (too many rows, unreadable): counted all the same
+                if ex.binary is not None:
+                    self.counts.binary.count(ex.binary, False)
+                raise
             if ex.reply is not None:
                 await chain.observe(ex)
                 self._reply(writer, ex, call.admitted, wire)

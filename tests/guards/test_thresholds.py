@@ -9,7 +9,13 @@ import pytest
 
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.chain import GuardContext
-from guardproxy.guards.exchange import AmbiguousRequest, Exchange, TooManyRows, loads
+from guardproxy.guards.exchange import (
+    AmbiguousRequest,
+    Exchange,
+    TooManyRows,
+    UnreadableRequest,
+    loads,
+)
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.policy.thresholds import Snapshot, ThresholdRule, ThresholdTable
 from tests.guards.exchanges import chain, exchange, policy, v2_answer, v2_request
@@ -171,6 +177,25 @@ async def test_randomized_rule_is_deterministic_by_row_whatever_the_request_id()
             assert ex.annotations["X-Guard-Threshold"] == "0.4|0.6@0.5"  # the rule, not the draw
     assert all(len(decisions) == 1 for decisions in seen.values())
     assert {d for ds in seen.values() for d in ds} == {"0", "1"}  # both thresholds in use
+
+
+async def test_a_request_a_draw_cannot_read_is_refused_before_the_model_is_asked() -> None:
+    # Drawn for at random after the model answered, its client would re-roll until it won.
+    mixed = ThresholdTable("r", {("sg", "adult", "", "*"): ThresholdRule(0.4, 0.6, 0.5)})
+    decision = {"subject": {"header": "X-Applicant", "trusted": True}}
+    spec = policy({"score": {"output": "score"}}, decision=decision)  # no groups read
+    for body in (b'{"inputs":[],"pad":NaN}', b'{"inputs":[],"inputs":[]}'):
+        guards = chain(spec, GuardContext(thresholds=Snapshot(mixed)))
+        ex = exchange(None)
+        ex.body = body
+        with pytest.raises((UnreadableRequest, AmbiguousRequest)):
+            await guards.on_request(ex)
+        named = exchange(None, headers={"X-Applicant": "a-17"})  # its subject: not the body
+        named.body = body
+        await guards.on_request(named)
+        plain = exchange(None)  # no mixed rule: the request is never read
+        plain.body = body
+        await chain(spec).on_request(plain)
 
 
 async def test_non_2xx_and_non_json_answers_are_left_alone() -> None:

@@ -265,17 +265,35 @@ async def test_malformed_binary_framing_follows_on_error(
     assert counts == {"requests": 1, "answers": 1, "reencoded": 0, "malformed": 1}
 
 
-async def test_a_malformed_binary_request_is_forwarded_and_counted(
-    served: tuple[RunningProxy, Triton], client: aiohttp.ClientSession
-) -> None:
-    proxy, model = served
+def framings() -> dict[str, tuple[bytes, int]]:
+    """Binary requests whose framing the guards refuse, and the header length each sends."""
     body, length = triton.InferenceServerClient.generate_request_body(inputs(), outputs=outputs())
-    headers = {HEADER: str(length + 1), "X-Region": "default"}
+    header = json.loads(body[:length])
+    header["inputs"][2]["data"] = ["Male"] * 5  # `sex` as JSON and as binary: which one is it?
+    both = json.dumps(header).encode()
+    return {
+        "length past the header": (body, length + 1),
+        "length short of it": (body, length - 1),
+        "data and binary_data_size": (both + body[length:], len(both)),
+    }
+
+
+@pytest.mark.parametrize("framing", ["length past the header", "length short of it",
+                                     "data and binary_data_size"])  # fmt: skip
+async def test_a_binary_request_the_guards_cannot_read_is_refused(
+    served: tuple[RunningProxy, Triton], client: aiohttp.ClientSession, framing: str
+) -> None:
+    # Passed on, the model would read a group the guards never decided for.
+    proxy, model = served
+    body, length = framings()[framing]
+    headers = {HEADER: str(length), "X-Region": "default"}
     async with client.post(proxy.url + PATH, data=body, headers=headers) as response:
         assert response.status == 400
-        assert "not valid JSON" in (await response.json())["error"]
-    assert model.received[-1][1] == body  # the model decides what to make of it
-    assert proxy.runtime.proxy.counts.binary.malformed == 1
+        error = (await response.json())["error"]
+        assert error.startswith("the guards cannot read the request: binary input: ")
+    assert model.received == []  # the model was not asked
+    counts = proxy.runtime.proxy.counts
+    assert (counts.binary.malformed, counts.refused) == (1, {400: 1})
 
 
 async def test_a_sample_holds_the_decoded_tensors_redacted(

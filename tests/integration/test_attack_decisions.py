@@ -185,3 +185,36 @@ async def test_a_request_that_names_a_key_twice_is_refused(tmp_path: Path) -> No
             )
             assert len(model.bodies) == 0  # refused before the model was asked
         assert proxy.runtime.status()["requests"]["refused"] == {"400": 3}
+
+
+MALE = '{"name":"sex","shape":[1],"datatype":"BYTES","data":["Male"]}'
+UNREADABLE = {  # each read by Python's json.loads, behind many model servers; not by orjson
+    "NaN": '{"parameters":{"pad":NaN},"inputs":[' + MALE + "]}",
+    "1e400": '{"parameters":{"pad":1e400},"inputs":[' + MALE + "]}",
+    "a lone surrogate": '{"parameters":{"pad":"\\udc00"},"inputs":[' + MALE + "]}",
+    "1,100 levels": '{"parameters":{"pad":'
+    + "[" * 1100
+    + "]" * 1100
+    + '},"inputs":['
+    + MALE
+    + "]}",
+}
+STRICT = "region: strict\nextends: default\ndecision: {on_error: fail_closed}\n"
+
+
+async def test_a_request_the_guards_cannot_read_is_refused_whatever_on_error_says(
+    tmp_path: Path,
+) -> None:
+    # Passed on, the model would score a Male at the "other" group's threshold.
+    model = RecordingModel(score=0.7)
+    policies = {"default.yaml": PER_GROUP, "strict.yaml": STRICT}
+    async with guarded(tmp_path, policies, model, trust_region_header="X-Region") as (proxy, _):
+        async with aiohttp.ClientSession() as session:
+            for region in ("default", "strict"):
+                for body in UNREADABLE.values():
+                    sent = {"X-Region": region}
+                    code, headers, doc = await post(session, proxy.url + INFER, body.encode(), sent)
+                    assert code == 400 and "X-Guard-Decision" not in headers
+                    assert doc["error"].startswith("the guards cannot read the request: ")
+            assert len(model.bodies) == 0  # refused before the model was asked
+        assert proxy.runtime.status()["requests"]["refused"] == {"400": 8}
