@@ -13,6 +13,7 @@ from guardproxy.payloads.errors import (
     AmbiguousInput,
     MalformedBinary,
     MalformedJson,
+    TooManyValues,
     over_limit,
 )
 from guardproxy.transport import HeaderList, Headers, RequestError
@@ -213,8 +214,11 @@ class Exchange:
             binary = self.binary
             if binary is None or binary.response is None:
                 self._response_json = loads(self.response_body)
-            else:  # only the outputs the policy reads
-                self._response_json = binary.response_document(self.response_body)
+            else:  # only the outputs the policy reads, their rows counted before decoding
+                try:
+                    self._response_json = binary.response_document(self.response_body)
+                except TooManyValues as exc:  # refused as a JSON answer over the limit is
+                    raise TooManyRows(str(exc)) from None
         return self._response_json
 
     def replace_response_json(self, document: Any) -> None:

@@ -93,10 +93,13 @@ def decode_request(
 
 
 def decode_response(
-    body: bytes, length: str | int | None, only: Collection[str] | None = None
+    body: bytes,
+    length: str | int | None,
+    only: Collection[str] | None = None,
+    max_rows: int | None = None,
 ) -> BinaryBody:
     """Decode an answer body (its binary tensors are the outputs)."""
-    return decode(body, length, "outputs", only)
+    return decode(body, length, "outputs", only, max_rows)
 
 
 def decode(
@@ -111,8 +114,9 @@ def decode(
     A tensor is decoded when `only` names it or one of its columns (a 2-D tabular tensor's
     `columns` parameter, its own or the body's, as the JSON payloads read features). The
     sections are views of `body`, not copies: a large tensor nobody reads costs nothing.
-    With `max_rows`, a tensor `only` names that holds more rows (values per column) raises
-    TooManyValues before any of it is decoded: a BYTES element costs the loop ~0.4 µs.
+    With `max_rows`, a tensor `only` names that holds more rows (values per column; of an
+    answer, its first dimension, every output when `only` is None) raises TooManyValues
+    before any of it is decoded: a BYTES element costs the loop ~0.4 µs.
     A request's JSON header that names a key twice in one object is RepeatedKey.
     """
     split = header_length(length, len(body))
@@ -152,6 +156,8 @@ def decode(
             )
         raw = sections[name] = view[pos : pos + size]
         pos += size
+        if key == "outputs" and max_rows is not None and (only is None or name in only):
+            _check_rows(t["shape"][:1], 1, max_rows)  # an answer's rows: its first dimension
         if only is None:
             _decoded(t, raw, key, name)
         elif name in only or (columns and _names_a_column(t, shared_wanted, only)):

@@ -131,8 +131,12 @@ class BinaryBodies:
         return self._partial
 
     def response_document(self, body: bytes) -> dict[str, Any]:
-        """The answer's document: the outputs the policy reads decoded, the rest as bytes."""
-        self._answer = self._decoded(body, self.response, "outputs", self.reads.outputs)
+        """The answer's document: the outputs the policy reads decoded, the rest as bytes.
+
+        An output it reads with more rows than the guards take is TooManyValues, undecoded.
+        """
+        reads = self.reads
+        self._answer = self._decoded(body, self.response, "outputs", reads.outputs, reads.max_rows)
         return self._answer.doc
 
     def encode(self, doc: dict[str, Any]) -> None:
