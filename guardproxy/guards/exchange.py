@@ -271,16 +271,14 @@ def read_request(ex: Exchange, whole: bool = False) -> Any:
 
 
 def is_json_answer(ex: Exchange) -> bool:
-    """True for a 2xx answer that is (or may be) JSON: the only answers guards change."""
+    """True for a 2xx answer read whole: guards read it as JSON (or binary tensors)."""
     if not 200 <= ex.status < 300:
         return False
     if ex.decoded:
         return ex._response_json is not _UNPARSED
-    if not ex.response_body:
-        return False
-    if ex.binary is not None and ex.binary.response is not None:
-        return True
-    return not ex.response_type or b"json" in ex.response_type
+    # Whatever its type says: clients such as the openai SDK parse a text/plain or an untyped
+    # answer as JSON all the same (an event stream is relayed, never read here).
+    return bool(ex.response_body)
 
 
 def media_type(content_type: bytes | None) -> bytes:

@@ -63,6 +63,15 @@ Observer = Callable[[Observation], None]
 MAX_EVENT = 1 << 20
 
 
+def answer_type(values: list[bytes]) -> bytes:
+    """An answer's media type; Content-Type given twice, differing, reads as JSON: clients
+    disagree on which one counts, and the guards must not take the one they skip."""
+    if len(values) == 1:
+        return media_type(values[0])
+    types = {media_type(value) for value in values}
+    return types.pop() if len(types) == 1 else b"application/json"
+
+
 class GuardedSteps:
     """The steps of one guarded exchange; how it ended is returned as an access log outcome."""
 
@@ -171,7 +180,8 @@ class GuardedSteps:
     ) -> str:
         """The upstream's answer through the guards (binary tensors and chat streams too).
 
-        Any other answer that is not JSON streams through unguarded, and is counted.
+        Any other 2xx answer is read as JSON; a failed answer that is not JSON, and an event
+        stream of a model that is not a chat model, stream through unguarded, and are counted.
         """
         rid = ex.request_id.encode("latin-1")
         headers = guarded_headers(request, rid, self.trust.forwarded, decoded)
@@ -190,7 +200,7 @@ class GuardedSteps:
         span.end(response.status)
         call.settle(response.status, perf_counter() - began)
         chain = cast(GuardChain, wire.model.chain)
-        content_type = media_type(response.headers.get(b"content-type"))
+        content_type = answer_type(response.headers.getall(b"content-type"))
         binary = response.headers.get(HEADER_KEY) if chain.binary is not None else None
         if response.status in NO_BODY_STATUS or request.method == b"HEAD":
             return await self._unguarded(request, writer, response, ex)
@@ -200,7 +210,10 @@ class GuardedSteps:
         elif content_type not in JSON_TYPES:
             if content_type == EVENT_STREAM and wire.model.spec.protocol == "openai":
                 return await self._chat(writer, ex, response, call.admitted, wire, began)
-            return await self._unguarded(request, writer, response, ex)
+            if content_type == EVENT_STREAM or not 200 <= response.status < 300:
+                return await self._unguarded(request, writer, response, ex)
+            # Any other 2xx answer is guarded as JSON, whatever its type says: clients such
+            # as the openai SDK parse text/plain or an untyped answer as JSON all the same.
         await read_answer(ex, response, self.max_body, content_type, hold)
         ex.upstream_seconds = perf_counter() - began
         if 200 <= ex.status < 300:

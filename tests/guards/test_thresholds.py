@@ -198,13 +198,24 @@ async def test_a_request_a_draw_cannot_read_is_refused_before_the_model_is_asked
         await chain(spec).on_request(plain)
 
 
-async def test_non_2xx_and_non_json_answers_are_left_alone() -> None:
+async def test_non_2xx_answers_are_left_alone() -> None:
     chain = chain_for({"on_error": "fail_closed"})
     ex = await run(chain, exchange(v2_request("male"), raw_response=b"oops", status=503))
-    text = exchange(v2_request("male"), raw_response=b"plain")
-    text.response_type = b"text/plain"
-    await run(chain, text)
-    assert ex.verdicts == [] and text.verdicts == [] and chain.errors == {}
+    assert ex.verdicts == [] and chain.errors == {}
+
+
+async def test_a_2xx_answer_is_read_as_json_whatever_its_type_says() -> None:
+    # The openai SDK, and others, parse a text/plain or untyped answer as JSON all the same.
+    for kind in (b"text/plain", b"", b"application/octet-stream", b"application/vnd.api+json"):
+        guards = chain_for({"on_error": "fail_closed"})
+        typed = exchange(v2_request("male"), v2_answer(0.7))
+        typed.response_type = kind
+        await run(guards, typed)
+        assert typed.annotations["X-Guard-Decision"] == "1"
+        text = exchange(v2_request("male"), raw_response=b"plain")
+        text.response_type = kind
+        await run(guards, text)  # not JSON after all: the guard's on_error
+        assert text.reply is not None and text.reply.status == 502
 
 
 BROKEN = [

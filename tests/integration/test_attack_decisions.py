@@ -8,9 +8,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 import aiohttp
+from aiohttp import web
 
 from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
-from guardproxy.testing import RecordingModel
+from guardproxy.testing import RecordingModel, proxy_before
 from tests.integration.attacks import INFER, applicant, guarded, post
 from tests.state.conftest import REDIS_URL, drop_prefix
 
@@ -218,3 +219,48 @@ async def test_a_request_the_guards_cannot_read_is_refused_whatever_on_error_say
                     assert doc["error"].startswith("the guards cannot read the request: ")
             assert len(model.bodies) == 0  # refused before the model was asked
         assert proxy.runtime.status()["requests"]["refused"] == {"400": 8}
+
+
+ANSWER = b'{"outputs":[{"name":"score","shape":[1],"datatype":"FP32","data":[0.7]}]}'
+TYPES = {  # what the model says its answer is: Content-Type values, in order
+    "plain": [b"text/plain"],
+    "untyped": [],
+    "octets": [b"application/octet-stream"],
+    "twice, plain first": [b"text/plain", b"application/json"],
+    "not JSON after all": [b"text/plain"],
+}
+
+
+def typed_model(kind: str) -> web.Application:
+    """A model answering a score under the given Content-Type headers."""
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        body = b"model output" if kind == "not JSON after all" else ANSWER
+        response = web.StreamResponse()
+        response.headers.popall("Content-Type", None)
+        for value in TYPES[kind]:
+            response.headers.add("Content-Type", value.decode())
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_post(INFER, infer)
+    return app
+
+
+async def test_an_answer_of_any_type_is_guarded_as_json(tmp_path: Path) -> None:
+    # The openai SDK, and others, read such an answer as JSON: passed unguarded, its
+    # client would get a score no decision was made on, fail_closed or not.
+    for kind in TYPES:
+        policies = {"default.yaml": PER_GROUP, "strict.yaml": STRICT}
+        async with proxy_before(typed_model(kind), tmp_path / kind, policies,
+                                trust_region_header="X-Region") as proxy:  # fmt: skip
+            async with aiohttp.ClientSession() as session:
+                url, body = proxy.url + INFER, applicant(41, "Male")
+                code, headers, _ = await post(session, url, body, {"X-Region": "strict"})
+                if kind == "not JSON after all":  # the guard's on_error: fail_closed
+                    assert code == 502
+                else:
+                    assert (code, headers["X-Guard-Decision"]) == (200, "0"), kind
