@@ -156,12 +156,13 @@ def decode(
             )
         raw = sections[name] = view[pos : pos + size]
         pos += size
-        if key == "outputs" and max_rows is not None and (only is None or name in only):
-            _check_rows(t["shape"][:1], 1, max_rows)  # an answer's rows: its first dimension
+        answer = key == "outputs"
+        if answer and max_rows is not None and (only is None or name in only):
+            _check_answer_rows(t["shape"], max_rows)
         if only is None:
             _decoded(t, raw, key, name)
         elif name in only or (columns and _names_a_column(t, shared_wanted, only)):
-            if max_rows is not None:  # a named input is read whole, a column row by row
+            if max_rows is not None and not answer:  # an input whole, a column row by row
                 width = 1 if name in only else len(_columns(t) or shared)
                 _check_rows(t["shape"], width, max_rows)
             _decoded(t, raw, key, name)
@@ -212,6 +213,13 @@ def _check_rows(shape: list[Any], width: int, limit: int) -> None:
     except TensorError:
         return  # decoding names the fault
     if rows > limit:
+        raise TooManyValues(rows, limit)
+
+
+def _check_answer_rows(shape: list[Any], limit: int) -> None:
+    """Raise TooManyValues when an output's first dimension (its rows) is over `limit`."""
+    rows = shape[0] if shape else 1
+    if type(rows) is int and rows > limit:  # a dimension that is no count: decoding says so
         raise TooManyValues(rows, limit)
 
 
