@@ -125,13 +125,7 @@ def _branch(char: str, node: dict[str, Any]) -> str:
         chain += re.escape(char)
     alternatives = [re.escape(c) + _branch(c, node[c]) for c in sorted(node) if c != _END]
     if _END in node:
-        alternatives.append(_edge(char, after=True))
+        alternatives.append("" if _UNSPACED.match(char) else _AFTER)  # the term ends here
     if len(alternatives) == 1:
         return chain + alternatives[0]
     return chain + "(?:" + "|".join(alternatives) + ")"
-
-
-def _edge(char: str, after: bool = False) -> str:
-    if _UNSPACED.match(char):
-        return ""
-    return _AFTER if after else _BEFORE
