@@ -29,12 +29,12 @@ from ..guards.base import GuardChain
 from ..guards.exchange import Exchange, Refused, Reply, TooManyRows
 from ..hotpath.admission import Admitted, BreakerCall, mark
 from ..hotpath.observation import Observation, hand_over, observe
-from ..hotpath.trust import AMBIGUOUS_REGION
+from ..hotpath.trust import AMBIGUOUS, AMBIGUOUS_REGION, trusted_value
 from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError
 from ..policy.table import CompiledModel, PolicyTable
 from ..policy.thresholds import Snapshot
-from .calls import REQUEST_ID, headers_of, metadata_value, model_of, request_id_of
+from .calls import REQUEST_ID, headers_of, model_of, request_id_of
 from .documents import MessageRecord, request_document
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
 from .slots import UNGUARDED
@@ -93,7 +93,7 @@ class PolicyHook:
         stats.calls += 1
         request_id, replaced = request_id_of(call)
         stats.request_ids_replaced += replaced
-        if self.region_key and _given_twice(call.metadata, self.region_key):
+        if self.region_key and self._region(call.metadata) is AMBIGUOUS:
             stats.refused["ambiguous_region"] += 1
             return Refuse(grpc.StatusCode.INVALID_ARGUMENT, AMBIGUOUS_REGION)
         model, known = self._model(call.model_name, call.model_version, call.metadata)
@@ -117,9 +117,13 @@ class PolicyHook:
         self, name: str, version: str, metadata: Metadata
     ) -> tuple[CompiledModel | None, bool]:
         """The model a call names in its region's policy, and whether the region is known."""
-        region = metadata_value(metadata, self.region_key) if self.region_key else None
-        policy, known = self.policies.current.resolve(region)
+        region = self._region(metadata) if self.region_key else None
+        policy, known = self.policies.current.resolve(None if region is AMBIGUOUS else region)
         return model_of(policy, name, version), known
+
+    def _region(self, metadata: Metadata) -> str | None:
+        """The region the trusted key names (AMBIGUOUS when it names more than one)."""
+        return trusted_value([str(v) for name, v in metadata if name == self.region_key])
 
     async def _guard(self, call: InferCall, request_id: str, model: CompiledModel) -> Refuse | None:
         breaker = self.breakers.get(model)
@@ -318,10 +322,3 @@ def _breaker_open(request_id: str, model: CompiledModel, breaker: CircuitBreaker
     return Refuse(
         grpc.StatusCode.UNAVAILABLE, "circuit breaker open", metadata, breaker.retry_after()
     )
-
-
-def _given_twice(metadata: Metadata, key: str) -> bool:
-    """Whether the trusted region key comes more than once, or as a list: a gateway that
-    appends its own, rather than replacing the client's, would let the client's choose."""
-    values = [value for name, value in metadata if name == key]
-    return len(values) > 1 or (len(values) == 1 and "," in str(values[0]))

@@ -25,7 +25,7 @@ from guardproxy.hotpath.replies import ProxyCounts
 from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, error_events
 from guardproxy.payloads.errors import MAX_ROWS
 from guardproxy.payloads.sse import SSEError
-from guardproxy.policy.models import LabelsSpec
+from guardproxy.policy.models import LabelsSpec, OnError
 from guardproxy.transport import (
     ClientDisconnected,
     HeaderList,
@@ -136,23 +136,24 @@ class ChatRelay:
     def _note_unread(self) -> None:
         """Events passed unread (fail_open): the first one counts and fails the guard once."""
         if self.guard.unread_events and not self.unread_noted:
-            self.counts.chat_stream_errors += 1
-            terms = self.chain.terms is not None
-            self.chain.failed("labels" if terms else "stream", "fail_open", self.ex,
-                              self.guard.unread[0])  # fmt: skip
+            self._failed(self.guard.unread[0])
             self.unread_noted = True
 
     def unreadable(self, why: str) -> bytes | None:
         """A stream that cannot be read: on_error decides (fail_open: the rest passes unread)."""
-        self.counts.chat_stream_errors += 1
-        terms = self.chain.terms is not None
-        on_error = self.labels.on_error if terms else "fail_open"
-        self.chain.failed("labels" if terms else "stream", on_error, self.ex, why)
+        self._failed(why, self.labels.on_error)
         if self.ex.reply is not None:
             self.ended = "unreadable"
             return None
         self.ended, self.reading = "passed_unread", False
         return self.guard.rest()
+
+    def _failed(self, why: str, on_error: OnError = "fail_open") -> None:
+        """Counted, and the guard's failure recorded (a stream without terms fails open)."""
+        self.counts.chat_stream_errors += 1
+        terms = self.chain.terms is not None
+        self.chain.failed("labels" if terms else "stream", on_error if terms else "fail_open",
+                          self.ex, why)  # fmt: skip
 
     def _denied(self, scan: Scan) -> None:
         """A denied term: block and suppress alike end the stream (sent text cannot be masked)."""

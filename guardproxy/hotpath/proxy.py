@@ -14,7 +14,13 @@ from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
 from guardproxy.hotpath.paths import origin_form, route_path
 from guardproxy.hotpath.relay import relay, request_body
 from guardproxy.hotpath.replies import ModelWires, ProxyCounts, Refusal, fail
-from guardproxy.hotpath.trust import AMBIGUOUS_REGION, Trust, request_id_of
+from guardproxy.hotpath.trust import (
+    AMBIGUOUS,
+    AMBIGUOUS_REGION,
+    Trust,
+    request_id_of,
+    trusted_value,
+)
 from guardproxy.hotpath.upstream import (
     Upstream,
     UpstreamError,
@@ -31,7 +37,6 @@ log = logging.getLogger("guardproxy.proxy")
 
 UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-AMBIGUOUS = "\0ambiguous"  # a region header given more than once: no region is a name of it
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 
@@ -124,20 +129,12 @@ class Proxy(GuardedSteps):
         return request_id
 
     def region_of(self, request: Request) -> str | None:
-        """The region a request names, when the operator trusts a header to name one.
-
-        AMBIGUOUS when it is given twice or as a list: a gateway that appends its header,
-        rather than replacing the client's, would otherwise let the client's copy choose.
-        """
+        """The region a request names, when the operator trusts a header to name one
+        (AMBIGUOUS when it names more than one)."""
         key = self.region_key
         if key is None:
             return None
-        values = request.headers.getall(key)
-        if not values:
-            return None
-        if len(values) > 1 or b"," in values[0]:
-            return AMBIGUOUS
-        return values[0].decode("latin-1")
+        return trusted_value([v.decode("latin-1") for v in request.headers.getall(key)])
 
     def guarded_model(
         self, policy: CompiledPolicy, target: bytes

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_REQUEST_ID = 128
 AMBIGUOUS_REGION = "the region header is given more than once"
+AMBIGUOUS = "\0ambiguous"  # what trusted_value gives for a header given twice: no region
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 
@@ -44,6 +46,17 @@ class _Ids:
 new_request_id = _Ids()  # a random 128-bit id, hex encoded
 # A forked worker must not hand out the ids its parent had drawn.
 os.register_at_fork(after_in_child=lambda: setattr(new_request_id, "_at", 1 << 30))
+
+
+def trusted_value(values: Sequence[str]) -> str | None:
+    """The one value a trusted header (or gRPC key) gives; AMBIGUOUS when it is given twice
+    or as a list: a gateway that appends its own, rather than replacing the client's, would
+    otherwise let the client's copy choose."""
+    if not values:
+        return None
+    if len(values) > 1 or "," in values[0]:
+        return AMBIGUOUS
+    return values[0]
 
 
 def request_id_of(value: str | None) -> tuple[str, bool]:
