@@ -119,6 +119,8 @@ class DecisionGuard:
 
     def _may_draw(self) -> bool:
         """Whether a learned rule of this model mixes two thresholds (a draw reads the row)."""
+        if not self._learned:  # only learned rules mix, and they serve only while adapting
+            return False
         table = self._snapshot.current
         seen, mixes = self._mixes
         if table is not seen:  # once per table: a table is immutable, a new one a new object

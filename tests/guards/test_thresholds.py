@@ -182,7 +182,7 @@ async def test_randomized_rule_is_deterministic_by_row_whatever_the_request_id()
 async def test_a_request_a_draw_cannot_read_is_refused_before_the_model_is_asked() -> None:
     # Drawn for at random after the model answered, its client would re-roll until it won.
     mixed = ThresholdTable("r", {("sg", "adult", "", "*"): ThresholdRule(0.4, 0.6, 0.5)})
-    decision = {"subject": {"header": "X-Applicant", "trusted": True}}
+    decision = {"subject": {"header": "X-Applicant", "trusted": True}, **ADAPT}
     spec = policy({"score": {"output": "score"}}, decision=decision)  # no groups read
     for body in (b'{"inputs":[],"pad":NaN}', b'{"inputs":[],"inputs":[]}'):
         guards = chain(spec, GuardContext(thresholds=Snapshot(mixed)))
@@ -196,6 +196,10 @@ async def test_a_request_a_draw_cannot_read_is_refused_before_the_model_is_asked
         plain = exchange(None)  # no mixed rule: the request is never read
         plain.body = body
         await chain(spec).on_request(plain)
+        still = exchange(None)  # a mixed rule learned before adapt was taken out: never used
+        still.body = body
+        static = policy({"score": {"output": "score"}}, decision={"threshold": 0.5})
+        await chain(static, GuardContext(thresholds=Snapshot(mixed))).on_request(still)
 
 
 async def test_non_2xx_answers_are_left_alone() -> None:
