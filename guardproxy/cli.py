@@ -70,6 +70,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         access_log=switched(args, "--access-log"),
         grpc_max_calls=args.grpc_max_calls,
         grpc_stream_answers=args.grpc_stream_answers,
+        grpc_stream_idle=args.grpc_stream_idle,
         **grpc_settings(args.grpc_listen, args.grpc_upstream),
     )
 

@@ -73,6 +73,7 @@ class GrpcPort:
             max_calls=settings.grpc_max_calls or None,
             budget=budget,
             stream_answers=cast("StreamAnswers", settings.grpc_stream_answers),
+            stream_idle=settings.grpc_stream_idle or None,
         )
         self.port: int | None = None
         self._stopping: asyncio.Task[None] | None = None

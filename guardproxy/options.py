@@ -355,6 +355,14 @@ SERVE_FLAGS = (
         "auto",
         parse=stream_answers,
     ),
+    Flag(
+        "--grpc-stream-idle",
+        "S",
+        "a ModelStreamInfer stream that sends no request and waits for no answer for S seconds "
+        "ends UNAVAILABLE (0: streams may idle for good)",
+        "300",
+        parse=wait,
+    ),
 )
 
 

@@ -71,6 +71,7 @@ class Settings:
     grpc_upstream: str | None = None  # the model server's gRPC HOST:PORT
     grpc_max_calls: int = 0  # gRPC calls at once (0: no bound), refused before being read
     grpc_stream_answers: str = "auto"  # ModelStreamInfer answers: auto, triton or mlserver
+    grpc_stream_idle: float = 300.0  # seconds a stream may idle before it ends (0: for good)
     access_log: bool = False  # every request at info level (else at debug)
 
     def secrets(self) -> tuple[str, ...]:

@@ -101,6 +101,7 @@ class GrpcProxy:
         fail_closed: bool = False,
         max_pending: int = 1024,
         max_pending_bytes: int = 64 << 20,
+        stream_idle: float | None = 300.0,
         timeout: float | None = None,
         calls: CallLog | None = None,
         limiter: KeyLimiter | None = None,
@@ -116,6 +117,7 @@ class GrpcProxy:
         self.stream_answers = stream_answers  # Triton wraps stream answers; MLServer does not
         self.max_pending = max_pending  # unanswered requests of one stream, at most
         self.max_pending_bytes = max_pending_bytes  # and their bytes (one may be larger)
+        self.stream_idle = stream_idle  # seconds a stream may idle (None: for good)
         self.stats = GrpcStats()
         self.slots = CallSlots(limiter, slot_key, self.stats)  # upstream slots per model
         # Calls of any method at once; more are refused RESOURCE_EXHAUSTED by grpc before

@@ -17,6 +17,10 @@ A client's next request is held back, and with it the rest of its stream (grpc's
 then stops the client), while the stream has `max_pending` requests or `max_pending_bytes` of
 them unanswered, and while an earlier request with the same id has no final answer: two
 answers of one id could not be told apart, and one would pass unguarded.
+
+A stream with no request waiting for an answer that neither sends a request nor receives an
+answer for `stream_idle` seconds ends UNAVAILABLE: an idle stream holds its state, and gRPC's
+connection settings (keepalive pings) keep it open as long as its client likes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ log = logging.getLogger("guardproxy.grpc")
 StreamAnswers = Literal["auto", "triton", "mlserver"]
 UNREADABLE = "the model's stream answer could not be read"
 UNPAIRED = "the model's stream answer answers no request waiting"
+IDLE = "the stream was idle for {:g} s (no request sent, none waiting for an answer)"
 
 
 def parse_answer(raw: bytes, form: StreamAnswers) -> tuple[Any, pb.ModelInferResponse | None]:
@@ -103,11 +108,13 @@ class StreamGuard:
         self.proxy = proxy
         self.context = context
         self.refusal: Refuse | None = None
+        self._hook_refused = False  # whether the refusal is the hook's (else the proxy's own)
         self._by_id: dict[str, _Sent] = {}
         self._in_order: deque[_Sent] = deque()
         self._bytes = 0  # of the requests waiting for an answer
         self._room = asyncio.Event()  # set when an answer came (or the stream ended)
         self._guarded = False  # whether a guarded request went upstream on this stream
+        self._active = asyncio.get_running_loop().time()  # the last request or answer
 
     async def run(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Forward the stream; yields the answers to send to the client."""
@@ -125,7 +132,7 @@ class StreamGuard:
                     break
                 yield await self._checked(answer)
             if self.refusal is not None:
-                await proxy.refuse(self.refusal, context)
+                await proxy.refuse(self.refusal, context, hook=self._hook_refused)
             context.set_trailing_metadata(forwardable(await rpc.trailing_metadata()))
         except aio.AioRpcError as err:
             ended = Failure(err.code(), err.details() or "")
@@ -151,7 +158,7 @@ class StreamGuard:
 
     async def _admitted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The client's requests that the hook admits; the first refusal ends the stream."""
-        async for raw in requests:
+        async for raw in self._until_idle(requests):
             self.proxy.stats.calls["stream_message"] += 1
             if not self.proxy.room_for(len(raw)):
                 self.refusal = BUDGET_REFUSAL
@@ -169,10 +176,42 @@ class StreamGuard:
                     if held is not None:
                         held.release()
                     self.refusal = refusal  # half-close upstream; run() ends the call
+                    self._hook_refused = True
                     return
                 self._remember(_Sent(call, len(raw), held))
                 self._guarded = self._guarded or self.proxy.hook.reads_answer(call)
             yield raw
+
+    async def _until_idle(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The client's requests, until the stream is idle for `stream_idle` seconds."""
+        idle = self.proxy.stream_idle
+        if idle is None:
+            async for raw in requests:
+                yield raw
+            return
+        loop = asyncio.get_running_loop()
+        requests = aiter(requests)
+        while True:
+            # The read is a task of its own: cancelling a read grpc has begun ends the stream.
+            read = asyncio.ensure_future(anext(requests))
+            while not (await asyncio.wait((read,), timeout=self._idle_left(idle, loop)))[0]:
+                if self._idle_left(idle, loop) <= 0:
+                    read.cancel()
+                    self.proxy.stats.calls["stream_idle"] += 1
+                    self.refusal = Refuse(grpc.StatusCode.UNAVAILABLE, IDLE.format(idle))
+                    return
+            try:
+                raw = read.result()
+            except StopAsyncIteration:
+                return
+            self._active = loop.time()
+            yield raw
+
+    def _idle_left(self, idle: float, loop: asyncio.AbstractEventLoop) -> float:
+        """Seconds before the stream counts as idle; a request waiting for an answer holds it."""
+        if self._by_id or self._in_order:
+            return idle
+        return self._active + idle - loop.time()
 
     async def _room_for(self, call: InferCall, size: int) -> None:
         """Wait until this request may go upstream (see the module's docstring)."""
@@ -249,6 +288,7 @@ class StreamGuard:
         return None
 
     def _answered(self, sent: _Sent) -> InferCall:
+        self._active = asyncio.get_running_loop().time()
         if sent.held is not None:
             sent.held.release()
         self._bytes -= sent.size

@@ -72,6 +72,7 @@ async def test_calls_beyond_the_budget_are_refused_until_one_ends(tmp_path: Path
         answer, _, _ = await infer(g.target, int64s(hold=False))  # room again
         assert answer.model_name == "other"
         assert grpc_status(g)["calls"]["busy"] == {"request_bodies": 2}
+        assert grpc_status(g)["calls"]["refused"] == {}  # the proxy's own refusals, not the guards'
 
 
 async def test_a_refused_call_frees_its_parsed_request_at_once(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from guardproxy.grpc import GrpcProxy
@@ -132,3 +134,30 @@ async def test_an_in_band_error_answers_its_own_request(stack: Stack) -> None:
         pack("FP32", [v], "x") for v in (1.0, 2.0, 4.0)
     ]
     assert stack.proxy.status()["errors"] == {}
+
+
+async def test_an_idle_stream_ends_unavailable() -> None:
+    async with eager_stream(stream_idle=0.3) as (model, hook, call, proxy):
+        model.gate.set()
+        await call.write(request(1.0))
+        assert (await call.read()).infer_response.outputs[0].name == "x"
+        assert await call.code() == grpc.StatusCode.UNAVAILABLE  # nothing sent for 0.3 s
+        assert "idle for 0.3 s" in await call.details()
+    status = proxy.status()
+    assert status["calls"]["stream_idle"] == 1
+    assert status["refused"] == {} and status["errors"] == {}
+    assert len(hook.answers) == 1 and hook.failures == []
+
+
+async def test_a_request_waiting_for_its_answer_keeps_the_stream_open() -> None:
+    async with eager_stream(stream_idle=0.2) as (model, hook, call, proxy):
+        await call.write(request(1.0))
+        await eventually(lambda: model.received == 1)
+        await asyncio.sleep(0.6)  # the model is slow, the client is not idle
+        model.gate.set()
+        assert (await call.read()).infer_response.outputs[0].name == "x"
+        await call.write(request(2.0))
+        assert (await call.read()).infer_response.outputs[0].name == "x"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+    assert len(hook.answers) == 2 and proxy.status()["calls"].get("stream_idle") is None
