@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from ..hotpath.trust import well_formed_id
 from .calllog import CallLog
+from .calls import metadata_value
 from .hooks import Metadata
 
 __all__ = ["INFER", "STREAM_INFER", "cancelled", "ended", "forwardable", "upstream_metadata"]
@@ -39,12 +41,15 @@ def upstream_metadata(
 ) -> Metadata:
     """The client's metadata as it goes upstream, naming the call's span as the trace parent;
     with the `request_id` the proxy settled on in place of every `x-request-id` the client
-    sent (a malformed one, or two, must not reach the model's logs)."""
+    sent (a malformed one, or two, must not reach the model's logs). Without one (a stream,
+    another method), the client's first id goes on when well formed, as the call's log
+    line records it, else none."""
     metadata = forwardable(context.invocation_metadata())
-    if request_id is not None:
-        kept = tuple((key, value) for key, value in metadata if key != REQUEST_ID)
-        metadata = (*kept, (REQUEST_ID, request_id))
-    return calls.upstream(metadata)
+    if request_id is None:
+        first = metadata_value(metadata, REQUEST_ID)
+        request_id = first if first is not None and well_formed_id(first) else None
+    kept = tuple((key, value) for key, value in metadata if key != REQUEST_ID)
+    return calls.upstream(kept if request_id is None else (*kept, (REQUEST_ID, request_id)))
 
 
 def ended(context: aio.ServicerContext[bytes, bytes], exc: BaseException) -> grpc.StatusCode:

@@ -153,11 +153,11 @@ async def infer(
 
 
 async def stream(
-    target: str, requests: Sequence[pb.ModelInferRequest]
+    target: str, requests: Sequence[pb.ModelInferRequest], metadata: Sequence[Any] = ()
 ) -> list[pb.ModelStreamInferResponse]:
     """One ModelStreamInfer call: every answer, in order."""
     async with aio.insecure_channel(target) as channel:
-        call = stream_infer(channel)(iter(requests))
+        call = stream_infer(channel)(iter(requests), metadata=tuple(metadata))
         return [answer async for answer in call]
 
 

@@ -399,3 +399,20 @@ async def test_the_model_gets_the_request_id_the_proxy_settled_on(
             upstream = [v for k, v in g.model.metadata_lists[-1] if k == "x-request-id"]
             assert upstream == [initial["x-request-id"]]
             assert initial["x-request-id"] == (sent[0][1] if len(sent) == 2 else upstream[0])
+
+
+@pytest.mark.parametrize(
+    ("sent", "upstream"),
+    [
+        ([("x-request-id", "r" * 200)], []),
+        ([("x-request-id", "x y;z")], []),
+        ([("x-request-id", "one"), ("x-request-id", "two")], ["one"]),
+    ],
+)
+async def test_a_stream_sends_the_model_only_a_well_formed_request_id(
+    tmp_path: Path, sent: list[tuple[str, str]], upstream: list[str]
+) -> None:
+    # A stream has no one id (each message has its own): the first, as the log line has it.
+    async with guarded(tmp_path) as g:
+        assert len(await stream(g.target, [rows()], sent)) == 1
+        assert [v for k, v in g.model.metadata_lists[-1] if k == "x-request-id"] == upstream

@@ -66,6 +66,7 @@ class Model(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        self.metadata_lists.append(list(context.invocation_metadata()))
         async for request in requests:
             if request.model_name == "slow":
                 await asyncio.sleep(30)
