@@ -20,6 +20,7 @@ Clock = Callable[[], float]
 OTHER = "__other__"
 MAX_SAMPLE = 5000
 MAX_CATEGORIES = 100
+MIN_KEPT = 5  # times a category is seen to be kept apart, past MAX_CATEGORIES
 EXACT_KS_BUDGET = 10_000  # n_ref * n_window above which the KS p-value is asymptotic (cost O(n*m))
 
 
@@ -49,6 +50,31 @@ def bounded_sample(sorted_values: NDArray[np.float64], size: int = MAX_SAMPLE) -
         return [float(v) for v in sorted_values]
     idx = np.linspace(0, sorted_values.size - 1, size).round().astype(np.int64)
     return [float(v) for v in sorted_values[idx]]
+
+
+def _split_categories(labels: Sequence[str]) -> tuple[tuple[str, ...], Sequence[str]]:
+    """The categories a reference keeps apart from "other", and the values it counts.
+
+    Past MAX_CATEGORIES, the most frequent are chosen on a random half of the values and
+    counted on the other: ranked on the values they are counted on, the chosen ones carry
+    their luck (1,000 values of 1,000 equally likely categories made every window of the same
+    traffic drift). The halves are drawn (seeded, so a baseline is reproducible), not taken
+    alternately, as rows may come in pairs. A category seen fewer than MIN_KEPT times is left
+    in "other": sparse cells are noise.
+    """
+    distinct = set(labels)
+    if len(distinct) <= MAX_CATEGORIES:
+        return tuple(sorted(distinct)), labels  # all kept: none chosen, every value counts
+    chooser = np.random.default_rng(len(labels)).random(len(labels)) < 0.5
+    seen: dict[str, int] = {}
+    counted: list[str] = []
+    for label, choose in zip(labels, chooser.tolist(), strict=True):
+        if choose:
+            seen[label] = seen.get(label, 0) + 1
+        else:
+            counted.append(label)
+    ranked = sorted(seen, key=lambda c: (-seen[c], c))[:MAX_CATEGORIES]
+    return tuple(sorted(c for c in ranked if seen[c] >= MIN_KEPT)), counted
 
 
 @dataclass(frozen=True)
@@ -90,16 +116,15 @@ class Reference:
 
     @classmethod
     def _categorical(cls, signal: str, values: Sequence[object]) -> Reference:
-        seen: dict[str, int] = {}
-        for label in filter(None, map(to_category, values)):
-            seen[label] = seen.get(label, 0) + 1
-        if not seen:
+        labels = [label for label in map(to_category, values) if label is not None]
+        if not labels:
             raise ValueError(f"no categorical reference values for signal {signal!r}")
-        ranked = sorted(seen, key=lambda c: (-seen[c], c))
-        kept = tuple(sorted(ranked[:MAX_CATEGORIES]))
-        other = sum(seen[c] for c in ranked[MAX_CATEGORIES:])
-        counts = (*(float(seen[c]) for c in kept), float(other))
-        return cls(signal, "categorical", counts, categories=kept)
+        kept, counted = _split_categories(labels)
+        index = {c: i for i, c in enumerate(kept)}
+        counts = [0.0] * (len(kept) + 1)
+        for label in counted:
+            counts[index.get(label, len(kept))] += 1
+        return cls(signal, "categorical", tuple(counts), categories=kept)
 
     @classmethod
     def from_baseline(cls, doc: Mapping[str, Any], signal: str, group: str = "*") -> Reference:
