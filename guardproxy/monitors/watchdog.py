@@ -13,7 +13,7 @@ from guardproxy.breaker.board import BreakerBoard
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.drift import Clock, WindowResult
 from guardproxy.monitors.fairness import fairness_report
-from guardproxy.monitors.modeldrift import ModelDrift
+from guardproxy.monitors.modeldrift import ModelDrift, Row
 from guardproxy.policy.models import FairnessSpec, ModelPolicy
 from guardproxy.policy.table import CompiledModel
 from guardproxy.policy.thresholds import ModelKey
@@ -160,6 +160,7 @@ class Watchdog:
     def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
         """Group the batch's scored observations by model version; returns the drift work."""
         work: dict[ModelKey, tuple[ModelDrift, list[Observation]]] = {}
+        probes: list[tuple[ModelDrift, list[Row]]] = []  # half-open windows the batch completed
         # A batch is mostly one model version: its drift and list are looked up when it changes.
         model, version, drift, rows, fairness = None, "", None, None, None
         for ob in batch:
@@ -179,8 +180,9 @@ class Watchdog:
             if share is None:
                 continue
             if share.probe:
-                drift.add_probes([share])
-                self._probe_window(ob.model, drift)
+                window = drift.add_probes([share], ob.model.spec.breaker.half_open.probes)
+                if window is not None:
+                    probes.append((drift, window))
                 continue
             if rows is None:
                 entry = work.get(drift.key)
@@ -188,7 +190,7 @@ class Watchdog:
                     entry = work[drift.key] = (drift, [])
                 rows = entry[1]
             rows.append(share)
-        return self._observe(list(work.values())) if work else None
+        return self._observe(list(work.values()), probes) if work or probes else None
 
     def _fairness_of(self, model: CompiledModel, version: str) -> FairnessWindows | None:
         spec = model.spec
@@ -239,12 +241,18 @@ class Watchdog:
                 self.telemetry.forget_drift(old)
         return ModelDrift(spec, key, self.clock)
 
-    def _probe_window(self, model: CompiledModel, drift: ModelDrift) -> None:
-        values = drift.probe_window(model.spec.breaker.half_open.probes)
-        if values:
-            self._feed(drift.key, values)
-
-    async def _observe(self, work: list[tuple[ModelDrift, list[Observation]]]) -> None:
+    async def _observe(
+        self,
+        work: list[tuple[ModelDrift, list[Observation]]],
+        probes: Sequence[tuple[ModelDrift, list[Row]]] = (),
+    ) -> None:
+        for drift, rows in probes:  # the tests of a probe window run off the loop too
+            if self.threaded:
+                values = await asyncio.to_thread(drift.probe_window, rows)
+            else:
+                values = drift.probe_window(rows)
+            if values:
+                self._feed(drift.key, values)
         for drift, observations in work:
             began = time.perf_counter()
             self._busy.add(drift.key)

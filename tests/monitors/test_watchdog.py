@@ -18,6 +18,7 @@ import yaml
 from pytest import approx
 
 from guardproxy.breaker.board import BreakerBoard
+from guardproxy.breaker.state import HALF_OPEN
 from guardproxy.demo.model import adult_rows, load_model
 from guardproxy.guards.exchange import Verdict
 from guardproxy.hotpath.observation import Observation
@@ -330,6 +331,43 @@ async def test_window_work_runs_off_the_loop_and_the_loop_keeps_ticking() -> Non
           f"longest window computation {watchdog.max_compute * 1000:.1f} ms")  # fmt: skip
     assert watchdog.status()["models"]["default|adult|"]["windows"] >= 15
     assert worst < 0.1  # unthreaded, the same windows hold the loop for ~330 ms
+
+
+async def test_a_half_open_probe_window_is_tested_off_the_loop() -> None:
+    # A thousand probes against a 5,000-value reference sample, on people 30 years older.
+    text = POLICY.replace("warmup: 1000", "warmup: 5000").replace(
+        "open: {action: reject}", "open: {action: reject}\n  half_open: {probes: 1000}"
+    )
+    watchdog, board, _ = setup(text, threaded=True)
+    model = adult(board.policies.current)
+    rng = random.Random(5)
+    await feed(watchdog, rng.choices(ROWS, k=5000), model)
+    breaker = board.breaker("default", "adult")
+    assert breaker is not None
+    breaker.transition(HALF_OPEN, "cooldown elapsed")
+    probes = shifted(rng.choices(ROWS, k=1000), 30)
+    prepared = list(batches(model, probes, per_request=1, per_batch=100, probe=True))
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def lag() -> None:
+        nonlocal worst
+        while not stop.is_set():
+            began = time.perf_counter()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - began - 0.001)
+
+    ticking = asyncio.create_task(lag())
+    for batch in prepared:
+        pending = watchdog.consume(batch)
+        if pending is not None:
+            await pending
+        await asyncio.sleep(0.002)  # between batches, as the worker gathers them
+    stop.set()
+    await ticking
+    print(f"worst event-loop pause {worst * 1000:.2f} ms")
+    assert breaker.state_name == "open" and "unhealthy window in half-open" in breaker.reason
+    assert worst < 0.1  # the exact KS of these probes, on the loop, held it ~0.9 s
 
 
 async def test_only_batches_that_close_a_window_leave_the_loop(monkeypatch: Any) -> None:
