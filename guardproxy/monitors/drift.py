@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from guardproxy.monitors import stats
+from guardproxy.policy.baselines import entry_problem
 from guardproxy.policy.models import DriftTests
 
 Kind = Literal["numeric", "categorical"]
@@ -133,6 +134,9 @@ class Reference:
             entry = doc["groups"][group][signal]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"baseline has no signal {signal!r} for group {group!r}") from exc
+        broken = entry_problem(entry) if isinstance(entry, Mapping) else "not an object"
+        if broken is not None:
+            raise ValueError(f"baseline signal {signal!r} of group {group!r}: {broken}")
         return cls(
             signal,
             entry["kind"],

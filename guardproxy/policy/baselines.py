@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.problems import KeyPath, Problem
@@ -68,7 +70,44 @@ def _misfit(model: ModelPolicy) -> str | None:
             return f"{drift.reference.baseline} has no signal {name!r} (it has {sorted(signals)})"
         if entry.get("kind") != kind:
             return f"{drift.reference.baseline}: signal {name!r} is {entry.get('kind')}, not {kind}"
+        broken = entry_problem(entry)
+        if broken is not None:
+            return f"{drift.reference.baseline}: signal {name!r}: {broken}"
     return None
+
+
+def entry_problem(entry: Mapping[str, Any]) -> str | None:
+    """What makes one signal's reference unusable, None when it can be compared with.
+
+    Windows are binned on its edges or categories and compared with its counts: a count per
+    bin, finite and not all zero, else every window fails, or alarms on a bin that no value
+    can reach.
+    """
+    if entry.get("kind") == "numeric":
+        bins = entry.get("edges", [])
+        if not _numbers(bins) or any(a >= b for a, b in pairwise(bins)):
+            return "edges must be finite numbers in increasing order"
+        if not _numbers(entry.get("sample", [])):
+            return "sample must be finite numbers"
+    else:
+        bins = entry.get("categories", [])
+        if not isinstance(bins, list) or not all(isinstance(c, str) for c in bins):
+            return "categories must be a list of text"
+        if len(set(bins)) != len(bins):
+            return "categories must not repeat"
+    counts = entry.get("counts")
+    if not _numbers(counts) or len(counts) != len(bins) + 1:
+        return f"counts must be {len(bins) + 1} numbers, one per bin"
+    if any(c < 0 for c in counts) or sum(counts) <= 0:
+        return "counts must not be negative, nor all zero"
+    return None
+
+
+def _numbers(values: object) -> TypeGuard[list[float]]:
+    """Whether a JSON value is a list of finite numbers."""
+    return isinstance(values, list) and all(
+        type(v) in (int, float) and math.isfinite(v) for v in values
+    )
 
 
 def _watched(model: ModelPolicy) -> dict[str, str]:

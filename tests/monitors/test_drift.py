@@ -201,6 +201,13 @@ def test_bank_uses_baseline_document() -> None:
     assert bank.monitors[("*", "score")].reference == ref
 
 
+def test_a_baseline_reference_that_cannot_be_compared_with_is_refused() -> None:
+    # A hand-edited file read after the policy loaded: refused with its reason, not binned.
+    entry = {"kind": "numeric", "edges": [0.5, 0.2], "counts": [1, 1, 1]}
+    with pytest.raises(ValueError, match="signal 'score' of group '\\*': edges must be finite"):
+        Reference.from_baseline({"groups": {"*": {"score": entry}}}, "score")
+
+
 def test_docstring_examples() -> None:
     import doctest
 

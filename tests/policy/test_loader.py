@@ -333,8 +333,14 @@ def test_a_secret_is_masked_however_a_problem_shows_it(secret: str) -> None:
     assert "***" in text and secret[:6] not in text and repr(secret)[1:7] not in text
 
 
-def baseline_doc(signals: dict[str, str]) -> str:
-    groups = {"*": {name: {"kind": kind, "counts": [1, 1]} for name, kind in signals.items()}}
+def baseline_doc(signals: dict[str, str], **entry: Any) -> str:
+    bins = {"numeric": {"edges": [0.5]}, "categorical": {"categories": ["a"]}}
+    groups = {
+        "*": {
+            name: {"kind": kind, **bins[kind], "counts": [1, 1], **entry}
+            for name, kind in signals.items()
+        }
+    }
     return json.dumps({"version": 1, "groups": groups})
 
 
@@ -362,6 +368,48 @@ def test_a_baseline_that_is_missing_or_does_not_fit_is_a_problem(tmp_path: Path)
     assert loaded.drift is not None and loaded.drift.reference.baseline == str(
         tmp_path / "base.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"counts": [1, 1, 1]}, "counts must be 2 numbers, one per bin"),
+        ({"edges": [], "counts": [1, 1]}, "counts must be 1 numbers, one per bin"),
+        ({"counts": [0, 0]}, "counts must not be negative, nor all zero"),
+        ({"counts": [-1, 3]}, "counts must not be negative, nor all zero"),
+        ({"counts": ["1", 1]}, "counts must be 2 numbers, one per bin"),
+        ({"edges": [0.5, 0.2], "counts": [1, 1, 1]}, "edges must be finite numbers in increas"),
+        ({"edges": [float("nan")]}, "edges must be finite numbers in increasing order"),
+        ({"sample": [0.1, float("inf")]}, "sample must be finite numbers"),
+    ],
+)
+def test_a_baseline_whose_reference_cannot_be_compared_with_is_a_problem(
+    tmp_path: Path, entry: dict[str, Any], problem: str
+) -> None:
+    # Loaded, these failed every window of the model (or alarmed on a bin no value reaches).
+    write(tmp_path, {"default.yaml": BASELINE_POLICY})
+    (tmp_path / "base.json").write_text(baseline_doc({"score": "numeric", "age": "numeric"}))
+    assert problems_of(tmp_path) == []
+    doc = json.loads(baseline_doc({"score": "numeric", "age": "numeric"}))
+    doc["groups"]["*"]["age"].update(entry)
+    (tmp_path / "base.json").write_text(json.dumps(doc))
+    (found,) = problems_of(tmp_path)
+    assert f"base.json: signal 'age': {problem}" in found
+
+
+def test_a_categorical_baseline_needs_a_count_per_category_and_other(tmp_path: Path) -> None:
+    text = BASELINE_POLICY.replace("{input: age}", "{input: age, kind: categorical}")
+    write(tmp_path, {"default.yaml": text})
+    for entry, problem in [
+        ({"categories": ["a", "b"]}, "counts must be 3 numbers, one per bin"),
+        ({"categories": ["a", "a"], "counts": [1, 1, 1]}, "categories must not repeat"),
+        ({"categories": [1]}, "categories must be a list of text"),
+    ]:
+        doc = json.loads(baseline_doc({"score": "numeric"}))
+        doc["groups"]["*"]["age"] = {"kind": "categorical", "counts": [1, 1], **entry}
+        (tmp_path / "base.json").write_text(json.dumps(doc))
+        (found,) = problems_of(tmp_path)
+        assert f"signal 'age': {problem}" in found
 
 
 def test_an_unknown_key_in_a_model_lists_the_keys_a_model_takes(tmp_path: Path) -> None:
