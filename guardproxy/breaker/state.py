@@ -234,9 +234,15 @@ class CircuitBreaker:
         """Admission of one request (hot path: no allocation, no I/O)."""
         return self.state.admit(self)
 
-    def probe_done(self, ok: bool) -> None:
-        """Report the outcome of a request admitted as PROBE."""
-        self.state.probe_done(self, ok)
+    def probe_done(self, ok: bool, epoch: int | None = None) -> None:
+        """Report the outcome of a request admitted as PROBE in half-open `epoch` (None: this one).
+
+        A probe of an earlier half-open that answers late (a slow model, its read timeout
+        longer than the cooldown) says nothing of this one's probes: it neither counts as
+        their success, which closes the breaker, nor as their failure.
+        """
+        if epoch is None or epoch == self.epoch:
+            self.state.probe_done(self, ok)
 
     def release_probe(self, epoch: int) -> None:
         """Give back a probe slot whose request ended before reaching the upstream.

@@ -32,11 +32,17 @@ class Admitted(NamedTuple):
         return "" if name == "closed" else name
 
 
-def settle(breaker: CircuitBreaker, status: int | None, seconds: float, probe: bool) -> None:
-    """Count one primary upstream call; a probe's outcome also goes to the half-open state."""
+def settle(
+    breaker: CircuitBreaker,
+    status: int | None,
+    seconds: float,
+    probe: bool,
+    epoch: int | None = None,
+) -> None:
+    """Count one primary upstream call; a probe's outcome also goes to its half-open state."""
     breaker.record_upstream(status, seconds)
     if probe:
-        breaker.probe_done(status is not None and status < 500)
+        breaker.probe_done(status is not None and status < 500, epoch)
 
 
 class BreakerCall:
@@ -53,7 +59,7 @@ class BreakerCall:
     def settle(self, status: int | None, seconds: float) -> None:
         """Count the primary upstream's answer (None: no answer) once."""
         if self.counted:
-            settle(self.admitted.breaker, status, seconds, self.probe)
+            settle(self.admitted.breaker, status, seconds, self.probe, self.epoch)
             self.probe = False
         self.counted = False
 

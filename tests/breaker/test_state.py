@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from guardproxy.breaker.state import Admission, CircuitBreaker, Transition
+from guardproxy.hotpath.admission import Admitted, BreakerCall
 from guardproxy.policy.models import BreakerSpec
 
 
@@ -284,6 +285,31 @@ def test_a_released_probe_slot_is_taken_again_and_a_stale_release_is_ignored() -
     assert breaker.admit() is Admission.PROBE
     breaker.release_probe(epoch)  # from the old half-open: must not free a new slot
     assert breaker.probes_admitted == 1
+
+
+def test_a_probe_of_an_earlier_half_open_that_answers_late_counts_for_none() -> None:
+    clock = FakeClock()
+    breaker = make(clock, half_open={"probes": 5, "max_seconds": "20s"})
+    trip(breaker)
+    clock.now += 30
+    calls = [BreakerCall(Admitted(breaker, breaker.admit(), False)) for _ in range(2)]
+    calls[0].settle(503, 0.1)  # one probe fails: open again; the other waits on a slow model
+    assert breaker.state_name == "open"
+    clock.now += 30
+    assert breaker.admit() is Admission.PROBE  # a new half-open, whose probe never answers
+    calls[1].settle(200, 50.0)  # the earlier probe answers now
+    clock.now += 20
+    breaker.tick()
+    assert breaker.state_name == "open" and "without a successful probe" in breaker.reason
+    clock.now += 30
+    late = BreakerCall(Admitted(breaker, breaker.admit(), False))  # hangs past max_seconds
+    clock.now += 30
+    breaker.tick()
+    assert breaker.state_name == "open"
+    clock.now += 30
+    breaker.tick()
+    late.settle(None, 60.0)  # its read timeout does not re-open the next half-open
+    assert breaker.state_name == "half_open"
 
 
 def test_half_open_ends_within_max_seconds_either_way() -> None:
