@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,9 @@ class ModelDrift:
         self.rows_seen = 0
         self.unseen = set(self.inputs)  # watched inputs no row has yet carried a valid value of
         self.probes: list[Row] = []
+        # One step at a time, in a thread or not: a time window a tick closes and a batch
+        # that finds it due would otherwise feed and close the same monitors at once.
+        self.lock = asyncio.Lock()
 
     def rows(self, ob: Observation) -> list[Row]:
         """One row per verdict: the score and each watched input (None when unreadable)."""

@@ -247,27 +247,31 @@ class Watchdog:
         probes: Sequence[tuple[ModelDrift, list[Row]]] = (),
     ) -> None:
         for drift, rows in probes:  # the tests of a probe window run off the loop too
-            if self.threaded:
-                values = await asyncio.to_thread(drift.probe_window, rows)
-            else:
-                values = drift.probe_window(rows)
+            async with drift.lock:
+                if self.threaded:
+                    values = await asyncio.to_thread(drift.probe_window, rows)
+                else:
+                    values = drift.probe_window(rows)
             if values:
                 self._feed(drift.key, values)
         for drift, observations in work:
-            began = time.perf_counter()
             self._busy.add(drift.key)
             try:
-                # Feeding is cheap and runs here, between requests; a thread holding the GIL
-                # would make the loop wait up to the switch interval at every wakeup instead.
-                # Closing a window or a reference computes the tests: that goes to a thread.
-                if self.threaded and drift.due(observations):
-                    results = await asyncio.to_thread(drift.observe, observations)
-                else:
-                    results = drift.observe(observations)
+                async with drift.lock:
+                    began = time.perf_counter()
+                    results = await self._step(drift, observations)
             finally:
                 self._busy.discard(drift.key)
             self.max_compute = max(self.max_compute, time.perf_counter() - began)
             self.publish(drift.key, results)
+
+    async def _step(self, drift: ModelDrift, observations: list[Observation]) -> list[WindowResult]:
+        # Feeding is cheap and runs here, between requests; a thread holding the GIL would
+        # make the loop wait up to the switch interval at every wakeup instead. Closing a
+        # window or a reference computes the tests: that goes to a thread.
+        if self.threaded and drift.due(observations):
+            return await asyncio.to_thread(drift.observe, observations)
+        return drift.observe(observations)
 
     def publish(self, key: ModelKey, results: Sequence[WindowResult]) -> None:
         """Hand completed drift windows to the model's breaker and to telemetry."""

@@ -30,6 +30,7 @@ from guardproxy.policy.models import Policy
 from guardproxy.policy.table import CompiledModel, PolicyTable, builtin_table, compile_policy
 from guardproxy.policy.thresholds import ModelKey, Snapshot
 from guardproxy.state.counts import GroupCounts
+from guardproxy.testing import eventually
 from tests.factories import observation
 
 DATA = Path(__file__).parent.parent / "data" / "adult_drift_sample.csv"
@@ -53,6 +54,16 @@ breaker:
     - {when: drift.native-country.chi2, below: 0.001, windows: 2}
   open: {action: reject}
 """
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def table_of(text: str = POLICY) -> PolicyTable:
@@ -389,6 +400,52 @@ async def test_only_batches_that_close_a_window_leave_the_loop(monkeypatch: Any)
     inline = [windows for on_loop, windows in ran if on_loop]
     assert len(inline) == 32 - 1 - 3  # all but the one completing the reference, and 3 windows
     assert sum(inline) == 0 and sum(w for _, w in ran) == 3 * 3  # three signals
+
+
+async def test_a_time_window_closed_by_a_tick_and_a_batch_are_never_computed_at_once(
+    monkeypatch: Any,
+) -> None:
+    text = POLICY.replace("window: 200", "window: 200\n  window_seconds: 10s")
+    clock = FakeClock()
+    watchdog, board, _ = setup(text, threaded=True)
+    watchdog.clock = clock
+    model = adult(board.policies.current)
+    rows = random.Random(6).choices(ROWS, k=1200)
+    await feed(watchdog, rows[:1000], model)  # the references
+    observe = ModelDrift.observe
+    inside, most = 0, 0
+    lock = threading.Lock()
+    second, release = threading.Event(), threading.Event()
+
+    def held(drift: ModelDrift, observations: Sequence[Observation]) -> list[WindowResult]:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+            if inside == 2:
+                second.set()
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(10)  # the tick's window stays in its thread until the test says
+        try:
+            return observe(drift, observations)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(ModelDrift, "observe", held)
+    await feed(watchdog, rows[1000:1100], model)
+    clock.now += 11
+    watchdog.tick()  # closes the time window in a thread
+    await eventually(lambda: inside == 1)
+    batch = next(batches(model, rows[1100:1200], per_batch=10))
+    pending = watchdog.consume(batch)  # finds the same window due
+    assert pending is not None
+    task = asyncio.ensure_future(pending)
+    overlapped = await asyncio.to_thread(second.wait, 1.0)
+    release.set()
+    await task
+    await asyncio.gather(*watchdog._tasks)
+    assert not overlapped and most == 1  # both fed and closed the same monitors at once
 
 
 def fairness_watchdog() -> tuple[Watchdog, BreakerBoard, CompiledModel]:
