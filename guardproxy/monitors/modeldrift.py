@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors import stats
 from guardproxy.monitors.bank import DriftBank
 from guardproxy.monitors.drift import Clock, Reference, WindowResult, to_category, to_float
-from guardproxy.policy.baselines import load_baseline
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import ModelKey
 
@@ -25,13 +24,19 @@ PROBE_EXACT_BUDGET = 100_000
 class ModelDrift:
     """Every drift monitor of one (region, model, version), fed from observations."""
 
-    def __init__(self, spec: ModelPolicy, key: ModelKey, clock: Clock) -> None:
+    def __init__(
+        self,
+        spec: ModelPolicy,
+        key: ModelKey,
+        clock: Clock,
+        baseline: Mapping[str, Any] | None = None,
+    ) -> None:
         drift = spec.drift
         if drift is None:
             raise ValueError(f"model {spec.name!r} has no drift section")
         self.key = key
         self.spec = spec
-        baseline = load_baseline(drift.reference.baseline) if drift.reference.baseline else None
+        self.baseline = baseline  # as read with the policy (CompiledModel.baseline)
         self.bank = DriftBank(drift, key[0], None, baseline, clock)
         self.inputs = [s.input for s in spec.signal_specs()]
         self.rows_per_request = -(-drift.window // spec.breaker.min_calls)  # rounded up

@@ -154,6 +154,7 @@ class Watchdog:
         self.alarm_counts: dict[ModelKey, int] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self.max_compute = 0.0
+        self.errors: dict[ModelKey, int] = {}  # drift steps that raised, per model version
         self._busy: set[ModelKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -222,15 +223,18 @@ class Watchdog:
         key = (model.region, model.name, version)
         current = self.drift.get(key)
         if current is not None and current.spec is not spec:
-            if current.spec != spec:  # a reload that changed this model: start afresh
+            # A reload that changed this model, or its baseline: start afresh.
+            if current.spec != spec or current.baseline != model.baseline:
                 current = None
             else:
                 current.spec = spec
         if current is None:
-            current = self.drift[key] = self._new_drift(spec, key)
+            current = self.drift[key] = self._new_drift(spec, key, model.baseline)
         return current
 
-    def _new_drift(self, spec: ModelPolicy, key: ModelKey) -> ModelDrift:
+    def _new_drift(
+        self, spec: ModelPolicy, key: ModelKey, baseline: Mapping[str, Any] | None
+    ) -> ModelDrift:
         siblings = [k for k in self.drift if k[:2] == key[:2] and k != key]
         if siblings:
             self.events.append({"at": time.time(), "model": key_text(key), "event": "new version"})
@@ -239,7 +243,7 @@ class Watchdog:
             del self.drift[old]  # bounded: versions arrive from the model server's answers
             if self.telemetry is not None:
                 self.telemetry.forget_drift(old)
-        return ModelDrift(spec, key, self.clock)
+        return ModelDrift(spec, key, self.clock, baseline)
 
     async def _observe(
         self,
@@ -247,11 +251,15 @@ class Watchdog:
         probes: Sequence[tuple[ModelDrift, list[Row]]] = (),
     ) -> None:
         for drift, rows in probes:  # the tests of a probe window run off the loop too
-            async with drift.lock:
-                if self.threaded:
-                    values = await asyncio.to_thread(drift.probe_window, rows)
-                else:
-                    values = drift.probe_window(rows)
+            try:
+                async with drift.lock:
+                    if self.threaded:
+                        values = await asyncio.to_thread(drift.probe_window, rows)
+                    else:
+                        values = drift.probe_window(rows)
+            except Exception:
+                self._failed(drift.key)
+                continue
             if values:
                 self._feed(drift.key, values)
         for drift, observations in work:
@@ -260,10 +268,19 @@ class Watchdog:
                 async with drift.lock:
                     began = time.perf_counter()
                     results = await self._step(drift, observations)
+            except Exception:
+                self._failed(drift.key)  # the batch's other models go on
+                continue
             finally:
                 self._busy.discard(drift.key)
             self.max_compute = max(self.max_compute, time.perf_counter() - began)
             self.publish(drift.key, results)
+
+    def _failed(self, key: ModelKey) -> None:
+        """Count a model's drift step that raised; logged the first time only."""
+        count = self.errors[key] = self.errors.get(key, 0) + 1
+        if count == 1:
+            log.exception("drift of %s failed (counted in /status, logged once)", key_text(key))
 
     async def _step(self, drift: ModelDrift, observations: list[Observation]) -> list[WindowResult]:
         # Feeding is cheap and runs here, between requests; a thread holding the GIL would
@@ -327,7 +344,7 @@ class Watchdog:
 
     def status(self) -> dict[str, Any]:
         """Per model version: windows, alarms, last values, warm-up, missing inputs; events."""
-        keys = sorted({*self.drift, *self.windows})
+        keys = sorted({*self.drift, *self.windows, *self.errors})
         return {
             "max_compute_ms": round(self.max_compute * 1000, 3),
             "events": list(self.events),
@@ -344,4 +361,5 @@ class Watchdog:
             "signals": drift.last() if drift is not None else {},
             "warming": drift.warming() if drift is not None else {},
             "missing_inputs": drift.missing_inputs() if drift is not None else [],
+            "errors": self.errors.get(key, 0),
         }

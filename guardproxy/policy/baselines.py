@@ -56,24 +56,53 @@ def _candidates(index: int) -> list[KeyPath]:
 
 
 def _misfit(model: ModelPolicy) -> str | None:
+    try:
+        doc = model_baseline(model)
+    except BaselineMisfit as exc:
+        return str(exc)
+    if doc is None:
+        return None
+    path, signals = model.drift.reference.baseline if model.drift else "", doc["groups"]["*"]
+    for name, kind in _watched(model).items():
+        entry = signals.get(name)
+        if entry is None:
+            return f"{path} has no signal {name!r} (it has {sorted(signals)})"
+        if entry.get("kind") != kind:
+            return f"{path}: signal {name!r} is {entry.get('kind')}, not {kind}"
+    return None
+
+
+class BaselineMisfit(ValueError):
+    """A model's baseline file that cannot be read or does not fit its drift signals."""
+
+
+def model_baseline(model: ModelPolicy) -> dict[str, Any] | None:
+    """The model's baseline document, every reference in it checked (BaselineMisfit otherwise).
+
+    Read once, when the policy is: the monitors keep the document the policy was checked
+    with, so a file changed or removed later cannot break them until a reload checks it.
+    Whether it holds every watched signal is the loader's check (`baseline_problems`).
+    """
     drift = model.drift
     if drift is None or not drift.reference.baseline:
         return None
+    path = drift.reference.baseline
     try:
-        doc = load_baseline(drift.reference.baseline)
+        doc = load_baseline(path)
     except (OSError, ValueError) as exc:
-        return f"cannot be read: {exc}"
-    signals = doc["groups"].get("*", {})
-    for name, kind in _watched(model).items():
-        entry = signals.get(name)
-        if not isinstance(entry, dict):
-            return f"{drift.reference.baseline} has no signal {name!r} (it has {sorted(signals)})"
-        if entry.get("kind") != kind:
-            return f"{drift.reference.baseline}: signal {name!r} is {entry.get('kind')}, not {kind}"
-        broken = entry_problem(entry)
-        if broken is not None:
-            return f"{drift.reference.baseline}: signal {name!r}: {broken}"
-    return None
+        raise BaselineMisfit(f"cannot be read: {exc}") from None
+    groups = doc["groups"]
+    if not isinstance(groups, dict) or not isinstance(groups.setdefault("*", {}), dict):
+        raise BaselineMisfit(f"{path}: groups must map each group to its signals")
+    for group, entries in groups.items():  # a group's own references are used as they come
+        if not isinstance(entries, dict):
+            raise BaselineMisfit(f"{path}: group {group!r} must map signals to references")
+        for name, entry in entries.items():
+            broken = entry_problem(entry) if isinstance(entry, dict) else "not an object"
+            if broken is not None:
+                of = "" if group == "*" else f" of group {group!r}"
+                raise BaselineMisfit(f"{path}: signal {name!r}{of}: {broken}")
+    return doc
 
 
 def entry_problem(entry: Mapping[str, Any]) -> str | None:

@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
+from typing import Any
 
+from guardproxy.policy.baselines import BaselineMisfit, model_baseline
 from guardproxy.policy.loader import LoadedPolicies, PolicyError, PolicyFiles, Problem, load_files
 from guardproxy.policy.models import ModelPolicy, Policy
 from guardproxy.policy.routes import RouteMatcher
@@ -31,6 +33,7 @@ class CompiledModel:
     spec: ModelPolicy
     policy_version: str
     chain: object = None
+    baseline: Mapping[str, Any] | None = None  # the drift baseline, as read with the policy
 
     @property
     def key(self) -> tuple[str, str]:
@@ -90,6 +93,7 @@ def compile_policy(
 ) -> CompiledPolicy:
     """Compile one validated policy: a guard chain per model, one matcher for all routes."""
     version = policy_version(policy)
+    sources = tuple(sources)
     models = tuple(
         CompiledModel(
             policy.region,
@@ -97,14 +101,24 @@ def compile_policy(
             spec,
             version,
             build_chain(policy.region, spec, version) if build_chain is not None else None,
+            _baseline(spec, next(iter(sources), f"<region {policy.region}>")),
         )
         for spec in policy.models
     )
     patterns = [route for spec in policy.models for route in spec.routes]
     owners = [i for i, spec in enumerate(policy.models) for _ in spec.routes]
     return CompiledPolicy(
-        policy.region, version, policy, tuple(sources), models, RouteMatcher(patterns, owners)
+        policy.region, version, policy, sources, models, RouteMatcher(patterns, owners)
     )
+
+
+def _baseline(spec: ModelPolicy, where: str) -> dict[str, Any] | None:
+    """The model's baseline document (a PolicyError when it no longer fits)."""
+    try:
+        return model_baseline(spec)
+    except BaselineMisfit as exc:
+        message = f"model {spec.name!r}: drift.reference.baseline {exc}"
+        raise PolicyError([Problem(where, 0, 0, message)]) from None
 
 
 @dataclass(frozen=True, slots=True)

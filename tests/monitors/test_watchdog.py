@@ -448,6 +448,45 @@ async def test_a_time_window_closed_by_a_tick_and_a_batch_are_never_computed_at_
     assert not overlapped and most == 1  # both fed and closed the same monitors at once
 
 
+async def test_the_baseline_is_the_one_read_with_the_policy(tmp_path: Path) -> None:
+    # Read when a version first came, a file changed since broke every batch of every model.
+    baseline = tmp_path / "baseline.json"
+    baseline_command(DATA, ["age", COUNTRY], categorical=[COUNTRY], out=baseline)
+    text = POLICY.replace("{warmup: 1000}", f"{{warmup: 1000, baseline: {baseline}}}")
+    watchdog, board, _ = setup(text)
+    baseline.write_text("{not json")
+    await feed(watchdog, ROWS[:200], adult(board.policies.current))
+    status = watchdog.status()["models"]["default|adult|"]
+    assert status["signals"]["age"]["n"] == 200 and status["errors"] == 0
+
+
+async def test_a_model_whose_drift_step_fails_leaves_the_others_monitored(
+    monkeypatch: Any,
+) -> None:
+    text = POLICY.replace("models: [{name: adult}]", "models: [{name: adult}, {name: twin}]")
+    watchdog, board, _ = setup(text)
+    table = board.policies.current
+    twin = table.default.model("twin")
+    assert twin is not None
+    observe = ModelDrift.observe
+
+    def failing(drift: ModelDrift, observations: Sequence[Observation]) -> list[WindowResult]:
+        if drift.key[1] == "twin":
+            raise RuntimeError("a broken reference")
+        return observe(drift, observations)
+
+    monkeypatch.setattr(ModelDrift, "observe", failing)
+    for _ in range(2):  # twin's observations come first in each batch
+        await feed(watchdog, [*ROWS[:10]] * 2, twin, per_request=10, per_batch=2)
+        pending = watchdog.consume([observed(twin, ROWS[:5]), observed(adult(table), ROWS[:5])])
+        assert pending is not None
+        await pending
+    models = watchdog.status()["models"]
+    assert models["default|twin|"]["errors"] == 4
+    assert models["default|adult|"]["warming"]["age"] == 10  # both batches' rows
+    assert models["default|adult|"]["errors"] == 0
+
+
 def fairness_watchdog() -> tuple[Watchdog, BreakerBoard, CompiledModel]:
     """A watchdog with only the FAIRNESS policy's windows."""
     board = BreakerBoard(Snapshot(table_of(FAIRNESS)))

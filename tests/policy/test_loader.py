@@ -417,3 +417,13 @@ def test_an_unknown_key_in_a_model_lists_the_keys_a_model_takes(tmp_path: Path) 
     (problem,) = problems_of(tmp_path)
     assert problem.startswith("default.yaml:4:5: model 'a': decisoin: unknown key")
     assert "protocol, routes, score" in problem
+
+
+def test_a_groups_own_baseline_reference_is_checked_too(tmp_path: Path) -> None:
+    # The monitors compare a group's windows with the group's own reference when it has one.
+    write(tmp_path, {"default.yaml": BASELINE_POLICY})
+    doc = json.loads(baseline_doc({"score": "numeric", "age": "numeric"}))
+    doc["groups"]["Female"] = {"age": {**doc["groups"]["*"]["age"], "counts": [0, 0]}}
+    (tmp_path / "base.json").write_text(json.dumps(doc))
+    (found,) = problems_of(tmp_path)
+    assert "signal 'age' of group 'Female': counts must not be negative, nor all" in found
