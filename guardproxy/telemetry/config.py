@@ -16,6 +16,11 @@ GRPC = "grpc"
 PROTOCOLS = (HTTP_PROTOBUF, GRPC)
 SIGNAL_PATHS = {"traces": "v1/traces", "metrics": "v1/metrics"}
 TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+# Span attribute values are cut at this many characters unless the OTEL_* limits say
+# otherwise: a client chooses paths and Host headers up to the 64 KiB head limit, and the
+# export queue would hold thousands of spans of them while a collector is away.
+ATTRIBUTE_LENGTH = 1024
+LENGTH_LIMITS = ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
 
 
 class TelemetryError(ValueError):
@@ -41,6 +46,7 @@ class TelemetryConfig:
     timeout: float = 10.0
     max_queue: int = 2048
     export_interval: float = 60.0
+    attribute_length: int = ATTRIBUTE_LENGTH
 
     @classmethod
     def from_env(
@@ -67,6 +73,7 @@ class TelemetryConfig:
             timeout=_seconds(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10.0),
             max_queue=int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048")),
             export_interval=_seconds(env, "OTEL_METRIC_EXPORT_INTERVAL", 60.0),
+            attribute_length=attribute_length(env),
         )
 
     @property
@@ -83,6 +90,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw) / 1000.0  # the OTEL_* durations are milliseconds
     except ValueError:
         raise TelemetryError(f"{name}={raw!r}: expected milliseconds") from None
+
+
+def attribute_length(env: Mapping[str, str]) -> int:
+    """The longest span attribute value: the span limit, else the general one, else 1,024."""
+    for name in LENGTH_LIMITS:
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        if not raw.isdigit() or int(raw) < 1:
+            raise TelemetryError(f"{name}={raw!r}: expected a positive number of characters")
+        return int(raw)
+    return ATTRIBUTE_LENGTH
 
 
 def protocol_of(env: Mapping[str, str], signal: str) -> str:

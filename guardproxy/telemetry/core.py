@@ -11,7 +11,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -108,7 +108,9 @@ class Telemetry:
         assert config.traces_endpoint is not None  # config.tracing says so
         inner = span_exporter(config.traces_protocol, config.traces_endpoint, config.timeout)
         self.spans = BoundedSpanProcessor(CountingSpanExporter(inner), self.config.max_queue, 1.0)
-        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        length = config.attribute_length
+        limits = SpanLimits(max_attribute_length=length, max_span_attribute_length=length)
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False, span_limits=limits)
         provider.add_span_processor(self.spans)
         return provider
 

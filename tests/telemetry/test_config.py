@@ -41,6 +41,17 @@ def test_sampler_off_disabled_and_timeouts() -> None:
         TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"})
 
 
+def test_attribute_length_limits_span_then_general_then_default() -> None:
+    assert TelemetryConfig.from_env({}).attribute_length == 1024
+    general = {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "300"}
+    assert TelemetryConfig.from_env(general).attribute_length == 300
+    span = {**general, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "200"}
+    assert TelemetryConfig.from_env(span).attribute_length == 200
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(TelemetryError, match="OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+            TelemetryConfig.from_env({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": bad})
+
+
 def test_protocols_per_signal_and_their_endpoints() -> None:
     grpc = TelemetryConfig.from_env(
         {"OTEL_EXPORTER_OTLP_PROTOCOL": "GRPC", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}

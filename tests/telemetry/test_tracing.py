@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from guardproxy.telemetry import NO_TRACER, Telemetry, TelemetryConfig
+from guardproxy.telemetry.tracing import CURRENT
 from guardproxy.transport import HeaderList, Request, ResponseWriter
 
 from .exchanges import request as new_request
@@ -96,4 +97,42 @@ def test_the_clients_traceparent_is_replaced_upstream_not_repeated(
     assert len(values) == 1 and values[0] != incoming
     assert values[0].split(b"-")[1] == incoming.split(b"-")[1]  # the same trace, continued
     assert (b"x-other", b"1") in sent
+    asyncio.run(telemetry.shutdown(0.2))
+
+
+def long_request_spans(telemetry: Telemetry) -> list[Any]:
+    """The SERVER and CLIENT spans of one request with a 60,000-character path and Host."""
+    spans: list[Any] = []
+
+    async def handler(req: Request, writer: ResponseWriter) -> None:
+        call: Any = telemetry.tracer.upstream_call(req, [])
+        spans.extend([CURRENT.get().span, call.span])  # type: ignore[union-attr]
+        call.end(200)
+        writer.send(200, [])
+
+    host = (b"host", b"h" * 60_000 + b":80")
+    req, writer, _ = new_request(target=b"/" + b"a" * 60_000, headers=[host])
+    asyncio.run(telemetry.traced(handler)(req, writer))
+    return spans
+
+
+def test_client_chosen_span_attributes_are_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    config = TelemetryConfig.from_env(otlp_endpoint="http://127.0.0.1:1")
+    telemetry = Telemetry(config, "http://u:1")
+    server, client = long_request_spans(telemetry)
+    values = [v for span in (server, client) for v in span.attributes.values()]
+    lengths = [len(v) for v in values if isinstance(v, str)]
+    assert max(lengths) == 1024  # the export queue holds thousands of spans: ~1 KiB a value
+    assert server.attributes["url.path"] == "/" + "a" * 1023
+    asyncio.run(telemetry.shutdown(0.2))
+
+
+def test_the_attribute_length_follows_the_otel_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4096")
+    config = TelemetryConfig.from_env(otlp_endpoint="http://127.0.0.1:1")
+    telemetry = Telemetry(config, "http://u:1")
+    server, _ = long_request_spans(telemetry)
+    assert len(server.attributes["url.path"]) == 4096
     asyncio.run(telemetry.shutdown(0.2))
