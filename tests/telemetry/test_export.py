@@ -39,3 +39,23 @@ def test_shutdown_returns_within_its_timeout_while_an_export_hangs(black_hole: s
 
     asyncio.run(stuck())
     assert exporter.exported == 0
+
+
+def test_spans_and_metrics_share_the_shutdown_timeout(black_hole: str) -> None:
+    metrics = black_hole.replace("/v1/traces", "/v1/metrics")
+    config = TelemetryConfig(traces_endpoint=black_hole, metrics_endpoint=metrics, timeout=60.0)
+    telemetry = Telemetry(config, "http://u:1")
+    assert telemetry.tracer_provider is not None and telemetry.spans is not None
+    telemetry.tracer_provider.get_tracer("test").start_span("s").end()
+    telemetry.policy_reload("applied")  # a point for the last metric export to carry
+    exporter = telemetry.spans.exporter
+
+    async def stuck() -> float:
+        await eventually(lambda: exporter.taken > 0)
+        began = time.perf_counter()
+        await telemetry.shutdown(1.0)  # both exports hang: each waits the whole second
+        return time.perf_counter() - began
+
+    # One after the other they took twice the timeout: 10 s of a pod's grace period at 5 s.
+    took = asyncio.run(stuck())
+    assert took < 1.9
