@@ -34,7 +34,7 @@ def require_token(handler: Handler) -> Handler:
     """Wrap a mutating endpoint: a bearer token must match GUARDPROXY_ADMIN_TOKEN."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        expected = request.app[RUNTIME].settings.admin_token
+        expected = request.app[RUNTIME].admin_token.current()
         if not bearer_matches(request.headers.get("Authorization"), expected):
             return web.json_response({"error": "a valid bearer token is required"}, status=401)
         return await handler(request)

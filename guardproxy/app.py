@@ -19,6 +19,7 @@ from aiohttp import web
 
 from guardproxy import __version__
 from guardproxy.admin import build_admin_app
+from guardproxy.bearer import Token
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.dataport import DataPort, data_server
 from guardproxy.feedback import MAX_BODY as FEEDBACK_BODY
@@ -88,8 +89,10 @@ class Runtime:
             self.draws, self.state, settings.decision_key, source=settings.decision_key_source
         )
         self.engine = FairnessEngine(self.state, self.store.snapshot, self.thresholds)
+        self.admin_token = Token(settings.admin_token, settings.admin_token_file)
+        self.feedback_token = Token(settings.feedback_token, settings.feedback_token_file)
         self.feedback = FeedbackEndpoint(
-            self.engine, settings.feedback_token, max_body=min(settings.max_body, FEEDBACK_BODY)
+            self.engine, self.feedback_token, max_body=min(settings.max_body, FEEDBACK_BODY)
         )
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()
@@ -218,7 +221,9 @@ class Runtime:
 
     def masker(self) -> Masker:
         """What /status and logs must not show: tokens, keys, values from the environment."""
-        return Masker((*self.settings.secrets(), *self.store.table.secrets))
+        rotated = (self.admin_token.current(), self.feedback_token.current())
+        secrets = (*self.settings.secrets(), *(t for t in rotated if t))
+        return Masker((*secrets, *self.store.table.secrets))
 
     def problems(self) -> tuple[list[str], list[str]]:
         """What makes the pod unready, and what degrades it (counted failures of its parts)."""

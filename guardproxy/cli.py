@@ -15,7 +15,7 @@ from guardproxy.hotpath.upstream import Limits, Timeouts
 from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
 from guardproxy.options import HelpFormatter, add_flags, switched
 from guardproxy.policy.problems import Problem
-from guardproxy.settings import Settings, parse_address, secret_from_env
+from guardproxy.settings import Settings, parse_address, secret_file, secret_from_env
 
 MIN_DECISION_KEY = 16
 
@@ -63,6 +63,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),
         feedback_token=secret_from_env("GUARDPROXY_FEEDBACK_TOKEN"),
+        admin_token_file=secret_file("GUARDPROXY_ADMIN_TOKEN"),
+        feedback_token_file=secret_file("GUARDPROXY_FEEDBACK_TOKEN"),
         decision_key=decision_key(),
         otlp_endpoint=args.otlp_endpoint or None,
         service_name=args.service_name or None,

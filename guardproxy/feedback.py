@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from guardproxy.bearer import bearer_matches
+from guardproxy.bearer import Token, bearer_matches
 from guardproxy.guards.exchange import dumps, loads
 from guardproxy.hotpath.trust import MAX_REQUEST_ID, well_formed_id
 from guardproxy.monitors.engine import FairnessEngine
@@ -155,12 +155,13 @@ class FeedbackEndpoint:
     def __init__(
         self,
         engine: FairnessEngine,
-        token: str | None,
+        token: Token | str | None,
         limit: int = MAX_ITEMS,
         clock: Callable[[], float] = time.time,
         max_body: int = MAX_BODY,
     ) -> None:
-        self.engine, self.token, self.limit, self.clock = engine, token, limit, clock
+        self.token = token if isinstance(token, Token) else Token(token)
+        self.engine, self.limit, self.clock = engine, limit, clock
         self.max_body = max_body
         self.counts = dict.fromkeys(("requests", "rejected", "state_errors", *TOTALS), 0)
 
@@ -173,7 +174,7 @@ class FeedbackEndpoint:
         """The status and JSON document answering one feedback request."""
         self.counts["requests"] += 1
         authorization = request.headers.get(b"authorization")
-        if not bearer_matches(_text(authorization), self.token):
+        if not bearer_matches(_text(authorization), self.token.current()):
             return self._error("a valid bearer token is required", 401)
         try:
             raw = parse_body(await request.read(self.max_body), self.limit)

@@ -28,6 +28,11 @@ def secret_from_env(name: str) -> str | None:
     return None
 
 
+def secret_file(name: str) -> str | None:
+    """The file NAME_FILE names, when it (not NAME itself) holds the token: it is followed."""
+    return None if os.environ.get(name) else os.environ.get(f"{name}_FILE") or None
+
+
 def env_flag(name: str) -> bool:
     """A yes/no environment variable: 1, true, yes or on (any case) mean yes."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
@@ -60,6 +65,8 @@ class Settings:
     samples_dir: Path = Path("/tmp/guardproxy-samples")
     admin_token: str | None = None
     feedback_token: str | None = None
+    admin_token_file: str | None = None  # re-read when it changes (a rotated Secret)
+    feedback_token_file: str | None = None
     decision_key: str | None = None  # keys randomized decisions; shared via the state if None
     decision_key_source: str = "environment"  # where decision_key came from, for /status
     monitor_budget: int = 16 * 1024 * 1024  # bytes of observations waiting for the monitors

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy
 from tests.factories import observation
 
 
@@ -96,3 +96,43 @@ async def test_status_shows_what_each_region_and_model_is_for(
     assert regions["sg"]["description"] == "Singapore; PDPA."
     models = {"credit": "Credit scoring, v3.", "fraud": ""}
     assert regions["default"]["models"] == regions["sg"]["models"] == models
+
+
+def secret_volume(directory: Path, tokens: dict[str, str], version: int) -> None:
+    """Files as a Kubernetes Secret volume lays them out: a swap of the `..data` link."""
+    data = directory / f"..v{version}"
+    data.mkdir()
+    for name, value in tokens.items():
+        (data / name).write_text(value + "\n")
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(Path("..data") / name)
+    (directory / "..data_tmp").symlink_to(data.name)
+    (directory / "..data_tmp").rename(directory / "..data")
+
+
+async def test_rotated_token_files_take_effect_without_a_restart(
+    upstream_url: str, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    secret_volume(tmp_path, {"admin": "old-admin", "feedback": "old-feedback"}, 1)
+    settings = proxy_settings(
+        upstream_url, admin_token="old-admin", admin_token_file=str(tmp_path / "admin"),
+        feedback_token="old-feedback", feedback_token_file=str(tmp_path / "feedback"),
+    )  # fmt: skip
+
+    async def status(url: str, token: str) -> int:
+        async with client.post(url, headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status
+
+    async def accepted(url: str, token: str) -> bool:
+        return await status(url, token) != 401
+
+    async with running_proxy(settings) as proxy:
+        reload, feedback = f"{proxy.admin_url}/admin/reload", f"{proxy.url}/guardproxy/v1/feedback"
+        assert await status(reload, "old-admin") == 200
+        assert await status(feedback, "old-feedback") == 400  # let in; the body is empty
+        secret_volume(tmp_path, {"admin": "new-admin", "feedback": "new-feedback"}, 2)
+        await eventually(lambda: accepted(reload, "new-admin"))
+        assert await status(reload, "old-admin") == 401  # a leaked token is out with its Secret
+        await eventually(lambda: accepted(feedback, "new-feedback"))
+        assert await status(feedback, "old-feedback") == 401
+        assert proxy.runtime.masker().text("new-admin new-feedback") == "*** ***"

@@ -102,7 +102,11 @@ def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
     monkeypatch.delenv("GUARDPROXY_FEEDBACK_TOKEN", raising=False)
     monkeypatch.setenv("GUARDPROXY_FEEDBACK_TOKEN_FILE", str(secret))
-    assert settings_from(parser().parse_args(["serve"])).feedback_token == "from-a-secret"
+    settings = settings_from(parser().parse_args(["serve"]))
+    assert settings.feedback_token == "from-a-secret"
+    assert settings.feedback_token_file == str(secret)  # followed: a rotated Secret counts
+    monkeypatch.setenv("GUARDPROXY_FEEDBACK_TOKEN", "from-the-environment")
+    assert settings_from(parser().parse_args(["serve"])).feedback_token_file is None
 
 
 def test_trust_is_off_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
