@@ -27,6 +27,17 @@ def mask_url(text: str) -> str:
     return _CREDENTIALS.sub(MASK + "@", text)
 
 
+def mask_query(url: str | None) -> str | None:
+    """A configured URL with its query, which may carry a key (`?api_key=...`), as `?***`.
+
+    >>> mask_query("https://collector:4318/v1/traces?token=s3cret")
+    'https://collector:4318/v1/traces?***'
+    """
+    if url is None or "?" not in url:
+        return url
+    return url.split("?", 1)[0] + "?" + MASK
+
+
 class Masker:
     """Replaces known secret values (and URL credentials) wherever they appear in text."""
 

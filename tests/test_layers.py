@@ -28,7 +28,16 @@ ALLOWED: dict[str, set[str]] = {
     "hotpath": {"transport", "guards", "payloads", "breaker", "policy", "tasks", "masking", "logs"},
     "state": {"policy", "masking"},
     "monitors": {"hotpath", "breaker", "policy", "state", "payloads", "tasks"},
-    "telemetry": {"transport", "hotpath", "breaker", "policy", "state", "guards", "tasks"},
+    "telemetry": {
+        "transport",
+        "hotpath",
+        "breaker",
+        "policy",
+        "state",
+        "guards",
+        "tasks",
+        "masking",
+    },
     "grpc": {"transport", "hotpath", "guards", "payloads", "breaker", "policy", "tasks", "logs"},
 }
 ROOT = "root"

@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from guardproxy import __version__
 from guardproxy.breaker.state import Transition
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamTracer
+from guardproxy.masking import mask_query
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdTable
 from guardproxy.state.base import PredictionRecord
@@ -231,9 +232,9 @@ class Telemetry:
         return {
             "enabled": not self.config.disabled,
             "tracing": self.tracer_provider is not None,
-            "traces_endpoint": self.config.traces_endpoint,
+            "traces_endpoint": mask_query(self.config.traces_endpoint),
             "traces_protocol": self.config.traces_protocol,
-            "metrics_endpoint": self.config.metrics_endpoint,
+            "metrics_endpoint": mask_query(self.config.metrics_endpoint),
             "metrics_protocol": self.config.metrics_protocol,
             "spans": {
                 "exported": spans.exporter.exported if spans else 0,

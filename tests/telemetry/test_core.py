@@ -115,3 +115,13 @@ def test_joined_labels_count_by_confusion_cell() -> None:
 def record(decision: int) -> PredictionRecord:
     """A prediction for a female applicant in sg with this decision."""
     return PredictionRecord("r", 0.0, "sg", "credit", "", "female", 0.5, decision, 0.5, "p", "t")
+
+
+def test_status_shows_no_query_of_an_endpoint() -> None:
+    # Some collectors take their key in the query; /status masks only known values and
+    # URL credentials.
+    endpoint = "http://127.0.0.1:1/v1/traces?api_key=s3cret-key"
+    telemetry = Telemetry(TelemetryConfig(disabled=True, traces_endpoint=endpoint), "http://u")
+    status = telemetry.status()
+    assert status["traces_endpoint"] == "http://127.0.0.1:1/v1/traces?***"
+    assert "s3cret" not in str(status)
