@@ -16,12 +16,10 @@ from guardproxy.monitors.fairness import fairness_report
 from guardproxy.monitors.histograms import ScoreHistogram
 from guardproxy.monitors.records import (
     DecisionDeltas,
-    LabelBins,
-    LabelCells,
     Layout,
     decision_records,
     histogram_layout,
-    label_deltas,
+    label_tally,
 )
 from guardproxy.monitors.tables import (
     Calibration,
@@ -39,6 +37,7 @@ from guardproxy.state.base import (
     PredictionRecord,
     StateBackend,
     StateError,
+    Tally,
     key_text,
 )
 from guardproxy.state.counts import GroupCounts
@@ -119,31 +118,20 @@ class FairnessEngine:
         self.recorded += len(records)
 
     async def join(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
-        """Join labels to their records and count the joined ones (StateError if unreachable)."""
+        """Join labels to their records, each counted as it joins (StateError if unreachable)."""
         try:
-            results = await self.state.join_labels(items)
+            results = await self.state.join_labels(items, self._tally)
         except StateError:
             self.state_errors += 1
             raise
         pairs = [(r.record, item[1]) for r, item in zip(results, items, strict=True) if r.record]
-        await self.on_labels(pairs)
-        return results
-
-    async def on_labels(self, pairs: Sequence[tuple[PredictionRecord, int]]) -> None:
-        """Count labeled decisions, aggregated per model version and group, then write them."""
-        cells, bins = label_deltas(pairs, self._layout)
-        await self._guarded(self._write_labels(cells, bins))
         self.labels_joined += len(pairs)
         for listener in self.label_listeners:
             listener(pairs)
+        return results
 
-    async def _write_labels(self, cells: LabelCells, bins: LabelBins) -> None:
-        for (key, group), counts in cells.items():
-            deltas = counts.to_dict()
-            del deltas["decisions"], deltas["selected"]  # counted when the decision was made
-            await self.state.add_counts(key, group, deltas)
-        for (key, group), split in bins.items():
-            await self.state.add_histogram(key, group, split)
+    def _tally(self, record: PredictionRecord, label: int) -> Tally:
+        return label_tally(record, label, self._layout(record.key))
 
     def _layout(self, key: ModelKey) -> Layout:
         spec = self.spec(key)

@@ -57,6 +57,11 @@ def curve_from_scores(scores: FloatArray, labels: FloatArray, weights: FloatArra
     )
 
 
+def score_bin(score: float, bins: int, low: float, high: float) -> int:
+    """The bin of one score, as `ScoreHistogram.bin_index` finds it, without making arrays."""
+    return min(max(math.floor((score - low) / (high - low) * bins), 0), bins - 1)
+
+
 def _tail_sums(values: FloatArray) -> FloatArray:
     """sums[i] = values[i:].sum(), with a trailing 0."""
     return np.append(np.cumsum(values[::-1])[::-1], 0.0).astype(np.float64)

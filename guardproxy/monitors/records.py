@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from guardproxy.hotpath.observation import Observation
-from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.monitors.histograms import score_bin
 from guardproxy.policy.models import ModelPolicy
 from guardproxy.policy.thresholds import ModelKey
-from guardproxy.state.base import PredictionRecord
-from guardproxy.state.counts import GroupCounts
+from guardproxy.state.base import PredictionRecord, Tally
+from guardproxy.state.counts import cell
 
 Layout = tuple[int, float, float]  # (bins, low, high) of a model's score histograms
 DecisionDeltas = dict[tuple[ModelKey, str], list[int]]  # -> [decisions, selected]
-LabelCells = dict[tuple[ModelKey, str], GroupCounts]
-LabelBins = dict[tuple[ModelKey, str], dict[str, int]]  # -> {"p:17": n, "n:3": m}
 
 
 def row_id(request_id: str, row: int) -> str:
@@ -53,21 +51,7 @@ def decision_records(
     return records, deltas
 
 
-def label_deltas(
-    pairs: Sequence[tuple[PredictionRecord, int]], layout_of: Callable[[ModelKey], Layout]
-) -> tuple[LabelCells, LabelBins]:
-    """Labeled decisions aggregated per model version and group: confusion cells and bins."""
-    cells: LabelCells = {}
-    scored: dict[tuple[ModelKey, str], tuple[list[float], list[int]]] = {}
-    for record, label in pairs:
-        owner = (record.key, record.group)
-        cells.setdefault(owner, GroupCounts()).record(bool(record.decision), bool(label))
-        scores, labels = scored.setdefault(owner, ([], []))
-        scores.append(record.score)
-        labels.append(label)
-    bins: LabelBins = {}
-    for owner, (scores, labels) in scored.items():
-        histogram = ScoreHistogram(*layout_of(owner[0]))
-        histogram.add(scores, labels)
-        bins[owner] = histogram.to_dict()
-    return cells, bins
+def label_tally(record: PredictionRecord, label: int, layout: Layout) -> Tally:
+    """How a joined label counts: its confusion cell, and its score's bin split by label."""
+    index = score_bin(record.score, *layout)
+    return Tally(cell(bool(record.decision), bool(label)), f"{'p' if label else 'n'}:{index}")

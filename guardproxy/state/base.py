@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -81,6 +81,17 @@ class PredictionRecord(NamedTuple):
         )
 
 
+class Tally(NamedTuple):
+    """What one joined label adds to its model version's group: a confusion cell and a bin."""
+
+    cell: str  # tp, fp, tn or fn: the decision made against the label
+    bin: str  # "p:<i>" (label 1) or "n:<i>": the score's histogram bin
+
+
+# How a joined label is counted: the monitors know each model's histogram layout.
+Tallier = Callable[[PredictionRecord, int], Tally]
+
+
 @dataclass(frozen=True, slots=True)
 class Joined:
     """The result of one label join; `record` is set when the outcome is JOINED."""
@@ -110,10 +121,19 @@ class StateBackend(Protocol):
         label's sender cannot have meant both. Returns how many records reused an id.
         """
 
-    async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
-        """Attach a label to a record atomically: a second label for an id never counts."""
+    async def join_label(
+        self, request_id: str, label: int, observed_at: float, tally: Tallier
+    ) -> Joined:
+        """Attach a label to a record and count it (`tally`'s cell and bin) in one atomic step.
 
-    async def join_labels(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
+        A label is counted exactly when it is claimed: a second label for an id never counts,
+        and a failure (even one whose answer was lost) never leaves a label claimed but
+        uncounted, which a retry would then only see as a duplicate.
+        """
+
+    async def join_labels(
+        self, items: Sequence[tuple[str, int, float]], tally: Tallier
+    ) -> list[Joined]:
         """join_label for many (request_id, label, observed_at), in order."""
 
     async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:

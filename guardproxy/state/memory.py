@@ -12,6 +12,7 @@ from guardproxy.state.base import (
     GroupState,
     Joined,
     PredictionRecord,
+    Tallier,
 )
 from guardproxy.state.counts import GroupCounts
 from guardproxy.state.recordstore import RecordStore
@@ -37,13 +38,23 @@ class MemoryState:
         """Keep records for the label join; how many ids were already in use."""
         return self._records.put_all(records)
 
-    async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
-        """Attach a label to a record; a second label is a duplicate."""
-        return self._records.join(request_id, label)
+    async def join_label(
+        self, request_id: str, label: int, observed_at: float, tally: Tallier
+    ) -> Joined:
+        """Attach a label to a record and count it; a second label is a duplicate."""
+        joined = self._records.join(request_id, label)
+        if joined.record is not None:  # counted in the same step, without yielding
+            cell, bin_name = tally(joined.record, label)
+            state = self._group(joined.record.key, joined.record.group)
+            setattr(state.counts, cell, getattr(state.counts, cell) + 1)
+            state.bins[bin_name] = state.bins.get(bin_name, 0) + 1
+        return joined
 
-    async def join_labels(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
+    async def join_labels(
+        self, items: Sequence[tuple[str, int, float]], tally: Tallier
+    ) -> list[Joined]:
         """join_label for many, in order."""
-        return [await self.join_label(*item) for item in items]
+        return [await self.join_label(*item, tally) for item in items]
 
     def _group(self, key: ModelKey, group: str) -> GroupState:
         return self._groups.setdefault((key, group), GroupState())

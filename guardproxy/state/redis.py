@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -21,6 +22,7 @@ from guardproxy.state.base import (
     Outcome,
     PredictionRecord,
     StateError,
+    Tallier,
     key_of_text,
     key_text,
     record_key,
@@ -33,16 +35,22 @@ T = TypeVar("T")
 DEFAULT_PREFIX = "guardproxy:"
 SEP = "|"  # group names may hold ":", field names never hold "|"
 
-# Claims the label slot with HSETNX so that two replicas racing on one id join it once.
+# Claims the label slot with HSETNX, so that two replicas racing on one id join it once, and
+# counts the label in the same script: Redis runs it whole or not at all, so a label is never
+# claimed without being counted (a timed-out call that did run still counted it).
+# KEYS: the record, the model version's counters, its histogram bins, the set of models.
+# ARGV: label, observed_at, the counter field, the bin field, the model's key text.
 JOIN_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('HEXISTS', KEYS[1], 'contested') == 1 then return {3} end
-if redis.call('HSETNX', KEYS[1], 'label', ARGV[1]) == 0 then return {2} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'contested') == 1 then return 3 end
+if redis.call('HSETNX', KEYS[1], 'label', ARGV[1]) == 0 then return 2 end
 redis.call('HSET', KEYS[1], 'observed_at', ARGV[2])
-local fields = redis.call('HGETALL', KEYS[1])
-table.insert(fields, 1, 1)
-return fields
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+redis.call('SADD', KEYS[4], ARGV[5])
+return 1
 """
+OUTCOMES = {0: Outcome.UNKNOWN, 2: Outcome.DUPLICATE, 3: Outcome.CONTESTED}
 
 # Many records in one call: KEYS one per record, ARGV the TTL, then each record's values as a
 # JSON array of strings (one argument a record: packing arguments is most of the client's
@@ -128,20 +136,58 @@ class RedisState:
         replies = await self._call(pipe.execute())
         return sum(int(reply) for reply in replies)
 
-    async def join_label(self, request_id: str, label: int, observed_at: float) -> Joined:
-        """Attach a label atomically (Lua): unknown, duplicate, or joined with its record."""
-        return (await self.join_labels([(request_id, label, observed_at)]))[0]
+    async def join_label(
+        self, request_id: str, label: int, observed_at: float, tally: Tallier
+    ) -> Joined:
+        """Attach a label and count it atomically (Lua): unknown, duplicate, or joined."""
+        return (await self.join_labels([(request_id, label, observed_at)], tally))[0]
 
-    async def join_labels(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
-        """Join many labels in one pipeline, in order."""
+    async def join_labels(
+        self, items: Sequence[tuple[str, int, float]], tally: Tallier
+    ) -> list[Joined]:
+        """Read the records in one round trip, then claim and count each label in another."""
         if not items:
             return []
+        keys = [self._key("pred", record_key(request_id)) for request_id, _, _ in items]
         pipe = self._redis.pipeline(transaction=False)
-        for request_id, label, observed_at in items:
-            keys = [self._key("pred", record_key(request_id))]
-            await self._join(keys=keys, args=[label, repr(observed_at)], client=pipe)
-        replies = await self._call(pipe.execute())
-        return [_joined(reply) for reply in replies]
+        for key in keys:
+            pipe.hgetall(key)
+        results = [_read(fields) for fields in await self._call(pipe.execute())]
+        claims = [i for i, joined in enumerate(results) if joined.record is not None]
+        if not claims:
+            return results
+        pipe = self._redis.pipeline(transaction=False)
+        for i in claims:
+            record = results[i].record
+            assert record is not None
+            await self._claim(pipe, keys[i], record, items[i], tally)
+        for i, reply in zip(claims, await self._call(pipe.execute()), strict=True):
+            if int(reply) != 1:  # the record expired, or was labeled or contested, in between
+                results[i] = Joined(OUTCOMES[int(reply)])
+        return results
+
+    async def _claim(
+        self,
+        pipe: Pipeline,
+        key: str,
+        record: PredictionRecord,
+        item: tuple[str, int, float],
+        tally: Tallier,
+    ) -> None:
+        """Queue the script that claims one record's label and counts it."""
+        _, label, observed_at = item
+        cell, bin_name = tally(record, label)
+        owner = key_text(record.key)
+        keys = [key, self._key("counts", owner), self._key("hist", owner), self._key("models")]
+        group = record.group
+        args: list[str | int] = [
+            label,
+            repr(observed_at),
+            f"{group}{SEP}{cell}",
+            f"{group}{SEP}{bin_name}",
+            owner,
+        ]
+        await self._join(keys=keys, args=args, client=pipe)
 
     async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
         """HINCRBY a model version's group counters, so every replica sees the fleet's totals."""
@@ -208,17 +254,15 @@ class RedisState:
         await self._redis.aclose()
 
 
-def _joined(reply: Any) -> Joined:
-    if isinstance(reply, Exception):
-        raise StateError(f"label join failed: {reply}")
-    code = int(reply[0])
-    if code == 0:
+def _read(fields: Mapping[str, str]) -> Joined:
+    """What a record's fields, as read before the claim, allow: unknown, contested,
+    duplicate, or a record a label may join (JOINED once the claim succeeds)."""
+    if not fields:
         return Joined(Outcome.UNKNOWN)
-    if code == 2:
-        return Joined(Outcome.DUPLICATE)
-    if code == 3:
+    if "contested" in fields:
         return Joined(Outcome.CONTESTED)
-    fields = dict(zip(reply[1::2], reply[2::2], strict=True))
+    if "label" in fields:
+        return Joined(Outcome.DUPLICATE)
     return Joined(Outcome.JOINED, PredictionRecord.from_fields(fields))
 
 

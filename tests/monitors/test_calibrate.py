@@ -20,7 +20,7 @@ from guardproxy.monitors.calibrate import (
     fit_from_histograms,
     fit_thresholds,
 )
-from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.monitors.histograms import ScoreHistogram, score_bin
 from tests.datasets import DATA, compas_rows
 
 CONSTRAINTS = ["none", "per_group", "demographic_parity", "equal_opportunity", "equalized_odds"]
@@ -312,3 +312,10 @@ class Column(BaseEstimator):  # type: ignore[misc]
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The score column."""
         return np.asarray(x)[:, 0]
+
+
+def test_one_score_falls_in_the_bin_the_histogram_gives_it() -> None:
+    scores = [-1.0, 0.0, 0.005, 0.01, 0.0999999, 0.1, 0.7, 0.705, 0.99, 1.0, 2.0]
+    for layout in [(100, 0.0, 1.0), (7, -0.3, 1.3), (1, 0.0, 1.0)]:
+        expected = ScoreHistogram(*layout).bin_index(scores).tolist()
+        assert [score_bin(s, *layout) for s in scores] == expected

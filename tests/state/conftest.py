@@ -8,10 +8,17 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from guardproxy.state import MemoryState, StateBackend
+from guardproxy.monitors.records import label_tally
+from guardproxy.state import MemoryState, PredictionRecord, StateBackend
+from guardproxy.state.base import Tally
 from guardproxy.state.redis import RedisState
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def tally(record: PredictionRecord, label: int) -> Tally:
+    """How the tests count a joined label: 100 bins over [0, 1]."""
+    return label_tally(record, label, (100, 0.0, 1.0))
 
 
 async def drop_prefix(prefix: str) -> None:

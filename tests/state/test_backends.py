@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from guardproxy.policy.thresholds import ThresholdRule, ThresholdTable
 from guardproxy.state import Outcome, PredictionRecord, StateBackend
+from tests.state.conftest import tally
 
 
 def record(
@@ -22,22 +23,22 @@ EU = ("eu", "credit", "3")
 
 async def test_join_returns_the_record(state: StateBackend) -> None:
     await state.record_predictions([record("r1"), record("r2", "b", 0.25, 0)])
-    joined = await state.join_label("r2", 1, 10.0)
+    joined = await state.join_label("r2", 1, 10.0, tally)
     assert joined.outcome is Outcome.JOINED
     assert joined.record == record("r2", "b", 0.25, 0)
 
 
 async def test_unknown_and_duplicate(state: StateBackend) -> None:
     await state.record_predictions([record("r1")])
-    assert (await state.join_label("nope", 1, 0.0)).outcome is Outcome.UNKNOWN
-    assert (await state.join_label("r1", 0, 0.0)).outcome is Outcome.JOINED
-    again = await state.join_label("r1", 1, 0.0)
+    assert (await state.join_label("nope", 1, 0.0, tally)).outcome is Outcome.UNKNOWN
+    assert (await state.join_label("r1", 0, 0.0, tally)).outcome is Outcome.JOINED
+    again = await state.join_label("r1", 1, 0.0, tally)
     assert again.outcome is Outcome.DUPLICATE and again.record is None
 
 
 async def test_concurrent_labels_for_one_id_join_once(state: StateBackend) -> None:
     await state.record_predictions([record("r1")])
-    results = await asyncio.gather(*(state.join_label("r1", 1, 0.0) for _ in range(20)))
+    results = await asyncio.gather(*(state.join_label("r1", 1, 0.0, tally) for _ in range(20)))
     assert sum(r.outcome is Outcome.JOINED for r in results) == 1
     assert sum(r.outcome is Outcome.DUPLICATE for r in results) == 19
 
@@ -49,10 +50,10 @@ async def test_a_retried_prediction_keeps_its_first_record_and_its_label(
     assert await state.record_predictions([first]) == 0
     retry = first._replace(time=9.0, threshold_version="v2")  # the same prediction, later
     assert await state.record_predictions([retry, record("r2")]) == 1
-    joined = await state.join_label("r1", 1, 0.0)
+    joined = await state.join_label("r1", 1, 0.0, tally)
     assert joined.record == first  # the label joins the first prediction
     for _ in range(2):
-        assert (await state.join_label("r1", 1, 0.0)).outcome is Outcome.DUPLICATE
+        assert (await state.join_label("r1", 1, 0.0, tally)).outcome is Outcome.DUPLICATE
 
 
 async def test_an_id_given_to_another_prediction_joins_no_label(state: StateBackend) -> None:
@@ -62,32 +63,34 @@ async def test_an_id_given_to_another_prediction_joins_no_label(state: StateBack
     assert await state.record_predictions(others) == 3
     for rid in ("r1", "r2", "r3"):
         for _ in range(2):
-            contested = await state.join_label(rid, 1, 0.0)
+            contested = await state.join_label(rid, 1, 0.0, tally)
             assert contested.outcome is Outcome.CONTESTED and contested.record is None
     await state.record_predictions([record("r4")])
-    assert (await state.join_label("r4", 1, 0.0)).outcome is Outcome.JOINED
+    assert (await state.join_label("r4", 1, 0.0, tally)).outcome is Outcome.JOINED
     await state.record_predictions([record("r4", "b")])  # contested after its label
-    assert (await state.join_label("r4", 1, 0.0)).outcome is Outcome.CONTESTED
+    assert (await state.join_label("r4", 1, 0.0, tally)).outcome is Outcome.CONTESTED
 
 
 async def test_records_are_written_in_calls_of_many(state: StateBackend) -> None:
     records = [record(f"m{i}", score=i / 1000) for i in range(600)]
     assert await state.record_predictions(records) == 0
     assert await state.record_predictions(records[::7]) == len(records[::7])  # retries
-    joined = await state.join_labels([(f"m{i}", 1, 0.0) for i in (0, 255, 256, 599)])
+    joined = await state.join_labels([(f"m{i}", 1, 0.0) for i in (0, 255, 256, 599)], tally)
     assert [j.record for j in joined] == [records[i] for i in (0, 255, 256, 599)]
 
 
 async def test_long_ids_are_stored_under_a_fixed_size_key(state: StateBackend) -> None:
     long_id = "x" * 4000
     await state.record_predictions([record(long_id)])
-    joined = await state.join_label(long_id, 1, 0.0)
+    joined = await state.join_label(long_id, 1, 0.0, tally)
     assert joined.record is not None and joined.record.request_id == long_id
 
 
 async def test_join_labels_keeps_order(state: StateBackend) -> None:
     await state.record_predictions([record("x"), record("y")])
-    results = await state.join_labels([("y", 1, 0.0), ("z", 1, 0.0), ("y", 0, 0.0), ("x", 0, 0.0)])
+    results = await state.join_labels(
+        [("y", 1, 0.0), ("z", 1, 0.0), ("y", 0, 0.0), ("x", 0, 0.0)], tally
+    )
     assert [r.outcome for r in results] == [
         Outcome.JOINED,
         Outcome.UNKNOWN,

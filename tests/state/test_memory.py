@@ -9,6 +9,7 @@ import pytest
 
 from guardproxy.state import MemoryState, Outcome, PredictionRecord
 from guardproxy.state.recordstore import NameTable
+from tests.state.conftest import tally
 
 
 def record(request_id: str, group: str = "a", score: float = 0.5) -> PredictionRecord:
@@ -20,15 +21,15 @@ async def test_records_expire_after_their_ttl() -> None:
     state = MemoryState(ttl=10.0, timer=lambda: now[0])
     await state.record_predictions([record("r1")])
     now[0] = 11.0
-    assert (await state.join_label("r1", 1, 0.0)).outcome is Outcome.UNKNOWN
+    assert (await state.join_label("r1", 1, 0.0, tally)).outcome is Outcome.UNKNOWN
 
 
 async def test_size_bound_evicts_the_oldest() -> None:
     state = MemoryState(max_records=3)
     await state.record_predictions([record(f"r{i}") for i in range(5)])
     assert len(state) == 3
-    assert (await state.join_label("r0", 1, 0.0)).outcome is Outcome.UNKNOWN
-    assert (await state.join_label("r4", 1, 0.0)).outcome is Outcome.JOINED
+    assert (await state.join_label("r0", 1, 0.0, tally)).outcome is Outcome.UNKNOWN
+    assert (await state.join_label("r4", 1, 0.0, tally)).outcome is Outcome.JOINED
 
 
 async def test_records_match_an_ordered_dict_through_evictions_and_expiry() -> None:
@@ -55,7 +56,7 @@ async def test_records_match_an_ordered_dict_through_evictions_and_expiry() -> N
                     model.popitem(last=False)
                 model[rid] = (now[0] + 50.0, kept, False, False)
         else:
-            joined = await state.join_label(rid, 1, 0.0)
+            joined = await state.join_label(rid, 1, 0.0, tally)
             if rid not in model or model[rid][0] <= now[0]:
                 assert joined.outcome is Outcome.UNKNOWN
             elif model[rid][3]:
