@@ -105,6 +105,7 @@ class Runtime:
         self.worker = MonitorWorker(settings.monitor_budget)
         self.health = ModelHealth()
         self.worker.consumers += [self.engine, self.watchdog, self.health]
+        self.worker.flushers.append(self.engine.flush)
         self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
         self.telemetry.watch_fleet(self.fleet.rows)
         self.proxy = Proxy(

@@ -14,8 +14,8 @@ from guardproxy.hotpath.observation import Observation
 from guardproxy.monitors.calibrate import apply_guard_rails, fit_from_histograms
 from guardproxy.monitors.fairness import fairness_report
 from guardproxy.monitors.histograms import ScoreHistogram
+from guardproxy.monitors.recorder import DecisionRecorder
 from guardproxy.monitors.records import (
-    DecisionDeltas,
     Layout,
     decision_records,
     histogram_layout,
@@ -74,13 +74,24 @@ class FairnessEngine:
         self.state, self.policies, self.thresholds = state, policies, thresholds
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.tick, self.clock = tick, clock
-        self.recorded = self.reused_ids = self.labels_joined = self.state_errors = 0
+        self.labels_joined = self.state_errors = 0
         self.last_error: str | None = None
         self.calibrations: dict[ModelKey, Calibration] = {}
         self.label_listeners: list[LabelListener] = []
         self._cache: dict[ModelKey, dict[str, GroupState]] = {}
         self._due: dict[ModelKey, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self.recorder = DecisionRecorder(state, self._guarded)
+
+    @property
+    def recorded(self) -> int:
+        """Decided rows whose records were written."""
+        return self.recorder.recorded
+
+    @property
+    def reused_ids(self) -> int:
+        """Records that came under an id already recorded."""
+        return self.recorder.reused_ids
 
     async def _guarded(self, action: Awaitable[T]) -> T | None:
         """Await a state call; a failure is counted and logged once per outage."""
@@ -103,19 +114,15 @@ class FairnessEngine:
         model = entry.model(key[1]) if entry is not None else None
         return model.spec if model is not None else None
 
-    def consume(self, batch: list[Observation]) -> Awaitable[None] | None:
-        """Turn a batch's verdicts into records and decision counts; returns the writes."""
+    def consume(self, batch: list[Observation]) -> None:
+        """Turn a batch's verdicts into records and decision counts, written in the background."""
         records, deltas = decision_records(batch, self.clock())
-        return self._write(records, deltas) if records else None
+        if records:
+            self.recorder.offer(records, deltas)
 
-    async def _write(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
-        await self._guarded(self._write_all(records, deltas))
-
-    async def _write_all(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
-        self.reused_ids += await self.state.record_predictions(records)
-        for (key, group), (n, selected) in deltas.items():
-            await self.state.add_counts(key, group, {"decisions": n, "selected": selected})
-        self.recorded += len(records)
+    async def flush(self) -> None:
+        """Return once the records of every batch consumed so far are written (or failed)."""
+        await self.recorder.flush()
 
     async def join(self, items: Sequence[tuple[str, int, float]]) -> list[Joined]:
         """Join labels to their records, each counted as it joins (StateError if unreachable)."""
@@ -257,9 +264,12 @@ class FairnessEngine:
             self._task = asyncio.create_task(self._loop(), name="guardproxy-fairness")
 
     async def stop(self) -> None:
-        """Stop the calibration loop."""
+        """Stop the calibration loop; write what waits, unless the backend is failing."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        if self.last_error is not None:  # each piece would only wait out its timeout
+            self.recorder.drop_pending()
+        await self.recorder.flush()
 
     async def _loop(self) -> None:
         while True:
@@ -292,6 +302,7 @@ class FairnessEngine:
                 "last_error": self.last_error,
             },
             "recorded": self.recorded,
+            "records": self.recorder.status(),
             "reused_ids": self.reused_ids,
             "labels_joined": self.labels_joined,
             "thresholds": {

@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from guardproxy.hotpath.observation import Observation
@@ -51,6 +51,8 @@ class MonitorWorker:
         self.queue: deque[Observation] = deque()
         self.queued_bytes = 0
         self.consumers: list[Consumer] = []
+        # What consumers still write in the background, awaited by flush().
+        self.flushers: list[Callable[[], Awaitable[None]]] = []
         self.offered = self.dropped = self.processed = self.batches = 0
         self.consumer_errors: dict[str, int] = {}
         self.max_consume = 0.0
@@ -85,12 +87,14 @@ class MonitorWorker:
             await self.process(self._take())
 
     async def flush(self) -> None:
-        """Return once everything offered so far has been processed (tests, shutdown)."""
+        """Return once everything offered so far has been processed and written (tests)."""
         while self.queue or self._current is not None:
             if self._task is None:
                 await self.process(self._take())
             else:
                 await asyncio.sleep(self.interval / 5)
+        for flush in self.flushers:
+            await flush()
 
     async def _run(self) -> None:
         while True:

@@ -56,9 +56,8 @@ async def replay(engine: FairnessEngine, entry: CompiledModel, cut: dict[str, fl
         for g in cut
         for i, s in enumerate(SCORES)
     ]
-    result = engine.consume(batch)
-    assert result is not None
-    await result
+    engine.consume(batch)
+    await engine.flush()
     items = [(f"{g}{i}", int(s >= cut[g]), 0.0) for g in cut for i, s in enumerate(SCORES)]
     await engine.join(items)
     await engine.refresh()
@@ -68,7 +67,8 @@ async def test_batch_rows_are_recorded_under_their_own_ids() -> None:
     entry = policy()
     engine = engine_for(entry)
     verdicts = [Verdict("a", 0.9, 0.5, 1), Verdict("b", 0.2, 0.5, 0), Verdict("b", 0.6, 0.5, 1)]
-    await engine.consume([exchange(entry, "req", verdicts)])  # type: ignore[misc]
+    engine.consume([exchange(entry, "req", verdicts)])
+    await engine.flush()
     results = await engine.join([("req", 1, 0.0), ("req:1", 0, 0.0), ("req:2", 1, 0.0)])
     assert [r.outcome for r in results] == [Outcome.JOINED] * 3
     assert [r.record.group for r in results if r.record] == ["a", "b", "b"]
@@ -117,7 +117,8 @@ async def test_calibration_waits_for_min_labels() -> None:
     entry = policy()
     engine = engine_for(entry)
     batch = [exchange(entry, f"a{i}", [Verdict("a", 0.9, 0.5, 1)]) for i in range(10)]
-    await engine.consume(batch)  # type: ignore[misc]
+    engine.consume(batch)
+    await engine.flush()
     await engine.join([(f"a{i}", 1, 0.0) for i in range(10)])
     result = await engine.calibrate(KEY)
     assert result.status == "waiting" and "a 10/50" in result.reason
@@ -186,7 +187,8 @@ async def test_run_due_calibrates_every_adapt_interval() -> None:
 async def test_an_unreachable_state_is_counted_not_raised() -> None:
     entry = policy()
     engine = engine_for(entry, RedisState("redis://127.0.0.1:1/0", timeout=0.2))
-    await engine.consume([exchange(entry, "r", [Verdict("a", 0.9, 0.5, 1)])])  # type: ignore[misc]
+    engine.consume([exchange(entry, "r", [Verdict("a", 0.9, 0.5, 1)])])
+    await engine.flush()
     result = await engine.calibrate(KEY)
     assert result.status == "failed"
     assert engine.status()["state"]["state_errors"] == 2
@@ -225,7 +227,8 @@ async def noisy_replay(engine: FairnessEngine, entry: CompiledModel, scale: floa
                 verdict = Verdict(group, s * scale, 0.5 * scale, int(s >= 0.5))
                 observations.append(exchange(entry, rid, [verdict]))
                 labels.append((rid, int(j < positives), 0.0))
-    await engine.consume(observations)  # type: ignore[misc]
+    engine.consume(observations)
+    await engine.flush()
     await engine.join(labels)
     await engine.refresh()
 

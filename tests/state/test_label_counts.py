@@ -27,7 +27,8 @@ async def test_a_label_is_counted_once_whatever_call_fails(
         state = RedisState(url, prefix=redis_prefix, timeout=0.2)
         try:
             engine = engine_for(entry, state)
-            await engine.consume([exchange(entry, "r1", [Verdict("a", 0.705, 0.5, 1)])])  # type: ignore[misc]
+            engine.consume([exchange(entry, "r1", [Verdict("a", 0.705, 0.5, 1)])])
+            await engine.flush()
             relay.cut.arm(command, how)
             outcomes: list[Outcome | None] = []
             for _ in range(RETRIES):
