@@ -14,6 +14,7 @@ from guardproxy.bearer import Token, bearer_matches
 from guardproxy.guards.exchange import dumps, loads
 from guardproxy.hotpath.trust import MAX_REQUEST_ID, well_formed_id
 from guardproxy.monitors.engine import FairnessEngine
+from guardproxy.payloads.codec import repeats_a_key
 from guardproxy.state.base import Joined, Outcome, StateError
 from guardproxy.transport import BodyTooLarge, Request, ResponseWriter
 
@@ -34,6 +35,9 @@ STATUS = {
     Outcome.CONTESTED: "contested",
 }
 TOTALS = ("joined", "unknown_id", "duplicate", "contested", "invalid")
+# Parsers disagree on which member of a repeated key counts (orjson keeps the last, others the
+# first): {"label": 0, "label": 1} would join 1 here and read 0 wherever else it is checked.
+REPEATED = "a JSON object names a key more than once"
 
 log = logging.getLogger("guardproxy.feedback")
 
@@ -69,6 +73,8 @@ def parse_body(body: bytes, limit: int = MAX_ITEMS) -> list[Any]:
         raise BadBody("expected a JSON object, a JSON array, or NDJSON lines")
     if len(items) > limit:
         raise BadBody(f"{len(items)} items in one request; the limit is {limit}", 413)
+    if repeats_a_key(text, doc):
+        raise BadBody(f"{REPEATED} (which one counts is ambiguous)")
     return items
 
 
@@ -83,9 +89,11 @@ def ndjson_items(text: bytes, limit: int = MAX_ITEMS) -> list[Any]:
     items: list[Any] = []
     for line in lines:
         try:
-            items.append(loads(line))
+            item = loads(line)
         except ValueError as exc:
             items.append(_Malformed(str(exc)))
+            continue
+        items.append(_Malformed(REPEATED) if repeats_a_key(line, item) else item)
     if len(lines) < 2 or all(isinstance(i, _Malformed) for i in items):
         raise BadBody("malformed JSON (expected a JSON object, a JSON array, or NDJSON lines)")
     return items

@@ -139,6 +139,27 @@ async def test_a_large_batch_is_joined_in_steps_in_order(
     assert steps == [10, STEP - 10, 11]  # at most STEP labels a step; a step of junk joins none
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"request_id": "p6", "label": 0, "label": 1}',
+        '[{"request_id": "p7", "label": 1}, {"request_id": "p6", "request_id": "p7", "label": 1}]',
+    ],
+)
+async def test_a_label_that_names_a_key_twice_joins_nothing(fed: RunningProxy, body: str) -> None:
+    status, doc = await post(fed, body)
+    assert status == 400 and "names a key more than once" in doc["error"]
+    assert fed.runtime.engine.labels_joined == 0
+
+
+async def test_an_ndjson_line_that_names_a_key_twice_is_invalid(fed: RunningProxy) -> None:
+    body = '{"request_id": "p6", "label": 0, "label": 1}\n{"request_id": "p7", "label": 0}'
+    status, doc = await post(fed, body)
+    assert status == 200
+    assert [r["status"] for r in doc["results"]] == ["invalid", "joined"]
+    assert "names a key more than once" in doc["results"][0]["reason"]
+
+
 async def test_batch_bound(fed: RunningProxy) -> None:
     items = [{"request_id": f"x{i}", "label": 1} for i in range(10_001)]
     status, doc = await post(fed, json.dumps(items))
