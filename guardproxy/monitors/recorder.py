@@ -92,9 +92,6 @@ class DecisionRecorder:
                 total[1] += selected
         return records, deltas
 
-    def _fits(self, taken: int) -> bool:
-        return taken + len(self._queue[0][0]) <= self.write_rows
-
     async def _write(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> bool:
         self.reused_ids += await self.state.record_predictions(records)
         for (key, group), (n, selected) in deltas.items():
