@@ -77,7 +77,7 @@ async def models(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Every metric in the Prometheus text format, or OpenMetrics when the scraper prefers it."""
     accept = request.headers.get("Accept", "")
-    body, content_type = request.app[RUNTIME].telemetry.exposition(accept)
+    body, content_type = await request.app[RUNTIME].telemetry.scrape(accept)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

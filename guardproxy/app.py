@@ -107,7 +107,7 @@ class Runtime:
         self.worker.consumers += [self.engine, self.watchdog, self.health]
         self.worker.flushers.append(self.engine.flush)
         self.fleet = FleetView(self.breakers, Monitors(self.engine, self.watchdog, self.health))
-        self.telemetry.watch_fleet(self.fleet.rows)
+        self.telemetry.watch_fleet(self.fleet.each_row)
         self.proxy = Proxy(
             self.upstream,
             self.store.snapshot,
@@ -146,7 +146,7 @@ class Runtime:
     def watch_telemetry(self) -> None:
         """Point the gauges and observable counters at the totals the parts already keep."""
         telemetry, store = self.telemetry, self.store
-        telemetry.watch_fairness(self.engine.gauges)
+        telemetry.watch_fairness(self.engine.each_gauge)
         telemetry.watch_total("samples.written", lambda: self.sample_writer.written)
         telemetry.watch_total(
             "samples.dropped", lambda: self.samples.dropped + self.sample_writer.dropped
@@ -191,6 +191,7 @@ class Runtime:
         """Start each part, and stop each one that started, in reverse order (even on failure)."""
         async with contextlib.AsyncExitStack() as parts:
             parts.push_async_callback(self.telemetry.shutdown)
+            self.telemetry.start()
             parts.push_async_callback(self.upstream.close)
             parts.push_async_callback(self.state.close)
             await self.decision_key.start()  # before any request draws

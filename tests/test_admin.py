@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from guardproxy.testing import RunningProxy, eventually, proxy_settings, running_proxy
 from tests.factories import observation
@@ -136,3 +139,50 @@ async def test_rotated_token_files_take_effect_without_a_restart(
         await eventually(lambda: accepted(feedback, "new-feedback"))
         assert await status(feedback, "old-feedback") == 401
         assert proxy.runtime.masker().text("new-admin new-feedback") == "*** ***"
+
+
+class Marked(Collector):
+    """A large family (20,000 samples) that notes the loop's ticks when it starts and ends."""
+
+    def __init__(self, ticks: list[int]) -> None:
+        self.ticks, self.seen = ticks, []
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The name only: registering does not collect."""
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The family; the encoder renders it between the two marks."""
+        self.seen.append(len(self.ticks))
+        family = self._family()
+        for i in range(20_000):
+            family.add_metric([str(i)], float(i))
+        yield family
+        self.seen.append(len(self.ticks))
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily("guardproxy_test_large", "A large family.", labels=["i"])
+
+
+async def test_the_loop_keeps_running_while_metrics_render(
+    client: aiohttp.ClientSession, proxy: RunningProxy
+) -> None:
+    # Rendered on the loop, a 300-model scrape held every request ~300 ms.
+    ticks: list[int] = []
+    marked = Marked(ticks)
+    proxy.runtime.telemetry.registry.register(marked)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            ticks.append(1)
+
+    task = asyncio.create_task(ticker())
+    try:
+        async with client.get(f"{proxy.admin_url}/metrics") as response:
+            text = await response.text()
+    finally:
+        task.cancel()
+    assert 'guardproxy_test_large{i="19999"} 19999.0' in text
+    start, end = marked.seen
+    assert end - start >= 3  # the loop ticked while the family was built and encoded

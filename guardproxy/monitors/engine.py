@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -179,7 +179,10 @@ class FairnessEngine:
 
     def gauges(self) -> dict[ModelKey, dict[str, Any]]:
         """Per model version: rates and counts per group, and the disparities, for gauges."""
-        out: dict[ModelKey, dict[str, Any]] = {}
+        return dict(self.each_gauge())
+
+    def each_gauge(self) -> Iterator[tuple[ModelKey, dict[str, Any]]]:
+        """`gauges()` one model version at a time: a reader may yield the loop between them."""
         for key in sorted(self._cache):
             report = self.report(key)
             groups = {
@@ -192,8 +195,7 @@ class FairnessEngine:
                 for g, m in report["groups"].items()
             }
             disparities = {k: report[k] for k in DISPARITIES if report[k] is not None}
-            out[key] = {"groups": groups, "disparities": disparities}
-        return out
+            yield key, {"groups": groups, "disparities": disparities}
 
     async def calibrate(self, key: ModelKey, reason: str = "scheduled") -> Calibration:
         """Fit a model version's thresholds from its labeled histograms; publish if they moved."""

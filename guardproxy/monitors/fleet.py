@@ -4,13 +4,13 @@
 breaking bad. A model's score adds up its problems: an open breaker, drift alarms against
 the alarm lines, fairness bounds violated beyond noise, failed, slow or unscored answers,
 watched inputs no request carries. `GET /status/models`, `guardproxy top` and the
-`guardproxy_model_health` series all read `FleetView.rows()`.
+`guardproxy_model_health` series all read `FleetView.rows()` (the series one row at a time).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -131,12 +131,13 @@ class FleetView:
 
     def rows(self) -> list[Row]:
         """Every declared model's row, worst first (ties by region and name)."""
-        rows = [
-            self.row(model)
-            for entry in self.board.policies.current.regions.values()
-            for model in entry.models
-        ]
-        return sorted(rows, key=lambda r: (-r.score, r.region, r.model))
+        return sorted(self.each_row(), key=lambda r: (-r.score, r.region, r.model))
+
+    def each_row(self) -> Iterator[Row]:
+        """Every declared model's row in policy order, one at a time (a reader may yield)."""
+        for entry in self.board.policies.current.regions.values():
+            for model in entry.models:
+                yield self.row(model)
 
     def row(self, model: CompiledModel) -> Row:
         """One model's problems and the figures behind them."""

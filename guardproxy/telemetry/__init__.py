@@ -3,7 +3,7 @@
 from guardproxy.hotpath.hooks import NO_TRACER, UpstreamCall, UpstreamTracer
 from guardproxy.telemetry.config import TelemetryConfig, TelemetryError
 from guardproxy.telemetry.core import Telemetry
-from guardproxy.telemetry.instruments import FairnessSource
+from guardproxy.telemetry.readings import FairnessSource
 
 __all__ = [
     "NO_TRACER",

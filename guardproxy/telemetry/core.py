@@ -24,6 +24,7 @@ from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdTable
 from guardproxy.state.base import PredictionRecord
 from guardproxy.state.counts import cell
+from guardproxy.tasks import cancel_and_wait
 from guardproxy.telemetry.build import register_process_metrics
 from guardproxy.telemetry.config import TelemetryConfig, build_resource
 from guardproxy.telemetry.decisions import DecisionObserver, GroupLabels, GroupMode
@@ -34,20 +35,17 @@ from guardproxy.telemetry.export import (
 )
 from guardproxy.telemetry.exporters import metric_exporter, span_exporter
 from guardproxy.telemetry.exposition import HistogramCollector, HistogramMetrics
-from guardproxy.telemetry.instruments import (
-    RELOAD_RESULTS,
-    TOTALS,
-    FairnessSource,
-    FleetSource,
-    Instruments,
-)
+from guardproxy.telemetry.instruments import RELOAD_RESULTS, TOTALS, Instruments
+from guardproxy.telemetry.readings import FairnessSource, FleetSource
 from guardproxy.telemetry.rpc import RpcTracer
+from guardproxy.telemetry.scrape import Exposition, SharedRender
 from guardproxy.telemetry.tracing import CURRENT, RequestTracer
 from guardproxy.transport import Handler
 
 log = logging.getLogger("guardproxy.telemetry")
 SCOPE = "guardproxy"
 BUILTIN_SAMPLERS = "opentelemetry.sdk.trace.sampling"
+DISABLED: Exposition = (b"# guardproxy telemetry is disabled or shut down\n", CONTENT_TYPE_LATEST)
 
 
 class Telemetry:
@@ -88,6 +86,8 @@ class Telemetry:
         )
         self.observe = DecisionObserver(self.instruments, self.labels)
         self.rpc = RpcTracer(tracer, self.instruments.rpc)  # gRPC calls' durations and spans
+        self.scrapes = SharedRender(self.instruments.read_sliced, self._render)
+        self._refresher: asyncio.Task[None] | None = None
 
     def _meters(self, resource: Resource) -> MeterProvider:
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
@@ -209,12 +209,36 @@ class Telemetry:
         """Prometheus text exposition of every instrument (OpenMetrics if `accept` asks)."""
         return self.exposition(accept)[0]
 
-    def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """/metrics: the body and its content type, in the format the Accept header prefers."""
+    def exposition(self, accept: str = "") -> Exposition:
+        """/metrics rendered here and now, blocking (tests; the admin port awaits `scrape`)."""
         if self.meter_provider is None or self.closed:
-            return b"# guardproxy telemetry is disabled or shut down\n", CONTENT_TYPE_LATEST
+            return DISABLED
+        self.instruments.read_now()
+        return self._render(accept)
+
+    async def scrape(self, accept: str = "") -> Exposition:
+        """/metrics: the body and its content type, rendered off the loop and shared."""
+        if self.meter_provider is None or self.closed:
+            return DISABLED
+        return await self.scrapes(accept)
+
+    def _render(self, accept: str) -> Exposition:
+        # Runs in a worker thread: reads only copies of the aggregates and the readings.
+        if self.meter_provider is None or self.closed:
+            return DISABLED
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+    def start(self) -> None:
+        """Keep the gauges' readings fresh for the OTLP exporter, which collects in its thread."""
+        if self.periodic is not None and self._refresher is None:
+            loop = asyncio.get_running_loop()
+            self._refresher = loop.create_task(self._refresh(self.config.export_interval / 2))
+
+    async def _refresh(self, seconds: float) -> None:
+        while True:
+            await self.instruments.read_sliced()
+            await asyncio.sleep(seconds)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export queued spans and a metric collection now (blocking; tests, shutdown)."""
@@ -252,6 +276,8 @@ class Telemetry:
         if self.closed:
             return
         self.closed = True
+        await cancel_and_wait(self._refresher)
+        await self.scrapes.idle()  # a render under way collects before the meters stop
         # Side by side: one after the other, a silent collector held each for the whole
         # timeout, and the process twice as long.
         stopping = []

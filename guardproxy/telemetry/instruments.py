@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from guardproxy.telemetry.aggregate import ABSENT, Counters, Histograms
+from guardproxy.telemetry.readings import (
+    FairnessSource,
+    FleetSource,
+    Readings,
+    read_now,
+    read_sliced,
+)
 
-# Fairness values per model version as FairnessEngine.gauges() publishes them:
-# {(region, model, version): {"groups": {group: {"selection_rate": x, ...}},
-#                             "disparities": {"demographic_...": y}}}
-FairnessSource = Callable[[], Mapping[tuple[str, str, str], Mapping[str, Any]]]
-# The fleet view's rows, worst first: each with region, model, score and problems.
-FleetSource = Callable[[], Sequence[Any]]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 BREAKER_STATES = {"disabled": -1, "closed": 0, "half_open": 1, "open": 2, "forced_open": 3}
 TOTALS = ("samples.written", "samples.dropped", "queue.dropped", "logs.dropped")
@@ -126,10 +126,9 @@ class Instruments:
     def __init__(self) -> None:
         self.fairness: FairnessSource = dict
         self.fleet: FleetSource = list
-        # What the sources answered for the collection under way: each is read by the first
-        # of its gauges and shared by the rest (a fairness report per model costs ~0.1 ms).
-        self._fairness_now: Mapping[tuple[str, str, str], Mapping[str, Any]] = {}
-        self._fleet_now: Sequence[Any] = ()
+        # What the gauges show: read from the sources on the loop before a collection, so a
+        # collection in another thread never walks the monitors' state. Swapped whole.
+        self.readings = Readings()
         self.label: Callable[[str, str, str], str] = lambda region, model, group: group
         # region, model, version, signal, test: versions the monitors keep (forget_drift)
         self.drift: dict[tuple[str, str, str, str, str], float] = {}
@@ -165,11 +164,8 @@ class Instruments:
         ):
             _counter(meter, COUNTERS[name], _counts(counts))
         _counter(meter, COUNTERS["reloads"], self._reloads)
-        # The SDK runs a collection's callbacks one at a time, in the order registered, under
-        # one lock: the first fairness gauge and the health gauge read their sources afresh,
-        # the gauges registered after them reuse what was read.
-        for i, (rate, description) in enumerate(GROUP_RATES.items()):
-            _gauge(meter, fairness_info(rate, description), self._rate(rate, fresh=i == 0))
+        for rate, description in GROUP_RATES.items():
+            _gauge(meter, fairness_info(rate, description), self._rate(rate))
         for value, description in MODEL_VALUES.items():
             _gauge(meter, fairness_info(value, description), self._model(value))
         _gauge(meter, DRIFT, self._drift)
@@ -186,20 +182,17 @@ class Instruments:
         for result, n in totals.items():
             yield Observation(n, {"result": result})
 
-    def _read_fairness(self) -> Mapping[tuple[str, str, str], Mapping[str, Any]]:
-        self._fairness_now = {}  # a source that fails leaves nothing stale behind
-        self._fairness_now = self.fairness()
-        return self._fairness_now
+    def read_now(self) -> None:
+        """Read the gauges' sources in one go (a caller that is not on the loop: tests)."""
+        self.readings = read_now(self.fairness, self.fleet)
 
-    def _read_fleet(self) -> Sequence[Any]:
-        self._fleet_now = ()
-        self._fleet_now = self.fleet()
-        return self._fleet_now
+    async def read_sliced(self) -> None:
+        """Read the gauges' sources on the loop, a few ms at a time (once per collection)."""
+        self.readings = await read_sliced(self.fairness, self.fleet)
 
-    def _rate(self, name: str, fresh: bool = False) -> Callback:
+    def _rate(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            reports = self._read_fairness() if fresh else self._fairness_now
-            for (region, model, version), values in reports.items():
+            for (region, model, version), values in self.readings.fairness.items():
                 for group, rates in (values.get("groups") or {}).items():
                     value = rates.get(name)
                     if value is not None:
@@ -213,7 +206,7 @@ class Instruments:
 
     def _model(self, name: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for (region, model, version), values in self._fairness_now.items():
+            for (region, model, version), values in self.readings.fairness.items():
                 value = (values.get("disparities") or {}).get(name)
                 if value is not None:
                     attributes = {"region": region, "model": model, "version": version}
@@ -227,11 +220,11 @@ class Instruments:
             yield Observation(value, {**model_labels, "signal": signal, "test": test})
 
     def _health(self, options: CallbackOptions) -> Iterable[Observation]:
-        for row in self._read_fleet():
+        for row in self.readings.fleet:
             yield Observation(float(row.score), {"region": row.region, "model": row.model})
 
     def _problems(self, options: CallbackOptions) -> Iterable[Observation]:
-        for row in self._fleet_now:
+        for row in self.readings.fleet:
             kinds: dict[str, float] = {}
             for problem in row.problems:
                 kinds[problem.kind] = kinds.get(problem.kind, 0.0) + problem.severity
