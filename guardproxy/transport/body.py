@@ -19,6 +19,10 @@ class ReadFlow(Protocol):
 
 
 TooLarge = Callable[[int], BaseException]
+# Pieces smaller than this are copied into one growing buffer rather than kept one object
+# each: a bytes object costs ~50 bytes beyond its data, so a body of 2-byte chunks held 28
+# times its size, and the high-water mark, counted in body bytes, bounded none of it.
+SMALL_PIECE = 1024
 
 
 class BodyBuffer:
@@ -32,6 +36,7 @@ class BodyBuffer:
         "_high",
         "_paused",
         "_size",
+        "_tail",
         "_waiter",
         "peak",
         "received",
@@ -40,7 +45,8 @@ class BodyBuffer:
     def __init__(self, flow: ReadFlow, high_water: int) -> None:
         self._flow = flow
         self._high = high_water
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._tail: bytearray | None = None  # the last of _chunks while small pieces join it
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
@@ -61,9 +67,18 @@ class BodyBuffer:
 
     def feed(self, data: bytes) -> None:
         """Parser side: more body bytes."""
-        self._chunks.append(data)
-        size = self._size = self._size + len(data)
-        self.received += len(data)
+        length = len(data)
+        if length < SMALL_PIECE:
+            tail = self._tail
+            if tail is None:
+                tail = self._tail = bytearray()
+                self._chunks.append(tail)
+            tail += data
+        else:
+            self._tail = None  # large pieces are kept as they are: no copy
+            self._chunks.append(data)
+        size = self._size = self._size + length
+        self.received += length
         if size > self.peak:
             self.peak = size
         if size > self._high and not self._paused:
@@ -119,8 +134,9 @@ class BodyBuffer:
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
+        self._tail = None
         self._size = 0
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body in pieces as they arrive; each piece is everything buffered so far."""

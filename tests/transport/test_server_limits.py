@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tracemalloc
 
 import pytest
 
-from guardproxy.transport import ClientDisconnected, Request, ResponseWriter, ServerConfig
+from guardproxy.transport import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Request,
+    ResponseWriter,
+    ServerConfig,
+)
+from guardproxy.transport.body import BodyBuffer
 
 from .support import RawClient, eventually, serving
 
@@ -425,3 +433,51 @@ async def test_connections_over_the_limit_are_closed_as_they_are_accepted() -> N
         fourth = await RawClient.open(running.port)
         await fourth.send(b"GET / HTTP/1.1\r\n\r\n")
         assert (await fourth.answer()).status == 200
+
+
+async def test_a_body_of_tiny_chunks_held_unread_costs_about_its_size() -> None:
+    # 40,000 two-byte chunks: 80 KB of body, past the 64 KiB high-water mark, so reading
+    # pauses. Kept as one object a piece, they held ~1.8 MB.
+    arrived: list[Request] = []
+
+    async def holds(request: Request, response: ResponseWriter) -> None:
+        arrived.append(request)
+        await asyncio.sleep(30)
+
+    async with serving(holds) as running:
+        client = await RawClient.open(running.port)
+        await client.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await eventually(lambda: bool(arrived))
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await client.send(b"2\r\nab\r\n" * 40_000)
+            await eventually(lambda: arrived[0].body.received > 64 * 1024)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < 4 * 64 * 1024
+        client.close()
+
+
+async def test_small_and_large_pieces_come_out_whole_and_in_order() -> None:
+    body = BodyBuffer(_NoFlow(), 1 << 20)
+    pieces = [b"a", b"bc", b"x" * 5000, b"d", b"e" * 2000, b"f", b"g"]
+    for piece in pieces[:4]:
+        body.feed(piece)
+    first = await anext(body.chunks())
+    for piece in pieces[4:]:
+        body.feed(piece)
+    body.finish()
+    rest = await body.read(None, BodyTooLarge)
+    assert type(first) is bytes and type(rest) is bytes
+    assert first + rest == b"".join(pieces)
+    assert body.received == len(first + rest)
+
+
+class _NoFlow:
+    def pause_body(self) -> None:
+        """Nothing to pause."""
+
+    def resume_body(self) -> None:
+        """Nothing to resume."""
