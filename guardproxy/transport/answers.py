@@ -37,6 +37,7 @@ class AnswerParser(asyncio.Protocol):
         self._interim = False
         self._head_only = False  # the request was HEAD: no body follows the head
         self._until_close = False  # the body ends when the upstream closes
+        self._phantom_body = False  # the head declares a body that must not follow it
         self._swap_parser = False
         self._received_any = False
         self._last_data = 0.0
@@ -119,7 +120,11 @@ class AnswerParser(asyncio.Protocol):
             status, self._reason, parser.get_http_version(), headers, keep_alive, body
         )
         self._response = response
-        if not keep_alive and not self._head_only and status not in NO_BODY_STATUS:
+        if self._head_only or status in NO_BODY_STATUS:
+            # A server that sends the declared body anyway, in a later packet, would have it
+            # read as the answer to the next request on this connection: it is not reused.
+            self._phantom_body = _declares_body(headers)
+        elif not keep_alive:
             # Neither length nor chunked: the body ends when the upstream closes.
             self._until_close = b"content-length" not in headers and not _chunked(headers)
         waiter, self._waiter = self._waiter, None
@@ -141,6 +146,11 @@ class AnswerParser(asyncio.Protocol):
             self._interim = False
         elif self._response is not None:
             self._complete()
+
+
+def _declares_body(headers: Headers) -> bool:
+    lengths = headers.getall(b"content-length")
+    return b"transfer-encoding" in headers or any(v.strip() != b"0" for v in lengths)
 
 
 def _chunked(headers: Headers) -> bool:

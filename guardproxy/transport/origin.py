@@ -78,7 +78,12 @@ class OriginConnection(AnswerParser):
         assert response is not None
         response.body.finish()
         self.served += 1
-        reusable = response.keep_alive and self._sent_all and not self._until_close
+        reusable = (
+            response.keep_alive
+            and self._sent_all
+            and not self._until_close
+            and not self._phantom_body
+        )
         if reusable and self.state == BUSY and not self.closing:
             self.state = IDLE
             self.idle_since = self._loop.time()
@@ -94,7 +99,7 @@ class OriginConnection(AnswerParser):
         """Send a request (its body too unless streamed); returns the future of its head."""
         now = self._loop.time()
         self.state = BUSY
-        self._received_any = self._interim = self._until_close = False
+        self._received_any = self._interim = self._until_close = self._phantom_body = False
         self._head_only = head_only
         self._deadline = now + total if total is not None else None
         self._last_data = now

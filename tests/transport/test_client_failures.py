@@ -294,3 +294,48 @@ async def test_a_failing_source_body_fails_the_request_with_its_own_error() -> N
         assert pool.status()["errors"] == {}
         assert pool.status()["keys"] == {}
         await pool.close()
+
+
+LATE = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
+
+
+@pytest.mark.parametrize(
+    ("method", "head"),
+    [
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LATE)),
+        (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n" % len(LATE)),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ],
+    ids=["head", "204", "304"],
+)
+async def test_a_body_declared_where_none_may_follow_is_never_read_as_the_next_answer(
+    method: bytes, head: bytes
+) -> None:
+    async def body_sent_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if (await read_request(reader))[0].startswith(method + b" /first"):
+            writer.write(head)  # the declared body is sent, late: once the next request came
+            await read_request(reader)
+            writer.write(LATE)
+        writer.write(OK)
+        await answer_forever(reader, writer)
+
+    async with raw_upstream(body_sent_late) as port:
+        pool = Pool("127.0.0.1", port)
+        await (await pool.request(method, b"/first", [])).read()
+        assert await (await pool.request(b"GET", b"/second", [])).read() == b"ok"
+        assert pool.status()["reused"] == 0
+        await pool.close()
+
+
+async def test_a_head_answer_declaring_no_body_keeps_its_connection() -> None:
+    async def empty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async with raw_upstream(empty) as port:
+        pool = Pool("127.0.0.1", port)
+        for _ in range(2):
+            await (await pool.request(b"HEAD", b"/", [])).read()
+        assert pool.status()["reused"] == 1
+        await pool.close()
