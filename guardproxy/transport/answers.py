@@ -34,6 +34,7 @@ class AnswerParser(asyncio.Protocol):
         self._reason = b""
         self._headers: HeaderList = []
         self._head_size = 0
+        self._in_head = False  # header lines are the head's; after it, a chunked body's trailers
         self._interim = False
         self._head_only = False  # the request was HEAD: no body follows the head
         self._until_close = False  # the body ends when the upstream closes
@@ -88,6 +89,7 @@ class AnswerParser(asyncio.Protocol):
         self._reason = b""
         self._headers = []
         self._head_size = 0
+        self._in_head = True
 
     def on_status(self, reason: bytes) -> None:
         """Part of the reason phrase."""
@@ -95,8 +97,11 @@ class AnswerParser(asyncio.Protocol):
         self._grow(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One header line."""
-        self._headers.append((name, value))
+        """One header line; a trailer is counted against the same limit, and dropped."""
+        if self._in_head:
+            # The answer's Headers share this list: a trailer appended to it would turn up
+            # among the headers of an answer whose body was read.
+            self._headers.append((name, value))
         self._grow(len(name) + len(value) + 4)
 
     def _grow(self, size: int) -> None:
@@ -106,6 +111,7 @@ class AnswerParser(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         """The head is complete: hand the answer to the caller."""
+        self._in_head = False
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:

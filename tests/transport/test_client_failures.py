@@ -339,3 +339,26 @@ async def test_a_head_answer_declaring_no_body_keeps_its_connection() -> None:
             await (await pool.request(b"HEAD", b"/", [])).read()
         assert pool.status()["reused"] == 1
         await pool.close()
+
+
+async def test_trailers_of_an_answer_are_not_headers_and_count_against_the_head_limit() -> None:
+    async def trailing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        writer.write(b"X-Late: injected\r\n\r\n")
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        writer.write(b"X-Big: " + b"a" * 5000 + b"\r\n\r\n")
+        await reader.read()
+
+    async with raw_upstream(trailing) as port:
+        pool = Pool("127.0.0.1", port, PoolConfig(max_head_size=4096))
+        response = await pool.request(b"GET", b"/", [])
+        assert await response.read() == b"ok"
+        assert response.headers.get(b"x-late") is None
+        assert [name for name, _ in response.headers] == [b"Transfer-Encoding"]
+        response = await pool.request(b"GET", b"/", [])
+        with pytest.raises(UpstreamError) as caught:
+            await response.read()
+        assert caught.value.kind == "protocol"
+        await pool.close()
