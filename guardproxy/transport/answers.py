@@ -9,7 +9,7 @@ import httptools
 from .body import BodyBuffer
 from .config import PoolConfig
 from .errors import UpstreamError
-from .framing import NO_BODY_STATUS
+from .framing import NO_BODY_STATUS, chunked_only
 from .headers import HeaderList, Headers
 from .upstream_response import UpstreamResponse
 
@@ -120,19 +120,23 @@ class AnswerParser(asyncio.Protocol):
             self._interim = True  # 100 Continue, 103 Early Hints: wait for the real answer
             return
         headers = Headers(self._headers)
+        bodiless = self._head_only or status in NO_BODY_STATUS
+        codings = headers.getall(b"transfer-encoding")
+        if codings and not bodiless and not chunked_only(codings):
+            raise _Violation  # its coding would be lost with the framing
         keep_alive = parser.should_keep_alive()
         body = BodyBuffer(self, self._config.high_water)
         response = UpstreamResponse(
             status, self._reason, parser.get_http_version(), headers, keep_alive, body
         )
         self._response = response
-        if self._head_only or status in NO_BODY_STATUS:
+        if bodiless:
             # A server that sends the declared body anyway, in a later packet, would have it
             # read as the answer to the next request on this connection: it is not reused.
-            self._phantom_body = _declares_body(headers)
+            self._phantom_body = bool(codings) or _declares_length(headers)
         elif not keep_alive:
             # Neither length nor chunked: the body ends when the upstream closes.
-            self._until_close = b"content-length" not in headers and not _chunked(headers)
+            self._until_close = not codings and b"content-length" not in headers
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -154,10 +158,5 @@ class AnswerParser(asyncio.Protocol):
             self._complete()
 
 
-def _declares_body(headers: Headers) -> bool:
-    lengths = headers.getall(b"content-length")
-    return b"transfer-encoding" in headers or any(v.strip() != b"0" for v in lengths)
-
-
-def _chunked(headers: Headers) -> bool:
-    return any(b"chunked" in value.lower() for value in headers.getall(b"transfer-encoding"))
+def _declares_length(headers: Headers) -> bool:
+    return any(value.strip() != b"0" for value in headers.getall(b"content-length"))

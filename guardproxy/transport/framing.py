@@ -47,6 +47,15 @@ def check_lines(head: bytes, lines: int) -> bytes:
     return head
 
 
+def chunked_only(values: list[bytes]) -> bool:
+    """Whether Transfer-Encoding values name `chunked` alone, once (the one coding we frame).
+
+    Another coding (`gzip, chunked`) would be dropped with the framing, its bytes passed on
+    as if they had none.
+    """
+    return len(values) == 1 and values[0].strip().lower() == b"chunked"
+
+
 def parse_length(value: bytes) -> int:
     """A Content-Length value: digits only."""
     if not value.isdigit():

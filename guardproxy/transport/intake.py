@@ -12,6 +12,7 @@ from .body import BodyBuffer
 from .config import ServerConfig
 from .counters import ServerCounters
 from .errors import BadRequest, counted
+from .framing import chunked_only
 from .headers import HeaderList, Headers
 from .request import Request
 from .response import ResponseWriter
@@ -177,6 +178,9 @@ class Intake(asyncio.Protocol):
             raise self._refuse(505, "HTTP version not supported", "bad_version")
         method = parser.get_method()
         headers = Headers(self._headers)
+        codings = headers.getall(b"transfer-encoding")
+        if codings and not chunked_only(codings):
+            raise self._refuse(501, "transfer coding not supported", "bad_request")
         if parser.should_upgrade():
             self._check_upgrade(method, headers)
         keep_alive = parser.should_keep_alive()

@@ -193,8 +193,10 @@ async def test_reset_mid_answer_fails_the_body() -> None:
         b"SSH-2.0-OpenSSH\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok",
     ],
-    ids=["cl-and-te", "two-cl", "not-http", "upgrade", "huge-head"],
+    ids=["cl-and-te", "two-cl", "not-http", "upgrade", "huge-head", "gzip-coding", "identity"],
 )
 async def test_malformed_answers_are_a_502(answer: bytes) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
