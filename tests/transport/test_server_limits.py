@@ -55,6 +55,8 @@ SMUGGLING = {
     "nul-in-value": b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
     "bad-chunk-size": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    "two-hosts": b"GET / HTTP/1.1\r\nHost: h\r\nHost: evil\r\n\r\n",
+    "two-hosts-same": b"GET / HTTP/1.1\r\nHost: h\r\nhost: h\r\n\r\n",
 }
 
 
