@@ -68,15 +68,18 @@ class BodyBuffer:
     def feed(self, data: bytes) -> None:
         """Parser side: more body bytes."""
         length = len(data)
-        if length < SMALL_PIECE:
-            tail = self._tail
-            if tail is None:
-                tail = self._tail = bytearray()
-                self._chunks.append(tail)
-            tail += data
-        else:
+        chunks, tail = self._chunks, self._tail
+        if length >= SMALL_PIECE:
             self._tail = None  # large pieces are kept as they are: no copy
-            self._chunks.append(data)
+            chunks.append(data)
+        elif tail is not None:
+            tail += data
+        elif chunks and len(chunks[-1]) < SMALL_PIECE:  # a second small piece: gather
+            tail = self._tail = bytearray(chunks[-1])
+            tail += data
+            chunks[-1] = tail
+        else:
+            chunks.append(data)  # a body in one small piece stays as it came
         size = self._size = self._size + length
         self.received += length
         if size > self.peak:

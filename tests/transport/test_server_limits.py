@@ -510,6 +510,14 @@ async def test_small_and_large_pieces_come_out_whole_and_in_order() -> None:
     assert body.received == len(first + rest)
 
 
+async def test_a_body_in_one_small_piece_is_handed_on_as_it_came() -> None:
+    body = BodyBuffer(_NoFlow(), 1 << 20)
+    piece = b'{"inputs": []}'
+    body.feed(piece)
+    body.finish()
+    assert await body.read(None, BodyTooLarge) is piece  # no copy: the usual request
+
+
 class _NoFlow:
     def pause_body(self) -> None:
         """Nothing to pause."""
