@@ -274,12 +274,17 @@ class FairnessEngine:
         await self.recorder.flush()
 
     async def _loop(self) -> None:
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.tick)
             try:
                 await self.run_due()
             except Exception:
                 log.exception("fairness calibration failed")
+            # redis-py can answer a command whose task was cancelled meanwhile, the cancel
+            # lost: without this check stop() would wait for this loop forever
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     async def run_due(self) -> None:
         """Refresh the reports and calibrate every model version whose `adapt.every` passed."""
