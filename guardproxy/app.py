@@ -238,6 +238,8 @@ class Runtime:
         )
         if self.engine.last_error is not None:
             degraded.append(f"state backend: {self.engine.last_error}")
+        if self.engine.table.last_error is not None:
+            degraded.append(f"threshold table not synced: {self.engine.table.last_error}")
         if self.store.last_error:
             degraded.append("the last policy reload failed; the previous policies serve")
         masker = self.masker()
@@ -268,7 +270,10 @@ class Runtime:
             "upstream_pool": self.upstream.status(),
             "loop": {"lag": self.loop_lag.status(), "gc": self.gc_pauses.status()},
             "policies": self.store.status(),
-            "thresholds": {"version": self.thresholds.current.version},
+            "thresholds": {
+                "version": self.thresholds.current.version,
+                "in_sync": self.engine.table.status()["in_sync"],
+            },
             "samples": self.sample_writer.status(),
             "decision_key": self.decision_key.status(),
             "fairness": self.engine.status(),

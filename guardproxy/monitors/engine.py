@@ -21,13 +21,8 @@ from guardproxy.monitors.records import (
     histogram_layout,
     label_tally,
 )
-from guardproxy.monitors.tables import (
-    Calibration,
-    current_threshold,
-    history_entry,
-    next_version,
-    with_model,
-)
+from guardproxy.monitors.shared import SharedTable
+from guardproxy.monitors.tables import Calibration, current_threshold, next_version, with_model
 from guardproxy.policy.models import AdaptSpec, ModelPolicy
 from guardproxy.policy.table import PolicyTable
 from guardproxy.policy.thresholds import ModelKey, Snapshot, ThresholdRule, ThresholdTable
@@ -82,6 +77,8 @@ class FairnessEngine:
         self._due: dict[ModelKey, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.recorder = DecisionRecorder(state, self._guarded)
+        self.table = SharedTable(state, thresholds, self.history, lambda: self.clock())
+        self.table.on_adopt = self._calibrated_elsewhere
 
     @property
     def recorded(self) -> int:
@@ -203,6 +200,7 @@ class FairnessEngine:
         adapt = spec.decision.adapt if spec is not None else None
         if spec is None or adapt is None:
             return self._done(key, "skipped", "no decision.adapt in the model's policy")
+        await self.table.sync()  # fit from the fleet's newest table, not this replica's last
         groups = await self._guarded(self.state.counts(key))
         if groups is None:
             return self._done(key, "failed", f"state backend: {self.last_error}")
@@ -245,10 +243,12 @@ class FairnessEngine:
         if merged == dict(table.rules):
             return self._done(key, "unchanged", why)
         new = ThresholdTable(next_version(table.version, merged), MappingProxyType(merged))
-        self.thresholds.publish(new)
-        self.history.append(history_entry(new, key_text(key), why, self.clock()))
-        await self._guarded(self.state.save_thresholds(new))
-        return self._done(key, "published", why)
+        status = await self.table.save(new, key_text(key), why)
+        if status == "refused":
+            why = f"{why}; another replica stored a newer table first, which serves"
+        elif status == "failed":
+            why = f"{why}; not stored, so not published: {self.table.last_error}"
+        return self._done(key, status, why)
 
     def _done(self, key: ModelKey, status: str, reason: str) -> Calibration:
         result = Calibration(key, status, reason, self.thresholds.current.version, self.clock())
@@ -256,11 +256,8 @@ class FairnessEngine:
         return result
 
     async def start(self) -> None:
-        """Restore persisted thresholds, read the counters, start the calibration loop."""
-        table = await self._guarded(self.state.load_thresholds())
-        if table is not None:
-            self.thresholds.publish(table)
-            self.history.append(history_entry(table, "*", "restored", self.clock()))
+        """Serve the stored thresholds, read the counters, start the calibration loop."""
+        await self.table.sync("restored")
         await self.refresh()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="guardproxy-fairness")
@@ -286,8 +283,16 @@ class FairnessEngine:
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError
 
+    def _calibrated_elsewhere(self, keys: set[ModelKey]) -> None:
+        """Another replica's calibration counts as ours: the fleet fits once per `every`."""
+        for key in keys:
+            spec = self.spec(key)
+            if spec is not None and spec.decision.adapt is not None:
+                self._due[key] = self.clock() + spec.decision.adapt.every
+
     async def run_due(self) -> None:
-        """Refresh the reports and calibrate every model version whose `adapt.every` passed."""
+        """Serve the stored table, refresh the reports, calibrate the models that are due."""
+        await self.table.sync()
         await self.refresh()
         now = self.clock()
         for key in sorted(self._cache):
@@ -312,10 +317,7 @@ class FairnessEngine:
             "records": self.recorder.status(),
             "reused_ids": self.reused_ids,
             "labels_joined": self.labels_joined,
-            "thresholds": {
-                "version": self.thresholds.current.version,
-                "history": list(self.history),
-            },
+            "thresholds": self.table.status(),
             "models": {key_text(k): self.model_status(k) for k in keys},
         }
 

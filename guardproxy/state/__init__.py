@@ -12,6 +12,7 @@ from guardproxy.state.base import (
     Joined,
     Outcome,
     PredictionRecord,
+    Saved,
     StateBackend,
     StateError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "MemoryState",
     "Outcome",
     "PredictionRecord",
+    "Saved",
     "StateBackend",
     "StateError",
     "open_state",

@@ -100,6 +100,14 @@ class Joined:
     record: PredictionRecord | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What a compare-and-set save of the threshold table did."""
+
+    ok: bool  # stored; else refused: the stored table was not the one expected
+    stored: ThresholdTable | None = None  # when refused, the table stored instead (None: none)
+
+
 @dataclass(slots=True)
 class GroupState:
     """A (region, group)'s counters and label-split histogram bins ("p:17", "n:17")."""
@@ -148,8 +156,12 @@ class StateBackend(Protocol):
     async def keys(self) -> list[ModelKey]:
         """Model versions that have counters."""
 
-    async def save_thresholds(self, table: ThresholdTable) -> None:
-        """Persist the learned threshold table."""
+    async def save_thresholds(self, table: ThresholdTable, expected: str | None) -> Saved:
+        """Store the table if the stored one's version is still `expected` (None: no table).
+
+        Replicas share one table: a replica that calibrated from an older table than the one
+        stored gets the stored one back (to serve it) instead of overwriting it.
+        """
 
     async def load_thresholds(self) -> ThresholdTable | None:
         """The persisted table, if any."""

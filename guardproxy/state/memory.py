@@ -12,6 +12,7 @@ from guardproxy.state.base import (
     GroupState,
     Joined,
     PredictionRecord,
+    Saved,
     Tallier,
 )
 from guardproxy.state.counts import GroupCounts
@@ -84,9 +85,13 @@ class MemoryState:
         """Model versions that have counters."""
         return sorted(self._groups)
 
-    async def save_thresholds(self, table: ThresholdTable) -> None:
-        """Keep the learned table (for as long as this process lives)."""
+    async def save_thresholds(self, table: ThresholdTable, expected: str | None) -> Saved:
+        """Keep the table (as long as this process lives) if the kept one is `expected`."""
+        kept = self._thresholds
+        if (None if kept is None else kept.version) != expected:
+            return Saved(False, kept)
         self._thresholds = table
+        return Saved(True)
 
     async def load_thresholds(self) -> ThresholdTable | None:
         """The kept table, if any."""

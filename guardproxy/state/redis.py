@@ -21,6 +21,7 @@ from guardproxy.state.base import (
     Joined,
     Outcome,
     PredictionRecord,
+    Saved,
     StateError,
     Tallier,
     key_of_text,
@@ -84,6 +85,23 @@ return reused
 """
 RECORDS_A_CALL = 256
 
+# Stores the threshold table only if the stored one is the version the replica last read
+# ('' for none), else answers the stored one: the last replica to save must not win over a
+# table it never saw. Saves are rare (one per calibration), so decoding the stored JSON here
+# costs less than keeping its version in a second key that could disagree with it.
+# KEYS: the table. ARGV: the version expected, the new table's JSON.
+SAVE_SCRIPT = """
+local stored = redis.call('GET', KEYS[1])
+local version = ''
+if stored then
+  local ok, doc = pcall(cjson.decode, stored)
+  version = ok and type(doc) == 'table' and doc.version or false
+end
+if version ~= ARGV[1] then return {0, stored} end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1}
+"""
+
 
 class RedisState:
     """State in Redis; every failure surfaces as a StateError after a short timeout."""
@@ -109,6 +127,7 @@ class RedisState:
         )
         self._join = self._redis.register_script(JOIN_SCRIPT)
         self._record = self._redis.register_script(RECORD_SCRIPT)
+        self._save = self._redis.register_script(SAVE_SCRIPT)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -222,9 +241,14 @@ class RedisState:
         members = await self._call(self._redis.smembers(self._key("models")))
         return sorted(key_of_text(str(m)) for m in members)
 
-    async def save_thresholds(self, table: ThresholdTable) -> None:
-        """Store the learned table (no expiry)."""
-        await self._call(self._redis.set(self._key("thresholds"), table_to_json(table)))
+    async def save_thresholds(self, table: ThresholdTable, expected: str | None) -> Saved:
+        """Store the table (no expiry) if the stored one is `expected`, in one script."""
+        keys = [self._key("thresholds")]
+        reply = await self._call(self._save(keys=keys, args=[expected or "", table_to_json(table)]))
+        if int(reply[0]) == 1:
+            return Saved(True)
+        stored = reply[1] if len(reply) > 1 else None
+        return Saved(False, None if stored is None else table_from_json(stored))
 
     async def load_thresholds(self) -> ThresholdTable | None:
         """The stored table, if any."""

@@ -25,7 +25,7 @@ async def drop_prefix(prefix: str) -> None:
     """Delete every key under a prefix."""
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
         if keys:
             await client.delete(*keys)
     finally:

@@ -126,10 +126,34 @@ async def test_thresholds_round_trip(state: StateBackend) -> None:
     assert await state.load_thresholds() is None
     rules = {(*EU, "a"): ThresholdRule(0.4), (*EU, "b"): ThresholdRule(0.3, 0.35, 0.25)}
     table = ThresholdTable("t3-abcd", MappingProxyType(rules))
-    await state.save_thresholds(table)
+    assert (await state.save_thresholds(table, None)).ok
     loaded = await state.load_thresholds()
     assert loaded is not None
     assert loaded.version == "t3-abcd" and dict(loaded.rules) == rules
+
+
+def table_of(version: str, low: float) -> ThresholdTable:
+    return ThresholdTable(version, MappingProxyType({(*EU, "a"): ThresholdRule(low)}))
+
+
+async def test_a_save_against_an_older_version_is_refused_and_answers_the_stored_table(
+    state: StateBackend,
+) -> None:
+    assert (await state.save_thresholds(table_of("t1-a", 0.4), None)).ok
+    assert (await state.save_thresholds(table_of("t2-b", 0.45), "t1-a")).ok
+    stale = await state.save_thresholds(table_of("t2-c", 0.35), "t1-a")  # fitted on t1-a
+    assert not stale.ok and stale.stored == table_of("t2-b", 0.45)
+    first = await state.save_thresholds(table_of("t1-d", 0.3), None)  # a table is stored
+    assert not first.ok and first.stored is not None and first.stored.version == "t2-b"
+    assert await state.load_thresholds() == table_of("t2-b", 0.45)
+
+
+async def test_a_save_expecting_a_table_the_backend_lost_is_refused(
+    state: StateBackend,
+) -> None:
+    lost = await state.save_thresholds(table_of("t2-b", 0.45), "t1-a")
+    assert not lost.ok and lost.stored is None
+    assert await state.load_thresholds() is None
 
 
 async def test_ping(state: StateBackend) -> None:

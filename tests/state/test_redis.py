@@ -7,6 +7,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from guardproxy.policy.thresholds import ThresholdTable
 from guardproxy.state import PredictionRecord, StateError, open_state
 from guardproxy.state.base import record_key
 from guardproxy.state.redis import RedisState
@@ -48,3 +49,19 @@ async def test_unreachable_redis_fails_fast_with_state_error() -> None:
     assert time.perf_counter() - began < 1.0
     assert await state.ping() is False
     await state.close()
+
+
+async def test_an_unreadable_stored_table_is_a_state_error_never_overwritten(
+    redis_prefix: str,
+) -> None:
+    state = RedisState(REDIS_URL, prefix=redis_prefix)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.set(f"{redis_prefix}thresholds", b"not json")
+        with pytest.raises(StateError, match="unreadable"):
+            await state.save_thresholds(ThresholdTable("t1-a"), None)
+        assert await client.get(f"{redis_prefix}thresholds") == b"not json"
+    finally:
+        await state.close()
+        await client.aclose()
+        await drop_prefix(redis_prefix)
