@@ -47,3 +47,26 @@ async def test_an_unreachable_state_is_retried_until_the_key_is_shared() -> None
     await eventually(lambda: "shared" in draws.source and "not" not in draws.source)
     await key.stop()
     await down.close()
+
+
+async def test_a_key_redis_lost_is_stored_again_and_every_replica_draws_with_one() -> None:
+    prefix = f"gp-test-{os.urandom(4).hex()}:"
+    states = [RedisState(REDIS_URL, prefix=prefix) for _ in range(3)]
+    draws = [Draws(), Draws(), Draws()]
+    keys = [DecisionKey(d, s, None, retry=0.2) for d, s in zip(draws, states, strict=True)]
+    try:
+        for key in keys[:2]:
+            await key.start()
+        await states[0]._redis.delete(states[0]._key("secret", "decision_key"))  # Redis emptied
+        await keys[2].start()  # stores a key of its own, unlike the two before
+
+        def one_key() -> bool:
+            return len({d.uniform(b"row", THRESHOLD) for d in draws}) == 1
+
+        await eventually(one_key)
+        assert sum(key.status()["changes"] for key in keys) >= 1
+    finally:
+        for key, state in zip(keys, states, strict=True):
+            await key.stop()
+            await state.close()
+        await drop_prefix(prefix)

@@ -36,7 +36,7 @@ from guardproxy.state.base import (
     key_text,
 )
 from guardproxy.state.counts import GroupCounts
-from guardproxy.tasks import cancel_and_wait
+from guardproxy.tasks import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("guardproxy.monitors")
 
@@ -271,17 +271,13 @@ class FairnessEngine:
         await self.recorder.flush()
 
     async def _loop(self) -> None:
-        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.tick)
             try:
                 await self.run_due()
             except Exception:
                 log.exception("fairness calibration failed")
-            # redis-py can answer a command whose task was cancelled meanwhile, the cancel
-            # lost: without this check stop() would wait for this loop forever
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+            raise_if_cancelled()
 
     def _calibrated_elsewhere(self, keys: set[ModelKey]) -> None:
         """Another replica's calibration counts as ours: the fleet fits once per `every`."""
