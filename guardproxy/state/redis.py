@@ -128,6 +128,8 @@ class RedisState:
         self._join = self._redis.register_script(JOIN_SCRIPT)
         self._record = self._redis.register_script(RECORD_SCRIPT)
         self._save = self._redis.register_script(SAVE_SCRIPT)
+        self._table: ThresholdTable | None = None
+        self._table_text: str | bytes | None = None
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -251,9 +253,15 @@ class RedisState:
         return Saved(False, None if stored is None else table_from_json(stored))
 
     async def load_thresholds(self) -> ThresholdTable | None:
-        """The stored table, if any."""
+        """The stored table, if any (parsed again only when its text changed)."""
         text = await self._call(self._redis.get(self._key("thresholds")))
-        return None if text is None else table_from_json(text)
+        if text is None:
+            return None
+        # every replica reads the table each second: a pod of many models would parse the
+        # same JSON (~3 ms for 900 rules) on its event loop each time
+        if text != self._table_text:
+            self._table, self._table_text = table_from_json(text), text
+        return self._table
 
     async def shared_secret(self, name: str, candidate: str) -> str:
         """SET NX the candidate, then GET whichever value won, in one MULTI/EXEC."""
