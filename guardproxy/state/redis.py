@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from guardproxy.masking import mask_url
 from guardproxy.policy.thresholds import ModelKey, ThresholdTable
@@ -33,6 +33,7 @@ from guardproxy.state.base import (
 from guardproxy.state.counts import GroupCounts
 
 T = TypeVar("T")
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]  # a script, its keys and args
 DEFAULT_PREFIX = "guardproxy:"
 SEP = "|"  # group names may hold ":", field names never hold "|"
 
@@ -145,17 +146,40 @@ class RedisState:
         how many ids were already in use."""
         if not records:
             return 0
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[ScriptCall] = []
         for start in range(0, len(records), RECORDS_A_CALL):
             chunk = records[start : start + RECORDS_A_CALL]
             keys = [self._key("pred", record_key(r.request_id)) for r in chunk]
-            args: list[bytes | int] = [
-                self.ttl,
-                *(orjson.dumps([str(v) for v in r]) for r in chunk),
-            ]
-            await self._record(keys=keys, args=args, client=pipe)
-        replies = await self._call(pipe.execute())
+            args = [self.ttl, *(orjson.dumps([str(v) for v in r]) for r in chunk)]
+            calls.append((self._record, keys, args))
+        replies = await self._call(self._scripts(calls))
         return sum(int(reply) for reply in replies)
+
+    async def _scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each script call's reply, all in one round trip (EVALSHA in a pipeline).
+
+        redis-py asks the server whether a pipeline's scripts are loaded before every
+        pipeline: a second round trip each time. Here only calls the server answers NOSCRIPT
+        (it restarted, or flushed its scripts) are sent again, once the scripts are loaded:
+        none of them ran, and the calls that did run are not repeated.
+        """
+        replies = await self._evalshas(calls)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for script in {calls[i][0] for i in lost}:
+                script.sha = await self._redis.script_load(script.script)
+            for i, reply in zip(lost, await self._evalshas([calls[i] for i in lost]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _evalshas(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def join_label(
         self, request_id: str, label: int, observed_at: float, tally: Tallier
@@ -177,38 +201,27 @@ class RedisState:
         claims = [i for i, joined in enumerate(results) if joined.record is not None]
         if not claims:
             return results
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[ScriptCall] = []
         for i in claims:
             record = results[i].record
             assert record is not None
-            await self._claim(pipe, keys[i], record, items[i], tally)
-        for i, reply in zip(claims, await self._call(pipe.execute()), strict=True):
+            calls.append(self._claim(keys[i], record, items[i], tally))
+        for i, reply in zip(claims, await self._call(self._scripts(calls)), strict=True):
             if int(reply) != 1:  # the record expired, or was labeled or contested, in between
                 results[i] = Joined(OUTCOMES[int(reply)])
         return results
 
-    async def _claim(
-        self,
-        pipe: Pipeline,
-        key: str,
-        record: PredictionRecord,
-        item: tuple[str, int, float],
-        tally: Tallier,
-    ) -> None:
-        """Queue the script that claims one record's label and counts it."""
+    def _claim(
+        self, key: str, record: PredictionRecord, item: tuple[str, int, float], tally: Tallier
+    ) -> ScriptCall:
+        """The script call that claims one record's label and counts it."""
         _, label, observed_at = item
         cell, bin_name = tally(record, label)
         owner = key_text(record.key)
         keys = [key, self._key("counts", owner), self._key("hist", owner), self._key("models")]
         group = record.group
-        args: list[str | int] = [
-            label,
-            repr(observed_at),
-            f"{group}{SEP}{cell}",
-            f"{group}{SEP}{bin_name}",
-            owner,
-        ]
-        await self._join(keys=keys, args=args, client=pipe)
+        args = [label, repr(observed_at), f"{group}{SEP}{cell}", f"{group}{SEP}{bin_name}", owner]
+        return (self._join, keys, args)
 
     async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
         """HINCRBY a model version's group counters, so every replica sees the fleet's totals."""

@@ -45,6 +45,7 @@ class CutRelay:
         self.target = (host, port)
         self.cut = Cut()
         self.port = 0
+        self.sent: list[bytes] = []  # what the clients wrote, as it passed
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         redis_r, redis_w = await asyncio.open_connection(*self.target)
@@ -52,6 +53,7 @@ class CutRelay:
 
         async def up() -> None:
             while chunk := await client_r.read(65536):
+                self.sent.append(chunk)
                 if self.cut.matches(chunk):
                     silent.set()
                     if self.cut.how == "unanswered":  # Redis runs it; its answer is kept back

@@ -8,11 +8,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from guardproxy.policy.thresholds import ThresholdTable
-from guardproxy.state import PredictionRecord, StateError, open_state
+from guardproxy.state import Outcome, PredictionRecord, StateError, open_state
 from guardproxy.state.base import record_key
 from guardproxy.state.redis import RedisState
 
-from .conftest import REDIS_URL, drop_prefix
+from .conftest import REDIS_URL, drop_prefix, tally
+from .cut import CutRelay
 
 
 def record(request_id: str) -> PredictionRecord:
@@ -65,3 +66,29 @@ async def test_an_unreadable_stored_table_is_a_state_error_never_overwritten(
         await state.close()
         await client.aclose()
         await drop_prefix(redis_prefix)
+
+
+def records(*ids: str) -> list[PredictionRecord]:
+    """Prediction records of these ids."""
+    return [record(i) for i in ids]
+
+
+async def test_records_and_labels_take_one_round_trip_and_survive_a_script_flush(
+    redis_prefix: str,
+) -> None:
+    async with CutRelay("127.0.0.1", 6379).running() as relay:
+        state = RedisState(f"redis://127.0.0.1:{relay.port}/0", prefix=redis_prefix)
+        try:
+            assert await state.record_predictions(records("r1", "r2")) == 0
+            flush = aioredis.Redis.from_url(REDIS_URL)
+            await flush.script_flush()  # as a restarted Redis: no script loaded
+            await flush.aclose()
+            assert await state.record_predictions(records("r1", "r3")) == 1  # counted once
+            joined = await state.join_labels([("r3", 1, 0.0), ("r4", 1, 0.0)], tally)
+            relay.sent.clear()
+            assert await state.record_predictions(records("r5")) == 0
+            assert [b"EVALSHA" in chunk for chunk in relay.sent] == [True]
+        finally:
+            await state.close()
+            await drop_prefix(redis_prefix)
+    assert [j.outcome for j in joined] == [Outcome.JOINED, Outcome.UNKNOWN]
