@@ -181,9 +181,15 @@ class Intake(asyncio.Protocol):
         codings = headers.getall(b"transfer-encoding")
         if codings and not chunked_only(codings):
             raise self._refuse(501, "transfer coding not supported", "bad_request")
-        if len(headers.getall(b"host")) > 1:
-            # A front proxy may route by one, the upstream read the other (X-Forwarded-Host).
-            raise self._refuse(400, "malformed request: more than one Host header", "bad_request")
+        hosts = headers.getall(b"host")
+        if len(hosts) != 1:
+            if hosts:
+                # A front proxy may route by one, the upstream read the other
+                # (X-Forwarded-Host).
+                message = "malformed request: more than one Host header"
+                raise self._refuse(400, message, "bad_request")
+            if version == "1.1":  # RFC 9112 3.2: an HTTP/1.0 client may leave it out
+                raise self._refuse(400, "malformed request: no Host header", "bad_request")
         if parser.should_upgrade():
             self._check_upgrade(method, headers)
         keep_alive = parser.should_keep_alive()

@@ -46,7 +46,8 @@ async def test_upstream_dropping_connections_after_errors_costs_no_good_request(
         statuses = []
         for i in range(1000):
             path = b"/bad" if i % 2 else b"/good"
-            await client.send(b"POST " + path + b" HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+            head = b" HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+            await client.send(b"POST " + path + head)
             statuses.append((await client.answer()).status)
         client.close()
         assert statuses == [200, 500] * 500

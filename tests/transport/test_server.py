@@ -69,7 +69,7 @@ async def test_header_lookup_ignores_case() -> None:
     async with serving(keep) as running:
         client = await RawClient.open(running.port)
         await client.send(
-            b"GET / HTTP/1.1\r\nX-Thing: a\r\nx-thing: b\r\nConnection: x, Close\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Thing: a\r\nx-thing: b\r\nConnection: x, Close\r\n\r\n"
         )
         await client.answer()
     headers = seen[0].headers
@@ -155,7 +155,10 @@ async def test_head_204_304_have_no_body(method: bytes, status: int, has_length:
     async with serving(no_body) as running:
         client = await RawClient.open(running.port)
         await client.send(
-            method + b" /x HTTP/1.1\r\nHost: h\r\n\r\n" + method + b" /y HTTP/1.1\r\n\r\n"
+            method
+            + b" /x HTTP/1.1\r\nHost: h\r\n\r\n"
+            + method
+            + b" /y HTTP/1.1\r\nHost: h\r\n\r\n"
         )
         first = await client.answer(head_request=method == b"HEAD")
         second = await client.answer(head_request=True)  # the next head follows at once
@@ -215,9 +218,12 @@ async def test_connection_close_from_client_or_handler_closes_after_the_answer()
         response.send(200, headers, b"ok")
 
     async with serving(closing) as running:
-        for head in (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET /bye HTTP/1.1\r\n\r\n"):
+        for head in (
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"GET /bye HTTP/1.1\r\nHost: h\r\n\r\n",
+        ):
             client = await RawClient.open(running.port)
-            await client.send(head + b"GET /ignored HTTP/1.1\r\n\r\n")
+            await client.send(head + b"GET /ignored HTTP/1.1\r\nHost: h\r\n\r\n")
             answer = await client.answer()
             assert answer.header(b"connection") == b"close"
             assert await client.closed()
@@ -290,13 +296,13 @@ async def test_handler_errors_give_500_json_or_abort() -> None:
 
     async with serving(failing) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         answer = await client.answer()
         assert answer.status == 500 and b"hunter2" not in answer.body
         assert json.loads(answer.body)["error"] == "internal error"
-        await client.send(b"GET /silent HTTP/1.1\r\n\r\n")  # still usable after a 500
+        await client.send(b"GET /silent HTTP/1.1\r\nHost: h\r\n\r\n")  # still usable after a 500
         assert (await client.answer()).status == 500
-        await client.send(b"GET /late HTTP/1.1\r\n\r\n")
+        await client.send(b"GET /late HTTP/1.1\r\nHost: h\r\n\r\n")
         with pytest.raises((asyncio.IncompleteReadError, ConnectionResetError)):
             await client.answer()  # reset: never a short body taken as complete
         assert running.server.counters.errors == {"handler_error": 3}
@@ -315,7 +321,7 @@ async def test_custom_error_builder_names_the_request() -> None:
 
     async with serving(failing, errors=errors) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\nX-Request-Id: abc\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc\r\n\r\n")
         answer = await client.answer()
     assert json.loads(answer.body) == {"error": "internal error", "request_id": "abc"}
 
@@ -326,7 +332,7 @@ async def test_bad_header_values_from_the_handler_are_refused() -> None:
 
     async with serving(splitting, ServerConfig()) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         answer = await client.answer()
     assert answer.status == 500
     assert all(k.lower() != b"set-cookie" for k, _ in answer.headers)

@@ -39,24 +39,29 @@ async def refused(port: int, data: bytes) -> tuple[int, dict[str, str]]:
 
 SMUGGLING = {
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
     "te-and-cl": b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
     b"Content-Length: 4\r\n\r\n0\r\n\r\n",
     "two-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
-    "same-two-cl": b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
-    "cl-list": b"POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\nabcd",
+    "same-two-cl": b"POST / HTTP/1.1\r\nHost: h\r\n"
+    b"Content-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+    "cl-list": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4, 4\r\n\r\nabcd",
     "bad-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4x\r\n\r\nabcd",
-    "negative-cl": b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    "plus-cl": b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\nabcd",
+    "negative-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+    "plus-cl": b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +4\r\n\r\nabcd",
     "obs-fold": b"GET / HTTP/1.1\r\nHost: h\r\nX-A: b\r\n c\r\n\r\n",
-    "te-not-chunked-last": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "te-not-chunked-last": b"POST / HTTP/1.1\r\nHost: h\r\n"
+    b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
     "space-before-colon": b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
     "bare-lf": b"GET / HTTP/1.1\nHost: h\n\n",
-    "nul-in-value": b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
-    "bad-chunk-size": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "nul-in-value": b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
+    "bad-chunk-size": b"POST / HTTP/1.1\r\nHost: h\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     "two-hosts": b"GET / HTTP/1.1\r\nHost: h\r\nHost: evil\r\n\r\n",
     "two-hosts-same": b"GET / HTTP/1.1\r\nHost: h\r\nhost: h\r\n\r\n",
+    "no-host": b"GET / HTTP/1.1\r\nX-Host: h\r\n\r\n",
+    "no-host-absolute-form": b"GET http://h/ HTTP/1.1\r\n\r\n",
 }
 
 
@@ -67,6 +72,33 @@ async def test_smuggling_and_malformed_requests_get_400_and_close(data: bytes) -
         assert status == 400
         assert body["error"].startswith("malformed request") and len(body["request_id"]) == 32
         assert running.server.counters.errors == {"bad_request": 1}
+
+
+async def test_an_http11_request_without_host_gets_400_before_the_handler() -> None:
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host.
+    handled: list[bytes] = []
+
+    async def counts(request: Request, response: ResponseWriter) -> None:
+        handled.append(request.target)
+        await ok(request, response)
+
+    async with serving(counts) as running:
+        status, body = await refused(running.port, b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert (status, body["error"]) == (400, "malformed request: no Host header")
+        assert running.server.counters.errors == {"bad_request": 1}
+        # Pipelined behind a good request: that one is answered first, then the 400.
+        client = await RawClient.open(running.port)
+        await client.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        first, second = await client.answer(), await client.answer()
+        assert (first.status, second.status) == (200, 400)
+        assert await client.closed()
+        # An empty Host (a URI without authority) is a Host; HTTP/1.0 may leave it out.
+        for data in (b"GET /c HTTP/1.1\r\nHost:\r\n\r\n", b"GET /d HTTP/1.0\r\n\r\n"):
+            client = await RawClient.open(running.port)
+            await client.send(data)
+            assert (await client.answer()).status == 200
+        assert handled == [b"/a", b"/c", b"/d"]
+        assert running.server.counters.errors == {"bad_request": 2}
 
 
 CODINGS = {
@@ -90,7 +122,8 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_before_the_handler(
         handled += 1
         await ok(request, response)
 
-    data = b"POST / HTTP/1.1\r\nTransfer-Encoding: " + coding + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+    data = head + coding + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     async with serving(counts) as running:
         status, body = await refused(running.port, data)
         assert (status, body["error"]) == (501, "transfer coding not supported")
@@ -98,7 +131,7 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_before_the_handler(
         assert running.server.counters.errors == {"bad_request": 1}
         client = await RawClient.open(running.port)
         await client.send(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
         )
         assert (await client.answer()).body == b"abc"
 
@@ -106,7 +139,8 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_before_the_handler(
 async def test_a_bad_request_after_a_good_one_is_answered_after_it() -> None:
     async with serving(ok) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi" + SMUGGLING["two-cl"])
+        first_request = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+        await client.send(first_request + SMUGGLING["two-cl"])
         first = await client.answer()
         second = await client.answer()
         assert (first.status, first.body, second.status) == (200, b"hi", 400)
@@ -120,7 +154,8 @@ async def test_a_bad_request_after_a_good_one_is_answered_after_it() -> None:
         (b"GET /\r\n\r\n", 505),
         (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
         (
-            b"POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: x\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
             400,
         ),
     ],
@@ -136,8 +171,8 @@ async def test_a_bodyless_upgrade_is_answered_as_a_plain_request_and_parsing_goe
     async with serving(ok) as running:
         client = await RawClient.open(running.port)
         await client.send(
-            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-            b"POST /next HTTP/1.1\r\nContent-Length: 2\r\n\r\nok"
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            b"POST /next HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"
         )
         assert (await client.answer()).status == 200
         assert (await client.answer()).body == b"ok"
@@ -145,7 +180,7 @@ async def test_a_bodyless_upgrade_is_answered_as_a_plain_request_and_parsing_goe
 
 @pytest.mark.parametrize("pieces", [1, 40], ids=["one-packet", "trickled"])
 async def test_head_over_the_limit_gets_431(pieces: int) -> None:
-    head = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
     async with serving(ok, ServerConfig(max_head_size=4096)) as running:
         client = await RawClient.open(running.port)
         step = len(head) // pieces + 1
@@ -160,7 +195,8 @@ async def test_head_over_the_limit_gets_431(pieces: int) -> None:
 
 async def test_a_head_under_the_limit_in_many_pieces_is_fine() -> None:
     # Thirty lines of 50-byte values: ~1.7 KB sent, charged ~3.5 KB (HEADER_COST each).
-    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(30))
+    lines = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 50) for i in range(30))
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + lines
     async with serving(ok, ServerConfig(max_head_size=4096)) as running:
         client = await RawClient.open(running.port)
         for i in range(0, len(head), 100):
@@ -183,7 +219,7 @@ async def test_slow_headers_are_timed_out_with_408() -> None:
 async def test_a_trickling_head_is_timed_out_even_though_bytes_keep_coming() -> None:
     async with serving(ok, ServerConfig(header_timeout=0.3)) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n")
 
         async def trickle() -> None:
             with contextlib.suppress(ConnectionError):
@@ -201,7 +237,7 @@ async def test_a_trickling_head_is_timed_out_even_though_bytes_keep_coming() -> 
 async def test_slow_body_is_timed_out_with_408() -> None:
     async with serving(ok, ServerConfig(body_timeout=0.2)) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
         answer = await client.answer()
         assert answer.status == 408
         assert json.loads(answer.body)["error"] == "request body not received in time"
@@ -221,7 +257,7 @@ async def test_a_body_trickling_below_the_minimum_rate_gets_408() -> None:
     config = ServerConfig(body_timeout=0.3, body_min_rate=20)
     async with serving(ok, config) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n")
         sending = asyncio.create_task(trickle(client, b"x" * 1000, 0.1))
         answer = await client.answer()
         sending.cancel()
@@ -235,7 +271,7 @@ async def test_a_body_at_the_minimum_rate_is_received_whole() -> None:
     config = ServerConfig(body_timeout=0.2, body_min_rate=100)
     async with serving(ok, config) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 200\r\n\r\n")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 200\r\n\r\n")
         for _ in range(10):
             await client.send(b"x" * 20)
             await asyncio.sleep(0.05)
@@ -260,7 +296,8 @@ async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> N
     async with serving(lagging, config) as running:
         client = await RawClient.open(running.port)
         # Written without waiting for the server to read it: it will not, for a while.
-        client.writer.write(b"POST / HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300000)
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 300000\r\n\r\n"
+        client.writer.write(head + b"x" * 300000)
         await asyncio.sleep(0.6)  # longer than the body timeout, with reading paused
         release.set()
         assert (await client.answer()).body == b"300000"
@@ -270,7 +307,7 @@ async def test_a_paused_body_is_not_timed_out_while_the_handler_is_behind() -> N
 async def test_idle_keep_alive_connections_are_closed() -> None:
     async with serving(ok, ServerConfig(keepalive_timeout=0.2)) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await client.answer()).status == 200
         assert await client.closed()
         assert running.server.counters.idle_closed == 1
@@ -291,7 +328,7 @@ async def test_a_client_that_stops_reading_is_cut_off_after_the_write_timeout() 
 
     async with serving(flood, ServerConfig(write_timeout=0.2)) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n")  # and never reads the answer
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")  # and never reads the answer
         await eventually(lambda: outcome == ["stopped"])
         assert running.server.counters.errors == {"write_timeout": 1, "client_disconnect": 1}
 
@@ -302,7 +339,7 @@ async def test_a_client_still_uploading_reads_its_413() -> None:
 
     async with serving(reader) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 50000000\r\n\r\n")
 
         async def upload() -> None:
             with contextlib.suppress(ConnectionError):
@@ -324,7 +361,7 @@ async def test_a_large_early_answer_survives_an_upload_still_going_on() -> None:
 
     async with serving(early) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 50000000\r\n\r\n")
 
         async def upload() -> None:
             with contextlib.suppress(ConnectionError):
@@ -344,7 +381,7 @@ async def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
 
     async with serving(early) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
         answer = await client.answer()
         assert (answer.status, answer.header(b"connection")) == (403, b"close")
         assert await client.closed()
@@ -353,7 +390,7 @@ async def test_an_answer_before_the_whole_body_closes_the_connection() -> None:
 async def test_pipelined_requests_beyond_the_limit_are_left_unread() -> None:
     async with serving(ok, ServerConfig(max_pipelined=2)) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n" * 6)
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 6)
         statuses = [(await client.answer()).status for _ in range(3)]  # 1 running + 2 queued
         assert statuses == [200, 200, 200]
         assert await client.closed()
@@ -370,10 +407,10 @@ async def test_shutdown_drains_in_flight_requests_and_closes_idle_ones() -> None
 
     async with serving(held) as running:
         idle = await RawClient.open(running.port)
-        await idle.send(b"GET /quick HTTP/1.1\r\n\r\n")
+        await idle.send(b"GET /quick HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await idle.answer()).body == b"/quick"
         busy = await RawClient.open(running.port)
-        await busy.send(b"GET /held HTTP/1.1\r\n\r\n")
+        await busy.send(b"GET /held HTTP/1.1\r\nHost: h\r\n\r\n")
         await eventually(lambda: running.server.counters.in_flight == 1)
         stopping = asyncio.create_task(running.server.shutdown(5.0))
         assert await idle.closed()
@@ -394,7 +431,7 @@ async def test_shutdown_aborts_what_outlives_the_grace_period() -> None:
 
     async with serving(stuck) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         await eventually(lambda: running.server.counters.in_flight == 1)
         await running.server.shutdown(0.1)
         assert await client.closed()
@@ -426,7 +463,7 @@ async def test_trailers_count_against_the_head_limit_and_are_not_headers() -> No
 
 async def test_many_tiny_header_lines_are_charged_what_they_cost() -> None:
     # 10,000 three-byte lines are 50 KB on the wire but ~1.5 MB as Python objects.
-    head = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * 10_000 + b"\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:\r\n" * 10_000 + b"\r\n"
     async with serving(ok) as running:
         status, body = await refused(running.port, head)
     assert status == 431 and body["error"] == "request head too large"
@@ -443,7 +480,7 @@ async def test_a_client_that_does_not_read_gets_no_further_answers_made() -> Non
 
     async with serving(large) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"GET / HTTP/1.1\r\n\r\n" * 10)
+        await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 10)
         await eventually(lambda: handled >= 1)
         await asyncio.sleep(0.3)  # time enough to make the rest, were they made
         # Each answer made would sit in the server's buffer until the client read it.
@@ -461,12 +498,12 @@ async def test_connections_over_the_limit_are_closed_as_they_are_accepted() -> N
         assert await third.closed()
         assert running.server.counters.errors == {"connection_limit": 1}
         assert running.server.counters.open == 2
-        await first.send(b"GET / HTTP/1.1\r\n\r\n")
+        await first.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await first.answer()).status == 200  # those within the limit are served
         second.close()
         await eventually(lambda: running.server.connections == 1)
         fourth = await RawClient.open(running.port)
-        await fourth.send(b"GET / HTTP/1.1\r\n\r\n")
+        await fourth.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await fourth.answer()).status == 200
 
 
@@ -481,7 +518,7 @@ async def test_a_body_of_tiny_chunks_held_unread_costs_about_its_size() -> None:
 
     async with serving(holds) as running:
         client = await RawClient.open(running.port)
-        await client.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await client.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
         await eventually(lambda: bool(arrived))
         tracemalloc.start()
         try:
