@@ -39,15 +39,23 @@ class RoutePath(NamedTuple):
         return tuple(readings)
 
 
-def origin_form(target: str) -> str:
-    """The request target as path and query: an absolute-form target loses scheme and host."""
-    if target.startswith("/"):
+def origin_form(target: str, options: bool = False) -> str:
+    """The request target as path and query: an absolute-form target loses scheme and host.
+
+    The asterisk-form `*` (the server takes it with OPTIONS alone) stays `*`, and so does,
+    for OPTIONS (`options`), an absolute-form target with no path and no query: RFC 9112
+    3.2.4 has the last proxy send that one as `*`, a question about the server as a whole,
+    not about its `/`.
+    """
+    if target.startswith("/") or target == "*":
         return target
     scheme, sep, rest = target.partition("://")
     if not sep or "/" in scheme:
         return "/" + target
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     tail = rest[cut:]
+    if not tail and options:
+        return "*"
     return tail if tail.startswith("/") else "/" + tail
 
 

@@ -89,9 +89,14 @@ class Proxy(GuardedSteps):
             if region is AMBIGUOUS:
                 raise RequestError(AMBIGUOUS_REGION)
             target = request.target
-            if not target.startswith(b"/"):  # absolute form: the upstream gets path and query
-                target = origin_form(target.decode("latin-1")).encode("latin-1")
-            found = self.guarded_model(policy, target)
+            found: tuple[CompiledModel, str] | None = None
+            if target.startswith(b"/"):
+                found = self.guarded_model(policy, target)
+            else:  # absolute form: the upstream gets path and query; `*` no route names
+                options = request.method == b"OPTIONS"
+                target = origin_form(target.decode("latin-1"), options).encode("latin-1")
+                if target != b"*":
+                    found = self.guarded_model(policy, target)
             if found is None:
                 counts.unguarded += 1
                 await self._pass(request, writer, request_id, target)

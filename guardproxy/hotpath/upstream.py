@@ -117,8 +117,9 @@ class Upstream:
         self.pool = Pool(self.host, self.port, pool_config(self.timeouts, self.limits))
 
     def target(self, raw: bytes) -> bytes:
-        """The upstream request target for a client's raw path and query string, unchanged."""
-        return self.prefix + raw if self.prefix else raw
+        """The upstream request target for a client's raw path and query string, unchanged
+        (`*`, OPTIONS about the server as a whole, without the URL's path)."""
+        return self.prefix + raw if self.prefix and raw != b"*" else raw
 
     def authorize(self, headers: HeaderList) -> None:
         """Put the URL's credentials in the headers (call only when `authorization` is set)."""

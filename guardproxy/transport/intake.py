@@ -190,6 +190,11 @@ class Intake(asyncio.Protocol):
                 raise self._refuse(400, message, "bad_request")
             if version == "1.1":  # RFC 9112 3.2: an HTTP/1.0 client may leave it out
                 raise self._refuse(400, "malformed request: no Host header", "bad_request")
+        if self._url.startswith(b"*") and (self._url != b"*" or method != b"OPTIONS"):
+            # The asterisk-form is OPTIONS's alone (RFC 9112 3.2.4); a proxy reducing
+            # targets to origin form would make `GET *` a request for `/*`.
+            message = "malformed request: the target * is for OPTIONS only"
+            raise self._refuse(400, message, "bad_request")
         if parser.should_upgrade():
             self._check_upgrade(method, headers)
         keep_alive = parser.should_keep_alive()

@@ -64,8 +64,23 @@ def test_plain_paths_cost_nothing_and_other_paths_stay_unguarded() -> None:
         ("http://evil.example/v2/models/m/infer?x", "/v2/models/m/infer?x"),
         ("http://evil.example?x=1", "/?x=1"),
         ("http://evil.example", "/"),
-        ("*", "/*"),
+        ("*", "*"),  # asterisk-form (OPTIONS): about the server, not its /*
     ],
 )
 def test_absolute_form_targets_become_paths(target: str, origin: str) -> None:
     assert origin_form(target) == origin
+
+
+@pytest.mark.parametrize(
+    ("target", "origin"),
+    [
+        ("*", "*"),
+        ("http://evil.example", "*"),  # RFC 9112 3.2.4: no path, no query: the last proxy's `*`
+        ("http://evil.example:8080", "*"),
+        ("http://evil.example/", "/"),
+        ("http://evil.example?x=1", "/?x=1"),
+        ("/a", "/a"),
+    ],
+)
+def test_options_targets_without_a_path_become_the_asterisk(target: str, origin: str) -> None:
+    assert origin_form(target, options=True) == origin

@@ -16,6 +16,8 @@ from aiohttp import web
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.testing import PATTERN, RunningProxy, proxy_settings, running_proxy, serving
 from guardproxy.transport import Request, ResponseWriter
+from tests.transport.support import RawClient
+from tests.transport.support import serving as serving_transport
 
 
 def header_values(echo: dict[str, object], name: str) -> list[str]:
@@ -234,6 +236,47 @@ async def test_an_absolute_form_target_reaches_the_upstream_in_origin_form(
     writer.close()
     assert head.startswith(b"HTTP/1.1 200")
     assert echo["path_qs"] == "/echo/abs?q=1"
+
+
+async def test_options_asterisk_reaches_the_upstream_as_asterisk() -> None:
+    seen: list[bytes] = []
+
+    async def upstream(request: Request, response: ResponseWriter) -> None:
+        seen.append(request.method + b" " + request.target)
+        response.send(200, [(b"Allow", b"GET, POST, OPTIONS")])
+
+    async with serving_transport(upstream) as model:
+        # A path in --upstream prefixes paths, never `*`: it asks about the server.
+        settings = proxy_settings(f"http://127.0.0.1:{model.port}/base")
+        async with running_proxy(settings) as proxy:
+            port = int(proxy.url.rsplit(":", 1)[1])
+            sent = [
+                b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+                # RFC 9112 3.2.4: absolute form without path or query, from the last proxy: `*`
+                b"OPTIONS http://elsewhere.example:80 HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"OPTIONS http://elsewhere.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"OPTIONS /v2 HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET http://elsewhere.example HTTP/1.1\r\nHost: x\r\n\r\n",
+            ]
+            for data in sent:
+                client = await RawClient.open(port)
+                await client.send(data)
+                answer = await client.answer()
+                assert answer.status == 200
+                assert answer.header(b"allow") == b"GET, POST, OPTIONS"
+                client.close()
+            client = await RawClient.open(port)
+            await client.send(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await client.answer()).status == 400
+            counts = proxy.runtime.proxy.counts
+            assert (counts.guarded, counts.unguarded) == (0, 5)
+    assert seen == [
+        b"OPTIONS *",
+        b"OPTIONS *",
+        b"OPTIONS /base/",
+        b"OPTIONS /base/v2",
+        b"GET /base/",
+    ]
 
 
 async def test_the_reserved_prefix_answers_404_for_other_methods_and_paths(

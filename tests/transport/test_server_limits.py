@@ -101,6 +101,37 @@ async def test_an_http11_request_without_host_gets_400_before_the_handler() -> N
         assert running.server.counters.errors == {"bad_request": 2}
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST * HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}",
+        b"OPTIONS *x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"OPTIONS *?a=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    ],
+    ids=["get", "post", "options-star-x", "options-star-query"],
+)
+async def test_the_asterisk_form_is_for_options_alone(data: bytes) -> None:
+    # RFC 9112 3.2.4: `*` is a target of OPTIONS only, and only `*` itself.
+    handled: list[bytes] = []
+
+    async def counts(request: Request, response: ResponseWriter) -> None:
+        handled.append(request.method + b" " + request.target)
+        await ok(request, response)
+
+    async with serving(counts) as running:
+        status, body = await refused(running.port, data)
+        assert (status, body["error"]) == (
+            400,
+            "malformed request: the target * is for OPTIONS only",
+        )
+        assert running.server.counters.errors == {"bad_request": 1}
+        client = await RawClient.open(running.port)
+        await client.send(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await client.answer()).status == 200
+        assert handled == [b"OPTIONS *"]
+
+
 CODINGS = {
     "unknown": b"xchunked",
     "gzip-then-chunked": b"gzip, chunked",
