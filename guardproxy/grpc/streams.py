@@ -13,6 +13,16 @@ ends the whole stream with its status; `Allow.metadata` becomes string `paramete
 answer it belongs to. Every admitted request whose answer never came (the stream failed or
 ended first) is reported to `hook.on_failure`.
 
+An in-band error answer (Triton's `error_message`) answers the request its id names (Triton
+repeats the request's id in it, as in every answer). Else it answers the oldest request without
+an id when it has no id itself (a request with one would have had it repeated) or when only
+requests without ids wait (an id the model made up); else the only request with an id
+waiting. One that could answer any of several requests with ids is counted
+(`stream_unpaired_error`) and leaves them waiting for their own answers: each of those waiting
+when it came may be the one it answered. Once no more of them wait than such errors came, the
+ones left can only be those the errors answered: they are taken as answered so (reported to
+`hook.on_failure`) and stop holding the stream (its bound, their ids, its idle time).
+
 A client's next request is held back, and with it the rest of its stream (grpc's flow control
 then stops the client), while the stream has `max_pending` requests or `max_pending_bytes` of
 them unanswered, and while an earlier request with the same id has no final answer: two
@@ -112,6 +122,10 @@ class StreamGuard:
         self._by_id: dict[str, _Sent] = {}
         self._in_order: deque[_Sent] = deque()
         self._bytes = 0  # of the requests waiting for an answer
+        # Ids of requests waiting that an in-band error naming none of them may have answered,
+        # and how many such errors (with their messages) are owed to them.
+        self._suspects: set[str] = set()
+        self._owed: list[str] = []
         self._room = asyncio.Event()  # set when an answer came (or the stream ended)
         self._guarded = False  # whether a guarded request went upstream on this stream
         self._active = asyncio.get_running_loop().time()  # the last request or answer
@@ -151,6 +165,8 @@ class StreamGuard:
         calls = [self._answered(sent) for sent in waiting]
         self._by_id.clear()
         self._in_order.clear()
+        self._suspects.clear()
+        self._owed.clear()
         self._bytes = 0
         self._room.set()
         for call in calls:
@@ -258,7 +274,7 @@ class StreamGuard:
         if answer.id and answer.id in self._by_id:
             if not final:
                 return self._by_id[answer.id].call, False
-            return self._answered(self._by_id.pop(answer.id)), True
+            return self._answered(self._pop(answer.id)), True
         if not self._in_order:
             return None
         if not final:
@@ -269,23 +285,50 @@ class StreamGuard:
         """Stop waiting for a request's answers (its later ones are then unpaired)."""
         for key, sent in list(self._by_id.items()):
             if sent.call is call:
-                self._answered(self._by_id.pop(key))
+                self._answered(self._pop(key))
         for sent in [s for s in self._in_order if s.call is call]:
             self._in_order.remove(sent)
             self._answered(sent)
 
-    def _errored(self, outer: Any) -> InferCall | None:
-        """The request an in-band error answers: the one of its id, else the one it can only
-        be (None, counted, when several could be)."""
+    def _errored(self, outer: Any, message: str) -> InferCall | None:
+        """The request an in-band error answers (see the module's docstring); None, counted,
+        when it may answer any of several requests with ids, or none waits."""
         request_id = outer.infer_response.id if outer.HasField("infer_response") else ""
-        if request_id in self._by_id:
-            return self._answered(self._by_id.pop(request_id))
-        if self._in_order and not self._by_id:
+        by_id = self._by_id
+        if request_id in by_id:
+            return self._answered(self._pop(request_id))
+        if self._in_order and (not request_id or not by_id):
+            # No id: a request without one. An id no request has while only requests
+            # without one wait: one the model made up for it, as answers' ids are.
             return self._answered(self._in_order.popleft())
-        if len(self._by_id) == 1 and not self._in_order:
-            return self._answered(self._by_id.pop(next(iter(self._by_id))))
+        if len(by_id) == 1:  # no id, or one no request has: the one request with an id
+            return self._answered(self._pop(next(iter(by_id))))
         self.proxy.stats.errors["stream_unpaired_error"] += 1
+        if by_id:
+            self._suspects.update(by_id)
+            self._owed.append(message)
         return None
+
+    def _pop(self, request_id: str) -> _Sent:
+        """The request waiting with this id, no longer waiting (nor suspect)."""
+        self._suspects.discard(request_id)
+        return self._by_id.pop(request_id)
+
+    def _settled(self) -> list[tuple[InferCall, str]]:
+        """Requests that can only be those that errors naming none of them answered: once no
+        more suspects wait than such errors came, each is one of them (with a message)."""
+        owed = self._owed
+        if not owed or len(self._suspects) > len(owed):
+            return []
+        if len(set(owed)) == 1:
+            message = owed[0]
+        else:
+            message = f"the model answered {len(owed)} errors that named no request"
+        keys = [key for key in self._by_id if key in self._suspects]  # in the order sent
+        settled = [(self._answered(self._pop(key)), message) for key in keys]
+        self._suspects.clear()
+        owed.clear()
+        return settled
 
     def _answered(self, sent: _Sent) -> InferCall:
         self._active = asyncio.get_running_loop().time()
@@ -296,6 +339,15 @@ class StreamGuard:
         return sent.call
 
     async def _checked(self, raw: bytes) -> bytes:
+        """The answer to send (see `_answer`); requests it leaves only errors can have
+        answered are answered so."""
+        checked = await self._answer(raw)
+        if self._owed:
+            for call, message in self._settled():
+                await self.proxy.failed(call, grpc.StatusCode.UNKNOWN, message)
+        return checked
+
+    async def _answer(self, raw: bytes) -> bytes:
         """The answer to send: as it came, or with the hook's metadata and changes."""
         proxy = self.proxy
         try:
@@ -304,7 +356,7 @@ class StreamGuard:
             return await self._unreadable(raw, exc)
         if answer is None:  # Triton reporting one request's error in-band
             message = f"the model answered an error: {outer.error_message}"
-            await proxy.failed(self._errored(outer), grpc.StatusCode.UNKNOWN, message)
+            await proxy.failed(self._errored(outer, message), grpc.StatusCode.UNKNOWN, message)
             return raw
         paired = self._paired(answer)
         if paired is None:

@@ -136,6 +136,68 @@ async def test_an_in_band_error_answers_its_own_request(stack: Stack) -> None:
     assert stack.proxy.status()["errors"] == {}
 
 
+def sent_values(pairs: Any) -> list[bytes]:
+    """The raw input of each request the hook was shown with an answer or a failure."""
+    return [call.message.raw_input_contents[0] for call, _ in pairs]
+
+
+async def test_an_error_without_id_answers_the_oldest_request_without_one() -> None:
+    # Triton repeats a request's id in its error: one without an id is a request's without
+    # one, even while requests with ids wait. Left waiting, that request took the next
+    # answer without an id: another request's.
+    async with eager_stream() as (model, hook, call, proxy):
+        for msg in (one("broken", 1.0), one("echo", 2.0, "x"), one("echo", 3.0)):
+            await call.write(msg)
+        await eventually(lambda: model.received == 3)
+        model.gate.set()
+        answers = [await call.read() for _ in range(3)]
+        await call.done_writing()
+    assert [a.error_message for a in answers] == ["model is broken", "", ""]
+    assert sent_values(hook.failures) == [pack("FP32", [1.0], "x")]
+    assert sent_values(hook.answers) == [pack("FP32", [v], "x") for v in (2.0, 3.0)]
+    assert [answer["outputs"][0]["data"] for _, answer in hook.answers] == [[2.0], [3.0]]
+    assert proxy.status()["errors"] == {}
+
+
+async def test_requests_only_unnamed_errors_can_have_answered_stop_waiting() -> None:
+    # Two requests with ids wait when an error naming neither comes: either may be its. Once
+    # the other is answered, the one left is the error's: it no longer holds its id.
+    async with eager_stream() as (model, hook, call, proxy):
+        await call.write(one("broken", 1.0, "a"))
+        await call.write(one("echo", 2.0, "b"))
+        await eventually(lambda: model.received == 2)
+        model.gate.set()
+        first, second = await call.read(), await call.read()
+        assert (first.error_message, second.infer_response.id) == ("model is broken", "b")
+        await call.write(one("echo", 3.0, "a"))  # the same id, once its request is settled
+        third = await asyncio.wait_for(call.read(), 5)
+        await call.done_writing()
+    assert third.infer_response.id == "a"
+    assert sent_values(hook.failures) == [pack("FP32", [1.0], "x")]
+    assert hook.failures[0][1].message == "the model answered an error: model is broken"
+    assert sent_values(hook.answers) == [pack("FP32", [v], "x") for v in (2.0, 3.0)]
+    assert proxy.status()["errors"] == {"stream_unpaired_error": 1}
+
+
+async def test_unnamed_errors_do_not_hold_the_stream_at_its_pending_bound() -> None:
+    # With every request waiting answered by an error naming none, nothing else would ever
+    # answer them: they held the bound, and the stream, until it ended.
+    async with eager_stream(max_pending=2) as (model, hook, call, proxy):
+        await call.write(one("broken", 1.0, "a"))
+        await call.write(one("broken", 2.0, "b"))
+        await call.write(one("echo", 3.0, "c"))
+        await call.write(one("echo", 4.0, "d"))
+        await eventually(lambda: proxy.status()["calls"].get("stream_held") == 1)
+        await eventually(lambda: model.received == 2)
+        model.gate.set()
+        answers = [await asyncio.wait_for(call.read(), 5) for _ in range(4)]
+        await call.done_writing()
+    assert [a.error_message for a in answers] == ["model is broken"] * 2 + [""] * 2
+    assert sorted(sent_values(hook.failures)) == sorted(pack("FP32", [v], "x") for v in (1.0, 2.0))
+    assert sent_values(hook.answers) == [pack("FP32", [v], "x") for v in (3.0, 4.0)]
+    assert proxy.status()["errors"] == {"stream_unpaired_error": 2}
+
+
 async def test_an_idle_stream_ends_unavailable() -> None:
     async with eager_stream(stream_idle=0.3) as (model, hook, call, proxy):
         model.gate.set()

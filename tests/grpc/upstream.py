@@ -220,7 +220,9 @@ async def start_model(script: Script | None = None, port: int = 0) -> tuple[aio.
 
 class Eager(pb_grpc.GRPCInferenceServiceServicer):
     """A stream that reads every request as it comes (as Triton queues them) and answers
-    them, in order, once `gate` is set; `received` counts the requests read."""
+    them, in order, once `gate` is set; `received` counts the requests read. A request of
+    model "broken" is answered an in-band error that names no request (Triton's names the
+    request's id)."""
 
     def __init__(self) -> None:
         self.received = 0
@@ -240,6 +242,9 @@ class Eager(pb_grpc.GRPCInferenceServiceServicer):
         reading = asyncio.create_task(read())
         await self.gate.wait()
         while (request := await queue.get()) is not None:
+            if request.model_name == "broken":
+                yield pb.ModelStreamInferResponse(error_message="model is broken")
+                continue
             yield pb.ModelStreamInferResponse(infer_response=answer(request))
         await reading
 
