@@ -207,21 +207,28 @@ class StreamGuard:
             return
         loop = asyncio.get_running_loop()
         requests = aiter(requests)
-        while True:
-            # The read is a task of its own: cancelling a read grpc has begun ends the stream.
-            read = asyncio.ensure_future(anext(requests))
+        while (message := await self._next(requests, idle, loop)) is not None:
+            self._active = loop.time()
+            yield message
+
+    async def _next(
+        self, requests: AsyncIterator[bytes], idle: float, loop: asyncio.AbstractEventLoop
+    ) -> bytes | None:
+        """The client's next request; None when it ended the stream, or left it idle (refused)."""
+        # The read is a task of its own, waited on in turns: a timeout that cancelled a read
+        # grpc has begun would end the stream while a request still waits for its answer.
+        read = asyncio.ensure_future(anext(requests))
+        try:
             while not (await asyncio.wait((read,), timeout=self._idle_left(idle, loop)))[0]:
                 if self._idle_left(idle, loop) <= 0:
-                    read.cancel()
                     self.proxy.stats.calls["stream_idle"] += 1
                     self.refusal = Refuse(grpc.StatusCode.UNAVAILABLE, IDLE.format(idle))
-                    return
-            try:
-                raw = read.result()
-            except StopAsyncIteration:
-                return
-            self._active = loop.time()
-            yield raw
+                    return None
+            return read.result()
+        except StopAsyncIteration:
+            return None
+        finally:
+            read.cancel()  # done already, or the stream ends: no read outlives it
 
     def _idle_left(self, idle: float, loop: asyncio.AbstractEventLoop) -> float:
         """Seconds before the stream counts as idle; a request waiting for an answer holds it."""

@@ -60,9 +60,9 @@ def _misfit(model: ModelPolicy) -> str | None:
         doc = model_baseline(model)
     except BaselineMisfit as exc:
         return str(exc)
-    if doc is None:
+    if doc is None or model.drift is None:
         return None
-    path, signals = model.drift.reference.baseline if model.drift else "", doc["groups"]["*"]
+    path, signals = model.drift.reference.baseline, doc["groups"].get("*", {})
     for name, kind in _watched(model).items():
         entry = signals.get(name)
         if entry is None:
@@ -92,7 +92,7 @@ def model_baseline(model: ModelPolicy) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise BaselineMisfit(f"cannot be read: {exc}") from None
     groups = doc["groups"]
-    if not isinstance(groups, dict) or not isinstance(groups.setdefault("*", {}), dict):
+    if not isinstance(groups, dict):
         raise BaselineMisfit(f"{path}: groups must map each group to its signals")
     for group, entries in groups.items():  # a group's own references are used as they come
         if not isinstance(entries, dict):

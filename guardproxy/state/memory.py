@@ -46,11 +46,10 @@ class MemoryState:
     ) -> Joined:
         """Attach a label to a record and count it; a second label is a duplicate."""
         joined = self._records.join(request_id, label)
-        if joined.record is not None:  # counted in the same step, without yielding
-            cell, bin_name = tally(joined.record, label)
-            state = self._group(joined.record.key, joined.record.group)
-            setattr(state.counts, cell, getattr(state.counts, cell) + 1)
-            state.bins[bin_name] = state.bins.get(bin_name, 0) + 1
+        record = joined.record
+        if record is not None:  # counted in the same step, without yielding
+            cell, bin_name = tally(record, label)
+            self._add(record.key, record.group, {cell: 1}, {bin_name: 1})
         return joined
 
     async def join_labels(
@@ -59,20 +58,22 @@ class MemoryState:
         """join_label for many, in order."""
         return [await self.join_label(*item, tally) for item in items]
 
-    def _group(self, key: ModelKey, group: str) -> GroupState:
-        return self._groups.setdefault(key, {}).setdefault(group, GroupState())
+    def _add(
+        self, key: ModelKey, group: str, counts: Mapping[str, int], bins: Mapping[str, int]
+    ) -> None:
+        state = self._groups.setdefault(key, {}).setdefault(group, GroupState())
+        for name, delta in counts.items():
+            setattr(state.counts, name, getattr(state.counts, name) + delta)
+        for name, delta in bins.items():
+            state.bins[name] = state.bins.get(name, 0) + delta
 
     async def add_counts(self, key: ModelKey, group: str, deltas: Mapping[str, int]) -> None:
         """Add to a model version's group's counters."""
-        counts = self._group(key, group).counts
-        for name, delta in deltas.items():
-            setattr(counts, name, getattr(counts, name) + delta)
+        self._add(key, group, deltas, {})
 
     async def add_histogram(self, key: ModelKey, group: str, bins: Mapping[str, int]) -> None:
         """Add counts to histogram bins."""
-        stored = self._group(key, group).bins
-        for name, delta in bins.items():
-            stored[name] = stored.get(name, 0) + delta
+        self._add(key, group, {}, bins)
 
     async def counts(self, key: ModelKey) -> dict[str, GroupState]:
         """Copies of every group's counters and bins of a model version."""
