@@ -60,6 +60,10 @@ class Payload:
             for container, key in self._label_slots(response_doc)
         ]
 
+    def json_rows(self, response_doc: Doc) -> frozenset[int]:
+        """The rows of `labels` whose texts the client parses as JSON: none but in chat."""
+        return frozenset()
+
     def set_labels(self, response_doc: Doc, labels: list[list[str]]) -> None:
         """Write back each row's labels (after suppression), in the original's form."""
         slots = self._label_slots(response_doc)

@@ -42,6 +42,11 @@ class OpenAIChat(Payload):
             for c, k in self._label_slots(response_doc)
         ]
 
+    def json_rows(self, response_doc: Doc) -> frozenset[int]:
+        """The rows that are a tool call's (or a legacy function call's) arguments."""
+        slots = self._label_slots(response_doc)
+        return frozenset(i for i, (_, key) in enumerate(slots) if key == "arguments")
+
     def _label_slots(self, response_doc: Doc) -> list[Slot]:
         if self.labels_path is not None:
             return self.labels_path.slots(response_doc)

@@ -1,12 +1,13 @@
 """A streamed OpenAI chat answer (`stream: true`), guarded as it passes.
 
 `ChatStreamGuard.feed(chunk)` parses the chunk's server-sent events, appends each choice's
-`delta.content` (and `refusal`, and each tool call's arguments) to that text and scans only
-what is new: the text already scanned
-is kept as a tail of the longest term plus one character, so a term split across chunks is
-found and the whole stream costs linear time. Terms match as whole words, case-insensitively,
-as the label guard matches them in a complete answer. A term that ends exactly where the text
-so far ends counts at once: waiting for the next character would let it reach the client.
+`delta.content` (and `refusal`, and each tool call's arguments, their JSON escapes read as
+the client's parser reads them, an escape cut between chunks read whole) to that text and
+scans only what is new: the text already scanned is kept as a tail of the longest term plus
+one character, so a term split across chunks is found and the whole stream costs linear
+time. Terms match as whole words, case-insensitively, as the label guard matches them in a
+complete answer. A term that ends exactly where the text so far ends counts at once: waiting
+for the next character would let it reach the client.
 After each `feed`, the caller forwards `release()` (the bytes of the events now complete);
 on `deny` that is only the events before the denied one, and the caller sends
 `error_events(...)` after it and closes the stream, so the error starts at an event
@@ -24,8 +25,9 @@ from typing import Any, Literal, TypeGuard
 import orjson
 
 from .errors import MAX_ROWS
+from .escapes import Unescaper
 from .sse import DONE, Event, EventParser, SSEError
-from .terms import fold, longest_span, term_key, term_pattern
+from .terms import TermNames, fold, longest_span, term_key, term_pattern
 
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
@@ -58,15 +60,16 @@ def _worse(a: Scan, b: Scan) -> Scan:
 class TermScanner:
     """Whole-word, case-insensitive term search over text arriving in pieces."""
 
-    __slots__ = ("_deny", "_keep", "_longest", "_pattern", "_terms", "scanned")
+    __slots__ = ("_deny", "_keep", "_longest", "_names", "_pattern", "scanned")
 
     def __init__(self, deny: Iterable[str], flag: Iterable[str] = ()) -> None:
         deny, flag = [t for t in deny if t], [t for t in flag if t]
         if not deny and not flag:
             raise ValueError("TermScanner needs at least one deny or flag term")
-        self._terms = {term_key(t): t for t in (*flag, *deny)}
-        self._deny = frozenset(term_key(t) for t in deny)
-        words = list(self._terms.values())
+        # One spelling a term: a deny spelling of a flagged term is denied.
+        words = list({term_key(t): t for t in (*flag, *deny)}.values())
+        self._names = TermNames(words)
+        self._deny = frozenset(deny)
         self._pattern = term_pattern(words)
         self._longest = longest_span(words)
         self._keep = self._longest + 1  # the longest match and the character before it
@@ -86,9 +89,8 @@ class TermScanner:
         flagged: set[str] = set()
         while (match := self._pattern.search(window, pos)) is not None:
             if match.end() > old:
-                seen = term_key(match.group(0))
-                term = self._terms.get(seen, seen)
-                if seen in self._deny:
+                term = self._names.get(match.group(0)) or match.group(0)
+                if term in self._deny:
                     found.append(Scan("deny", term))
                     break
                 if term not in flagged:
@@ -130,6 +132,7 @@ class ChatStreamGuard:
         self._releasable = 0  # stream offset up to which events may be released
         self._tails: dict[Part, str] = {}
         self._parts: dict[Part, _Text] = {}
+        self._unescapers: dict[Part, Unescaper] = {}  # a tool call's arguments are JSON
         self._size = 0
 
     def feed(self, chunk: bytes) -> Scan:
@@ -225,6 +228,11 @@ class ChatStreamGuard:
         self._keep_text(part, text)
         if self.scanner is None:
             return PASS
+        if part[1] not in _DELTA_TEXTS:  # arguments: scanned as the client's parser reads them
+            unescaper = self._unescapers.get(part)
+            if unescaper is None:
+                unescaper = self._unescapers[part] = Unescaper()
+            text = unescaper.feed(text)
         tail, found = self.scanner.scan(self._tails.get(part, ""), text)
         self._tails[part] = tail
         if not found:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from guardproxy.guards.base import GuardChain
@@ -149,3 +150,65 @@ async def test_the_output_the_policy_names_holds_the_labels() -> None:
     ex = await answer(chain_for({"action": "suppress", "output": "tags"}), doc)
     outputs = {o["name"]: o["data"] for o in loads(ex.final_response_body())["outputs"]}
     assert outputs["names"] == ["ape"] and outputs["tags"] == ["cat"]
+
+
+async def test_a_term_in_look_alike_letters_is_masked_in_the_characters_that_wrote_it() -> None:
+    chain = chain_for({"action": "suppress"}, "openai")
+    text = "a g\u043erilla and an \u0410P\u0395, not a \u0433\u043e\u0440\u0438\u043b\u043b\u0430"
+    ex = await answer(chain, chat(text))
+    [masked] = [c["message"]["content"] for c in loads(ex.final_response_body())["choices"]]
+    assert masked == "a ******* and an ***, not a \u0433\u043e\u0440\u0438\u043b\u043b\u0430"
+    assert ex.flags == ["suppressed:ape", "suppressed:gorilla"]
+
+
+async def test_a_clean_text_beside_a_masked_one_is_left_as_written() -> None:
+    ex = await answer(
+        chain_for({"action": "suppress"}, "openai"), chat("a gorilla", "Caf\u00e9 \u00dc")
+    )
+    texts = [c["message"]["content"] for c in loads(ex.final_response_body())["choices"]]
+    assert texts == ["a *******", "Caf\u00e9 \u00dc"]
+
+
+def calls(*arguments: str) -> dict[str, Any]:
+    """A chat answer whose message calls a tool with each of the arguments, as written."""
+    tool_calls = [
+        {"id": f"t{i}", "type": "function", "function": {"name": "f", "arguments": a}}
+        for i, a in enumerate(arguments)
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+    return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+
+
+ESCAPED = [
+    '{"q": "\\u0067orilla"}',  # a value, as the client's parser reads it: "gorilla"
+    '{"\\u0061pe": 1}',  # a key
+    '{"q": "gor\\u200billa\\u200b", "n": [1]}',  # a hidden character, escaped, and after
+    '{"q": "\\ud835\\udc20orilla"}',  # a mathematical g as a surrogate pair
+    "find \\u0067orilla",  # arguments that are not JSON
+]
+
+
+async def test_a_term_spelled_with_json_escapes_in_tool_arguments_is_blocked_and_flagged() -> None:
+    blocked = await answer(chain_for({"action": "block"}, "openai"), calls(*ESCAPED))
+    assert blocked.reply is not None and blocked.reply.details == {"action": "block", "denied": 5}
+    flagged = await answer(chain_for({"action": "flag"}, "openai"), calls(*ESCAPED))
+    assert flagged.flags == ["label:ape", "label:gorilla"]
+    literal = await answer(
+        chain_for({"action": "flag"}, "openai"), calls('{"q": "\\\\u0067orilla"}')
+    )
+    assert literal.flags == []  # an escaped backslash: the client reads \u0067orilla as written
+
+
+async def test_masked_tool_arguments_stay_json_of_the_same_length() -> None:
+    ex = await answer(chain_for({"action": "suppress"}, "openai"), calls(*ESCAPED))
+    message = loads(ex.final_response_body())["choices"][0]["message"]
+    written = [call["function"]["arguments"] for call in message["tool_calls"]]
+    assert [len(w) for w in written] == [len(a) for a in ESCAPED]
+    assert [json.loads(w) for w in written[:4]] == [
+        {"q": "*" * 12},
+        {"*" * 8: 1},
+        {"q": "*" * 19, "n": [1]},
+        {"q": "*" * 18},
+    ]
+    assert written[4] == "find ************"  # not JSON: masked as written
+    assert ex.flags == ["suppressed:ape", "suppressed:gorilla"]

@@ -83,7 +83,15 @@ class ChatModel:
         doc = await request.json()
         pieces = doc["messages"][-1]["content"].split("|")
         if not doc.get("stream"):
-            message = {"role": "assistant", "content": "".join(pieces)}
+            text = "".join(p for p in pieces if not p.startswith(TOOL))
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            tools = [p.removeprefix(TOOL) for p in pieces if p.startswith(TOOL)]
+            if tools:
+                message["tool_calls"] = [
+                    {"id": f"call{i}", "type": "function",
+                     "function": {"name": "search", "arguments": a}}
+                    for i, a in enumerate(tools)
+                ]  # fmt: skip
             return web.json_response({"id": "c1", "object": "chat.completion", "created": 1,
                                       "model": "m", "choices": [{"index": 0, "message": message,
                                       "finish_reason": "stop"}]})  # fmt: skip
@@ -381,6 +389,34 @@ async def test_a_non_streamed_chat_answer_is_still_guarded_as_json(
         await chat.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "a gorilla"}]
         )
+
+
+async def test_a_term_in_look_alike_letters_or_escaped_in_streamed_arguments_ends_the_stream(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    proxy, _ = served
+    with pytest.raises(openai.APIError, match=WITHHELD):  # a Cyrillic o
+        await stream_text(chat, "Here is a g\u043e|rilla.")
+    with pytest.raises(openai.APIError, match=WITHHELD):  # an escape cut between two events
+        await stream_text(chat, f'Calling.|{TOOL}{{"q": "a \\u00|{TOOL}67orilla"}}')
+    records = await samples(proxy, tmp_path)
+    assert [r["flags"] for r in records] == [["blocked:gorilla"]] * 2
+    assert records[1]["response"]["choices"][0]["tool_calls[0]"] == '{"q": "a \\u0067orilla"}'
+
+
+async def test_suppress_masks_a_term_the_client_would_read_and_keeps_the_arguments_json(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI
+) -> None:
+    arguments = '{"q": "a \\u0067orilla", "n": 2}'
+    answer = await chat.chat.completions.create(
+        model="m", extra_headers={"X-Region": "suppress"},
+        messages=[{"role": "user", "content": f"A g\u043erilla, called.|{TOOL}{arguments}"}],
+    )  # fmt: skip
+    message = answer.choices[0].message
+    assert message.content == "A *******, called."
+    assert message.tool_calls is not None
+    written = message.tool_calls[0].function.arguments
+    assert len(written) == len(arguments) and json.loads(written) == {"q": "a " + "*" * 12, "n": 2}
 
 
 async def test_an_upstream_failing_mid_stream_resets_the_client_and_is_sampled(

@@ -380,6 +380,26 @@ def test_refusals_and_tool_call_arguments_are_scanned_each_as_its_own_text() -> 
     assert guard.answers() == {} and refusal.texts() == {1: {"refusal": "an ape"}}
 
 
+def test_tool_call_arguments_are_read_through_their_json_escapes_however_they_are_cut() -> None:
+    for raw in ['{"q": "\\u0067orilla"}', '{"q": "\\ud835\\udc20or\\u0456lla"}']:
+        for cut in range(1, len(raw)):
+            guard = ChatStreamGuard(TermScanner(["gorilla"]))
+            scans = [guard.feed(delta_event(tool_delta(0, p))) for p in (raw[:cut], raw[cut:])]
+            assert "deny" in [s.action for s in scans], (raw, cut)
+            assert guard.texts() == {0: {"tool_calls[0]": raw}}  # the sample keeps them as sent
+
+
+def test_what_a_client_does_not_read_as_the_term_passes() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    pieces = [
+        tool_delta(0, '{"q": "\\\\u0067orilla"}'),  # an escaped backslash: read as written
+        tool_delta(1, '{"q": "\\u0067'),
+        tool_delta(2, 'orilla"}'),  # another call's arguments
+        {"content": "\\u0067orilla"},  # content is not JSON: shown as written
+    ]
+    assert [guard.feed(delta_event(d)).action for d in pieces] == ["pass"] * 4
+
+
 def test_content_and_tool_calls_of_one_choice_do_not_join_into_a_term() -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]))
     scans = [
