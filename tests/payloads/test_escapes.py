@@ -43,6 +43,13 @@ def test_pieces_read_as_the_whole_wherever_they_are_cut(text: str, cuts: list[in
     assert read == unescape(raw) == '"' + text + '"'
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='"\\u0dDa8c7n{}:x ', max_size=30))
+def test_any_text_reads_alike_a_string_at_a_time_and_an_escape_at_a_time(text: str) -> None:
+    # unescape reads each string of a document in C; the position map, an escape at a time.
+    assert unescape(text) == unescaped_positions(text)[0]
+
+
 def test_a_surrogate_pair_cut_anywhere_reads_as_one_letter() -> None:
     raw = '"\\ud835\\udc20orilla"'  # a mathematical bold g
     for cut in range(len(raw) + 1):
