@@ -18,6 +18,7 @@ from guardproxy.policy.problems import Problem
 from guardproxy.settings import Settings, parse_address, secret_file, secret_from_env
 
 MIN_DECISION_KEY = 16
+POLICIES_DO_NOT_LOAD = "the policies do not load, so nothing is served:"
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -119,11 +120,14 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_workers(settings)
     from guardproxy.app import serve
     from guardproxy.grpc_port import GrpcUnavailable
+    from guardproxy.policy.problems import PolicyError
     from guardproxy.sampling.sinks import SinkError
     from guardproxy.telemetry import TelemetryError
 
     try:
         run_async(serve(settings))
+    except PolicyError as exc:
+        raise SystemExit(f"guardproxy serve: {POLICIES_DO_NOT_LOAD}\n{exc}") from None
     except (GrpcUnavailable, SinkError, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0

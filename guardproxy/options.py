@@ -60,6 +60,14 @@ def count(text: str) -> int:
     return value
 
 
+def address(text: str) -> str:
+    """HOST:PORT, :PORT or PORT with a port up to 65535, kept as written for parse_address."""
+    port = text.rpartition(":")[2]
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, :PORT or PORT (a port from 0 to 65535)")
+    return text
+
+
 STREAM_ANSWERS = ("auto", "triton", "mlserver")
 
 
@@ -150,12 +158,13 @@ SERVE_FLAGS = (
         required=True,
     ),
     Flag("--policies", "DIR", "policy directory (a mounted ConfigMap)", shown="embedded default"),
-    Flag("--listen", "HOST:PORT", "data port address", "0.0.0.0:8080"),
+    Flag("--listen", "HOST:PORT", "data port address", "0.0.0.0:8080", parse=address),
     Flag(
         "--admin",
         "HOST:PORT",
         "admin port address (worker i of --workers uses port + i)",
         "127.0.0.1:9901",
+        parse=address,
     ),
     Flag(
         "--region",

@@ -23,6 +23,7 @@ from types import FrameType
 
 from guardproxy.eventloop import run_async
 from guardproxy.logs import stop_logging
+from guardproxy.policy.problems import PolicyError
 from guardproxy.settings import Settings
 
 log = logging.getLogger("guardproxy.workers")
@@ -58,6 +59,11 @@ def run_worker(settings: Settings) -> int:
         signal.signal(sig, signal.SIG_DFL)
     try:
         run_async(serve(settings))
+    except PolicyError as exc:  # the operator's files, not a defect: the problems, no traceback
+        log.error(
+            "worker %d: the policies do not load, so nothing is served:\n%s", settings.worker, exc
+        )
+        return 1
     except BaseException:
         log.exception("worker %d failed", settings.worker)
         return 1

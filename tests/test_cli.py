@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -47,6 +49,23 @@ def test_validate_refuses_what_serve_would(
     assert main(["validate", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "default.yaml: model 'm':" in out and fragment in out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_policies_that_do_not_load_says_why_without_a_traceback(
+    tmp_path: Path, workers: str
+) -> None:
+    (tmp_path / "default.yaml").write_text("region: default\nsampling:\n  rat: 0.1\n")
+    missing = tmp_path / "missing"
+    for policies, problem in ((tmp_path, "default.yaml:3:3: sampling.rat: unknown key"),
+                              (missing, "missing: cannot read directory")):  # fmt: skip
+        serve = [sys.executable, "-m", "guardproxy.cli", "serve", "--policies", str(policies),
+                 "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
+                 "--admin", "127.0.0.1:0", "--workers", workers]  # fmt: skip
+        done = subprocess.run(serve, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1, done.stderr
+        assert "the policies do not load, so nothing is served:" in done.stderr
+        assert problem in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_serve_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

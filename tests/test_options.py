@@ -99,6 +99,12 @@ def test_the_readme_table_matches_the_flags() -> None:
         ("BODY_TIMEOUT", "-1", "seconds above 0"),
         ("BODY_MIN_RATE", "-5", "a number per second, 0 or more"),
         ("MAX_CONNECTIONS", "-1", "whole number, 0 or more"),
+        (
+            "LISTEN",
+            "nonsense",
+            "'nonsense' (from --listen or GUARDPROXY_LISTEN): expected HOST:PORT",
+        ),
+        ("ADMIN", "127.0.0.1:99999", "(from --admin or GUARDPROXY_ADMIN): expected HOST:PORT"),
     ],
 )
 def test_a_bad_variable_is_one_clear_line(
