@@ -9,15 +9,20 @@ from guardproxy.policy.marks import MarkedDoc
 from guardproxy.policy.problems import KeyPath, Problem
 
 SECTIONS = ("groups", "decision", "labels", "sampling", "drift", "fairness", "breaker")
+# Each names one source (a group's, a subject's), so it is replaced whole: merged key by key,
+# an inherited {input: sex} and a region's {header: X-Group} would name two and never load.
+CHOICES = (("groups", "attribute"), ("decision", "subject"))
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge recursively; lists and scalars in `over` replace those in `base`."""
+def deep_merge(
+    base: Mapping[str, Any], over: Mapping[str, Any], path: KeyPath = ()
+) -> dict[str, Any]:
+    """Mappings merge recursively; lists, scalars and CHOICES in `over` replace `base`'s."""
     out = dict(base)
     for key, value in over.items():
-        old = base.get(key)
-        both = isinstance(old, Mapping) and isinstance(value, Mapping)
-        out[key] = deep_merge(old, value) if both else value  # type: ignore[arg-type]
+        old, here = base.get(key), (*path, key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping) and here[-2:] not in CHOICES
+        out[key] = deep_merge(old, value, here) if both else value  # type: ignore[arg-type]
     return out
 
 

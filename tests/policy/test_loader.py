@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guardproxy.cli import chain_problems
 from guardproxy.policy.loader import (
     PolicyError,
     PolicyFiles,
@@ -61,15 +63,77 @@ def test_every_example_policy_is_valid() -> None:
     assert loaded.sources["sg"] == (str(EXAMPLES / "default.yaml"), str(EXAMPLES / "sg.yaml"))
 
 
-def test_the_readme_policy_example_is_valid(tmp_path: Path) -> None:
-    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Policies") :]
-    start = section.index("```yaml\n") + len("```yaml\n")
-    example = section[start : section.index("```", start)]
-    write(tmp_path, {"default.yaml": (EXAMPLES / "default.yaml").read_text(), "sg.yaml": example})
-    assert validate_directory(tmp_path) == []
+README = EXAMPLES.parent / "README.md"
+# What the README example's comments offer in place of a line: (the line's text, what may
+# stand there instead, the word of the comment that offers it).
+ALTERNATIVES = [
+    ("attribute: {input: sex}", 'attribute: {jsonpath: "$.parameters.group"}', "jsonpath"),
+    ("attribute: {input: sex}", "attribute: {header: X-Group, trusted: true}", "X-Group"),
+    ("telemetry: label", "telemetry: hashed", "hashed"),
+    ("telemetry: label", "telemetry: none", "none"),
+    ("annotate: headers", "annotate: body", "body"),
+    ("annotate: headers", "annotate: rewrite", "rewrite"),
+    ("on_error: fail_open", "on_error: fail_closed", "fail_closed"),
+    (
+        'subject: {jsonpath: "$.parameters.applicant_id"}',
+        "subject: {header: X-Subject-Id, trusted: true}",
+        "X-Subject-Id",
+    ),
+    ("action: suppress, output", "action: block, output", "block"),
+    ("action: suppress, output", "action: flag, output", "flag"),
+    (
+        'open: {action: fallback, upstream: "http://127.0.0.1:8082"}',
+        "open: {action: reject}",
+        "reject",
+    ),
+    ('open: {action: fallback, upstream: "http://127.0.0.1:8082"}', "open: {action: flag}", "flag"),
+    *[
+        ("protocol: kserve_v2 ", f"protocol: {name} ", name)
+        for name in ("tfserving", "mlflow", "seldon_v1", "openai")
+    ],
+    (  # a jsonpath model names its routes and where its score is (README, Policies)
+        "protocol: kserve_v2 ",
+        'protocol: jsonpath\n    routes: [/credit]\n    score: {path: "$.score"}\n    #',
+        "jsonpath",
+    ),
+]
+JSONPATH_SCORE = "    score: {output: predict_proba, index: 1}"
+
+
+def readme_policies() -> list[str]:
+    """Every YAML block of the README: each is a policy file."""
+    text = README.read_text(encoding="utf-8")
+    return re.findall(r"^```yaml\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+
+
+def validate_region(directory: Path, policy: str) -> list[str]:
+    """Problems of a region file beside the example default, as `guardproxy validate` has them."""
+    region = yaml.safe_load(policy)["region"]
+    default = (EXAMPLES / "default.yaml").read_text()
+    write(directory, {"default.yaml": default, f"{region}.yaml": policy})
+    return [str(p) for p in validate_directory(directory) or chain_problems(directory)]
+
+
+def test_every_readme_policy_example_is_valid(tmp_path: Path) -> None:
+    examples = readme_policies()
+    assert examples, "the README shows a policy"
+    for example in examples:
+        assert validate_region(tmp_path, example) == [], example
     sg = load_directory(tmp_path).policies["sg"]
     assert [m.name for m in sg.models] == ["adult", "credit", "fraud"]
+
+
+@pytest.mark.parametrize(("line", "instead", "offered"), ALTERNATIVES)
+def test_what_the_readme_example_offers_in_a_comment_is_valid_there(
+    tmp_path: Path, line: str, instead: str, offered: str
+) -> None:
+    example = readme_policies()[0]
+    at = example.index(line)
+    assert offered in example[at : example.index("\n", at)], "the comment names it"
+    changed = example.replace(line, instead, 1)
+    if instead.startswith("protocol: jsonpath"):  # its score is a path, not an output
+        changed = changed.replace(JSONPATH_SCORE, "   ", 1)
+    assert validate_region(tmp_path, changed) == []
 
 
 def test_example_regions_differ_where_documented() -> None:
@@ -204,6 +268,35 @@ def test_deep_merge_semantics() -> None:
     over = {"a": {"c": [3], "d": {"g": 2}}, "f": None}
     assert deep_merge(base, over) == {"a": {"b": 1, "c": [3], "d": {"e": 1, "g": 2}}, "f": None}
     assert base["a"]["d"] == {"e": 1}  # inputs are left alone
+
+
+def test_a_group_attribute_or_subject_replaces_the_inherited_one_whole(tmp_path: Path) -> None:
+    base = DEFAULT.replace("decision:\n", "decision:\n  subject: {jsonpath: $.id}\n", 1)
+    region = """\
+        region: sg
+        extends: default
+        groups: {attribute: {header: X-Group, trusted: true}}
+        decision: {subject: {header: X-Subject, trusted: true}}
+        models:
+          - name: adult
+          - name: credit
+            groups: {attribute: {jsonpath: "$.parameters.group"}}
+            decision: {subject: {jsonpath: "$.parameters.applicant"}}
+        """
+    write(tmp_path, {"default.yaml": base, "sg.yaml": region})
+    assert validate_directory(tmp_path) == []
+    adult, credit = load_directory(tmp_path).policies["sg"].models
+    assert adult.groups.attribute is not None and credit.groups.attribute is not None
+    assert adult.decision.subject is not None and credit.decision.subject is not None
+    assert (adult.groups.attribute.header, adult.groups.attribute.input) == ("X-Group", None)
+    assert (adult.decision.subject.header, adult.decision.subject.jsonpath) == ("X-Subject", None)
+    assert credit.groups.attribute.jsonpath == "$.parameters.group"
+    assert (credit.groups.attribute.header, credit.groups.attribute.trusted) == (None, False)
+    assert (credit.decision.subject.jsonpath, credit.decision.subject.header) == (
+        "$.parameters.applicant",
+        None,
+    )
+    assert adult.groups.values == ("Female", "Male") and adult.decision.threshold == 0.5
 
 
 def test_extends_merges_through_the_chain(tmp_path: Path) -> None:
