@@ -34,7 +34,10 @@ def pipeline(c: float) -> Any:
 
 
 def write_repository(folder: Path, ports: dict[str, int] | None = None) -> list[str]:
-    """Train both models on the Adult subset and write them with MLServer's settings."""
+    """Train both models on the Adult subset and write them with MLServer's settings.
+
+    The server's settings.json runs the models in its own process; `ports` adds to it.
+    """
     import joblib
     import pandas as pd
 
@@ -52,8 +55,11 @@ def write_repository(folder: Path, ports: dict[str, int] | None = None) -> list[
             "parameters": {"uri": "./model.joblib", "version": "1"},
         }
         (folder / name / "model-settings.json").write_text(json.dumps(settings, indent=1))
-    if ports is not None:
-        (folder / "settings.json").write_text(json.dumps(ports))
+    # Models load in the server's own process: MLServer 1.7's pool workers call
+    # asyncio.get_event_loop() at start under uvloop's policy, which uvloop 0.23 answers with
+    # a RuntimeError, so each worker died and no model loaded.
+    server = {"parallel_workers": 0, **(ports or {})}
+    (folder / "settings.json").write_text(json.dumps(server))
     return list(MODELS)
 
 

@@ -49,7 +49,7 @@ async def ready_port(pid: int) -> int | None:
 @pytest.fixture
 async def mlserver(tmp_path: Path) -> AsyncIterator[str]:
     """`mlserver start` on the two income models, ports from the OS; its base URL."""
-    ports = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "parallel_workers": 0}
+    ports = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}  # the rest as the README's
     write_repository(tmp_path, ports)
     command = Path(sys.executable).with_name("mlserver")
     process = await asyncio.create_subprocess_exec(
