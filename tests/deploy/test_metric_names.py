@@ -1,4 +1,5 @@
-"""Alerts and dashboard panels read only series a running guardproxy exports.
+"""Alerts and dashboard panels read only series a running guardproxy exports, and
+k8s/README.md's table of metric names is what it exports, with the labels it lists.
 
 A real proxy in front of the demo model serves guarded requests, takes labels, computes
 drift and has its breaker forced once; its live /metrics is the reference.
@@ -187,3 +188,51 @@ def test_the_live_scrape_covers_what_the_alerts_need(exported: Exported) -> None
 def test_the_name_checks_catch_a_typo(exported: Exported) -> None:
     assert check({"typo": "sum(rate(guardproxy_decision_total[5m]))"}, exported)
     assert check({"label": "sum by (groupe) (guardproxy_decisions_total)"}, exported)
+
+
+# Rows of k8s/README.md's table that this scrape does not drive: the gRPC port is off here.
+NOT_DRIVEN = {"rpc_server_call_duration_seconds"}
+# Series every scrape has that the README names outside the table.
+BESIDE_THE_TABLE = ("guardproxy_build_info", "target_info", "process_")
+
+
+def readme_metric_rows() -> dict[str, set[str]]:
+    """k8s/README.md's "Metric names" table: {Prometheus name: the label names it lists}."""
+    text = (K8S / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Metric names") :]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        name = re.findall(r"`([a-z_]+)`", cells[1])[0]
+        listed = re.sub(r"\([^)]*\)", "", cells[2])  # what a label holds is said in brackets
+        same = "http_server_request_duration_seconds" if "as the server duration" in listed else ""
+        rows[name] = rows.get(same, set()) | set(re.findall(r"`([a-z_]+)`", listed))
+    return rows
+
+
+def family_of(sample: str, names: set[str]) -> str | None:
+    """The table name a sample belongs to (a histogram's _bucket, _sum, _count)."""
+    for suffix in ("", "_bucket", "_sum", "_count"):
+        if suffix and sample.endswith(suffix) and sample.removesuffix(suffix) in names:
+            return sample.removesuffix(suffix)
+        if not suffix and sample in names:
+            return sample
+    return None
+
+
+def test_the_readme_metric_table_is_what_the_proxy_exports(exported: Exported) -> None:
+    rows = readme_metric_rows()
+    assert len(rows) > 15, "the table was read"
+    seen: dict[str, set[str]] = {}
+    for sample, labels in exported.items():
+        family = family_of(sample, set(rows))
+        if family is None:
+            assert sample.startswith(BESIDE_THE_TABLE), f"{sample} is not in the table"
+            continue
+        own = {label for label in labels if not label.startswith("otel_scope_") and label != "le"}
+        seen.setdefault(family, set()).update(own)
+    assert set(rows) - set(seen) == NOT_DRIVEN, "a row names a metric the proxy does not export"
+    for family, labels in seen.items():
+        assert labels == rows[family], (family, sorted(labels), sorted(rows[family]))
