@@ -7,6 +7,7 @@ same rules.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,6 +89,22 @@ def test_every_layer_imports_only_what_it_may() -> None:
         if layer != ROOT and targets - ALLOWED[layer]
     }
     assert wrong == {}
+
+
+def architecture_table() -> dict[str, set[str]]:
+    """ARCHITECTURE.md's table: {layer: the layers its "may import" column names}."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        found = re.fullmatch(r"`(\w+)(?:/|\.py)`", cells[0]) if len(cells) == 3 else None
+        if found:
+            table[found.group(1)] = set(re.findall(r"`(\w+)`", cells[2]))
+    return table
+
+
+def test_architecture_md_draws_the_same_rules() -> None:
+    assert architecture_table() == ALLOWED
 
 
 def test_no_layer_imports_the_composition_root_and_there_is_no_cycle() -> None:
