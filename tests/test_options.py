@@ -154,3 +154,22 @@ def test_max_buffered_defaults_to_256_mib_and_reads_its_variable(
     assert settings_from(parser().parse_args(["serve"])).max_buffered == 65536
     args = parser().parse_args(["serve", "--max-buffered", "131072"])  # the flag wins
     assert settings_from(args).max_buffered == 131072
+
+
+def test_every_variable_the_docs_name_is_one_guardproxy_reads() -> None:
+    docs = README.read_text(encoding="utf-8") + (README.parent / "k8s" / "README.md").read_text(
+        encoding="utf-8"
+    )
+    named = set(re.findall(r"\bGUARDPROXY_[A-Z_]*[A-Z](?![A-Z_*])", docs))
+    source = "\n".join(
+        p.read_text(encoding="utf-8") for p in (README.parent / "guardproxy").rglob("*.py")
+    )
+    flags = {flag.env for flag in SERVE_FLAGS}
+    # A secret's variable is read as NAME or, naming a file, NAME_FILE (settings.secret_from_env).
+    unread = {
+        name
+        for name in named - flags
+        if f'"{name.removesuffix("_FILE")}"' not in source
+        and f'env_value("{name.removeprefix("GUARDPROXY_")}"' not in source
+    }
+    assert len(named) > 30 and unread == set()
