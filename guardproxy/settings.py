@@ -23,9 +23,13 @@ def secret_from_env(name: str) -> str | None:
     if value:
         return value.strip()
     path = os.environ.get(f"{name}_FILE")
-    if path:
+    if not path:
+        return None
+    try:
         return Path(path).read_text(encoding="utf-8").strip() or None
-    return None
+    except (OSError, UnicodeDecodeError) as exc:  # at start there is no last token to keep
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SystemExit(f"guardproxy serve: {name}_FILE: cannot read {path}: {reason}") from None
 
 
 def secret_file(name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -126,6 +127,18 @@ def test_token_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.feedback_token_file == str(secret)  # followed: a rotated Secret counts
     monkeypatch.setenv("GUARDPROXY_FEEDBACK_TOKEN", "from-the-environment")
     assert settings_from(parser().parse_args(["serve"])).feedback_token_file is None
+
+
+@pytest.mark.parametrize("name", ["ADMIN_TOKEN", "FEEDBACK_TOKEN", "DECISION_KEY"])
+def test_a_secret_file_that_cannot_be_read_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
+    monkeypatch.delenv(f"GUARDPROXY_{name}", raising=False)
+    monkeypatch.setenv(f"GUARDPROXY_{name}_FILE", str(tmp_path / "absent"))
+    expected = f"GUARDPROXY_{name}_FILE: cannot read {tmp_path / 'absent'}: No such file"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        settings_from(parser().parse_args(["serve"]))
 
 
 def test_trust_is_off_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
