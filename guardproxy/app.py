@@ -92,7 +92,10 @@ class Runtime:
         self.admin_token = Token(settings.admin_token, settings.admin_token_file)
         self.feedback_token = Token(settings.feedback_token, settings.feedback_token_file)
         self.feedback = FeedbackEndpoint(
-            self.engine, self.feedback_token, max_body=min(settings.max_body, FEEDBACK_BODY)
+            self.engine,
+            self.feedback_token,
+            max_body=min(settings.max_body, FEEDBACK_BODY),
+            settle=self.records_written,
         )
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()
@@ -214,6 +217,16 @@ class Runtime:
                 await self.grpc.start()
                 parts.push_async_callback(self.grpc.stopped, self.settings.drain_timeout)
             yield
+
+    def records_written(self) -> Awaitable[None]:
+        """Done once the answers sent before the call have their records written (or lost)."""
+        monitored = self.worker.caught_up()  # the mark is taken now, not when awaited
+
+        async def written() -> None:
+            await monitored
+            await self.engine.recorder.caught_up()
+
+        return written()
 
     def reload_soon(self) -> None:
         """SIGHUP: re-read the policy directory now, off the signal handler."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,10 @@ TOTALS = ("joined", "unknown_id", "duplicate", "contested", "invalid")
 # Parsers disagree on which member of a repeated key counts (orjson keeps the last, others the
 # first): {"label": 0, "label": 1} would join 1 here and read 0 wherever else it is checked.
 REPEATED = "a JSON object names a key more than once"
+# Seconds a request whose labels name unknown ids waits, once, for the records of answers
+# already sent to be written (the monitors gather for 10 ms, then a task writes them).
+SETTLE_TIMEOUT = 1.0
+Settle = Callable[[], Awaitable[None]]
 
 log = logging.getLogger("guardproxy.feedback")
 
@@ -167,11 +171,14 @@ class FeedbackEndpoint:
         limit: int = MAX_ITEMS,
         clock: Callable[[], float] = time.time,
         max_body: int = MAX_BODY,
+        settle: Settle | None = None,
     ) -> None:
         self.token = token if isinstance(token, Token) else Token(token)
         self.engine, self.limit, self.clock = engine, limit, clock
-        self.max_body = max_body
-        self.counts = dict.fromkeys(("requests", "rejected", "state_errors", *TOTALS), 0)
+        self.max_body, self.settle = max_body, settle
+        self.counts = dict.fromkeys(
+            ("requests", "rejected", "state_errors", "waited", "wait_timeouts", *TOTALS), 0
+        )
 
     async def handle(self, request: Request, writer: ResponseWriter) -> None:
         """Join a batch of labels; per-item results in order, plus totals."""
@@ -192,6 +199,7 @@ class FeedbackEndpoint:
             return self._error(exc.message, 413)
         results: list[dict[str, Any]] = []
         totals = dict.fromkeys(TOTALS, 0)
+        waited = False
         for start in range(0, len(raw), STEP):
             if start:
                 await asyncio.sleep(0)  # requests run between steps
@@ -200,12 +208,37 @@ class FeedbackEndpoint:
             items = [(c.request_id, c.label, c.observed_at) for c in checked if isinstance(c, Item)]
             try:
                 joined = await self.engine.join(items) if items else []
+                if not waited and any(r.outcome is Outcome.UNKNOWN for r in joined):
+                    waited = True
+                    joined = await self._rejoin(items, joined)
             except StateError as exc:  # the steps before stay joined: a retry says duplicate
                 log.warning("feedback: labels could not be stored: %s", exc)
                 self.counts["state_errors"] += 1
                 return self._error("labels could not be stored: the state backend failed", 503)
             results += self._results(chunk, checked, iter(joined), totals)
         return 200, {"results": results, "totals": totals}
+
+    async def _rejoin(
+        self, items: Sequence[tuple[str, int, float]], joined: list[Joined]
+    ) -> list[Joined]:
+        """Unknown ids joined again once the records of the answers sent so far are written.
+
+        A label may come back as soon as its answer: its record is written 10-20 ms later.
+        An unknown id claims nothing, so joining it again cannot count it twice.
+        """
+        if self.settle is None:
+            return joined
+        self.counts["waited"] += 1
+        try:
+            await asyncio.wait_for(self.settle(), SETTLE_TIMEOUT)
+        except TimeoutError:
+            self.counts["wait_timeouts"] += 1
+            return joined
+        unknown = [i for i, r in enumerate(joined) if r.outcome is Outcome.UNKNOWN]
+        again = await self.engine.join([items[i] for i in unknown])
+        for i, result in zip(unknown, again, strict=True):
+            joined[i] = result
+        return joined
 
     def _results(
         self,

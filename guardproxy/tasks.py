@@ -25,3 +25,27 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class Progress:
+    """A count that only grows, and a wait for it to reach a mark taken earlier."""
+
+    __slots__ = ("_moved", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._moved: asyncio.Event | None = None  # only while someone waits
+
+    def add(self, n: int) -> None:
+        """Count `n` more; wake whoever waits to look again."""
+        self.count += n
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    async def reach(self, mark: int) -> None:
+        """Return once the count is at least `mark`."""
+        while self.count < mark:
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            await self._moved.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -22,8 +23,10 @@ from guardproxy.feedback import (
     validate,
 )
 from guardproxy.guards.exchange import Verdict
-from guardproxy.testing import RunningProxy, proxy_settings, running_proxy
+from guardproxy.testing import RecordingModel, RunningProxy, proxy_settings, running_proxy, serving
 from tests.factories import observation
+from tests.guards.exchanges import v2_request
+from tests.state.conftest import drop_prefix
 
 AUTH = {"Authorization": "Bearer feedback-secret"}
 
@@ -136,7 +139,10 @@ async def test_a_large_batch_is_joined_in_steps_in_order(
     }
     statuses = [r["status"] for r in doc["results"]]
     assert statuses == ["joined"] * 10 + ["invalid"] * STEP + ["unknown_id"] * STEP + ["duplicate"]
-    assert steps == [10, STEP - 10, 11]  # at most STEP labels a step; a step of junk joins none
+    # At most STEP labels a step; a step of junk joins none; unknown ids are joined once more
+    # after the records of the answers sent so far are written.
+    assert steps == [10, STEP - 10, STEP - 10, 11]
+    assert fed.runtime.feedback.counts["waited"] == 1
 
 
 @pytest.mark.parametrize(
@@ -282,3 +288,44 @@ async def test_a_failing_state_backend_is_a_503_that_names_no_address(
         assert status == 503
         assert doc == {"error": "labels could not be stored: the state backend failed"}
         assert proxy.runtime.feedback.counts["state_errors"] == 1
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_label_sent_as_soon_as_its_answer_joins(backend: str) -> None:
+    """A record is written 10-20 ms after its answer: a label sent at once waits for it."""
+    prefix = f"gp-test-{os.urandom(4).hex()}:"
+    state = "memory" if backend == "memory" else f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    model = RecordingModel(score=0.7)
+    try:
+        async with serving(model.app()) as upstream, aiohttp.ClientSession() as session:
+            async with running_proxy(proxy_settings(upstream, state=state)) as proxy:
+                for i in range(20):
+                    headers = {"X-Request-Id": f"now-{i}"}
+                    url = f"{proxy.url}/v2/models/adult/infer"
+                    async with session.post(url, json=v2_request("Female"), headers=headers) as r:
+                        assert r.status == 200 and r.headers["X-Guard-Decision"] == "1"
+                    status, doc = await post(
+                        proxy, json.dumps({"request_id": f"now-{i}", "label": 1})
+                    )
+                    assert status == 200 and doc["totals"]["joined"] == 1, doc
+                assert proxy.runtime.engine.labels_joined == 20
+                assert proxy.runtime.feedback.counts["wait_timeouts"] == 0
+    finally:
+        if backend == "redis":
+            await drop_prefix(prefix)
+
+
+async def test_a_label_waits_for_its_record_at_most_the_settle_timeout(
+    fed: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records that cannot be written in time: the unknown id is answered, and counted."""
+    monkeypatch.setattr("guardproxy.feedback.SETTLE_TIMEOUT", 0.05)
+    runtime = fed.runtime
+    await runtime.worker.stop(drain=False)  # what is offered now is never processed
+    model = runtime.store.snapshot.current.default.model("adult")
+    assert model is not None
+    runtime.worker.offer(observation(model, "late", (Verdict("Female", 0.7, 0.5, 1),)))
+    status, doc = await post(fed, json.dumps([{"request_id": "late", "label": 1}]))
+    assert status == 200 and doc["totals"]["unknown_id"] == 1
+    assert runtime.feedback.counts["waited"] == 1
+    assert runtime.feedback.counts["wait_timeouts"] == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 from guardproxy.monitors.records import DecisionDeltas
 from guardproxy.state.base import PredictionRecord, StateBackend
+from guardproxy.tasks import Progress
 
 log = logging.getLogger("guardproxy.monitors")
 
@@ -38,13 +39,17 @@ class DecisionRecorder:
         self.state, self.guarded = state, guarded
         self.max_pending, self.write_rows = max_pending, write_rows
         self.recorded = self.reused_ids = self.lost = self.pending = 0
+        self.offered = 0  # rows offered, and rows written or lost (caught_up compares them)
+        self.settled = Progress()
         self._queue: deque[tuple[list[PredictionRecord], DecisionDeltas]] = deque()
         self._writer: asyncio.Task[None] | None = None
 
     def offer(self, records: list[PredictionRecord], deltas: DecisionDeltas) -> None:
         """Queue a batch's records and counts for the writer; lost (and counted) when full."""
+        self.offered += len(records)
         if self.pending + len(records) > self.max_pending:
             self.lost += len(records)
+            self.settled.add(len(records))
             return
         self._queue.append((records, deltas))
         self.pending += len(records)
@@ -56,9 +61,15 @@ class DecisionRecorder:
         while (task := self._writer) is not None:
             await asyncio.shield(task)
 
+    def caught_up(self) -> Awaitable[None]:
+        """Done once every row offered before the call is written or lost; rows offered
+        later are not waited for."""
+        return self.settled.reach(self.offered)
+
     def drop_pending(self) -> None:
         """Give up what waits (counted as lost): the backend is failing, at shutdown."""
         self.lost += self.pending
+        self.settled.add(self.pending)
         self._queue.clear()
         self.pending = 0
 
@@ -73,6 +84,7 @@ class DecisionRecorder:
                     log.exception("recording %d decided rows failed", len(records))
                 if not written:
                     self.lost += len(records)
+                self.settled.add(len(records))
         finally:
             self._writer = None
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from guardproxy.hotpath.observation import Observation
-from guardproxy.tasks import cancel_and_wait
+from guardproxy.tasks import Progress, cancel_and_wait
 
 log = logging.getLogger("guardproxy.monitors")
 
@@ -54,6 +54,9 @@ class MonitorWorker:
         # What consumers still write in the background, awaited by flush().
         self.flushers: list[Callable[[], Awaitable[None]]] = []
         self.offered = self.dropped = self.processed = self.batches = 0
+        # Rows offered, and rows through every consumer or dropped: caught_up() compares them.
+        self.offered_rows = 0
+        self.finished_rows = Progress()
         self.consumer_errors: dict[str, int] = {}
         self.max_consume = 0.0
         self._ready = asyncio.Event()
@@ -63,9 +66,12 @@ class MonitorWorker:
     def offer(self, observation: Observation) -> None:
         """The proxy's observer: enqueue without waiting, or count a drop."""
         self.offered += 1
+        rows = len(observation.verdicts)
+        self.offered_rows += rows
         size = observation.size
         if self.queued_bytes + size > self.budget:
             self.dropped += 1
+            self.finished_rows.add(rows)
             return
         self.queue.append(observation)
         self.queued_bytes += size
@@ -139,7 +145,13 @@ class MonitorWorker:
                 self.consumer_errors[name] = self.consumer_errors.get(name, 0) + 1
                 log.exception("monitor consumer %s failed on a batch of %d", name, len(batch))
         self.processed += sum(not ob.continued for ob in batch)
+        self.finished_rows.add(sum(len(ob.verdicts) for ob in batch))
         self.batches += 1
+
+    def caught_up(self) -> Awaitable[None]:
+        """Done once every row offered before the call went through the consumers (or was
+        dropped); later offers are not waited for, so a steady load never holds it."""
+        return self.finished_rows.reach(self.offered_rows)
 
     async def _consume(self, consumer: Consumer, batch: list[Observation]) -> None:
         began = time.perf_counter()

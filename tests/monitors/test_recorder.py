@@ -73,3 +73,19 @@ async def test_rows_past_the_bound_are_lost_and_counted_while_the_backend_waits(
     state.gate.set()
     await recorder.flush()
     assert recorder.recorded == 12 and len(state) == 12 and recorder.status()["pending"] == 0
+
+
+async def test_caught_up_waits_for_rows_offered_before_it_written_or_lost() -> None:
+    state = GatedState()
+    recorder = DecisionRecorder(state, unguarded, max_pending=10)
+    recorder.offer(rows("a", 4), {})
+    waiting = asyncio.create_task(recorder.caught_up())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # "a" waits for the backend
+    recorder.offer(rows("b", 20), {})  # over the bound: lost at once, nothing to wait for
+    state.gate.set()
+    await asyncio.wait_for(waiting, 1.0)
+    assert recorder.recorded == 4 and recorder.lost == 20
+    recorder.offer(rows("c", 4), {})
+    recorder.drop_pending()  # given up: settled as lost
+    await asyncio.wait_for(recorder.caught_up(), 1.0)

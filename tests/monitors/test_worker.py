@@ -177,3 +177,25 @@ async def test_status_reports_the_longest_consume_call() -> None:
     offer_all(worker, 1)
     await worker.flush()
     assert worker.status()["max_consume_ms"] >= 15.0
+
+
+async def test_caught_up_waits_for_what_was_offered_before_it_only() -> None:
+    worker = MonitorWorker(batch_size=1)
+    worker.consumers.append(Collect())
+    verdict = (Verdict("*", 0.5, 0.5, 1),)
+    worker.offer(observation(MODEL, "before", verdict))
+    waiting = asyncio.create_task(worker.caught_up())
+    worker.offer(observation(MODEL, "after", verdict))
+    await asyncio.sleep(worker.interval * 2)
+    assert not waiting.done()  # "before" is still queued
+    await worker.process(worker._take())  # "before" only: "after" stays queued
+    await asyncio.wait_for(waiting, 1.0)
+    assert len(worker.queue) == 1
+
+
+async def test_caught_up_counts_a_dropped_observation_as_done() -> None:
+    one = observation(MODEL, "r", (Verdict("*", 0.5, 0.5, 1),))
+    worker = MonitorWorker(budget=one.size - 1)
+    worker.offer(one)
+    assert worker.dropped == 1
+    await asyncio.wait_for(worker.caught_up(), 1.0)
