@@ -84,13 +84,28 @@ class Observation(NamedTuple):
 
     @property
     def size(self) -> int:
-        """Roughly how many bytes it keeps alive while it waits in the queue."""
-        return BASE_SIZE + ROW_SIZE * len(self.verdicts) * (1 + len(self.features))
+        """Roughly how many bytes it keeps alive while it waits in the queue (`size_of`)."""
+        return size_of(self)
 
     @property
     def region(self) -> str:
         """The region whose policy applied."""
         return self.model.region
+
+
+def size_of(observation: Observation) -> int:
+    """An observation's `size`, as a function: the monitor worker calls it for every
+    observation, and a property is a slower call."""
+    return BASE_SIZE + ROW_SIZE * len(observation.verdicts) * (1 + len(observation.features))
+
+
+def row_count(observations: Sequence[Observation]) -> int:
+    """The rows (verdicts) of some observations, counted in a loop: a generator given to
+    sum() costs more than a batch's few observations."""
+    rows = 0
+    for observation in observations:
+        rows += len(observation.verdicts)
+    return rows
 
 
 def observe(ex: Exchange, model: CompiledModel, admitted: Admitted) -> Observation:

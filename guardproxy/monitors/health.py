@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guardproxy.hotpath.observation import OUTCOMES, Observation
+from guardproxy.policy.table import CompiledModel
 
 Key = tuple[str, str]  # (region, model)
 BUCKET = 10.0  # seconds per bucket
@@ -23,13 +24,13 @@ class Outcomes:
         self.total = dict.fromkeys(OUTCOMES, 0)
         self.buckets: deque[tuple[int, dict[str, int]]] = deque(maxlen=BUCKETS)
 
-    def add(self, bucket: int, outcome: str) -> None:
-        """Count one answer (a batch answer counts once, whatever its rows)."""
-        self.total[outcome] = self.total.get(outcome, 0) + 1
+    def add(self, bucket: int, outcome: str, n: int = 1) -> None:
+        """Count `n` answers (a batch answer counts once, whatever its rows)."""
+        self.total[outcome] = self.total.get(outcome, 0) + n
         if not self.buckets or self.buckets[-1][0] != bucket:
             self.buckets.append((bucket, dict.fromkeys(OUTCOMES, 0)))
         counts = self.buckets[-1][1]
-        counts[outcome] = counts.get(outcome, 0) + 1
+        counts[outcome] = counts.get(outcome, 0) + n
 
     def recent(self, now_bucket: int) -> dict[str, int]:
         """Counts of the buckets still inside the recent window."""
@@ -51,17 +52,27 @@ class ModelHealth:
 
     def consume(self, batch: list[Observation]) -> None:
         """Count each observation's outcome under its model."""
-        bucket = self._bucket()
+        # Counted for the whole batch first: a batch is mostly one model's, mostly decided.
+        counted: dict[Key, dict[str, int]] = {}
+        model: CompiledModel | None = None
         for ob in batch:
-            if ob.continued:
-                continue  # counted with the request's first piece
-            key = (ob.model.region, ob.model.name)
+            if ob.first_row:
+                continue  # a later piece (continued): counted with the request's first piece
+            if ob.model is not model:
+                model = ob.model
+                key = (model.region, model.name)
+                counts = counted.setdefault(key, {})
+            outcome = ob.outcome
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if ob.status < 500 and not ob.fallback:
+                self.versions[key] = ob.version
+        bucket = self._bucket()
+        for key, counts in counted.items():
             outcomes = self.models.get(key)
             if outcomes is None:
                 outcomes = self.models[key] = Outcomes()
-            outcomes.add(bucket, ob.outcome)
-            if ob.status < 500 and not ob.fallback:
-                self.versions[key] = ob.version
+            for outcome, n in counts.items():
+                outcomes.add(bucket, outcome, n)
 
     def _bucket(self) -> int:
         return int(self.clock() // BUCKET)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from guardproxy.hotpath.observation import Observation
+from guardproxy.hotpath.observation import Observation, row_count
 from guardproxy.monitors import stats
 from guardproxy.monitors.bank import DriftBank
 from guardproxy.monitors.drift import Clock, Reference, WindowResult, to_category, to_float
@@ -74,7 +74,7 @@ class ModelDrift:
 
     def observe(self, observations: Sequence[Observation]) -> list[WindowResult]:
         """Feed the observations' rows; the windows they completed (may run in a thread)."""
-        rows = sum(len(ob.verdicts) for ob in observations)
+        rows = row_count(observations)
         columns = self.columns(observations)
         self.rows_seen += rows
         for name in [name for name in self.inputs if name in self.unseen]:
@@ -86,7 +86,7 @@ class ModelDrift:
     def due(self, observations: Sequence[Observation]) -> bool:
         """Whether feeding these observations is costly: many rows, or a window or reference
         they may complete."""
-        rows = sum(len(ob.verdicts) for ob in observations)
+        rows = row_count(observations)
         return rows > INLINE_ROWS or self.bank.due(rows)
 
     def missing_inputs(self) -> list[str]:

@@ -86,14 +86,14 @@ class FairnessWindows:
     def decide(self, share: Observation) -> dict[str, float] | None:
         """Count a request's share of decisions; the parity values when a window closes."""
         groups, decided = self.groups, self.decided
-        for verdict in share.verdicts:
-            if groups and verdict.group not in groups:
+        for group, _, _, decision in share.verdicts:  # unpacked: a tuple's fields are slow
+            if groups and group not in groups:
                 continue
-            counts = decided.get(verdict.group)
+            counts = decided.get(group)
             if counts is None:
-                counts = decided[verdict.group] = GroupCounts()
+                counts = decided[group] = GroupCounts()
             counts.decisions += 1
-            counts.selected += verdict.decision
+            counts.selected += decision
             self.decisions += 1
         if self.decisions < self.window:
             return None
@@ -172,7 +172,10 @@ class Watchdog:
                 drift = self._drift_of(ob.model, ob.version)
                 fairness = self._fairness_of(ob.model, ob.version)
             if fairness is not None:
-                self._decide(fairness, ob)
+                share = ob.spread(1 if ob.probe else fairness.rows_per_request)
+                values = fairness.decide(share) if share is not None else None
+                if values:
+                    self._feed((ob.model.region, ob.model.name, ob.version), values)
             if drift is None:
                 continue
             # A request is at most 1/min_calls of a window and a probe one row: one batch can
@@ -209,12 +212,6 @@ class Watchdog:
         if windows is None:
             windows = self.fairness_windows[key] = FairnessWindows(spec)
         return windows
-
-    def _decide(self, windows: FairnessWindows, ob: Observation) -> None:
-        share = ob.spread(1 if ob.probe else windows.rows_per_request)
-        values = windows.decide(share) if share is not None else None
-        if values:
-            self._feed((ob.model.region, ob.model.name, ob.version), values)
 
     def _drift_of(self, model: CompiledModel, version: str) -> ModelDrift | None:
         spec = model.spec
@@ -263,6 +260,9 @@ class Watchdog:
             if values:
                 self._feed(drift.key, values)
         for drift, observations in work:
+            if not drift.lock.locked() and not (self.threaded and drift.due(observations)):
+                self._feed_now(drift, observations)  # the usual step: nothing to wait for
+                continue
             self._busy.add(drift.key)
             try:
                 async with drift.lock:
@@ -275,6 +275,17 @@ class Watchdog:
                 self._busy.discard(drift.key)
             self.max_compute = max(self.max_compute, time.perf_counter() - began)
             self.publish(drift.key, results)
+
+    def _feed_now(self, drift: ModelDrift, observations: list[Observation]) -> None:
+        """A model's step on the loop, in one go: no other step can run meanwhile."""
+        began = time.perf_counter()
+        try:
+            results = drift.observe(observations)
+        except Exception:
+            self._failed(drift.key)
+            return
+        self.max_compute = max(self.max_compute, time.perf_counter() - began)
+        self.publish(drift.key, results)
 
     def _failed(self, key: ModelKey) -> None:
         """Count a model's drift step that raised; logged the first time only."""

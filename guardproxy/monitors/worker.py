@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from guardproxy.hotpath.observation import Observation
-from guardproxy.tasks import Progress, cancel_and_wait
+from guardproxy.hotpath.observation import Observation, row_count, size_of
+from guardproxy.tasks import Progress
 
 log = logging.getLogger("guardproxy.monitors")
 
@@ -26,6 +26,9 @@ BATCH_ROWS = 256
 # up with, the queue fills faster and batches grow to BATCH_SIZE, which keeps the worker
 # abreast of the requests (batches of 16 at most fell behind and dropped observations).
 INTERVAL = 0.01
+# Rows of a batch past which waiting requests run between its consumers. A smaller batch
+# takes the consumers less time than handing the loop over and back would cost.
+YIELD_ROWS = 16
 
 
 class Consumer(Protocol):
@@ -61,14 +64,15 @@ class MonitorWorker:
         self.max_consume = 0.0
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._current: asyncio.Future[None] | None = None
+        self._busy = False  # a batch is in progress: stop() lets it complete
+        self._stopping = False
 
     def offer(self, observation: Observation) -> None:
         """The proxy's observer: enqueue without waiting, or count a drop."""
         self.offered += 1
         rows = len(observation.verdicts)
         self.offered_rows += rows
-        size = observation.size
+        size = size_of(observation)
         if self.queued_bytes + size > self.budget:
             self.dropped += 1
             self.finished_rows.add(rows)
@@ -81,20 +85,24 @@ class MonitorWorker:
     def start(self) -> None:
         """Start draining in the running loop."""
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="guardproxy-monitor-worker")
 
     async def stop(self, drain: bool = True) -> None:
         """Stop the task; with drain, hand what is still queued to the consumers first."""
         task, self._task = self._task, None
-        await cancel_and_wait(task)
-        if self._current is not None:
-            await self._current  # a batch in progress always completes
+        if task is not None:
+            self._stopping = True
+            if not self._busy:  # waiting for observations: nothing is cut short
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # a batch in progress always completes
         while drain and self.queue:
             await self.process(self._take())
 
     async def flush(self) -> None:
         """Return once everything offered so far has been processed and written (tests)."""
-        while self.queue or self._current is not None:
+        while self.queue or self._busy:
             if self._task is None:
                 await self.process(self._take())
             else:
@@ -103,16 +111,18 @@ class MonitorWorker:
             await flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._ready.wait()
             if len(self.queue) < self.batch_size:
                 await asyncio.sleep(self.interval)  # let a batch gather
             batch = self._take()
             if not self.queue:
                 self._ready.clear()
-            self._current = asyncio.ensure_future(self.process(batch))
-            await asyncio.shield(self._current)
-            self._current = None
+            self._busy = True
+            try:
+                await self.process(batch)
+            finally:
+                self._busy = False
 
     def _take(self) -> list[Observation]:
         batch: list[Observation] = []
@@ -124,11 +134,11 @@ class MonitorWorker:
             if rows > BATCH_ROWS:
                 if not batch:  # a larger request is taken in pieces, one step each
                     piece, queue[0] = head.split(BATCH_ROWS)
-                    self.queued_bytes -= head.size - queue[0].size
+                    self.queued_bytes -= size_of(head) - size_of(queue[0])
                     batch.append(piece)
                 break
             queue.popleft()
-            self.queued_bytes -= head.size
+            self.queued_bytes -= size_of(head)
             batch.append(head)
         return batch
 
@@ -136,29 +146,30 @@ class MonitorWorker:
         """Give one batch to every consumer; a failing consumer is counted, never fatal."""
         if not batch:
             return
+        rows = row_count(batch)
+        large = rows > YIELD_ROWS
         for consumer in self.consumers:
             try:
-                await self._consume(consumer, batch)
-                await asyncio.sleep(0)  # let waiting requests run between consumers
+                began = time.perf_counter()
+                result = consumer.consume(batch)
+                self.max_consume = max(self.max_consume, time.perf_counter() - began)
+                if result is not None:
+                    await result
+                if large:
+                    await asyncio.sleep(0)  # let waiting requests run between consumers
             except Exception:
                 name = type(consumer).__name__
                 self.consumer_errors[name] = self.consumer_errors.get(name, 0) + 1
                 log.exception("monitor consumer %s failed on a batch of %d", name, len(batch))
-        self.processed += sum(not ob.continued for ob in batch)
-        self.finished_rows.add(sum(len(ob.verdicts) for ob in batch))
+        for ob in batch:  # a loop, not sum() over a generator: that costs more
+            self.processed += not ob.first_row  # a later piece counted with the first
+        self.finished_rows.add(rows)
         self.batches += 1
 
     def caught_up(self) -> Awaitable[None]:
         """Done once every row offered before the call went through the consumers (or was
         dropped); later offers are not waited for, so a steady load never holds it."""
         return self.finished_rows.reach(self.offered_rows)
-
-    async def _consume(self, consumer: Consumer, batch: list[Observation]) -> None:
-        began = time.perf_counter()
-        result = consumer.consume(batch)
-        self.max_consume = max(self.max_consume, time.perf_counter() - began)
-        if inspect.isawaitable(result):
-            await result
 
     def status(self) -> dict[str, Any]:
         """Counters for /status."""

@@ -61,7 +61,12 @@ class MemoryState:
     def _add(
         self, key: ModelKey, group: str, counts: Mapping[str, int], bins: Mapping[str, int]
     ) -> None:
-        state = self._groups.setdefault(key, {}).setdefault(group, GroupState())
+        groups = self._groups.get(key)
+        if groups is None:
+            groups = self._groups[key] = {}
+        state = groups.get(group)
+        if state is None:  # not setdefault: that would build a state to throw away each time
+            state = groups[group] = GroupState()
         for name, delta in counts.items():
             setattr(state.counts, name, getattr(state.counts, name) + delta)
         for name, delta in bins.items():

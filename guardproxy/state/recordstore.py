@@ -1,10 +1,11 @@
 """The memory backend's prediction records: fixed arrays, no object per record.
 
-A record's numbers live in preallocated `array` columns indexed by its slot in a ring
-(insertion order, which is expiry order since all records share one TTL); its names (region,
-model, version, group, policy and threshold versions) are one shared tuple per distinct
-combination. Ids are found through an open-addressing table of slots keyed by two 64-bit
-hashes of the id (linear probing, deletion by backward shift).
+A record's numbers live in preallocated `array` columns (read and written through
+memoryviews) indexed by its slot in a ring (insertion order, which is expiry order since all
+records share one TTL); its names (region, model, version, group, policy and threshold
+versions) are one shared tuple per distinct combination. Ids are found through an
+open-addressing table of slots keyed by two 64-bit hashes of the id (linear probing,
+deletion by backward shift).
 
 With 200,000 records kept as a dict of tuples, the records cost ~500 bytes each and a
 process grew by ~100 MB while filling the cap; every record was also an object for the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from guardproxy.state.base import Joined, Outcome, PredictionRecord
 
@@ -32,6 +34,17 @@ def id_hash(request_id: str) -> tuple[int, int]:
     pair makes two distinct ids alike only by chance (2**-128 a pair).
     """
     return hash(request_id), hash(request_id + "\0")
+
+
+def _ints(code: str, value: int, size: int) -> memoryview:
+    """An array of `size` integers of a type code, each `value`, seen through a memoryview:
+    its items are set and read without the argument parsing an array's own indexing does."""
+    return memoryview(array(code, [value]) * size)
+
+
+def _floats(size: int) -> memoryview[float]:
+    """An array of `size` zero doubles, seen through a memoryview (see _ints)."""
+    return cast("memoryview[float]", memoryview(array("d", [0.0]) * size))
 
 
 def _table_size(capacity: int) -> int:
@@ -115,13 +128,12 @@ class RecordStore:
         self.ttl, self.max_records, self.timer = ttl, max_records, timer
         size = _table_size(max_records)
         self._mask = size - 1
-        self._table = array("i", [EMPTY]) * size
-        self._lo, self._hi = array("q", [0]) * max_records, array("q", [0]) * max_records
-        self._expires, self._time = array("d", [0.0]) * max_records, array("d", [0.0]) * max_records
-        self._score = array("d", [0.0]) * max_records
-        self._threshold = array("d", [0.0]) * max_records
-        self._decision, self._label = array("q", [0]) * max_records, array("q", [0]) * max_records
-        self._name_of = array("i", [0]) * max_records
+        self._table = _ints("i", EMPTY, size)
+        self._lo, self._hi = _ints("q", 0, max_records), _ints("q", 0, max_records)
+        self._expires, self._time = _floats(max_records), _floats(max_records)
+        self._score, self._threshold = _floats(max_records), _floats(max_records)
+        self._decision, self._label = _ints("q", 0, max_records), _ints("q", 0, max_records)
+        self._name_of = _ints("i", 0, max_records)
         self._names = NameTable()
         self._head = self._count = 0
 
@@ -156,13 +168,16 @@ class RecordStore:
         return reused
 
     def _keep(self, slot: int, record: PredictionRecord, expires: float) -> None:
-        self._expires[slot], self._time[slot] = expires, record.time
-        self._score[slot], self._threshold[slot] = record.score, record.threshold
-        self._decision[slot], self._label[slot] = record.decision, NO_LABEL
+        # Unpacked once: each of a tuple's fields read by name is a slower attribute lookup.
+        _, time, region, model, version, group, score, decision, threshold, policy, thresholds = (
+            record
+        )
+        self._expires[slot], self._time[slot] = expires, time
+        self._score[slot], self._threshold[slot] = score, threshold
+        self._decision[slot], self._label[slot] = decision, NO_LABEL
         self._name_of[slot] = self._names.acquire(
-            (record.region, record.model, record.version, record.group,
-             record.policy_version, record.threshold_version)
-        )  # fmt: skip
+            (region, model, version, group, policy, thresholds)
+        )
 
     def _differs(self, slot: int, record: PredictionRecord) -> bool:
         """Whether a prediction reusing a kept id is another one, not a retry of it."""
