@@ -51,7 +51,6 @@ _PHONE_LOCAL = re.compile(
 _FOUR_DIGITS = re.compile(r"\d\D*\d\D*\d\D*\d")
 # Values no detector reads; tensors are long lists of them, not worth a call each.
 _INERT = frozenset({bool, type(None)})
-_NUMBERS = frozenset({int, float})  # read only when long enough to be an account or a card
 # What a body nested deeper than a review needs becomes: parsing takes 1,024 levels, writing
 # JSON only 255, and Python's recursion ~1,000.
 TOO_DEEP = "[REDACTED:too deep]"
@@ -61,6 +60,9 @@ CLEAN_STRINGS = 4096
 CLEAN_CHARS = 64
 # A number this long may be a card, phone or national id number written without quotes.
 _LONG_NUMBER = 10**8
+# The same bound as floats: a float compares with a float faster than with an int, and -10**8
+# written in a comparison builds a new int every time.
+_SHORT_LOW, _SHORT_HIGH = -1e8, 1e8
 
 
 def luhn_valid(digits: str) -> bool:
@@ -129,7 +131,7 @@ class Redactor:
     detector reads it, and marked; so is a longer string inside a document.
     """
 
-    __slots__ = ("_clean", "_fields", "_paths", "_rules", "max_bytes", "truncated")
+    __slots__ = ("_clean", "_fields", "_keys", "_paths", "_rules", "max_bytes", "truncated")
 
     def __init__(
         self,
@@ -146,6 +148,8 @@ class Redactor:
         # Short strings seen with nothing a detector could read (no "@", under four digits):
         # the categorical values and names every sample repeats skip the pattern search.
         self._clean: set[str] = set()
+        # Object keys seen (short ones): whether each names a field, and how it is written.
+        self._keys: dict[Any, tuple[bool, Any]] = {}
 
     def text(self, text: str) -> str:
         """The text with every detected value masked (cut and marked beyond max_bytes)."""
@@ -235,7 +239,7 @@ class Redactor:
             return self._walk_list(node)
         if kind is str:
             return self.text(node)
-        if (kind is int or kind is float) and -_LONG_NUMBER < node < _LONG_NUMBER:
+        if (kind is int or kind is float) and _SHORT_LOW < node < _SHORT_HIGH:
             return node
         return self._walk_other(node)
 
@@ -257,38 +261,54 @@ class Redactor:
         return node
 
     def _walk_list(self, node: list[Any]) -> list[Any]:
-        # A tensor's data: no call for a number, one for a string.
-        walk, text = self._walk, self.text
-        return [
-            item
-            if (type(item) in _NUMBERS and -_LONG_NUMBER < item < _LONG_NUMBER)
-            or type(item) in _INERT
-            else text(item)
-            if type(item) is str
-            else walk(item)
-            for item in node
-        ]
+        # A tensor's data: no call for a number, one for a string. A loop, not a list
+        # comprehension: that builds a function and its closure on every call, and most
+        # lists here (shapes, one row's data) hold a single item.
+        out = []
+        for item in node:
+            kind = type(item)
+            if kind is float or kind is int:
+                out.append(item if _SHORT_LOW < item < _SHORT_HIGH else self._walk_other(item))
+            elif kind is str:
+                out.append(self.text(item))
+            else:
+                out.append(item if kind in _INERT else self._walk(item))
+        return out
 
     def _walk_object(self, node: dict[str, Any]) -> dict[str, Any]:
-        fields, walk, text = self._fields, self._walk, self.text
+        fields, keys, clean, walk = self._fields, self._keys, self._clean, self._walk
         out = {}
         for k, v in node.items():
+            named, key = keys.get(k) or self._key(k)
             kind = type(v)
-            if fields and type(k) is str and k.lower() in fields:
+            if named:
                 v = f"[REDACTED:{k}]"
             elif kind is str:
-                v = text(v)
+                v = v if v in clean else self.text(v)  # the names and types each tensor repeats
             elif kind is list:
                 v = self._walk_list(v)
             elif kind not in _INERT:
                 v = walk(v)
-            out[text(k) if type(k) is str else k] = v  # a key can be an address too
+            out[key] = v
+        if not fields:
+            return out
         name = node.get("name")
-        if isinstance(name, str) and name.lower() in fields and "data" in node:
+        if isinstance(name, str) and "data" in node and name.lower() in fields:
             out["data"] = _masked(node["data"], f"[REDACTED:{name}]", False)  # a v2 tensor
-        if fields:
+        if "columns" in out or "names" in out:
             self._mask_columns(out)
         return out
+
+    def _key(self, key: Any) -> tuple[bool, Any]:
+        """Whether an object's key names a field, and the key as written (an address too)."""
+        if type(key) is not str:
+            return False, key
+        found = (key.lower() in self._fields, self.text(key))
+        if len(key) <= CLEAN_CHARS:  # bounded: keys come from what clients send
+            if len(self._keys) >= CLEAN_STRINGS:
+                self._keys.clear()
+            self._keys[key] = found
+        return found
 
     def _mask_columns(self, table: dict[str, Any]) -> None:
         """Masks the named fields of a table whose columns are named apart from its rows:
