@@ -102,7 +102,9 @@ class AnswerParser(asyncio.Protocol):
             # The answer's Headers share this list: a trailer appended to it would turn up
             # among the headers of an answer whose body was read.
             self._headers.append((name, value))
-        self._grow(len(name) + len(value) + 4)
+        self._head_size += len(name) + len(value) + 4  # _grow, inline: a call per header less
+        if self._head_size > self._config.max_head_size:
+            raise _Violation
 
     def _grow(self, size: int) -> None:
         self._head_size += size

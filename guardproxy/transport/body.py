@@ -30,7 +30,6 @@ class BodyBuffer:
 
     __slots__ = (
         "_chunks",
-        "_done",
         "_error",
         "_flow",
         "_high",
@@ -38,6 +37,7 @@ class BodyBuffer:
         "_size",
         "_tail",
         "_waiter",
+        "done",
         "peak",
         "received",
     )
@@ -48,17 +48,14 @@ class BodyBuffer:
         self._chunks: deque[bytes | bytearray] = deque()
         self._tail: bytearray | None = None  # the last of _chunks while small pieces join it
         self._size = 0
-        self._done = False
+        # Whether the whole body has arrived (it may still sit in the buffer). An attribute,
+        # not a property: it is read several times a request, and a property is a call.
+        self.done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.received = 0
         self.peak = 0
-
-    @property
-    def done(self) -> bool:
-        """Whether the whole body has arrived (it may still sit in the buffer)."""
-        return self._done
 
     @property
     def failed(self) -> bool:
@@ -87,16 +84,18 @@ class BodyBuffer:
         if size > self._high and not self._paused:
             self._paused = True
             self._flow.pause_body()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def finish(self) -> None:
         """Parser side: the body is complete."""
-        self._done = True
-        self._wake()
+        self.done = True
+        if self._waiter is not None:  # a reader waits (the usual small body has none yet)
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         """Connection side: the body can never complete; readers get `error`."""
-        if not self._done and self._error is None:
+        if not self.done and self._error is None:
             self._error = error
             self._wake()
 
@@ -124,8 +123,9 @@ class BodyBuffer:
         """The whole body; raises `too_large(limit)` as soon as more than `limit` arrived."""
         # The limit bounds memory here, so back-pressure would only stall the read.
         self._high = limit if limit is not None and limit > self._high else (1 << 62)
-        self._unpause()
-        while not self._done:
+        if self._paused:
+            self._unpause()
+        while not self.done:
             if limit is not None and self._size > limit:
                 raise too_large(limit)
             await self._wait()
@@ -148,7 +148,7 @@ class BodyBuffer:
                 data = self._take_all()
                 self._unpause()
                 yield data
-            elif self._done:
+            elif self.done:
                 return
             else:
                 await self._wait()

@@ -28,7 +28,7 @@ class ServerConnection(Intake):
     def __init__(self, shared: Shared) -> None:
         super().__init__(shared.config, shared.counters)
         self._shared = shared
-        self._write_paused = False
+        self.write_paused = False  # writers must wait for the client to read
         self._write_paused_at = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._idle_since = self._last_data
@@ -85,12 +85,12 @@ class ServerConnection(Intake):
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: writers wait."""
-        self._write_paused = True
+        self.write_paused = True
         self._write_paused_at = self._loop.time()
 
     def resume_writing(self) -> None:
         """The transport's buffer drained: wake writers, or take the request held back."""
-        self._write_paused = False
+        self.write_paused = False
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -163,7 +163,7 @@ class ServerConnection(Intake):
         if writer.closes or not writer.request.body.done:
             self._close(linger=not writer.request.body.done)
             return
-        if self._write_paused:
+        if self.write_paused:
             # A client that does not read its answers gets no more of them made: pipelined
             # requests would each add an answer to the transport's buffer.
             self._next_held = True
@@ -209,11 +209,6 @@ class ServerConnection(Intake):
         return self.closed or self._linger_until > 0 or transport is None or transport.is_closing()
 
     @property
-    def write_paused(self) -> bool:
-        """Whether writers must wait for the client to read."""
-        return self._write_paused
-
-    @property
     def buffered(self) -> int:
         """Bytes queued on the transport, not yet sent."""
         transport = self._transport
@@ -231,7 +226,7 @@ class ServerConnection(Intake):
         """Wait until the client has read enough of what was written."""
         if self.closed:
             raise ClientDisconnected("client connection closed")
-        if self._write_paused:
+        if self.write_paused:
             drain = self._drain = self._loop.create_future()
             await drain
 
@@ -284,7 +279,7 @@ class ServerConnection(Intake):
             return
         if self.closing:
             return
-        if self._write_paused and now - self._write_paused_at > config.write_timeout:
+        if self.write_paused and now - self._write_paused_at > config.write_timeout:
             self._counters.count("write_timeout")
             self.abort()
             return

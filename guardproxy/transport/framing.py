@@ -8,6 +8,9 @@ from .headers import HeaderPairs
 
 # Framing and connection management belong to the transport: a caller's copy is dropped.
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+# Their lengths: a name of any other length is none of them, and is not lower-cased to tell.
+_FRAMING_SIZES = frozenset(map(len, FRAMING))
+_REQUEST_SIZES = _FRAMING_SIZES | {len(b"host")}
 NO_BODY_STATUS = frozenset({204, 304})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -74,13 +77,14 @@ def header_lines(headers: HeaderPairs) -> tuple[bytes, int | None, bool]:
     close = False
     count = 0
     for name, value in headers:
-        lower = name.lower()
-        if lower in FRAMING:
-            if lower == b"content-length":
-                length = parse_length(value)
-            elif lower == b"connection":
-                close = close or b"close" in value.lower()
-            continue
+        if len(name) in _FRAMING_SIZES:
+            lower = name.lower()
+            if lower in FRAMING:
+                if lower == b"content-length":
+                    length = parse_length(value)
+                elif lower == b"connection":
+                    close = close or b"close" in value.lower()
+                continue
         parts += (name, b": ", value, b"\r\n")
         count += 1
     return check_lines(b"".join(parts), count), length, close
@@ -94,11 +98,12 @@ def request_head(
     has_host = False
     count = 2
     for name, value in headers:
-        lower = name.lower()
-        if lower in FRAMING:
-            continue
-        if lower == b"host":
-            has_host = True
+        if len(name) in _REQUEST_SIZES:
+            lower = name.lower()
+            if lower in FRAMING:
+                continue
+            if lower == b"host":
+                has_host = True
         parts += (name, b": ", value, b"\r\n")
         count += 1
     if not has_host:

@@ -32,13 +32,14 @@ class Headers:
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of the header `name` (any case), else `default`."""
         index = self._index if self._index is not None else self._build()
-        found = index.get(name.lower())
+        # Callers name headers in lower case: then the name is its own key, hash kept.
+        found = index.get(name if name.islower() else name.lower())
         return found[0] if found else default
 
     def getall(self, name: bytes) -> list[bytes]:
         """Every value of the header `name`, in arrival order."""
         index = self._index if self._index is not None else self._build()
-        return list(index.get(name.lower(), ()))
+        return list(index.get(name if name.islower() else name.lower(), ()))
 
     def tokens(self, name: bytes) -> set[bytes]:
         """The comma-separated tokens of every `name` header, lower-cased (e.g. Connection)."""

@@ -91,7 +91,7 @@ class Request:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; BodyTooLarge when it is (or says it will be) over `limit` bytes."""
-        if limit is not None:
+        if limit is not None and not self.body.done:  # a complete body is measured by reading
             declared = self.content_length
             if declared is not None and declared > limit:
                 raise BodyTooLarge(limit)
