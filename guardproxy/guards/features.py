@@ -21,7 +21,10 @@ def feature_reader(payload: Payload, names: Sequence[str]) -> FeatureReader | No
         return None
 
     def read(ex: Exchange, rows: int) -> Features:
-        return tuple(_values(payload, ex, name, rows) for name in names)
+        features = []
+        for name in names:  # a loop: a generator would cost more than the usual one input
+            features.append(_values(payload, ex, name, rows))
+        return tuple(features)
 
     return read
 

@@ -83,7 +83,7 @@ class GroupGuard:
         except AmbiguousInput as exc:
             raise AmbiguousRequest(str(exc)) from None
         check_rows(len(values), self._max_rows)
-        ex.groups = [self.group_of(value) for value in values]
+        ex.groups = list(map(self.group_of, values))
 
     async def on_response(self, ex: Exchange) -> None:
         """Nothing to do on the answer."""

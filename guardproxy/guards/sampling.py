@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
+from itertools import repeat
 from typing import Any
 
 from guardproxy.guards.draws import SAMPLING, Draws
@@ -87,8 +88,9 @@ class SamplingGuard:
             self._window_start = now
 
     def _below_minimum(self, groups: Collection[str]) -> bool:
-        counts, minimum = self._counts, self._minimum
-        return any(counts.get(group, 0) < minimum for group in groups)
+        # The smallest count of the exchange's groups, without a generator: one costs more
+        # than the usual single group's lookup.
+        return bool(groups) and min(map(self._counts.get, groups, repeat(0))) < self._minimum
 
     def _sample(self, ex: Exchange) -> Sample:
         reply = ex.reply

@@ -30,6 +30,11 @@ MAX_RULES = 4096  # (version, group) rules kept per threshold table
 HEADER_ROWS = 256
 
 
+def _decision(score: float, threshold: float) -> int:
+    """1 (positive) when the score reaches the threshold, else 0."""
+    return 1 if score >= threshold else 0
+
+
 class _Rule(NamedTuple):
     """A group's rule with what is reported of it, built once per threshold table."""
 
@@ -104,17 +109,23 @@ class DecisionGuard:
     ) -> tuple[list[str], list[_Rule], list[float], list[int]]:
         groups = self._groups(ex, len(scores))
         version, rule_in = ex.version, self._rule_in
-        rules = [rule_in(table, version, group) for group in groups]
-        if any(r.randomized for r in rules):  # only then is the request read for subjects
+        rules: list[_Rule] = []
+        thresholds: list[float] = []
+        randomized = False
+        for group in groups:  # one loop, not comprehensions: most requests are one row
+            rule = rule_in(table, version, group)
+            rules.append(rule)
+            thresholds.append(rule.rule.low)
+            randomized = randomized or rule.randomized
+        if randomized:  # only then is the request read for subjects
             draws = self._draws.uniform
             subjects = self._subjects.rows(ex, len(scores))
             thresholds = [
                 r.rule.threshold_for(draws(s, THRESHOLD))
                 for r, s in zip(rules, subjects, strict=True)
             ]
-        else:
-            thresholds = [r.rule.low for r in rules]
-        decisions = [1 if s >= t else 0 for s, t in zip(scores, thresholds, strict=True)]
+        # map, not a comprehension over zip(strict=True): both cost more than one row's work.
+        decisions = list(map(_decision, scores, thresholds))
         return groups, rules, thresholds, decisions
 
     def _may_draw(self) -> bool:

@@ -28,7 +28,7 @@ class Admitted(NamedTuple):
     @property
     def state(self) -> str:
         """The breaker's state when it was not closed, else ""."""
-        name = self.breaker.state_name
+        name = self.breaker.state.name  # not state_name: a property within a property
         return "" if name == "closed" else name
 
 

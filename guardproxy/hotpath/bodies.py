@@ -117,7 +117,11 @@ async def read_request_body(request: Request, limit: int, hold: BodyHold) -> tup
     held in the budget as they arrive (BudgetFull, 503, once they do not fit), a decoded
     body at its decoded size.
     """
-    raw = await _read_held(request, limit, hold)
+    if request.body.done:  # the usual small body, arrived with its head: held already
+        raw = await request.read(limit)
+        hold.grow(len(raw))
+    else:
+        raw = await _read_held(request, limit, hold)
     applied = applied_codings(request.headers)
     if not applied:
         return _utf8(raw), False
@@ -144,15 +148,11 @@ def _utf8(body: bytes) -> bytes:
 
 
 async def _read_held(request: Request, limit: int, hold: BodyHold) -> bytes:
-    """The body as sent, each piece held in the budget as it arrives.
+    """The body as sent (still arriving), each piece held in the budget as it arrives.
 
     Never reserved ahead from a declared length: clients could then hold the whole budget
     with heads alone. To hold it, they must send the bytes.
     """
-    if request.body.done:  # the usual small body, arrived with its head: held already
-        raw = await request.read(limit)
-        hold.grow(len(raw))
-        return raw
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)

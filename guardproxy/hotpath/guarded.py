@@ -7,13 +7,12 @@ path is a guarded model's; the handler supplies what the steps read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import cast
 
 from guardproxy.breaker.board import BreakerBoard
 from guardproxy.breaker.state import CLOSED, Admission
-from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, media_type
 from guardproxy.hotpath.admission import Admitted, BreakerCall, Fallbacks, mark
 from guardproxy.hotpath.bodies import (
@@ -87,7 +86,7 @@ class GuardedSteps:
     counts: ProxyCounts
     wires: ModelWires
 
-    async def read_body(self, request: Request, hold: BodyHold) -> tuple[bytes, bool]:
+    def read_body(self, request: Request, hold: BodyHold) -> Awaitable[tuple[bytes, bool]]:
         """A guarded request's body, decoded, its bytes held; True when it came encoded."""
         raise NotImplementedError
 
@@ -103,7 +102,7 @@ class GuardedSteps:
         """One guarded exchange; how it ended (an access log outcome)."""
         breaker = self.breakers.get(model)
         admission = breaker.admit()
-        wire = self.wires(model)
+        wire = self.wires.of(model)
         fallback = None
         if admission is Admission.OPEN and breaker.open_action != "flag":
             fallback = self.fallbacks.get(breaker)
@@ -115,19 +114,15 @@ class GuardedSteps:
         hold = BodyHold(self.bodies)
         try:
             body, decoded = await self.read_body(request, hold)
+            method = request.method.decode("latin-1")
+            # Positional: a class's __init__ called with keywords gets them in a new dict.
             ex = Exchange(
-                request_id=request_id,
-                region=model.region,
-                model=model.name,
-                method=request.method.decode("latin-1"),
-                path=path,
-                headers=request.headers,
-                body=body,
-                started=perf_counter(),
-            )
+                request_id, model.region, model.name, method, path, request.headers, body,
+                perf_counter(),
+            )  # fmt: skip
             if breaker.state is not CLOSED:
                 mark(ex, breaker, admission, fallback is not None)
-            chain = cast(GuardChain, model.chain)
+            chain = wire.chain
             binary = request.headers.get(HEADER_KEY)  # the binary tensor extension (OIP)
             if binary is not None and chain.binary is not None:
                 ex.binary = binary_request(request, chain.binary, binary)
@@ -199,7 +194,7 @@ class GuardedSteps:
             raise
         span.end(response.status)
         call.settle(response.status, perf_counter() - began)
-        chain = cast(GuardChain, wire.model.chain)
+        chain = wire.chain
         content_type = answer_type(response.headers.getall(b"content-type"))
         binary = response.headers.get(HEADER_KEY) if chain.binary is not None else None
         if response.status in NO_BODY_STATUS or request.method == b"HEAD":
@@ -217,9 +212,8 @@ class GuardedSteps:
         await read_answer(ex, response, self.max_body, content_type, hold)
         ex.upstream_seconds = perf_counter() - began
         if 200 <= ex.status < 300:
-            await chain.on_response(ex)
-        else:
-            await chain.observe(ex)
+            await chain.check_response(ex)  # on_response's two steps, an await level less
+        await chain.observe(ex)
         if ex.reply is not None:
             self._reply(writer, ex, call.admitted, wire)
             return "blocked"
@@ -246,7 +240,7 @@ class GuardedSteps:
         began: float,
     ) -> str:
         """A streamed chat answer through the label terms, event by event, then observed."""
-        chain, spec = cast(GuardChain, wire.model.chain), wire.model.spec
+        chain, spec = wire.chain, wire.model.spec
         ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
         ex.response_headers = stream_headers(response.headers)
         stream = ChatRelay(ex, chain, spec.labels, self.counts, min(self.max_body, MAX_EVENT),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from time import monotonic, perf_counter
 
 from guardproxy.breaker.board import BreakerBoard
@@ -160,12 +160,13 @@ class Proxy(GuardedSteps):
             raise Refusal(400, "ambiguous encoding in a guarded path (%2F, %5C or %00)")
         return model, route.key
 
-    async def read_body(self, request: Request, hold: BodyHold) -> tuple[bytes, bool]:
+    def read_body(self, request: Request, hold: BodyHold) -> Awaitable[tuple[bytes, bool]]:
         """A guarded request's body, decoded; True when it came encoded (413, 415, 400).
 
-        Its bytes are held in the process's budget first: 503 when they do not fit.
+        Its bytes are held in the process's budget first: 503 when they do not fit. The
+        reading's own coroutine is returned: one await level less.
         """
-        return await read_request_body(request, self.max_body, hold)
+        return read_request_body(request, self.max_body, hold)
 
     def finished(
         self,

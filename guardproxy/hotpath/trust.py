@@ -35,7 +35,8 @@ class _Ids:
         self._pool = b""
         self._at = 0
 
-    def __call__(self) -> str:
+    def next(self) -> str:
+        """A new id."""
         at = self._at
         if at >= len(self._pool):
             self._pool, at = os.urandom(4096), 0
@@ -43,9 +44,10 @@ class _Ids:
         return self._pool[at : at + 16].hex()
 
 
-new_request_id = _Ids()  # a random 128-bit id, hex encoded
+_IDS = _Ids()
+new_request_id = _IDS.next  # a random 128-bit id, hex encoded (a bound method: a quicker call)
 # A forked worker must not hand out the ids its parent had drawn.
-os.register_at_fork(after_in_child=lambda: setattr(new_request_id, "_at", 1 << 30))
+os.register_at_fork(after_in_child=lambda: setattr(_IDS, "_at", 1 << 30))
 
 
 def trusted_value(values: Sequence[str]) -> str | None:

@@ -215,7 +215,10 @@ def forwarding(
 def forward_response_headers(headers: Headers) -> HeaderList:
     """The upstream's headers minus hop-by-hop ones (framing is redone by our server)."""
     raw = headers.raw
-    out = [(k, v) for k, v in raw if k.lower() not in _RESPONSE_SKIP]
+    out = []
+    for pair in raw:  # a loop: cheaper than a list comprehension for a few headers
+        if pair[0].lower() not in _RESPONSE_SKIP:
+            out.append(pair)
     if len(out) != len(raw) and b"connection" in headers:
         drop = connection_tokens(headers.getall(b"connection"))
         if drop:

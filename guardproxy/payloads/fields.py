@@ -8,12 +8,14 @@ from typing import Any
 from guardproxy.payloads.errors import PayloadError
 from guardproxy.payloads.jsonpath import Doc
 
+_NUMBER = (int, float)  # a tuple: `int | float` builds a union on every call
+
 
 def floats(values: list[Any], where: str) -> list[float]:
     """The scores as floats (PayloadError on a non-number or non-finite value)."""
     out: list[float] = []
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, _NUMBER):
             raise PayloadError(f"score in {where} is not a number: {value!r}")
         if not math.isfinite(value):
             raise PayloadError(f"score in {where} is not finite: {value!r}")

@@ -84,9 +84,14 @@ class KServeV2(Payload):
         disagree on which one wins)."""
         inputs = request_doc.get("inputs") if isinstance(request_doc, dict) else None
         if isinstance(inputs, list):
-            named = sum(1 for t in inputs if isinstance(t, dict) and t.get("name") == name)
-            if named > 1:
-                raise AmbiguousInput(f"input {name!r} is given more than once")
+            found = None
+            for t in inputs:  # every input looked at once: a second of that name is refused
+                if isinstance(t, dict) and t.get("name") == name:
+                    if found is not None:
+                        raise AmbiguousInput(f"input {name!r} is given more than once")
+                    found = t
+            if found is not None:
+                return _tensor(found, "input", name)[2]
         return self.feature(request_doc, name)
 
     def row_keys(self, request_doc: Doc, rows: int) -> list[bytes]:

@@ -64,7 +64,7 @@ class DecisionObserver:
         self._by_path: dict[tuple[int, str], tuple[object, str]] = {}  # (spec, path) -> route
         self._models: dict[int, ModelKeys] = {}
 
-    def __call__(self, ob: Observation) -> None:
+    def observe(self, ob: Observation) -> None:
         """Observe one finished guarded exchange."""
         keys = self._models.get(id(ob.model))
         if keys is None or keys.model is not ob.model:

@@ -11,6 +11,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, set_span_in_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from guardproxy.hotpath.hooks import UpstreamCall
+from guardproxy.telemetry.aggregate import Histograms
 from guardproxy.telemetry.instruments import NO_ROUTE, Instruments
 from guardproxy.transport import Handler, HeaderList, Headers, Request, ResponseWriter
 
@@ -38,22 +39,40 @@ GETTER = HeaderGetter()
 
 
 class RequestState:
-    """What one request's spans and metrics accumulate while it is handled."""
+    """What one request's spans and metrics accumulate while it is handled.
 
-    __slots__ = ("route", "span", "upstream_seconds")
+    Without tracing it is also the UpstreamCall of the request's upstream call: one object
+    less a request than an UpstreamSpan. A request makes one upstream call at a time.
+    """
+
+    __slots__ = ("call_method", "call_started", "client", "route", "span", "upstream_seconds")
 
     def __init__(self, span: Span | None) -> None:
         self.span = span
         self.route = ""
         self.upstream_seconds = 0.0
 
+    def begin_call(self, client: Histograms, method: str) -> RequestState:
+        """Time an upstream call without a span of its own; ended by `end`."""
+        self.client, self.call_method, self.call_started = client, method, perf_counter()
+        return self
+
+    def end(self, status: int, error_type: str | None = None) -> None:
+        """Record the call's duration (see UpstreamSpan.end)."""
+        seconds = perf_counter() - self.call_started
+        self.upstream_seconds += seconds
+        self.client.record_key((self.call_method, error_type or status), seconds)
+
 
 CURRENT: ContextVar[RequestState | None] = ContextVar("guardproxy_request", default=None)
 
 
+OTHER_METHOD = "_OTHER"
+
+
 def method_of(method: bytes) -> str:
     """The method as semconv records it: known methods, else _OTHER (bounded)."""
-    return METHODS.get(method, "_OTHER")
+    return METHODS.get(method, OTHER_METHOD)
 
 
 def traceparent(span: Span) -> str | None:
@@ -169,7 +188,7 @@ class RequestTracer:
     def _finish(
         self, method: bytes, state: RequestState, seconds: float, status: int, error: str | None
     ) -> None:
-        key = (method_of(method), error or status, state.route or NO_ROUTE)
+        key = (METHODS.get(method, OTHER_METHOD), error or status, state.route or NO_ROUTE)
         self.instruments.server.record_key(key, seconds)
         self.instruments.overhead.record_key(key, max(0.0, seconds - state.upstream_seconds))
         span = state.span
@@ -181,10 +200,12 @@ class RequestTracer:
     def upstream_call(self, request: Request, headers: HeaderList) -> UpstreamCall:
         """Start a CLIENT span under the request's SERVER span; send its traceparent upstream."""
         state = CURRENT.get()
-        method = method_of(request.method)
-        server = state.span if state is not None else None
+        method = METHODS.get(request.method, OTHER_METHOD)  # method_of, a call less a request
+        if state is None:
+            return UpstreamSpan(self, None, None, method)
+        server = state.span
         if server is None or self.tracer is None:
-            return UpstreamSpan(self, state, None, method)
+            return state.begin_call(self.instruments.client, method)
         if not server.is_recording():
             # Unsampled: no CLIENT span (its parent's decision stands), the decision goes on.
             _propagate(headers, server, b"traceparent" in request.headers)
