@@ -51,7 +51,7 @@ from guardproxy.sampling.sinks import (
     Sink,
     SinkError,
 )
-from guardproxy.settings import Settings
+from guardproxy.settings import PortUnavailable, Settings
 from guardproxy.state import open_state, redis_location
 from guardproxy.telemetry import Telemetry, TelemetryConfig
 from guardproxy.telemetry.loop import GcPauses, LoopLag
@@ -329,11 +329,16 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, runtime.reload_soon)
     async with runtime.lifecycle():
         host, port = settings.listen
-        data_port = await runtime.server.start(host, port, reuse_port=settings.workers > 1)
+        try:
+            data_port = await runtime.server.start(host, port, reuse_port=settings.workers > 1)
+        except OSError as exc:
+            raise PortUnavailable.of("--listen", settings.listen, exc) from None
         try:
             admin, admin_port = await start_site(build_admin_app(runtime), *settings.admin)
-        except BaseException:
+        except BaseException as exc:
             await runtime.server.shutdown(0)
+            if isinstance(exc, OSError):
+                raise PortUnavailable.of("--admin", settings.admin, exc) from None
             raise
         settle_memory()
         runtime.loop_lag.start()

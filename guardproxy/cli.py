@@ -15,7 +15,13 @@ from guardproxy.hotpath.upstream import Limits, Timeouts
 from guardproxy.logs import LEVELS, configure_logging, parse_format, parse_level
 from guardproxy.options import HelpFormatter, add_flags, switched
 from guardproxy.policy.problems import Problem
-from guardproxy.settings import Settings, parse_address, secret_file, secret_from_env
+from guardproxy.settings import (
+    PortUnavailable,
+    Settings,
+    parse_address,
+    secret_file,
+    secret_from_env,
+)
 
 MIN_DECISION_KEY = 16
 POLICIES_DO_NOT_LOAD = "the policies do not load, so nothing is served:"
@@ -128,7 +134,7 @@ def run_serve(args: argparse.Namespace) -> int:
         run_async(serve(settings))
     except PolicyError as exc:
         raise SystemExit(f"guardproxy serve: {POLICIES_DO_NOT_LOAD}\n{exc}") from None
-    except (GrpcUnavailable, SinkError, TelemetryError) as exc:
+    except (GrpcUnavailable, PortUnavailable, SinkError, TelemetryError) as exc:
         raise SystemExit(f"guardproxy serve: {exc}") from None
     return 0
 

@@ -89,3 +89,14 @@ class Settings:
         """Values that must never be shown: tokens and the decision key."""
         values = (self.admin_token, self.feedback_token, self.decision_key)
         return tuple(v for v in values if v)
+
+
+class PortUnavailable(RuntimeError):
+    """A port the settings name cannot be listened on: in use, no permission, no such address."""
+
+    @classmethod
+    def of(cls, flag: str, address: tuple[str, int], exc: OSError) -> PortUnavailable:
+        """The error for `flag`'s address, with the system's reason."""
+        host, port = address
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # servers reword strerror
+        return cls(f"{flag}: cannot listen on {host}:{port}: {reason}")

@@ -24,7 +24,7 @@ from types import FrameType
 from guardproxy.eventloop import run_async
 from guardproxy.logs import stop_logging
 from guardproxy.policy.problems import PolicyError
-from guardproxy.settings import Settings
+from guardproxy.settings import PortUnavailable, Settings
 
 log = logging.getLogger("guardproxy.workers")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -63,6 +63,9 @@ def run_worker(settings: Settings) -> int:
         log.error(
             "worker %d: the policies do not load, so nothing is served:\n%s", settings.worker, exc
         )
+        return 1
+    except PortUnavailable as exc:  # the admin port of worker i is port + i: it may be taken
+        log.error("worker %d: %s", settings.worker, exc)
         return 1
     except BaseException:
         log.exception("worker %d failed", settings.worker)
@@ -135,7 +138,12 @@ def shared_decision_key(settings: Settings) -> Settings:
 def run_workers(settings: Settings) -> int:
     """Run `settings.workers` workers on one data port until a signal stops them."""
     settings = shared_decision_key(settings)
-    reserved, port = reserve_port(*settings.listen)
+    try:
+        reserved, port = reserve_port(*settings.listen)
+    except OSError as exc:
+        raise SystemExit(
+            f"guardproxy serve: {PortUnavailable.of('--listen', settings.listen, exc)}"
+        ) from None
     supervisor = Supervisor(settings)
     try:
         for sig in FORWARDED:  # before forking: a signal never finds a worker unwatched

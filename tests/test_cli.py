@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -264,3 +265,20 @@ def test_grpc_flags_that_cannot_work_are_clear_errors(
     monkeypatch.delenv("GUARDPROXY_GRPC_UPSTREAM", raising=False)
     with pytest.raises(SystemExit, match=message):
         settings_from(parser().parse_args(["serve", *flags]))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("flag", ["--listen", "--admin"])
+def test_serve_on_a_port_in_use_says_which_without_a_traceback(flag: str, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        ports = {"--listen": "127.0.0.1:0", "--admin": "127.0.0.1:0", flag: address}
+        serve = [sys.executable, "-m", "guardproxy.cli", "serve", "--upstream",
+                 "http://127.0.0.1:9", "--listen", ports["--listen"], "--admin",
+                 ports["--admin"], "--workers", workers]  # fmt: skip
+        done = subprocess.run(serve, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0, done.stderr
+    assert f"{flag}: cannot listen on {address}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
