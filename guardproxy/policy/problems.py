@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 KeyPath = tuple[str | int, ...]
+# How a problem inside one model's merged policy starts (see locate: "model 'x': ").
+_MODEL = re.compile(r"model (?:'[^']*'|\"[^\"]*\"): |models\[\d+\]: ")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -27,8 +30,25 @@ class PolicyError(Exception):
     """Every problem found in a policy directory, sorted by file and position."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: list[Problem] = sorted(set(problems))
+        self.problems: list[Problem] = without_copies(set(problems))
         super().__init__(format_problems(self.problems))
+
+
+def without_copies(problems: set[Problem]) -> list[Problem]:
+    """Sorted, without a model's copy of a problem its region shows at the same place.
+
+    A region's sections are every model's defaults, so a wrong key there is wrong in each
+    model too: once is enough.
+    """
+    return sorted(p for p in problems if not _copy_of_region(p, problems))
+
+
+def _copy_of_region(problem: Problem, problems: set[Problem]) -> bool:
+    prefix = _MODEL.match(problem.message)
+    if prefix is None:
+        return False
+    rest = problem.message[prefix.end() :]
+    return Problem(problem.file, problem.line, problem.column, rest) in problems
 
 
 def format_problems(problems: Iterable[Problem]) -> str:

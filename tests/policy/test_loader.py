@@ -228,6 +228,22 @@ def test_inherited_value_is_reported_in_the_parent_file(tmp_path: Path) -> None:
     ]
 
 
+def test_a_wrong_key_in_a_region_default_is_reported_once_not_per_model(tmp_path: Path) -> None:
+    region = """\
+        region: default
+        sampling:
+          rat: 0.1
+        models:
+          - {name: a, protocol: kserve_v2}
+          - {name: b, protocol: kserve_v2, sampling: {rte: 0.2}}
+        """
+    write(tmp_path, {"default.yaml": region})
+    found = problems_of(tmp_path)
+    assert len(found) == 2, found
+    assert found[0].startswith("default.yaml:3:3: sampling.rat: unknown key")
+    assert found[1].startswith("default.yaml:6:47: model 'b': sampling.rte: unknown key")
+
+
 def test_missing_default_and_directory_are_problems(tmp_path: Path) -> None:
     write(tmp_path, {"sg.yaml": "region: sg\n"})
     assert problems_of(tmp_path) == ["default.yaml: no default policy (expected default.yaml)"]
