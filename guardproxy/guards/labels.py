@@ -8,7 +8,7 @@ from bisect import bisect_right
 from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
 from guardproxy.payloads import Payload
 from guardproxy.payloads.errors import MAX_ROWS
-from guardproxy.payloads.escapes import json_strings, unescape, unescaped_positions
+from guardproxy.payloads.escapes import json_strings, unescape, unescaped_positions, unmoved
 from guardproxy.payloads.terms import TermNames, fold, folded_positions, term_pattern
 from guardproxy.policy.models import LabelsSpec
 
@@ -100,7 +100,7 @@ class LabelGuard:
         in the characters that wrote them, escapes whole, only inside the JSON's strings:
         arguments that were JSON stay JSON, as long as they were.
         """
-        source, back = unescaped_positions(text) if arguments else (text, _same)
+        source, back = unescaped_positions(text) if arguments else (text, unmoved)
         spans = self._spans(source)
         if spans is None:  # a term only the whole text's folding shows
             if not arguments:
@@ -150,7 +150,3 @@ def _inside(strings: list[tuple[int, int]], first: int, stop: int) -> list[tuple
         if end > first:
             parts.append((max(start, first), min(end, stop)))
     return parts
-
-
-def _same(index: int) -> int:
-    return index

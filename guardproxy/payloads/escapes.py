@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from json import decoder
 
-__all__ = ["Unescaper", "json_strings", "unescape", "unescaped_positions"]
+__all__ = ["Unescaper", "json_strings", "unescape", "unescaped_positions", "unmoved"]
 
 # The json module's string scanner (C), not in its typed interface: (text, index after the
 # opening quote, strict) -> (the string read, index after its closing quote).
@@ -67,7 +67,7 @@ def unescaped_positions(text: str) -> tuple[str, Callable[[int], int]]:
     """The text unescaped, and where in `text` an unescaped index comes from (the escape's
     backslash for an escaped character; `len(text)` for the end)."""
     if "\\" not in text:
-        return text, _same
+        return text, unmoved
     pieces, starts, origins, _ = _read(text, True)
     starts.append(sum(map(len, pieces)))
     origins.append(len(text))
@@ -161,7 +161,8 @@ def _char(match: re.Match[str]) -> str:
     return _SIMPLE[simple]
 
 
-def _same(index: int) -> int:
+def unmoved(index: int) -> int:
+    """The position map of a text read as written: each index is where it was."""
     return index
 
 
