@@ -1,8 +1,9 @@
 """A guarded OpenAI chat stream: events forwarded as they complete, the label terms scanned.
 
 The upstream's head goes to the client at once; each chunk goes through `ChatStreamGuard`,
-and only the events it completes are forwarded, so nothing waits longer than its own event.
-A denied term ends the stream: the events before the one that completed the term are
+and only the events it completes are forwarded, so nothing waits longer than its own event,
+unless a denied term ends its text: then until what follows shows whether it is a word.
+A denied term ends the stream: the events before the one its term ended in are
 forwarded, that event and the rest are not, and the client gets `error_events` (an
 OpenAI-style error event, then `data: [DONE]`). An event that cannot be read follows the
 guard's `on_error`: fail_open forwards it unread and reads on, fail_closed ends the stream
@@ -140,8 +141,12 @@ class ChatRelay:
             self.unread_noted = True
 
     def unreadable(self, why: str) -> bytes | None:
-        """A stream that cannot be read: on_error decides (fail_open: the rest passes unread)."""
+        """A stream that cannot be read: on_error decides (fail_open: the rest passes unread,
+        once a term held open at the end of what was read has counted)."""
         self._failed(why, self.labels.on_error)
+        if self.ex.reply is None and (scan := self.guard.settle()).action == "deny":
+            self._denied(scan)
+            return None
         if self.ex.reply is not None:
             self.ended = "unreadable"
             return None

@@ -6,8 +6,10 @@ the client's parser reads them, an escape cut between chunks read whole) to that
 scans only what is new: the text already scanned is kept as a tail of the longest term plus
 one character, so a term split across chunks is found and the whole stream costs linear
 time. Terms match as whole words, case-insensitively, as the label guard matches them in a
-complete answer. A term that ends exactly where the text so far ends counts at once: waiting
-for the next character would let it reach the client.
+complete answer. A denied term that ends exactly where its text so far ends is held open:
+its event (and those after it) is not released until what follows shows whether a letter
+goes on ("ape", then "x"), the choice finishes, the stream ends, or more than `max_event`
+bytes wait behind it (then it counts).
 After each `feed`, the caller forwards `release()` (the bytes of the events now complete);
 on `deny` that is only the events before the denied one, and the caller sends
 `error_events(...)` after it and closes the stream, so the error starts at an event
@@ -18,8 +20,8 @@ for the sample.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
 import orjson
@@ -27,7 +29,7 @@ import orjson
 from .errors import MAX_ROWS
 from .escapes import Unescaper
 from .sse import DONE, Event, EventParser, SSEError
-from .terms import TermNames, fold, longest_span, term_key, term_pattern
+from .terms import UNSPACED, WORD, TermNames, fold, longest_span, term_key, term_pattern
 
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
@@ -46,6 +48,7 @@ class Scan:
     action: Action
     term: str | None = None  # the policy's term that matched
     choice: int | None = None
+    at: int = field(default=0, compare=False)  # stream offset of the event the term ended in
 
 
 PASS = Scan("pass")
@@ -54,7 +57,12 @@ _RANK = {"pass": 0, "flag": 1, "deny": 2}
 
 def _worse(a: Scan, b: Scan) -> Scan:
     """The scan that matters more: deny over flag over pass; the earlier one on a tie."""
-    return b if _RANK[b.action] > _RANK[a.action] else a
+    rank_a, rank_b = _RANK[a.action], _RANK[b.action]
+    return b if rank_b > rank_a or (rank_b == rank_a and b.at < a.at) else a
+
+
+def _is_deny(scan: Scan) -> bool:
+    return scan.action == "deny"
 
 
 class TermScanner:
@@ -75,29 +83,53 @@ class TermScanner:
         self._keep = self._longest + 1  # the longest match and the character before it
         self.scanned = 0  # characters searched, all texts together: the cost, for tests
 
-    def scan(self, tail: str, text: str) -> tuple[str, list[Scan]]:
-        """The new tail, and the terms matched in `text`: each flag once, up to the first deny.
+    def scan(
+        self,
+        tail: str,
+        text: str,
+        open_terms: Sequence[Scan] = (),
+        choice: int | None = None,
+        at: int = 0,
+    ) -> tuple[str, list[Scan], list[Scan]]:
+        """The new tail, the terms matched in `text` (each flag once, up to the first deny),
+        and the terms left open.
 
+        A term that ends where `text` ends is left open: it is a whole word only if what
+        follows does not go on with a letter or digit. The next call settles the open terms
+        given back to it: they count when its text starts otherwise, and are dropped when
+        it goes on; a text that folds to nothing leaves them open.
         Once per term, not per match: text that repeats a flagged term would otherwise keep
         an object per match (a model can be asked to say a word a million times).
         """
-        window = tail + fold(text)
-        old = len(tail)
-        pos = max(0, old + 1 - self._longest)  # a match ending in `text` starts here or later
-        self.scanned += len(window) - pos
+        folded = fold(text)
+        if not folded:
+            return tail, [], list(open_terms)
+        # What follows settles the open terms; a deny among them (put last) ends the stream.
         found: list[Scan] = []
-        flagged: set[str] = set()
+        if open_terms and not WORD.match(folded):
+            found = sorted(open_terms, key=_is_deny)
+            if found[-1].action == "deny":
+                return tail, found, []
+        window = tail + folded
+        old, end = len(tail), len(window)
+        pos = max(0, old + 1 - self._longest)  # a match ending in `text` starts here or later
+        self.scanned += end - pos
+        left: list[Scan] = []
+        flagged = {s.term for s in found} if found else set()
         while (match := self._pattern.search(window, pos)) is not None:
             if match.end() > old:
                 term = self._names.get(match.group(0)) or match.group(0)
-                if term in self._deny:
-                    found.append(Scan("deny", term))
-                    break
-                if term not in flagged:
+                scan = Scan("deny" if term in self._deny else "flag", term, choice, at)
+                if match.end() == end and not UNSPACED.match(window[-1]):
+                    left.append(scan)
+                elif scan.action == "deny":
+                    found.append(scan)
+                    return window[-self._keep :], found, []
+                elif term not in flagged:
                     flagged.add(term)
-                    found.append(Scan("flag", term))
+                    found.append(scan)
             pos = match.start() + 1  # overlapping terms: look again just after this start
-        return window[-self._keep :], found
+        return window[-self._keep :], found, left
 
 
 class ChatStreamGuard:
@@ -131,6 +163,8 @@ class ChatStreamGuard:
         self._released = 0  # stream offset of _held[0]
         self._releasable = 0  # stream offset up to which events may be released
         self._tails: dict[Part, str] = {}
+        self._open: dict[Part, list[Scan]] = {}  # terms ending where their text ends, undecided
+        self._event_at = 0  # stream offset of the event being scanned
         self._parts: dict[Part, _Text] = {}
         self._unescapers: dict[Part, Unescaper] = {}  # a tool call's arguments are JSON
         self._size = 0
@@ -140,29 +174,44 @@ class ChatStreamGuard:
         self._held += chunk
         result = PASS
         start = self._releasable
-        for event in self.parser.feed(chunk):
+        try:
+            events, broken = self.parser.feed(chunk), None
+        except SSEError as exc:  # the events before the one too large are still read
+            events, broken = exc.events, exc
+        for event in events:
+            self._event_at = start
             try:
                 scan = self.scan_event(event)
             except SSEError as exc:
                 if not self.skip_unreadable:
-                    self._releasable = start  # the events before an unreadable one may go
+                    self._releasable = self._hold(start)  # the events before it may go
                     raise
                 self._skipped(str(exc))
                 scan = PASS
             if scan.action == "deny":  # the events before it may still go
-                self._releasable = start
+                self._releasable = self._hold(scan.at)
                 return scan
             result, start = _worse(result, scan), event.end
+        if broken is not None:
+            self._releasable = self._hold(start)
+            raise broken
         self._releasable = self.parser.boundary
+        if self._open:
+            self._releasable = self._hold(self._releasable)
+            if self.parser.boundary - self._releasable > self.parser.max_event:
+                return self.settle()  # held long enough: the open terms count
         return result
 
     def end(self) -> Scan:
-        """At the upstream's end: the event it left without its blank line, scanned.
+        """At the upstream's end: the event it left without its blank line, scanned, then
+        every open term settled.
 
-        Clients differ on it (the standard drops it; a client reading lines shows it), so it
-        is read as if ended, and on a deny it is not forwarded (`release` never gives it).
+        Clients differ on that event (the standard drops it; a client reading lines shows
+        it), so it is read as if ended, and on a deny it is not forwarded (`release` never
+        gives it).
         """
         result = PASS
+        self._event_at = self.parser.boundary
         for event in self.parser.feed(b"\n\n"):
             try:
                 scan = self.scan_event(event)
@@ -172,9 +221,30 @@ class ChatStreamGuard:
                 self._skipped(str(exc))
                 continue
             if scan.action == "deny":
+                self._releasable = self._hold(min(scan.at, self._releasable))
                 return scan
             result = _worse(result, scan)
+        return _worse(result, self.settle())
+
+    def settle(self, choices: Iterable[int] | None = None) -> Scan:
+        """The open terms of these choices (None: all) count: nothing follows them.
+
+        On a deny, only the events before the one its term ended in may be released.
+        """
+        result = PASS
+        wanted = None if choices is None else set(choices)
+        for part in [p for p in self._open if wanted is None or p[0] in wanted]:
+            result = _worse(result, self._counted(self._open.pop(part)))
+        if result.action == "deny":
+            self._releasable = self._hold(min(result.at, self._releasable))
         return result
+
+    def _hold(self, offset: int) -> int:
+        """How far events may be released: `offset`, or before the first open denied term."""
+        if not self._open:
+            return offset
+        ats = [s.at for scans in self._open.values() for s in scans if s.action == "deny"]
+        return min(offset, *ats) if ats else offset
 
     def _skipped(self, why: str) -> None:
         if len(self.unread) < 16:
@@ -200,14 +270,18 @@ class ChatStreamGuard:
         """Scan one event: every choice's new content (deny beats flag)."""
         if event.data.strip() == DONE:
             self.done = True
-            return PASS
+            return self.settle()
         result = PASS
         for doc in _documents(event.data):
-            for part, text in self._deltas(doc):  # every choice, so each answer stays whole
+            finished: list[int] = []
+            for part, text in self._deltas(doc, finished):  # every choice: each stays whole
                 result = _worse(result, self._scan_text(part, text))
+            if finished and self._open:
+                result = _worse(result, self.settle(finished))
         return result
 
-    def _deltas(self, doc: Any) -> list[tuple[Part, str]]:
+    def _deltas(self, doc: Any, finished: list[int]) -> list[tuple[Part, str]]:
+        """Each choice's texts; the choices that finish here are added to `finished`."""
         choices = doc.get("choices") if isinstance(doc, dict) else None
         if not isinstance(choices, list):
             return []  # an error or usage event: no text
@@ -219,9 +293,12 @@ class ChatStreamGuard:
             texts = _delta_texts(delta) if isinstance(delta, dict) else []
             if _is_text(text):
                 texts.append((CONTENT, text))
-            if texts:
-                index = _index(choice.get("index", 0), self.max_choices, "choice")
-                out += [((index, part), text) for part, text in texts]
+            if not texts and not self._open:  # without text, a choice only settles open terms
+                continue
+            index = _index(choice.get("index", 0), self.max_choices, "choice")
+            out += [((index, part), text) for part, text in texts]
+            if _is_text(choice.get("finish_reason")):
+                finished.append(index)
         return out
 
     def _scan_text(self, part: Part, text: str) -> Scan:
@@ -233,13 +310,21 @@ class ChatStreamGuard:
             if unescaper is None:
                 unescaper = self._unescapers[part] = Unescaper()
             text = unescaper.feed(text)
-        tail, found = self.scanner.scan(self._tails.get(part, ""), text)
+        opened = self._open.pop(part, ())
+        tail, found, left = self.scanner.scan(
+            self._tails.get(part, ""), text, opened, part[0], self._event_at
+        )
         self._tails[part] = tail
+        if left:
+            self._open[part] = left
+        return self._counted(found)
+
+    def _counted(self, found: list[Scan]) -> Scan:
+        """Flags kept; the scan that matters: the deny that ends the list, else the first."""
         if not found:
             return PASS
         self.flags.update(s.term for s in found if s.action == "flag" and s.term is not None)
-        last = found[-1] if found[-1].action == "deny" else found[0]
-        return Scan(last.action, last.term, part[0])
+        return found[-1] if found[-1].action == "deny" else found[0]
 
     def _keep_text(self, part: Part, text: str) -> None:
         room = self.max_answer - self._size

@@ -25,7 +25,16 @@ _BOM = b"\xef\xbb\xbf"
 
 
 class SSEError(ValueError):
-    """An event stream that breaks a limit (an event too large) or is not what was expected."""
+    """An event stream that breaks a limit (an event too large) or is not what was expected.
+
+    `events` holds the events the chunk completed before the one that broke the limit.
+    """
+
+    events: list[Event]
+
+    def __init__(self, message: str, events: list[Event] | None = None) -> None:
+        super().__init__(message)
+        self.events = events or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +100,10 @@ class EventParser:
                 del self._buf[:3]
                 self._base += 3
         self.scanned += len(self._buf) - start
-        events = self._lines(start)
+        events: list[Event] = []
+        self._lines(start, events)
         if self._size + len(self._buf) > self.max_event:
-            raise SSEError(f"an event is larger than {self.max_event} bytes")
+            raise SSEError(f"an event is larger than {self.max_event} bytes", events)
         return events
 
     def close(self) -> list[Event]:
@@ -102,23 +112,25 @@ class EventParser:
         self._reset()
         return []
 
-    def _lines(self, start: int) -> list[Event]:
-        events: list[Event] = []
+    def _lines(self, start: int, events: list[Event]) -> None:
+        """Each complete line of the buffer, the events it completes appended to `events`."""
         pos = 0
         buf = self._buf
-        for end in _EOL.finditer(buf, start):
-            line = bytes(buf[pos : end.start()])
-            pos = end.end()
-            if not line:
-                self.boundary = self._base + pos
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
+        try:
+            for end in _EOL.finditer(buf, start):
+                line = bytes(buf[pos : end.start()])
+                pos = end.end()
+                if not line:
+                    self.boundary = self._base + pos
+                event = self._line(line)
+                if event is not None:
+                    events.append(event)
+        except SSEError as exc:
+            raise SSEError(str(exc), events) from None
         if pos:
             self._cr = buf[pos - 1 : pos] == b"\r" and pos == len(buf)
             del buf[:pos]  # once per chunk, so a chunk of many lines stays linear
             self._base += pos
-        return events
 
     def _line(self, line: bytes) -> Event | None:
         if not line:

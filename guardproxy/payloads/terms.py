@@ -33,7 +33,7 @@ HIDDEN = (
 _HIDDEN = re.compile(f"[{HIDDEN}]+")
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer), and
 # Hangul, whose particles join the noun: a term's edge in them needs no word boundary.
-_UNSPACED = re.compile(
+UNSPACED = re.compile(
     "[\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u30ff\u3130-\u318f"
     "\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff65-\uffdc"
     "\U00020000-\U0003134f]"
@@ -41,6 +41,7 @@ _UNSPACED = re.compile(
 # A word boundary where "_" counts as a space: Markdown shows _term_ as the word in italics.
 _BEFORE = r"(?<![^\W_])"
 _AFTER = r"(?![^\W_])"
+WORD = re.compile(r"[^\W_]")  # a character that goes on a word: a term before it is not whole
 _END = ""  # the trie's mark of a whole term
 
 
@@ -172,8 +173,8 @@ def term_pattern(terms: Sequence[str]) -> re.Pattern[str]:
     if not root:
         raise ValueError("term_pattern needs at least one term")
     first = "".join(re.escape(char) for key in sorted(root) for char in key)
-    spaced = [c for c in sorted(root) if not _UNSPACED.match(c)]
-    unspaced = [c for c in sorted(root) if _UNSPACED.match(c)]
+    spaced = [c for c in sorted(root) if not UNSPACED.match(c)]
+    unspaced = [c for c in sorted(root) if UNSPACED.match(c)]
     groups = [_BEFORE + _choice(spaced, root)] if spaced else []
     groups += [_choice(unspaced, root)] if unspaced else []
     # The lookahead rejects most positions on one character test, and the word boundary is
@@ -236,7 +237,7 @@ def _branch(key: str, node: dict[str, Any]) -> str:
         chain += _letter(key)
     alternatives = [_letter(k) + _branch(k, node[k]) for k in sorted(node) if k != _END]
     if _END in node:
-        alternatives.append("" if _UNSPACED.match(key) else _AFTER)  # the term ends here
+        alternatives.append("" if UNSPACED.match(key) else _AFTER)  # the term ends here
     if len(alternatives) == 1:
         return chain + alternatives[0]
     return chain + "(?:" + "|".join(alternatives) + ")"

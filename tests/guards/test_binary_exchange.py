@@ -184,9 +184,9 @@ def test_stream_terms_follow_the_label_action() -> None:
         labels = {"deny": ["gorilla"], "action": action}
         return stream_terms(policy({"protocol": "openai"}, labels=labels))
 
-    assert terms("flag").scan("", "a gorilla")[1][0].action == "flag"
-    assert terms("block").scan("", "a gorilla")[1][0].action == "deny"
-    assert terms("suppress").scan("", "a gorilla")[1][0].action == "deny"
+    assert terms("flag").scan("", "a gorilla.")[1][0].action == "flag"
+    assert terms("block").scan("", "a gorilla.")[1][0].action == "deny"
+    assert terms("suppress").scan("", "a gorilla.")[1][0].action == "deny"
     assert stream_terms(policy({"protocol": "openai"})) is None
     assert stream_terms(policy({}, labels={"deny": ["gorilla"]})) is None  # not a chat model
 

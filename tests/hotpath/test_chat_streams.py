@@ -46,6 +46,7 @@ GATE = "<gate>"  # the upstream stops here until the test opens the gate
 BROKEN = "<broken>"  # an event that is not JSON
 RESET = "<reset>"  # the upstream drops the connection
 TOOL = "<tool>"  # the rest of the piece is a piece of a tool call's arguments
+BIG = "<big>"  # an event of 5,000 characters of content
 
 
 def event(doc: dict[str, Any]) -> bytes:
@@ -114,6 +115,8 @@ class ChatModel:
                 return response
             elif piece == BROKEN:
                 await self._write(response, b"data: {not json\n\n", step)
+            elif piece == BIG:
+                await self._write(response, chunk("y" * 5000), step)
             elif piece.startswith(TOOL):
                 await self._write(response, chunk(None, tool=piece.removeprefix(TOOL)), step)
             else:
@@ -208,6 +211,33 @@ async def test_a_denied_term_split_across_chunks_ends_the_stream_with_an_error_e
     assert "".join(received) == "Here is a GORil"  # the event that completed the term never left
     counts = proxy.runtime.proxy.counts
     assert (counts.chat_streams_blocked, counts.blocked, counts.unguarded_streams) == (1, 1, 0)
+
+
+async def test_a_term_that_ends_an_event_counts_only_when_no_letter_follows(
+    served: tuple[RunningProxy, ChatModel], chat: openai.AsyncOpenAI
+) -> None:
+    proxy, _ = served
+    assert await stream_text(chat, "Here is a GOrilla|s, the plural") == [
+        "Here is a GOrilla", "s, the plural"
+    ]  # fmt: skip
+    with pytest.raises(openai.APIError, match=WITHHELD):
+        await stream_text(chat, "Fine.|Here is a GOrilla| eating")
+    counts = proxy.runtime.proxy.counts
+    assert (counts.chat_streams, counts.chat_streams_blocked) == (2, 1)
+
+
+async def test_a_term_held_before_an_unreadable_event_counts_when_fail_open(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    model = ChatModel()  # events over max_event cannot be read: the rest passes unread
+    async with proxy_before(model.app(), tmp_path, POLICIES, max_body=4096) as proxy:
+        body = {"model": "m", "stream": True,
+                "messages": [{"role": "user", "content": f"fine, a gorilla|{BIG}"}]}  # fmt: skip
+        async with client.post(proxy.url + CHAT, json=body) as response:
+            received = await response.read()
+        assert b"gorilla" not in received and WITHHELD.encode() in received
+        counts = proxy.runtime.proxy.counts
+        assert (counts.chat_stream_errors, counts.chat_streams_blocked) == (1, 1)
 
 
 async def test_a_blocked_stream_is_sampled_whole_and_counted_as_blocked(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,9 +13,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, TermScanner, error_events
+from guardproxy.payloads.chatstream import PASS, ChatStreamGuard, Scan, TermScanner, error_events
 from guardproxy.payloads.sse import SSEError
-from guardproxy.payloads.terms import longest_span
+from guardproxy.payloads.terms import fold, longest_span, term_pattern
 from guardproxy.testing import serving
 
 REFUSED = "the answer was refused by policy"
@@ -164,11 +165,11 @@ def feed_pieces(pieces: list[str]) -> tuple[ChatStreamGuard, list[Scan]]:
     return guard, [guard.feed(chunk_event({0: p})) for p in pieces]
 
 
-def test_every_split_of_a_term_is_found_in_the_chunk_that_completes_it() -> None:
+def test_every_split_of_a_term_is_found_in_the_chunk_that_shows_it_whole() -> None:
     text = "the gorilla went"
     for cut in range(1, len(text)):
         _, scans = feed_pieces([text[:cut], text[cut:]])
-        deny_at = 0 if cut >= len("the gorilla") else 1
+        deny_at = 0 if cut > len("the gorilla") else 1  # at 11, " went" shows it is a word
         assert scans[deny_at] == Scan("deny", "gorilla", 0), cut
         assert all(s.action == "pass" for s in scans[:deny_at])
 
@@ -178,7 +179,7 @@ def test_a_term_hidden_by_invisible_characters_is_found_in_every_split() -> None
     for cut in range(1, len(text)):
         _, scans = feed_pieces([text[:cut], text[cut:]])
         assert Scan("deny", "gorilla", 0) in scans, cut
-    _, scans = feed_pieces(["go" + "\u200b" * 100, "\u200b" * 100 + "rilla"])  # any number
+    _, scans = feed_pieces(["go" + "\u200b" * 100, "\u200b" * 100 + "rilla", "!"])  # any number
     assert scans[-1] == Scan("deny", "gorilla", 0)
 
 
@@ -186,20 +187,20 @@ def test_byte_splits_inside_events_and_characters() -> None:
     body = chunk_event({0: "caf\u00e9 Gori"}) + chunk_event({0: "lla"})
     for cut in range(len(body)):
         guard = ChatStreamGuard(TermScanner(["gorilla"]))
-        scans = [guard.feed(body[:cut]), guard.feed(body[cut:])]
-        assert scans[-1].action == "deny" or scans[0].action == "deny"
+        scans = [guard.feed(body[:cut]), guard.feed(body[cut:]), guard.end()]
+        assert [s.action for s in scans].count("deny") == 1
         assert guard.answer() == "caf\u00e9 Gorilla"
 
 
 def test_whole_words_only_and_terms_with_spaces() -> None:
-    _, scans = feed_pieces(["gorillas ", "apex ", "new ", "york"])
-    assert [s.action for s in scans] == ["pass", "pass", "pass", "deny"]
+    _, scans = feed_pieces(["gorillas ", "apex ", "new ", "york", "."])
+    assert [s.action for s in scans] == ["pass", "pass", "pass", "pass", "deny"]
     _, scans = feed_pieces(["grape", "ape"])  # "grapeape": no word boundary
     assert [s.action for s in scans] == ["pass", "pass"]
 
 
 def test_deny_wins_over_flag_in_the_same_chunk() -> None:
-    _, scans = feed_pieces(["an ape and a gorilla"])
+    _, scans = feed_pieces(["an ape and a gorilla."])
     assert scans == [Scan("deny", "gorilla", 0)]
 
 
@@ -228,6 +229,83 @@ def test_only_complete_events_are_released() -> None:
     assert b"".join(out) + guard.rest() == body + b"data: partial"
 
 
+def test_a_term_that_ends_an_event_waits_for_what_follows_it() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    first, second = chunk_event({0: "an ape"}), chunk_event({0: "x and a gorilla"})
+    assert guard.feed(first) == PASS and guard.release() == first  # a flag holds nothing
+    assert guard.feed(second) == PASS and guard.release() == b""  # held: "gorilla" may go on
+    assert guard.feed(chunk_event({0: "s"})) == PASS  # "gorillas": not the term
+    assert guard.release() == second + chunk_event({0: "s"})
+    assert guard.end() == PASS and not guard.flags  # nor was "apex" the flagged term
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        chunk_event({0: " x"}),  # what follows is not a letter
+        chunk_event({0: ""}, finish="stop"),  # the choice is finished
+        b"data: [DONE]\n\n",
+        b"",  # the upstream ends
+    ],
+)
+def test_a_held_term_counts_once_nothing_can_go_on_with_it(ending: bytes) -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    clean, denied = chunk_event({0: "fine, "}), chunk_event({0: "gorilla"})
+    assert guard.feed(clean + denied) == PASS and guard.release() == clean
+    scan = guard.feed(ending) if ending else guard.end()
+    assert scan == Scan("deny", "gorilla", 0)
+    assert guard.release() == b""  # the event that ended in the term never goes out
+
+
+def test_a_term_in_the_event_that_finishes_its_choice_counts_there() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    assert guard.feed(chunk_event({0: "a gorilla"}, finish="length")) == Scan("deny", "gorilla", 0)
+    assert guard.release() == b""
+
+
+def test_a_held_term_holds_every_later_event_up_to_max_event() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), max_event=1_000)
+    assert guard.feed(chunk_event({0: "a gorilla"})) == PASS
+    other = chunk_event({1: "y" * 100})  # another choice's events wait behind it: 259 bytes
+    scans = [guard.feed(other) for _ in range(3)]
+    assert all(s == PASS for s in scans) and guard.release() == b""
+    assert guard.feed(other) == Scan("deny", "gorilla", 0)  # no longer: it counts
+    assert guard.release() == b""
+
+
+def test_the_earliest_held_term_of_several_choices_bounds_what_goes_out() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    events = [chunk_event({1: "an ape"}), chunk_event({0: "a gorilla"}), chunk_event({1: "?"})]
+    for event in events:
+        guard.feed(event)
+    assert guard.release() == events[0] and guard.flags == {"ape"}  # choice 0's term holds
+    assert guard.feed(chunk_event({0: "", 1: "!"}, finish="stop")) == Scan("deny", "gorilla", 0)
+    assert guard.release() == b""
+
+
+def test_a_stream_finds_what_scanning_its_whole_text_finds() -> None:
+    """Random streams (look-alikes, hidden characters, any chunking) against the whole text."""
+    rng = random.Random(7)
+    words = ["gorilla", "g\u043erilla", "ape", "apex", "grape", "go", "rilla", "new", "york",
+             "x", "s", " ", " ", ".", ", ", "\u200b", "GORILLA", "_"]  # fmt: skip
+    deny, flag = ["gorilla", "new york"], ["ape"]
+    whole = term_pattern([*deny, *flag])
+    for _ in range(500):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(1, 10)))
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 4))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        body = stream_body(pieces)
+        guard = ChatStreamGuard(TermScanner(deny, flag=flag))
+        step = rng.randint(1, len(body))
+        scans = [guard.feed(body[i : i + step]) for i in range(0, len(body), step)]
+        scans.append(guard.end())
+        found = {m.casefold() for m in whole.findall(fold(text))}
+        denied = "deny" in [s.action for s in scans]
+        assert denied == bool(found & {"gorilla", "new york"}), (text, pieces)
+        if not denied:
+            assert guard.flags == found, (text, pieces)
+
+
 def test_huge_events_and_bad_json_are_errors() -> None:
     guard = ChatStreamGuard(TermScanner(["x"]), max_event=10_000)
     with pytest.raises(SSEError, match="larger than"):
@@ -236,7 +314,7 @@ def test_huge_events_and_bad_json_are_errors() -> None:
         ChatStreamGuard(TermScanner(["x"])).feed(b"data: {nope\n\n")
     with pytest.raises(SSEError, match="choice index"):
         ChatStreamGuard(TermScanner(["x"]), max_choices=16).feed(chunk_event({16: "x"}))
-    assert ChatStreamGuard(TermScanner(["x"])).feed(chunk_event({9_999: "x"})).action == "deny"
+    assert ChatStreamGuard(TermScanner(["x"])).feed(chunk_event({9_999: "x!"})).action == "deny"
 
 
 def event_of(data: str) -> bytes:
@@ -258,7 +336,7 @@ def event_of(data: str) -> bytes:
 def test_what_a_client_reads_in_an_event_orjson_refuses_is_still_scanned(data: str) -> None:
     for skip in (False, True):
         guard = ChatStreamGuard(TermScanner(["gorilla"]), skip_unreadable=skip)
-        assert guard.feed(event_of(data)).action == "deny"
+        assert "deny" in (guard.feed(event_of(data)).action, guard.end().action)
 
 
 def test_fail_open_passes_an_unreadable_event_and_reads_on() -> None:
@@ -267,7 +345,7 @@ def test_fail_open_passes_an_unreadable_event_and_reads_on() -> None:
         event_of("{nope")
         + event_of("[DONE] ")
         + chunk_event({16: "x"})
-        + chunk_event({0: "gorilla"})
+        + chunk_event({0: "gorilla!"})
     )
     assert guard.feed(body) == Scan("deny", "gorilla", 0)
     assert guard.unread_events == 2 and guard.done
@@ -291,7 +369,7 @@ def test_an_event_left_without_its_blank_line_is_scanned_at_the_end() -> None:
 
 def test_the_kept_answer_is_bounded() -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]), max_answer=10)
-    scans = [guard.feed(chunk_event({0: "aaaaaaaa"})), guard.feed(chunk_event({0: "a gorilla"}))]
+    scans = [guard.feed(chunk_event({0: "aaaaaaaa"})), guard.feed(chunk_event({0: "a gorilla."}))]
     assert scans[1].action == "deny"  # scanning goes on past the kept text
     assert guard.answer() == "aaaaaaaaa " and guard.truncated
 
@@ -304,9 +382,24 @@ def test_a_scanner_needs_terms() -> None:
 def test_a_deny_releases_the_events_before_the_one_that_completed_the_term() -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]))
     clean, denied = chunk_event({0: "a gor"}), chunk_event({0: "illa"})
-    assert guard.feed(clean + denied + chunk_event({0: "x"})) == Scan("deny", "gorilla", 0)
+    assert guard.feed(clean + denied + chunk_event({0: " x"})) == Scan("deny", "gorilla", 0)
     assert guard.release() == clean
-    assert guard.answer() == "a gorilla"  # the sample still holds the denied event's text
+    assert guard.answer() == "a gorilla x"  # the sample still holds the events scanned
+
+
+def test_the_events_before_an_oversized_one_in_its_chunk_are_scanned() -> None:
+    for skip in (False, True):
+        clean, large = chunk_event({0: "fine, "}), b"data: " + b"y" * 2_000
+        guard = ChatStreamGuard(TermScanner(["gorilla"]), max_event=1_000, skip_unreadable=skip)
+        assert guard.feed(clean + chunk_event({0: "a gorilla!"}) + large) == Scan(
+            "deny", "gorilla", 0
+        )
+        assert guard.release() == clean
+        held = ChatStreamGuard(TermScanner(["gorilla"]), max_event=1_000, skip_unreadable=skip)
+        with pytest.raises(SSEError, match="larger than"):
+            held.feed(clean + chunk_event({0: "a gorilla"}) + large)
+        assert held.release() == clean  # the term may go on: settled by the caller
+        assert held.settle() == Scan("deny", "gorilla", 0) and held.release() == b""
 
 
 def test_an_unreadable_event_releases_the_events_before_it() -> None:
@@ -329,13 +422,13 @@ def test_a_repeated_flagged_term_is_kept_once() -> None:
     # A model can be asked to say a word a million times: one record per match held
     # ~46 bytes a character of the answer, and ~0.7 s of the loop a MiB.
     scanner = TermScanner(["gorilla"], flag=["ape"])
-    _, found = scanner.scan("", "ape " * 10_000 + "Ape!")
+    _, found, _ = scanner.scan("", "ape " * 10_000 + "Ape!")
     assert found == [Scan("flag", "ape")]
     guard = ChatStreamGuard(scanner)
     for _ in range(100):
         guard.feed(chunk_event({0: "ape " * 100}))
     assert guard.flags == {"ape"}
-    _, found = scanner.scan("", "ape ape gorilla ape")
+    _, found, _ = scanner.scan("", "ape ape gorilla ape")
     assert found == [Scan("flag", "ape"), Scan("deny", "gorilla")]
 
 
@@ -373,11 +466,11 @@ def test_refusals_and_tool_call_arguments_are_scanned_each_as_its_own_text() -> 
     scans = [guard.feed(delta_event(d)) for d in events]
     assert [s.action for s in scans] == ["pass", "pass", "deny"]
     refusal = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
-    assert refusal.feed(delta_event({"refusal": "an ape"}, 1)) == Scan("flag", "ape", 1)
+    assert refusal.feed(delta_event({"refusal": "an ape."}, 1)) == Scan("flag", "ape", 1)
     legacy = ChatStreamGuard(TermScanner(["gorilla"]))
-    assert legacy.feed(delta_event({"function_call": {"arguments": "gorilla"}})).action == "deny"
+    assert legacy.feed(delta_event({"function_call": {"arguments": "gorilla "}})).action == "deny"
     assert guard.texts() == {0: {"tool_calls[0]": '{"q": "gorilla"}', "tool_calls[1]": '{"q": "x'}}
-    assert guard.answers() == {} and refusal.texts() == {1: {"refusal": "an ape"}}
+    assert guard.answers() == {} and refusal.texts() == {1: {"refusal": "an ape."}}
 
 
 def test_tool_call_arguments_are_read_through_their_json_escapes_however_they_are_cut() -> None:

@@ -64,6 +64,13 @@ def test_an_event_larger_than_the_limit_is_an_error() -> None:
         parser.feed(b"data: " + b"b" * 500 + b"\n")
 
 
+@pytest.mark.parametrize("large", [b"data: " + b"c" * 2000 + b"\n", b"data: " + b"c" * 2000])
+def test_the_error_holds_the_events_completed_before_the_large_one(large: bytes) -> None:
+    with pytest.raises(SSEError) as raised:
+        EventParser(max_event=1000).feed(b"data: x\n\ndata: y\n\n" + large)
+    assert raised.value.events == [Event("x"), Event("y")]
+
+
 def test_a_stream_without_newlines_is_cut_off_not_buffered() -> None:
     parser = EventParser(max_event=64 * 1024)
     fed = 0
