@@ -51,6 +51,11 @@ class Point:
     loop_lag_max_ms: float
     records: int
     dropped: int  # observations the monitors could not take (their queue was full)
+    loop_ticks: int = 0  # of the 25 ms ticker, since start
+    loop_ticks_over_5ms: int = 0
+    # Of the longest tick so far: the share of its time the loop's thread was on the CPU
+    # (near 1: the loop itself was busy; near 0: something else had the CPU).
+    loop_lag_max_busy: float = 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -103,9 +108,10 @@ class Soak:
     def point(self, done: int, errors: int) -> Point:
         """Where guardproxy stands now."""
         doc = status(self.admin)
-        lag = doc["loop"]["lag"]["max_ms"]
-        return Point(done, round(rss_mib(self.proxy.pid), 1), errors, lag,
-                     doc["fairness"]["recorded"], doc["monitor"]["dropped"])  # fmt: skip
+        lag = doc["loop"]["lag"]
+        return Point(done, round(rss_mib(self.proxy.pid), 1), errors, lag["max_ms"],
+                     doc["fairness"]["recorded"], doc["monitor"]["dropped"],
+                     lag["ticks"], lag["over"]["5ms"], lag["max_busy"])  # fmt: skip
 
     def run(self) -> list[Point]:
         """Chunks of about `every` requests each, until `requests` are done."""
@@ -171,10 +177,11 @@ def report(points: list[Point], opts: argparse.Namespace) -> None:
     """The RSS series as a table, then the JSON."""
     print(f"# python -m bench.soak --requests {opts.requests} --every {opts.every}")
     print(f"{'requests':>10}  {'RSS MiB':>8}  {'records':>8}  {'dropped':>8}  "
-          f"{'loop lag max ms':>15}  errors")  # fmt: skip
-    for point in points:
-        print(f"{point.requests:>10,}  {point.rss_mib:>8.1f}  {point.records:>8,}  "
-              f"{point.dropped:>8,}  {point.loop_lag_max_ms:>15.1f}  {point.errors}")  # fmt: skip
+          f"{'loop lag max ms':>15}  {'busy':>5}  {'ticks >5 ms':>15}  errors")  # fmt: skip
+    for p in points:
+        print(f"{p.requests:>10,}  {p.rss_mib:>8.1f}  {p.records:>8,}  {p.dropped:>8,}  "
+              f"{p.loop_lag_max_ms:>15.1f}  {p.loop_lag_max_busy:>5.2f}  "
+              f"{f'{p.loop_ticks_over_5ms:,} of {p.loop_ticks:,}':>15}  {p.errors}")  # fmt: skip
     change = growth(points, opts.every)
     steady = growth(points, opts.steady_from)
     for start, value in ((opts.every, change), (opts.steady_from, steady)):
