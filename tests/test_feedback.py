@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,12 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from guardproxy import feedback
 from guardproxy.feedback import (
     MAX_BODY,
     MAX_ID_LENGTH,
     STEP,
     BadBody,
-    ndjson_items,
+    ndjson_lines,
     observed_time,
     prediction_id,
     validate,
@@ -145,6 +147,61 @@ async def test_a_large_batch_is_joined_in_steps_in_order(
     assert fed.runtime.feedback.counts["waited"] == 1
 
 
+async def test_ndjson_lines_are_read_a_step_at_a_time(
+    fed: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, read, steps = fed.runtime.engine, [0], []
+    join, item_of = engine.join, feedback.ndjson_item
+
+    def counted(line: bytes) -> Any:
+        read[0] += 1
+        return item_of(line)
+
+    async def joined_after(items: Any) -> Any:
+        steps.append(read[0])  # the lines read by the time each step joins
+        return await join(items)
+
+    monkeypatch.setattr(feedback, "ndjson_item", counted)
+    monkeypatch.setattr(engine, "join", joined_after)
+    lines = [json.dumps({"request_id": f"p{i % 10}", "label": 1}) for i in range(3 * STEP)]
+    status, doc = await post(fed, "\n".join(lines))
+    assert status == 200 and doc["totals"]["joined"] == 10
+    assert steps == [STEP, 2 * STEP, 3 * STEP]  # not every line before the first step
+
+
+async def test_concurrent_requests_take_a_step_at_a_time_a_pass_of_the_loop(
+    fed: RunningProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, passes, seen = fed.runtime.engine, [0], []
+    join = engine.join
+
+    async def noted(items: Any) -> Any:
+        seen.append(passes[0])  # the loop pass each step joined in
+        return await join(items)
+
+    async def count_passes() -> None:
+        while True:
+            passes[0] += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(engine, "join", noted)
+    counter = asyncio.create_task(count_passes())
+    try:
+        body = json.dumps([{"request_id": f"p{i % 10}", "label": 1} for i in range(3 * STEP)])
+        answers = await asyncio.gather(*(post(fed, body) for _ in range(4)))
+    finally:
+        counter.cancel()
+    assert [status for status, _ in answers] == [200] * 4
+    assert len(seen) == 12 and len(set(seen)) == 12  # never two steps in one pass
+
+
+async def test_ndjson_of_no_json_line_is_400_and_counts_no_item(fed: RunningProxy) -> None:
+    counts = fed.runtime.feedback.counts
+    status, doc = await post(fed, "\n".join(["not json"] * (STEP + 1)))
+    assert status == 400 and doc["error"].startswith("malformed JSON")
+    assert (counts["invalid"], counts["rejected"]) == (0, 1)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -174,7 +231,9 @@ async def test_batch_bound(fed: RunningProxy) -> None:
     assert (await post(fed, ndjson))[0] == 413
 
 
-@pytest.mark.parametrize("body", ["", "not json", "42", '"text"', '{"request_id": '])
+@pytest.mark.parametrize(
+    "body", ["", "not json", "42", '"text"', '{"request_id": ', "not json\n{nor this"]
+)
 async def test_malformed_body_is_400(fed: RunningProxy, body: str) -> None:
     status, doc = await post(fed, body)
     assert status == 400
@@ -253,7 +312,7 @@ def test_millions_of_ndjson_lines_are_refused_before_they_are_split() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(BadBody, match="limit is 10000") as refused:
-            ndjson_items(b"ab\n" * 600_000)  # 1.8 MB: under the body limit
+            ndjson_lines(b"ab\n" * 600_000)  # 1.8 MB: under the body limit
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
