@@ -38,6 +38,7 @@ from guardproxy.masking import Masker
 from guardproxy.monitors.engine import FairnessEngine
 from guardproxy.monitors.fleet import FleetView, Monitors
 from guardproxy.monitors.health import ModelHealth
+from guardproxy.monitors.marks import WrittenMarks
 from guardproxy.monitors.watchdog import Watchdog
 from guardproxy.monitors.worker import MonitorWorker
 from guardproxy.policy.models import ModelPolicy
@@ -96,6 +97,11 @@ class Runtime:
             self.feedback_token,
             max_body=min(settings.max_body, FEEDBACK_BODY),
             settle=self.records_written,
+        )
+        # Labels reach any worker of any replica: on a shared backend, each process says how
+        # far its records are written, and a label waits for the others' too.
+        self.marks = (
+            None if settings.state == "memory" else WrittenMarks(self.state, self._written_here)
         )
         self.telemetry = self.build_telemetry()
         self.watch_telemetry()
@@ -201,6 +207,9 @@ class Runtime:
             parts.push_async_callback(self.decision_key.stop)
             await self.engine.start()
             parts.push_async_callback(self.engine.stop)
+            if self.marks is not None:  # its mark goes once the worker's records are written
+                self.marks.start()
+                parts.push_async_callback(self.marks.stop)
             self.sample_writer.start()
             parts.push_async_callback(self.sample_writer.stop, True)
             await self.fallbacks.start()
@@ -219,7 +228,19 @@ class Runtime:
             yield
 
     def records_written(self) -> Awaitable[None]:
-        """Done once the answers sent before the call have their records written (or lost)."""
+        """Done once the answers sent before the call have their records written (or lost),
+        by this process and, on a shared backend, by every other."""
+        since, here = time.time(), self._written_here()  # the marks are taken now
+
+        async def written() -> None:
+            await here
+            if self.marks is not None:
+                await self.marks.others_written(since)
+
+        return written()
+
+    def _written_here(self) -> Awaitable[None]:
+        """Done once this process's answers sent before the call have their records written."""
         monitored = self.worker.caught_up()  # the mark is taken now, not when awaited
 
         async def written() -> None:
@@ -293,7 +314,10 @@ class Runtime:
             "monitor": self.worker.status(),
             "breakers": {**self.breakers.status(), "fallbacks": self.fallbacks.status()},
             "drift": self.watchdog.status(),
-            "feedback": dict(self.feedback.counts),
+            "feedback": {
+                **self.feedback.counts,
+                "marks": self.marks.status() if self.marks is not None else None,
+            },
             "telemetry": self.telemetry.status(),
             "grpc": self.grpc.status() if self.grpc is not None else None,
             "logs": {"access_log": self.settings.access_log, "dropped": dropped()},

@@ -374,6 +374,32 @@ async def test_a_label_sent_as_soon_as_its_answer_joins(backend: str) -> None:
             await drop_prefix(prefix)
 
 
+async def test_a_label_sent_to_another_replica_as_soon_as_its_answer_joins() -> None:
+    """Another worker or replica on the same Redis writes the record: the label waits for it."""
+    prefix = f"gp-test-{os.urandom(4).hex()}:"
+    state = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    model = RecordingModel(score=0.7)
+    try:
+        async with (
+            serving(model.app()) as upstream,
+            aiohttp.ClientSession() as session,
+            running_proxy(proxy_settings(upstream, state=state)) as answering,
+            running_proxy(proxy_settings(upstream, state=state)) as labelled,
+        ):
+            for i in range(20):
+                url = f"{answering.url}/v2/models/adult/infer"
+                headers = {"X-Request-Id": f"there-{i}"}
+                async with session.post(url, json=v2_request("Female"), headers=headers) as r:
+                    assert r.status == 200
+                body = json.dumps({"request_id": f"there-{i}", "label": 1})
+                status, doc = await post(labelled, body)
+                assert status == 200 and doc["totals"]["joined"] == 1, (i, doc)
+            marks = labelled.runtime.status()["feedback"]["marks"]  # type: ignore[index]
+            assert marks["other_writers"] == 1 and marks["waits"] == 20 and marks["errors"] == 0
+    finally:
+        await drop_prefix(prefix)
+
+
 async def test_a_label_waits_for_its_record_at_most_the_settle_timeout(
     fed: RunningProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -172,6 +172,15 @@ class StateBackend(Protocol):
         Every replica offers its own candidate; all of them get the first one stored.
         """
 
+    async def mark_written(self, writer: str, mark: float) -> None:
+        """Say that `writer` has written the records of every answer it sent before `mark`."""
+
+    async def written_marks(self) -> dict[str, float]:
+        """Every writer's last mark."""
+
+    async def forget_writers(self, writers: Sequence[str]) -> None:
+        """Remove these writers' marks (they stopped)."""
+
     async def ping(self) -> bool:
         """Whether the backend answers."""
 

@@ -36,6 +36,7 @@ class MemoryState:
         self._groups: dict[ModelKey, dict[str, GroupState]] = {}
         self._thresholds: ThresholdTable | None = None
         self._secrets: dict[str, str] = {}
+        self._marks: dict[str, float] = {}  # writer -> its records are written up to here
 
     async def record_predictions(self, records: Sequence[PredictionRecord]) -> int:
         """Keep records for the label join; how many ids were already in use."""
@@ -106,6 +107,19 @@ class MemoryState:
     async def shared_secret(self, name: str, candidate: str) -> str:
         """The secret kept under `name`, keeping `candidate` if there is none."""
         return self._secrets.setdefault(name, candidate)
+
+    async def mark_written(self, writer: str, mark: float) -> None:
+        """Keep the writer's mark."""
+        self._marks[writer] = mark
+
+    async def written_marks(self) -> dict[str, float]:
+        """Every writer's last mark."""
+        return dict(self._marks)
+
+    async def forget_writers(self, writers: Sequence[str]) -> None:
+        """Remove these writers' marks."""
+        for writer in writers:
+            self._marks.pop(writer, None)
 
     async def ping(self) -> bool:
         """Always reachable."""

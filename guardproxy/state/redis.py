@@ -287,6 +287,26 @@ class RedisState:
             raise StateError(f"secret {name!r} is missing after SET NX")
         return value
 
+    async def mark_written(self, writer: str, mark: float) -> None:
+        """HSET the writer's mark."""
+        await self._call(self._redis.hset(self._key("writers"), writer, repr(mark)))
+
+    async def written_marks(self) -> dict[str, float]:
+        """HGETALL the marks (a field that is not a number is left out)."""
+        fields = await self._call(self._redis.hgetall(self._key("writers")))
+        marks = {}
+        for writer, text in fields.items():
+            try:
+                marks[str(writer)] = float(text)
+            except ValueError:
+                continue
+        return marks
+
+    async def forget_writers(self, writers: Sequence[str]) -> None:
+        """HDEL these writers' marks."""
+        if writers:
+            await self._call(self._redis.hdel(self._key("writers"), *writers))
+
     async def ping(self) -> bool:
         """Whether Redis answers a PING in time."""
         try:

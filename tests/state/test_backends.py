@@ -167,3 +167,13 @@ async def test_shared_secret_is_set_once_and_every_caller_gets_the_first(
     assert len(set(results)) == 1 and results[0].startswith("candidate-")
     assert await state.shared_secret("k", "late") == results[0]
     assert await state.shared_secret("other", "x-1") == "x-1"
+
+
+async def test_writers_marks_are_kept_replaced_and_forgotten(state: StateBackend) -> None:
+    await state.mark_written("a:1:x", 10.25)
+    await state.mark_written("b:2:y", 11.5)
+    await state.mark_written("a:1:x", 12.125)
+    assert await state.written_marks() == {"a:1:x": 12.125, "b:2:y": 11.5}
+    await state.forget_writers(["a:1:x", "never-marked"])
+    await state.forget_writers([])
+    assert await state.written_marks() == {"b:2:y": 11.5}
