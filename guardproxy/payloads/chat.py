@@ -1,4 +1,4 @@
-"""OpenAI chat completions, whose guarded labels are the choices' texts."""
+"""OpenAI chat completions, completions and responses: the guarded labels are their texts."""
 
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ class OpenAIChat(Payload):
     def _label_slots(self, response_doc: Doc) -> list[Slot]:
         if self.labels_path is not None:
             return self.labels_path.slots(response_doc)
+        responses = isinstance(response_doc, dict) and "choices" not in response_doc
+        if responses and isinstance(output := response_doc.get("output"), list):
+            return _output_slots(output)  # the Responses API
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
@@ -85,3 +88,29 @@ def _text_slots(message: dict[str, Any]) -> list[Slot]:
         if isinstance(f, dict) and f.get("arguments") is not None
     ]
     return slots
+
+
+def _output_slots(output: list[Any]) -> list[Slot]:
+    """Where a client reads a Responses answer's text: each message's output text and
+    refusal, each function call's arguments, a custom tool call's input, and the reasoning
+    summaries and text it shows."""
+    slots: list[Slot] = []
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind in ("function_call", "custom_tool_call"):
+            key = "arguments" if kind == "function_call" else "input"
+            slots += [(item, key)] if isinstance(item.get(key), str) else []
+            continue
+        parts = item.get("content") if kind == "message" else None
+        if kind == "reasoning":
+            parts = [*as_parts(item.get("summary")), *as_parts(item.get("content"))]
+        for part in as_parts(parts):
+            slots += [(part, key) for key in ("text", "refusal") if isinstance(part.get(key), str)]
+    return slots
+
+
+def as_parts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list of content parts (anything else: none)."""
+    return [p for p in value if isinstance(p, dict)] if isinstance(value, list) else []

@@ -39,6 +39,18 @@ CONTENT = "content"
 MAX_TOOL_CALLS = 128  # per choice: each keeps a text and a tail of its own
 # What a delta says as text: its content, a refusal, a reasoning model's reasoning (vLLM).
 _DELTA_TEXTS = (CONTENT, "refusal", "reasoning_content", "reasoning")
+# The Responses API: an event's type says which text of which output item its delta adds
+# to (by `output_index`, the item's texts kept as a choice's are).
+_RESPONSE_DELTAS = {
+    "response.output_text.delta": CONTENT,
+    "response.refusal.delta": "refusal",
+    "response.reasoning_text.delta": "reasoning",
+    "response.reasoning_summary_text.delta": "summary",
+    "response.function_call_arguments.delta": "arguments",  # JSON, as a tool call's
+    "response.custom_tool_call_input.delta": "input",
+}
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_JSON_TEXTS = ("arguments", "function_call", "tool_calls[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +295,8 @@ class ChatStreamGuard:
     def _deltas(self, doc: Any, finished: list[int]) -> list[tuple[Part, str]]:
         """Each choice's texts; the choices that finish here are added to `finished`."""
         choices = doc.get("choices") if isinstance(doc, dict) else None
-        if not isinstance(choices, list):
-            return []  # an error or usage event: no text
+        if not isinstance(choices, list):  # a Responses event, or an error or usage event
+            return self._response_delta(doc, finished) if isinstance(doc, dict) else []
         out = []
         for choice in choices:
             if not isinstance(choice, dict):
@@ -301,11 +313,28 @@ class ChatStreamGuard:
                 finished.append(index)
         return out
 
+    def _response_delta(self, doc: dict[str, Any], finished: list[int]) -> list[tuple[Part, str]]:
+        """A Responses API event's text; an item done, or the response's end, finishes."""
+        kind = doc.get("type")
+        name = _RESPONSE_DELTAS.get(kind) if isinstance(kind, str) else None
+        if name is not None and _is_text(delta := doc.get("delta")):
+            index = _index(doc.get("output_index", 0), self.max_choices, "output")
+            for key in ("content_index", "summary_index"):
+                if doc.get(key, 0) != 0:  # another part of the item: a text of its own
+                    name += f"[{_index(doc[key], MAX_TOOL_CALLS, 'content')}]"
+            return [((index, name), delta)]
+        if kind == "response.output_item.done" and self._open:
+            finished.append(_index(doc.get("output_index", 0), self.max_choices, "output"))
+        elif kind in _RESPONSE_ENDS:
+            self.done = True
+            finished += [index for index, _ in self._open]
+        return []
+
     def _scan_text(self, part: Part, text: str) -> Scan:
         self._keep_text(part, text)
         if self.scanner is None:
             return PASS
-        if part[1] not in _DELTA_TEXTS:  # arguments: scanned as the client's parser reads them
+        if part[1].startswith(_JSON_TEXTS):  # scanned as the client's parser reads them
             unescaper = self._unescapers.get(part)
             if unescaper is None:
                 unescaper = self._unescapers[part] = Unescaper()

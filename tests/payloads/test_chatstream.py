@@ -507,3 +507,55 @@ def test_a_tool_call_index_out_of_bounds_is_an_error(call: Any) -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]))
     with pytest.raises(SSEError, match="tool call index"):
         guard.feed(delta_event(tool_delta(call, "x")))
+
+
+def response_event(kind: str, **fields: Any) -> bytes:
+    """A Responses API event, named as the API names it."""
+    doc = {"type": f"response.{kind}", "sequence_number": 0, **fields}
+    return f"event: response.{kind}\ndata: ".encode() + json.dumps(doc).encode() + b"\n\n"
+
+
+def text_delta(delta: str, output: int = 0, part: int = 0) -> bytes:
+    return response_event(
+        "output_text.delta", item_id="m", output_index=output, content_index=part, delta=delta
+    )
+
+
+def test_a_responses_stream_is_scanned_item_by_item() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    events = [
+        response_event("created", response={"id": "r", "output": []}),
+        text_delta("an ape. a gor"),
+        response_event("function_call_arguments.delta", output_index=1, delta='{"q": "ril'),
+        text_delta("la", part=1),  # another part of the message: a text of its own
+    ]
+    assert [guard.feed(e).action for e in events] == ["pass", "flag", "pass", "pass"]
+    assert guard.feed(text_delta("illa!")) == Scan("deny", "gorilla", 0)
+    assert guard.texts() == {
+        0: {"content": "an ape. a gorilla!", "content[1]": "la"},
+        1: {"arguments": '{"q": "ril'},
+    }
+
+
+def test_a_responses_stream_settles_a_held_term_when_its_item_or_the_response_ends() -> None:
+    for ending in (
+        response_event("output_item.done", output_index=0, item={"type": "message"}),
+        response_event("completed", response={"id": "r", "output": []}),
+        b"",  # the upstream ends
+    ):
+        guard = ChatStreamGuard(TermScanner(["gorilla"]))
+        assert guard.feed(text_delta("a gorilla")) == PASS and guard.release() == b""
+        assert (guard.feed(ending) if ending else guard.end()) == Scan("deny", "gorilla", 0)
+    clean = ChatStreamGuard(TermScanner(["gorilla"]))
+    clean.feed(text_delta("a gorilla") + text_delta("s"))
+    assert clean.feed(response_event("completed", response={})) == PASS and clean.done
+
+
+def test_responses_arguments_are_read_through_their_escapes_and_text_is_not() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    arguments = response_event(
+        "function_call_arguments.delta", output_index=1, delta='{"q": "\\u0067orilla"}'
+    )
+    assert guard.feed(arguments) == Scan("deny", "gorilla", 1)
+    plain = ChatStreamGuard(TermScanner(["gorilla"]))
+    assert plain.feed(text_delta("\\u0067orilla!")) == PASS  # shown as written

@@ -220,6 +220,31 @@ def test_openai_texts_and_no_score() -> None:
         payload.scores(answer)
 
 
+def test_a_responses_api_answer_is_read_where_a_client_reads_its_texts() -> None:
+    payload = preset("openai")
+    answer: dict[str, Any] = {
+        "object": "response",
+        "output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "Hi there", "annotations": []},
+                {"type": "refusal", "refusal": "not that"},
+            ]},
+            {"type": "function_call", "name": "f", "call_id": "c", "arguments": '{"q": "x"}'},
+            {"type": "custom_tool_call", "name": "g", "call_id": "d", "input": "raw"},
+            {"type": "web_search_call", "status": "completed"},
+        ],
+    }  # fmt: skip
+    rows = [["thinking"], ["Hi there"], ["not that"], ['{"q": "x"}'], ["raw"]]
+    assert payload.labels(answer) == rows and payload.json_rows(answer) == {3}
+    payload.set_labels(answer, [["t"], ["Hi *****"], ["n"], ['{"q": "*"}'], ["r"]])
+    assert answer["output"][1]["content"][0]["text"] == "Hi *****"
+    assert answer["output"][2]["arguments"] == '{"q": "*"}'
+    assert payload.labels({"object": "response", "output": []}) == []
+    with pytest.raises(PayloadError, match="choices"):
+        payload.labels({"object": "response", "output": "not a list"})
+
+
 def test_jsonpath_protocol_scores_labels_and_rewrite() -> None:
     payload = preset("jsonpath", {"path": "$.results[*].tags"}, path="$.results[*].score")
     answer = {"results": [{"score": 0.3, "tags": ["a", "b"]}, {"score": 0.8, "tags": "c"}]}
