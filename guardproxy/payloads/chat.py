@@ -51,8 +51,8 @@ class OpenAIChat(Payload):
         if self.labels_path is not None:
             return self.labels_path.slots(response_doc)
         responses = isinstance(response_doc, dict) and "choices" not in response_doc
-        if responses and isinstance(output := response_doc.get("output"), list):
-            return _output_slots(output)  # the Responses API
+        if responses and isinstance(response_doc.get("output"), list):
+            return _response_slots(response_doc)  # the Responses API
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
@@ -90,12 +90,13 @@ def _text_slots(message: dict[str, Any]) -> list[Slot]:
     return slots
 
 
-def _output_slots(output: list[Any]) -> list[Slot]:
+def _response_slots(response: dict[str, Any]) -> list[Slot]:
     """Where a client reads a Responses answer's text: each message's output text and
-    refusal, each function call's arguments, a custom tool call's input, and the reasoning
-    summaries and text it shows."""
+    refusal, each function call's arguments, a custom tool call's input, the reasoning
+    summaries and text it shows, and the joined `output_text` some servers add (as the SDK
+    does)."""
     slots: list[Slot] = []
-    for item in output:
+    for item in response["output"]:
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
@@ -108,6 +109,8 @@ def _output_slots(output: list[Any]) -> list[Slot]:
             parts = [*as_parts(item.get("summary")), *as_parts(item.get("content"))]
         for part in as_parts(parts):
             slots += [(part, key) for key in ("text", "refusal") if isinstance(part.get(key), str)]
+    if isinstance(response.get("output_text"), str):
+        slots.append((response, "output_text"))
     return slots
 
 

@@ -241,6 +241,8 @@ def test_a_responses_api_answer_is_read_where_a_client_reads_its_texts() -> None
     assert answer["output"][1]["content"][0]["text"] == "Hi *****"
     assert answer["output"][2]["arguments"] == '{"q": "*"}'
     assert payload.labels({"object": "response", "output": []}) == []
+    joined = {"output": [], "output_text": "a joined text"}  # as the SDK shows it
+    assert payload.labels(joined) == [["a joined text"]]
     with pytest.raises(PayloadError, match="choices"):
         payload.labels({"object": "response", "output": "not a list"})
 
