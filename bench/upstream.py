@@ -46,6 +46,26 @@ async def infer(request: web.Request) -> web.Response:
     return web.Response(body=encoded.body, headers=headers)
 
 
+CHAT_PATH = "/v1/chat/completions"
+WORDS = ("the", "model", "streams", "its", "answer", "one", "word", "at", "a", "time")
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """An OpenAI chat stream of `max_tokens` events of one word each, then stop and [DONE]."""
+    doc = loads(await request.read())
+    events = int(doc.get("max_tokens", 100))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    head = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+    for i in range(events):
+        delta = dumps([{"index": 0, "delta": {"content": f" {WORDS[i % len(WORDS)]}"}}])
+        await response.write(head + delta + b"}\n\n")
+    await response.write(head + b'[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 def build_app() -> web.Application:
     """The upstream app; the same handler answers the guarded and the unguarded path."""
     app = web.Application()
@@ -53,6 +73,8 @@ def build_app() -> web.Application:
     app.router.add_get("/ping", ping)
     app.router.add_post(GUARDED_PATH, infer)
     app.router.add_post(UNGUARDED_PATH, infer)
+    app.router.add_post(CHAT_PATH, chat)
+    app.router.add_post("/unguarded" + CHAT_PATH, chat)
     return app
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import chat_run
 from bench.instructions import counted
 from bench.layout import make_layout
 from bench.load import Body, lua_bytes, lua_request, lua_string, parse_result
@@ -157,3 +158,12 @@ def test_instructions_are_summed_over_every_thread_of_a_callgrind_report() -> No
     )
     assert counted(report) == 4_531_607_018 + 16_790_660 + 498
     assert counted(b"Error: Callgrind task with PID 1 not detected\n") == 0
+
+
+def test_quick_chat_run_prices_a_streamed_event(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--events", "10", "--rounds", "1", "--duration", "1", "--connections", "2"]
+    assert chat_run.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert {"direct", "guardproxy-unguarded", "guardproxy-guarded"} <= set(rows)
+    assert all(float(values[0]) > 0 for values in rows.values())
