@@ -36,6 +36,7 @@ from guardproxy.transport import ClientDisconnected, Request, RequestError, Resp
 log = logging.getLogger("guardproxy.proxy")
 
 UNGUARDED = "unguarded"  # the pool key of traffic no model's routes name (and its log outcome)
+UNGUARDED_REFUSED = "no guarded model serves this path"  # unguarded.action: refuse
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
@@ -98,6 +99,9 @@ class Proxy(GuardedSteps):
                 if target != b"*":
                     found = self.guarded_model(policy, target)
             if found is None:
+                if policy.allowed is not None and self.refuses(policy, target):
+                    counts.unguarded_refused += 1
+                    raise Refusal(404, UNGUARDED_REFUSED)
                 counts.unguarded += 1
                 await self._pass(request, writer, request_id, target)
             else:
@@ -140,6 +144,11 @@ class Proxy(GuardedSteps):
         if key is None:
             return None
         return trusted_value([v.decode("latin-1") for v in request.headers.getall(key)])
+
+    @staticmethod
+    def refuses(policy: CompiledPolicy, target: bytes) -> bool:
+        """Whether the region refuses this unguarded path (any reading outside its allow)."""
+        return policy.refuses(route_path(target.decode("latin-1")).readings())
 
     def guarded_model(
         self, policy: CompiledPolicy, target: bytes

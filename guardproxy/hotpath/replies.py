@@ -68,6 +68,7 @@ class ProxyCounts:
     requests: int = 0
     guarded: int = 0
     unguarded: int = 0
+    unguarded_refused: int = 0  # a path no model guards, where the region refuses them
     in_flight: int = 0
     unknown_region: int = 0
     upstream_errors: dict[int, int] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class ProxyCounts:
             "requests": self.requests,
             "guarded": self.guarded,
             "unguarded": self.unguarded,
+            "unguarded_refused": self.unguarded_refused,
             "in_flight": self.in_flight,
             "unknown_region": self.unknown_region,
             "upstream_errors": {str(k): v for k, v in self.upstream_errors.items()},

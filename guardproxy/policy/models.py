@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from guardproxy.policy.basics import (
@@ -80,6 +82,7 @@ __all__ = [
     "Strict",
     "SubjectSpec",
     "TripRule",
+    "UnguardedSpec",
     "parse_duration",
 ]
 
@@ -151,13 +154,7 @@ class ModelPolicy(Sections):
     @field_validator("routes")
     @classmethod
     def _absolute_routes(cls, routes: tuple[str, ...]) -> tuple[str, ...]:
-        for route in routes:
-            if not route.startswith("/"):
-                raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
-            why = unmatchable(route)
-            if why is not None:
-                raise ValueError(f"route {route!r} can never match: {why}")
-        return routes
+        return matchable_routes(routes)
 
     @field_validator("name")
     @classmethod
@@ -209,6 +206,35 @@ class ModelPolicy(Sections):
         return [s for s in self.drift.signals if isinstance(s, SignalSpec)]
 
 
+def matchable_routes(routes: tuple[str, ...]) -> tuple[str, ...]:
+    """Routes that start with / and that some path could match (else ValueError)."""
+    for route in routes:
+        if not route.startswith("/"):
+            raise ValueError(f"route {route!r} must start with / (e.g. /v2/models/*/infer)")
+        why = unmatchable(route)
+        if why is not None:
+            raise ValueError(f"route {route!r} can never match: {why}")
+    return routes
+
+
+class UnguardedSpec(Strict):
+    """Requests whose path no model of the region guards: passed to the upstream, or refused."""
+
+    action: Literal["pass", "refuse"] = "pass"
+    allow: tuple[str, ...] = ()  # with refuse: routes that still pass (health checks, metadata)
+
+    @field_validator("allow")
+    @classmethod
+    def _matchable(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
+        return matchable_routes(allow)
+
+    @model_validator(mode="after")
+    def _allow_needs_refuse(self) -> UnguardedSpec:
+        if self.allow and self.action != "refuse":
+            raise ValueError("unguarded.allow applies only with unguarded.action: refuse")
+        return self
+
+
 class Policy(Sections):
     """One region's policy after `extends`: defaults, and every model with them merged in."""
 
@@ -216,6 +242,7 @@ class Policy(Sections):
     extends: str | None = None
     description: str = ""
     models: tuple[ModelPolicy, ...] = ()
+    unguarded: UnguardedSpec = UnguardedSpec()
 
     @model_validator(mode="before")
     @classmethod

@@ -51,6 +51,7 @@ class CompiledPolicy:
     sources: tuple[str, ...]
     models: tuple[CompiledModel, ...]
     routes: RouteMatcher
+    allowed: RouteMatcher | None = None  # unguarded.action refuse: the paths that still pass
     _by_path: OrderedDict[str, CompiledModel | None] = field(
         default_factory=OrderedDict, compare=False
     )
@@ -76,6 +77,12 @@ class CompiledPolicy:
             if len(cache) > PATH_CACHE:
                 cache.popitem(last=False)
         return model
+
+    def refuses(self, readings: Iterable[str]) -> bool:
+        """Whether a path no model guards is refused: unguarded.action refuse, and one of
+        its readings (as some upstream may route it) outside unguarded.allow."""
+        allowed = self.allowed
+        return allowed is not None and not all(allowed.matches(path) for path in readings)
 
     def model(self, name: str) -> CompiledModel | None:
         """A model by name."""
@@ -107,8 +114,10 @@ def compile_policy(
     )
     patterns = [route for spec in policy.models for route in spec.routes]
     owners = [i for i, spec in enumerate(policy.models) for _ in spec.routes]
+    unguarded = policy.unguarded
+    allowed = RouteMatcher(unguarded.allow) if unguarded.action == "refuse" else None
     return CompiledPolicy(
-        policy.region, version, policy, sources, models, RouteMatcher(patterns, owners)
+        policy.region, version, policy, sources, models, RouteMatcher(patterns, owners), allowed
     )
 
 

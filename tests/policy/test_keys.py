@@ -28,6 +28,9 @@ EFFECTS: dict[str, str] = {
     "region": "tests/policy/test_table.py::test_resolution_by_name_case_and_fallback",
     "extends": "tests/policy/test_loader.py::test_extends_merges_through_the_chain",
     "description": "tests/test_admin.py::test_status_shows_what_each_region_and_model_is_for",
+    "unguarded": "tests/hotpath/test_unguarded.py::test_a_region_that_refuses_answers_404_and_the_model_is_never_asked",
+    "unguarded.action": "tests/hotpath/test_unguarded.py::test_a_region_that_refuses_answers_404_and_the_model_is_never_asked",
+    "unguarded.allow": "tests/hotpath/test_unguarded.py::test_what_the_region_allows_passes_and_guarded_routes_are_guarded",
     # --- groups ---
     "groups": "tests/guards/test_groups.py::test_group_per_row_from_input",
     "groups.attribute": "tests/guards/test_groups.py::test_group_per_row_from_input",

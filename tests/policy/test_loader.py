@@ -67,6 +67,7 @@ README = EXAMPLES.parent / "README.md"
 # What the README example's comments offer in place of a line: (the line's text, what may
 # stand there instead, the word of the comment that offers it).
 ALTERNATIVES = [
+    ("unguarded: {action: pass}", "unguarded: {action: refuse, allow: [/health]}", "refuse"),
     ("attribute: {input: sex}", 'attribute: {jsonpath: "$.parameters.group"}', "jsonpath"),
     ("attribute: {input: sex}", "attribute: {header: X-Group, trusted: true}", "X-Group"),
     ("telemetry: label", "telemetry: hashed", "hashed"),
