@@ -19,13 +19,13 @@ for the sample.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeGuard
+from typing import Literal
 
 import orjson
 
+from .chatevents import CONTENT, JSON_TEXTS, Part, documents, event_texts
 from .errors import MAX_ROWS
 from .escapes import Unescaper
 from .sse import DONE, Event, EventParser, SSEError
@@ -34,23 +34,6 @@ from .terms import UNSPACED, WORD, TermNames, fold, longest_span, term_key, term
 __all__ = ["PASS", "ChatStreamGuard", "Scan", "TermScanner", "error_events"]
 
 Action = Literal["pass", "deny", "flag"]
-Part = tuple[int, str]  # a choice's index and which of its texts: content, refusal, a tool call
-CONTENT = "content"
-MAX_TOOL_CALLS = 128  # per choice: each keeps a text and a tail of its own
-# What a delta says as text: its content, a refusal, a reasoning model's reasoning (vLLM).
-_DELTA_TEXTS = (CONTENT, "refusal", "reasoning_content", "reasoning")
-# The Responses API: an event's type says which text of which output item its delta adds
-# to (by `output_index`, the item's texts kept as a choice's are).
-_RESPONSE_DELTAS = {
-    "response.output_text.delta": CONTENT,
-    "response.refusal.delta": "refusal",
-    "response.reasoning_text.delta": "reasoning",
-    "response.reasoning_summary_text.delta": "summary",
-    "response.function_call_arguments.delta": "arguments",  # JSON, as a tool call's
-    "response.custom_tool_call_input.delta": "input",
-}
-_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_JSON_TEXTS = ("arguments", "function_call", "tool_calls[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,62 +262,27 @@ class ChatStreamGuard:
         return out
 
     def scan_event(self, event: Event) -> Scan:
-        """Scan one event: every choice's new content (deny beats flag)."""
+        """Scan one event: every choice's new text (deny beats flag); settle what it ends."""
         if event.data.strip() == DONE:
             self.done = True
             return self.settle()
         result = PASS
-        for doc in _documents(event.data):
-            finished: list[int] = []
-            for part, text in self._deltas(doc, finished):  # every choice: each stays whole
+        for doc in documents(event.data):
+            texts, finished, ended = event_texts(doc, self.max_choices)
+            for part, text in texts:  # every choice, so each answer stays whole
                 result = _worse(result, self._scan_text(part, text))
-            if finished and self._open:
+            if ended:
+                self.done = True
+                result = _worse(result, self.settle())
+            elif finished and self._open:
                 result = _worse(result, self.settle(finished))
         return result
-
-    def _deltas(self, doc: Any, finished: list[int]) -> list[tuple[Part, str]]:
-        """Each choice's texts; the choices that finish here are added to `finished`."""
-        choices = doc.get("choices") if isinstance(doc, dict) else None
-        if not isinstance(choices, list):  # a Responses event, or an error or usage event
-            return self._response_delta(doc, finished) if isinstance(doc, dict) else []
-        out = []
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            delta, text = choice.get("delta"), choice.get("text")  # chat; completions
-            texts = _delta_texts(delta) if isinstance(delta, dict) else []
-            if _is_text(text):
-                texts.append((CONTENT, text))
-            if not texts and not self._open:  # without text, a choice only settles open terms
-                continue
-            index = _index(choice.get("index", 0), self.max_choices, "choice")
-            out += [((index, part), text) for part, text in texts]
-            if _is_text(choice.get("finish_reason")):
-                finished.append(index)
-        return out
-
-    def _response_delta(self, doc: dict[str, Any], finished: list[int]) -> list[tuple[Part, str]]:
-        """A Responses API event's text; an item done, or the response's end, finishes."""
-        kind = doc.get("type")
-        name = _RESPONSE_DELTAS.get(kind) if isinstance(kind, str) else None
-        if name is not None and _is_text(delta := doc.get("delta")):
-            index = _index(doc.get("output_index", 0), self.max_choices, "output")
-            for key in ("content_index", "summary_index"):
-                if doc.get(key, 0) != 0:  # another part of the item: a text of its own
-                    name += f"[{_index(doc[key], MAX_TOOL_CALLS, 'content')}]"
-            return [((index, name), delta)]
-        if kind == "response.output_item.done" and self._open:
-            finished.append(_index(doc.get("output_index", 0), self.max_choices, "output"))
-        elif kind in _RESPONSE_ENDS:
-            self.done = True
-            finished += [index for index, _ in self._open]
-        return []
 
     def _scan_text(self, part: Part, text: str) -> Scan:
         self._keep_text(part, text)
         if self.scanner is None:
             return PASS
-        if part[1].startswith(_JSON_TEXTS):  # scanned as the client's parser reads them
+        if part[1].startswith(JSON_TEXTS):  # scanned as the client's parser reads them
             unescaper = self._unescapers.get(part)
             if unescaper is None:
                 unescaper = self._unescapers[part] = Unescaper()
@@ -384,64 +332,6 @@ class ChatStreamGuard:
         for (index, part), parts in sorted(self._parts.items()):
             out.setdefault(index, {})[part] = parts.text()
         return out
-
-
-def _documents(data: str) -> list[Any]:
-    """An event's JSON: orjson's reading, else Python's (which takes NaN, 1e400 and lone
-    surrogates, as a client may), else each data line's own (as a client reading lines
-    does); SSEError when none is JSON."""
-    try:
-        return [orjson.loads(data)]
-    except orjson.JSONDecodeError:
-        pass
-    docs = _lenient([data]) or ("\n" in data and _lenient(data.split("\n"))) or None
-    if docs is None:
-        raise SSEError("a chat stream event is not JSON")
-    return docs
-
-
-def _lenient(texts: list[str]) -> list[Any]:
-    out = []
-    for text in texts:
-        try:
-            out.append(json.loads(text))
-        except (ValueError, RecursionError):
-            continue
-    return out
-
-
-def _index(value: Any, limit: int, what: str) -> int:
-    """A choice's or tool call's index as a client reads it: 0, 0.0 and "0" alike."""
-    whole = type(value) is float and value.is_integer()
-    if whole or (type(value) is str and value.isascii() and value.isdigit() and len(value) < 8):
-        value = int(value)
-    if type(value) is not int or not 0 <= value < limit:
-        raise SSEError(f"{what} index {repr(value)[:20]} outside 0..{limit - 1}")
-    return value
-
-
-def _delta_texts(delta: dict[str, Any]) -> list[tuple[str, str]]:
-    """The texts of a delta a client reads: content, refusal, reasoning, tool-call arguments.
-
-    A tool call's arguments arrive in pieces keyed by the call's index, scanned as one text.
-    """
-    out = [(key, text) for key in _DELTA_TEXTS if _is_text(text := delta.get(key))]
-    calls = delta.get("tool_calls")
-    for position, call in enumerate(calls if isinstance(calls, list) else ()):
-        function = call.get("function") if isinstance(call, dict) else None
-        arguments = function.get("arguments") if isinstance(function, dict) else None
-        if _is_text(arguments):
-            index = _index(call.get("index", position), MAX_TOOL_CALLS, "tool call")
-            out.append((f"tool_calls[{index}]", arguments))
-    legacy = delta.get("function_call")
-    arguments = legacy.get("arguments") if isinstance(legacy, dict) else None
-    if _is_text(arguments):
-        out.append(("function_call", arguments))
-    return out
-
-
-def _is_text(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and bool(value)
 
 
 class _Text:
