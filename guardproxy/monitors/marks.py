@@ -50,7 +50,10 @@ class WrittenMarks:
         self.published = self.errors = self.waits = 0
         self.other_writers = 0  # other live processes seen at the last read
         self.last_error: str | None = None
+        self.reads = 0  # of the marks, shared by the labels waiting at once
         self._task: asyncio.Task[None] | None = None
+        self._read: asyncio.Future[dict[str, float]] | None = None
+        self._read_at = float("-inf")
 
     def start(self) -> None:
         """Start marking."""
@@ -73,7 +76,7 @@ class WrittenMarks:
         self.waits += 1
         while True:
             try:
-                marks = await self.state.written_marks()
+                marks = await self._marks()
             except StateError as exc:
                 self._failed(exc)
                 return
@@ -83,6 +86,15 @@ class WrittenMarks:
             if all(mark >= since for mark in live):
                 return
             await asyncio.sleep(POLL)
+
+    async def _marks(self) -> dict[str, float]:
+        """The marks, read once a POLL however many labels wait (each would read them)."""
+        loop = asyncio.get_running_loop()
+        if self._read is None or loop.time() - self._read_at >= POLL:
+            self._read_at, self.reads = loop.time(), self.reads + 1
+            self._read = asyncio.ensure_future(self.state.written_marks())
+            self._read.add_done_callback(_retrieved)
+        return dict(await asyncio.shield(self._read))
 
     async def _beat(self) -> None:
         beats = 0
@@ -112,12 +124,18 @@ class WrittenMarks:
         self.last_error = str(exc)
 
     def status(self) -> dict[str, Any]:
-        """Marks published, labels that waited for other processes, failures."""
+        """Marks published, labels that waited for other processes, reads, failures."""
         return {
             "writer": self.name,
             "published": self.published,
             "other_writers": self.other_writers,
             "waits": self.waits,
+            "reads": self.reads,
             "errors": self.errors,
             "last_error": self.last_error,
         }
+
+
+def _retrieved(read: asyncio.Future[dict[str, float]]) -> None:
+    if not read.cancelled():
+        read.exception()  # every waiter may have gone before the read ended

@@ -39,6 +39,20 @@ async def test_a_wait_ends_once_every_other_live_mark_has_passed_its_start() -> 
     assert marks.status()["waits"] == 1
 
 
+async def test_labels_waiting_at_once_share_each_read_of_the_marks() -> None:
+    state, clock = MemoryState(), Clock()
+    marks = WrittenMarks(state, nothing_pending, name="here", clock=clock)
+    await state.mark_written("behind", clock.now - 0.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    waits = [asyncio.create_task(marks.others_written(clock.now)) for _ in range(50)]
+    await asyncio.sleep(5 * marks_module.POLL)
+    await state.mark_written("behind", clock.now)
+    await asyncio.wait_for(asyncio.gather(*waits), 5)
+    polls = (loop.time() - began) / marks_module.POLL
+    assert marks.reads <= polls + 2  # 50 labels polling on their own: 50 times as many
+
+
 async def test_a_process_marks_the_time_before_its_records_were_written() -> None:
     state, clock, gate = MemoryState(), Clock(), asyncio.Event()
     marks = WrittenMarks(state, gate.wait, name="here", clock=clock)
