@@ -170,10 +170,10 @@ class ChatRelay:
         self.ex.reply = Reply(self.labels.block.status, self.labels.block.message, details=details)
 
     def _last_word(self) -> bytes:
-        reply = self.ex.reply
+        reply, anthropic = self.ex.reply, self.guard.anthropic
         if reply is None or self.ended != "blocked":
-            return self.guard.release() + error_events(UNREADABLE, "guard_error")
-        return self.guard.release() + error_events(reply.error)
+            return self.guard.release() + error_events(UNREADABLE, "guard_error", anthropic)
+        return self.guard.release() + error_events(reply.error, anthropic=anthropic)
 
     def refused(self) -> None:
         """The stream was refused before it started (a fail_closed guard): its record."""

@@ -43,16 +43,20 @@ class OpenAIChat(Payload):
         ]
 
     def json_rows(self, response_doc: Doc) -> frozenset[int]:
-        """The rows that are a tool call's (or a legacy function call's) arguments."""
+        """The rows that are a tool call's (or a legacy function call's) arguments (an
+        Anthropic tool's input arrives parsed: its strings are read as they are)."""
         slots = self._label_slots(response_doc)
+        if self.labels_path is None and _is_message(response_doc):
+            return frozenset()
         return frozenset(i for i, (_, key) in enumerate(slots) if key == "arguments")
 
     def _label_slots(self, response_doc: Doc) -> list[Slot]:
         if self.labels_path is not None:
             return self.labels_path.slots(response_doc)
-        responses = isinstance(response_doc, dict) and "choices" not in response_doc
-        if responses and isinstance(response_doc.get("output"), list):
-            return _response_slots(response_doc)  # the Responses API
+        if _is_message(response_doc):
+            return _block_slots(response_doc["content"])
+        if _is_response(response_doc):
+            return _response_slots(response_doc)
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
@@ -111,6 +115,50 @@ def _response_slots(response: dict[str, Any]) -> list[Slot]:
             slots += [(part, key) for key in ("text", "refusal") if isinstance(part.get(key), str)]
     if isinstance(response.get("output_text"), str):
         slots.append((response, "output_text"))
+    return slots
+
+
+def _is_response(doc: Doc) -> bool:
+    """Whether an answer is a Responses API one (an `output` list, no choices)."""
+    return isinstance(doc, dict) and "choices" not in doc and isinstance(doc.get("output"), list)
+
+
+def _is_message(doc: Doc) -> bool:
+    """Whether an answer is an Anthropic Messages one (`type: message`, a list of blocks)."""
+    return (
+        isinstance(doc, dict)
+        and "choices" not in doc
+        and doc.get("type") == "message"
+        and isinstance(doc.get("content"), list)
+    )
+
+
+def _block_slots(content: Any) -> list[Slot]:
+    """Where a client reads an Anthropic message's text: each text and thinking block, and
+    every string of a tool's input (an object the client receives parsed)."""
+    slots: list[Slot] = []
+    for block in as_parts(content):
+        kind = block.get("type")
+        if kind in ("text", "thinking") and isinstance(block.get(kind), str):
+            slots.append((block, kind))
+        elif kind in ("tool_use", "server_tool_use"):
+            slots += _strings(block, "input")
+    return slots
+
+
+def _strings(container: Any, key: Any) -> list[Slot]:
+    """Every string in container[key], however deeply nested, in document order."""
+    slots: list[Slot] = []
+    stack: list[Slot] = [(container, key)]
+    while stack:  # not recursive: parsed JSON may nest deeper than Python recurses
+        parent, at = stack.pop()
+        value = parent[at]
+        if isinstance(value, str):
+            slots.append((parent, at))
+        elif isinstance(value, dict):
+            stack += [(value, k) for k in reversed(value)]
+        elif isinstance(value, list):
+            stack += [(value, i) for i in range(len(value) - 1, -1, -1)]
     return slots
 
 

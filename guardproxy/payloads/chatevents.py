@@ -1,5 +1,6 @@
-"""What a streamed chat event says as text: OpenAI chat and completions chunks, and the
-Responses API's events, each text named by its choice (or output item) and part."""
+"""What a streamed chat event says as text: OpenAI chat and completions chunks, the
+Responses API's events and Anthropic Messages events, each text named by its choice (output
+item, content block) and part."""
 
 from __future__ import annotations
 
@@ -28,15 +29,24 @@ _RESPONSE_DELTAS = {
     "response.custom_tool_call_input.delta": "input",
 }
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Anthropic Messages: a content block's delta, by the delta's type (`index`: the block's).
+_BLOCK_DELTAS: dict[Any, tuple[str, str]] = {
+    "text_delta": ("text", CONTENT),
+    "thinking_delta": ("thinking", "thinking"),
+    "input_json_delta": ("partial_json", "arguments"),  # a tool's input, as JSON text
+}
+_MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "content_block_start", "ping"})
 JSON_TEXTS = ("arguments", "function_call", "tool_calls[")  # parts a client parses as JSON
 
 
 class EventTexts(NamedTuple):
-    """An event's texts; the choices (output items) it finishes; whether the answer ends."""
+    """An event's texts; the choices (output items, blocks) it finishes; whether the answer
+    ends; whether it is an Anthropic Messages event (its errors are named `error`)."""
 
     texts: list[tuple[Part, str]]
     finished: list[int]
     ended: bool = False
+    anthropic: bool = False
 
 
 NOTHING = EventTexts([], [])
@@ -47,8 +57,11 @@ def event_texts(doc: Any, max_choices: int) -> EventTexts:
     if not isinstance(doc, dict):
         return NOTHING
     choices = doc.get("choices")
-    if not isinstance(choices, list):  # a Responses event, or an error or usage event
-        return _response_texts(doc, max_choices)
+    if not isinstance(choices, list):  # a Responses or Messages event, or an error or usage
+        kind = doc.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            return _response_texts(doc, kind, max_choices)
+        return _message_texts(doc, kind, max_choices)
     out: list[tuple[Part, str]] = []
     finished: list[int] = []
     for choice in choices:
@@ -67,10 +80,9 @@ def event_texts(doc: Any, max_choices: int) -> EventTexts:
     return EventTexts(out, finished)
 
 
-def _response_texts(doc: dict[str, Any], max_choices: int) -> EventTexts:
+def _response_texts(doc: dict[str, Any], kind: str, max_choices: int) -> EventTexts:
     """A Responses API event's text; an output item done, or the response's end."""
-    kind = doc.get("type")
-    name = _RESPONSE_DELTAS.get(kind) if isinstance(kind, str) else None
+    name = _RESPONSE_DELTAS.get(kind)
     if name is not None and _is_text(delta := doc.get("delta")):
         index = index_of(doc.get("output_index", 0), max_choices, "output")
         for key in ("content_index", "summary_index"):
@@ -80,6 +92,22 @@ def _response_texts(doc: dict[str, Any], max_choices: int) -> EventTexts:
     if kind == "response.output_item.done":
         return EventTexts([], [index_of(doc.get("output_index", 0), max_choices, "output")])
     return EventTexts([], [], True) if kind in _RESPONSE_ENDS else NOTHING
+
+
+def _message_texts(doc: dict[str, Any], kind: Any, max_choices: int) -> EventTexts:
+    """An Anthropic Messages event's text; a content block's end, or the message's."""
+    if kind == "content_block_delta":
+        delta = doc["delta"] if isinstance(doc.get("delta"), dict) else {}
+        field, name = _BLOCK_DELTAS.get(delta.get("type"), ("", ""))
+        index = index_of(doc.get("index", 0), max_choices, "content block")
+        text = delta.get(field) if field else None
+        return EventTexts([((index, name), text)] if _is_text(text) else [], [], anthropic=True)
+    if kind == "content_block_stop":
+        return EventTexts([], [index_of(doc.get("index", 0), max_choices, "content block")],
+                          anthropic=True)  # fmt: skip
+    if kind == "message_stop":
+        return EventTexts([], [], True, anthropic=True)
+    return EventTexts([], [], anthropic=True) if kind in _MESSAGE_EVENTS else NOTHING
 
 
 def documents(data: str) -> list[Any]:

@@ -151,7 +151,8 @@ class ChatStreamGuard:
         self.parser = EventParser(max_event)
         self.max_answer = max_answer
         self.max_choices = max_choices
-        self.done = False  # `data: [DONE]` seen
+        self.done = False  # `data: [DONE]` seen (or the end a Responses or Messages stream names)
+        self.anthropic = False  # an Anthropic Messages stream: its error event is named
         self.truncated = False  # the answer kept for the sample stopped at max_answer
         self.flags: set[str] = set()  # the flagged terms the answer said
         self._held = bytearray()  # bytes fed but not released: at most one partial event
@@ -268,7 +269,8 @@ class ChatStreamGuard:
             return self.settle()
         result = PASS
         for doc in documents(event.data):
-            texts, finished, ended = event_texts(doc, self.max_choices)
+            texts, finished, ended, anthropic = event_texts(doc, self.max_choices)
+            self.anthropic = self.anthropic or anthropic
             for part, text in texts:  # every choice, so each answer stays whole
                 result = _worse(result, self._scan_text(part, text))
             if ended:
@@ -360,7 +362,10 @@ class _Text:
         return "".join(self.runs) + "".join(self.pieces)
 
 
-def error_events(message: str, code: str = "content_filter") -> bytes:
-    """The end of a refused stream: an OpenAI-style JSON error event, then `data: [DONE]`."""
-    error = {"error": {"message": message, "type": "guardproxy", "code": code}}
-    return b"data: " + orjson.dumps(error) + b"\n\ndata: " + DONE.encode() + b"\n\n"
+def error_events(message: str, code: str = "content_filter", anthropic: bool = False) -> bytes:
+    """The end of a refused stream: an OpenAI-style JSON error event, then `data: [DONE]`;
+    for an Anthropic Messages stream, an event named `error` (its clients skip others)."""
+    error = {"message": message, "type": "guardproxy", "code": code}
+    if anthropic:
+        return b"event: error\ndata: " + orjson.dumps({"type": "error", "error": error}) + b"\n\n"
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\ndata: " + DONE.encode() + b"\n\n"

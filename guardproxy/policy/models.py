@@ -109,7 +109,7 @@ DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "tfserving": ("/v1/models/{name}:predict", "/v1/models/{name}/versions/*:predict"),
     "mlflow": ("/invocations",),
     "seldon_v1": ("/api/v1.0/predictions",),
-    "openai": ("/v1/chat/completions", "/v1/completions", "/v1/responses"),
+    "openai": ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"),
     "jsonpath": (),
 }
 

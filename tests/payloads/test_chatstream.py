@@ -559,3 +559,50 @@ def test_responses_arguments_are_read_through_their_escapes_and_text_is_not() ->
     assert guard.feed(arguments) == Scan("deny", "gorilla", 1)
     plain = ChatStreamGuard(TermScanner(["gorilla"]))
     assert plain.feed(text_delta("\\u0067orilla!")) == PASS  # shown as written
+
+
+def block_event(kind: str, index: int = 0, **fields: Any) -> bytes:
+    """An Anthropic Messages event, named as the API names it."""
+    doc = {"type": kind, "index": index, **fields}
+    return f"event: {kind}\ndata: ".encode() + json.dumps(doc).encode() + b"\n\n"
+
+
+def text_block(text: str, index: int = 0) -> bytes:
+    return block_event("content_block_delta", index, delta={"type": "text_delta", "text": text})
+
+
+def test_an_anthropic_stream_is_scanned_block_by_block() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]))
+    start = b'event: message_start\ndata: {"type": "message_start", "message": {}}\n\n'
+    thinking = block_event("content_block_delta", 1, delta={"type": "thinking_delta",
+                                                            "thinking": "an ape"})  # fmt: skip
+    json_delta = {"type": "input_json_delta", "partial_json": '{"q": "\\u0067or'}
+    tool = block_event("content_block_delta", 2, delta=json_delta)
+    assert [guard.feed(e).action for e in (start, text_block("a gor"), thinking, tool)] == [
+        "pass", "pass", "pass", "pass"]  # fmt: skip
+    assert guard.anthropic and guard.flags == set()  # "ape" ends its text: not settled yet
+    assert guard.feed(block_event("content_block_stop", 1)) == Scan("flag", "ape", 1)
+    arguments = {"type": "input_json_delta", "partial_json": 'illa"}'}
+    assert guard.feed(block_event("content_block_delta", 2, delta=arguments)) == Scan(
+        "deny", "gorilla", 2
+    )
+    assert guard.texts()[0] == {"content": "a gor"}
+
+
+def test_an_anthropic_stream_settles_a_held_term_when_its_block_or_message_stops() -> None:
+    for ending in (block_event("content_block_stop"), b'event: message_stop\ndata: {"type": '
+                   b'"message_stop"}\n\n', b""):  # fmt: skip
+        guard = ChatStreamGuard(TermScanner(["gorilla"]))
+        assert guard.feed(text_block("a gorilla")) == PASS and guard.release() == b""
+        assert (guard.feed(ending) if ending else guard.end()) == Scan("deny", "gorilla", 0)
+    clean = ChatStreamGuard(TermScanner(["gorilla"]))
+    plural = text_block("a gorilla") + text_block("s") + block_event("content_block_stop")
+    assert clean.feed(plural) == PASS
+
+
+def test_an_anthropic_stream_is_refused_with_an_event_named_error() -> None:
+    named = error_events("no", anthropic=True)
+    assert named.startswith(b"event: error\ndata: ") and b"[DONE]" not in named
+    doc = json.loads(named.split(b"data: ", 1)[1])
+    assert doc == {"type": "error", "error": {"message": "no", "type": "guardproxy",
+                                              "code": "content_filter"}}  # fmt: skip

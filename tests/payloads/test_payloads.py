@@ -247,6 +247,31 @@ def test_a_responses_api_answer_is_read_where_a_client_reads_its_texts() -> None
         payload.labels({"object": "response", "output": "not a list"})
 
 
+def test_an_anthropic_message_is_read_where_a_client_reads_its_texts() -> None:
+    payload = preset("openai")
+    tool_input = {"q": "a", "arguments": "\\u0067", "deep": [{"x": ["b", 1, None]}]}
+    answer: dict[str, Any] = {
+        "type": "message", "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "s"},
+            {"type": "text", "text": "Hi there"},
+            {"type": "tool_use", "id": "t", "name": "search", "input": tool_input},
+            {"type": "redacted_thinking", "data": "opaque"},
+        ],
+    }  # fmt: skip
+    rows = [["hmm"], ["Hi there"], ["a"], ["\\u0067"], ["b"]]
+    assert payload.labels(answer) == rows
+    assert payload.json_rows(answer) == frozenset()  # a tool's input arrives parsed
+    payload.set_labels(answer, [["h"], ["Hi *****"], ["*"], ["u"], ["*"]])
+    assert answer["content"][1]["text"] == "Hi *****"
+    assert tool_input == {"q": "*", "arguments": "u", "deep": [{"x": ["*", 1, None]}]}
+    deep: Any = "bottom"
+    for _ in range(5_000):  # nested deeper than Python recurses
+        deep = [deep]
+    nested = {"type": "message", "content": [{"type": "tool_use", "input": {"x": deep}}]}
+    assert payload.labels(nested) == [["bottom"]]
+
+
 def test_jsonpath_protocol_scores_labels_and_rewrite() -> None:
     payload = preset("jsonpath", {"path": "$.results[*].tags"}, path="$.results[*].score")
     answer = {"results": [{"score": 0.3, "tags": ["a", "b"]}, {"score": 0.8, "tags": "c"}]}
