@@ -35,7 +35,8 @@ _BLOCK_DELTAS: dict[Any, tuple[str, str]] = {
     "thinking_delta": ("thinking", "thinking"),
     "input_json_delta": ("partial_json", "arguments"),  # a tool's input, as JSON text
 }
-_MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "content_block_start", "ping"})
+_BLOCK_STARTS: dict[Any, str] = {"text": CONTENT, "thinking": "thinking"}
+_MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "ping"})
 JSON_TEXTS = ("arguments", "function_call", "tool_calls[")  # parts a client parses as JSON
 
 
@@ -101,6 +102,12 @@ def _message_texts(doc: dict[str, Any], kind: Any, max_choices: int) -> EventTex
         field, name = _BLOCK_DELTAS.get(delta.get("type"), ("", ""))
         index = index_of(doc.get("index", 0), max_choices, "content block")
         text = delta.get(field) if field else None
+        return EventTexts([((index, name), text)] if _is_text(text) else [], [], anthropic=True)
+    if kind == "content_block_start":  # a block may start with text of its own
+        block = doc["content_block"] if isinstance(doc.get("content_block"), dict) else {}
+        name = _BLOCK_STARTS.get(block.get("type"), "")
+        text = block.get(block["type"]) if name else None
+        index = index_of(doc.get("index", 0), max_choices, "content block")
         return EventTexts([((index, name), text)] if _is_text(text) else [], [], anthropic=True)
     if kind == "content_block_stop":
         return EventTexts([], [index_of(doc.get("index", 0), max_choices, "content block")],

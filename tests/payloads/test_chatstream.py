@@ -606,3 +606,12 @@ def test_an_anthropic_stream_is_refused_with_an_event_named_error() -> None:
     doc = json.loads(named.split(b"data: ", 1)[1])
     assert doc == {"type": "error", "error": {"message": "no", "type": "guardproxy",
                                               "code": "content_filter"}}  # fmt: skip
+
+
+def test_a_block_that_starts_with_text_of_its_own_is_scanned() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]))
+    block = {"type": "text", "text": "a gori"}
+    assert guard.feed(block_event("content_block_start", 0, content_block=block)) == PASS
+    assert guard.feed(text_block("lla!")) == Scan("deny", "gorilla", 0)
+    tool = {"type": "tool_use", "id": "t", "name": "f", "input": {}}
+    assert guard.feed(block_event("content_block_start", 1, content_block=tool)) == PASS
