@@ -12,17 +12,7 @@ import pytest
 from aiohttp import web
 
 from guardproxy.testing import RunningProxy, proxy_before
-
-WITHHELD = "withheld by policy"
-POLICIES = {
-    "default.yaml": f"""
-region: default
-models: [{{name: chat, protocol: openai}}]
-labels: {{deny: [gorilla], action: block, block: {{message: "{WITHHELD}"}}}}
-""",
-    "suppress.yaml": "region: suppress\nextends: default\nlabels: {action: suppress}\n",
-}
-TOOL = "<tool>"  # the rest of the piece is a piece of a tool's input JSON
+from tests.hotpath.llm import POLICIES, TOOL, WITHHELD
 
 
 def event(kind: str, doc: dict[str, Any]) -> bytes:
