@@ -1,4 +1,5 @@
-"""OpenAI chat completions, completions and responses: the guarded labels are their texts."""
+"""OpenAI chat completions, completions and responses, and Anthropic-style messages: the
+guarded labels are their texts."""
 
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ def _response_slots(response: dict[str, Any]) -> list[Slot]:
             continue
         parts = item.get("content") if kind == "message" else None
         if kind == "reasoning":
-            parts = [*as_parts(item.get("summary")), *as_parts(item.get("content"))]
-        for part in as_parts(parts):
+            parts = [*_parts(item.get("summary")), *_parts(item.get("content"))]
+        for part in _parts(parts):
             slots += [(part, key) for key in ("text", "refusal") if isinstance(part.get(key), str)]
     if isinstance(response.get("output_text"), str):
         slots.append((response, "output_text"))
@@ -137,7 +138,7 @@ def _block_slots(content: Any) -> list[Slot]:
     """Where a client reads an Anthropic message's text: each text and thinking block, and
     every string of a tool's input (an object the client receives parsed)."""
     slots: list[Slot] = []
-    for block in as_parts(content):
+    for block in _parts(content):
         kind = block.get("type")
         if kind in ("text", "thinking") and isinstance(block.get(kind), str):
             slots.append((block, kind))
@@ -162,6 +163,6 @@ def _strings(container: Any, key: Any) -> list[Slot]:
     return slots
 
 
-def as_parts(value: Any) -> list[dict[str, Any]]:
+def _parts(value: Any) -> list[dict[str, Any]]:
     """The objects of a list of content parts (anything else: none)."""
     return [p for p in value if isinstance(p, dict)] if isinstance(value, list) else []
