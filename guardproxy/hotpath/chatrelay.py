@@ -63,6 +63,8 @@ class ChatRelay:
             chain.terms, max_event=max_event, max_answer=max_answer, max_choices=max_choices,
             skip_unreadable=skip,
         )  # fmt: skip
+        # Known from the request too: an error before any event was read still gets its name.
+        self.guard.anthropic = ex.path.endswith("/messages")
         self.ended = "complete"
         self.reading = True  # False once the stream could not be read (fail_open): bytes pass
         self.unread_noted = False

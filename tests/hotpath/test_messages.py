@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from guardproxy.testing import RunningProxy, proxy_before
-from tests.hotpath.llm import POLICIES, TOOL, WITHHELD
+from tests.hotpath.llm import BROKEN, POLICIES, TOOL, WITHHELD
 
 
 def event(kind: str, doc: dict[str, Any]) -> bytes:
@@ -39,11 +39,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return web.json_response(whole)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    await response.write(event("message_start", {"message": {**whole, "content": []}}))
-    await response.write(event("content_block_start", {"index": 0,
-                               "content_block": {"type": "text", "text": ""}}))  # fmt: skip
+    if pieces[0] != BROKEN:  # else the first event cannot be read
+        await response.write(event("message_start", {"message": {**whole, "content": []}}))
+        block = {"type": "text", "text": ""}
+        await response.write(event("content_block_start", {"index": 0, "content_block": block}))
     for piece in pieces:
-        if piece.startswith(TOOL):
+        if piece == BROKEN:
+            await response.write(b"event: content_block_delta\ndata: {not json\n\n")
+        elif piece.startswith(TOOL):
             delta = {"type": "input_json_delta", "partial_json": piece.removeprefix(TOOL)}
             await response.write(event("content_block_delta", {"index": 1, "delta": delta}))
         else:
@@ -114,3 +117,17 @@ async def test_a_message_is_blocked_or_masked_whole(client: anthropic.AsyncAnthr
     text, tool = masked.content
     assert text.type == "text" and text.text == "a *******"
     assert tool.type == "tool_use" and tool.input == {"q": ["the *******", 1]}
+
+
+async def test_a_stream_that_cannot_be_read_ends_with_an_error_the_client_raises(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="could not be checked"):
+        stream = await client.messages.create(
+            model="m", max_tokens=100, messages=[{"role": "user", "content": f"{BROKEN}|more"}],
+            stream=True, extra_headers={"X-Region": "strict"},
+        )  # fmt: skip
+        async for part in stream:
+            seen.append(part.type)
+    assert seen == []  # neither the event nor what followed it
