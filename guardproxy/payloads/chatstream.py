@@ -19,6 +19,7 @@ for the sample.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -155,11 +156,16 @@ class ChatStreamGuard:
         self.anthropic = False  # an Anthropic Messages stream: its error event is named
         self.truncated = False  # the answer kept for the sample stopped at max_answer
         self.flags: set[str] = set()  # the flagged terms the answer said
-        self._held = bytearray()  # bytes fed but not released: at most one partial event
+        self._held = bytearray()  # bytes fed, not released: a partial event, those a term holds
         self._released = 0  # stream offset of _held[0]
         self._releasable = 0  # stream offset up to which events may be released
         self._tails: dict[Part, str] = {}
-        self._open: dict[Part, list[Scan]] = {}  # terms ending where their text ends, undecided
+        # Terms ending where their text ends, undecided, by choice then part: a choice's end
+        # settles its own. A heap of (offset, part) of the denied ones bounds what may go;
+        # an entry whose term was settled since is dropped when it reaches the top.
+        self._open: dict[int, dict[str, list[Scan]]] = {}
+        self._holds: list[tuple[int, Part]] = []
+        self.visited = 0  # open terms looked at to settle or hold: the cost, for tests
         self._event_at = 0  # stream offset of the event being scanned
         self._parts: dict[Part, _Text] = {}
         self._unescapers: dict[Part, Unescaper] = {}  # a tool call's arguments are JSON
@@ -228,19 +234,26 @@ class ChatStreamGuard:
         On a deny, only the events before the one its term ended in may be released.
         """
         result = PASS
-        wanted = None if choices is None else set(choices)
-        for part in [p for p in self._open if wanted is None or p[0] in wanted]:
-            result = _worse(result, self._counted(self._open.pop(part)))
+        chosen = list(self._open) if choices is None else set(choices) & self._open.keys()
+        for choice in chosen:
+            for scans in self._open.pop(choice).values():
+                self.visited += len(scans)
+                result = _worse(result, self._counted(scans))
         if result.action == "deny":
             self._releasable = self._hold(min(result.at, self._releasable))
         return result
 
     def _hold(self, offset: int) -> int:
         """How far events may be released: `offset`, or before the first open denied term."""
-        if not self._open:
-            return offset
-        ats = [s.at for scans in self._open.values() for s in scans if s.action == "deny"]
-        return min(offset, *ats) if ats else offset
+        holds = self._holds
+        while holds and not self._still_open(*holds[0]):
+            heapq.heappop(holds)
+        return min(offset, holds[0][0]) if holds else offset
+
+    def _still_open(self, at: int, part: Part) -> bool:
+        scans = self._open.get(part[0], {}).get(part[1], ())
+        self.visited += len(scans)
+        return any(s.at == at and s.action == "deny" for s in scans)
 
     def _skipped(self, why: str) -> None:
         if len(self.unread) < 16:
@@ -289,13 +302,19 @@ class ChatStreamGuard:
             if unescaper is None:
                 unescaper = self._unescapers[part] = Unescaper()
             text = unescaper.feed(text)
-        opened = self._open.pop(part, ())
+        parts = self._open.get(part[0])
+        opened = parts.pop(part[1], ()) if parts is not None else ()
         tail, found, left = self.scanner.scan(
             self._tails.get(part, ""), text, opened, part[0], self._event_at
         )
         self._tails[part] = tail
         if left:
-            self._open[part] = left
+            self._open.setdefault(part[0], {})[part[1]] = left
+            for scan in left:
+                if scan.action == "deny":
+                    heapq.heappush(self._holds, (scan.at, part))
+        elif parts is not None and not parts:
+            del self._open[part[0]]
         return self._counted(found)
 
     def _counted(self, found: list[Scan]) -> Scan:
