@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .layout import make_layout
+from .layout import Layout, make_layout
 from .load import Body, choose
 from .nginx import find_nginx, nginx_argv, write_config
 from .processes import Service, free_port, pinned, post
@@ -50,9 +50,8 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     return opts
 
 
-def services(workdir: Path) -> tuple[Service, dict[str, tuple[Service, str]]]:
+def services(workdir: Path, layout: Layout) -> tuple[Service, dict[str, tuple[Service, str]]]:
     """The upstream, and each target's service and path."""
-    layout = make_layout("split")
     behind = upstream("upstream", layout.upstream, workdir)
     policies = workdir / "policies"
     policies.mkdir()
@@ -88,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = 0
     with tempfile.TemporaryDirectory(prefix="guardproxy-chat-") as tmp:
         workdir = Path(tmp)
-        behind, targets = services(workdir)
+        behind, targets = services(workdir, layout)
         started = {id(s): s for s, _ in targets.values()} | {id(behind): behind}
         pinned(layout.load)
         load = choose(opts.load, [Body(body)], workdir, layout.load)

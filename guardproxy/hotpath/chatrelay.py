@@ -59,12 +59,12 @@ class ChatRelay:
         self.ex, self.chain, self.labels, self.counts = ex, chain, labels, counts
         # fail_open passes an event that cannot be read and reads on; fail_closed ends there.
         skip = chain.terms is None or labels.on_error == "fail_open"
+        # A Messages stream is known from its request too: an error before any event was
+        # read still gets its name.
         self.guard = ChatStreamGuard(
             chain.terms, max_event=max_event, max_answer=max_answer, max_choices=max_choices,
-            skip_unreadable=skip,
+            skip_unreadable=skip, anthropic=ex.path.endswith("/messages"),
         )  # fmt: skip
-        # Known from the request too: an error before any event was read still gets its name.
-        self.guard.anthropic = ex.path.endswith("/messages")
         self.ended = "complete"
         self.reading = True  # False once the stream could not be read (fail_open): bytes pass
         self.unread_noted = False

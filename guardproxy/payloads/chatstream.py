@@ -142,6 +142,7 @@ class ChatStreamGuard:
         max_answer: int = 1 << 20,
         max_choices: int = MAX_ROWS,
         skip_unreadable: bool = False,
+        anthropic: bool = False,
     ) -> None:
         self.scanner = scanner
         # An event that is not JSON, or not a chat chunk, passes unread and the events after
@@ -153,7 +154,7 @@ class ChatStreamGuard:
         self.max_answer = max_answer
         self.max_choices = max_choices
         self.done = False  # `data: [DONE]` seen (or the end a Responses or Messages stream names)
-        self.anthropic = False  # an Anthropic Messages stream: its error event is named
+        self.anthropic = anthropic  # an Anthropic Messages stream: its error event is named
         self.truncated = False  # the answer kept for the sample stopped at max_answer
         self.flags: set[str] = set()  # the flagged terms the answer said
         self._held = bytearray()  # bytes fed, not released: a partial event, those a term holds
@@ -223,7 +224,7 @@ class ChatStreamGuard:
                 self._skipped(str(exc))
                 continue
             if scan.action == "deny":
-                self._releasable = self._hold(min(scan.at, self._releasable))
+                self._cut(scan.at)
                 return scan
             result = _worse(result, scan)
         return _worse(result, self.settle())
@@ -240,8 +241,12 @@ class ChatStreamGuard:
                 self.visited += len(scans)
                 result = _worse(result, self._counted(scans))
         if result.action == "deny":
-            self._releasable = self._hold(min(result.at, self._releasable))
+            self._cut(result.at)
         return result
+
+    def _cut(self, at: int) -> None:
+        """Only the events before `at` (and before any term still held) may be released."""
+        self._releasable = self._hold(min(at, self._releasable))
 
     def _hold(self, offset: int) -> int:
         """How far events may be released: `offset`, or before the first open denied term."""

@@ -39,9 +39,10 @@ UNSPACED = re.compile(
     "\U00020000-\U0003134f]"
 )
 # A word boundary where "_" counts as a space: Markdown shows _term_ as the word in italics.
-_BEFORE = r"(?<![^\W_])"
-_AFTER = r"(?![^\W_])"
-WORD = re.compile(r"[^\W_]")  # a character that goes on a word: a term before it is not whole
+_LETTER = r"[^\W_]"
+_BEFORE = f"(?<!{_LETTER})"
+_AFTER = f"(?!{_LETTER})"
+WORD = re.compile(_LETTER)  # a character that goes on a word: a term before it is not whole
 _END = ""  # the trie's mark of a whole term
 
 
