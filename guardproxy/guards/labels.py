@@ -5,9 +5,15 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 
-from guardproxy.guards.exchange import Exchange, Reply, check_rows, is_json_answer
+from guardproxy.guards.exchange import (
+    Exchange,
+    Reply,
+    TooManyRows,
+    check_rows,
+    is_json_answer,
+)
 from guardproxy.payloads import Payload
-from guardproxy.payloads.errors import MAX_ROWS
+from guardproxy.payloads.errors import MAX_ROWS, TooManyValues, over_limit
 from guardproxy.payloads.escapes import json_strings, unescape, unescaped_positions, unmoved
 from guardproxy.payloads.terms import TermNames, fold, folded_positions, term_pattern
 from guardproxy.policy.models import LabelsSpec
@@ -52,8 +58,12 @@ class LabelGuard:
         if not is_json_answer(ex):
             return
         doc = ex.response_json()
-        rows = self._payload.labels(doc)
+        try:
+            rows = self._payload.labels(doc)
+        except TooManyValues as exc:  # refused as a batch over the limit is, not passed
+            raise TooManyRows(over_limit(exc.rows, min(exc.limit, self._max_rows))) from None
         if self._payload.texts:
+            check_rows(len(rows), self._max_rows)
             arguments = self._payload.json_rows(doc)  # read as the client's parser reads them
             denied = self._denied_texts(rows, arguments)
         else:

@@ -61,6 +61,7 @@ class OpenAIChat(Payload):
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
+            _bounded(slots)
             if isinstance(choice, dict) and "message" not in choice and "text" in choice:
                 slots.append((choice, "text"))  # a completions answer
                 continue
@@ -102,6 +103,7 @@ def _response_slots(response: dict[str, Any]) -> list[Slot]:
     does)."""
     slots: list[Slot] = []
     for item in response["output"]:
+        _bounded(slots)
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
@@ -139,6 +141,7 @@ def _block_slots(content: Any) -> list[Slot]:
     every string of a tool's input (an object the client receives parsed)."""
     slots: list[Slot] = []
     for block in _parts(content):
+        _bounded(slots)
         kind = block.get("type")
         if kind in ("text", "thinking") and isinstance(block.get(kind), str):
             slots.append((block, kind))
@@ -156,11 +159,19 @@ def _strings(container: Any, key: Any) -> list[Slot]:
         value = parent[at]
         if isinstance(value, str):
             slots.append((parent, at))
+            _bounded(slots)
         elif isinstance(value, dict):
             stack += [(value, k) for k in reversed(value)]
         elif isinstance(value, list):
             stack += [(value, i) for i in range(len(value) - 1, -1, -1)]
     return slots
+
+
+def _bounded(slots: list[Slot]) -> None:
+    """TooManyValues once an answer has more texts than any row limit takes: each is folded
+    and scanned (a tool input of a million strings held the loop 2 s)."""
+    if len(slots) > MAX_ROWS:
+        raise TooManyValues(len(slots), MAX_ROWS)
 
 
 def _parts(value: Any) -> list[dict[str, Any]]:

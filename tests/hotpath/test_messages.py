@@ -131,3 +131,19 @@ async def test_a_stream_that_cannot_be_read_ends_with_an_error_the_client_raises
         async for part in stream:
             seen.append(part.type)
     assert seen == []  # neither the event nor what followed it
+
+
+async def test_an_answer_of_more_texts_than_max_rows_is_refused_not_passed(
+    tmp_path: Path,
+) -> None:
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    async with proxy_before(app, tmp_path, POLICIES, max_rows=50) as proxy:
+        api = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+        strings = json.dumps({"q": ["a gorilla"] * 51})  # each text folded and scanned
+        ask = [{"role": "user", "content": f"fine|{TOOL}{strings}"}]
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            await api.messages.create(model="m", max_tokens=100, messages=ask)
+        await api.close()
+        assert raised.value.status_code == 413 and "over the limit of 50" in str(raised.value.body)
+        assert proxy.runtime.proxy.counts.refused[413] == 1

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from guardproxy.payloads import JsonPath, Payload, compile_payload
-from guardproxy.payloads.errors import AmbiguousInput, PayloadError
+from guardproxy.payloads.errors import AmbiguousInput, PayloadError, TooManyValues
 from guardproxy.policy.models import ModelPolicy
 
 
@@ -270,6 +270,9 @@ def test_an_anthropic_message_is_read_where_a_client_reads_its_texts() -> None:
         deep = [deep]
     nested = {"type": "message", "content": [{"type": "tool_use", "input": {"x": deep}}]}
     assert payload.labels(nested) == [["bottom"]]
+    many = {"type": "message", "content": [{"type": "tool_use", "input": ["a"] * 1_000_000}]}
+    with pytest.raises(TooManyValues):  # counted as it is walked, not built first
+        payload.labels(many)
 
 
 def test_jsonpath_protocol_scores_labels_and_rewrite() -> None:
