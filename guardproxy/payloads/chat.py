@@ -153,17 +153,21 @@ def _block_slots(content: Any) -> list[Slot]:
 def _strings(container: Any, key: Any) -> list[Slot]:
     """Every string in container[key], however deeply nested, in document order."""
     slots: list[Slot] = []
-    stack: list[Slot] = [(container, key)]
-    while stack:  # not recursive: parsed JSON may nest deeper than Python recurses
-        parent, at = stack.pop()
-        value = parent[at]
-        if isinstance(value, str):
-            slots.append((parent, at))
-            _bounded(slots)
-        elif isinstance(value, dict):
-            stack += [(value, k) for k in reversed(value)]
-        elif isinstance(value, list):
-            stack += [(value, i) for i in range(len(value) - 1, -1, -1)]
+    # Not recursive (parsed JSON may nest deeper than Python recurses), and walking each
+    # container's keys as it goes: a list of a million is never copied before it is counted.
+    stack = [((container, iter((key,))))]
+    while stack:
+        parent, keys = stack[-1]
+        for at in keys:
+            value = parent[at]
+            if isinstance(value, str):
+                slots.append((parent, at))
+                _bounded(slots)
+            elif isinstance(value, dict | list):
+                stack.append((value, iter(value if isinstance(value, dict) else range(len(value)))))
+                break
+        else:
+            stack.pop()
     return slots
 
 
