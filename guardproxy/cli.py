@@ -66,6 +66,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_body=args.max_body,
         max_buffered=args.max_buffered,
         max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
         max_rows=args.max_rows,
         poll_interval=args.poll_interval,
         admin_token=secret_from_env("GUARDPROXY_ADMIN_TOKEN"),

@@ -41,18 +41,25 @@ class DataPort:
         send_error(writer, 404, "no such endpoint under /guardproxy/", request_id)
 
 
+def _shared_out(limit: int, workers: int) -> int | None:
+    """Each worker's part of a connection limit (at least one); None for 0, no limit."""
+    return max(1, limit // workers) if limit else None
+
+
 def data_server(handler: Handler, settings: Settings) -> Server:
     """The transport server of the data port, with its slow-client timeouts.
 
     What the server answers by itself (431, 400, 408...) is JSON naming the request, as the
     proxy's own errors are.
     """
-    connections = settings.max_connections
     config = ServerConfig(
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         body_min_rate=settings.body_min_rate,
         write_timeout=settings.write_timeout,
-        max_connections=max(1, connections // settings.workers) if connections else None,
+        max_connections=_shared_out(settings.max_connections, settings.workers),
+        max_connections_per_client=_shared_out(
+            settings.max_connections_per_client, settings.workers
+        ),
     )
     return Server(handler, config, proxy_error)

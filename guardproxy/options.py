@@ -284,6 +284,15 @@ SERVE_FLAGS = (
         parse=count_or_zero,
     ),
     Flag(
+        "--max-connections-per-client",
+        "N",
+        "client connections open at once from one address, shared out among --workers; more "
+        "are closed as soon as they are accepted; 0: no limit (behind a mesh proxy in the pod, "
+        "every connection comes from one address)",
+        "0",
+        parse=count_or_zero,
+    ),
+    Flag(
         "--max-rows",
         "N",
         "most rows one guarded request or answer may carry, else 413 (each row holds the "
@@ -390,7 +399,9 @@ class HelpFormatter(argparse.HelpFormatter):
     """argparse's help, wrapped at spaces only: a flag or variable name is never split."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

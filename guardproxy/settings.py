@@ -64,6 +64,7 @@ class Settings:
     max_body: int = 16 * 1024 * 1024
     max_buffered: int = 256 * 1024 * 1024  # guarded body bytes held at once, both ways
     max_connections: int = 4096  # data port connections open at once; 0: no limit
+    max_connections_per_client: int = 0  # of those, from one client address; 0: no limit
     max_rows: int = 10_000  # rows of one guarded request or answer
     poll_interval: float = 2.0
     samples_dir: Path = Path("/tmp/guardproxy-samples")

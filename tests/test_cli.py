@@ -97,13 +97,14 @@ def test_limit_timeout_and_worker_flags_reach_the_settings(
 
 
 @pytest.mark.parametrize(("flag", "workers", "each"), [("10", 1, 10), ("10", 4, 2), ("0", 2, None)])
-def test_max_connections_are_shared_out_among_workers(
-    flag: str, workers: int, each: int | None, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", ["max-connections", "max-connections-per-client"])
+def test_connection_limits_are_shared_out_among_workers(
+    name: str, flag: str, workers: int, each: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GUARDPROXY_UPSTREAM", "http://127.0.0.1:8081")
-    args = parser().parse_args(["serve", "--max-connections", flag, "--workers", str(workers)])
+    args = parser().parse_args(["serve", f"--{name}", flag, "--workers", str(workers)])
     server = data_server(ok, settings_from(args))
-    assert server.config.max_connections == each
+    assert getattr(server.config, name.replace("-", "_")) == each
 
 
 async def ok(request: Request, writer: ResponseWriter) -> None:

@@ -34,6 +34,9 @@ class ServerConfig:
     # Connections open at once (None: no limit); more are closed as soon as they are accepted.
     # Each may hold a head and the first part of a body that no other budget counts.
     max_connections: int | None = None
+    # Connections open at once from one client address (None: no limit): without it, one
+    # client can hold every connection max_connections allows and shut the others out.
+    max_connections_per_client: int | None = None
 
     def __post_init__(self) -> None:
         _positive(
@@ -45,6 +48,7 @@ class ServerConfig:
             high_water=self.high_water,
             max_pipelined=self.max_pipelined,
             max_connections=self.max_connections,
+            max_connections_per_client=self.max_connections_per_client,
         )
         if self.body_min_rate < 0:
             raise ValueError(f"body_min_rate must not be negative, got {self.body_min_rate}")

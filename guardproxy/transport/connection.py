@@ -35,6 +35,7 @@ class ServerConnection(Intake):
         self._linger_until = 0.0
         self._checked = self._last_data  # when the deadline sweep last looked
         self._receiving = 0.0  # seconds the active request's body was awaited, pauses excluded
+        self._client = ""  # the client's address, whose open connections are counted
         self.closed = False
 
     # asyncio.Protocol
@@ -43,17 +44,29 @@ class ServerConnection(Intake):
         """Register with the server."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        limit = self._config.max_connections
-        if limit is not None and len(self._shared.connections) >= limit:
-            self._counters.count("connection_limit")
-            self.closed = self._stopped = self._discard = True
-            transport.close()
-            return
+        shared, config = self._shared, self._config
+        # Connections over a limit are closed before any byte is read: no answer is owed.
         self.peer = transport.get_extra_info("peername")
-        self._shared.connections.add(self)
-        self._shared.gone.clear()
+        self._client = self.peer[0] if isinstance(self.peer, tuple) else ""
+        held = shared.clients.get(self._client, 0)
+        if config.max_connections is not None and len(shared.connections) >= config.max_connections:
+            self._turn_away(transport, "connection_limit")
+            return
+        limit = config.max_connections_per_client
+        if limit is not None and held >= limit:
+            self._turn_away(transport, "client_connection_limit")
+            return
+        shared.clients[self._client] = held + 1
+        shared.connections.add(self)
+        shared.gone.clear()
         self._counters.connections += 1
         self._counters.open += 1
+
+    def _turn_away(self, transport: asyncio.BaseTransport, kind: str) -> None:
+        """Close a connection over a limit as it is accepted, counted under `kind`."""
+        self._counters.count(kind)
+        self.closed = self._stopped = self._discard = True
+        transport.close()
 
     def eof_received(self) -> bool:
         """The client half-closed: answer what is owed, then close."""
@@ -73,6 +86,9 @@ class ServerConnection(Intake):
         self._stopped = self._discard = True
         shared = self._shared
         shared.connections.discard(self)
+        held = shared.clients.pop(self._client) - 1
+        if held:
+            shared.clients[self._client] = held
         if not shared.connections:
             shared.gone.set()
         self._counters.open -= 1

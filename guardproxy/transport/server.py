@@ -89,4 +89,4 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """Counters for /status."""
-        return self.counters.as_dict()
+        return {**self.counters.as_dict(), "clients": len(self._shared.clients)}

@@ -30,6 +30,7 @@ class Shared:
     config: ServerConfig
     counters: ServerCounters
     connections: set[ServerConnection] = field(default_factory=set)
+    clients: dict[str, int] = field(default_factory=dict)  # open connections by client address
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     draining: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the last one closed

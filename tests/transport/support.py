@@ -74,11 +74,16 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, receive_buffer: int | None = None) -> RawClient:
-        """Connect to 127.0.0.1:port; with `receive_buffer`, the socket takes in at most
-        about that much (and the reader 128 KiB) while the client does not read."""
+    async def open(
+        cls, port: int, receive_buffer: int | None = None, source: str = "127.0.0.1"
+    ) -> RawClient:
+        """Connect to 127.0.0.1:port from `source` (any 127.x.y.z address is this host);
+        with `receive_buffer`, the socket takes in at most about that much (and the reader
+        128 KiB) while the client does not read."""
         if receive_buffer is None:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, limit=1 << 20, local_addr=(source, 0)
+            )
             return cls(reader, writer)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect

@@ -538,6 +538,29 @@ async def test_connections_over_the_limit_are_closed_as_they_are_accepted() -> N
         assert (await fourth.answer()).status == 200
 
 
+async def test_connections_over_one_clients_limit_are_closed_and_others_still_served() -> None:
+    config = ServerConfig(max_connections=10, max_connections_per_client=2)
+    async with serving(ok, config) as running:
+        first, second = [await RawClient.open(running.port) for _ in range(2)]
+        await eventually(lambda: running.server.connections == 2)
+        third = await RawClient.open(running.port)
+        assert await third.closed()
+        other = await RawClient.open(running.port, source="127.0.0.2")
+        await other.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await other.answer()).status == 200  # another client is not shut out
+        status = running.server.status()
+        assert status["errors"] == {"client_connection_limit": 1}
+        assert (status["open"], status["clients"]) == (3, 2)
+        second.close()
+        await eventually(lambda: running.server.connections == 2)
+        fourth = await RawClient.open(running.port)
+        await fourth.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await fourth.answer()).status == 200  # a closed connection gives its place back
+        for client in (first, fourth, other):
+            client.close()
+        await eventually(lambda: running.server.status()["clients"] == 0)
+
+
 async def test_a_body_of_tiny_chunks_held_unread_costs_about_its_size() -> None:
     # 40,000 two-byte chunks: 80 KB of body, past the 64 KiB high-water mark, so reading
     # pauses. Kept as one object a piece, they held ~1.8 MB.
