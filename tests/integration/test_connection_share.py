@@ -53,7 +53,7 @@ async def ask_from(source: str, port: int) -> bytes:
     try:
         writer.write(b"GET /echo HTTP/1.1\r\nHost: model\r\n\r\n")
         return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    except (asyncio.IncompleteReadError, ConnectionResetError):
+    except (asyncio.IncompleteReadError, ConnectionError):
         return b""
     finally:
         writer.close()
