@@ -45,10 +45,10 @@ class ServerConnection(Intake):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         shared, config = self._shared, self._config
-        # Connections over a limit are closed before any byte is read: no answer is owed.
         self.peer = transport.get_extra_info("peername")
         self._client = self.peer[0] if isinstance(self.peer, tuple) else ""
         held = shared.clients.get(self._client, 0)
+        # Over a limit, the connection is closed before any byte is read: no answer is owed.
         if config.max_connections is not None and len(shared.connections) >= config.max_connections:
             self._turn_away(transport, "connection_limit")
             return
