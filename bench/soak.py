@@ -56,6 +56,9 @@ class Point:
     # Of the longest tick so far: the share of its time the loop's thread was on the CPU
     # (near 1: the loop itself was busy; near 0: something else had the CPU).
     loop_lag_max_busy: float = 0.0
+    # Of the wall time of the chunk before this reading: the share the loop's thread was
+    # ready to run but waited for a CPU (the machine's doing, not guardproxy's).
+    cpu_wait: float = 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -64,6 +67,11 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_wait_seconds(pid: int) -> float:
+    """Seconds the process's main thread has waited, ready to run, for a CPU (schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 def status(admin_port: int) -> dict[str, Any]:
@@ -105,13 +113,14 @@ class Soak:
         result = parse_result(run_pinned(argv, self.layout.load, seconds + 60))
         return result.requests, result.errors
 
-    def point(self, done: int, errors: int) -> Point:
+    def point(self, done: int, errors: int, cpu_wait: float) -> Point:
         """Where guardproxy stands now."""
         doc = status(self.admin)
         lag = doc["loop"]["lag"]
         return Point(done, round(rss_mib(self.proxy.pid), 1), errors, lag["max_ms"],
                      doc["fairness"]["recorded"], doc["monitor"]["dropped"],
-                     lag["ticks"], lag["over"]["5ms"], lag["max_busy"])  # fmt: skip
+                     lag["ticks"], lag["over"]["5ms"], lag["max_busy"],
+                     round(cpu_wait, 3))  # fmt: skip
 
     def run(self) -> list[Point]:
         """Chunks of about `every` requests each, until `requests` are done."""
@@ -122,11 +131,13 @@ class Soak:
         while done < opts.requests:
             target = min(opts.requests, (done // opts.every + 1) * opts.every)
             seconds = (target - done) / rate if rate else 5.0
-            began = time.monotonic()
+            began, waited = time.monotonic(), cpu_wait_seconds(self.proxy.pid)
             n, failed = self.chunk(str(len(points)), seconds)
-            rate = n / max(0.001, time.monotonic() - began)
+            took = max(0.001, time.monotonic() - began)
+            rate = n / took
             done, errors = done + n, errors + failed
-            points.append(self.point(done, errors))
+            wait = (cpu_wait_seconds(self.proxy.pid) - waited) / took
+            points.append(self.point(done, errors, wait))
             print(f"{done:>9,} requests  RSS {points[-1].rss_mib:7.1f} MiB  errors {errors}",
                   file=sys.stderr, flush=True)  # fmt: skip
         return points
@@ -177,11 +188,13 @@ def report(points: list[Point], opts: argparse.Namespace) -> None:
     """The RSS series as a table, then the JSON."""
     print(f"# python -m bench.soak --requests {opts.requests} --every {opts.every}")
     print(f"{'requests':>10}  {'RSS MiB':>8}  {'records':>8}  {'dropped':>8}  "
-          f"{'loop lag max ms':>15}  {'busy':>5}  {'ticks >5 ms':>15}  errors")  # fmt: skip
+          f"{'loop lag max ms':>15}  {'busy':>5}  {'ticks >5 ms':>15}  {'CPU wait':>8}  "
+          "errors")  # fmt: skip
     for p in points:
         print(f"{p.requests:>10,}  {p.rss_mib:>8.1f}  {p.records:>8,}  {p.dropped:>8,}  "
               f"{p.loop_lag_max_ms:>15.1f}  {p.loop_lag_max_busy:>5.2f}  "
-              f"{f'{p.loop_ticks_over_5ms:,} of {p.loop_ticks:,}':>15}  {p.errors}")  # fmt: skip
+              f"{f'{p.loop_ticks_over_5ms:,} of {p.loop_ticks:,}':>15}  {p.cpu_wait:>8.1%}  "
+              f"{p.errors}")  # fmt: skip
     change = growth(points, opts.every)
     steady = growth(points, opts.steady_from)
     for start, value in ((opts.every, change), (opts.steady_from, steady)):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,24 @@ def test_quick_chat_run_prices_a_streamed_event(capsys: pytest.CaptureFixture[st
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert {"direct", "guardproxy-unguarded", "guardproxy-guarded"} <= set(rows)
     assert all(float(values[0]) > 0 for values in rows.values())
+
+
+def test_the_time_a_process_waited_for_a_cpu_is_read_from_the_kernel() -> None:
+    # Two busy processes on one CPU: each waits, ready to run, while the other runs.
+    spin = (
+        "import os, time\nfrom bench.soak import cpu_wait_seconds\n"
+        "end = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+        "print(cpu_wait_seconds(os.getpid()))"
+    )
+    cpu = min(os.sched_getaffinity(0))
+    busy = [
+        subprocess.Popen(
+            [sys.executable, "-c", spin],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        )
+        for _ in range(2)
+    ]
+    waited = [float(process.communicate()[0]) for process in busy]
+    assert sum(waited) > 0.1
