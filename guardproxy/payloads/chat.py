@@ -46,9 +46,9 @@ class OpenAIChat(Payload):
     def json_rows(self, response_doc: Doc) -> frozenset[int]:
         """The rows that are a tool call's (or a legacy function call's) arguments (an
         Anthropic tool's input arrives parsed: its strings are read as they are)."""
-        slots = self._label_slots(response_doc)
         if self.labels_path is None and _is_message(response_doc):
             return frozenset()
+        slots = self._label_slots(response_doc)
         return frozenset(i for i, (_, key) in enumerate(slots) if key == "arguments")
 
     def _label_slots(self, response_doc: Doc) -> list[Slot]:
@@ -155,7 +155,7 @@ def _strings(container: Any, key: Any) -> list[Slot]:
     slots: list[Slot] = []
     # Not recursive (parsed JSON may nest deeper than Python recurses), and walking each
     # container's keys as it goes: a list of a million is never copied before it is counted.
-    stack = [((container, iter((key,))))]
+    stack = [(container, iter((key,)))]
     while stack:
         parent, keys = stack[-1]
         for at in keys:

@@ -97,17 +97,9 @@ def _response_texts(doc: dict[str, Any], kind: str, max_choices: int) -> EventTe
 
 def _message_texts(doc: dict[str, Any], kind: Any, max_choices: int) -> EventTexts:
     """An Anthropic Messages event's text; a content block's end, or the message's."""
-    if kind == "content_block_delta":
-        delta = doc["delta"] if isinstance(doc.get("delta"), dict) else {}
-        field, name = _BLOCK_DELTAS.get(delta.get("type"), ("", ""))
+    if kind in ("content_block_delta", "content_block_start"):
         index = index_of(doc.get("index", 0), max_choices, "content block")
-        text = delta.get(field) if field else None
-        return EventTexts([((index, name), text)] if _is_text(text) else [], [], anthropic=True)
-    if kind == "content_block_start":  # a block may start with text of its own
-        block = doc["content_block"] if isinstance(doc.get("content_block"), dict) else {}
-        name = _BLOCK_STARTS.get(block.get("type"), "")
-        text = block.get(block["type"]) if name else None
-        index = index_of(doc.get("index", 0), max_choices, "content block")
+        name, text = _block_text(doc, kind)
         return EventTexts([((index, name), text)] if _is_text(text) else [], [], anthropic=True)
     if kind == "content_block_stop":
         return EventTexts([], [index_of(doc.get("index", 0), max_choices, "content block")],
@@ -115,6 +107,17 @@ def _message_texts(doc: dict[str, Any], kind: Any, max_choices: int) -> EventTex
     if kind == "message_stop":
         return EventTexts([], [], True, anthropic=True)
     return EventTexts([], [], anthropic=True) if kind in _MESSAGE_EVENTS else NOTHING
+
+
+def _block_text(doc: dict[str, Any], kind: str) -> tuple[str, Any]:
+    """Which text of its block a delta adds to, and what; or a block's own starting text."""
+    if kind == "content_block_delta":
+        delta = doc["delta"] if isinstance(doc.get("delta"), dict) else {}
+        field, name = _BLOCK_DELTAS.get(delta.get("type"), ("", ""))
+        return name, delta.get(field) if field else None
+    block = doc["content_block"] if isinstance(doc.get("content_block"), dict) else {}
+    name = _BLOCK_STARTS.get(block.get("type"), "")  # a block may start with text of its own
+    return name, block.get(block["type"]) if name else None
 
 
 def documents(data: str) -> list[Any]:
