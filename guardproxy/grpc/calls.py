@@ -15,7 +15,7 @@ from ..policy.table import CompiledModel, CompiledPolicy
 from ..transport import Headers
 from .hooks import InferCall, Metadata
 
-__all__ = ["REQUEST_ID", "headers_of", "metadata_value", "model_of", "request_id_of"]
+__all__ = ["REQUEST_ID", "headers_of", "infer_path", "metadata_value", "model_of", "request_id_of"]
 
 REQUEST_ID = "x-request-id"
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -54,9 +54,17 @@ def model_of(policy: CompiledPolicy, name: str, version: str) -> CompiledModel |
     """The model that guards an OIP call: declared by name, else the one whose routes the
     equivalent HTTP path matches (so `/v2/models/*/infer` covers gRPC calls as well)."""
     model = policy.model(name)
-    if model is None and _SEGMENT.fullmatch(name):
-        if not version:
-            model = policy.match(f"/v2/models/{name}/infer")
-        elif _SEGMENT.fullmatch(version):
-            model = policy.match(f"/v2/models/{name}/versions/{version}/infer")
+    if model is None:
+        path = infer_path(name, version)
+        model = policy.match(path) if path is not None else None
     return model
+
+
+def infer_path(name: str, version: str) -> str | None:
+    """The HTTP path of an OIP inference of this model and version; None when either is not
+    one plain path segment."""
+    if not _SEGMENT.fullmatch(name):
+        return None
+    if not version:
+        return f"/v2/models/{name}/infer"
+    return f"/v2/models/{name}/versions/{version}/infer" if _SEGMENT.fullmatch(version) else None

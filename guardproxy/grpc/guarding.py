@@ -16,6 +16,7 @@ the model); a cancelled call is not counted.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,9 +33,9 @@ from ..hotpath.observation import Observation, hand_over, observe
 from ..hotpath.trust import AMBIGUOUS, AMBIGUOUS_REGION, trusted_value
 from ..payloads.errors import TooManyValues
 from ..payloads.tensors import TensorError
-from ..policy.table import CompiledModel, PolicyTable
+from ..policy.table import CompiledModel, CompiledPolicy, PolicyTable
 from ..policy.thresholds import Snapshot
-from .calls import REQUEST_ID, headers_of, model_of, request_id_of
+from .calls import REQUEST_ID, headers_of, infer_path, model_of, request_id_of
 from .documents import MessageRecord, request_document
 from .hooks import Allow, Failure, InferCall, Metadata, Refuse, http_status, status_for
 from .slots import UNGUARDED
@@ -46,6 +47,11 @@ log = logging.getLogger("guardproxy.grpc")
 
 Observer = Callable[[Observation], None]
 SERVICE = "/inference.GRPCInferenceService/"
+UNGUARDED_MODEL = "no guarded model serves this model"  # unguarded.action: refuse
+UNGUARDED_METHOD = "no guarded model serves this method"
+# A method's path as protobuf names it: `allow: ["/svc/**"]` must not pass `/svc/../other/M`
+# to a model server (or a proxy before it) that resolves dot segments.
+_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
 # The upstream statuses that count against the model's breaker, as the HTTP status it records.
 FAILURES = {
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -93,36 +99,51 @@ class PolicyHook:
         stats.calls += 1
         request_id, replaced = request_id_of(call)
         stats.request_ids_replaced += replaced
-        if self.region_key and self._region(call.metadata) is AMBIGUOUS:
+        region = self._region(call.metadata)
+        if region is AMBIGUOUS:
             stats.refused["ambiguous_region"] += 1
             return Refuse(grpc.StatusCode.INVALID_ARGUMENT, AMBIGUOUS_REGION)
-        model, known = self._model(call.model_name, call.model_version, call.metadata)
+        policy, known = self.policies.current.resolve(region)
         stats.unknown_region += not known
+        model = model_of(policy, call.model_name, call.model_version)
         reason = _unguarded(model)
-        if reason:
-            stats.unguarded[reason] += 1
-            self._pending[call] = _Pending(request_id)
+        if not reason:
+            return await self._guard(call, request_id, cast(CompiledModel, model))
+        if reason != "no_guards" and not _passes(policy, SERVICE + call.method, call):
+            stats.refused["unguarded"] += 1
+            return Refuse(grpc.StatusCode.NOT_FOUND, UNGUARDED_MODEL, ((REQUEST_ID, request_id),))
+        stats.unguarded[reason] += 1
+        self._pending[call] = _Pending(request_id)
+        return None
+
+    def refuses(self, method: str, metadata: Metadata) -> Refuse | None:
+        """Any other method: refused (counted) where the region refuses what no model guards,
+        unless its `unguarded.allow` names the method's path; or when the region is ambiguous."""
+        region = self._region(metadata)
+        if region is AMBIGUOUS:
+            self.stats.refused["ambiguous_region"] += 1
+            return Refuse(grpc.StatusCode.INVALID_ARGUMENT, AMBIGUOUS_REGION)
+        policy, _ = self.policies.current.resolve(region)
+        if _passes(policy, method):
             return None
-        return await self._guard(call, request_id, cast(CompiledModel, model))
+        self.stats.refused["unguarded"] += 1
+        return Refuse(grpc.StatusCode.NOT_FOUND, UNGUARDED_METHOD)
 
     def slot_key(self, name: str, version: str, metadata: Metadata) -> str:
         """The upstream slot key of a call to this model: region/model when the model is
         guarded, as the HTTP path's pool key, else the one key of all unguarded calls."""
-        model, _ = self._model(name, version, metadata)
+        region = self._region(metadata)
+        policy, _ = self.policies.current.resolve(None if region is AMBIGUOUS else region)
+        model = model_of(policy, name, version)
         if model is None or _unguarded(model):
             return UNGUARDED
         return f"{model.region}/{model.name}"
 
-    def _model(
-        self, name: str, version: str, metadata: Metadata
-    ) -> tuple[CompiledModel | None, bool]:
-        """The model a call names in its region's policy, and whether the region is known."""
-        region = self._region(metadata) if self.region_key else None
-        policy, known = self.policies.current.resolve(None if region is AMBIGUOUS else region)
-        return model_of(policy, name, version), known
-
     def _region(self, metadata: Metadata) -> str | None:
-        """The region the trusted key names (AMBIGUOUS when it names more than one)."""
+        """The region the trusted key names, if the operator named one (AMBIGUOUS when it
+        names more than one)."""
+        if self.region_key is None:
+            return None
         return trusted_value([str(v) for name, v in metadata if name == self.region_key])
 
     async def _guard(self, call: InferCall, request_id: str, model: CompiledModel) -> Refuse | None:
@@ -288,6 +309,19 @@ def _unguarded(model: CompiledModel | None) -> str:
     if model.spec.protocol != "kserve_v2":
         return "not_oip"
     return "no_guards" if model.chain is None else ""
+
+
+def _passes(policy: CompiledPolicy, method: str, call: InferCall | None = None) -> bool:
+    """Whether a call no guarded model takes goes on: its region passes such calls, or the
+    region's `unguarded.allow` names the method's path or, for an inference, the model's
+    equivalent HTTP path (`/v2/models/<name>/infer`)."""
+    allowed = policy.allowed
+    if allowed is None:
+        return True
+    if _METHOD.fullmatch(method) and allowed.matches(method):
+        return True
+    path = infer_path(call.model_name, call.model_version) if call is not None else None
+    return path is not None and allowed.matches(path)
 
 
 def _fresh(ex: Exchange) -> Exchange:

@@ -10,7 +10,8 @@ metadata to add and, optionally, a changed answer document) or a `Refuse`. A cal
 upstream failed, the client cancelled, the stream ended first, the answer could not be
 decoded) is reported once to `hook.on_failure(call, failure)`, whose metadata a unary call
 gets in its trailers. Each `InferCall` is hashed by identity, so a hook may key its own
-per-call state by the call.
+per-call state by the call. Any other method is forwarded as bytes once
+`hook.refuses(method, metadata)` returns None (a `Refuse` ends it before the upstream).
 
 Refusals, as `status_for(http_status)` maps the proxy's HTTP replies:
 
@@ -19,6 +20,7 @@ Refusals, as `status_for(http_status)` maps the proxy's HTTP replies:
 | breaker open, action `reject`               | 503  | UNAVAILABLE + retry   |
 | label guard `block` (policy status, 422)    | 422  | FAILED_PRECONDITION   |
 | refused for the caller (e.g. a region rule) | 403  | PERMISSION_DENIED     |
+| no guarded model (`unguarded: refuse`)      | 404  | NOT_FOUND             |
 | body or batch too large                     | 413  | RESOURCE_EXHAUSTED    |
 | malformed request                           | 400  | INVALID_ARGUMENT      |
 | guard `fail_closed` could not check         | 502  | INTERNAL              |
@@ -171,6 +173,9 @@ class InferHook(Protocol):
     async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
         """The call ended without an answer to check; metadata for a unary call's trailers."""
 
+    def refuses(self, method: str, metadata: Metadata) -> Refuse | None:
+        """Before any other method goes upstream: None to go on, or a refusal."""
+
 
 class AllowAll:
     """The hook when none is given: every call passes untouched."""
@@ -196,6 +201,10 @@ class AllowAll:
     async def on_failure(self, call: InferCall, failure: Failure) -> Metadata:
         """Nothing to record."""
         return ()
+
+    def refuses(self, method: str, metadata: Metadata) -> Refuse | None:
+        """Never: every method goes on."""
+        return None
 
 
 def refusal_trailers(refuse: Refuse) -> Metadata:

@@ -2,15 +2,15 @@
 
 A generic handler takes every method. ModelInfer and ModelStreamInfer are decoded into OIP
 documents for the `InferHook` (see hooks.py for the refusal mapping); any other method, even
-one of a service unknown here, is forwarded to the upstream as raw bytes, as a stream both
-ways, which carries unary and streaming calls alike. Client metadata (`traceparent`
-included) and the deadline go upstream (a unary ModelInfer's capped by `timeout`); the
-upstream's status, details, initial and trailing metadata come back. An answer or hook that
-fails follows `fail_closed`: pass untouched and count (default), or end the call INTERNAL.
-With a `limiter`, each unary inference call first takes an upstream slot for its model (slots.py):
-no slot in time is RESOURCE_EXHAUSTED. With a `budget`, each parsed inference request counts
-against it while it lasts (held.py): one that does not fit is RESOURCE_EXHAUSTED too. Every
-outcome is counted in `status()`.
+one of a service unknown here, is forwarded to the upstream as raw bytes unless the hook
+refuses it, as a stream both ways, which carries unary and streaming calls alike. Client
+metadata (`traceparent` included) and the deadline go upstream (a unary ModelInfer's capped
+by `timeout`); the upstream's status, details, initial and trailing metadata come back. An
+answer or hook that fails follows `fail_closed`: pass untouched and count (default), or end
+the call INTERNAL. With a `limiter`, each unary inference call first takes an upstream slot
+for its model (slots.py): no slot in time is RESOURCE_EXHAUSTED. With a `budget`, each parsed
+inference request counts against it while it lasts (held.py): one that does not fit is
+RESOURCE_EXHAUSTED too. Every outcome is counted in `status()`.
 """
 
 from __future__ import annotations
@@ -281,8 +281,12 @@ class GrpcProxy:
         requests: AsyncIterator[bytes],
         context: aio.ServicerContext[bytes, bytes],
     ) -> AsyncIterator[bytes]:
-        """Any other method: bytes both ways, metadata, deadline and status passed through."""
+        """Any other method: bytes both ways, metadata, deadline and status passed through
+        (unless the hook refuses the method)."""
         self.stats.calls["forward"] += 1
+        refusal = self.hook.refuses(method, tuple(context.invocation_metadata() or ()))
+        if refusal is not None:
+            await self.refuse(refusal, context)
         self.stats.active += 1
         relay = Relay(
             self.channel, method, requests, upstream_metadata(context, self.calls),

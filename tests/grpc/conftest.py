@@ -12,6 +12,7 @@ from grpc import aio
 
 from guardproxy.grpc import STREAM_INFER, Allow, Failure, GrpcProxy, InferCall, Refuse
 from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
+from guardproxy.grpc.hooks import Metadata
 
 from .upstream import Model, start_model
 
@@ -55,6 +56,9 @@ class RecordingHook:
     async def on_failure(self, call: InferCall, failure: Failure) -> tuple[tuple[str, str], ...]:
         self.failures.append((call, failure))
         return (("x-failed", failure.code.name),)
+
+    def refuses(self, method: str, metadata: Metadata) -> Refuse | None:
+        return None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
+from guardproxy.grpc.generated import grpc_predict_v2_pb2 as pb
 from guardproxy.guards.thresholds import HEADER_ROWS
 from guardproxy.hotpath.upstream import Timeouts
 from guardproxy.payloads.tensors import pack, unpack
@@ -103,6 +105,64 @@ async def test_an_undeclared_model_passes_unguarded_and_is_counted(tmp_path: Pat
         guards = g.proxy.runtime.status()["grpc"]["guards"]
         assert guards["unguarded"] == {"undeclared_model": 1, "not_oip": 1}
         assert guards["guarded"] == 0
+
+
+REFUSE = """
+unguarded:
+  action: refuse
+  allow: [/inference.GRPCInferenceService/ServerLive, /v2/models/open/infer, /grpc.health.v1/**]
+"""
+
+
+async def live(target: str, method: str = "ServerLive", metadata: tuple[Any, ...] = ()) -> object:
+    """One call of a method other than inference (an OIP one by its name), with a ServerLive
+    message."""
+    async with aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            method if method.startswith("/") else f"/inference.GRPCInferenceService/{method}",
+            pb.ServerLiveRequest.SerializeToString, pb.ServerLiveResponse.FromString,
+        )  # fmt: skip
+        return await call(pb.ServerLiveRequest(), metadata=metadata)
+
+
+async def test_a_region_that_refuses_unguarded_paths_refuses_such_calls_too(
+    tmp_path: Path,
+) -> None:
+    async with guarded(tmp_path, policy(extra=REFUSE)) as g:
+        for model in ("other", "scored-json"):  # undeclared; declared, but not an OIP model
+            with pytest.raises(aio.AioRpcError) as raised:
+                await infer(g.target, rows(model), [("x-request-id", f"r-{model}")])
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+            assert raised.value.details() == "no guarded model serves this model"
+            assert dict(raised.value.trailing_metadata())["x-request-id"] == f"r-{model}"
+        assert len(g.model.metadata) == 0  # the model was never asked
+        with pytest.raises(aio.AioRpcError) as raised:  # a refusal ends the stream
+            await stream(g.target, [rows("other")])
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        open_answer, initial, _ = await infer(g.target, rows("open"))  # allowed by its HTTP path
+        assert open_answer.model_name == "open" and "x-guard-decision" not in initial
+        assert await live(g.target) == pb.ServerLiveResponse(live=True)  # its method is allowed
+        with pytest.raises(aio.AioRpcError) as raised:
+            await live(g.target, "RepositoryIndex")
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND  # not UNIMPLEMENTED: not sent
+        assert raised.value.details() == "no guarded model serves this method"
+        with pytest.raises(aio.AioRpcError) as raised:  # allowed, unless it leaves its service
+            await live(g.target, "/grpc.health.v1/../inference.GRPCInferenceService/ServerLive")
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        guards = g.proxy.runtime.status()["grpc"]["guards"]
+        assert guards["refused"] == {"unguarded": 5}
+        assert guards["unguarded"] == {"undeclared_model": 1}
+
+
+async def test_a_region_that_passes_unguarded_paths_forwards_every_method(tmp_path: Path) -> None:
+    async with guarded(tmp_path, trust_region_header="X-Region") as g:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await live(g.target, "RepositoryIndex")
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # the model server's answer
+        with pytest.raises(aio.AioRpcError) as raised:  # but no region may be named twice
+            await live(g.target, metadata=(("x-region", "sg"), ("x-region", "th")))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert g.proxy.runtime.status()["grpc"]["guards"]["refused"] == {"ambiguous_region": 1}
 
 
 async def test_a_request_whose_tensors_cannot_be_read_still_gets_a_guarded_answer(
