@@ -23,7 +23,7 @@ from typing import Any, cast
 from guardproxy.guards.base import GuardChain
 from guardproxy.guards.exchange import Exchange, Reply
 from guardproxy.hotpath.replies import ProxyCounts
-from guardproxy.payloads.chatstream import ChatStreamGuard, Scan, error_events
+from guardproxy.payloads.chatstream import ChatStreamGuard, Scan
 from guardproxy.payloads.errors import MAX_ROWS
 from guardproxy.payloads.sse import SSEError
 from guardproxy.policy.models import LabelsSpec, OnError
@@ -55,6 +55,7 @@ class ChatRelay:
         max_event: int,
         max_answer: int,
         max_choices: int = MAX_ROWS,
+        ndjson: bool = False,
     ) -> None:
         self.ex, self.chain, self.labels, self.counts = ex, chain, labels, counts
         # fail_open passes an event that cannot be read and reads on; fail_closed ends there.
@@ -63,7 +64,7 @@ class ChatRelay:
         # read still gets its name.
         self.guard = ChatStreamGuard(
             chain.terms, max_event=max_event, max_answer=max_answer, max_choices=max_choices,
-            skip_unreadable=skip, anthropic=ex.path.endswith("/messages"),
+            skip_unreadable=skip, anthropic=ex.path.endswith("/messages"), ndjson=ndjson,
         )  # fmt: skip
         self.ended = "complete"
         self.reading = True  # False once the stream could not be read (fail_open): bytes pass
@@ -172,10 +173,10 @@ class ChatRelay:
         self.ex.reply = Reply(self.labels.block.status, self.labels.block.message, details=details)
 
     def _last_word(self) -> bytes:
-        reply, anthropic = self.ex.reply, self.guard.anthropic
+        reply, guard = self.ex.reply, self.guard
         if reply is None or self.ended != "blocked":
-            return self.guard.release() + error_events(UNREADABLE, "guard_error", anthropic)
-        return self.guard.release() + error_events(reply.error, anthropic=anthropic)
+            return guard.release() + guard.error(UNREADABLE, "guard_error")
+        return guard.release() + guard.error(reply.error)
 
     def refused(self) -> None:
         """The stream was refused before it started (a fail_closed guard): its record."""

@@ -42,6 +42,7 @@ from guardproxy.hotpath.replies import (
 from guardproxy.hotpath.trust import Trust
 from guardproxy.hotpath.upstream import Upstream, UpstreamError, client_message
 from guardproxy.payloads.binary_bodies import HEADER_KEY, BinaryBodies, BinaryReads
+from guardproxy.payloads.ndjson import NDJSON
 from guardproxy.policy.table import CompiledModel
 from guardproxy.transport import (
     ClientDisconnected,
@@ -53,7 +54,8 @@ from guardproxy.transport import (
 
 log = logging.getLogger("guardproxy.proxy")
 
-JSON_TYPES = frozenset({b"application/json", b"application/x-ndjson"})
+JSON_TYPES = frozenset({b"application/json", NDJSON})
+CHAT_STREAMS = frozenset({EVENT_STREAM, NDJSON})  # an openai model's, relayed as they come
 Observer = Callable[[Observation], None]
 
 
@@ -202,13 +204,14 @@ class GuardedSteps:
         if binary is not None:
             ex.binary = ex.binary or BinaryBodies(cast(BinaryReads, chain.binary))
             ex.binary.response = binary.decode("latin-1")
-        elif content_type not in JSON_TYPES:
-            if content_type == EVENT_STREAM and wire.model.spec.protocol == "openai":
-                return await self._chat(writer, ex, response, call.admitted, wire, began)
-            if content_type == EVENT_STREAM or not 200 <= response.status < 300:
-                return await self._unguarded(request, writer, response, ex)
-            # Any other 2xx answer is guarded as JSON, whatever its type says: clients such
-            # as the openai SDK parse text/plain or an untyped answer as JSON all the same.
+        elif content_type in CHAT_STREAMS and wire.model.spec.protocol == "openai":
+            return await self._chat(writer, ex, response, call.admitted, wire, began, content_type)
+        # Any other 2xx answer is guarded as JSON, whatever its type says: clients such as
+        # the openai SDK parse text/plain or an untyped answer as JSON all the same.
+        elif content_type not in JSON_TYPES and (
+            content_type == EVENT_STREAM or not 200 <= response.status < 300
+        ):
+            return await self._unguarded(request, writer, response, ex)
         await read_answer(ex, response, self.max_body, content_type, hold)
         ex.upstream_seconds = perf_counter() - began
         if 200 <= ex.status < 300:
@@ -238,13 +241,17 @@ class GuardedSteps:
         admitted: Admitted,
         wire: ModelWire,
         began: float,
+        content_type: bytes,
     ) -> str:
-        """A streamed chat answer through the label terms, event by event, then observed."""
+        """A streamed chat answer through the label terms, event by event (or line by line,
+        Ollama's), then observed."""
         chain, spec = wire.chain, wire.model.spec
-        ex.status, ex.streamed, ex.response_type = response.status, True, EVENT_STREAM
+        ex.status, ex.streamed, ex.response_type = response.status, True, content_type
         ex.response_headers = stream_headers(response.headers)
-        stream = ChatRelay(ex, chain, spec.labels, self.counts, min(self.max_body, MAX_EVENT),
-                           spec.sampling.max_body_bytes, self.max_rows)  # fmt: skip
+        stream = ChatRelay(
+            ex, chain, spec.labels, self.counts, min(self.max_body, MAX_EVENT),
+            spec.sampling.max_body_bytes, self.max_rows, content_type == NDJSON,
+        )  # fmt: skip
         if applied_codings(response.headers):  # asked for identity, encoded all the same
             stream.unreadable("a content-encoded stream cannot be read")
         if 200 <= ex.status < 300 and ex.reply is None:

@@ -1,5 +1,5 @@
-"""OpenAI chat completions, completions and responses, and Anthropic-style messages: the
-guarded labels are their texts."""
+"""OpenAI chat completions, completions and responses, Anthropic-style messages and Ollama's
+chat and generate answers: the guarded labels are their texts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from guardproxy.payloads.base import Payload
 from guardproxy.payloads.errors import MAX_ROWS, TooManyValues
 from guardproxy.payloads.fields import as_list, field, label_row
 from guardproxy.payloads.jsonpath import Doc, Slot
+from guardproxy.payloads.strings import bounded, string_slots
 
 
 class OpenAIChat(Payload):
@@ -46,7 +47,7 @@ class OpenAIChat(Payload):
     def json_rows(self, response_doc: Doc) -> frozenset[int]:
         """The rows that are a tool call's (or a legacy function call's) arguments (an
         Anthropic tool's input arrives parsed: its strings are read as they are)."""
-        if self.labels_path is None and _is_message(response_doc):
+        if self.labels_path is None and (_is_message(response_doc) or _is_ollama(response_doc)):
             return frozenset()
         slots = self._label_slots(response_doc)
         return frozenset(i for i, (_, key) in enumerate(slots) if key == "arguments")
@@ -56,12 +57,14 @@ class OpenAIChat(Payload):
             return self.labels_path.slots(response_doc)
         if _is_message(response_doc):
             return _block_slots(response_doc["content"])
+        if _is_ollama(response_doc):
+            return _ollama_slots(response_doc)
         if _is_response(response_doc):
             return _response_slots(response_doc)
         choices = as_list(field(response_doc, "choices", "answer"), "answer choices")
         slots: list[Slot] = []
         for choice in choices:
-            _bounded(slots)
+            bounded(slots)
             if isinstance(choice, dict) and "message" not in choice and "text" in choice:
                 slots.append((choice, "text"))  # a completions answer
                 continue
@@ -103,7 +106,7 @@ def _response_slots(response: dict[str, Any]) -> list[Slot]:
     does)."""
     slots: list[Slot] = []
     for item in response["output"]:
-        _bounded(slots)
+        bounded(slots)
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
@@ -136,46 +139,44 @@ def _is_message(doc: Doc) -> bool:
     )
 
 
+def _is_ollama(doc: Doc) -> bool:
+    """Whether an answer is an Ollama chat or generate one (`done`, no choices or type)."""
+    return (
+        isinstance(doc, dict)
+        and "done" in doc
+        and not {"choices", "type"} & doc.keys()
+        and (isinstance(doc.get("message"), dict) or isinstance(doc.get("response"), str))
+    )
+
+
+def _ollama_slots(answer: dict[str, Any]) -> list[Slot]:
+    """Where a client reads an Ollama answer's text: its message's content, thinking and every
+    string of each tool call's arguments (an object the client receives parsed); or a generate
+    answer's response and thinking."""
+    message = answer["message"] if isinstance(answer.get("message"), dict) else answer
+    keys = ("content", "thinking") if message is not answer else ("response", "thinking")
+    slots: list[Slot] = [(message, key) for key in keys if isinstance(message.get(key), str)]
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            slots += string_slots(function, "arguments")
+        bounded(slots)
+    return slots
+
+
 def _block_slots(content: Any) -> list[Slot]:
     """Where a client reads an Anthropic message's text: each text and thinking block, and
     every string of a tool's input (an object the client receives parsed)."""
     slots: list[Slot] = []
     for block in _parts(content):
-        _bounded(slots)
+        bounded(slots)
         kind = block.get("type")
         if kind in ("text", "thinking") and isinstance(block.get(kind), str):
             slots.append((block, kind))
         elif kind in ("tool_use", "server_tool_use"):
-            slots += _strings(block, "input")
+            slots += string_slots(block, "input")
     return slots
-
-
-def _strings(container: Any, key: Any) -> list[Slot]:
-    """Every string in container[key], however deeply nested, in document order."""
-    slots: list[Slot] = []
-    # Not recursive (parsed JSON may nest deeper than Python recurses), and walking each
-    # container's keys as it goes: a list of a million is never copied before it is counted.
-    stack = [(container, iter((key,)))]
-    while stack:
-        parent, keys = stack[-1]
-        for at in keys:
-            value = parent[at]
-            if isinstance(value, str):
-                slots.append((parent, at))
-                _bounded(slots)
-            elif isinstance(value, dict | list):
-                stack.append((value, iter(value if isinstance(value, dict) else range(len(value)))))
-                break
-        else:
-            stack.pop()
-    return slots
-
-
-def _bounded(slots: list[Slot]) -> None:
-    """TooManyValues once an answer has more texts than any row limit takes: each is folded
-    and scanned (a tool input of a million strings held the loop 2 s)."""
-    if len(slots) > MAX_ROWS:
-        raise TooManyValues(len(slots), MAX_ROWS)
 
 
 def _parts(value: Any) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """What a streamed chat event says as text: OpenAI chat and completions chunks, the
-Responses API's events and Anthropic Messages events, each text named by its choice (output
-item, content block) and part."""
+Responses API's events, Anthropic Messages events and Ollama's chat and generate lines, each
+text named by its choice (output item, content block) and part."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from typing import Any, NamedTuple, TypeGuard
 
 import orjson
 
+from .errors import TooManyValues
 from .sse import SSEError
+from .strings import string_slots
 
-__all__ = ["CONTENT", "JSON_TEXTS", "EventTexts", "Part", "documents", "event_texts"]
+__all__ = [
+    "CONTENT",
+    "JSON_TEXTS",
+    "EventTexts",
+    "Part",
+    "documents",
+    "event_texts",
+    "ollama_texts",
+]
 
 Part = tuple[int, str]  # a choice's index and which of its texts: content, refusal, a tool call
 CONTENT = "content"
@@ -37,6 +47,8 @@ _BLOCK_DELTAS: dict[Any, tuple[str, str]] = {
 }
 _BLOCK_STARTS: dict[Any, str] = {"text": CONTENT, "thinking": "thinking"}
 _MESSAGE_EVENTS = frozenset({"message_start", "message_delta", "ping"})
+# Ollama: a chat line's message (or a generate line itself) says its text in these keys.
+_OLLAMA_TEXTS = ((CONTENT, "content"), (CONTENT, "response"), ("thinking", "thinking"))
 JSON_TEXTS = ("arguments", "function_call", "tool_calls[")  # parts a client parses as JSON
 
 
@@ -58,7 +70,9 @@ def event_texts(doc: Any, max_choices: int) -> EventTexts:
     if not isinstance(doc, dict):
         return NOTHING
     choices = doc.get("choices")
-    if not isinstance(choices, list):  # a Responses or Messages event, or an error or usage
+    if not isinstance(choices, list):  # a Responses, Messages or Ollama event, or an error
+        if "done" in doc and "type" not in doc:
+            return _ollama_texts(doc)
         kind = doc.get("type")
         if isinstance(kind, str) and kind.startswith("response."):
             return _response_texts(doc, kind, max_choices)
@@ -118,6 +132,31 @@ def _block_text(doc: dict[str, Any], kind: str) -> tuple[str, Any]:
     block = doc["content_block"] if isinstance(doc.get("content_block"), dict) else {}
     name = _BLOCK_STARTS.get(block.get("type"), "")  # a block may start with text of its own
     return name, block.get(block["type"]) if name else None
+
+
+def _ollama_texts(doc: dict[str, Any]) -> EventTexts:
+    """An Ollama chat or generate line's texts; `done: true` ends the answer."""
+    message = doc.get("message")
+    try:
+        texts = ollama_texts(message if isinstance(message, dict) else doc)
+    except TooManyValues as exc:
+        raise SSEError(str(exc)) from None
+    done = doc["done"] is True
+    return EventTexts([((0, part), text) for part, text in texts], [0] if done else [], done)
+
+
+def ollama_texts(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """The texts of an Ollama message (or generate answer) a client reads: its content (or
+    response), thinking, and every string of each tool call's arguments, an object the client
+    receives parsed (each string a line of the call's text, so no two run into one word)."""
+    out = [(part, text) for part, key in _OLLAMA_TEXTS if _is_text(text := message.get(key))]
+    calls = message.get("tool_calls")
+    for index, call in enumerate(calls[:MAX_TOOL_CALLS] if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            strings = [c[k] for c, k in string_slots(function, "arguments")]
+            out += [(f"tool_call[{index}]", s + "\n") for s in strings if s]
+    return out
 
 
 def documents(data: str) -> list[Any]:

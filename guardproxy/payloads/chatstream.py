@@ -29,6 +29,7 @@ import orjson
 from .chatevents import CONTENT, JSON_TEXTS, Part, documents, event_texts
 from .errors import MAX_ROWS
 from .escapes import Unescaper
+from .ndjson import LineParser
 from .sse import DONE, Event, EventParser, SSEError
 from .terms import UNSPACED, WORD, TermNames, fold, longest_span, term_key, term_pattern
 
@@ -143,6 +144,7 @@ class ChatStreamGuard:
         max_choices: int = MAX_ROWS,
         skip_unreadable: bool = False,
         anthropic: bool = False,
+        ndjson: bool = False,
     ) -> None:
         self.scanner = scanner
         # An event that is not JSON, or not a chat chunk, passes unread and the events after
@@ -150,7 +152,8 @@ class ChatStreamGuard:
         self.skip_unreadable = skip_unreadable
         self.unread: list[str] = []  # why events passed unread, the first 16
         self.unread_events = 0
-        self.parser = EventParser(max_event)
+        self.ndjson = ndjson  # Ollama's lines of JSON, not server-sent events
+        self.parser = LineParser(max_event) if ndjson else EventParser(max_event)
         self.max_answer = max_answer
         self.max_choices = max_choices
         self.done = False  # `data: [DONE]` seen (or the end a Responses or Messages stream names)
@@ -341,6 +344,10 @@ class ChatStreamGuard:
             parts.add(text)
             self._size += len(text)
 
+    def error(self, message: str, code: str = "content_filter") -> bytes:
+        """The end of this stream, refused: `error_events` in the stream's own form."""
+        return error_events(message, code, self.anthropic, self.ndjson)
+
     def answer(self, index: int = 0) -> str:
         """The content of one choice so far (cut at max_answer characters for all texts)."""
         parts = self._parts.get((index, CONTENT))
@@ -386,9 +393,14 @@ class _Text:
         return "".join(self.runs) + "".join(self.pieces)
 
 
-def error_events(message: str, code: str = "content_filter", anthropic: bool = False) -> bytes:
+def error_events(
+    message: str, code: str = "content_filter", anthropic: bool = False, ndjson: bool = False
+) -> bytes:
     """The end of a refused stream: an OpenAI-style JSON error event, then `data: [DONE]`;
-    for an Anthropic Messages stream, an event named `error` (its clients skip others)."""
+    for an Anthropic Messages stream, an event named `error` (its clients skip others); for
+    an Ollama stream, a line whose `error` is the message (its clients raise it)."""
+    if ndjson:
+        return orjson.dumps({"error": message}) + b"\n"
     error = {"message": message, "type": "guardproxy", "code": code}
     if anthropic:
         return b"event: error\ndata: " + orjson.dumps({"type": "error", "error": error}) + b"\n\n"

@@ -109,7 +109,15 @@ DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "tfserving": ("/v1/models/{name}:predict", "/v1/models/{name}/versions/*:predict"),
     "mlflow": ("/invocations",),
     "seldon_v1": ("/api/v1.0/predictions",),
-    "openai": ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"),
+    # OpenAI's routes, the Messages API's (vLLM serves it too) and Ollama's own.
+    "openai": (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/api/chat",
+        "/api/generate",
+    ),
     "jsonpath": (),
 }
 

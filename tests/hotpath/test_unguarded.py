@@ -65,16 +65,16 @@ async def test_by_default_a_path_no_model_guards_passes(
     served: tuple[RunningProxy, Upstream],
 ) -> None:
     proxy, upstream = served
-    assert (await status_of(proxy, "POST", "/api/chat"))[0] == 200
-    assert upstream.paths == ["/api/chat"] and proxy.runtime.proxy.counts.unguarded == 1
+    assert (await status_of(proxy, "POST", "/generate"))[0] == 200
+    assert upstream.paths == ["/generate"] and proxy.runtime.proxy.counts.unguarded == 1
 
 
 async def test_a_region_that_refuses_answers_404_and_the_model_is_never_asked(
     served: tuple[RunningProxy, Upstream],
 ) -> None:
     proxy, upstream = served
-    for path in ("/api/chat", "/api/generate", "/health/../api/chat", "/healthz",
-                 "/health%2F..%2Fapi%2Fchat", "/v1/model"):  # fmt: skip
+    for path in ("/generate", "/api/embed", "/health/../generate", "/healthz",
+                 "/health%2F..%2Fgenerate", "/v1/model"):  # fmt: skip
         status, doc = await status_of(proxy, "POST", path, STRICT)
         assert (status, doc["error"]) == (404, "no guarded model serves this path"), path
     assert upstream.paths == []

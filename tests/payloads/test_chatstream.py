@@ -632,3 +632,41 @@ def test_terms_held_in_many_choices_cost_linear_work() -> None:
         assert guard.flags == {"ape"} and guard.release().count(b"\n\n") == 2 * n - 1
         costs.append(guard.visited)
     assert costs[1] <= 5 * costs[0]
+
+
+def ollama_line(doc: dict[str, Any]) -> bytes:
+    return json.dumps({"model": "m", **doc}).encode() + b"\n"
+
+
+def test_an_ollama_stream_is_scanned_line_by_line() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"], flag=["ape"]), ndjson=True)
+    chat = [{"message": {"role": "assistant", "content": c}, "done": False} for c in ("a go", "r")]
+    assert [guard.feed(ollama_line(doc)) for doc in chat] == [PASS, PASS]
+    assert guard.release() == ollama_line(chat[0]) + ollama_line(chat[1])
+    thinking = {
+        "message": {"role": "assistant", "content": "", "thinking": "an ape"},
+        "done": False,
+    }
+    assert guard.feed(ollama_line(thinking)) == PASS  # "ape" ends its text: not settled yet
+    done = {"message": {"role": "assistant", "content": "illa"}, "done": True}
+    assert guard.feed(ollama_line(done)) == Scan("deny", "gorilla", 0)
+    assert guard.texts()[0] == {"content": "a gorilla", "thinking": "an ape"}
+    generate = ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True)
+    assert generate.feed(ollama_line({"response": "a gorilla", "done": False})) == PASS
+    assert generate.feed(ollama_line({"response": "", "done": True})) == Scan("deny", "gorilla", 0)
+    assert generate.done
+
+
+def test_an_ollama_tool_calls_arguments_are_read_string_by_string() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True)
+    call = {"function": {"name": "f", "arguments": {"a": "go", "b": ["rilla", {"c": "a gorilla"}]}}}
+    line = ollama_line({"message": {"role": "assistant", "content": "", "tool_calls": [call]},
+                        "done": False})  # fmt: skip
+    assert guard.feed(line) == Scan("deny", "gorilla", 0)
+    assert guard.texts()[0] == {"tool_call[0]": "go\nrilla\na gorilla\n"}
+
+
+def test_an_ollama_stream_is_refused_with_a_line_its_clients_raise() -> None:
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True)
+    assert guard.error("no") == b'{"error":"no"}\n'
+    assert json.loads(error_events("no", ndjson=True)) == {"error": "no"}
