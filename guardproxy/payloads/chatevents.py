@@ -161,13 +161,15 @@ def ollama_texts(message: dict[str, Any]) -> list[tuple[str, str]]:
 
 def documents(data: str) -> list[Any]:
     """An event's JSON: orjson's reading, else Python's (which takes NaN, 1e400 and lone
-    surrogates, as a client may), else each data line's own (as a client reading lines
-    does); SSEError when none is JSON."""
+    surrogates, as a client may), else each line's own, as a client reading lines does
+    (Python's `splitlines`, as httpx splits an NDJSON body: at U+2028 or U+0085 too);
+    SSEError when none is JSON."""
     try:
         return [orjson.loads(data)]
     except orjson.JSONDecodeError:
         pass
-    docs = _lenient([data]) or ("\n" in data and _lenient(data.split("\n"))) or None
+    lines = data.splitlines()
+    docs = _lenient([data]) or (len(lines) > 1 and _lenient(lines)) or None
     if docs is None:
         raise SSEError("a chat stream event is not JSON")
     return docs

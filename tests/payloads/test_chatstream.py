@@ -666,6 +666,15 @@ def test_an_ollama_tool_calls_arguments_are_read_string_by_string() -> None:
     assert guard.texts()[0] == {"tool_call[0]": "go\nrilla\na gorilla\n"}
 
 
+def test_an_ollama_line_a_client_splits_in_two_is_read_as_two() -> None:
+    # httpx (the ollama client's) splits lines as Python's splitlines does: at U+2028 too.
+    fine, denied = ({"message": {"content": text}, "done": False} for text in ("a ", "gorilla."))
+    line = json.dumps(fine) + "\u2028" + json.dumps(denied) + "\n"
+    assert [json.loads(part) for part in line.splitlines()] == [fine, denied]
+    guard = ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True, skip_unreadable=True)
+    assert guard.feed(line.encode()).action == "deny"
+
+
 def test_an_ollama_stream_is_refused_with_a_line_its_clients_raise() -> None:
     guard = ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True)
     assert guard.error("no") == b'{"error":"no"}\n'
