@@ -59,6 +59,7 @@ class Point:
     # Of the wall time of the chunk before this reading: the share the loop's thread was
     # ready to run but waited for a CPU (the machine's doing, not guardproxy's).
     cpu_wait: float = 0.0
+    gc_longest_ms: float = 0.0  # the longest garbage collection so far, its CPU time
 
 
 def rss_mib(pid: int) -> float:
@@ -120,7 +121,7 @@ class Soak:
         return Point(done, round(rss_mib(self.proxy.pid), 1), errors, lag["max_ms"],
                      doc["fairness"]["recorded"], doc["monitor"]["dropped"],
                      lag["ticks"], lag["over"]["5ms"], lag["max_busy"],
-                     round(cpu_wait, 3))  # fmt: skip
+                     round(cpu_wait, 3), max(doc["loop"]["gc"]["longest_cpu_ms"]))  # fmt: skip
 
     def run(self) -> list[Point]:
         """Chunks of about `every` requests each, until `requests` are done."""
@@ -189,12 +190,12 @@ def report(points: list[Point], opts: argparse.Namespace) -> None:
     print(f"# python -m bench.soak --requests {opts.requests} --every {opts.every}")
     print(f"{'requests':>10}  {'RSS MiB':>8}  {'records':>8}  {'dropped':>8}  "
           f"{'loop lag max ms':>15}  {'busy':>5}  {'ticks >5 ms':>15}  {'CPU wait':>8}  "
-          "errors")  # fmt: skip
+          f"{'GC max ms':>9}  errors")  # fmt: skip
     for p in points:
         print(f"{p.requests:>10,}  {p.rss_mib:>8.1f}  {p.records:>8,}  {p.dropped:>8,}  "
               f"{p.loop_lag_max_ms:>15.1f}  {p.loop_lag_max_busy:>5.2f}  "
               f"{f'{p.loop_ticks_over_5ms:,} of {p.loop_ticks:,}':>15}  {p.cpu_wait:>8.1%}  "
-              f"{p.errors}")  # fmt: skip
+              f"{p.gc_longest_ms:>9.1f}  {p.errors}")  # fmt: skip
     change = growth(points, opts.every)
     steady = growth(points, opts.steady_from)
     for start, value in ((opts.every, change), (opts.steady_from, steady)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from bench.load import Body, lua_bytes, lua_request, lua_string, parse_result
 from bench.processes import process_cpu_seconds, process_tree
 from bench.report import Sample, format_table, summarize
 from bench.run import binary_bodies, main, request_bodies, request_documents
+from bench.soak import Point, report
 from bench.targets import parse_targets
 from guardproxy.payloads.binary import HEADER, decode_request
 
@@ -190,3 +192,16 @@ def test_the_time_a_process_waited_for_a_cpu_is_read_from_the_kernel() -> None:
     ]
     waited = [float(process.communicate()[0]) for process in busy]
     assert sum(waited) > 0.1
+
+
+def test_the_soak_report_shows_each_readings_pauses_and_collections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    points = [Point(100_000, 90.0, 0, 4.0, 100_000, 0, 700, 0, 0.9, 0.01, 1.1),
+              Point(200_000, 91.8, 0, 22.3, 200_000, 0, 1_400, 3, 0.46, 0.02, 2.3)]  # fmt: skip
+    opts = argparse.Namespace(requests=200_000, every=100_000, steady_from=300_000,
+                              output=tmp_path / "soak.json")  # fmt: skip
+    report(points, opts)
+    last = capsys.readouterr().out.splitlines()[3].split()
+    assert last[-7:] == ["0.46", "3", "of", "1,400", "2.0%", "2.3", "0"]
+    assert json.loads(opts.output.read_text())["growth_percent"] == pytest.approx(2.0)
