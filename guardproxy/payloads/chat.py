@@ -9,7 +9,7 @@ from guardproxy.payloads.base import Payload
 from guardproxy.payloads.errors import MAX_ROWS, TooManyValues
 from guardproxy.payloads.fields import as_list, field, label_row
 from guardproxy.payloads.jsonpath import Doc, Slot
-from guardproxy.payloads.strings import bounded, string_slots
+from guardproxy.payloads.strings import bounded, is_ollama, string_slots
 
 
 class OpenAIChat(Payload):
@@ -47,7 +47,7 @@ class OpenAIChat(Payload):
     def json_rows(self, response_doc: Doc) -> frozenset[int]:
         """The rows that are a tool call's (or a legacy function call's) arguments (an
         Anthropic tool's input arrives parsed: its strings are read as they are)."""
-        if self.labels_path is None and (_is_message(response_doc) or _is_ollama(response_doc)):
+        if self.labels_path is None and (_is_message(response_doc) or is_ollama(response_doc)):
             return frozenset()
         slots = self._label_slots(response_doc)
         return frozenset(i for i, (_, key) in enumerate(slots) if key == "arguments")
@@ -57,7 +57,7 @@ class OpenAIChat(Payload):
             return self.labels_path.slots(response_doc)
         if _is_message(response_doc):
             return _block_slots(response_doc["content"])
-        if _is_ollama(response_doc):
+        if is_ollama(response_doc):
             return _ollama_slots(response_doc)
         if _is_response(response_doc):
             return _response_slots(response_doc)
@@ -136,16 +136,6 @@ def _is_message(doc: Doc) -> bool:
         and "choices" not in doc
         and doc.get("type") == "message"
         and isinstance(doc.get("content"), list)
-    )
-
-
-def _is_ollama(doc: Doc) -> bool:
-    """Whether an answer is an Ollama chat or generate one (`done`, no choices or type)."""
-    return (
-        isinstance(doc, dict)
-        and "done" in doc
-        and not {"choices", "type"} & doc.keys()
-        and (isinstance(doc.get("message"), dict) or isinstance(doc.get("response"), str))
     )
 
 

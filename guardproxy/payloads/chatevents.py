@@ -11,7 +11,7 @@ import orjson
 
 from .errors import TooManyValues
 from .sse import SSEError
-from .strings import string_slots
+from .strings import is_ollama, string_slots
 
 __all__ = [
     "CONTENT",
@@ -71,7 +71,7 @@ def event_texts(doc: Any, max_choices: int) -> EventTexts:
         return NOTHING
     choices = doc.get("choices")
     if not isinstance(choices, list):  # a Responses, Messages or Ollama event, or an error
-        if "done" in doc and "type" not in doc:
+        if is_ollama(doc):
             return _ollama_texts(doc)
         kind = doc.get("type")
         if isinstance(kind, str) and kind.startswith("response."):

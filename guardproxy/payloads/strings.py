@@ -1,4 +1,5 @@
-"""Every string of a parsed JSON value, where a client reads text it receives parsed."""
+"""Every string of a parsed JSON value, where a client reads text it receives parsed; and
+which answers are Ollama's, whose tool calls' arguments are such values."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from guardproxy.payloads.errors import MAX_ROWS, TooManyValues
 from guardproxy.payloads.jsonpath import Slot
 
-__all__ = ["bounded", "string_slots"]
+__all__ = ["bounded", "is_ollama", "string_slots"]
 
 
 def string_slots(container: Any, key: Any) -> list[Slot]:
@@ -36,3 +37,14 @@ def bounded(slots: list[Slot]) -> None:
     and scanned (a tool input of a million strings held the loop 2 s)."""
     if len(slots) > MAX_ROWS:
         raise TooManyValues(len(slots), MAX_ROWS)
+
+
+def is_ollama(doc: Any) -> bool:
+    """Whether an answer (or a streamed line) is an Ollama chat or generate one: `done`, a
+    message or a response, no choices or type."""
+    return (
+        isinstance(doc, dict)
+        and "done" in doc
+        and not {"choices", "type"} & doc.keys()
+        and (isinstance(doc.get("message"), dict) or isinstance(doc.get("response"), str))
+    )
