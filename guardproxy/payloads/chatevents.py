@@ -151,9 +151,10 @@ def ollama_texts(message: dict[str, Any]) -> list[tuple[str, str]]:
     receives parsed (each string a line of the call's text, so no two run into one word)."""
     out = [(part, text) for part, key in _OLLAMA_TEXTS if _is_text(text := message.get(key))]
     calls = message.get("tool_calls")
-    for index, call in enumerate(calls[:MAX_TOOL_CALLS] if isinstance(calls, list) else ()):
+    for position, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
+            index = index_of(position, MAX_TOOL_CALLS, "tool call")
             strings = [c[k] for c, k in string_slots(function, "arguments")]
             out += [(f"tool_call[{index}]", s + "\n") for s in strings if s]
     return out

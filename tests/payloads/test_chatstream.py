@@ -666,6 +666,14 @@ def test_an_ollama_tool_calls_arguments_are_read_string_by_string() -> None:
     assert guard.texts()[0] == {"tool_call[0]": "go\nrilla\na gorilla\n"}
 
 
+def test_an_ollama_line_of_more_tool_calls_than_are_kept_apart_is_an_error() -> None:
+    calls = [{"function": {"name": "f", "arguments": {"q": "fine"}}}] * 128
+    calls.append({"function": {"name": "f", "arguments": {"q": "a gorilla"}}})
+    line = ollama_line({"message": {"content": "", "tool_calls": calls}, "done": False})
+    with pytest.raises(SSEError, match="tool call index 128"):  # not the 129th left unread
+        ChatStreamGuard(TermScanner(["gorilla"]), ndjson=True).feed(line)
+
+
 def test_an_ollama_line_a_client_splits_in_two_is_read_as_two() -> None:
     # httpx (the ollama client's) splits lines as Python's splitlines does: at U+2028 too.
     fine, denied = ({"message": {"content": text}, "done": False} for text in ("a ", "gorilla."))
